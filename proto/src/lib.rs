@@ -10,3 +10,4 @@
 //! The gRPC service (package `weir.v1`) will live here too.
 
 pub mod batch;
+pub mod topic;

@@ -2,12 +2,12 @@
 
 use bytes::Bytes;
 
+use super::BatchError;
 use super::header::{
     BatchHeader, CRC_COVERAGE_START, HEADER_LEN, LENGTH_FIELD_END, MAGIC, NO_PRODUCER_EPOCH,
     NO_PRODUCER_ID, NO_SEQUENCE,
 };
 use super::varint::{encode_zigzag32, encode_zigzag64, zigzag64_len};
-use super::BatchError;
 
 /// One record to append, borrowed from the caller.
 #[derive(Debug, Clone, Copy, Default)]
@@ -95,7 +95,9 @@ impl BatchBuilder {
 
     /// Bytes `record` would add to the batch: lets a producer decide whether it still fits.
     pub fn encoded_len(&self, record: &RecordInput<'_>) -> usize {
-        let ts_delta = record.timestamp.wrapping_sub(self.base_timestamp.unwrap_or(record.timestamp));
+        let ts_delta = record
+            .timestamp
+            .wrapping_sub(self.base_timestamp.unwrap_or(record.timestamp));
         let body = body_len(record, ts_delta, self.record_count);
         zigzag64_len(body as i64) + body
     }
@@ -113,7 +115,8 @@ impl BatchBuilder {
         let body_i32 = i32::try_from(body).map_err(|_| malformed("record longer than 2 GiB"))?;
         let key_len = len_field(record.key.map(<[u8]>::len)).map_err(malformed)?;
         let value_len = len_field(record.value.map(<[u8]>::len)).map_err(malformed)?;
-        let header_count = i32::try_from(record.headers.len()).map_err(|_| malformed("too many headers"))?;
+        let header_count =
+            i32::try_from(record.headers.len()).map_err(|_| malformed("too many headers"))?;
 
         let out = &mut self.buf;
         out.reserve(body + 5);

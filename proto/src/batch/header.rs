@@ -79,7 +79,10 @@ impl BatchHeader {
     /// rather than misread).
     pub fn parse(buf: &[u8]) -> Result<Self, BatchError> {
         if buf.len() < HEADER_LEN {
-            return Err(BatchError::TooShort { len: buf.len(), needed: HEADER_LEN });
+            return Err(BatchError::TooShort {
+                len: buf.len(),
+                needed: HEADER_LEN,
+            });
         }
         let magic = buf[MAGIC_AT] as i8;
         if magic != MAGIC {
@@ -105,7 +108,11 @@ impl BatchHeader {
     /// `None` when the declared length is too small to hold a header (a lie or garbage).
     pub fn total_len(&self) -> Option<usize> {
         let total = i64::from(self.batch_length) + LENGTH_FIELD_END as i64;
-        if total < HEADER_LEN as i64 { None } else { usize::try_from(total).ok() }
+        if total < HEADER_LEN as i64 {
+            None
+        } else {
+            usize::try_from(total).ok()
+        }
     }
 
     /// Offset of the batch's last record.
@@ -121,11 +128,17 @@ impl BatchHeader {
     /// Checks the stored CRC against `batch`, the whole batch this header was parsed from.
     pub fn check_crc(&self, batch: &[u8]) -> Result<(), BatchError> {
         if batch.len() < HEADER_LEN {
-            return Err(BatchError::TooShort { len: batch.len(), needed: HEADER_LEN });
+            return Err(BatchError::TooShort {
+                len: batch.len(),
+                needed: HEADER_LEN,
+            });
         }
         let computed = crc32fast::hash(&batch[CRC_COVERAGE_START..]);
         if computed != self.crc {
-            return Err(BatchError::CrcMismatch { stored: self.crc, computed });
+            return Err(BatchError::CrcMismatch {
+                stored: self.crc,
+                computed,
+            });
         }
         Ok(())
     }

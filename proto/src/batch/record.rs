@@ -4,9 +4,9 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
+use super::BatchError;
 use super::header::{BatchHeader, COMPRESSION_MASK, HEADER_LEN};
 use super::varint::{decode_zigzag32, decode_zigzag64};
-use super::BatchError;
 
 /// A record header: a key (UTF-8 by convention) and an optional value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +48,10 @@ impl RecordBatch {
         let header = BatchHeader::parse(buf)?;
         let declared = i64::from(header.batch_length);
         if header.total_len() != Some(buf.len()) {
-            return Err(BatchError::LengthMismatch { declared, actual: buf.len().saturating_sub(12) });
+            return Err(BatchError::LengthMismatch {
+                declared,
+                actual: buf.len().saturating_sub(12),
+            });
         }
         header.check_crc(buf)?;
         if header.attributes & !COMPRESSION_MASK != 0 || header.attributes & COMPRESSION_MASK != 0 {
@@ -58,7 +61,9 @@ impl RecordBatch {
             return Err(BatchError::BadRecordCount(header.record_count));
         }
         if header.last_offset_delta != header.record_count - 1 {
-            return Err(BatchError::Inconsistent("last_offset_delta is not record_count - 1"));
+            return Err(BatchError::Inconsistent(
+                "last_offset_delta is not record_count - 1",
+            ));
         }
         let mut pos = HEADER_LEN;
         let mut max_timestamp = i64::MIN;
@@ -66,16 +71,22 @@ impl RecordBatch {
             let spans = parse_record(buf, pos)
                 .map_err(|reason| BatchError::MalformedRecord { index, reason })?;
             if spans.offset_delta as usize != index {
-                return Err(BatchError::MalformedRecord { index, reason: "offset delta out of sequence" });
+                return Err(BatchError::MalformedRecord {
+                    index,
+                    reason: "offset delta out of sequence",
+                });
             }
-            max_timestamp = max_timestamp.max(header.base_timestamp.wrapping_add(spans.timestamp_delta));
+            max_timestamp =
+                max_timestamp.max(header.base_timestamp.wrapping_add(spans.timestamp_delta));
             pos = spans.end;
         }
         if pos != buf.len() {
             return Err(BatchError::TrailingBytes(buf.len() - pos));
         }
         if max_timestamp != header.max_timestamp {
-            return Err(BatchError::Inconsistent("max_timestamp is not the largest record timestamp"));
+            return Err(BatchError::Inconsistent(
+                "max_timestamp is not the largest record timestamp",
+            ));
         }
         Ok(header)
     }
@@ -107,7 +118,11 @@ impl RecordBatch {
 
     /// The records, in offset order.
     pub fn records(&self) -> Records<'_> {
-        Records { batch: self, pos: HEADER_LEN, index: 0 }
+        Records {
+            batch: self,
+            pos: HEADER_LEN,
+            index: 0,
+        }
     }
 }
 
@@ -130,9 +145,17 @@ impl Iterator for Records<'_> {
         // keeps even a broken invariant from becoming a panic.
         let spans = parse_record(bytes, self.pos).ok()?;
         let mut headers = Vec::with_capacity(spans.header_count as usize);
-        parse_headers(bytes, spans.headers.clone(), spans.header_count, |key, value| {
-            headers.push(Header { key: bytes.slice(key), value: value.map(|v| bytes.slice(v)) })
-        })
+        parse_headers(
+            bytes,
+            spans.headers.clone(),
+            spans.header_count,
+            |key, value| {
+                headers.push(Header {
+                    key: bytes.slice(key),
+                    value: value.map(|v| bytes.slice(v)),
+                })
+            },
+        )
         .ok()?;
         let header = &self.batch.header;
         let record = Record {
@@ -163,13 +186,12 @@ pub fn split_batches(bytes: Bytes) -> impl Iterator<Item = Result<RecordBatch, B
             return None;
         }
         let result = BatchHeader::parse(&rest).and_then(|header| {
-            let total = header
-                .total_len()
-                .filter(|&n| n <= rest.len())
-                .ok_or(BatchError::LengthMismatch {
+            let total = header.total_len().filter(|&n| n <= rest.len()).ok_or(
+                BatchError::LengthMismatch {
                     declared: i64::from(header.batch_length),
                     actual: rest.len().saturating_sub(12),
-                })?;
+                },
+            )?;
             RecordBatch::parse(rest.split_to(total))
         });
         failed = result.is_err();
@@ -225,14 +247,22 @@ impl Cursor<'_> {
 }
 
 fn parse_record(buf: &[u8], start: usize) -> Result<RecordSpans, &'static str> {
-    let mut outer = Cursor { buf, pos: start, limit: buf.len() };
+    let mut outer = Cursor {
+        buf,
+        pos: start,
+        limit: buf.len(),
+    };
     let len = outer.varint32("record length is not a valid varint")?;
     let len = usize::try_from(len).map_err(|_| "negative record length")?;
     if len > buf.len() - outer.pos {
         return Err("record length runs past the end of the batch");
     }
     let end = outer.pos + len;
-    let mut c = Cursor { buf, pos: outer.pos, limit: end };
+    let mut c = Cursor {
+        buf,
+        pos: outer.pos,
+        limit: end,
+    };
     if c.pos >= end {
         return Err("record too short for its attributes byte");
     }
@@ -250,7 +280,15 @@ fn parse_record(buf: &[u8], start: usize) -> Result<RecordSpans, &'static str> {
     if consumed != end {
         return Err("record length does not match its contents");
     }
-    Ok(RecordSpans { timestamp_delta, offset_delta, key, value, headers, header_count, end })
+    Ok(RecordSpans {
+        timestamp_delta,
+        offset_delta,
+        key,
+        value,
+        headers,
+        header_count,
+        end,
+    })
 }
 
 /// Walks `count` headers in `buf[range]`, calling `each(key, value)`; returns where they end.
@@ -260,9 +298,15 @@ fn parse_headers(
     count: i32,
     mut each: impl FnMut(Range<usize>, Option<Range<usize>>),
 ) -> Result<usize, &'static str> {
-    let mut c = Cursor { buf, pos: range.start, limit: range.end };
+    let mut c = Cursor {
+        buf,
+        pos: range.start,
+        limit: range.end,
+    };
     for _ in 0..count {
-        let key = c.nullable_bytes("bad header key length")?.ok_or("null header key")?;
+        let key = c
+            .nullable_bytes("bad header key length")?
+            .ok_or("null header key")?;
         let value = c.nullable_bytes("bad header value length")?;
         each(key, value);
     }
@@ -271,17 +315,29 @@ fn parse_headers(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{stamp_base_offset, BatchBuilder, RecordInput};
+    use super::super::{BatchBuilder, RecordInput, stamp_base_offset};
     use super::*;
     use proptest::prelude::*;
 
-    type OwnedRecord = (Option<Vec<u8>>, Option<Vec<u8>>, i64, Vec<(Vec<u8>, Option<Vec<u8>>)>);
+    type OwnedRecord = (
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+        i64,
+        Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    );
 
     fn build(records: &[OwnedRecord]) -> Bytes {
         let mut b = BatchBuilder::new();
         for (k, v, ts, hs) in records {
-            let hs: Vec<(&[u8], Option<&[u8]>)> = hs.iter().map(|(k, v)| (&k[..], v.as_deref())).collect();
-            b.push(RecordInput { key: k.as_deref(), value: v.as_deref(), timestamp: *ts, headers: &hs }).unwrap();
+            let hs: Vec<(&[u8], Option<&[u8]>)> =
+                hs.iter().map(|(k, v)| (&k[..], v.as_deref())).collect();
+            b.push(RecordInput {
+                key: k.as_deref(),
+                value: v.as_deref(),
+                timestamp: *ts,
+                headers: &hs,
+            })
+            .unwrap();
         }
         b.build().unwrap()
     }
@@ -292,18 +348,27 @@ mod tests {
             bytes(),
             bytes(),
             any::<i64>(),
-            proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..8), bytes()), 0..3),
+            proptest::collection::vec(
+                (proptest::collection::vec(any::<u8>(), 0..8), bytes()),
+                0..3,
+            ),
         )
     }
 
     #[test]
     fn empty_batch_is_refused() {
-        assert_eq!(BatchBuilder::new().build(), Err(BatchError::BadRecordCount(0)));
+        assert_eq!(
+            BatchBuilder::new().build(),
+            Err(BatchError::BadRecordCount(0))
+        );
     }
 
     #[test]
     fn stamping_the_base_offset_keeps_the_crc_valid() {
-        let bytes = build(&[(None, Some(b"a".to_vec()), 5, vec![]), (None, None, 7, vec![])]);
+        let bytes = build(&[
+            (None, Some(b"a".to_vec()), 5, vec![]),
+            (None, None, 7, vec![]),
+        ]);
         let mut stored = bytes.to_vec();
         stamp_base_offset(&mut stored, 1234);
         let batch = RecordBatch::parse(Bytes::from(stored)).unwrap();
@@ -316,7 +381,10 @@ mod tests {
     fn wrong_magic_is_named() {
         let mut bytes = build(&[(None, Some(b"a".to_vec()), 5, vec![])]).to_vec();
         bytes[12] = 2;
-        assert_eq!(RecordBatch::validate(&bytes), Err(BatchError::UnsupportedMagic(2)));
+        assert_eq!(
+            RecordBatch::validate(&bytes),
+            Err(BatchError::UnsupportedMagic(2))
+        );
     }
 
     #[test]
@@ -326,7 +394,10 @@ mod tests {
         bytes[19..23].copy_from_slice(&999_999i32.to_be_bytes());
         let crc = crc32fast::hash(&bytes[17..]);
         bytes[13..17].copy_from_slice(&crc.to_be_bytes());
-        assert!(matches!(RecordBatch::validate(&bytes), Err(BatchError::MalformedRecord { index: 1, .. })));
+        assert!(matches!(
+            RecordBatch::validate(&bytes),
+            Err(BatchError::MalformedRecord { index: 1, .. })
+        ));
     }
 
     proptest! {

@@ -53,7 +53,13 @@ mod tests {
     #[test]
     fn known_encodings() {
         let mut out = Vec::new();
-        for (v, bytes) in [(0i64, vec![0u8]), (-1, vec![1]), (1, vec![2]), (63, vec![126]), (-65, vec![0x81, 0x01])] {
+        for (v, bytes) in [
+            (0i64, vec![0u8]),
+            (-1, vec![1]),
+            (1, vec![2]),
+            (63, vec![126]),
+            (-65, vec![0x81, 0x01]),
+        ] {
             out.clear();
             encode_zigzag64(v, &mut out);
             assert_eq!(out, bytes, "encoding {v}");

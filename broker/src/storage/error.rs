@@ -1,0 +1,87 @@
+//! The storage engine's errors. Each says what failed and, where it helps, what to do.
+
+use std::io;
+use std::path::PathBuf;
+
+use weir_proto::batch::BatchError;
+use weir_proto::topic::InvalidTopicName;
+
+/// Everything the storage engine can refuse or fail at. A refused append wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("invalid record batch: {0}")]
+    InvalidBatch(#[from] BatchError),
+    #[error("batch of {size} bytes exceeds max_batch_bytes ({max}); send smaller batches")]
+    BatchTooLarge { size: usize, max: u32 },
+    #[error(
+        "offset {offset} is out of range: the log holds offsets [{log_start}, {high_watermark})"
+    )]
+    OffsetOutOfRange {
+        offset: u64,
+        log_start: u64,
+        high_watermark: u64,
+    },
+    #[error(
+        "disk full while {context} ({path}); free space and retry: the partition stays readable"
+    )]
+    DiskFull {
+        context: &'static str,
+        path: PathBuf,
+    },
+    #[error("I/O error while {context} ({path}): {source}")]
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error(
+        "partition {partition} is read-only after a failed sync ({reason}); restart the broker once the disk is healthy"
+    )]
+    SyncFailed { partition: String, reason: String },
+    #[error("partition {0} already exists")]
+    PartitionExists(String),
+    #[error("unknown partition {0}")]
+    UnknownPartition(String),
+    #[error("invalid topic name: {0}")]
+    InvalidTopicName(#[from] InvalidTopicName),
+    #[error("invalid log configuration: {0}")]
+    InvalidConfig(String),
+    #[error("data directory {0} is locked by another process (is another broker running on it?)")]
+    DirLocked(PathBuf),
+    #[error("corrupt {what} at {path}: {detail}")]
+    Corrupt {
+        what: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
+    #[error("the log is closed")]
+    Closed,
+}
+
+impl StorageError {
+    /// Wraps an I/O error, turning ENOSPC/EDQUOT into [`StorageError::DiskFull`] so callers can
+    /// tell "retry when space is back" from a broken disk.
+    pub(crate) fn io(context: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        let path = path.into();
+        match source.raw_os_error() {
+            Some(code)
+                if code == rustix::io::Errno::NOSPC.raw_os_error()
+                    || code == rustix::io::Errno::DQUOT.raw_os_error() =>
+            {
+                StorageError::DiskFull { context, path }
+            }
+            _ => StorageError::Io {
+                context,
+                path,
+                source,
+            },
+        }
+    }
+
+    /// True for errors that go away by themselves once the disk has room again.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StorageError::DiskFull { .. })
+    }
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;

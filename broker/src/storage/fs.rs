@@ -1,0 +1,179 @@
+//! File-system primitives with the durability rules the engine relies on.
+//!
+//! - New files that must survive a crash whole are written as `tmp -> fsync -> rename ->
+//!   fsync(dir)` ([`atomic_write`], [`create_preallocated`]): after a crash a reader finds the
+//!   old file or the complete new one, never a prefix.
+//! - Disk blocks are reserved with `fallocate` before anything writes through a map of them
+//!   ([`allocate`]): on a full disk that returns ENOSPC, where a write through a map of an
+//!   unallocated page would kill the process with SIGBUS.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rustix::fs::FallocateFlags;
+
+use super::error::{Result, StorageError};
+
+/// File name suffixes of a segment's three files.
+pub(crate) const LOG_SUFFIX: &str = "log";
+pub(crate) const INDEX_SUFFIX: &str = "index";
+pub(crate) const TIME_INDEX_SUFFIX: &str = "timeindex";
+/// Suffix of files being written; any found at open time are leftovers of a crash.
+pub(crate) const TMP_SUFFIX: &str = "tmp";
+
+/// `dir/{base_offset:020}.{suffix}`: segment files sort by name in offset order.
+pub(crate) fn segment_path(dir: &Path, base_offset: u64, suffix: &str) -> PathBuf {
+    dir.join(format!("{base_offset:020}.{suffix}"))
+}
+
+/// Parses a segment file name back into (base offset, suffix). `None` for anything else.
+pub(crate) fn parse_segment_file_name(name: &str) -> Option<(u64, &str)> {
+    let (stem, suffix) = name.split_once('.')?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((stem.parse().ok()?, suffix))
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".");
+    name.push(TMP_SUFFIX);
+    path.with_file_name(name)
+}
+
+/// fsyncs a directory, making renames and unlinks in it durable.
+pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StorageError::io("syncing directory", dir, e))
+}
+
+/// Replaces `path` with `contents` atomically and durably.
+pub(crate) fn atomic_write(path: &Path, contents: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_data()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(StorageError::io("writing file", path, e));
+    }
+    fsync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Reserves disk blocks for `[offset, offset + len)` of `file`, extending its length.
+/// Falls back to writing zeros where the file system has no fallocate.
+pub(crate) fn allocate(file: &File, path: &Path, offset: u64, len: u64) -> Result<()> {
+    match rustix::fs::fallocate(file, FallocateFlags::empty(), offset, len) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
+            let zeros = vec![0u8; 1 << 20];
+            let mut at = offset;
+            while at < offset + len {
+                let n = (offset + len - at).min(zeros.len() as u64) as usize;
+                file.write_all_at(&zeros[..n], at)
+                    .map_err(|e| StorageError::io("preallocating segment", path, e))?;
+                at += n as u64;
+            }
+            Ok(())
+        }
+        Err(e) => Err(StorageError::io("preallocating segment", path, e.into())),
+    }
+}
+
+/// Creates `path` with `len` bytes allocated, atomically and durably, and opens it read-write.
+/// Fails with `DiskFull` (leaving nothing behind) if the blocks cannot be reserved.
+pub(crate) fn create_preallocated(path: &Path, len: u64) -> Result<File> {
+    let tmp = tmp_path(path);
+    let result = (|| {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| StorageError::io("creating segment", &tmp, e))?;
+        if len > 0 {
+            allocate(&f, &tmp, 0, len)?;
+        }
+        f.sync_all()
+            .map_err(|e| StorageError::io("syncing new segment", &tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| StorageError::io("renaming new segment", path, e))?;
+        Ok(f)
+    })();
+    match result {
+        Ok(f) => {
+            fsync_dir(path.parent().unwrap_or(Path::new(".")))?;
+            Ok(f)
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Removes a file, treating "already gone" as done.
+pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StorageError::io("removing file", path, e)),
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch (record timestamps use the same clock).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_roundtrip_and_sort() {
+        let dir = Path::new("/x");
+        let p = segment_path(dir, 42, LOG_SUFFIX);
+        assert_eq!(p.file_name().unwrap(), "00000000000000000042.log");
+        assert_eq!(
+            parse_segment_file_name("00000000000000000042.log"),
+            Some((42, "log"))
+        );
+        assert_eq!(
+            parse_segment_file_name("00000000000000000042.log.tmp"),
+            Some((42, "log.tmp"))
+        );
+        assert_eq!(parse_segment_file_name("42.log"), None);
+        assert_eq!(parse_segment_file_name("0000000000000000004x.log"), None);
+        assert!(segment_path(dir, 9, LOG_SUFFIX) < segment_path(dir, 10, LOG_SUFFIX));
+    }
+
+    #[test]
+    fn atomic_write_replaces_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        atomic_write(&p, b"one").unwrap();
+        atomic_write(&p, b"two!").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two!");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no tmp file left behind"
+        );
+    }
+}

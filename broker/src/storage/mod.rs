@@ -1,0 +1,35 @@
+//! The storage engine: partition logs of memory-mapped segments. No networking here; the
+//! server layers call into it, and it is tested and benchmarked on its own.
+//!
+//! - [`LogDir`] owns a data directory: its partitions, checkpoints, clean-shutdown marker and
+//!   maintenance thread (interval flushes, retention, closing idle files).
+//! - [`PartitionLog`] is one partition: `append` (validate, reserve, copy, publish), `read`
+//!   (whole batches as file ranges plus zero-copy `Bytes`), `offset_for_time`, `truncate_to`,
+//!   `flush`/`sync_through` (group commit), retention.
+//! - Inside: [`segment`] (active and sealed segments), [`mmap`] (maps and the invariant that makes
+//!   handing out slices of them sound), [`index`] (sparse offset and time indexes), [`scan`]
+//!   (batch validation walking), [`recovery`] (opening, crash recovery), [`checkpoint`], [`fs`]
+//!   (atomic file creation, fallocate).
+//!
+//! The byte formats of every file are specified in `segments-format.md` at the repository root.
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod fs;
+pub mod index;
+pub mod log_dir;
+pub mod mmap;
+pub mod partition;
+pub mod recovery;
+pub mod scan;
+pub mod segment;
+pub mod topic_partition;
+
+pub use config::{FlushPolicy, LogConfig, LogDirConfig};
+pub use error::{Result, StorageError};
+pub use log_dir::{LogDir, OpenReport};
+pub use partition::{AppendInfo, PartitionLog, ReadChunk, ReadResult};
+pub use recovery::TruncationReport;
+pub use scan::ScanStop;
+pub use topic_partition::TopicPartition;

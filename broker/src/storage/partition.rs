@@ -1,0 +1,914 @@
+//! `PartitionLog`: one partition's append-only log, the engine's public face.
+//!
+//! Invariants (checked by the model test in `tests/partition_model.rs`):
+//! - Offsets are dense and never move: the batch appended after offset `n-1` gets base offset
+//!   `n`, and a read of offset `n` returns the same bytes until retention deletes or
+//!   `truncate_to` cuts them.
+//! - `log_start_offset <= recovery_point <= high_watermark`; every byte below the recovery
+//!   point has been synced; nothing at or past the high watermark is ever served.
+//! - An append is validated completely (and its disk blocks reserved) before the first byte is
+//!   copied; a refused append changes nothing.
+//! - Readers never block writers for longer than an index lookup: reads clone the handles they
+//!   need under the lock and walk the mapped bytes after releasing it.
+//!
+//! Concurrency: one `Mutex` serializes appends and segment changes; the high watermark and log
+//! start are mirrored in atomics for lock-free polling. Syncs happen outside that lock, one at a
+//! time per partition: an appender that wants durability either finds its offset already
+//! durable, waits for the sync in flight, or runs the next sync for everyone waiting (group
+//! commit).
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+
+use bytes::Bytes;
+use memmap2::MmapRaw;
+use tracing::{debug, info};
+use weir_proto::batch::{BatchHeader, HEADER_LEN, RecordBatch};
+
+use super::config::{FlushPolicy, LogConfig};
+use super::error::{Result, StorageError};
+use super::fs::{
+    INDEX_SUFFIX, TIME_INDEX_SUFFIX, create_preallocated, fsync_dir, now_ms, remove_if_exists,
+    segment_path,
+};
+use super::index::{self, OffsetEntry};
+use super::mmap::{region_bytes, region_slice};
+use super::scan::scan_batches;
+use super::segment::{ActiveSegment, SealedSegment};
+use super::topic_partition::TopicPartition;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Where an appended batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    pub record_count: u32,
+    pub max_timestamp: i64,
+}
+
+/// Whole batches read from one segment: the file range (for sendfile) and the same bytes as a
+/// zero-copy slice of the segment's map.
+#[derive(Debug, Clone)]
+pub struct ReadChunk {
+    /// The segment's `.log`; stays valid for this chunk even if retention deletes the segment.
+    pub file: Arc<File>,
+    pub position: u64,
+    pub bytes: Bytes,
+    /// Base offset of the first batch in the chunk.
+    pub first_offset: u64,
+    /// The offset after the last batch in the chunk.
+    pub next_offset: u64,
+}
+
+/// The answer to a read: whole batches, possibly from several segments, in offset order.
+#[derive(Debug, Clone, Default)]
+pub struct ReadResult {
+    pub chunks: Vec<ReadChunk>,
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+}
+
+impl ReadResult {
+    pub fn total_bytes(&self) -> usize {
+        self.chunks.iter().map(|c| c.bytes.len()).sum()
+    }
+
+    /// The offset a follow-up read should start at.
+    pub fn next_offset(&self) -> Option<u64> {
+        self.chunks.last().map(|c| c.next_offset)
+    }
+
+    /// All chunks' bytes in one buffer (copies; for callers that need contiguous bytes).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.total_bytes());
+        for c in &self.chunks {
+            out.extend_from_slice(&c.bytes);
+        }
+        out
+    }
+}
+
+/// A sealed segment whose bytes are not yet known to be on disk.
+pub(crate) struct UnsyncedSegment {
+    pub next_offset: u64,
+    pub file: Arc<File>,
+    pub path: PathBuf,
+}
+
+/// State changed only under the partition lock.
+pub(crate) struct Inner {
+    pub sealed: VecDeque<Arc<SealedSegment>>,
+    pub active: ActiveSegment,
+    pub log_start_offset: u64,
+    pub recovery_point: u64,
+    pub unsynced_sealed: Vec<UnsyncedSegment>,
+    /// When the oldest unsynced append happened, for the interval flush policy.
+    pub first_unsynced_ms: Option<i64>,
+    pub closed: bool,
+}
+
+struct SyncState {
+    in_progress: bool,
+    durable_offset: u64,
+    failure: Option<String>,
+}
+
+/// One partition's log. Cheap to share (`Arc<PartitionLog>`); all methods take `&self`.
+pub struct PartitionLog {
+    tp: TopicPartition,
+    dir: PathBuf,
+    config: RwLock<Arc<LogConfig>>,
+    inner: Mutex<Inner>,
+    high_watermark: AtomicU64,
+    log_start_offset: AtomicU64,
+    sync: Mutex<SyncState>,
+    sync_done: Condvar,
+}
+
+/// A segment a read may draw from, with handles cloned under the lock.
+enum ReadSource {
+    Sealed(Arc<SealedSegment>),
+    Active {
+        map: Arc<MmapRaw>,
+        file: Arc<File>,
+        base_offset: u64,
+        size: u64,
+        hint: OffsetEntry,
+    },
+}
+
+impl PartitionLog {
+    pub(crate) fn from_parts(
+        tp: TopicPartition,
+        dir: PathBuf,
+        config: LogConfig,
+        inner: Inner,
+    ) -> Self {
+        let hw = inner.active.next_offset;
+        PartitionLog {
+            tp,
+            dir,
+            config: RwLock::new(Arc::new(config)),
+            high_watermark: AtomicU64::new(hw),
+            log_start_offset: AtomicU64::new(inner.log_start_offset),
+            sync: Mutex::new(SyncState {
+                in_progress: false,
+                durable_offset: inner.recovery_point,
+                failure: None,
+            }),
+            sync_done: Condvar::new(),
+            inner: Mutex::new(inner),
+        }
+    }
+
+    pub fn topic_partition(&self) -> &TopicPartition {
+        &self.tp
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> Arc<LogConfig> {
+        Arc::clone(&self.config.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Replaces the settings. A new `segment_bytes` applies from the next segment on.
+    pub fn set_config(&self, config: LogConfig) -> Result<()> {
+        config.validate()?;
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+        Ok(())
+    }
+
+    /// The offset the next appended record will get; reads stop before it.
+    pub fn high_watermark(&self) -> u64 {
+        self.high_watermark.load(Ordering::Acquire)
+    }
+
+    /// The first offset still in the log.
+    pub fn log_start_offset(&self) -> u64 {
+        self.log_start_offset.load(Ordering::Acquire)
+    }
+
+    /// Offsets below this are synced to disk (and checkpointed as the recovery point).
+    pub fn recovery_point(&self) -> u64 {
+        lock(&self.inner).recovery_point
+    }
+
+    /// Appends one batch, syncing first if the flush policy is `Always`.
+    pub fn append(&self, batch: &[u8]) -> Result<AppendInfo> {
+        let durable = self.config().flush == FlushPolicy::Always;
+        self.append_with(batch, durable)
+    }
+
+    /// Appends one batch and returns only once it is synced to disk. Concurrent callers share
+    /// syncs (group commit).
+    pub fn append_durable(&self, batch: &[u8]) -> Result<AppendInfo> {
+        self.append_with(batch, true)
+    }
+
+    fn append_with(&self, batch: &[u8], durable: bool) -> Result<AppendInfo> {
+        let config = self.config();
+        if batch.len() > config.max_batch_bytes as usize {
+            return Err(StorageError::BatchTooLarge {
+                size: batch.len(),
+                max: config.max_batch_bytes,
+            });
+        }
+        let mut header = RecordBatch::validate(batch)?;
+        let info = {
+            let mut inner = lock(&self.inner);
+            if inner.closed {
+                return Err(StorageError::Closed);
+            }
+            if let Some(reason) = lock(&self.sync).failure.clone() {
+                return Err(StorageError::SyncFailed {
+                    partition: self.tp.to_string(),
+                    reason,
+                });
+            }
+            let len = batch.len() as u64;
+            let active = &inner.active;
+            let offsets_after =
+                active.next_offset + header.record_count as u64 - active.base_offset;
+            let aged = config
+                .segment_age
+                .is_some_and(|age| now_ms() - active.created_ms >= age.as_millis() as i64);
+            if active.size > 0
+                && (active.size + len > config.segment_bytes
+                    || aged
+                    || offsets_after > u64::from(u32::MAX))
+            {
+                self.roll_locked(&mut inner, &config)?;
+            }
+            header.base_offset = inner.active.next_offset;
+            inner.active.append(
+                batch,
+                &header,
+                config.segment_bytes,
+                config.preallocate_min_bytes,
+                config.preallocate_max_bytes,
+            )?;
+            inner.first_unsynced_ms.get_or_insert_with(now_ms);
+            self.high_watermark
+                .store(inner.active.next_offset, Ordering::Release);
+            AppendInfo {
+                base_offset: header.base_offset,
+                last_offset: header.last_offset(),
+                record_count: header.record_count as u32,
+                max_timestamp: header.max_timestamp,
+            }
+        };
+        if durable {
+            self.sync_through(info.last_offset + 1)?;
+        }
+        Ok(info)
+    }
+
+    /// Seals the active segment and starts a new one (no-op on an empty active segment).
+    pub fn roll(&self) -> Result<()> {
+        let config = self.config();
+        let mut inner = lock(&self.inner);
+        if inner.closed {
+            return Err(StorageError::Closed);
+        }
+        if inner.active.size == 0 {
+            return Ok(());
+        }
+        self.roll_locked(&mut inner, &config)
+    }
+
+    /// Order matters for failure atomicity: every step that can fail (creating the new file,
+    /// writing the old segment's indexes, trimming it) happens before the switch, so an error
+    /// leaves the old segment active and appendable.
+    fn roll_locked(&self, inner: &mut Inner, config: &LogConfig) -> Result<()> {
+        let new_base = inner.active.next_offset;
+        let new_active = ActiveSegment::create(
+            &self.dir,
+            new_base,
+            config.segment_bytes,
+            config.preallocate_min_bytes,
+            config.index_interval_bytes,
+        )?;
+        if let Err(e) = inner.active.persist_for_close(config.segment_bytes) {
+            let _ = remove_if_exists(&segment_path(&self.dir, new_base, super::fs::LOG_SUFFIX));
+            return Err(e);
+        }
+        let old = std::mem::replace(&mut inner.active, new_active);
+        if old.synced_size < old.size {
+            inner.unsynced_sealed.push(UnsyncedSegment {
+                next_offset: old.next_offset,
+                file: old.sync_handle()?,
+                path: old.log_path(),
+            });
+        }
+        let sealed = SealedSegment::new(
+            &self.dir,
+            old.base_offset,
+            old.next_offset,
+            old.size,
+            config.index_interval_bytes,
+            Some(old.index.max_timestamp),
+        );
+        debug!(partition = %self.tp, base_offset = old.base_offset, next_offset = old.next_offset, bytes = old.size, "rolled segment");
+        inner.sealed.push_back(Arc::new(sealed));
+        Ok(())
+    }
+
+    /// Makes every offset below `offset` durable (group commit: concurrent callers share syncs).
+    pub fn sync_through(&self, offset: u64) -> Result<()> {
+        let mut state = lock(&self.sync);
+        loop {
+            if let Some(reason) = &state.failure {
+                return Err(StorageError::SyncFailed {
+                    partition: self.tp.to_string(),
+                    reason: reason.clone(),
+                });
+            }
+            if state.durable_offset >= offset {
+                return Ok(());
+            }
+            if !state.in_progress {
+                state.in_progress = true;
+                drop(state);
+                let result = self.run_sync();
+                state = lock(&self.sync);
+                state.in_progress = false;
+                match result {
+                    Ok(through) => state.durable_offset = state.durable_offset.max(through),
+                    Err(e) => {
+                        tracing::error!(partition = %self.tp, error = %e, "sync failed; partition is read-only until restart");
+                        state.failure = Some(e.to_string());
+                    }
+                }
+                self.sync_done.notify_all();
+                if state.durable_offset < offset && state.failure.is_none() {
+                    // Only possible if the log was truncated below `offset` meanwhile.
+                    return Ok(());
+                }
+                continue;
+            }
+            state = self
+                .sync_done
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// One sync: captures what is unsynced under the lock, fdatasyncs it without the lock,
+    /// then records the new recovery point. Returns the offset synced through.
+    fn run_sync(&self) -> Result<u64> {
+        let (files, through, active_base, active_size) = {
+            let inner = lock(&self.inner);
+            let mut files: Vec<(Arc<File>, PathBuf)> = inner
+                .unsynced_sealed
+                .iter()
+                .map(|u| (Arc::clone(&u.file), u.path.clone()))
+                .collect();
+            if inner.active.synced_size < inner.active.size {
+                files.push((inner.active.sync_handle()?, inner.active.log_path()));
+            }
+            (
+                files,
+                inner.active.next_offset,
+                inner.active.base_offset,
+                inner.active.size,
+            )
+        };
+        // fdatasync also writes pages dirtied through a shared map (Linux tracks them per page).
+        for (file, path) in &files {
+            file.sync_data()
+                .map_err(|e| StorageError::io("syncing segment", path, e))?;
+        }
+        let mut inner = lock(&self.inner);
+        inner.unsynced_sealed.retain(|u| u.next_offset > through);
+        if inner.active.base_offset == active_base {
+            inner.active.synced_size = inner
+                .active
+                .synced_size
+                .max(active_size.min(inner.active.size));
+        }
+        inner.recovery_point = inner
+            .recovery_point
+            .max(through.min(inner.active.next_offset));
+        if inner.unsynced_sealed.is_empty() && inner.active.synced_size == inner.active.size {
+            inner.first_unsynced_ms = None;
+        }
+        Ok(through)
+    }
+
+    /// Syncs everything appended so far.
+    pub fn flush(&self) -> Result<()> {
+        self.sync_through(self.high_watermark())
+    }
+
+    /// Runs the interval flush if one is due. Returns whether it synced.
+    pub fn flush_if_due(&self, now_ms: i64) -> Result<bool> {
+        let FlushPolicy::Interval(every) = self.config().flush else {
+            return Ok(false);
+        };
+        let due = lock(&self.inner)
+            .first_unsynced_ms
+            .is_some_and(|t| now_ms - t >= every.as_millis() as i64);
+        if due {
+            self.flush()?;
+        }
+        Ok(due)
+    }
+
+    /// Reads whole batches starting with the one that holds `offset`, up to `max_bytes` (the
+    /// first batch is returned whole even if larger, so a consumer always makes progress).
+    /// Reading at the high watermark returns no chunks; outside `[log start, high watermark]`
+    /// is `OffsetOutOfRange`.
+    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadResult> {
+        let capacity = self.config().segment_bytes;
+        let (sources, high_watermark, log_start_offset) = {
+            let mut inner = lock(&self.inner);
+            let hw = inner.active.next_offset;
+            let start = inner.log_start_offset;
+            if offset < start || offset > hw {
+                return Err(StorageError::OffsetOutOfRange {
+                    offset,
+                    log_start: start,
+                    high_watermark: hw,
+                });
+            }
+            let mut sources = Vec::new();
+            if offset < hw {
+                // Sealed segments from the one holding `offset`, until they hold enough bytes.
+                let mut reached_active = true;
+                if offset < inner.active.base_offset {
+                    let first = inner
+                        .sealed
+                        .partition_point(|s| s.base_offset <= offset)
+                        .saturating_sub(1);
+                    let mut after_first = 0u64;
+                    for (k, s) in inner.sealed.iter().enumerate().skip(first) {
+                        sources.push(ReadSource::Sealed(Arc::clone(s)));
+                        if k > first {
+                            after_first += s.size;
+                        }
+                        if after_first >= max_bytes as u64 {
+                            reached_active = false;
+                            break;
+                        }
+                    }
+                }
+                if reached_active && inner.active.size > 0 {
+                    let hint = if offset >= inner.active.base_offset {
+                        index::lookup_offset(
+                            &inner.active.index.offsets,
+                            offset - inner.active.base_offset,
+                        )
+                    } else {
+                        OffsetEntry {
+                            relative_offset: 0,
+                            position: 0,
+                        }
+                    };
+                    let (base_offset, size) = (inner.active.base_offset, inner.active.size);
+                    let (map, file) = inner.active.read_handles(capacity)?;
+                    sources.push(ReadSource::Active {
+                        map,
+                        file,
+                        base_offset,
+                        size,
+                        hint,
+                    });
+                }
+            }
+            (sources, hw, start)
+        };
+        let mut result = ReadResult {
+            chunks: Vec::new(),
+            high_watermark,
+            log_start_offset,
+        };
+        let mut used = 0usize;
+        for source in sources {
+            let (map, file, base_offset, size, hint) = match source {
+                ReadSource::Sealed(segment) => {
+                    let open = segment.open()?;
+                    let Some(map) = open.map.clone() else {
+                        continue;
+                    };
+                    let hint = if offset >= segment.base_offset && offset < segment.next_offset {
+                        index::lookup_offset(open.offsets.as_slice(), offset - segment.base_offset)
+                    } else {
+                        OffsetEntry {
+                            relative_offset: 0,
+                            position: 0,
+                        }
+                    };
+                    (
+                        map,
+                        Arc::clone(&open.file),
+                        segment.base_offset,
+                        segment.size,
+                        hint,
+                    )
+                }
+                ReadSource::Active {
+                    map,
+                    file,
+                    base_offset,
+                    size,
+                    hint,
+                } => (map, file, base_offset, size, hint),
+            };
+            let log = region_slice(&map, 0, size as usize);
+            let must_take_one = result.chunks.is_empty();
+            let budget = max_bytes.saturating_sub(used);
+            let selected = select_batches(
+                log,
+                u64::from(hint.position),
+                base_offset + u64::from(hint.relative_offset),
+                offset,
+                budget,
+                must_take_one,
+            )
+            .or_else(|_| select_batches(log, 0, base_offset, offset, budget, must_take_one))
+            .map_err(|detail| StorageError::Corrupt {
+                what: "segment",
+                path: segment_path(&self.dir, base_offset, super::fs::LOG_SUFFIX),
+                detail,
+            })?;
+            let Some(sel) = selected else { break };
+            used += (sel.end - sel.start) as usize;
+            result.chunks.push(ReadChunk {
+                file,
+                position: sel.start,
+                bytes: region_bytes(&map, sel.start as usize, (sel.end - sel.start) as usize),
+                first_offset: sel.first_offset,
+                next_offset: sel.next_offset,
+            });
+            if used >= max_bytes || sel.stopped_for_budget {
+                break;
+            }
+        }
+        Ok(result)
+    }
+
+    /// The offset of the first record whose timestamp is >= `timestamp`, or `None` if every
+    /// record is older (Kafka's ListOffsets by time).
+    pub fn offset_for_time(&self, timestamp: i64) -> Result<Option<u64>> {
+        let capacity = self.config().segment_bytes;
+        let (sealed, active, log_start) = {
+            let mut inner = lock(&self.inner);
+            let sealed: Vec<Arc<SealedSegment>> = inner.sealed.iter().cloned().collect();
+            let active = if inner.active.size > 0 && inner.active.index.max_timestamp >= timestamp {
+                let start_rel = index::lookup_time(&inner.active.index.times, timestamp);
+                let hint = index::lookup_offset(&inner.active.index.offsets, u64::from(start_rel));
+                let (map, _) = inner.active.read_handles(capacity)?;
+                Some((
+                    map,
+                    inner.active.base_offset,
+                    inner.active.size,
+                    start_rel,
+                    hint,
+                ))
+            } else {
+                None
+            };
+            (sealed, active, inner.log_start_offset)
+        };
+        for segment in sealed {
+            if segment.next_offset <= log_start || segment.max_timestamp()? < timestamp {
+                continue;
+            }
+            let open = segment.open()?;
+            let Some(map) = open.map.clone() else {
+                continue;
+            };
+            let start_rel = index::lookup_time(open.times.as_slice(), timestamp);
+            let hint = index::lookup_offset(open.offsets.as_slice(), u64::from(start_rel));
+            if let Some(found) = find_time_in_segment(
+                &map,
+                segment.size,
+                segment.base_offset,
+                hint,
+                start_rel,
+                timestamp,
+                log_start,
+            ) {
+                return Ok(Some(found));
+            }
+        }
+        if let Some((map, base, size, start_rel, hint)) = active {
+            return Ok(find_time_in_segment(
+                &map, size, base, hint, start_rel, timestamp, log_start,
+            ));
+        }
+        Ok(None)
+    }
+
+    /// Removes every batch from the one holding `offset` on (Kafka's truncateTo: the cut falls
+    /// on a batch boundary, so the new high watermark may be below `offset`). Returns the new
+    /// high watermark. The cut segment is rewritten as a new file (copy of the kept prefix,
+    /// renamed over the old one) so readers of the old bytes are never disturbed.
+    pub fn truncate_to(&self, offset: u64) -> Result<u64> {
+        let config = self.config();
+        let mut inner = lock(&self.inner);
+        if inner.closed {
+            return Err(StorageError::Closed);
+        }
+        let hw = inner.active.next_offset;
+        if offset >= hw {
+            return Ok(hw);
+        }
+        if offset < inner.log_start_offset {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                log_start: inner.log_start_offset,
+                high_watermark: hw,
+            });
+        }
+        // The segment holding `offset` and its bytes.
+        let in_active = offset >= inner.active.base_offset;
+        let (base, log_bytes): (u64, Vec<u8>) = if in_active {
+            let size = inner.active.size as usize;
+            let (map, _) = inner.active.read_handles(config.segment_bytes)?;
+            (
+                inner.active.base_offset,
+                region_slice(&map, 0, size).to_vec(),
+            )
+        } else {
+            let i = inner.sealed.partition_point(|s| s.base_offset <= offset) - 1;
+            let s = Arc::clone(&inner.sealed[i]);
+            let open = s.open()?;
+            (
+                s.base_offset,
+                open.map
+                    .as_ref()
+                    .map(|m| region_slice(m, 0, s.size as usize).to_vec())
+                    .unwrap_or_default(),
+            )
+        };
+        let cut = select_batches(&log_bytes, 0, base, offset, usize::MAX, true)
+            .map_err(|detail| StorageError::Corrupt {
+                what: "segment",
+                path: segment_path(&self.dir, base, super::fs::LOG_SUFFIX),
+                detail,
+            })?
+            .map_or(log_bytes.len() as u64, |sel| sel.start);
+        let kept = &log_bytes[..cut as usize];
+        let mut index = index::IndexBuilder::new(base, config.index_interval_bytes);
+        let scanned = scan_batches(kept, 0, base, false, Some(&mut index));
+        // Write the kept prefix as a new file and rename it over the old one.
+        let path = segment_path(&self.dir, base, super::fs::LOG_SUFFIX);
+        let tmp = self.dir.join(format!("{base:020}.truncate.tmp"));
+        let file = create_preallocated(&tmp, kept.len() as u64)?;
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(kept, 0)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| StorageError::io("writing truncated segment", &tmp, e))?;
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| StorageError::io("replacing truncated segment", &path, e))?;
+        remove_if_exists(&segment_path(&self.dir, base, INDEX_SUFFIX))?;
+        remove_if_exists(&segment_path(&self.dir, base, TIME_INDEX_SUFFIX))?;
+        // Everything after the cut segment goes.
+        let mut doomed: Vec<Arc<SealedSegment>> = Vec::new();
+        while inner.sealed.back().is_some_and(|s| s.base_offset >= base) {
+            doomed.extend(inner.sealed.pop_back());
+        }
+        if !in_active {
+            let old_active = &inner.active;
+            for suffix in [super::fs::LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+                remove_if_exists(&segment_path(&self.dir, old_active.base_offset, suffix))?;
+            }
+        }
+        for s in &doomed {
+            if s.base_offset != base {
+                s.delete_files()?;
+            }
+        }
+        fsync_dir(&self.dir)?;
+        inner.active = ActiveSegment::resume(
+            &self.dir,
+            base,
+            scanned.next_offset,
+            scanned.valid_len,
+            index,
+        );
+        inner.unsynced_sealed.retain(|u| u.next_offset <= base);
+        inner.recovery_point = inner.recovery_point.min(scanned.next_offset);
+        inner.first_unsynced_ms = None;
+        {
+            let mut sync = lock(&self.sync);
+            sync.durable_offset = sync.durable_offset.min(scanned.next_offset);
+        }
+        self.high_watermark
+            .store(scanned.next_offset, Ordering::Release);
+        info!(partition = %self.tp, requested = offset, high_watermark = scanned.next_offset, "truncated log");
+        Ok(scanned.next_offset)
+    }
+
+    /// Deletes whole sealed segments, oldest first, while the log exceeds `retention_bytes` or
+    /// a segment's newest record is older than `retention_age`. Returns how many were deleted.
+    pub fn apply_retention(&self, now_ms: i64) -> Result<usize> {
+        let config = self.config();
+        if config.retention_bytes.is_none() && config.retention_age.is_none() {
+            return Ok(0);
+        }
+        let mut inner = lock(&self.inner);
+        let mut total: u64 = inner.sealed.iter().map(|s| s.size).sum::<u64>() + inner.active.size;
+        let mut deleted = 0;
+        while let Some(oldest) = inner.sealed.front().cloned() {
+            let by_size = config
+                .retention_bytes
+                .is_some_and(|limit| total - oldest.size >= limit);
+            let by_age = !by_size
+                && match config.retention_age {
+                    Some(age) => oldest.max_timestamp()? < now_ms - age.as_millis() as i64,
+                    None => false,
+                };
+            if !(by_size || by_age) {
+                break;
+            }
+            inner.sealed.pop_front();
+            oldest.delete_files()?;
+            total -= oldest.size;
+            inner.log_start_offset = oldest.next_offset;
+            inner.recovery_point = inner.recovery_point.max(oldest.next_offset);
+            inner
+                .unsynced_sealed
+                .retain(|u| u.next_offset > oldest.next_offset);
+            self.log_start_offset
+                .store(oldest.next_offset, Ordering::Release);
+            info!(partition = %self.tp, base_offset = oldest.base_offset, bytes = oldest.size, by_size, "retention deleted segment");
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
+    /// Closes the files and maps of segments unused since `cutoff_ms`. Returns how many.
+    pub fn close_idle(&self, cutoff_ms: i64) -> usize {
+        let mut inner = lock(&self.inner);
+        let mut closed = inner
+            .sealed
+            .iter()
+            .filter(|s| s.close_if_idle(cutoff_ms))
+            .count();
+        if inner.active.close_if_idle(cutoff_ms) {
+            closed += 1;
+        }
+        closed
+    }
+
+    /// Number of segments (sealed and active).
+    pub fn segment_count(&self) -> usize {
+        lock(&self.inner).sealed.len() + 1
+    }
+
+    /// Segments whose files are open right now (each holds one log descriptor and map).
+    pub fn open_segment_count(&self) -> usize {
+        let inner = lock(&self.inner);
+        inner.sealed.iter().filter(|s| s.is_open()).count() + usize::from(inner.active.is_open())
+    }
+
+    /// Bytes of batches in the log.
+    pub fn size_bytes(&self) -> u64 {
+        let inner = lock(&self.inner);
+        inner.sealed.iter().map(|s| s.size).sum::<u64>() + inner.active.size
+    }
+
+    /// Clean close: sync everything, write the active segment's indexes, trim its preallocated
+    /// tail, close every file. Later calls fail with `Closed`.
+    pub(crate) fn close(&self) -> Result<()> {
+        self.flush()?;
+        let config = self.config();
+        let mut inner = lock(&self.inner);
+        if inner.closed {
+            return Ok(());
+        }
+        inner.active.persist_for_close(config.segment_bytes)?;
+        inner
+            .active
+            .sync_handle()?
+            .sync_all()
+            .map_err(|e| StorageError::io("syncing segment", inner.active.log_path(), e))?;
+        inner.active.close_writer();
+        for s in &inner.sealed {
+            s.close_if_idle(i64::MAX);
+        }
+        inner.closed = true;
+        Ok(())
+    }
+
+    /// Refuses further use and drops this log's own file handles, before its directory is
+    /// deleted (readers in flight keep theirs).
+    pub(crate) fn close_for_delete(&self) {
+        let mut inner = lock(&self.inner);
+        inner.closed = true;
+        inner.active.close_writer();
+        for s in &inner.sealed {
+            s.close_if_idle(i64::MAX);
+        }
+    }
+}
+
+/// Batches chosen from one segment for a read.
+struct Selection {
+    start: u64,
+    end: u64,
+    first_offset: u64,
+    next_offset: u64,
+    stopped_for_budget: bool,
+}
+
+/// Walks `log` from `position` (where the batch with base `expected` starts) and selects the
+/// whole batches from the one holding `target` on, within `budget` bytes (`must_take_one`: the
+/// first selected batch is taken even if larger). An inconsistent header is an `Err` (the
+/// caller retries from the segment start, in case the index hint was wrong).
+fn select_batches(
+    log: &[u8],
+    position: u64,
+    expected: u64,
+    target: u64,
+    budget: usize,
+    must_take_one: bool,
+) -> std::result::Result<Option<Selection>, String> {
+    let mut pos = position as usize;
+    let mut expected = expected;
+    let mut selected: Option<Selection> = None;
+    while pos < log.len() {
+        let rest = &log[pos..];
+        if rest.len() < HEADER_LEN || rest[..HEADER_LEN].iter().all(|&b| b == 0) {
+            break;
+        }
+        let header = BatchHeader::parse(rest).map_err(|e| format!("at byte {pos}: {e}"))?;
+        if header.base_offset != expected {
+            return Err(format!(
+                "at byte {pos}: batch base offset {} where {expected} was expected",
+                header.base_offset
+            ));
+        }
+        let total = header
+            .total_len()
+            .filter(|&n| n <= rest.len())
+            .ok_or_else(|| format!("at byte {pos}: batch length runs past the segment"))?;
+        if header.next_offset() > target {
+            match &mut selected {
+                None => {
+                    if total > budget && !must_take_one {
+                        return Ok(None);
+                    }
+                    selected = Some(Selection {
+                        start: pos as u64,
+                        end: (pos + total) as u64,
+                        first_offset: header.base_offset,
+                        next_offset: header.next_offset(),
+                        stopped_for_budget: false,
+                    });
+                }
+                Some(sel) => {
+                    if (pos + total) as u64 - sel.start > budget as u64 {
+                        sel.stopped_for_budget = true;
+                        break;
+                    }
+                    sel.end = (pos + total) as u64;
+                    sel.next_offset = header.next_offset();
+                }
+            }
+        }
+        pos += total;
+        expected = header.next_offset();
+    }
+    Ok(selected)
+}
+
+/// Within one segment: the first record at or after `start_rel` (relative) whose timestamp is
+/// >= `timestamp`.
+fn find_time_in_segment(
+    map: &Arc<MmapRaw>,
+    size: u64,
+    base: u64,
+    hint: OffsetEntry,
+    start_rel: u32,
+    timestamp: i64,
+    log_start: u64,
+) -> Option<u64> {
+    let log = region_slice(map, 0, size as usize);
+    let from = (base + u64::from(start_rel)).max(log_start);
+    let mut pos = hint.position as usize;
+    while pos + HEADER_LEN <= log.len() {
+        let header = BatchHeader::parse(&log[pos..]).ok()?;
+        let total = header.total_len().filter(|&n| pos + n <= log.len())?;
+        if header.next_offset() > from && header.max_timestamp >= timestamp {
+            let batch = RecordBatch::parse(region_bytes(map, pos, total)).ok()?;
+            return batch
+                .records()
+                .find(|r| r.offset >= from && r.timestamp >= timestamp)
+                .map(|r| r.offset);
+        }
+        pos += total;
+    }
+    None
+}

@@ -1,0 +1,403 @@
+//! Behaviour of one partition log through its public API: appends, reads across segments,
+//! refusals that change nothing, time lookups, truncation, retention, reopening, group commit.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use weir_broker::storage::{LogConfig, LogDir, StorageError};
+
+#[test]
+fn appends_get_dense_offsets_and_read_back_across_segments() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let logs = open(dir.path(), small_config());
+    let log = logs.create_partition(tp("orders", 0), None).unwrap();
+    let mut next_id = 0;
+    for i in 0..300u64 {
+        let n = 1 + (i % 4) as usize;
+        let info = log
+            .append(&batch(
+                next_id,
+                n,
+                20 + (i % 7) as usize * 10,
+                1000 + next_id as i64,
+            ))
+            .unwrap();
+        assert_eq!(info.base_offset, next_id, "offsets are dense");
+        assert_eq!(info.last_offset, next_id + n as u64 - 1);
+        next_id += n as u64;
+    }
+    assert_eq!(log.high_watermark(), next_id);
+    assert!(
+        log.segment_count() > 3,
+        "small segments roll: {}",
+        log.segment_count()
+    );
+    let all = read_all(&log, 0, 1000);
+    assert_eq!(all.len() as u64, next_id);
+    for (i, (offset, id, ts)) in all.iter().enumerate() {
+        assert_eq!((*offset, *id, *ts), (i as u64, i as u64, 1000 + i as i64));
+    }
+    // Every offset reads back starting at its own batch.
+    for offset in (0..next_id).step_by(7) {
+        let r = log.read(offset, 1).unwrap();
+        let recs = records_of(&r);
+        assert!(recs.first().unwrap().0 <= offset && recs.iter().any(|rec| rec.0 == offset));
+    }
+    // One big read crosses segment boundaries.
+    let r = log.read(0, 1 << 20).unwrap();
+    assert!(r.chunks.len() > 1);
+    assert_eq!(records_of(&r).len() as u64, next_id);
+}
+
+#[test]
+fn read_limits_bytes_but_always_returns_one_whole_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = open(dir.path(), small_config());
+    let log = logs.create_partition(tp("t", 0), None).unwrap();
+    let b = batch(0, 5, 500, 0);
+    log.append(&b).unwrap();
+    log.append(&batch(5, 5, 500, 0)).unwrap();
+    let r = log.read(2, 10).unwrap();
+    assert_eq!(
+        r.total_bytes(),
+        b.len(),
+        "first batch is returned whole even over max_bytes"
+    );
+    assert_eq!(r.next_offset(), Some(5));
+    let r = log.read(0, b.len() * 2).unwrap();
+    assert_eq!(r.total_bytes(), b.len() * 2);
+    let r = log.read(10, 100).unwrap();
+    assert!(
+        r.chunks.is_empty(),
+        "reading at the high watermark returns nothing"
+    );
+    assert_eq!(r.high_watermark, 10);
+    assert!(matches!(
+        log.read(11, 100),
+        Err(StorageError::OffsetOutOfRange {
+            offset: 11,
+            log_start: 0,
+            high_watermark: 10
+        })
+    ));
+}
+
+#[test]
+fn refused_batches_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = open(dir.path(), small_config());
+    let log = logs.create_partition(tp("t", 0), None).unwrap();
+    log.append(&batch(0, 3, 10, 0)).unwrap();
+    let before = log.read(0, 1 << 20).unwrap().to_vec();
+
+    let good = batch(3, 2, 10, 0).to_vec();
+    let mut bad_crc = good.clone();
+    let last = bad_crc.len() - 1;
+    bad_crc[last] ^= 1;
+    let mut bad_magic = good.clone();
+    bad_magic[12] = 9;
+    let truncated = &good[..good.len() - 3];
+    let too_large = batch(3, 1, 9000, 0);
+
+    assert!(matches!(
+        log.append(&bad_crc),
+        Err(StorageError::InvalidBatch(
+            weir_proto::batch::BatchError::CrcMismatch { .. }
+        ))
+    ));
+    assert!(matches!(
+        log.append(&bad_magic),
+        Err(StorageError::InvalidBatch(
+            weir_proto::batch::BatchError::UnsupportedMagic(9)
+        ))
+    ));
+    assert!(matches!(
+        log.append(truncated),
+        Err(StorageError::InvalidBatch(_))
+    ));
+    assert!(matches!(
+        log.append(&too_large),
+        Err(StorageError::BatchTooLarge { max: 8192, .. })
+    ));
+    assert!(matches!(
+        log.append(&[]),
+        Err(StorageError::InvalidBatch(_))
+    ));
+    assert_eq!(log.high_watermark(), 3);
+    assert_eq!(log.read(0, 1 << 20).unwrap().to_vec(), before);
+    assert_eq!(
+        log.append(&good).unwrap().base_offset,
+        3,
+        "a good batch after bad ones gets the next offset"
+    );
+}
+
+#[test]
+fn offset_for_time_finds_first_record_at_or_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = open(dir.path(), small_config());
+    let log = logs.create_partition(tp("t", 0), None).unwrap();
+    // Record i has timestamp 10 * i, except that batch 50 goes back in time.
+    let mut id = 0;
+    for b in 0..100u64 {
+        let ts = if b == 50 { 5 } else { (id * 10) as i64 };
+        let pad = "p".repeat(100);
+        let mut builder = weir_proto::batch::BatchBuilder::new();
+        for k in 0..3 {
+            let value = format!("{}:{pad}", id + k);
+            builder
+                .push(weir_proto::batch::RecordInput {
+                    key: None,
+                    value: Some(value.as_bytes()),
+                    timestamp: ts + 10 * k as i64,
+                    headers: &[],
+                })
+                .unwrap();
+        }
+        log.append(&builder.build().unwrap()).unwrap();
+        id += 3;
+    }
+    assert!(log.segment_count() > 1);
+    let all = read_all(&log, 0, 4096);
+    for target in [-1, 0, 1, 6, 15, 149, 150, 151, 1495, 1500, 2990, 2991] {
+        let expected = all.iter().find(|r| r.2 >= target).map(|r| r.0);
+        assert_eq!(
+            log.offset_for_time(target).unwrap(),
+            expected,
+            "target {target}"
+        );
+    }
+}
+
+#[test]
+fn truncate_cuts_at_the_batch_holding_the_offset_and_appends_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let logs = open(dir.path(), small_config());
+        let log = logs.create_partition(tp("t", 0), None).unwrap();
+        for i in 0..100u64 {
+            log.append(&batch(i * 2, 2, 400, 0)).unwrap();
+        }
+        let segments = log.segment_count();
+        assert!(segments > 3);
+        // A reader holding bytes from before the truncation keeps them intact.
+        let held = log.read(100, 1 << 20).unwrap();
+        let held_records = records_of(&held);
+        assert_eq!(
+            log.truncate_to(101).unwrap(),
+            100,
+            "offset 101 is inside batch [100, 101]"
+        );
+        assert_eq!(log.high_watermark(), 100);
+        assert!(log.segment_count() < segments);
+        assert_eq!(records_of(&held), held_records);
+        assert!(matches!(
+            log.read(101, 10),
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        assert_eq!(log.append(&batch(1000, 3, 10, 0)).unwrap().base_offset, 100);
+        let all = read_all(&log, 0, 4096);
+        assert_eq!(all.len(), 103);
+        assert_eq!(all[99].1, 99);
+        assert_eq!(all[100].1, 1000);
+        logs.close().unwrap();
+    }
+    let logs = open(dir.path(), small_config());
+    let log = logs.partition(&tp("t", 0)).unwrap();
+    assert_eq!(log.high_watermark(), 103);
+    assert_eq!(read_all(&log, 0, 4096)[100].1, 1000);
+}
+
+#[test]
+fn retention_by_size_and_age_deletes_oldest_segments_and_moves_log_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = weir_broker::storage::fs::now_ms();
+    {
+        let logs = open(dir.path(), small_config());
+        let log = logs.create_partition(tp("t", 0), None).unwrap();
+        // Old records (an hour ago) then new ones.
+        for i in 0..100u64 {
+            let ts = if i < 30 { now - 3_600_000 } else { now };
+            log.append(&batch(i * 2, 2, 300, ts)).unwrap();
+        }
+        let total = log.size_bytes();
+        let held = log.read(0, 1 << 10).unwrap();
+        log.set_config(LogConfig {
+            retention_age: Some(Duration::from_secs(60)),
+            ..small_config()
+        })
+        .unwrap();
+        let deleted = log.apply_retention(now).unwrap();
+        assert!(deleted > 0);
+        let start = log.log_start_offset();
+        assert!(
+            start > 0 && start <= 100,
+            "old segments gone, new kept: start {start}"
+        );
+        assert!(matches!(
+            log.read(0, 10),
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        assert_eq!(
+            records_of(&held)[0].0,
+            0,
+            "a read in flight keeps its bytes after deletion"
+        );
+        // By size: keep at most a third.
+        log.set_config(LogConfig {
+            retention_bytes: Some(total / 4),
+            ..small_config()
+        })
+        .unwrap();
+        log.apply_retention(now).unwrap();
+        assert!(log.size_bytes() <= total / 4 + small_config().segment_bytes);
+        assert!(log.log_start_offset() > start);
+        let remaining = read_all(&log, log.log_start_offset(), 4096);
+        assert_eq!(remaining.first().unwrap().0, log.log_start_offset());
+        assert_eq!(remaining.last().unwrap().0, 199);
+        logs.close().unwrap();
+    }
+    let start = {
+        let logs = open(dir.path(), small_config());
+        let log = logs.partition(&tp("t", 0)).unwrap();
+        let start = log.log_start_offset();
+        assert!(start > 0);
+        assert_eq!(log.high_watermark(), 200);
+        start
+    }; // dropped without close: an unclean stop
+    let logs = open(dir.path(), small_config());
+    assert_eq!(
+        logs.partition(&tp("t", 0)).unwrap().log_start_offset(),
+        start,
+        "log start survives an unclean stop"
+    );
+}
+
+#[test]
+fn clean_and_unclean_reopen_keep_every_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected;
+    {
+        let logs = open(dir.path(), small_config());
+        for p in 0..3 {
+            let log = logs.create_partition(tp("multi", p), None).unwrap();
+            for i in 0..60u64 {
+                log.append(&batch(i, 1, 100 * p as usize, i as i64))
+                    .unwrap();
+            }
+        }
+        expected = read_all(&logs.partition(&tp("multi", 1)).unwrap(), 0, 4096);
+        logs.close().unwrap();
+    }
+    let (logs, report) = LogDir::open(dir.path(), quiet_dir_config(small_config())).unwrap();
+    assert!(report.clean);
+    assert_eq!(report.partitions, 3);
+    let log = logs.partition(&tp("multi", 1)).unwrap();
+    assert_eq!(read_all(&log, 0, 4096), expected);
+    log.append(&batch(60, 1, 100, 60)).unwrap();
+    drop(log);
+    drop(logs); // crash
+    let (logs, report) = LogDir::open(dir.path(), quiet_dir_config(small_config())).unwrap();
+    assert!(!report.clean);
+    assert!(
+        report.truncations.is_empty(),
+        "an unwritten preallocated tail is not a truncation: {:?}",
+        report.truncations
+    );
+    let log = logs.partition(&tp("multi", 1)).unwrap();
+    assert_eq!(log.high_watermark(), 61);
+    assert_eq!(&read_all(&log, 0, 4096)[..60], &expected[..]);
+}
+
+#[test]
+fn durable_appends_from_many_threads_share_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = open(dir.path(), small_config());
+    let log = logs.create_partition(tp("t", 0), None).unwrap();
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for i in 0..25u64 {
+                    let info = log.append_durable(&batch(t * 1000 + i, 1, 50, 0)).unwrap();
+                    assert!(
+                        log.recovery_point() > info.last_offset,
+                        "acknowledged only once synced"
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(log.high_watermark(), 200);
+    assert_eq!(log.recovery_point(), 200);
+    let mut ids: Vec<u64> = read_all(&log, 0, 4096).iter().map(|r| r.1).collect();
+    ids.sort_unstable();
+    let mut want: Vec<u64> = (0..8)
+        .flat_map(|t| (0..25).map(move |i| t * 1000 + i))
+        .collect();
+    want.sort_unstable();
+    assert_eq!(ids, want, "every acknowledged record is there exactly once");
+}
+
+#[test]
+fn a_data_dir_is_locked_to_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let _logs = open(dir.path(), small_config());
+    assert!(matches!(
+        LogDir::open(dir.path(), quiet_dir_config(small_config())),
+        Err(StorageError::DirLocked(_))
+    ));
+}
+
+#[test]
+fn idle_segments_close_their_files_and_reopen_on_demand() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = open(dir.path(), small_config());
+    let log = logs.create_partition(tp("t", 0), None).unwrap();
+    for i in 0..100u64 {
+        log.append(&batch(i, 1, 400, 0)).unwrap();
+    }
+    read_all(&log, 0, 4096);
+    assert!(log.open_segment_count() > 1);
+    log.close_idle(i64::MAX);
+    assert_eq!(log.open_segment_count(), 0);
+    assert_eq!(read_all(&log, 0, 4096).len(), 100);
+    assert_eq!(log.append(&batch(100, 1, 10, 0)).unwrap().base_offset, 100);
+}
+
+#[test]
+fn invalid_names_and_duplicates_are_refused() {
+    assert!(matches!(
+        weir_broker::storage::TopicPartition::new("../etc", 0),
+        Err(StorageError::InvalidTopicName(_))
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let logs = open(dir.path(), small_config());
+    logs.create_partition(tp("t", 0), None).unwrap();
+    assert!(matches!(
+        logs.create_partition(tp("t", 0), None),
+        Err(StorageError::PartitionExists(_))
+    ));
+    logs.delete_partition(&tp("t", 0)).unwrap();
+    assert!(logs.partition(&tp("t", 0)).is_none());
+    assert!(!dir.path().join("t-0").exists());
+    assert!(matches!(
+        logs.delete_partition(&tp("t", 0)),
+        Err(StorageError::UnknownPartition(_))
+    ));
+    let bad = LogConfig {
+        segment_bytes: 1024,
+        ..small_config()
+    };
+    assert!(matches!(
+        logs.create_partition(tp("u", 0), Some(bad)),
+        Err(StorageError::InvalidConfig(_))
+    ));
+}
