@@ -13,21 +13,34 @@ use std::io::IsTerminal;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use weir::batch::{split_batches, BatchBuilder, RecordInput};
+use weir::batch::{BatchBuilder, RecordInput, split_batches};
 use weir_broker::storage::{LogDir, LogDirConfig, TopicPartition};
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let mut args = std::env::args().skip(1);
     let data_dir = args.next().unwrap_or_else(|| "weir-data".into());
-    let count: usize = args.next().map(|n| n.parse()).transpose().context("count must be a number")?.unwrap_or(3);
+    let count: usize = args
+        .next()
+        .map(|n| n.parse())
+        .transpose()
+        .context("count must be a number")?
+        .unwrap_or(3);
 
-    let (logs, report) = LogDir::open(&data_dir, LogDirConfig::default()).with_context(|| format!("opening {data_dir}"))?;
-    eprintln!("opened {data_dir}: {} partition(s), clean={}, {} truncation(s)", report.partitions, report.clean, report.truncations.len());
+    let (logs, report) = LogDir::open(&data_dir, LogDirConfig::default())
+        .with_context(|| format!("opening {data_dir}"))?;
+    eprintln!(
+        "opened {data_dir}: {} partition(s), clean={}, {} truncation(s)",
+        report.partitions,
+        report.clean,
+        report.truncations.len()
+    );
 
     let tp = TopicPartition::new("quickstart", 0)?;
     let log = match logs.partition(&tp) {
@@ -41,10 +54,18 @@ fn main() -> anyhow::Result<()> {
     for i in 0..count {
         let key = format!("user-{}", i % 2);
         let value = format!("event {i} at {now}");
-        builder.push(RecordInput { key: Some(key.as_bytes()), value: Some(value.as_bytes()), timestamp: now, headers: &[] })?;
+        builder.push(RecordInput {
+            key: Some(key.as_bytes()),
+            value: Some(value.as_bytes()),
+            timestamp: now,
+            headers: &[],
+        })?;
     }
     let appended = log.append_durable(&builder.build()?)?;
-    eprintln!("appended offsets {}..={} (synced to disk)", appended.base_offset, appended.last_offset);
+    eprintln!(
+        "appended offsets {}..={} (synced to disk)",
+        appended.base_offset, appended.last_offset
+    );
 
     // Replay the whole partition from the beginning, as an event-sourced service would.
     let mut offset = log.log_start_offset();
@@ -54,8 +75,16 @@ fn main() -> anyhow::Result<()> {
             for batch in split_batches(chunk.bytes.clone()) {
                 for record in batch?.records() {
                     if record.offset >= offset {
-                        let key = record.key.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
-                        let value = record.value.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+                        let key = record
+                            .key
+                            .as_deref()
+                            .map(String::from_utf8_lossy)
+                            .unwrap_or_default();
+                        let value = record
+                            .value
+                            .as_deref()
+                            .map(String::from_utf8_lossy)
+                            .unwrap_or_default();
                         println!("{}\t{key}\t{value}", record.offset);
                     }
                 }

@@ -77,41 +77,38 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Copies the template, damages the active log with `damage`, reopens, and returns the high
-/// watermark, the records served, and the truncation reports.
-fn reopen_damaged(
-    template: &Path,
-    active: &Path,
-    damage: impl FnOnce(&Path),
-) -> (u64, Vec<(u64, u64, i64)>, Vec<TruncationReport>) {
-    reopen_damaged_with(template, active, |p| {
-        damage(p);
-        Vec::new()
-    })
-    .0
+/// What a reopen of a damaged copy found.
+struct Reopened {
+    high_watermark: u64,
+    records: Vec<(u64, u64, i64)>,
+    truncations: Vec<TruncationReport>,
+    /// The damaged active log's bytes, as recovery found them.
+    damaged: Vec<u8>,
 }
 
-/// Like [`reopen_damaged`], also returning what `damage` returned (the damaged file's bytes).
-fn reopen_damaged_with(
-    template: &Path,
-    active: &Path,
-    damage: impl FnOnce(&Path) -> Vec<u8>,
-) -> ((u64, Vec<(u64, u64, i64)>, Vec<TruncationReport>), Vec<u8>) {
+/// Copies the template, damages the active log with `damage`, reopens, and reports.
+fn reopen_damaged(template: &Path, active: &Path, damage: impl FnOnce(&Path)) -> Reopened {
     let work = tempfile::tempdir().unwrap();
     copy_dir(template, work.path());
-    let rel = active.strip_prefix(template).unwrap();
-    let damaged = damage(&work.path().join(rel));
+    let target = work.path().join(active.strip_prefix(template).unwrap());
+    damage(&target);
+    let damaged = fs::read(&target).unwrap();
     let (logs, report) = LogDir::open(work.path(), quiet_dir_config(config())).unwrap();
     assert!(!report.clean);
     let log = logs.partition(&tp("crash", 0)).unwrap();
-    let hw = log.high_watermark();
+    let high_watermark = log.high_watermark();
     let records = read_all(&log, 0, 4096);
     // Appending after recovery continues at the recovered end.
     assert_eq!(
         log.append(&batch(10_000, 1, 10, 0)).unwrap().base_offset,
-        hw
+        high_watermark
     );
-    ((hw, records, report.truncations), damaged)
+    Reopened {
+        high_watermark,
+        records,
+        truncations: report.truncations,
+        damaged,
+    }
 }
 
 fn assert_prefix(records: &[(u64, u64, i64)], hw: u64) {
@@ -133,14 +130,14 @@ fn cut_at_every_byte_of_the_last_two_batches() {
         ((BATCHES - 2) * PER_BATCH, (BATCHES - 1) * PER_BATCH);
     let mut reported = 0;
     for cut in second_last.0..=last.1 {
-        let ((hw, records, truncations), bytes) = reopen_damaged_with(dir.path(), &active, |p| {
-            fs::OpenOptions::new()
-                .write(true)
-                .open(p)
-                .unwrap()
-                .set_len(cut)
-                .unwrap();
-            fs::read(p).unwrap()
+        let Reopened {
+            high_watermark: hw,
+            records,
+            truncations,
+            damaged: bytes,
+        } = reopen_damaged(dir.path(), &active, |p| {
+            let file = fs::OpenOptions::new().write(true).open(p).unwrap();
+            file.set_len(cut).unwrap();
         });
         let expected_hw = if cut == last.1 {
             BATCHES * PER_BATCH
@@ -193,7 +190,12 @@ fn single_bit_flips_in_the_last_two_batches_are_cut() {
             vec![(byte % 8) as u8]
         };
         for bit in bits {
-            let (hw, records, truncations) = reopen_damaged(dir.path(), &active, |p| {
+            let Reopened {
+                high_watermark: hw,
+                records,
+                truncations,
+                ..
+            } = reopen_damaged(dir.path(), &active, |p| {
                 let mut bytes = fs::read(p).unwrap();
                 bytes[byte as usize] ^= 1 << bit;
                 fs::write(p, bytes).unwrap();

@@ -401,3 +401,25 @@ fn invalid_names_and_duplicates_are_refused() {
         Err(StorageError::InvalidConfig(_))
     ));
 }
+
+#[test]
+fn raising_segment_bytes_at_runtime_takes_effect_at_the_next_roll() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = open(dir.path(), small_config());
+    let log = logs.create_partition(tp("t", 0), None).unwrap();
+    log.append(&batch(0, 1, 100, 0)).unwrap();
+    // The active segment was mapped for 16 KiB; a bigger limit must not push writes past it.
+    log.set_config(LogConfig {
+        segment_bytes: 1 << 20,
+        ..small_config()
+    })
+    .unwrap();
+    for i in 1..200u64 {
+        log.append(&batch(i, 1, 400, 0)).unwrap();
+    }
+    assert!(
+        log.segment_count() >= 2,
+        "the first segment rolled at its own capacity"
+    );
+    assert_eq!(read_all(&log, 0, 4096).len(), 200);
+}

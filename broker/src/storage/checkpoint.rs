@@ -16,7 +16,7 @@ use std::path::Path;
 use tracing::warn;
 
 use super::error::{Result, StorageError};
-use super::fs::atomic_write;
+use super::fs::{SyncMode, atomic_write};
 use super::topic_partition::TopicPartition;
 
 pub(crate) const RECOVERY_POINT_FILE: &str = "recovery-point-offset-checkpoint";
@@ -30,7 +30,7 @@ pub(crate) fn write_offsets(path: &Path, offsets: &BTreeMap<TopicPartition, u64>
     for (tp, offset) in offsets {
         text.push_str(&format!("{} {} {offset}\n", tp.topic, tp.partition));
     }
-    atomic_write(path, text.as_bytes())
+    atomic_write(path, text.as_bytes(), SyncMode::Now)
 }
 
 /// Reads an offset checkpoint. A missing file is empty; a malformed one is reported and

@@ -29,7 +29,7 @@ pub struct LogConfig {
     pub max_batch_bytes: u32,
     /// Disk blocks are reserved (fallocate) ahead of the write position in extents that start
     /// at `preallocate_min_bytes` and double up to `preallocate_max_bytes`, so an idle partition
-    /// reserves little and a busy one rarely calls fallocate. Defaults 1 MiB and 64 MiB.
+    /// reserves little and a busy one rarely calls fallocate. Defaults 64 KiB and 64 MiB.
     pub preallocate_min_bytes: u64,
     pub preallocate_max_bytes: u64,
     pub flush: FlushPolicy,
@@ -47,7 +47,7 @@ impl Default for LogConfig {
             segment_age: Some(Duration::from_secs(7 * 24 * 3600)),
             index_interval_bytes: 4096,
             max_batch_bytes: 8 << 20,
-            preallocate_min_bytes: 1 << 20,
+            preallocate_min_bytes: 64 << 10,
             preallocate_max_bytes: 64 << 20,
             flush: FlushPolicy::Interval(Duration::from_secs(1)),
             retention_bytes: None,

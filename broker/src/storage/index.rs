@@ -109,7 +109,7 @@ pub(crate) fn lookup_time(index: &[u8], timestamp: i64) -> u32 {
 /// Checks an offset index against its segment: whole entries, strictly increasing offsets and
 /// positions, all inside the segment (`offsets` relative offsets, `log_len` bytes).
 pub(crate) fn check_offset_index(index: &[u8], offsets: u64, log_len: u64) -> Result<(), String> {
-    if index.len() % OFFSET_ENTRY_LEN != 0 {
+    if !index.len().is_multiple_of(OFFSET_ENTRY_LEN) {
         return Err(format!(
             "{} bytes is not a whole number of 8-byte entries",
             index.len()
@@ -137,7 +137,7 @@ pub(crate) fn check_offset_index(index: &[u8], offsets: u64, log_len: u64) -> Re
 /// Checks a time index: whole entries, strictly increasing timestamps, non-decreasing offsets
 /// no further than the segment's end (`offsets` relative offsets).
 pub(crate) fn check_time_index(index: &[u8], offsets: u64) -> Result<(), String> {
-    if index.len() % TIME_ENTRY_LEN != 0 {
+    if !index.len().is_multiple_of(TIME_ENTRY_LEN) {
         return Err(format!(
             "{} bytes is not a whole number of 12-byte entries",
             index.len()
@@ -173,7 +173,8 @@ pub(crate) struct IndexBuilder {
     bytes_since_time_entry: u64,
     /// Largest record timestamp in the segment so far (`i64::MIN` when empty).
     pub max_timestamp: i64,
-    /// Offset after the batch that holds `max_timestamp`'s latest occurrence so far.
+    /// The offset after the latest batch seen: a time entry made now covers every record
+    /// before it.
     next_offset: u64,
 }
 

@@ -25,7 +25,9 @@ use super::checkpoint::{
 };
 use super::config::{LogConfig, LogDirConfig};
 use super::error::{Result, StorageError};
-use super::fs::{atomic_write, fsync_dir, now_ms, remove_if_exists};
+use super::fs::{
+    SyncMode, atomic_write, fsync_dir, is_tmp_file, now_ms, remove_if_exists, sync_file_system,
+};
 use super::partition::PartitionLog;
 use super::recovery::{OpenMode, TruncationReport, open_partition};
 use super::topic_partition::TopicPartition;
@@ -91,6 +93,9 @@ impl LogDir {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                if is_tmp_file(name) {
+                    remove_if_exists(&entry.path())?; // an interrupted checkpoint or marker write
+                }
                 continue;
             }
             if name.ends_with(DELETE_SUFFIX) {
@@ -267,10 +272,17 @@ impl LogDir {
             .cloned()
             .collect();
         for p in &partitions {
-            p.close()?;
+            p.close_unsynced()?;
         }
+        // One sync for every partition's data, indexes and trims; only then may the checkpoint
+        // claim them durable and the marker claim the close was clean.
+        sync_file_system(&self.shared.path)?;
         checkpoint(&self.shared)?;
-        atomic_write(&self.shared.path.join(CLEAN_SHUTDOWN_FILE), b"")?;
+        atomic_write(
+            &self.shared.path.join(CLEAN_SHUTDOWN_FILE),
+            b"",
+            SyncMode::Now,
+        )?;
         info!(path = %self.shared.path.display(), partitions = partitions.len(), "closed data directory cleanly");
         Ok(())
     }

@@ -31,8 +31,8 @@ use weir_proto::batch::{BatchHeader, HEADER_LEN, RecordBatch};
 use super::config::{FlushPolicy, LogConfig};
 use super::error::{Result, StorageError};
 use super::fs::{
-    INDEX_SUFFIX, TIME_INDEX_SUFFIX, create_preallocated, fsync_dir, now_ms, remove_if_exists,
-    segment_path,
+    INDEX_SUFFIX, SyncMode, TIME_INDEX_SUFFIX, create_preallocated, fsync_dir, now_ms,
+    remove_if_exists, segment_path,
 };
 use super::index::{self, OffsetEntry};
 use super::mmap::{region_bytes, region_slice};
@@ -242,7 +242,7 @@ impl PartitionLog {
                 .segment_age
                 .is_some_and(|age| now_ms() - active.created_ms >= age.as_millis() as i64);
             if active.size > 0
-                && (active.size + len > config.segment_bytes
+                && (active.size + len > config.segment_bytes.min(active.capacity())
                     || aged
                     || offsets_after > u64::from(u32::MAX))
             {
@@ -252,7 +252,6 @@ impl PartitionLog {
             inner.active.append(
                 batch,
                 &header,
-                config.segment_bytes,
                 config.preallocate_min_bytes,
                 config.preallocate_max_bytes,
             )?;
@@ -297,7 +296,7 @@ impl PartitionLog {
             config.preallocate_min_bytes,
             config.index_interval_bytes,
         )?;
-        if let Err(e) = inner.active.persist_for_close(config.segment_bytes) {
+        if let Err(e) = inner.active.persist_for_close(SyncMode::Now) {
             let _ = remove_if_exists(&segment_path(&self.dir, new_base, super::fs::LOG_SUFFIX));
             return Err(e);
         }
@@ -428,7 +427,6 @@ impl PartitionLog {
     /// Reading at the high watermark returns no chunks; outside `[log start, high watermark]`
     /// is `OffsetOutOfRange`.
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadResult> {
-        let capacity = self.config().segment_bytes;
         let (sources, high_watermark, log_start_offset) = {
             let mut inner = lock(&self.inner);
             let hw = inner.active.next_offset;
@@ -474,7 +472,7 @@ impl PartitionLog {
                         }
                     };
                     let (base_offset, size) = (inner.active.base_offset, inner.active.size);
-                    let (map, file) = inner.active.read_handles(capacity)?;
+                    let (map, file) = inner.active.read_handles()?;
                     sources.push(ReadSource::Active {
                         map,
                         file,
@@ -559,14 +557,13 @@ impl PartitionLog {
     /// The offset of the first record whose timestamp is >= `timestamp`, or `None` if every
     /// record is older (Kafka's ListOffsets by time).
     pub fn offset_for_time(&self, timestamp: i64) -> Result<Option<u64>> {
-        let capacity = self.config().segment_bytes;
         let (sealed, active, log_start) = {
             let mut inner = lock(&self.inner);
             let sealed: Vec<Arc<SealedSegment>> = inner.sealed.iter().cloned().collect();
             let active = if inner.active.size > 0 && inner.active.index.max_timestamp >= timestamp {
                 let start_rel = index::lookup_time(&inner.active.index.times, timestamp);
                 let hint = index::lookup_offset(&inner.active.index.offsets, u64::from(start_rel));
-                let (map, _) = inner.active.read_handles(capacity)?;
+                let (map, _) = inner.active.read_handles()?;
                 Some((
                     map,
                     inner.active.base_offset,
@@ -634,7 +631,7 @@ impl PartitionLog {
         let in_active = offset >= inner.active.base_offset;
         let (base, log_bytes): (u64, Vec<u8>) = if in_active {
             let size = inner.active.size as usize;
-            let (map, _) = inner.active.read_handles(config.segment_bytes)?;
+            let (map, _) = inner.active.read_handles()?;
             (
                 inner.active.base_offset,
                 region_slice(&map, 0, size).to_vec(),
@@ -661,6 +658,22 @@ impl PartitionLog {
         let kept = &log_bytes[..cut as usize];
         let mut index = index::IndexBuilder::new(base, config.index_interval_bytes);
         let scanned = scan_batches(kept, 0, base, false, Some(&mut index));
+        // Crash safety: at every step the files on disk hold a prefix of the old log. Later
+        // segments go first, newest first, then the cut segment is replaced by its prefix.
+        if !in_active {
+            inner.active.close_writer();
+            for suffix in [super::fs::LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+                remove_if_exists(&segment_path(&self.dir, inner.active.base_offset, suffix))?;
+            }
+        }
+        while inner.sealed.back().is_some_and(|s| s.base_offset >= base) {
+            if let Some(s) = inner.sealed.pop_back()
+                && s.base_offset != base
+            {
+                s.delete_files()?;
+            }
+        }
+        fsync_dir(&self.dir)?;
         // Write the kept prefix as a new file and rename it over the old one.
         let path = segment_path(&self.dir, base, super::fs::LOG_SUFFIX);
         let tmp = self.dir.join(format!("{base:020}.truncate.tmp"));
@@ -673,22 +686,6 @@ impl PartitionLog {
             .map_err(|e| StorageError::io("replacing truncated segment", &path, e))?;
         remove_if_exists(&segment_path(&self.dir, base, INDEX_SUFFIX))?;
         remove_if_exists(&segment_path(&self.dir, base, TIME_INDEX_SUFFIX))?;
-        // Everything after the cut segment goes.
-        let mut doomed: Vec<Arc<SealedSegment>> = Vec::new();
-        while inner.sealed.back().is_some_and(|s| s.base_offset >= base) {
-            doomed.extend(inner.sealed.pop_back());
-        }
-        if !in_active {
-            let old_active = &inner.active;
-            for suffix in [super::fs::LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
-                remove_if_exists(&segment_path(&self.dir, old_active.base_offset, suffix))?;
-            }
-        }
-        for s in &doomed {
-            if s.base_offset != base {
-                s.delete_files()?;
-            }
-        }
         fsync_dir(&self.dir)?;
         inner.active = ActiveSegment::resume(
             &self.dir,
@@ -696,6 +693,7 @@ impl PartitionLog {
             scanned.next_offset,
             scanned.valid_len,
             index,
+            config.segment_bytes,
         );
         inner.unsynced_sealed.retain(|u| u.next_offset <= base);
         inner.recovery_point = inner.recovery_point.min(scanned.next_offset);
@@ -779,25 +777,23 @@ impl PartitionLog {
         inner.sealed.iter().map(|s| s.size).sum::<u64>() + inner.active.size
     }
 
-    /// Clean close: sync everything, write the active segment's indexes, trim its preallocated
-    /// tail, close every file. Later calls fail with `Closed`.
-    pub(crate) fn close(&self) -> Result<()> {
-        self.flush()?;
-        let config = self.config();
+    /// Clean close, without syncing: writes the active segment's indexes, trims its
+    /// preallocated tail, closes every file, and sets the recovery point to the high watermark.
+    /// The caller ([`super::LogDir::close`]) must sync the file system before it checkpoints
+    /// that recovery point or writes the clean-shutdown marker: one `syncfs` instead of several
+    /// fsyncs per partition. Later calls fail with `Closed`.
+    pub(crate) fn close_unsynced(&self) -> Result<()> {
         let mut inner = lock(&self.inner);
         if inner.closed {
             return Ok(());
         }
-        inner.active.persist_for_close(config.segment_bytes)?;
-        inner
-            .active
-            .sync_handle()?
-            .sync_all()
-            .map_err(|e| StorageError::io("syncing segment", inner.active.log_path(), e))?;
+        inner.active.persist_for_close(SyncMode::Deferred)?;
         inner.active.close_writer();
         for s in &inner.sealed {
             s.close_if_idle(i64::MAX);
         }
+        inner.unsynced_sealed.clear();
+        inner.recovery_point = inner.active.next_offset;
         inner.closed = true;
         Ok(())
     }
@@ -903,10 +899,14 @@ fn find_time_in_segment(
         let total = header.total_len().filter(|&n| pos + n <= log.len())?;
         if header.next_offset() > from && header.max_timestamp >= timestamp {
             let batch = RecordBatch::parse(region_bytes(map, pos, total)).ok()?;
-            return batch
+            // The batch's newest record may lie before `from` (a log start inside it): then
+            // keep looking in later batches.
+            if let Some(r) = batch
                 .records()
                 .find(|r| r.offset >= from && r.timestamp >= timestamp)
-                .map(|r| r.offset);
+            {
+                return Some(r.offset);
+            }
         }
         pos += total;
     }

@@ -19,8 +19,8 @@ use tracing::{debug, warn};
 use super::config::LogConfig;
 use super::error::{Result, StorageError};
 use super::fs::{
-    INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX, TMP_SUFFIX, fsync_dir, parse_segment_file_name,
-    remove_if_exists, segment_path,
+    INDEX_SUFFIX, LOG_SUFFIX, SyncMode, TIME_INDEX_SUFFIX, fsync_dir, is_tmp_file,
+    parse_segment_file_name, remove_if_exists, segment_path,
 };
 use super::index::{self, IndexBuilder};
 use super::mmap::{map_read_only, region_slice};
@@ -215,7 +215,7 @@ pub(crate) fn open_partition(
     };
     for mut k in kept {
         k.index.finish();
-        write_index_files(dir, k.base, &k.index)?;
+        write_index_files(dir, k.base, &k.index, SyncMode::Now)?;
         sealed.push_back(Arc::new(SealedSegment::new(
             dir,
             k.base,
@@ -236,7 +236,14 @@ pub(crate) fn open_partition(
         }
         fsync_dir(dir)?;
     }
-    let active = ActiveSegment::resume(dir, last.base, last.next_offset, last.size, last.index);
+    let active = ActiveSegment::resume(
+        dir,
+        last.base,
+        last.next_offset,
+        last.size,
+        last.index,
+        config.segment_bytes,
+    );
     let high_watermark = active.next_offset;
 
     // Segments wholly below a checkpointed log start were deleted by retention before a crash
@@ -279,7 +286,7 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
         let entry = entry.map_err(|e| StorageError::io("listing partition directory", dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.ends_with(TMP_SUFFIX) {
+        if is_tmp_file(name) {
             remove_if_exists(&entry.path())?;
             continue;
         }
@@ -343,7 +350,7 @@ fn check_clean_tail(
                 }),
             _ => Err("index files missing".to_string()),
         };
-        let outcome = match loaded {
+        match loaded {
             Ok((o, t, last)) => {
                 let mut index = IndexBuilder::resume(base, interval, o, t);
                 let outcome = scan_batches(
@@ -363,8 +370,7 @@ fn check_clean_tail(
                 result = Some(index);
                 outcome
             }
-        };
-        outcome
+        }
     })
     .map(|outcome| {
         (

@@ -20,7 +20,7 @@ use weir_proto::batch::{BatchHeader, HEADER_LEN};
 
 use super::error::{Result, StorageError};
 use super::fs::{
-    INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX, atomic_write, now_ms, remove_if_exists,
+    INDEX_SUFFIX, LOG_SUFFIX, SyncMode, TIME_INDEX_SUFFIX, atomic_write, now_ms, remove_if_exists,
     segment_path,
 };
 use super::index::{self, IndexBuilder};
@@ -151,7 +151,7 @@ impl SealedSegment {
             Err((what, detail)) => {
                 warn!(segment = %path.display(), what, detail, "rebuilding segment indexes");
                 let built = rebuild_indexes(log, self.base_offset, self.index_interval);
-                write_index_files(&self.dir, self.base_offset, &built)?;
+                write_index_files(&self.dir, self.base_offset, &built, SyncMode::Now)?;
                 (
                     IndexBytes::Owned(Arc::new(built.offsets)),
                     IndexBytes::Owned(Arc::new(built.times)),
@@ -255,14 +255,21 @@ pub(crate) fn rebuild_indexes(log: &[u8], base_offset: u64, interval: u32) -> In
 }
 
 /// Writes a segment's index files atomically.
-pub(crate) fn write_index_files(dir: &Path, base_offset: u64, built: &IndexBuilder) -> Result<()> {
+pub(crate) fn write_index_files(
+    dir: &Path,
+    base_offset: u64,
+    built: &IndexBuilder,
+    sync: SyncMode,
+) -> Result<()> {
     atomic_write(
         &segment_path(dir, base_offset, INDEX_SUFFIX),
         &built.offsets,
+        sync,
     )?;
     atomic_write(
         &segment_path(dir, base_offset, TIME_INDEX_SUFFIX),
         &built.times,
+        sync,
     )
 }
 
@@ -278,6 +285,9 @@ pub(crate) struct ActiveSegment {
     /// When the segment was created or reopened, for roll-by-age.
     pub created_ms: i64,
     dir: PathBuf,
+    /// Length of the map (the segment size limit when it was created). Fixed for the
+    /// segment's life: raising `segment_bytes` takes effect at the next roll.
+    capacity: u64,
     /// The mapped file; `None` while closed for idleness (reopened on the next use).
     writer: Option<ActiveLogFile>,
     pub last_used_ms: i64,
@@ -305,6 +315,7 @@ impl ActiveSegment {
             index: IndexBuilder::new(base_offset, index_interval),
             created_ms: now_ms(),
             dir: dir.to_owned(),
+            capacity,
             writer: Some(writer),
             last_used_ms: now_ms(),
         })
@@ -318,6 +329,7 @@ impl ActiveSegment {
         next_offset: u64,
         size: u64,
         index: IndexBuilder,
+        capacity: u64,
     ) -> Self {
         ActiveSegment {
             base_offset,
@@ -327,6 +339,7 @@ impl ActiveSegment {
             index,
             created_ms: now_ms(),
             dir: dir.to_owned(),
+            capacity: capacity.max(size),
             writer: None,
             last_used_ms: now_ms(),
         }
@@ -336,14 +349,16 @@ impl ActiveSegment {
         segment_path(&self.dir, self.base_offset, LOG_SUFFIX)
     }
 
+    /// The most bytes this segment can hold.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
     /// The mapped file, opened if it was closed for idleness.
-    pub(crate) fn writer(&mut self, capacity: u64) -> Result<&mut ActiveLogFile> {
+    pub(crate) fn writer(&mut self) -> Result<&mut ActiveLogFile> {
         self.last_used_ms = now_ms();
         if self.writer.is_none() {
-            self.writer = Some(ActiveLogFile::open(
-                &self.log_path(),
-                capacity.max(self.size),
-            )?);
+            self.writer = Some(ActiveLogFile::open(&self.log_path(), self.capacity)?);
         }
         self.writer.as_mut().ok_or(StorageError::Closed)
     }
@@ -383,13 +398,12 @@ impl ActiveSegment {
         &mut self,
         batch: &[u8],
         header: &BatchHeader,
-        capacity: u64,
         min_extent: u64,
         max_extent: u64,
     ) -> Result<()> {
         let position = self.size;
         let end = position + batch.len() as u64;
-        let writer = self.writer(capacity)?;
+        let writer = self.writer()?;
         writer.reserve(end, min_extent, max_extent)?;
         writer.write_at(position, batch);
         writer.write_at(position, &header.base_offset.to_be_bytes());
@@ -401,11 +415,11 @@ impl ActiveSegment {
 
     /// Writes the index files and trims the `.log` to its written length: the on-disk state of
     /// a sealed segment, and of the active one after a clean close.
-    pub(crate) fn persist_for_close(&mut self, capacity: u64) -> Result<()> {
+    pub(crate) fn persist_for_close(&mut self, sync: SyncMode) -> Result<()> {
         self.index.finish();
-        write_index_files(&self.dir, self.base_offset, &self.index)?;
+        write_index_files(&self.dir, self.base_offset, &self.index, sync)?;
         let size = self.size;
-        self.writer(capacity)?.trim(size)
+        self.writer()?.trim(size)
     }
 
     /// Drops the map and descriptor (readers keep theirs).
@@ -414,8 +428,8 @@ impl ActiveSegment {
     }
 
     /// The map and descriptor for a reader, opening them if needed.
-    pub(crate) fn read_handles(&mut self, capacity: u64) -> Result<(Arc<MmapRaw>, Arc<File>)> {
-        let w = self.writer(capacity)?;
+    pub(crate) fn read_handles(&mut self) -> Result<(Arc<MmapRaw>, Arc<File>)> {
+        let w = self.writer()?;
         Ok((Arc::clone(w.map_handle()), Arc::clone(w.file())))
     }
 }

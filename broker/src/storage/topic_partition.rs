@@ -28,7 +28,12 @@ impl TopicPartition {
     /// Parses a directory name; `None` for anything that is not a partition directory.
     pub fn from_dir_name(name: &str) -> Option<Self> {
         let (topic, partition) = name.rsplit_once('-')?;
-        if partition.is_empty() || !partition.bytes().all(|b| b.is_ascii_digit()) {
+        // Exactly what `dir_name` writes: no sign, no leading zeros (so `t-7` and `t-007`
+        // cannot both claim partition 7).
+        if partition.is_empty()
+            || !partition.bytes().all(|b| b.is_ascii_digit())
+            || (partition.len() > 1 && partition.starts_with('0'))
+        {
             return None;
         }
         TopicPartition::new(topic, partition.parse().ok()?).ok()
@@ -58,6 +63,11 @@ mod tests {
         assert_eq!(TopicPartition::from_dir_name("orders-eu-12"), Some(tp));
         assert_eq!(TopicPartition::from_dir_name("orders"), None);
         assert_eq!(TopicPartition::from_dir_name("orders-"), None);
+        assert_eq!(TopicPartition::from_dir_name("orders-007"), None);
+        assert_eq!(
+            TopicPartition::from_dir_name("orders-0").map(|t| t.partition),
+            Some(0)
+        );
         assert_eq!(TopicPartition::from_dir_name("a b-1"), None);
         assert!(TopicPartition::new("..", 0).is_err());
     }

@@ -2,7 +2,7 @@
 //!
 //! | offset | size | field               | set by   | in CRC |
 //! |-------:|-----:|---------------------|----------|--------|
-//! |      0 |    8 | base_offset (i64)   | broker   | no     |
+//! |      0 |    8 | base_offset (u64)   | broker   | no     |
 //! |      8 |    4 | batch_length (i32)  | producer | no (but it bounds the CRC range) |
 //! |     12 |    1 | magic (i8) = 1      | producer | no (checked first) |
 //! |     13 |    4 | crc (u32)           | producer | -      |
@@ -117,12 +117,14 @@ impl BatchHeader {
 
     /// Offset of the batch's last record.
     pub fn last_offset(&self) -> u64 {
-        self.base_offset + u64::try_from(self.last_offset_delta.max(0)).unwrap_or(0)
+        // Saturating: headers are parsed from untrusted bytes before they are validated.
+        self.base_offset
+            .saturating_add(u64::try_from(self.last_offset_delta.max(0)).unwrap_or(0))
     }
 
     /// The offset after this batch: where the next batch starts.
     pub fn next_offset(&self) -> u64 {
-        self.last_offset() + 1
+        self.last_offset().saturating_add(1)
     }
 
     /// Checks the stored CRC against `batch`, the whole batch this header was parsed from.

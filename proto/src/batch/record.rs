@@ -60,6 +60,12 @@ impl RecordBatch {
         if header.record_count < 1 {
             return Err(BatchError::BadRecordCount(header.record_count));
         }
+        // Offsets are i64 on the wire (Kafka's range): the last one must not pass i64::MAX.
+        if header.base_offset > i64::MAX as u64 - header.record_count as u64 {
+            return Err(BatchError::Inconsistent(
+                "base offset + record count overflows i64",
+            ));
+        }
         if header.last_offset_delta != header.record_count - 1 {
             return Err(BatchError::Inconsistent(
                 "last_offset_delta is not record_count - 1",
@@ -266,7 +272,10 @@ fn parse_record(buf: &[u8], start: usize) -> Result<RecordSpans, &'static str> {
     if c.pos >= end {
         return Err("record too short for its attributes byte");
     }
-    c.pos += 1; // attributes: reserved
+    if buf[c.pos] != 0 {
+        return Err("record attributes are reserved and must be 0");
+    }
+    c.pos += 1;
     let timestamp_delta = c.varint64("bad timestamp delta")?;
     let offset_delta = c.varint32("bad offset delta")?;
     let key = c.nullable_bytes("bad key length")?;
@@ -397,6 +406,32 @@ mod tests {
         assert!(matches!(
             RecordBatch::validate(&bytes),
             Err(BatchError::MalformedRecord { index: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn offsets_past_i64_max_are_refused() {
+        let mut stored = build(&[(None, None, 0, vec![]), (None, None, 0, vec![])]).to_vec();
+        stamp_base_offset(&mut stored, i64::MAX as u64);
+        assert!(matches!(
+            RecordBatch::validate(&stored),
+            Err(BatchError::Inconsistent(_))
+        ));
+        stamp_base_offset(&mut stored, u64::MAX);
+        assert!(RecordBatch::validate(&stored).is_err());
+        stamp_base_offset(&mut stored, i64::MAX as u64 - 2);
+        assert!(RecordBatch::validate(&stored).is_ok());
+    }
+
+    #[test]
+    fn reserved_record_attributes_are_refused() {
+        let mut bytes = build(&[(None, Some(b"a".to_vec()), 5, vec![])]).to_vec();
+        bytes[HEADER_LEN + 1] = 1; // first record: length varint (1 byte), then attributes
+        let crc = crc32fast::hash(&bytes[17..]);
+        bytes[13..17].copy_from_slice(&crc.to_be_bytes());
+        assert!(matches!(
+            RecordBatch::validate(&bytes),
+            Err(BatchError::MalformedRecord { index: 0, .. })
         ));
     }
 
