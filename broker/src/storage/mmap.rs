@@ -8,17 +8,24 @@
 //! So a `&[u8]` over a published range is never aliased by a write, and no reader ever touches
 //! a page past end-of-file (which would SIGBUS).
 //!
-//! The active segment is mapped once at its full capacity (`segment_bytes`), longer than the
-//! file: the address never moves while the file grows, so readers' slices stay valid without
-//! remapping. Writes go only below the allocated length ([`ActiveLogFile::reserve`] fallocates
-//! first), so a full disk is an `ENOSPC` error, never a SIGBUS.
+//! Every map is read-only. The active segment is mapped once at its full capacity
+//! (`segment_bytes`), longer than the file: the address never moves while the file grows, so
+//! readers' slices stay valid without remapping. Appends are `pwritev` calls into the same page
+//! cache the map shows, below the allocated length ([`ActiveLogFile::reserve`] fallocates
+//! first): a full disk is an `ENOSPC` error, and no write can SIGBUS.
+//!
+//! Why `pwrite` rather than `memcpy` into a writable map: measured here on 1 MiB batches into
+//! fallocated space, `pwrite` ran at 5.0-5.4 GB/s and `memcpy` into the map at 3.2 GB/s even
+//! with `MADV_POPULATE_WRITE` (0.7 GB/s without): every first touch of a map page over an
+//! unwritten extent costs a fault and a page of zeroing that a full-page `pwrite` skips.
 
 use std::fs::{File, OpenOptions};
+use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use memmap2::{Advice, MmapOptions, MmapRaw};
+use memmap2::{MmapOptions, MmapRaw};
 
 use super::error::{Result, StorageError};
 use super::fs::{allocate, create_preallocated};
@@ -76,8 +83,8 @@ pub(crate) fn map_read_only(file: &File, path: &Path, len: u64) -> Result<Option
         .map_err(|e| StorageError::io("mapping segment file", path, e))
 }
 
-/// The active segment's `.log`: open read-write, mapped shared at `capacity`, with disk blocks
-/// reserved up to `allocated`.
+/// The active segment's `.log`: open read-write, mapped read-only (shared) at `capacity`, with
+/// disk blocks reserved up to `allocated`.
 pub(crate) struct ActiveLogFile {
     path: PathBuf,
     file: Arc<File>,
@@ -113,7 +120,7 @@ impl ActiveLogFile {
             .map_err(|_| StorageError::InvalidConfig("segment larger than address space".into()))?;
         let map = MmapOptions::new()
             .len(len)
-            .map_raw(&file)
+            .map_raw_read_only(&file)
             .map_err(|e| StorageError::io("mapping active segment", path, e))?;
         Ok(ActiveLogFile {
             path: path.to_owned(),
@@ -165,31 +172,42 @@ impl ActiveLogFile {
         Ok(())
     }
 
-    /// Copies `bytes` to `position`, which must be past every published byte and inside the
-    /// reserved blocks.
-    pub(crate) fn write_at(&mut self, position: u64, bytes: &[u8]) {
-        let end = position + bytes.len() as u64;
+    /// Writes `batch` at `position` with its first 8 bytes (the base offset field) replaced by
+    /// `base_offset`, in one `pwritev`. `position` must be past every published byte and the
+    /// range inside the reserved blocks. On error nothing is published: the caller does not
+    /// advance its length, and the next append overwrites whatever was partly written.
+    pub(crate) fn write_batch_at(
+        &mut self,
+        position: u64,
+        base_offset: u64,
+        batch: &[u8],
+    ) -> Result<()> {
+        let end = position + batch.len() as u64;
         assert!(
-            end <= self.allocated,
-            "write past reserved blocks would risk SIGBUS"
+            end <= self.allocated && batch.len() >= 8,
+            "write outside reserved blocks"
         );
-        // Fault the pages in with one call instead of one fault per page (measurably faster for
-        // large batches); advisory, so a failure (old kernel) changes nothing.
-        if bytes.len() >= 64 << 10 {
-            let _ = self
-                .map
-                .advise_range(Advice::PopulateWrite, position as usize, bytes.len());
+        let stamp = base_offset.to_be_bytes();
+        let mut written = 0usize;
+        while written < batch.len() {
+            let at = position + written as u64;
+            let n = if written < stamp.len() {
+                let parts = [
+                    IoSlice::new(&stamp[written..]),
+                    IoSlice::new(&batch[stamp.len()..]),
+                ];
+                rustix::io::pwritev(&*self.file, &parts, at)
+            } else {
+                rustix::io::pwrite(&*self.file, &batch[written..], at)
+            }
+            .map_err(|e| StorageError::io("appending to segment", &self.path, e.into()))?;
+            if n == 0 {
+                let e = std::io::Error::new(std::io::ErrorKind::WriteZero, "pwrite wrote nothing");
+                return Err(StorageError::io("appending to segment", &self.path, e));
+            }
+            written += n;
         }
-        // SAFETY: `[position, end)` lies inside the map and inside allocated blocks (asserted),
-        // and past every published byte, so no reader holds a reference into it (module
-        // invariant); `&mut self` excludes concurrent writers.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                self.map.as_mut_ptr().add(position as usize),
-                bytes.len(),
-            );
-        }
+        Ok(())
     }
 
     /// Shrinks the file to `len` (the published length), releasing the reserved tail.
@@ -236,15 +254,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("00000000000000000000.log");
         let mut f = ActiveLogFile::create(&path, 1 << 20, 4096).unwrap();
-        f.write_at(0, b"hello");
-        let bytes = region_bytes(f.map_handle(), 0, 5);
-        f.trim(5).unwrap();
+        f.write_batch_at(0, u64::from_be_bytes(*b"stamped!"), b"xxxxxxxxhello")
+            .unwrap();
+        let bytes = region_bytes(f.map_handle(), 0, 13);
+        f.trim(13).unwrap();
         drop(f);
         assert_eq!(
             &bytes[..],
-            b"hello",
+            b"stamped!hello",
             "a reader's slice outlives the writer and the trim"
         );
-        assert_eq!(std::fs::read(&path).unwrap(), b"hello");
+        assert_eq!(std::fs::read(&path).unwrap(), b"stamped!hello");
     }
 }

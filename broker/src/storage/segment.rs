@@ -405,8 +405,7 @@ impl ActiveSegment {
         let end = position + batch.len() as u64;
         let writer = self.writer()?;
         writer.reserve(end, min_extent, max_extent)?;
-        writer.write_at(position, batch);
-        writer.write_at(position, &header.base_offset.to_be_bytes());
+        writer.write_batch_at(position, header.base_offset, batch)?;
         self.index.on_batch(header, position, batch.len() as u64);
         self.size = end;
         self.next_offset = header.next_offset();

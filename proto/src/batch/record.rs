@@ -224,12 +224,14 @@ struct Cursor<'a> {
 }
 
 impl Cursor<'_> {
+    #[inline(always)]
     fn varint32(&mut self, what: &'static str) -> Result<i32, &'static str> {
         let (v, n) = decode_zigzag32(&self.buf[self.pos..self.limit]).ok_or(what)?;
         self.pos += n;
         Ok(v)
     }
 
+    #[inline(always)]
     fn varint64(&mut self, what: &'static str) -> Result<i64, &'static str> {
         let (v, n) = decode_zigzag64(&self.buf[self.pos..self.limit]).ok_or(what)?;
         self.pos += n;
@@ -237,6 +239,7 @@ impl Cursor<'_> {
     }
 
     /// A length-prefixed byte string; length -1 is null.
+    #[inline(always)]
     fn nullable_bytes(&mut self, what: &'static str) -> Result<Option<Range<usize>>, &'static str> {
         let len = self.varint32(what)?;
         if len == -1 {
@@ -252,6 +255,7 @@ impl Cursor<'_> {
     }
 }
 
+#[inline]
 fn parse_record(buf: &[u8], start: usize) -> Result<RecordSpans, &'static str> {
     let mut outer = Cursor {
         buf,
@@ -301,6 +305,7 @@ fn parse_record(buf: &[u8], start: usize) -> Result<RecordSpans, &'static str> {
 }
 
 /// Walks `count` headers in `buf[range]`, calling `each(key, value)`; returns where they end.
+#[inline]
 fn parse_headers(
     buf: &[u8],
     range: Range<usize>,

@@ -23,20 +23,45 @@ pub(crate) fn zigzag64_len(value: i64) -> usize {
     bits.div_ceil(7)
 }
 
+#[inline(always)]
 pub(crate) fn decode_zigzag64(input: &[u8]) -> Option<(i64, usize)> {
+    // Fast paths: nearly every length, delta and count in a batch fits in three bytes.
+    match input {
+        [b0, ..] if *b0 < 0x80 => Some((unzigzag(u64::from(*b0)), 1)),
+        [b0, b1, ..] if *b1 < 0x80 => {
+            Some((unzigzag(u64::from(b0 & 0x7f) | u64::from(*b1) << 7), 2))
+        }
+        [b0, b1, b2, ..] if *b2 < 0x80 => Some((
+            unzigzag(u64::from(b0 & 0x7f) | u64::from(b1 & 0x7f) << 7 | u64::from(*b2) << 14),
+            3,
+        )),
+        _ => decode_zigzag64_slow(input),
+    }
+}
+
+#[inline(always)]
+fn unzigzag(raw: u64) -> i64 {
+    ((raw >> 1) as i64) ^ -((raw & 1) as i64)
+}
+
+fn decode_zigzag64_slow(input: &[u8]) -> Option<(i64, usize)> {
     let mut raw: u64 = 0;
-    for (i, &b) in input.iter().enumerate().take(10) {
+    let mut i = 0;
+    while i < 10 {
+        let b = *input.get(i)?;
         raw |= u64::from(b & 0x7f) << (7 * i);
         if b & 0x80 == 0 {
             if i == 9 && b > 1 {
                 return None; // more than 64 bits
             }
-            return Some((((raw >> 1) as i64) ^ -((raw & 1) as i64), i + 1));
+            return Some((unzigzag(raw), i + 1));
         }
+        i += 1;
     }
     None
 }
 
+#[inline(always)]
 pub(crate) fn decode_zigzag32(input: &[u8]) -> Option<(i32, usize)> {
     let (v, n) = decode_zigzag64(input)?;
     if n > 5 {
