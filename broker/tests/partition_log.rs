@@ -423,3 +423,108 @@ fn raising_segment_bytes_at_runtime_takes_effect_at_the_next_roll() {
     );
     assert_eq!(read_all(&log, 0, 4096).len(), 200);
 }
+
+#[test]
+fn handles_outliving_their_data_dir_are_retired() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = open(dir.path(), small_config());
+    let stale = logs.create_partition(tp("t", 0), None).unwrap();
+    for i in 0..50u64 {
+        stale.append(&batch(i, 1, 300, 0)).unwrap();
+    }
+    drop(logs); // crash
+    let logs = open(dir.path(), small_config());
+    let fresh = logs.partition(&tp("t", 0)).unwrap();
+    // The old handle must not write, read or reopen files the new data dir owns.
+    assert!(matches!(
+        stale.append(&batch(50, 1, 10, 0)),
+        Err(StorageError::Closed)
+    ));
+    assert!(matches!(stale.read(0, 100), Err(StorageError::Closed)));
+    assert!(matches!(stale.truncate_to(1), Err(StorageError::Closed)));
+    assert!(matches!(
+        stale.offset_for_time(0),
+        Err(StorageError::Closed)
+    ));
+    assert_eq!(fresh.append(&batch(50, 1, 10, 0)).unwrap().base_offset, 50);
+    assert_eq!(read_all(&fresh, 0, 4096).len(), 51);
+}
+
+#[test]
+fn a_recreated_partition_does_not_inherit_the_deleted_ones_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let logs = open(dir.path(), small_config());
+        let old = logs.create_partition(tp("t", 0), None).unwrap();
+        for i in 0..200u64 {
+            old.append(&batch(i, 1, 300, 0)).unwrap();
+        }
+        old.set_config(LogConfig {
+            retention_bytes: Some(1),
+            ..small_config()
+        })
+        .unwrap();
+        old.apply_retention(0).unwrap();
+        logs.checkpoint().unwrap();
+        assert!(old.log_start_offset() > 100);
+        logs.delete_partition(&tp("t", 0)).unwrap();
+        assert!(
+            matches!(old.apply_retention(0), Err(StorageError::Closed)),
+            "a deleted handle touches nothing"
+        );
+        let new = logs.create_partition(tp("t", 0), None).unwrap();
+        for i in 0..100u64 {
+            new.append_durable(&batch(i, 1, 300, 0)).unwrap();
+        }
+    } // crash before any periodic checkpoint
+    let logs = open(dir.path(), small_config());
+    let log = logs.partition(&tp("t", 0)).unwrap();
+    assert_eq!(
+        log.log_start_offset(),
+        0,
+        "the old log start must not delete the new data"
+    );
+    assert_eq!(read_all(&log, 0, 4096).len(), 100);
+}
+
+#[test]
+fn truncation_lowers_the_checkpointed_recovery_point_before_cutting() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = open(dir.path(), small_config());
+    let log = logs.create_partition(tp("t", 0), None).unwrap();
+    for i in 0..100u64 {
+        log.append(&batch(i, 1, 300, 0)).unwrap();
+    }
+    log.flush().unwrap();
+    logs.checkpoint().unwrap();
+    assert_eq!(log.recovery_point(), 100);
+    log.truncate_to(40).unwrap();
+    let text =
+        std::fs::read_to_string(dir.path().join("recovery-point-offset-checkpoint")).unwrap();
+    assert!(
+        text.contains("t 0 40\n"),
+        "checkpoint after truncate: {text:?}"
+    );
+}
+
+#[test]
+fn a_forever_retention_age_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = open(dir.path(), small_config());
+    let log = logs.create_partition(tp("t", 0), None).unwrap();
+    for i in 0..100u64 {
+        log.append(&batch(i, 1, 300, 0)).unwrap();
+    }
+    log.set_config(LogConfig {
+        retention_age: Some(Duration::MAX),
+        segment_age: Some(Duration::MAX),
+        ..small_config()
+    })
+    .unwrap();
+    assert_eq!(
+        log.apply_retention(weir_broker::storage::fs::now_ms())
+            .unwrap(),
+        0
+    );
+    assert_eq!(log.append(&batch(100, 1, 10, 0)).unwrap().base_offset, 100);
+}

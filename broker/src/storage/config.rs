@@ -5,10 +5,15 @@ use std::time::Duration;
 
 use super::error::{Result, StorageError};
 
+/// Milliseconds of `d`, saturating: a "forever" duration must not wrap to a negative age.
+pub(crate) fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// When appended bytes are forced to disk (fdatasync/msync) without being asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushPolicy {
-    /// Leave it to the OS page cache; only `acks=durable` appends and rolls force a sync.
+    /// Leave it to the OS page cache; only `append_durable` (acks=durable) forces a sync.
     Never,
     /// Sync at most this long after an append (by the data dir's maintenance thread).
     Interval(Duration),

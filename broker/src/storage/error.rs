@@ -38,6 +38,14 @@ pub enum StorageError {
         "partition {partition} is read-only after a failed sync ({reason}); restart the broker once the disk is healthy"
     )]
     SyncFailed { partition: String, reason: String },
+    #[error(
+        "offset {offset} was truncated away before it was synced (high watermark is now {high_watermark}); it is not durable"
+    )]
+    TruncatedBeforeSync { offset: u64, high_watermark: u64 },
+    #[error(
+        "segment {base_offset} was removed (retention or truncation) while being read; retry the read"
+    )]
+    SegmentRemoved { base_offset: u64 },
     #[error("partition {0} already exists")]
     PartitionExists(String),
     #[error("unknown partition {0}")]

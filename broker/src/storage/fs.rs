@@ -3,9 +3,9 @@
 //! - New files that must survive a crash whole are written as `tmp -> fsync -> rename ->
 //!   fsync(dir)` ([`atomic_write`], [`create_preallocated`]): after a crash a reader finds the
 //!   old file or the complete new one, never a prefix.
-//! - Disk blocks are reserved with `fallocate` before anything writes through a map of them
-//!   ([`allocate`]): on a full disk that returns ENOSPC, where a write through a map of an
-//!   unallocated page would kill the process with SIGBUS.
+//! - Disk blocks are reserved with `fallocate` ahead of the write position ([`allocate`]):
+//!   a full disk is an ENOSPC error when reserving, before any byte of a batch is written, and
+//!   extents stay contiguous.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;

@@ -137,6 +137,14 @@ impl LogDir {
             wake: Condvar::new(),
             checkpoint_lock: Mutex::new(()),
         });
+        for log in shared
+            .partitions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            install_checkpoint_hook(&shared, log);
+        }
         checkpoint(&shared)?;
         let thread_shared = Arc::clone(&shared);
         let maintenance = std::thread::Builder::new()
@@ -187,7 +195,11 @@ impl LogDir {
         let (log, _) = open_partition(&dir, tp.clone(), config, OpenMode::Clean, None)?;
         fsync_dir(&self.shared.path)?;
         let log = Arc::new(log);
+        install_checkpoint_hook(&self.shared, &log);
         partitions.insert(tp, Arc::clone(&log));
+        drop(partitions);
+        // Replace any checkpoint entry a deleted namesake left behind, before data arrives.
+        checkpoint(&self.shared)?;
         Ok(log)
     }
 
@@ -220,7 +232,7 @@ impl LogDir {
             .unwrap_or_else(|e| e.into_inner())
             .remove(tp)
             .ok_or_else(|| StorageError::UnknownPartition(tp.to_string()))?;
-        log.close_for_delete();
+        log.retire();
         let doomed = self
             .shared
             .path
@@ -230,7 +242,8 @@ impl LogDir {
         fsync_dir(&self.shared.path)?;
         fs::remove_dir_all(&doomed)
             .map_err(|e| StorageError::io("deleting partition", &doomed, e))?;
-        Ok(())
+        // A re-created partition of the same name must not inherit these offsets.
+        checkpoint(&self.shared)
     }
 
     /// Writes the recovery-point and log-start checkpoints now.
@@ -252,7 +265,9 @@ impl LogDir {
         let idle_cutoff = now_ms - self.shared.config.idle_close_after.as_millis() as i64;
         for p in partitions {
             flush_due(&p, now_ms);
-            if let Err(e) = p.apply_retention(now_ms) {
+            if let Err(e) = p.apply_retention(now_ms)
+                && !matches!(e, StorageError::Closed)
+            {
                 warn!(partition = %p.topic_partition(), error = %e, "retention failed");
             }
             p.close_idle(idle_cutoff);
@@ -300,9 +315,32 @@ impl Drop for LogDir {
     /// Dropping without `close` is a crash as far as the files are concerned: no marker.
     fn drop(&mut self) {
         self.stop_maintenance();
+        // Handles that outlive the data dir must not write to, truncate or reopen its files:
+        // another `LogDir` may own them next.
+        for log in self
+            .shared
+            .partitions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            log.retire();
+        }
     }
 }
 
+/// Lets `truncate_to` write the checkpoints synchronously. Weak: partitions must not keep the
+/// data dir alive.
+fn install_checkpoint_hook(shared: &Arc<Shared>, log: &PartitionLog) {
+    let weak = Arc::downgrade(shared);
+    log.set_checkpoint_hook(Box::new(move || match weak.upgrade() {
+        Some(shared) => checkpoint(&shared),
+        None => Err(StorageError::Closed),
+    }));
+}
+
+/// Writes both checkpoint files. Reads each partition's offsets from atomics, never taking a
+/// partition lock, so a partition may call it (through its hook) while holding its own.
 fn checkpoint(shared: &Shared) -> Result<()> {
     let _guard = shared
         .checkpoint_lock
@@ -323,7 +361,10 @@ fn checkpoint(shared: &Shared) -> Result<()> {
 }
 
 fn flush_due(p: &PartitionLog, now_ms: i64) {
-    if let Err(e) = p.flush_if_due(now_ms) {
+    // `Closed`: a partition deleted since the caller's snapshot; nothing to do.
+    if let Err(e) = p.flush_if_due(now_ms)
+        && !matches!(e, StorageError::Closed)
+    {
         warn!(partition = %p.topic_partition(), error = %e, "interval flush failed");
     }
 }
@@ -360,7 +401,9 @@ fn maintenance_loop(shared: &Shared) {
         if last_retention.elapsed() >= config.retention_check_interval {
             last_retention = Instant::now();
             for p in &partitions {
-                if let Err(e) = p.apply_retention(now) {
+                if let Err(e) = p.apply_retention(now)
+                    && !matches!(e, StorageError::Closed)
+                {
                     warn!(partition = %p.topic_partition(), error = %e, "retention failed");
                 }
             }

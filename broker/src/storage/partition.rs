@@ -21,14 +21,14 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 
 use bytes::Bytes;
 use memmap2::MmapRaw;
 use tracing::{debug, info};
-use weir_proto::batch::{BatchHeader, HEADER_LEN, RecordBatch};
+use weir_proto::batch::{BatchHeader, RecordBatch};
 
-use super::config::{FlushPolicy, LogConfig};
+use super::config::{FlushPolicy, LogConfig, duration_ms};
 use super::error::{Result, StorageError};
 use super::fs::{
     INDEX_SUFFIX, SyncMode, TIME_INDEX_SUFFIX, create_preallocated, fsync_dir, now_ms,
@@ -112,7 +112,34 @@ pub(crate) struct Inner {
     /// When the oldest unsynced append happened, for the interval flush policy.
     pub first_unsynced_ms: Option<i64>,
     pub closed: bool,
+    /// Bumped whenever the active file is replaced under the same base offset (truncation),
+    /// so a sync that started before cannot credit its work to the new file.
+    pub epoch: u64,
 }
+
+impl Inner {
+    pub(crate) fn new(
+        sealed: VecDeque<Arc<SealedSegment>>,
+        active: ActiveSegment,
+        log_start_offset: u64,
+    ) -> Self {
+        let recovery_point = active.next_offset;
+        Inner {
+            sealed,
+            active,
+            log_start_offset,
+            recovery_point,
+            unsynced_sealed: Vec::new(),
+            first_unsynced_ms: None,
+            closed: false,
+            epoch: 0,
+        }
+    }
+}
+
+/// Writes the data dir's checkpoints now; installed by `LogDir`, called by `truncate_to`
+/// before it destroys anything, so the on-disk recovery point never claims cut-away bytes.
+pub(crate) type CheckpointHook = Box<dyn Fn() -> Result<()> + Send + Sync>;
 
 struct SyncState {
     in_progress: bool,
@@ -128,8 +155,22 @@ pub struct PartitionLog {
     inner: Mutex<Inner>,
     high_watermark: AtomicU64,
     log_start_offset: AtomicU64,
+    /// Mirrors `Inner::recovery_point` so checkpoints read it without taking partition locks.
+    recovery_point: AtomicU64,
     sync: Mutex<SyncState>,
     sync_done: Condvar,
+    checkpoint_hook: OnceLock<CheckpointHook>,
+}
+
+/// Clears `in_progress` and wakes the waiters when the sync leader finishes, even by panic,
+/// so a failed leader can never leave every later `sync_through` waiting forever.
+struct SyncLeader<'a>(&'a PartitionLog);
+
+impl Drop for SyncLeader<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.sync).in_progress = false;
+        self.0.sync_done.notify_all();
+    }
 }
 
 /// A segment a read may draw from, with handles cloned under the lock.
@@ -158,6 +199,8 @@ impl PartitionLog {
             config: RwLock::new(Arc::new(config)),
             high_watermark: AtomicU64::new(hw),
             log_start_offset: AtomicU64::new(inner.log_start_offset),
+            recovery_point: AtomicU64::new(inner.recovery_point),
+            checkpoint_hook: OnceLock::new(),
             sync: Mutex::new(SyncState {
                 in_progress: false,
                 durable_offset: inner.recovery_point,
@@ -199,7 +242,26 @@ impl PartitionLog {
 
     /// Offsets below this are synced to disk (and checkpointed as the recovery point).
     pub fn recovery_point(&self) -> u64 {
-        lock(&self.inner).recovery_point
+        self.recovery_point.load(Ordering::Acquire)
+    }
+
+    fn set_recovery_point(&self, inner: &mut Inner, offset: u64) {
+        inner.recovery_point = offset;
+        self.recovery_point.store(offset, Ordering::Release);
+    }
+
+    pub(crate) fn set_checkpoint_hook(&self, hook: CheckpointHook) {
+        let _ = self.checkpoint_hook.set(hook);
+    }
+
+    /// `Closed` once the log was closed, deleted, or its data dir dropped: a stale handle must
+    /// never touch files that may now belong to someone else.
+    fn check_open(&self, inner: &Inner) -> Result<()> {
+        if inner.closed {
+            Err(StorageError::Closed)
+        } else {
+            Ok(())
+        }
     }
 
     /// Appends one batch, syncing first if the flush policy is `Always`.
@@ -225,9 +287,7 @@ impl PartitionLog {
         let mut header = RecordBatch::validate(batch)?;
         let info = {
             let mut inner = lock(&self.inner);
-            if inner.closed {
-                return Err(StorageError::Closed);
-            }
+            self.check_open(&inner)?;
             if let Some(reason) = lock(&self.sync).failure.clone() {
                 return Err(StorageError::SyncFailed {
                     partition: self.tp.to_string(),
@@ -235,12 +295,27 @@ impl PartitionLog {
                 });
             }
             let len = batch.len() as u64;
+            if inner.active.next_offset > i64::MAX as u64 - header.record_count as u64 {
+                return Err(StorageError::InvalidConfig(
+                    "offsets exhausted: the log reached i64::MAX".into(),
+                ));
+            }
+            if inner.active.size == 0 && len > inner.active.capacity() {
+                // An empty segment mapped for a smaller segment_bytes: recreate it at today's size.
+                inner.active = ActiveSegment::create(
+                    &self.dir,
+                    inner.active.base_offset,
+                    config.segment_bytes,
+                    config.preallocate_min_bytes,
+                    config.index_interval_bytes,
+                )?;
+            }
             let active = &inner.active;
             let offsets_after =
                 active.next_offset + header.record_count as u64 - active.base_offset;
             let aged = config
                 .segment_age
-                .is_some_and(|age| now_ms() - active.created_ms >= age.as_millis() as i64);
+                .is_some_and(|age| now_ms().saturating_sub(active.created_ms) >= duration_ms(age));
             if active.size > 0
                 && (active.size + len > config.segment_bytes.min(active.capacity())
                     || aged
@@ -275,9 +350,7 @@ impl PartitionLog {
     pub fn roll(&self) -> Result<()> {
         let config = self.config();
         let mut inner = lock(&self.inner);
-        if inner.closed {
-            return Err(StorageError::Closed);
-        }
+        self.check_open(&inner)?;
         if inner.active.size == 0 {
             return Ok(());
         }
@@ -289,25 +362,35 @@ impl PartitionLog {
     /// leaves the old segment active and appendable.
     fn roll_locked(&self, inner: &mut Inner, config: &LogConfig) -> Result<()> {
         let new_base = inner.active.next_offset;
-        let new_active = ActiveSegment::create(
+        let new_path = segment_path(&self.dir, new_base, super::fs::LOG_SUFFIX);
+        let prepared = ActiveSegment::create(
             &self.dir,
             new_base,
             config.segment_bytes,
             config.preallocate_min_bytes,
             config.index_interval_bytes,
-        )?;
-        if let Err(e) = inner.active.persist_for_close(SyncMode::Now) {
-            let _ = remove_if_exists(&segment_path(&self.dir, new_base, super::fs::LOG_SUFFIX));
-            return Err(e);
-        }
+        )
+        .and_then(|new_active| {
+            let sync_handle = inner.active.sync_handle()?;
+            inner.active.persist_for_close(SyncMode::Now)?;
+            Ok((new_active, sync_handle))
+        });
+        let (new_active, old_file) = match prepared {
+            Ok(pair) => pair,
+            Err(e) => {
+                // A stray empty segment would later look like a gap in the log.
+                let _ = remove_if_exists(&new_path);
+                return Err(e);
+            }
+        };
         let old = std::mem::replace(&mut inner.active, new_active);
-        if old.synced_size < old.size {
-            inner.unsynced_sealed.push(UnsyncedSegment {
-                next_offset: old.next_offset,
-                file: old.sync_handle()?,
-                path: old.log_path(),
-            });
-        }
+        // Queued even when its bytes are synced: the trim must be made durable too.
+        inner.unsynced_sealed.push(UnsyncedSegment {
+            next_offset: old.next_offset,
+            file: old_file,
+            path: old.log_path(),
+        });
+        inner.first_unsynced_ms.get_or_insert_with(now_ms);
         let sealed = SealedSegment::new(
             &self.dir,
             old.base_offset,
@@ -334,73 +417,81 @@ impl PartitionLog {
             if state.durable_offset >= offset {
                 return Ok(());
             }
-            if !state.in_progress {
-                state.in_progress = true;
-                drop(state);
-                let result = self.run_sync();
-                state = lock(&self.sync);
-                state.in_progress = false;
-                match result {
-                    Ok(through) => state.durable_offset = state.durable_offset.max(through),
-                    Err(e) => {
-                        tracing::error!(partition = %self.tp, error = %e, "sync failed; partition is read-only until restart");
-                        state.failure = Some(e.to_string());
-                    }
-                }
-                self.sync_done.notify_all();
-                if state.durable_offset < offset && state.failure.is_none() {
-                    // Only possible if the log was truncated below `offset` meanwhile.
-                    return Ok(());
-                }
+            if offset > self.high_watermark() {
+                // Truncated away before it was synced: never acknowledge it as durable.
+                return Err(StorageError::TruncatedBeforeSync {
+                    offset,
+                    high_watermark: self.high_watermark(),
+                });
+            }
+            if state.in_progress {
+                state = self
+                    .sync_done
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner());
                 continue;
             }
-            state = self
-                .sync_done
-                .wait(state)
-                .unwrap_or_else(|e| e.into_inner());
+            state.in_progress = true;
+            drop(state);
+            let leader = SyncLeader(self);
+            if let Err(e) = self.run_sync() {
+                tracing::error!(partition = %self.tp, error = %e, "sync failed; partition is read-only until restart");
+                lock(&self.sync).failure = Some(e.to_string());
+            }
+            drop(leader);
+            state = lock(&self.sync);
         }
     }
 
     /// One sync: captures what is unsynced under the lock, fdatasyncs it without the lock,
-    /// then records the new recovery point. Returns the offset synced through.
-    fn run_sync(&self) -> Result<u64> {
-        let (files, through, active_base, active_size) = {
+    /// then, under the lock again, records the new recovery point and durable offset unless
+    /// the log was truncated meanwhile (then the work covered files that are gone).
+    fn run_sync(&self) -> Result<()> {
+        let (files, through, epoch, active_base, active_size) = {
             let inner = lock(&self.inner);
-            let mut files: Vec<(Arc<File>, PathBuf)> = inner
+            self.check_open(&inner)?;
+            let mut files: Vec<(Arc<File>, PathBuf, bool)> = inner
                 .unsynced_sealed
                 .iter()
-                .map(|u| (Arc::clone(&u.file), u.path.clone()))
+                .map(|u| (Arc::clone(&u.file), u.path.clone(), true))
                 .collect();
             if inner.active.synced_size < inner.active.size {
-                files.push((inner.active.sync_handle()?, inner.active.log_path()));
+                files.push((inner.active.sync_handle()?, inner.active.log_path(), false));
             }
             (
                 files,
                 inner.active.next_offset,
+                inner.epoch,
                 inner.active.base_offset,
                 inner.active.size,
             )
         };
-        // fdatasync also writes pages dirtied through a shared map (Linux tracks them per page).
-        for (file, path) in &files {
-            file.sync_data()
-                .map_err(|e| StorageError::io("syncing segment", path, e))?;
+        // fdatasync writes every dirty page of the file, whoever dirtied it. Sealed files get a
+        // full fsync: their trim (a size change) must be durable too.
+        for (file, path, sealed) in &files {
+            let result = if *sealed {
+                file.sync_all()
+            } else {
+                file.sync_data()
+            };
+            result.map_err(|e| StorageError::io("syncing segment", path, e))?;
         }
         let mut inner = lock(&self.inner);
+        if inner.epoch != epoch || inner.closed {
+            return Ok(());
+        }
         inner.unsynced_sealed.retain(|u| u.next_offset > through);
         if inner.active.base_offset == active_base {
-            inner.active.synced_size = inner
-                .active
-                .synced_size
-                .max(active_size.min(inner.active.size));
+            inner.active.synced_size = inner.active.synced_size.max(active_size);
         }
-        inner.recovery_point = inner
-            .recovery_point
-            .max(through.min(inner.active.next_offset));
+        let recovery_point = inner.recovery_point.max(through);
+        self.set_recovery_point(&mut inner, recovery_point);
         if inner.unsynced_sealed.is_empty() && inner.active.synced_size == inner.active.size {
             inner.first_unsynced_ms = None;
         }
-        Ok(through)
+        let mut state = lock(&self.sync);
+        state.durable_offset = state.durable_offset.max(through);
+        Ok(())
     }
 
     /// Syncs everything appended so far.
@@ -413,9 +504,13 @@ impl PartitionLog {
         let FlushPolicy::Interval(every) = self.config().flush else {
             return Ok(false);
         };
-        let due = lock(&self.inner)
-            .first_unsynced_ms
-            .is_some_and(|t| now_ms - t >= every.as_millis() as i64);
+        let due = {
+            let inner = lock(&self.inner);
+            !inner.closed
+                && inner
+                    .first_unsynced_ms
+                    .is_some_and(|t| now_ms.saturating_sub(t) >= duration_ms(every))
+        };
         if due {
             self.flush()?;
         }
@@ -427,8 +522,13 @@ impl PartitionLog {
     /// Reading at the high watermark returns no chunks; outside `[log start, high watermark]`
     /// is `OffsetOutOfRange`.
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadResult> {
+        retry_if_segment_removed(|| self.read_once(offset, max_bytes))
+    }
+
+    fn read_once(&self, offset: u64, max_bytes: usize) -> Result<ReadResult> {
         let (sources, high_watermark, log_start_offset) = {
             let mut inner = lock(&self.inner);
+            self.check_open(&inner)?;
             let hw = inner.active.next_offset;
             let start = inner.log_start_offset;
             if offset < start || offset > hw {
@@ -551,14 +651,31 @@ impl PartitionLog {
                 break;
             }
         }
+        if result.chunks.is_empty() && offset < high_watermark {
+            // Below the high watermark there is always a batch; finding none means the segment
+            // does not hold what its neighbours promise. An error beats an empty answer a
+            // consumer would poll forever.
+            return Err(StorageError::Corrupt {
+                what: "partition",
+                path: self.dir.clone(),
+                detail: format!(
+                    "no batch found for offset {offset} below high watermark {high_watermark}"
+                ),
+            });
+        }
         Ok(result)
     }
 
     /// The offset of the first record whose timestamp is >= `timestamp`, or `None` if every
     /// record is older (Kafka's ListOffsets by time).
     pub fn offset_for_time(&self, timestamp: i64) -> Result<Option<u64>> {
+        retry_if_segment_removed(|| self.offset_for_time_once(timestamp))
+    }
+
+    fn offset_for_time_once(&self, timestamp: i64) -> Result<Option<u64>> {
         let (sealed, active, log_start) = {
             let mut inner = lock(&self.inner);
+            self.check_open(&inner)?;
             let sealed: Vec<Arc<SealedSegment>> = inner.sealed.iter().cloned().collect();
             let active = if inner.active.size > 0 && inner.active.index.max_timestamp >= timestamp {
                 let start_rel = index::lookup_time(&inner.active.index.times, timestamp);
@@ -586,7 +703,8 @@ impl PartitionLog {
             };
             let start_rel = index::lookup_time(open.times.as_slice(), timestamp);
             let hint = index::lookup_offset(open.offsets.as_slice(), u64::from(start_rel));
-            if let Some(found) = find_time_in_segment(
+            let corrupt = |detail| self.corrupt_segment(segment.base_offset, detail);
+            let found = find_time_in_segment(
                 &map,
                 segment.size,
                 segment.base_offset,
@@ -594,28 +712,34 @@ impl PartitionLog {
                 start_rel,
                 timestamp,
                 log_start,
-            ) {
-                return Ok(Some(found));
+            )
+            .map_err(corrupt)?;
+            if found.is_some() {
+                return Ok(found);
             }
         }
         if let Some((map, base, size, start_rel, hint)) = active {
-            return Ok(find_time_in_segment(
-                &map, size, base, hint, start_rel, timestamp, log_start,
-            ));
+            return find_time_in_segment(&map, size, base, hint, start_rel, timestamp, log_start)
+                .map_err(|detail| self.corrupt_segment(base, detail));
         }
         Ok(None)
     }
 
     /// Removes every batch from the one holding `offset` on (Kafka's truncateTo: the cut falls
     /// on a batch boundary, so the new high watermark may be below `offset`). Returns the new
-    /// high watermark. The cut segment is rewritten as a new file (copy of the kept prefix,
-    /// renamed over the old one) so readers of the old bytes are never disturbed.
+    /// high watermark.
+    ///
+    /// Crash safety, step by step: (1) the recovery point is lowered and checkpointed, so it
+    /// never claims cut-away bytes; (2) the kept prefix of the cut segment is written to a
+    /// temporary file and synced: a failure up to here changes nothing; (3) later segments are
+    /// unlinked newest first and the prefix is renamed over the cut segment, so the files on
+    /// disk always hold a prefix of the old log. A failure in (3) leaves the partition
+    /// read-only until a restart recovers that prefix. Readers of the old bytes keep them (the
+    /// old inode lives on in their maps).
     pub fn truncate_to(&self, offset: u64) -> Result<u64> {
         let config = self.config();
         let mut inner = lock(&self.inner);
-        if inner.closed {
-            return Err(StorageError::Closed);
-        }
+        self.check_open(&inner)?;
         let hw = inner.active.next_offset;
         if offset >= hw {
             return Ok(hw);
@@ -627,7 +751,7 @@ impl PartitionLog {
                 high_watermark: hw,
             });
         }
-        // The segment holding `offset` and its bytes.
+        // The segment holding `offset`, and a copy of its published bytes.
         let in_active = offset >= inner.active.base_offset;
         let (base, log_bytes): (u64, Vec<u8>) = if in_active {
             let size = inner.active.size as usize;
@@ -637,29 +761,79 @@ impl PartitionLog {
                 region_slice(&map, 0, size).to_vec(),
             )
         } else {
-            let i = inner.sealed.partition_point(|s| s.base_offset <= offset) - 1;
-            let s = Arc::clone(&inner.sealed[i]);
-            let open = s.open()?;
-            (
-                s.base_offset,
-                open.map
-                    .as_ref()
-                    .map(|m| region_slice(m, 0, s.size as usize).to_vec())
-                    .unwrap_or_default(),
-            )
+            let i = inner
+                .sealed
+                .partition_point(|s| s.base_offset <= offset)
+                .saturating_sub(1);
+            let segment = Arc::clone(&inner.sealed[i]);
+            let open = segment.open()?;
+            let bytes = open
+                .map
+                .as_ref()
+                .map(|m| region_slice(m, 0, segment.size as usize).to_vec());
+            (segment.base_offset, bytes.unwrap_or_default())
         };
+        let path = segment_path(&self.dir, base, super::fs::LOG_SUFFIX);
         let cut = select_batches(&log_bytes, 0, base, offset, usize::MAX, true)
             .map_err(|detail| StorageError::Corrupt {
                 what: "segment",
-                path: segment_path(&self.dir, base, super::fs::LOG_SUFFIX),
+                path: path.clone(),
                 detail,
             })?
             .map_or(log_bytes.len() as u64, |sel| sel.start);
         let kept = &log_bytes[..cut as usize];
         let mut index = index::IndexBuilder::new(base, config.index_interval_bytes);
-        let scanned = scan_batches(kept, 0, base, false, Some(&mut index));
-        // Crash safety: at every step the files on disk hold a prefix of the old log. Later
-        // segments go first, newest first, then the cut segment is replaced by its prefix.
+        let new_hw = scan_batches(kept, 0, base, false, Some(&mut index)).next_offset;
+
+        // (1)
+        let lowered = inner.recovery_point.min(new_hw);
+        self.set_recovery_point(&mut inner, lowered);
+        if let Some(checkpoint) = self.checkpoint_hook.get() {
+            checkpoint()?;
+        }
+        // (2)
+        let tmp = self.dir.join(format!("{base:020}.truncate.tmp"));
+        let prepared = create_preallocated(&tmp, kept.len() as u64).and_then(|file| {
+            use std::os::unix::fs::FileExt;
+            file.write_all_at(kept, 0)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| StorageError::io("writing truncated segment", &tmp, e))
+        });
+        if let Err(e) = prepared {
+            let _ = remove_if_exists(&tmp);
+            return Err(e);
+        }
+        // (3)
+        inner.epoch += 1;
+        if let Err(e) = self.replace_tail(&mut inner, base, in_active, &tmp, &path) {
+            lock(&self.sync).failure = Some(format!("truncation failed midway: {e}"));
+            return Err(e);
+        }
+        inner.active =
+            ActiveSegment::resume(&self.dir, base, new_hw, cut, index, config.segment_bytes);
+        inner.unsynced_sealed.retain(|u| u.next_offset <= base);
+        if inner.unsynced_sealed.is_empty() {
+            inner.first_unsynced_ms = None;
+        }
+        {
+            let mut sync = lock(&self.sync);
+            sync.durable_offset = sync.durable_offset.min(new_hw);
+        }
+        self.high_watermark.store(new_hw, Ordering::Release);
+        info!(partition = %self.tp, requested = offset, high_watermark = new_hw, "truncated log");
+        Ok(new_hw)
+    }
+
+    /// Step (3) of `truncate_to`: drop every segment after `base` (newest first), then put the
+    /// prepared prefix `tmp` in place of segment `base`.
+    fn replace_tail(
+        &self,
+        inner: &mut Inner,
+        base: u64,
+        in_active: bool,
+        tmp: &Path,
+        path: &Path,
+    ) -> Result<()> {
         if !in_active {
             inner.active.close_writer();
             for suffix in [super::fs::LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
@@ -667,45 +841,21 @@ impl PartitionLog {
             }
         }
         while inner.sealed.back().is_some_and(|s| s.base_offset >= base) {
-            if let Some(s) = inner.sealed.pop_back()
-                && s.base_offset != base
-            {
-                s.delete_files()?;
+            let Some(segment) = inner.sealed.pop_back() else {
+                break;
+            };
+            if segment.base_offset == base {
+                segment.mark_removed(); // its path is about to name the truncated copy
+            } else {
+                segment.delete_files()?;
             }
         }
         fsync_dir(&self.dir)?;
-        // Write the kept prefix as a new file and rename it over the old one.
-        let path = segment_path(&self.dir, base, super::fs::LOG_SUFFIX);
-        let tmp = self.dir.join(format!("{base:020}.truncate.tmp"));
-        let file = create_preallocated(&tmp, kept.len() as u64)?;
-        use std::os::unix::fs::FileExt;
-        file.write_all_at(kept, 0)
-            .and_then(|()| file.sync_data())
-            .map_err(|e| StorageError::io("writing truncated segment", &tmp, e))?;
-        std::fs::rename(&tmp, &path)
-            .map_err(|e| StorageError::io("replacing truncated segment", &path, e))?;
+        std::fs::rename(tmp, path)
+            .map_err(|e| StorageError::io("replacing truncated segment", path, e))?;
         remove_if_exists(&segment_path(&self.dir, base, INDEX_SUFFIX))?;
         remove_if_exists(&segment_path(&self.dir, base, TIME_INDEX_SUFFIX))?;
-        fsync_dir(&self.dir)?;
-        inner.active = ActiveSegment::resume(
-            &self.dir,
-            base,
-            scanned.next_offset,
-            scanned.valid_len,
-            index,
-            config.segment_bytes,
-        );
-        inner.unsynced_sealed.retain(|u| u.next_offset <= base);
-        inner.recovery_point = inner.recovery_point.min(scanned.next_offset);
-        inner.first_unsynced_ms = None;
-        {
-            let mut sync = lock(&self.sync);
-            sync.durable_offset = sync.durable_offset.min(scanned.next_offset);
-        }
-        self.high_watermark
-            .store(scanned.next_offset, Ordering::Release);
-        info!(partition = %self.tp, requested = offset, high_watermark = scanned.next_offset, "truncated log");
-        Ok(scanned.next_offset)
+        fsync_dir(&self.dir)
     }
 
     /// Deletes whole sealed segments, oldest first, while the log exceeds `retention_bytes` or
@@ -716,6 +866,7 @@ impl PartitionLog {
             return Ok(0);
         }
         let mut inner = lock(&self.inner);
+        self.check_open(&inner)?;
         let mut total: u64 = inner.sealed.iter().map(|s| s.size).sum::<u64>() + inner.active.size;
         let mut deleted = 0;
         while let Some(oldest) = inner.sealed.front().cloned() {
@@ -724,22 +875,27 @@ impl PartitionLog {
                 .is_some_and(|limit| total - oldest.size >= limit);
             let by_age = !by_size
                 && match config.retention_age {
-                    Some(age) => oldest.max_timestamp()? < now_ms - age.as_millis() as i64,
+                    Some(age) => oldest.max_timestamp()? < now_ms.saturating_sub(duration_ms(age)),
                     None => false,
                 };
             if !(by_size || by_age) {
                 break;
             }
+            // The log's state moves first; a file that fails to unlink is only leaked space
+            // (the next open deletes segments below the checkpointed log start).
             inner.sealed.pop_front();
-            oldest.delete_files()?;
             total -= oldest.size;
             inner.log_start_offset = oldest.next_offset;
-            inner.recovery_point = inner.recovery_point.max(oldest.next_offset);
+            let recovery_point = inner.recovery_point.max(oldest.next_offset);
+            self.set_recovery_point(&mut inner, recovery_point);
             inner
                 .unsynced_sealed
                 .retain(|u| u.next_offset > oldest.next_offset);
             self.log_start_offset
                 .store(oldest.next_offset, Ordering::Release);
+            if let Err(e) = oldest.delete_files() {
+                tracing::warn!(partition = %self.tp, base_offset = oldest.base_offset, error = %e, "could not delete retained-out segment files");
+            }
             info!(partition = %self.tp, base_offset = oldest.base_offset, bytes = oldest.size, by_size, "retention deleted segment");
             deleted += 1;
         }
@@ -787,27 +943,57 @@ impl PartitionLog {
         if inner.closed {
             return Ok(());
         }
+        // After a failed sync the page cache may have dropped pages it never wrote: this close
+        // must not be recorded as clean (the next open then scans and cuts what is missing).
+        if let Some(reason) = lock(&self.sync).failure.clone() {
+            return Err(StorageError::SyncFailed {
+                partition: self.tp.to_string(),
+                reason,
+            });
+        }
         inner.active.persist_for_close(SyncMode::Deferred)?;
         inner.active.close_writer();
         for s in &inner.sealed {
-            s.close_if_idle(i64::MAX);
+            s.mark_removed();
         }
         inner.unsynced_sealed.clear();
-        inner.recovery_point = inner.active.next_offset;
+        let recovery_point = inner.active.next_offset;
+        self.set_recovery_point(&mut inner, recovery_point);
         inner.closed = true;
         Ok(())
     }
 
-    /// Refuses further use and drops this log's own file handles, before its directory is
-    /// deleted (readers in flight keep theirs).
-    pub(crate) fn close_for_delete(&self) {
+    fn corrupt_segment(&self, base_offset: u64, detail: String) -> StorageError {
+        StorageError::Corrupt {
+            what: "segment",
+            path: segment_path(&self.dir, base_offset, super::fs::LOG_SUFFIX),
+            detail,
+        }
+    }
+
+    /// Retires this handle for good: every later call fails with `Closed`, and no file is
+    /// opened by path again (sealed segments are marked removed). Used when the data dir is
+    /// dropped without a clean close, or the partition is deleted; readers in flight keep the
+    /// maps they already hold.
+    pub(crate) fn retire(&self) {
         let mut inner = lock(&self.inner);
         inner.closed = true;
         inner.active.close_writer();
         for s in &inner.sealed {
-            s.close_if_idle(i64::MAX);
+            s.mark_removed();
         }
     }
+}
+/// Runs `op` again (at most three times) when a segment it was reading left the log midway:
+/// the retry sees the log as it is now (e.g. `OffsetOutOfRange` after retention).
+fn retry_if_segment_removed<T>(mut op: impl FnMut() -> Result<T>) -> Result<T> {
+    for _ in 0..3 {
+        match op() {
+            Err(StorageError::SegmentRemoved { .. }) => continue,
+            other => return other,
+        }
+    }
+    op()
 }
 
 /// Batches chosen from one segment for a read.
@@ -835,10 +1021,9 @@ fn select_batches(
     let mut expected = expected;
     let mut selected: Option<Selection> = None;
     while pos < log.len() {
+        // `log` is exactly the published bytes: anything but a whole batch here is corruption
+        // (or a wrong index hint, which the caller retries from the segment start).
         let rest = &log[pos..];
-        if rest.len() < HEADER_LEN || rest[..HEADER_LEN].iter().all(|&b| b == 0) {
-            break;
-        }
         let header = BatchHeader::parse(rest).map_err(|e| format!("at byte {pos}: {e}"))?;
         if header.base_offset != expected {
             return Err(format!(
@@ -881,7 +1066,8 @@ fn select_batches(
 }
 
 /// Within one segment: the first record at or after `start_rel` (relative) whose timestamp is
-/// >= `timestamp`.
+/// at least `timestamp`. Walks from the index hint, checking the chain of base offsets as reads do,
+/// and from the segment start if the hint proves wrong.
 fn find_time_in_segment(
     map: &Arc<MmapRaw>,
     size: u64,
@@ -890,25 +1076,44 @@ fn find_time_in_segment(
     start_rel: u32,
     timestamp: i64,
     log_start: u64,
-) -> Option<u64> {
-    let log = region_slice(map, 0, size as usize);
+) -> std::result::Result<Option<u64>, String> {
     let from = (base + u64::from(start_rel)).max(log_start);
-    let mut pos = hint.position as usize;
-    while pos + HEADER_LEN <= log.len() {
-        let header = BatchHeader::parse(&log[pos..]).ok()?;
-        let total = header.total_len().filter(|&n| pos + n <= log.len())?;
-        if header.next_offset() > from && header.max_timestamp >= timestamp {
-            let batch = RecordBatch::parse(region_bytes(map, pos, total)).ok()?;
-            // The batch's newest record may lie before `from` (a log start inside it): then
-            // keep looking in later batches.
-            if let Some(r) = batch
-                .records()
-                .find(|r| r.offset >= from && r.timestamp >= timestamp)
-            {
-                return Some(r.offset);
+    let walk = |position: usize, expected: u64| -> std::result::Result<Option<u64>, String> {
+        let log = region_slice(map, 0, size as usize);
+        let (mut pos, mut expected) = (position, expected);
+        while pos < log.len() {
+            let header =
+                BatchHeader::parse(&log[pos..]).map_err(|e| format!("at byte {pos}: {e}"))?;
+            if header.base_offset != expected {
+                return Err(format!(
+                    "at byte {pos}: base offset {} where {expected} was expected",
+                    header.base_offset
+                ));
             }
+            let total = header
+                .total_len()
+                .filter(|&n| pos + n <= log.len())
+                .ok_or_else(|| format!("at byte {pos}: batch runs past the segment"))?;
+            if header.next_offset() > from && header.max_timestamp >= timestamp {
+                let batch = RecordBatch::parse(region_bytes(map, pos, total))
+                    .map_err(|e| format!("at byte {pos}: {e}"))?;
+                // The batch's newest record may lie before `from` (a log start inside it):
+                // then keep looking in later batches.
+                if let Some(r) = batch
+                    .records()
+                    .find(|r| r.offset >= from && r.timestamp >= timestamp)
+                {
+                    return Ok(Some(r.offset));
+                }
+            }
+            pos += total;
+            expected = header.next_offset();
         }
-        pos += total;
-    }
-    None
+        Ok(None)
+    };
+    walk(
+        hint.position as usize,
+        base + u64::from(hint.relative_offset),
+    )
+    .or_else(|_| walk(0, base))
 }

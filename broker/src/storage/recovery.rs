@@ -85,15 +85,7 @@ pub(crate) fn open_partition(
             config.preallocate_min_bytes,
             interval,
         )?;
-        let inner = Inner {
-            sealed: VecDeque::new(),
-            active,
-            log_start_offset: base,
-            recovery_point: base,
-            unsynced_sealed: Vec::new(),
-            first_unsynced_ms: None,
-            closed: false,
-        };
+        let inner = Inner::new(VecDeque::new(), active, base);
         return Ok((
             PartitionLog::from_parts(tp, dir.to_owned(), config, inner),
             None,
@@ -119,6 +111,7 @@ pub(crate) fn open_partition(
 
     let mut report: Option<TruncationReport> = None;
     let mut kept: Vec<Kept> = Vec::new();
+    // Segments whose files recovery changed or must make durable.
     let mut touched: Vec<u64> = Vec::new();
     for i in scan_from..n {
         let (base, size) = (bases[i], sizes[i]);
@@ -206,6 +199,10 @@ pub(crate) fn open_partition(
             ))
         })
         .collect();
+    // Every scanned segment may hold pages that only the page cache has (a killed process
+    // leaves them dirty); they become the log, so they are synced before the recovery point
+    // covers them.
+    touched.extend(kept.iter().map(|k| k.base));
     let Some(last) = kept.pop() else {
         return Err(StorageError::Corrupt {
             what: "partition",
@@ -227,7 +224,7 @@ pub(crate) fn open_partition(
     }
     if mode != OpenMode::Clean || report.is_some() {
         // The scanned tail is now the log: make it durable before it counts as recovered.
-        for base in touched.iter().copied().chain(std::iter::once(last.base)) {
+        for base in touched.iter().copied() {
             let p = segment_path(dir, base, LOG_SUFFIX);
             if let Ok(f) = OpenOptions::new().read(true).open(&p) {
                 f.sync_all()
@@ -260,15 +257,7 @@ pub(crate) fn open_partition(
     if let Some(s) = sealed.front() {
         log_start = log_start.max(s.base_offset);
     }
-    let inner = Inner {
-        sealed,
-        active,
-        log_start_offset: log_start,
-        recovery_point: high_watermark,
-        unsynced_sealed: Vec::new(),
-        first_unsynced_ms: None,
-        closed: false,
-    };
+    let inner = Inner::new(sealed, active, log_start);
     Ok((
         PartitionLog::from_parts(tp, dir.to_owned(), config, inner),
         report,

@@ -11,7 +11,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use memmap2::MmapRaw;
@@ -68,6 +68,10 @@ pub(crate) struct SealedSegment {
     index_interval: u32,
     /// Newest record timestamp; `None` until known (read from the time index on first need).
     max_timestamp: Mutex<Option<i64>>,
+    /// Set (under the `open` lock) when the segment leaves the log: retention, truncation,
+    /// partition deletion or a dropped data dir. A removed segment never opens its path again,
+    /// because that path may by then name a different file (a truncated copy, a new partition).
+    removed: AtomicBool,
     open: Mutex<Option<Arc<OpenSegment>>>,
     last_used_ms: AtomicI64,
 }
@@ -88,6 +92,7 @@ impl SealedSegment {
             dir: dir.to_owned(),
             index_interval,
             max_timestamp: Mutex::new(max_timestamp),
+            removed: AtomicBool::new(false),
             open: Mutex::new(None),
             last_used_ms: AtomicI64::new(now_ms()),
         }
@@ -107,6 +112,11 @@ impl SealedSegment {
         let mut slot = lock(&self.open);
         if let Some(open) = slot.as_ref() {
             return Ok(Arc::clone(open));
+        }
+        if self.removed.load(Ordering::Acquire) {
+            return Err(StorageError::SegmentRemoved {
+                base_offset: self.base_offset,
+            });
         }
         let open = Arc::new(self.open_files()?);
         *slot = Some(Arc::clone(&open));
@@ -192,9 +202,18 @@ impl SealedSegment {
         false
     }
 
-    /// Unlinks the segment's files. Open maps stay valid until their last user drops them.
+    /// Takes the segment out of the log: it will not open again, and its own handle is
+    /// dropped (readers keep theirs). Does not touch the files.
+    pub(crate) fn mark_removed(&self) {
+        let mut slot = lock(&self.open);
+        self.removed.store(true, Ordering::Release);
+        slot.take();
+    }
+
+    /// Marks the segment removed and unlinks its files. Open maps stay valid until their last
+    /// user drops them.
     pub(crate) fn delete_files(&self) -> Result<()> {
-        lock(&self.open).take();
+        self.mark_removed();
         for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
             remove_if_exists(&segment_path(&self.dir, self.base_offset, suffix))?;
         }
