@@ -11,7 +11,7 @@
 //! One background thread per data dir runs interval flushes, retention, idle-file closing and
 //! periodic checkpoints; it holds no lock while a partition syncs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
@@ -51,8 +51,9 @@ struct Shared {
     partitions: RwLock<BTreeMap<TopicPartition, Arc<PartitionLog>>>,
     stop: Mutex<bool>,
     wake: Condvar,
-    /// Serializes checkpoint writers (maintenance thread vs. explicit calls).
-    checkpoint_lock: Mutex<()>,
+    /// Serializes checkpoint writers (maintenance thread vs. explicit calls), and holds the
+    /// partitions the checkpoint files on disk may name.
+    checkpoint_lock: Mutex<BTreeSet<TopicPartition>>,
 }
 
 /// A data directory of partition logs.
@@ -135,7 +136,13 @@ impl LogDir {
             partitions: RwLock::new(partitions),
             stop: Mutex::new(false),
             wake: Condvar::new(),
-            checkpoint_lock: Mutex::new(()),
+            checkpoint_lock: Mutex::new(
+                recovery_points
+                    .keys()
+                    .chain(log_starts.keys())
+                    .cloned()
+                    .collect(),
+            ),
         });
         for log in shared
             .partitions
@@ -198,8 +205,18 @@ impl LogDir {
         install_checkpoint_hook(&self.shared, &log);
         partitions.insert(tp, Arc::clone(&log));
         drop(partitions);
-        // Replace any checkpoint entry a deleted namesake left behind, before data arrives.
-        checkpoint(&self.shared)?;
+        // Replace any checkpoint entry a deleted namesake left behind, before data arrives
+        // (only then: rewriting the checkpoint per creation would make creating N partitions
+        // cost O(N^2)).
+        let stale = self
+            .shared
+            .checkpoint_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(log.topic_partition());
+        if stale {
+            checkpoint(&self.shared)?;
+        }
         Ok(log)
     }
 
@@ -342,7 +359,7 @@ fn install_checkpoint_hook(shared: &Arc<Shared>, log: &PartitionLog) {
 /// Writes both checkpoint files. Reads each partition's offsets from atomics, never taking a
 /// partition lock, so a partition may call it (through its hook) while holding its own.
 fn checkpoint(shared: &Shared) -> Result<()> {
-    let _guard = shared
+    let mut named = shared
         .checkpoint_lock
         .lock()
         .unwrap_or_else(|e| e.into_inner());
@@ -356,8 +373,12 @@ fn checkpoint(shared: &Shared) -> Result<()> {
         .map(|(tp, p)| (tp.clone(), p.log_start_offset()))
         .collect();
     drop(partitions);
+    // While the files are being replaced, either may still name what the old set names.
+    named.extend(recovery.keys().cloned());
     write_offsets(&shared.path.join(RECOVERY_POINT_FILE), &recovery)?;
-    write_offsets(&shared.path.join(LOG_START_FILE), &starts)
+    write_offsets(&shared.path.join(LOG_START_FILE), &starts)?;
+    *named = recovery.into_keys().collect();
+    Ok(())
 }
 
 fn flush_due(p: &PartitionLog, now_ms: i64) {
