@@ -21,7 +21,8 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::thread::Thread;
 
 use bytes::Bytes;
 use memmap2::MmapRaw;
@@ -145,6 +146,30 @@ struct SyncState {
     in_progress: bool,
     durable_offset: u64,
     failure: Option<String>,
+    /// Appenders parked until `durable_offset` reaches their offset. A finished sync wakes
+    /// only those it covered, plus one other to lead the next sync: waking every waiter after
+    /// every sync (a condvar broadcast) spends the CPU the other appenders need to join the
+    /// next group, measured at 64 appenders on 2 cores.
+    waiters: Vec<(u64, Thread)>,
+}
+
+impl SyncState {
+    /// Wakes the waiters the finished sync covered (all of them after a failure) and the
+    /// uncovered waiter with the lowest offset, who will lead the next sync.
+    fn wake_after_sync(&mut self) {
+        let durable = self.durable_offset;
+        let failed = self.failure.is_some();
+        self.waiters.retain(|(offset, thread)| {
+            let done = failed || *offset <= durable;
+            if done {
+                thread.unpark();
+            }
+            !done
+        });
+        if let Some((_, next_leader)) = self.waiters.iter().min_by_key(|(offset, _)| *offset) {
+            next_leader.unpark();
+        }
+    }
 }
 
 /// One partition's log. Cheap to share (`Arc<PartitionLog>`); all methods take `&self`.
@@ -158,18 +183,18 @@ pub struct PartitionLog {
     /// Mirrors `Inner::recovery_point` so checkpoints read it without taking partition locks.
     recovery_point: AtomicU64,
     sync: Mutex<SyncState>,
-    sync_done: Condvar,
     checkpoint_hook: OnceLock<CheckpointHook>,
 }
 
-/// Clears `in_progress` and wakes the waiters when the sync leader finishes, even by panic,
-/// so a failed leader can never leave every later `sync_through` waiting forever.
+/// Clears `in_progress` and wakes waiters when the sync leader finishes, even by panic, so a
+/// failed leader can never leave later `sync_through` calls waiting forever.
 struct SyncLeader<'a>(&'a PartitionLog);
 
 impl Drop for SyncLeader<'_> {
     fn drop(&mut self) {
-        lock(&self.0.sync).in_progress = false;
-        self.0.sync_done.notify_all();
+        let mut state = lock(&self.0.sync);
+        state.in_progress = false;
+        state.wake_after_sync();
     }
 }
 
@@ -205,8 +230,8 @@ impl PartitionLog {
                 in_progress: false,
                 durable_offset: inner.recovery_point,
                 failure: None,
+                waiters: Vec::new(),
             }),
-            sync_done: Condvar::new(),
             inner: Mutex::new(inner),
         }
     }
@@ -425,15 +450,22 @@ impl PartitionLog {
                 });
             }
             if state.in_progress {
-                state = self
-                    .sync_done
-                    .wait(state)
-                    .unwrap_or_else(|e| e.into_inner());
+                // Park until a finished sync covers this offset or picks this thread to lead
+                // the next one. An unpark that lands before the park is not lost (the token).
+                let me = std::thread::current();
+                state.waiters.push((offset, me.clone()));
+                drop(state);
+                std::thread::park();
+                state = lock(&self.sync);
+                state.waiters.retain(|(_, t)| t.id() != me.id());
                 continue;
             }
             state.in_progress = true;
             drop(state);
             let leader = SyncLeader(self);
+            // Appenders woken by the previous sync are runnable now: let them append before
+            // this sync decides what it covers (a bigger group per fdatasync).
+            std::thread::yield_now();
             if let Err(e) = self.run_sync() {
                 tracing::error!(partition = %self.tp, error = %e, "sync failed; partition is read-only until restart");
                 lock(&self.sync).failure = Some(e.to_string());
