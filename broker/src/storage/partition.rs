@@ -151,7 +151,14 @@ struct SyncState {
     /// every sync (a condvar broadcast) spends the CPU the other appenders need to join the
     /// next group, measured at 64 appenders on 2 cores.
     waiters: Vec<(u64, Thread)>,
+    /// Recent truncations as (epoch after, new high watermark), oldest first, so a durable
+    /// appender can tell that its batch was cut even if a new batch has since taken its offset.
+    truncations: VecDeque<(u64, u64)>,
 }
+
+/// How many truncations `SyncState` remembers; an appender older than all of them is told
+/// its batch may have been cut (conservative, and truncations are rare).
+const TRUNCATION_HISTORY: usize = 64;
 
 impl SyncState {
     /// Wakes the waiters the finished sync covered (all of them after a failure) and the
@@ -231,6 +238,7 @@ impl PartitionLog {
                 durable_offset: inner.recovery_point,
                 failure: None,
                 waiters: Vec::new(),
+                truncations: VecDeque::new(),
             }),
             inner: Mutex::new(inner),
         }
@@ -310,6 +318,7 @@ impl PartitionLog {
             });
         }
         let mut header = RecordBatch::validate(batch)?;
+        let epoch;
         let info = {
             let mut inner = lock(&self.inner);
             self.check_open(&inner)?;
@@ -319,6 +328,7 @@ impl PartitionLog {
                     reason,
                 });
             }
+            epoch = inner.epoch;
             let len = batch.len() as u64;
             if inner.active.next_offset > i64::MAX as u64 - header.record_count as u64 {
                 return Err(StorageError::InvalidConfig(
@@ -366,7 +376,7 @@ impl PartitionLog {
             }
         };
         if durable {
-            self.sync_through(info.last_offset + 1)?;
+            self.sync_appended(info.last_offset + 1, Some(epoch))?;
         }
         Ok(info)
     }
@@ -430,9 +440,33 @@ impl PartitionLog {
     }
 
     /// Makes every offset below `offset` durable (group commit: concurrent callers share syncs).
+    /// `offset` must not exceed the high watermark.
     pub fn sync_through(&self, offset: u64) -> Result<()> {
+        self.sync_appended(offset, None)
+    }
+
+    /// `sync_through`, for a batch appended in truncation epoch `appended_in`: fails with
+    /// `TruncatedBeforeSync` if a truncation since then cut below `offset`, even when newer
+    /// batches have taken those offsets again.
+    fn sync_appended(&self, offset: u64, appended_in: Option<u64>) -> Result<()> {
         let mut state = lock(&self.sync);
         loop {
+            if let Some(epoch) = appended_in {
+                let forgotten = state
+                    .truncations
+                    .front()
+                    .is_some_and(|&(first, _)| first > epoch + 1);
+                let cut = state
+                    .truncations
+                    .iter()
+                    .any(|&(after, hw)| after > epoch && hw < offset);
+                if cut || forgotten {
+                    return Err(StorageError::TruncatedBeforeSync {
+                        offset,
+                        high_watermark: self.high_watermark(),
+                    });
+                }
+            }
             if let Some(reason) = &state.failure {
                 return Err(StorageError::SyncFailed {
                     partition: self.tp.to_string(),
@@ -528,7 +562,13 @@ impl PartitionLog {
 
     /// Syncs everything appended so far.
     pub fn flush(&self) -> Result<()> {
-        self.sync_through(self.high_watermark())
+        loop {
+            match self.sync_through(self.high_watermark()) {
+                // Truncated between reading the high watermark and syncing: sync what is left.
+                Err(StorageError::TruncatedBeforeSync { .. }) => continue,
+                other => return other,
+            }
+        }
     }
 
     /// Runs the interval flush if one is due. Returns whether it synced.
@@ -850,6 +890,10 @@ impl PartitionLog {
         {
             let mut sync = lock(&self.sync);
             sync.durable_offset = sync.durable_offset.min(new_hw);
+            if sync.truncations.len() == TRUNCATION_HISTORY {
+                sync.truncations.pop_front();
+            }
+            sync.truncations.push_back((inner.epoch, new_hw));
         }
         self.high_watermark.store(new_hw, Ordering::Release);
         info!(partition = %self.tp, requested = offset, high_watermark = new_hw, "truncated log");
