@@ -115,9 +115,16 @@ fn everything_at_once() {
         std::thread::sleep(Duration::from_millis(50));
     }
     stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        t.join().expect("no thread panicked");
-    }
+    // A deadlock (e.g. a lost wakeup in group commit) must fail the test, not hang CI.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let outcome: Vec<_> = threads.into_iter().map(|t| t.join().is_ok()).collect();
+        let _ = done_tx.send(outcome);
+    });
+    let outcome = done_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("threads still blocked 60 s after stop: deadlock");
+    assert!(outcome.iter().all(|ok| *ok), "no thread panicked");
     assert!(
         acked.load(Ordering::Relaxed) > 100,
         "appenders made progress"

@@ -173,6 +173,12 @@ impl SyncState {
             }
             !done
         });
+        self.wake_next_leader();
+    }
+
+    /// Wakes the waiter with the lowest offset (it stays registered until it runs) to lead the
+    /// next sync.
+    fn wake_next_leader(&self) {
         if let Some((_, next_leader)) = self.waiters.iter().min_by_key(|(offset, _)| *offset) {
             next_leader.unpark();
         }
@@ -450,7 +456,7 @@ impl PartitionLog {
     /// batches have taken those offsets again.
     fn sync_appended(&self, offset: u64, appended_in: Option<u64>) -> Result<()> {
         let mut state = lock(&self.sync);
-        loop {
+        let result = loop {
             if let Some(epoch) = appended_in {
                 let forgotten = state
                     .truncations
@@ -461,24 +467,24 @@ impl PartitionLog {
                     .iter()
                     .any(|&(after, hw)| after > epoch && hw < offset);
                 if cut || forgotten {
-                    return Err(StorageError::TruncatedBeforeSync {
+                    break Err(StorageError::TruncatedBeforeSync {
                         offset,
                         high_watermark: self.high_watermark(),
                     });
                 }
             }
             if let Some(reason) = &state.failure {
-                return Err(StorageError::SyncFailed {
+                break Err(StorageError::SyncFailed {
                     partition: self.tp.to_string(),
                     reason: reason.clone(),
                 });
             }
             if state.durable_offset >= offset {
-                return Ok(());
+                break Ok(());
             }
             if offset > self.high_watermark() {
                 // Truncated away before it was synced: never acknowledge it as durable.
-                return Err(StorageError::TruncatedBeforeSync {
+                break Err(StorageError::TruncatedBeforeSync {
                     offset,
                     high_watermark: self.high_watermark(),
                 });
@@ -506,7 +512,13 @@ impl PartitionLog {
             }
             drop(leader);
             state = lock(&self.sync);
+        };
+        // Invariant: while waiters exist and no sync runs, one of them is awake. This thread
+        // may have been the one woken to lead; leaving without leading, it passes that on.
+        if !state.in_progress {
+            state.wake_next_leader();
         }
+        result
     }
 
     /// One sync: captures what is unsynced under the lock, fdatasyncs it without the lock,
