@@ -1,21 +1,32 @@
 //! `PartitionLog`: one partition's append-only log, the engine's public face.
 //!
-//! Invariants (checked by the model test in `tests/partition_model.rs`):
+//! Invariants (checked by the model test in `tests/partition_model.rs` and the stress test in
+//! `tests/concurrency.rs`):
 //! - Offsets are dense and never move: the batch appended after offset `n-1` gets base offset
 //!   `n`, and a read of offset `n` returns the same bytes until retention deletes or
 //!   `truncate_to` cuts them.
 //! - `log_start_offset <= recovery_point <= high_watermark`; every byte below the recovery
-//!   point has been synced; nothing at or past the high watermark is ever served.
-//! - An append is validated completely (and its disk blocks reserved) before the first byte is
-//!   copied; a refused append changes nothing.
-//! - Readers never block writers for longer than an index lookup: reads clone the handles they
-//!   need under the lock and walk the mapped bytes after releasing it.
+//!   point has been synced, and the checkpointed recovery point is never above the in-memory
+//!   one; nothing at or past the high watermark is ever served.
+//! - An append is validated completely, and its disk blocks reserved, before the first byte is
+//!   written; a refused append publishes nothing (offsets, reads and the high watermark are
+//!   unchanged; one refused for a full disk may still have rolled the active segment).
+//! - `append_durable` returns `Ok` only after an fdatasync covered its batch. If the sync fails
+//!   it returns `SyncFailed` although the batch was appended (its offsets are taken and it is
+//!   readable, just not known durable): a producer that retries may duplicate it until
+//!   idempotent producers exist. A batch cut by `truncate_to` before its sync gets
+//!   `TruncatedBeforeSync`, never `Ok`, even if a newer batch reuses its offsets.
+//! - A closed, deleted or dropped log's handles fail with `Closed` and never open a file by
+//!   path again (the path may name another log's file by then).
 //!
-//! Concurrency: one `Mutex` serializes appends and segment changes; the high watermark and log
-//! start are mirrored in atomics for lock-free polling. Syncs happen outside that lock, one at a
-//! time per partition: an appender that wants durability either finds its offset already
-//! durable, waits for the sync in flight, or runs the next sync for everyone waiting (group
-//! commit).
+//! Concurrency: one `Mutex` serializes appends and segment changes; the high watermark, log
+//! start and recovery point are mirrored in atomics for lock-free polling and checkpoints.
+//! Reads clone the handles they need under the lock (an index lookup; occasionally reopening
+//! an idle active segment) and walk the mapped bytes after releasing it. Syncs happen outside
+//! that lock, one at a time per partition: an appender that wants durability either finds its
+//! offset already durable, parks until the sync in flight finishes, or runs the next sync for
+//! everyone waiting (group commit). Lock order: partition lock, then sync state; never the
+//! reverse.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -310,7 +321,7 @@ impl PartitionLog {
     }
 
     /// Appends one batch and returns only once it is synced to disk. Concurrent callers share
-    /// syncs (group commit).
+    /// syncs (group commit). See the module docs for what each error means for the batch.
     pub fn append_durable(&self, batch: &[u8]) -> Result<AppendInfo> {
         self.append_with(batch, true)
     }

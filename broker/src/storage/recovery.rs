@@ -349,6 +349,17 @@ fn check_clean_tail(
                     true,
                     Some(&mut index),
                 );
+                // Only now is the segment's extent known: a time index pointing past it was
+                // garbled or stale (it would mislead time lookups and age retention).
+                if let Err(detail) =
+                    index::check_time_index(&index.times, outcome.next_offset - base)
+                {
+                    warn!(segment = %path.display(), detail, "rebuilding active segment indexes");
+                    let mut rebuilt = IndexBuilder::new(base, interval);
+                    let outcome = scan_batches(log, 0, base, true, Some(&mut rebuilt));
+                    result = Some(rebuilt);
+                    return outcome;
+                }
                 result = Some(index);
                 outcome
             }

@@ -161,7 +161,13 @@ impl SealedSegment {
             Err((what, detail)) => {
                 warn!(segment = %path.display(), what, detail, "rebuilding segment indexes");
                 let built = rebuild_indexes(log, self.base_offset, self.index_interval);
-                write_index_files(&self.dir, self.base_offset, &built, SyncMode::Now)?;
+                // The rebuilt index serves from memory either way; failing to persist it (a
+                // full disk) only means the next open rebuilds it again.
+                if let Err(e) =
+                    write_index_files(&self.dir, self.base_offset, &built, SyncMode::Now)
+                {
+                    warn!(segment = %path.display(), error = %e, "could not write rebuilt indexes");
+                }
                 (
                     IndexBytes::Owned(Arc::new(built.offsets)),
                     IndexBytes::Owned(Arc::new(built.times)),
