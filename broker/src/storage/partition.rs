@@ -217,6 +217,9 @@ struct SyncLeader<'a>(&'a PartitionLog);
 impl Drop for SyncLeader<'_> {
     fn drop(&mut self) {
         let mut state = lock(&self.0.sync);
+        if std::thread::panicking() && state.failure.is_none() {
+            state.failure = Some("a sync panicked".into());
+        }
         state.in_progress = false;
         state.wake_after_sync();
     }
@@ -517,9 +520,18 @@ impl PartitionLog {
             // Appenders woken by the previous sync are runnable now: let them append before
             // this sync decides what it covers (a bigger group per fdatasync).
             std::thread::yield_now();
-            if let Err(e) = self.run_sync() {
-                tracing::error!(partition = %self.tp, error = %e, "sync failed; partition is read-only until restart");
-                lock(&self.sync).failure = Some(e.to_string());
+            match self.run_sync() {
+                Ok(()) => {}
+                // Closed meanwhile: not a disk failure; every waiter learns it the same way.
+                Err(StorageError::Closed) => {
+                    drop(leader);
+                    state = lock(&self.sync);
+                    break Err(StorageError::Closed);
+                }
+                Err(e) => {
+                    tracing::error!(partition = %self.tp, error = %e, "sync failed; partition is read-only until restart");
+                    lock(&self.sync).failure = Some(e.to_string());
+                }
             }
             drop(leader);
             state = lock(&self.sync);
@@ -569,7 +581,12 @@ impl PartitionLog {
         if inner.epoch != epoch || inner.closed {
             return Ok(());
         }
-        inner.unsynced_sealed.retain(|u| u.next_offset > through);
+        // Only what this sync synced: a segment sealed meanwhile (its trim unsynced) stays.
+        inner.unsynced_sealed.retain(|u| {
+            !files
+                .iter()
+                .any(|(f, _, sealed)| *sealed && Arc::ptr_eq(f, &u.file))
+        });
         if inner.active.base_offset == active_base {
             inner.active.synced_size = inner.active.synced_size.max(active_size);
         }
@@ -917,6 +934,14 @@ impl PartitionLog {
                 sync.truncations.pop_front();
             }
             sync.truncations.push_back((inner.epoch, new_hw));
+            // Waiters whose batches were just cut learn it now, not when the offsets refill.
+            for (_, thread) in sync
+                .waiters
+                .iter()
+                .filter(|(waiting_for, _)| *waiting_for > new_hw)
+            {
+                thread.unpark();
+            }
         }
         self.high_watermark.store(new_hw, Ordering::Release);
         info!(partition = %self.tp, requested = offset, high_watermark = new_hw, "truncated log");
