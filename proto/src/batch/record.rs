@@ -74,17 +74,16 @@ impl RecordBatch {
         let mut pos = HEADER_LEN;
         let mut max_timestamp = i64::MIN;
         for index in 0..header.record_count as usize {
-            let spans = parse_record(buf, pos)
+            let (end, timestamp_delta, offset_delta) = check_record(buf, pos)
                 .map_err(|reason| BatchError::MalformedRecord { index, reason })?;
-            if spans.offset_delta as usize != index {
+            if offset_delta as usize != index {
                 return Err(BatchError::MalformedRecord {
                     index,
                     reason: "offset delta out of sequence",
                 });
             }
-            max_timestamp =
-                max_timestamp.max(header.base_timestamp.wrapping_add(spans.timestamp_delta));
-            pos = spans.end;
+            max_timestamp = max_timestamp.max(header.base_timestamp.wrapping_add(timestamp_delta));
+            pos = end;
         }
         if pos != buf.len() {
             return Err(BatchError::TrailingBytes(buf.len() - pos));
@@ -208,7 +207,6 @@ pub fn split_batches(bytes: Bytes) -> impl Iterator<Item = Result<RecordBatch, B
 /// Where one record's parts are, as ranges into the batch buffer.
 struct RecordSpans {
     timestamp_delta: i64,
-    offset_delta: i32,
     key: Option<Range<usize>>,
     value: Option<Range<usize>>,
     headers: Range<usize>,
@@ -281,7 +279,9 @@ fn parse_record(buf: &[u8], start: usize) -> Result<RecordSpans, &'static str> {
     }
     c.pos += 1;
     let timestamp_delta = c.varint64("bad timestamp delta")?;
-    let offset_delta = c.varint32("bad offset delta")?;
+    // The offset delta's value is checked by `validate` (through check_record); here it is
+    // only stepped over.
+    c.varint32("bad offset delta")?;
     let key = c.nullable_bytes("bad key length")?;
     let value = c.nullable_bytes("bad value length")?;
     let header_count = c.varint32("bad header count")?;
@@ -295,13 +295,72 @@ fn parse_record(buf: &[u8], start: usize) -> Result<RecordSpans, &'static str> {
     }
     Ok(RecordSpans {
         timestamp_delta,
-        offset_delta,
         key,
         value,
         headers,
         header_count,
         end,
     })
+}
+
+/// Reads a zigzag varint that fits an i32 from `buf[*pos..limit]`, advancing `*pos`.
+#[inline(always)]
+fn varint32_at(buf: &[u8], pos: &mut usize, limit: usize) -> Option<i32> {
+    let (v, n) = decode_zigzag32(buf.get(*pos..limit)?)?;
+    *pos += n;
+    Some(v)
+}
+
+/// Skips a length-prefixed byte string (length -1 is null) in `buf[*pos..limit]`.
+#[inline(always)]
+fn skip_bytes_at(buf: &[u8], pos: &mut usize, limit: usize, nullable: bool) -> Option<()> {
+    let len = varint32_at(buf, pos, limit)?;
+    if len == -1 && nullable {
+        return Some(());
+    }
+    let len = usize::try_from(len).ok()?;
+    if len > limit - *pos {
+        return None;
+    }
+    *pos += len;
+    Some(())
+}
+
+/// The structure check `validate` runs on every record of every produced batch: the same
+/// rules as [`parse_record`], without building the spans, because it is the hot path of
+/// produce. Returns (end, timestamp delta, offset delta). The test
+/// `check_record_agrees_with_parse_record` holds the two to the same verdicts.
+#[inline]
+fn check_record(buf: &[u8], start: usize) -> Result<(usize, i64, i32), &'static str> {
+    let mut pos = start;
+    let len = varint32_at(buf, &mut pos, buf.len()).ok_or("record length is not a valid varint")?;
+    let len = usize::try_from(len).map_err(|_| "negative record length")?;
+    if len > buf.len() - pos {
+        return Err("record length runs past the end of the batch");
+    }
+    let end = pos + len;
+    match buf[pos..end].first() {
+        None => return Err("record too short for its attributes byte"),
+        Some(0) => pos += 1,
+        Some(_) => return Err("record attributes are reserved and must be 0"),
+    }
+    let (timestamp_delta, n) = decode_zigzag64(&buf[pos..end]).ok_or("bad timestamp delta")?;
+    pos += n;
+    let offset_delta = varint32_at(buf, &mut pos, end).ok_or("bad offset delta")?;
+    skip_bytes_at(buf, &mut pos, end, true).ok_or("bad key length")?;
+    skip_bytes_at(buf, &mut pos, end, true).ok_or("bad value length")?;
+    let header_count = varint32_at(buf, &mut pos, end).ok_or("bad header count")?;
+    if header_count < 0 {
+        return Err("negative header count");
+    }
+    for _ in 0..header_count {
+        skip_bytes_at(buf, &mut pos, end, false).ok_or("bad header key length")?;
+        skip_bytes_at(buf, &mut pos, end, true).ok_or("bad header value length")?;
+    }
+    if pos != end {
+        return Err("record length does not match its contents");
+    }
+    Ok((end, timestamp_delta, offset_delta))
 }
 
 /// Walks `count` headers in `buf[range]`, calling `each(key, value)`; returns where they end.
@@ -480,6 +539,33 @@ mod tests {
             prop_assert!(RecordBatch::validate(&flipped).is_err());
             let cut = cut.index(bytes.len());
             prop_assert!(RecordBatch::validate(&bytes[..cut]).is_err());
+        }
+
+        /// The fast check used by `validate` and the parser used by iteration must agree on
+        /// every input: valid batches, and valid batches with bytes overwritten.
+        #[test]
+        fn check_record_agrees_with_parse_record(
+            records in proptest::collection::vec(record_strategy(), 1..4),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+        ) {
+            let mut bytes = build(&records).to_vec();
+            for (at, value) in edits {
+                let i = HEADER_LEN + at.index(bytes.len() - HEADER_LEN);
+                bytes[i] = value;
+            }
+            let mut pos = HEADER_LEN;
+            while pos < bytes.len() {
+                let fast = check_record(&bytes, pos);
+                let full = parse_record(&bytes, pos);
+                prop_assert_eq!(fast.is_ok(), full.is_ok(), "at {}: {:?}", pos, fast);
+                match (fast, full) {
+                    (Ok((end, ts, _offset_delta)), Ok(spans)) => {
+                        prop_assert_eq!((end, ts), (spans.end, spans.timestamp_delta));
+                        pos = end;
+                    }
+                    _ => break,
+                }
+            }
         }
 
         #[test]
