@@ -1,6 +1,14 @@
-//! weir-broker: the broker's storage engine (and, in later work, its gRPC service, zero-copy
-//! data port and controller).
+//! weir-broker: the broker.
 //!
-//! [`storage`] is self-contained: it knows files and bytes, not networks.
+//! - [`storage`]: the storage engine (memory-mapped segments, indexes, group commit, recovery).
+//!   Self-contained: it knows files and bytes, not networks.
+//! - [`topics`]: topics over the storage engine (metadata persisted in the data dir).
+//! - [`server`]: the gRPC service, its limits and graceful shutdown.
+//! - [`config`]: the broker's configuration (defaults, TOML file, environment, flags).
+//!
+//! The `weir-broker` binary (`src/main.rs`) wires them together.
 
+pub mod config;
+pub mod server;
 pub mod storage;
+pub mod topics;

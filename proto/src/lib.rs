@@ -7,7 +7,17 @@
 //!   the wire format: the broker validates a batch, stamps its base offset and copies the bytes
 //!   into a segment unchanged. `segments-format.md` at the repository root is the byte-exact spec.
 //!
-//! The gRPC service (package `weir.v1`) will live here too.
+//! - [`status`]: how a weir error travels in a gRPC status (the `weir-reason` metadata entry
+//!   and the status details), for both sides.
+//! - [`v1`]: the gRPC service (package `weir.v1`), generated from `proto/weir/v1/weir.proto`.
 
 pub mod batch;
+pub mod status;
 pub mod topic;
+
+/// The gRPC service and messages of package `weir.v1`, generated from `proto/weir/v1/weir.proto`
+/// (the contract for clients in any language; its comments document every field).
+pub mod v1 {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("weir.v1");
+}

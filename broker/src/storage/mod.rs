@@ -29,7 +29,7 @@ pub mod topic_partition;
 pub use config::{FlushPolicy, LogConfig, LogDirConfig};
 pub use error::{Result, StorageError};
 pub use log_dir::{LogDir, OpenReport};
-pub use partition::{AppendInfo, PartitionLog, ReadChunk, ReadResult};
+pub use partition::{AppendInfo, PartitionLog, ReadChunk, ReadResult, SyncTicket};
 pub use recovery::TruncationReport;
 pub use scan::ScanStop;
 pub use topic_partition::TopicPartition;

@@ -65,6 +65,15 @@ pub struct AppendInfo {
     pub max_timestamp: i64,
 }
 
+/// What [`PartitionLog::wait_durable`] needs to know of an appended batch: the offset it must be
+/// durable through, and the truncation epoch it was appended in (so a batch cut by a truncation
+/// is never reported durable, even once newer batches reuse its offsets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncTicket {
+    through: u64,
+    epoch: u64,
+}
+
 /// Whole batches read from one segment: the file range (for sendfile) and the same bytes as a
 /// zero-copy slice of the segment's map.
 #[derive(Debug, Clone)]
@@ -329,7 +338,37 @@ impl PartitionLog {
         self.append_with(batch, true)
     }
 
+    /// Appends one batch without waiting for any sync, and returns a [`SyncTicket`] that
+    /// [`PartitionLog::wait_durable`] turns into `append_durable`'s guarantee later. For callers
+    /// that must append in order but wait for durability concurrently (a produce stream with
+    /// many durable batches in flight); the flush policy is ignored here.
+    pub fn append_for_sync(&self, batch: &[u8]) -> Result<(AppendInfo, SyncTicket)> {
+        let (info, epoch) = self.append_unsynced(batch)?;
+        Ok((
+            info,
+            SyncTicket {
+                through: info.last_offset + 1,
+                epoch,
+            },
+        ))
+    }
+
+    /// Returns once the batch `ticket` came from is synced, with `append_durable`'s errors.
+    pub fn wait_durable(&self, ticket: SyncTicket) -> Result<()> {
+        self.sync_appended(ticket.through, Some(ticket.epoch))
+    }
+
     fn append_with(&self, batch: &[u8], durable: bool) -> Result<AppendInfo> {
+        let (info, epoch) = self.append_unsynced(batch)?;
+        if durable {
+            self.sync_appended(info.last_offset + 1, Some(epoch))?;
+        }
+        Ok(info)
+    }
+
+    /// The append itself: validate, roll if due, copy into the active segment, publish the new
+    /// high watermark. Returns the truncation epoch the batch was appended in.
+    fn append_unsynced(&self, batch: &[u8]) -> Result<(AppendInfo, u64)> {
         let config = self.config();
         if batch.len() > config.max_batch_bytes as usize {
             return Err(StorageError::BatchTooLarge {
@@ -395,10 +434,7 @@ impl PartitionLog {
                 max_timestamp: header.max_timestamp,
             }
         };
-        if durable {
-            self.sync_appended(info.last_offset + 1, Some(epoch))?;
-        }
-        Ok(info)
+        Ok((info, epoch))
     }
 
     /// Seals the active segment and starts a new one (no-op on an empty active segment).

@@ -1,0 +1,174 @@
+//! The broker's configuration: built-in defaults, overridden by a TOML file (`--config`),
+//! overridden by `WEIR_*` environment variables, overridden by flags.
+//!
+//! The defaults start a single-node broker on 127.0.0.1 with its data in `./weir-data`, so
+//! `weir-broker` alone is a working broker. Every key of the file has a flag and a variable of
+//! the same name: `max_request_bytes` is `--max-request-bytes` and `WEIR_MAX_REQUEST_BYTES`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::storage::{LogConfig, LogDirConfig};
+use crate::topics::{FlushKind, TopicSettings};
+
+/// Everything the broker process is configured with.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Where logs and topic metadata live.
+    pub data_dir: PathBuf,
+    /// The gRPC address.
+    pub listen: SocketAddr,
+    /// The largest gRPC message the broker accepts (a produce request holds one batch, so this
+    /// must exceed the topics' max_batch_bytes plus a few bytes of framing).
+    pub max_request_bytes: u64,
+    /// Produce bytes one connection may have in memory before the broker stops reading from it.
+    pub max_in_flight_bytes_per_connection: u64,
+    /// Produce bytes all connections together may have in memory.
+    pub max_in_flight_bytes: u64,
+    /// How long a shutdown waits for in-flight requests before closing the logs anyway.
+    pub shutdown_timeout_ms: u64,
+    /// Settings of topics created without their own.
+    pub topic_defaults: TopicDefaults,
+}
+
+/// Defaults for new topics (each can be chosen per topic at creation).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicDefaults {
+    pub segment_bytes: u64,
+    pub retention_ms: Option<u64>,
+    pub retention_bytes: Option<u64>,
+    pub flush: FlushKind,
+    pub flush_interval_ms: u64,
+    pub max_batch_bytes: u32,
+}
+
+impl Default for TopicDefaults {
+    fn default() -> Self {
+        let s = TopicSettings::from_log_config(&LogConfig::default());
+        TopicDefaults {
+            segment_bytes: s.segment_bytes,
+            retention_ms: s.retention_ms,
+            retention_bytes: s.retention_bytes,
+            flush: s.flush,
+            flush_interval_ms: s.flush_interval_ms,
+            max_batch_bytes: s.max_batch_bytes,
+        }
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            data_dir: PathBuf::from("./weir-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            max_request_bytes: 16 << 20,
+            max_in_flight_bytes_per_connection: 64 << 20,
+            max_in_flight_bytes: 512 << 20,
+            shutdown_timeout_ms: 10_000,
+            topic_defaults: TopicDefaults::default(),
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {detail}")]
+    Parse { path: PathBuf, detail: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl BrokerConfig {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// The storage engine's settings for this configuration, checked.
+    pub fn log_dir_config(&self) -> Result<LogDirConfig, ConfigError> {
+        let d = &self.topic_defaults;
+        let settings = TopicSettings {
+            retention_bytes: d.retention_bytes,
+            retention_ms: d.retention_ms,
+            segment_bytes: d.segment_bytes,
+            flush: d.flush,
+            flush_interval_ms: d.flush_interval_ms,
+            max_batch_bytes: d.max_batch_bytes,
+        };
+        let default_log = settings.log_config(&LogConfig::default());
+        default_log
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if u64::from(d.max_batch_bytes) + 4096 > self.max_request_bytes {
+            return Err(ConfigError::Invalid(format!(
+                "max_request_bytes ({}) must exceed topic_defaults.max_batch_bytes ({}) by at least 4 KiB",
+                self.max_request_bytes, d.max_batch_bytes
+            )));
+        }
+        Ok(LogDirConfig {
+            default_log,
+            ..LogDirConfig::default()
+        })
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_overrides_only_what_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.toml");
+        std::fs::write(
+            &path,
+            "listen = \"0.0.0.0:9000\"\n[topic_defaults]\nflush = \"always\"\n",
+        )
+        .unwrap();
+        let config = BrokerConfig::from_file(&path).unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.topic_defaults.flush, FlushKind::Always);
+        assert_eq!(config.data_dir, BrokerConfig::default().data_dir);
+        assert!(config.log_dir_config().is_ok());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_the_file_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.toml");
+        std::fs::write(&path, "lisen = \"0.0.0.0:9000\"\n").unwrap();
+        let err = BrokerConfig::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("weir.toml") && err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn a_request_limit_below_the_batch_limit_is_refused() {
+        let config = BrokerConfig {
+            max_request_bytes: 1 << 20,
+            ..BrokerConfig::default()
+        };
+        assert!(config.log_dir_config().is_err());
+    }
+}

@@ -1,0 +1,160 @@
+//! `weir-broker`: starts a broker. With no arguments, a single-node broker on 127.0.0.1:7070
+//! with its data in `./weir-data`.
+//!
+//! Configuration precedence: flags > `WEIR_*` environment variables > `--config` TOML file >
+//! built-in defaults. On start it prints one line to stdout, `weir-broker ready grpc=ADDR ...`,
+//! which scripts and tests wait for; logs go to stderr (`RUST_LOG`, default `info`).
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tracing::{error, info};
+use weir_broker::config::BrokerConfig;
+use weir_broker::server::Broker;
+use weir_broker::topics::FlushKind;
+
+/// A Kafka-style append-only log broker.
+#[derive(Debug, Parser)]
+#[command(name = "weir-broker", version, about)]
+struct Args {
+    /// TOML config file (keys as the flags below, with '_' for '-').
+    #[arg(long, env = "WEIR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./weir-data].
+    #[arg(long, env = "WEIR_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:7070]; port 0 picks a free port.
+    #[arg(long, env = "WEIR_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Largest accepted gRPC message, bytes [default: 16 MiB].
+    #[arg(long, env = "WEIR_MAX_REQUEST_BYTES")]
+    max_request_bytes: Option<u64>,
+    /// Produce bytes in memory per connection before reading from it pauses [default: 64 MiB].
+    #[arg(long, env = "WEIR_MAX_IN_FLIGHT_BYTES_PER_CONNECTION")]
+    max_in_flight_bytes_per_connection: Option<u64>,
+    /// Produce bytes in memory broker-wide [default: 512 MiB].
+    #[arg(long, env = "WEIR_MAX_IN_FLIGHT_BYTES")]
+    max_in_flight_bytes: Option<u64>,
+    /// Milliseconds a shutdown waits for in-flight requests [default: 10000].
+    #[arg(long, env = "WEIR_SHUTDOWN_TIMEOUT_MS")]
+    shutdown_timeout_ms: Option<u64>,
+    /// Default segment size of new topics, bytes [default: 1 GiB].
+    #[arg(long, env = "WEIR_SEGMENT_BYTES")]
+    segment_bytes: Option<u64>,
+    /// Default retention by age of new topics, ms [default: keep forever].
+    #[arg(long, env = "WEIR_RETENTION_MS")]
+    retention_ms: Option<u64>,
+    /// Default retention by size of new topics, bytes per partition [default: no limit].
+    #[arg(long, env = "WEIR_RETENTION_BYTES")]
+    retention_bytes: Option<u64>,
+    /// Default flush policy of new topics [default: interval].
+    #[arg(long, env = "WEIR_FLUSH", value_parser = parse_flush)]
+    flush: Option<FlushKind>,
+    /// Flush interval of the `interval` policy, ms [default: 1000].
+    #[arg(long, env = "WEIR_FLUSH_INTERVAL_MS")]
+    flush_interval_ms: Option<u64>,
+    /// Default largest batch of new topics, bytes [default: 8 MiB].
+    #[arg(long, env = "WEIR_MAX_BATCH_BYTES")]
+    max_batch_bytes: Option<u32>,
+}
+
+fn parse_flush(s: &str) -> Result<FlushKind, String> {
+    match s {
+        "interval" => Ok(FlushKind::Interval),
+        "never" => Ok(FlushKind::Never),
+        "always" => Ok(FlushKind::Always),
+        _ => Err(format!("{s:?} is not one of interval, never, always")),
+    }
+}
+
+impl Args {
+    fn into_config(self) -> anyhow::Result<BrokerConfig> {
+        let mut c = match &self.config {
+            Some(path) => BrokerConfig::from_file(path)?,
+            None => BrokerConfig::default(),
+        };
+        macro_rules! set {
+            ($($field:ident).+ = $value:expr) => {
+                if let Some(v) = $value {
+                    c.$($field).+ = v;
+                }
+            };
+        }
+        set!(data_dir = self.data_dir);
+        set!(listen = self.listen);
+        set!(max_request_bytes = self.max_request_bytes);
+        set!(max_in_flight_bytes_per_connection = self.max_in_flight_bytes_per_connection);
+        set!(max_in_flight_bytes = self.max_in_flight_bytes);
+        set!(shutdown_timeout_ms = self.shutdown_timeout_ms);
+        set!(topic_defaults.segment_bytes = self.segment_bytes);
+        set!(topic_defaults.retention_ms = self.retention_ms.map(Some));
+        set!(topic_defaults.retention_bytes = self.retention_bytes.map(Some));
+        set!(topic_defaults.flush = self.flush);
+        set!(topic_defaults.flush_interval_ms = self.flush_interval_ms);
+        set!(topic_defaults.max_batch_bytes = self.max_batch_bytes);
+        Ok(c)
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("weir-broker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let config = args.into_config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("weir-broker")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let broker = Broker::start(config.clone()).await?;
+        let addr = broker.local_addr();
+        info!(grpc = %addr, data_dir = %config.data_dir.display(), "weir-broker ready");
+        // The one stdout line: what scripts and tests wait for.
+        println!(
+            "weir-broker ready grpc={addr} data-dir={}",
+            config.data_dir.display()
+        );
+        broker.run(shutdown_signal()).await?;
+        info!("weir-broker stopped");
+        Ok(())
+    })
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot listen for SIGTERM; stop with Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,95 @@
+//! The one mapping from the broker's internal errors to the wire's [`ErrorCode`]s.
+//!
+//! Every refusal a client can meet passes through [`wire_error`], so a reason name means the
+//! same thing on every RPC. Internal details (paths) stay in the message, which is for humans.
+
+use tonic::Status;
+use weir_proto::status;
+use weir_proto::v1::{Error, ErrorCode};
+
+use crate::storage::StorageError;
+use crate::topics::TopicError;
+
+/// The wire error for a storage failure.
+pub fn storage_error(e: &StorageError) -> Error {
+    let code = match e {
+        StorageError::InvalidBatch(_) => ErrorCode::CorruptBatch,
+        StorageError::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
+        StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+        StorageError::DiskFull { .. } => ErrorCode::DiskFull,
+        StorageError::SyncFailed { .. } => ErrorCode::StorageFailed,
+        StorageError::TruncatedBeforeSync { .. } => ErrorCode::NotDurable,
+        StorageError::InvalidTopicName(_) => ErrorCode::InvalidName,
+        StorageError::InvalidConfig(_) => ErrorCode::InvalidRequest,
+        StorageError::UnknownPartition(_) => ErrorCode::UnknownPartition,
+        // A partition closed under a request: the topic was deleted or the broker is stopping.
+        StorageError::Closed => ErrorCode::ShuttingDown,
+        StorageError::SegmentRemoved { .. } => ErrorCode::OffsetOutOfRange,
+        StorageError::Io { .. }
+        | StorageError::PartitionExists(_)
+        | StorageError::DirLocked(_)
+        | StorageError::Corrupt { .. } => ErrorCode::Internal,
+    };
+    status::error(code, e.to_string())
+}
+
+/// The wire error for a topic-level failure.
+pub fn wire_error(e: &TopicError) -> Error {
+    let code = match e {
+        TopicError::UnknownTopic(_) => ErrorCode::UnknownTopic,
+        TopicError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
+        TopicError::TopicExists(_) => ErrorCode::TopicExists,
+        TopicError::InvalidName { .. } => ErrorCode::InvalidName,
+        TopicError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+        TopicError::CorruptMeta { .. } => ErrorCode::Internal,
+        TopicError::Storage(e) => return storage_error(e),
+    };
+    status::error(code, e.to_string())
+}
+
+/// A request field the broker cannot accept.
+pub fn invalid_request(message: impl Into<String>) -> Error {
+    status::error(ErrorCode::InvalidRequest, message)
+}
+
+/// Sugar: the status for any wire error.
+pub fn to_status(e: Error) -> Status {
+    status::to_status(&e)
+}
+
+impl From<TopicError> for Status {
+    fn from(e: TopicError) -> Status {
+        to_status(wire_error(&e))
+    }
+}
+
+impl From<StorageError> for Status {
+    fn from(e: StorageError) -> Status {
+        to_status(storage_error(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_proto::batch::BatchError;
+
+    #[test]
+    fn bad_batches_are_corrupt_and_not_retriable() {
+        let e = storage_error(&StorageError::InvalidBatch(BatchError::CrcMismatch {
+            stored: 1,
+            computed: 2,
+        }));
+        assert_eq!(e.code, ErrorCode::CorruptBatch as i32);
+        assert!(!e.retriable);
+    }
+
+    #[test]
+    fn unknown_topic_status_names_the_topic() {
+        let status = Status::from(TopicError::UnknownTopic("orders".into()));
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        assert!(status.message().contains("orders"));
+        let e = status::from_status(&status).unwrap();
+        assert_eq!(e.code, ErrorCode::UnknownTopic as i32);
+    }
+}

@@ -1,0 +1,129 @@
+//! A topic's metadata as persisted in the data dir: `topics/{name}.json`, one file per topic.
+//!
+//! The file is written atomically (tmp, fsync, rename, fsync dir) before any partition of the
+//! topic is created, and renamed to `{name}.deleting` before any partition is deleted, so a
+//! crash in either leaves a state [`super::Topics::open`] can finish: missing partitions of a
+//! described topic are created, a `.deleting` topic's partitions are deleted.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::storage::{FlushPolicy, LogConfig};
+
+/// How producers map a record to a partition (see the .proto's `Partitioner`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PartitionerKind {
+    Hash,
+    Range,
+    RoundRobin,
+}
+
+/// The flush policy as stored and configured: `interval` (with `flush_interval_ms`), `never`,
+/// `always`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlushKind {
+    Interval,
+    Never,
+    Always,
+}
+
+/// A topic's storage settings, with every default filled in at creation (so a later change of
+/// the broker's defaults does not silently change existing topics).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSettings {
+    pub retention_bytes: Option<u64>,
+    pub retention_ms: Option<u64>,
+    pub segment_bytes: u64,
+    pub flush: FlushKind,
+    pub flush_interval_ms: u64,
+    pub max_batch_bytes: u32,
+}
+
+impl TopicSettings {
+    /// The settings a [`LogConfig`] stands for.
+    pub fn from_log_config(config: &LogConfig) -> Self {
+        let (flush, flush_interval_ms) = match config.flush {
+            FlushPolicy::Never => (FlushKind::Never, 0),
+            FlushPolicy::Always => (FlushKind::Always, 0),
+            FlushPolicy::Interval(d) => (FlushKind::Interval, d.as_millis() as u64),
+        };
+        TopicSettings {
+            retention_bytes: config.retention_bytes,
+            retention_ms: config.retention_age.map(|d| d.as_millis() as u64),
+            segment_bytes: config.segment_bytes,
+            flush,
+            flush_interval_ms,
+            max_batch_bytes: config.max_batch_bytes,
+        }
+    }
+
+    /// The partition log configuration: these settings over `base` (the broker's defaults for
+    /// everything a topic does not choose, like index interval and preallocation).
+    pub fn log_config(&self, base: &LogConfig) -> LogConfig {
+        LogConfig {
+            segment_bytes: self.segment_bytes,
+            max_batch_bytes: self.max_batch_bytes,
+            flush: match self.flush {
+                FlushKind::Never => FlushPolicy::Never,
+                FlushKind::Always => FlushPolicy::Always,
+                FlushKind::Interval => {
+                    FlushPolicy::Interval(Duration::from_millis(self.flush_interval_ms))
+                }
+            },
+            retention_bytes: self.retention_bytes,
+            retention_age: self.retention_ms.map(Duration::from_millis),
+            ..base.clone()
+        }
+    }
+}
+
+/// Everything the broker knows of a topic besides its data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicMeta {
+    /// Format version of this file; bumped on an incompatible change.
+    pub version: u32,
+    pub name: String,
+    pub partitions: u32,
+    pub partitioner: PartitionerKind,
+    /// Strictly increasing; only with [`PartitionerKind::Range`], `partitions - 1` of them.
+    pub split_keys: Vec<Vec<u8>>,
+    pub settings: TopicSettings,
+    pub created_ms: i64,
+}
+
+/// The version this broker writes and reads.
+pub const META_VERSION: u32 = 1;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_round_trip_through_log_config() {
+        let base = LogConfig::default();
+        let settings = TopicSettings {
+            retention_bytes: Some(1 << 30),
+            retention_ms: Some(3_600_000),
+            segment_bytes: 64 << 20,
+            flush: FlushKind::Interval,
+            flush_interval_ms: 250,
+            max_batch_bytes: 1 << 20,
+        };
+        let config = settings.log_config(&base);
+        assert_eq!(config.index_interval_bytes, base.index_interval_bytes);
+        assert_eq!(TopicSettings::from_log_config(&config), settings);
+    }
+
+    #[test]
+    fn meta_file_refuses_unknown_fields() {
+        let json = r#"{"version":1,"name":"t","partitions":1,"partitioner":"hash","split_keys":[],
+            "settings":{"retention_bytes":null,"retention_ms":null,"segment_bytes":1,"flush":"never",
+            "flush_interval_ms":0,"max_batch_bytes":1},"created_ms":0,"surprise":1}"#;
+        assert!(serde_json::from_str::<TopicMeta>(json).is_err());
+    }
+}

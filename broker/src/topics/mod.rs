@@ -1,0 +1,420 @@
+//! The broker's topics: their metadata (persisted beside the logs) and their partition logs.
+//!
+//! A data dir holds `logs/` (the storage engine's [`LogDir`]) and `topics/` (one
+//! [`TopicMeta`] file per topic, see [`meta`]). [`Topics`] is the one place that creates and
+//! deletes topics, so the two never disagree for longer than a crash, and [`Topics::open`]
+//! finishes whatever a crash interrupted.
+//!
+//! Invariants:
+//! - A topic is in the map only once its metadata file is durable and all its partition logs
+//!   exist; producers and fetchers can never see a half-created topic.
+//! - Create and delete are serialized by `admin`; lookups never wait for them.
+//! - Partition logs that belong to no topic (a metadata file removed by hand) are left alone and
+//!   reported: the broker never deletes data it cannot account for.
+
+pub mod meta;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::watch;
+use tracing::{info, warn};
+use weir_proto::topic::{InvalidTopicName, validate_topic_name};
+
+use crate::storage::fs::{SyncMode, atomic_write, fsync_dir, is_tmp_file, now_ms};
+use crate::storage::{
+    LogConfig, LogDir, LogDirConfig, OpenReport, PartitionLog, StorageError, TopicPartition,
+};
+pub use meta::{FlushKind, PartitionerKind, TopicMeta, TopicSettings};
+
+/// The most partitions one topic may have (each costs a directory and, while active, a
+/// preallocated extent).
+pub const MAX_PARTITIONS: u32 = 10_000;
+
+const LOGS_DIR: &str = "logs";
+const TOPICS_DIR: &str = "topics";
+const META_SUFFIX: &str = ".json";
+const DELETING_SUFFIX: &str = ".deleting";
+
+/// Why a topic operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    #[error("unknown topic {0:?}; create it with `weir topic create {0} --partitions N`")]
+    UnknownTopic(String),
+    #[error("topic {topic:?} has no partition {partition} (it has {count})")]
+    UnknownPartition {
+        topic: String,
+        partition: u32,
+        count: u32,
+    },
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+    #[error("invalid topic name {name:?}: {reason}")]
+    InvalidName {
+        name: String,
+        reason: InvalidTopicName,
+    },
+    #[error("invalid topic request: {0}")]
+    InvalidRequest(String),
+    #[error("corrupt topic metadata {path}: {detail}")]
+    CorruptMeta { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+pub type Result<T, E = TopicError> = std::result::Result<T, E>;
+
+/// One partition as the network layers see it: its log, and a signal raised after appends so
+/// followers wait for data instead of polling.
+pub struct Partition {
+    pub log: Arc<PartitionLog>,
+    appended: watch::Sender<u64>,
+}
+
+impl Partition {
+    fn new(log: Arc<PartitionLog>) -> Self {
+        let (appended, _) = watch::channel(log.high_watermark());
+        Partition { log, appended }
+    }
+
+    /// Tells followers the high watermark moved. Called after every successful append.
+    pub fn notify_appended(&self) {
+        self.appended.send_replace(self.log.high_watermark());
+    }
+
+    /// A receiver that wakes on appends after this call (subscribe before reading, then a
+    /// `changed()` after an empty read cannot miss an append).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+}
+
+/// A topic: its metadata and its partitions, in partition order.
+pub struct Topic {
+    pub meta: TopicMeta,
+    pub partitions: Vec<Arc<Partition>>,
+}
+
+impl Topic {
+    pub fn partition(&self, partition: u32) -> Result<&Arc<Partition>> {
+        self.partitions
+            .get(partition as usize)
+            .ok_or_else(|| TopicError::UnknownPartition {
+                topic: self.meta.name.clone(),
+                partition,
+                count: self.meta.partitions,
+            })
+    }
+}
+
+/// What a new topic asks for. `settings: None` takes the broker's defaults.
+#[derive(Debug, Clone)]
+pub struct NewTopic {
+    pub name: String,
+    pub partitions: u32,
+    pub partitioner: PartitionerKind,
+    pub split_keys: Vec<Vec<u8>>,
+    pub settings: TopicSettings,
+}
+
+/// The registry of topics over one data dir.
+pub struct Topics {
+    meta_dir: PathBuf,
+    defaults: LogConfig,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    /// Serializes create, delete and close; `None` once closed.
+    admin: Mutex<Option<LogDir>>,
+}
+
+impl Topics {
+    /// Opens (creating if needed) the data dir: recovers the logs, loads topic metadata,
+    /// finishes interrupted creates and deletes.
+    pub fn open(data_dir: &Path, config: LogDirConfig) -> Result<(Topics, OpenReport)> {
+        let defaults = config.default_log.clone();
+        let (log_dir, report) = LogDir::open(data_dir.join(LOGS_DIR), config)?;
+        let meta_dir = data_dir.join(TOPICS_DIR);
+        fs::create_dir_all(&meta_dir)
+            .map_err(|e| StorageError::io("creating topics directory", &meta_dir, e))?;
+
+        let mut metas = Vec::new();
+        let mut deleting = Vec::new();
+        let entries = fs::read_dir(&meta_dir)
+            .map_err(|e| StorageError::io("listing topics directory", &meta_dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| StorageError::io("listing topics", &meta_dir, e))?;
+            let path = entry.path();
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if is_tmp_file(&name) {
+                let _ = fs::remove_file(&path); // an interrupted metadata write
+            } else if let Some(topic) = name.strip_suffix(DELETING_SUFFIX) {
+                deleting.push((topic.to_owned(), path));
+            } else if let Some(topic) = name.strip_suffix(META_SUFFIX) {
+                metas.push(read_meta(&path, topic)?);
+            }
+        }
+
+        for (name, path) in deleting {
+            warn!(topic = %name, "finishing a topic deletion interrupted by a crash");
+            delete_partitions(&log_dir, &name)?;
+            remove_file(&path)?;
+        }
+        let mut map = BTreeMap::new();
+        for meta in metas {
+            let topic = attach(&log_dir, &defaults, meta, true)?;
+            map.insert(topic.meta.name.clone(), topic);
+        }
+        let known: BTreeSet<_> = map
+            .values()
+            .flat_map(|t| (0..t.meta.partitions).map(|p| (t.meta.name.clone(), p)))
+            .collect();
+        for tp in log_dir.partitions() {
+            if !known.contains(&(tp.topic.clone(), tp.partition)) {
+                warn!(partition = %tp, "partition log belongs to no topic; left untouched");
+            }
+        }
+        let topics = Topics {
+            meta_dir,
+            defaults,
+            topics: RwLock::new(map),
+            admin: Mutex::new(Some(log_dir)),
+        };
+        Ok((topics, report))
+    }
+
+    /// The topic called `name`.
+    pub fn get(&self, name: &str) -> Result<Arc<Topic>> {
+        self.topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| TopicError::UnknownTopic(name.to_owned()))
+    }
+
+    /// One partition of a topic.
+    pub fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>> {
+        Ok(Arc::clone(self.get(topic)?.partition(partition)?))
+    }
+
+    /// All topics, by name.
+    pub fn list(&self) -> Vec<Arc<Topic>> {
+        self.topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The broker's default settings for new topics.
+    pub fn default_settings(&self) -> TopicSettings {
+        TopicSettings::from_log_config(&self.defaults)
+    }
+
+    /// Creates a topic: validates, writes its metadata durably, then creates its partitions.
+    pub fn create(&self, new: NewTopic) -> Result<Arc<Topic>> {
+        validate_topic_name(&new.name).map_err(|reason| TopicError::InvalidName {
+            name: new.name.clone(),
+            reason,
+        })?;
+        let partitions = validate_layout(&new)?;
+        new.settings
+            .log_config(&self.defaults)
+            .validate()
+            .map_err(|e| TopicError::InvalidRequest(e.to_string()))?;
+        let admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let log_dir = admin.as_ref().ok_or(StorageError::Closed)?;
+        if self.get(&new.name).is_ok() {
+            return Err(TopicError::TopicExists(new.name));
+        }
+        if let Some(tp) = log_dir
+            .partitions()
+            .into_iter()
+            .find(|tp| tp.topic == new.name)
+        {
+            return Err(TopicError::InvalidRequest(format!(
+                "partition log {tp} exists without topic metadata (left by hand?); move it out of {} first",
+                log_dir.path().display()
+            )));
+        }
+        let meta = TopicMeta {
+            version: meta::META_VERSION,
+            name: new.name,
+            partitions,
+            partitioner: new.partitioner,
+            split_keys: new.split_keys,
+            settings: new.settings,
+            created_ms: now_ms(),
+        };
+        let json = serde_json::to_vec_pretty(&meta).map_err(|e| TopicError::CorruptMeta {
+            path: self.meta_path(&meta.name),
+            detail: e.to_string(),
+        })?;
+        atomic_write(&self.meta_path(&meta.name), &json, SyncMode::Now)?;
+        let name = meta.name.clone();
+        let topic = match attach(log_dir, &self.defaults, meta, false) {
+            Ok(topic) => topic,
+            Err(e) => {
+                // Undo, so a failed create (disk full, say) leaves no topic behind; if the undo
+                // fails too, the next open finishes the creation instead.
+                warn!(topic = %name, error = %e, "topic creation failed; rolling back");
+                if let Err(undo) = delete_partitions(log_dir, &name)
+                    .and_then(|()| remove_file(&self.meta_path(&name)))
+                {
+                    warn!(topic = %name, error = %undo, "rolling back the topic creation failed");
+                }
+                return Err(e);
+            }
+        };
+        info!(topic = %topic.meta.name, partitions, partitioner = ?topic.meta.partitioner, "created topic");
+        self.topics
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(topic.meta.name.clone(), Arc::clone(&topic));
+        Ok(topic)
+    }
+
+    /// Deletes a topic and all its data: the metadata is marked deleting first, so a crash
+    /// midway is finished by the next open.
+    pub fn delete(&self, name: &str) -> Result<()> {
+        let admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let log_dir = admin.as_ref().ok_or(StorageError::Closed)?;
+        let topic = self
+            .topics
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+            .ok_or_else(|| TopicError::UnknownTopic(name.to_owned()))?;
+        let deleting = self.meta_dir.join(format!("{name}{DELETING_SUFFIX}"));
+        fs::rename(self.meta_path(name), &deleting)
+            .map_err(|e| StorageError::io("marking topic deleted", &deleting, e))?;
+        fsync_dir(&self.meta_dir)?;
+        delete_partitions(log_dir, name)?;
+        remove_file(&deleting)?;
+        info!(topic = %name, partitions = topic.meta.partitions, "deleted topic");
+        Ok(())
+    }
+
+    fn meta_path(&self, name: &str) -> PathBuf {
+        self.meta_dir.join(format!("{name}{META_SUFFIX}"))
+    }
+
+    /// Clean shutdown of every partition (sync, checkpoint, clean-shutdown marker). Handles
+    /// still held elsewhere answer `Closed` from then on. A second call does nothing.
+    pub fn close(&self) -> Result<()> {
+        let log_dir = self.admin.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.topics
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        match log_dir {
+            Some(log_dir) => Ok(log_dir.close()?),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Opens or creates the partition logs of `meta` and applies its settings to them.
+fn attach(
+    log_dir: &LogDir,
+    defaults: &LogConfig,
+    meta: TopicMeta,
+    recovering: bool,
+) -> Result<Arc<Topic>> {
+    let config = meta.settings.log_config(defaults);
+    let mut partitions = Vec::with_capacity(meta.partitions as usize);
+    for p in 0..meta.partitions {
+        let tp = TopicPartition::new(meta.name.clone(), p)?;
+        let log = match log_dir.partition(&tp) {
+            Some(log) => {
+                log.set_config(config.clone())?;
+                log
+            }
+            None => {
+                if recovering {
+                    warn!(partition = %tp, "creating a partition missing after an interrupted topic creation");
+                }
+                log_dir.create_partition(tp, Some(config.clone()))?
+            }
+        };
+        partitions.push(Arc::new(Partition::new(log)));
+    }
+    Ok(Arc::new(Topic { meta, partitions }))
+}
+
+fn delete_partitions(log_dir: &LogDir, name: &str) -> Result<()> {
+    for tp in log_dir.partitions() {
+        if tp.topic == name {
+            log_dir.delete_partition(&tp)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks partition count and split keys; returns the partition count (derived from the split
+/// keys for a range topic created with 0 partitions).
+fn validate_layout(new: &NewTopic) -> Result<u32> {
+    let invalid = |msg: String| Err(TopicError::InvalidRequest(msg));
+    let partitions = match (new.partitioner, new.partitions) {
+        (PartitionerKind::Range, 0) => new.split_keys.len() as u32 + 1,
+        (_, 0) => return invalid("a topic needs at least 1 partition".into()),
+        (_, n) => n,
+    };
+    if partitions > MAX_PARTITIONS {
+        return invalid(format!(
+            "{partitions} partitions requested; the limit is {MAX_PARTITIONS}"
+        ));
+    }
+    match new.partitioner {
+        PartitionerKind::Range => {
+            if new.split_keys.len() as u32 + 1 != partitions {
+                return invalid(format!(
+                    "a range topic with {} split keys has {} partitions, not {partitions}",
+                    new.split_keys.len(),
+                    new.split_keys.len() + 1
+                ));
+            }
+            if new.split_keys.windows(2).any(|w| w[0] >= w[1]) {
+                return invalid("split keys must be strictly increasing".into());
+            }
+        }
+        _ if !new.split_keys.is_empty() => {
+            return invalid("split keys are only for the range partitioner".into());
+        }
+        _ => {}
+    }
+    Ok(partitions)
+}
+
+fn read_meta(path: &Path, file_topic: &str) -> Result<TopicMeta> {
+    let corrupt = |detail: String| TopicError::CorruptMeta {
+        path: path.to_owned(),
+        detail,
+    };
+    let bytes = fs::read(path).map_err(|e| StorageError::io("reading topic metadata", path, e))?;
+    let meta: TopicMeta = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    if meta.version != meta::META_VERSION {
+        return Err(corrupt(format!(
+            "version {} is not supported (this broker reads {})",
+            meta.version,
+            meta::META_VERSION
+        )));
+    }
+    if meta.name != file_topic {
+        return Err(corrupt(format!(
+            "file names topic {file_topic:?} but holds {:?}",
+            meta.name
+        )));
+    }
+    Ok(meta)
+}
+
+fn remove_file(path: &Path) -> Result<()> {
+    fs::remove_file(path).map_err(|e| StorageError::io("removing file", path, e))?;
+    fsync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    Ok(())
+}
