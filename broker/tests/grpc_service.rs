@@ -1,0 +1,498 @@
+//! The gRPC service over the network: the real `weir-broker` binary on an ephemeral port,
+//! driven with the generated `weir.v1` client (what a client in any language would use).
+//!
+//! Multi-threaded runtimes: `terminate()` blocks while the broker shuts down gracefully, and
+//! the client connection must keep running meanwhile to answer the HTTP/2 GOAWAY handshake.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tonic::transport::Channel;
+use weir_proto::batch::{BatchBuilder, RecordBatch, RecordInput, split_batches};
+use weir_proto::status::from_status;
+use weir_proto::v1::weir_client::WeirClient;
+use weir_proto::v1::{
+    Acks, CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, ErrorCode, FetchRequest,
+    ListOffsetsRequest, ListTopicsRequest, OffsetSpec, ProduceRequest, TopicConfig,
+};
+use weir_testkit::{BrokerProcess, temp_data_dir};
+
+const BROKER: &str = env!("CARGO_BIN_EXE_weir-broker");
+
+async fn connect(broker: &BrokerProcess) -> WeirClient<Channel> {
+    WeirClient::connect(broker.url())
+        .await
+        .expect("connect")
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+fn batch(values: &[&str], timestamp: i64) -> Bytes {
+    let mut b = BatchBuilder::new();
+    for v in values {
+        b.push(RecordInput {
+            key: Some(b"k"),
+            value: Some(v.as_bytes()),
+            timestamp,
+            headers: &[],
+        })
+        .unwrap();
+    }
+    b.build().unwrap()
+}
+
+async fn create(client: &mut WeirClient<Channel>, name: &str, partitions: u32) {
+    client
+        .create_topic(CreateTopicRequest {
+            name: name.into(),
+            partitions,
+            ..Default::default()
+        })
+        .await
+        .expect("create topic");
+}
+
+fn produce_req(topic: &str, partition: u32, batch: Bytes, acks: Acks) -> ProduceRequest {
+    ProduceRequest {
+        correlation_id: 0,
+        topic: topic.into(),
+        partition,
+        batch,
+        acks: acks as i32,
+    }
+}
+
+async fn high_watermark(client: &mut WeirClient<Channel>, topic: &str, partition: u32) -> u64 {
+    let offsets = client
+        .list_offsets(ListOffsetsRequest {
+            topic: topic.into(),
+            partitions: vec![partition],
+            spec: OffsetSpec::Latest as i32,
+            timestamp_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    offsets.offsets[0].offset
+}
+
+/// Everything from `offset` to the current end, as records' values.
+async fn fetch_values(
+    client: &mut WeirClient<Channel>,
+    topic: &str,
+    partition: u32,
+) -> Vec<String> {
+    let mut stream = client
+        .fetch(FetchRequest {
+            topic: topic.into(),
+            partition,
+            offset: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut values = Vec::new();
+    while let Some(response) = stream.next().await {
+        for batch in split_batches(response.unwrap().batches) {
+            for record in batch.unwrap().records() {
+                values.push(String::from_utf8(record.value.unwrap().to_vec()).unwrap());
+            }
+        }
+    }
+    values
+}
+
+fn reason(status: &tonic::Status) -> ErrorCode {
+    let e = from_status(status).unwrap_or_else(|| panic!("no weir reason in {status:?}"));
+    ErrorCode::try_from(e.code).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_then_fetch_returns_the_batch_as_stored() {
+    let dir = temp_data_dir();
+    let broker = BrokerProcess::start(BROKER.as_ref(), dir.path(), &[]);
+    let mut client = connect(&broker).await;
+    create(&mut client, "orders", 2).await;
+
+    let sent = batch(&["a", "b", "c"], 1_700_000_000_000);
+    let ack = client
+        .produce(produce_req("orders", 1, sent.clone(), Acks::Durable))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((ack.base_offset, ack.last_offset), (0, 2));
+    let ack = client
+        .produce(produce_req(
+            "orders",
+            1,
+            batch(&["d"], 1_700_000_000_001),
+            Acks::Leader,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((ack.base_offset, ack.last_offset), (3, 3));
+
+    let mut stream = client
+        .fetch(FetchRequest {
+            topic: "orders".into(),
+            partition: 1,
+            offset: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.high_watermark, 4);
+    assert_eq!(first.next_offset, 4);
+    // Stored byte for byte: only the base offset (bytes 0..8, not CRC-covered) was stamped.
+    assert_eq!(&first.batches[8..sent.len()], &sent[8..]);
+    assert!(
+        stream.next().await.is_none(),
+        "without follow the stream ends at the end"
+    );
+    assert_eq!(
+        fetch_values(&mut client, "orders", 1).await,
+        ["a", "b", "c", "d"]
+    );
+    assert_eq!(high_watermark(&mut client, "orders", 0).await, 0);
+
+    let described = client
+        .describe_topic(DescribeTopicRequest {
+            name: "orders".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(described.partition_count, 2);
+    assert_eq!(described.partitions[1].high_watermark, 4);
+    let by_time = client
+        .list_offsets(ListOffsetsRequest {
+            topic: "orders".into(),
+            partitions: vec![1],
+            spec: OffsetSpec::Timestamp as i32,
+            timestamp_ms: 1_700_000_000_001,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_time.offsets[0].offset, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_batches_are_refused_with_a_reason_and_change_nothing() {
+    let dir = temp_data_dir();
+    let broker = BrokerProcess::start(
+        BROKER.as_ref(),
+        dir.path(),
+        &[
+            "--max-batch-bytes",
+            "1048576",
+            "--max-request-bytes",
+            "4194304",
+        ],
+    );
+    let mut client = connect(&broker).await;
+    create(&mut client, "t", 1).await;
+    client
+        .produce(produce_req("t", 0, batch(&["ok"], 1), Acks::Leader))
+        .await
+        .unwrap();
+
+    let good = batch(&["x", "y"], 1);
+    let mut bad_crc = good.to_vec();
+    let last = bad_crc.len() - 1;
+    bad_crc[last] ^= 0x01;
+    let mut lying_length = good.to_vec();
+    lying_length[8..12].copy_from_slice(&(good.len() as u32 + 100).to_be_bytes());
+    let truncated = good.slice(..good.len() - 3);
+    let big = {
+        let value = vec![7u8; 1100 << 10];
+        let mut b = BatchBuilder::new();
+        b.push(RecordInput {
+            value: Some(&value),
+            ..Default::default()
+        })
+        .unwrap();
+        b.build().unwrap()
+    };
+    let cases = [
+        ("wrong CRC", Bytes::from(bad_crc), ErrorCode::CorruptBatch),
+        (
+            "lying length",
+            Bytes::from(lying_length),
+            ErrorCode::CorruptBatch,
+        ),
+        ("truncated", truncated, ErrorCode::CorruptBatch),
+        ("empty", Bytes::new(), ErrorCode::CorruptBatch),
+        ("over max_batch_bytes", big, ErrorCode::BatchTooLarge),
+    ];
+    for (what, bytes, expected) in cases {
+        let status = client
+            .produce(produce_req("t", 0, bytes, Acks::Durable))
+            .await
+            .expect_err(what);
+        assert_eq!(reason(&status), expected, "{what}: {status:?}");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{what}");
+        assert_eq!(
+            high_watermark(&mut client, "t", 0).await,
+            1,
+            "{what} moved the log"
+        );
+    }
+
+    // Over the request limit: refused by the transport before it reaches the log.
+    let huge = Bytes::from(vec![0u8; 5 << 20]);
+    let status = client
+        .produce(produce_req("t", 0, huge, Acks::Leader))
+        .await
+        .expect_err("over max_request_bytes");
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::ResourceExhausted | tonic::Code::OutOfRange | tonic::Code::InvalidArgument
+        ),
+        "{status:?}"
+    );
+    assert_eq!(high_watermark(&mut client, "t", 0).await, 1);
+
+    let status = client
+        .produce(produce_req("nope", 0, batch(&["x"], 1), Acks::Leader))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), ErrorCode::UnknownTopic);
+    assert!(status.message().contains("nope"));
+    let status = client
+        .produce(produce_req("t", 7, batch(&["x"], 1), Acks::Leader))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), ErrorCode::UnknownPartition);
+    let status = client
+        .produce(ProduceRequest {
+            acks: 9,
+            ..produce_req("t", 0, batch(&["x"], 1), Acks::Leader)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), ErrorCode::InvalidRequest);
+    let status = client
+        .fetch(FetchRequest {
+            topic: "t".into(),
+            offset: 99,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), ErrorCode::OffsetOutOfRange);
+    assert_eq!(fetch_values(&mut client, "t", 0).await, ["ok"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_admin_validates_and_survives_restart() {
+    let dir = temp_data_dir();
+    let mut broker = BrokerProcess::start(BROKER.as_ref(), dir.path(), &[]);
+    let mut client = connect(&broker).await;
+    for (name, partitions, expected) in [
+        ("bad/name", 1, ErrorCode::InvalidName),
+        ("..", 1, ErrorCode::InvalidName),
+        ("ok", 0, ErrorCode::InvalidRequest),
+        ("ok", 20_000, ErrorCode::InvalidRequest),
+    ] {
+        let status = client
+            .create_topic(CreateTopicRequest {
+                name: name.into(),
+                partitions,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&status), expected, "{name} x{partitions}");
+    }
+    let status = client
+        .create_topic(CreateTopicRequest {
+            name: "ranged".into(),
+            partitions: 0,
+            partitioner: weir_proto::v1::Partitioner::Range as i32,
+            split_keys: vec![Bytes::from("m"), Bytes::from("a")],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        reason(&status),
+        ErrorCode::InvalidRequest,
+        "unsorted split keys"
+    );
+    let ranged = client
+        .create_topic(CreateTopicRequest {
+            name: "ranged".into(),
+            partitions: 0,
+            partitioner: weir_proto::v1::Partitioner::Range as i32,
+            split_keys: vec![Bytes::from("g"), Bytes::from("p")],
+            config: Some(TopicConfig {
+                retention_ms: Some(86_400_000),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ranged.partition_count, 3);
+    create(&mut client, "doomed", 2).await;
+    let status = client
+        .create_topic(CreateTopicRequest {
+            name: "doomed".into(),
+            partitions: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), ErrorCode::TopicExists);
+    client
+        .produce(produce_req("ranged", 2, batch(&["z"], 5), Acks::Leader))
+        .await
+        .unwrap();
+    client
+        .delete_topic(DeleteTopicRequest {
+            name: "doomed".into(),
+        })
+        .await
+        .unwrap();
+
+    assert!(broker.terminate().success());
+    broker.restart();
+    let mut client = connect(&broker).await;
+    let topics = client
+        .list_topics(ListTopicsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .topics;
+    let names: Vec<_> = topics.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["ranged"]);
+    let ranged = &topics[0];
+    assert_eq!(ranged.split_keys, [Bytes::from("g"), Bytes::from("p")]);
+    assert_eq!(
+        ranged.config.as_ref().unwrap().retention_ms,
+        Some(86_400_000)
+    );
+    assert_eq!(fetch_values(&mut client, "ranged", 2).await, ["z"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_produce_stream_answers_every_request_by_correlation_id() {
+    let dir = temp_data_dir();
+    let broker = BrokerProcess::start(BROKER.as_ref(), dir.path(), &[]);
+    let mut client = connect(&broker).await;
+    create(&mut client, "s", 3).await;
+    let mut requests = Vec::new();
+    for i in 0..300u64 {
+        let partition = (i % 3) as u32;
+        let body = if i == 150 {
+            Bytes::from_static(b"not a batch at all")
+        } else {
+            batch(&[&format!("{partition}:{i}")], i as i64)
+        };
+        requests.push(ProduceRequest {
+            correlation_id: i,
+            acks: if i % 2 == 0 {
+                Acks::Durable
+            } else {
+                Acks::Leader
+            } as i32,
+            ..produce_req("s", partition, body, Acks::Leader)
+        });
+    }
+    let responses: Vec<_> = client
+        .produce_stream(futures::stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner()
+        .collect()
+        .await;
+    assert_eq!(responses.len(), 300);
+    let mut seen = std::collections::BTreeMap::new();
+    for r in responses {
+        let r = r.unwrap();
+        seen.insert(r.correlation_id, r);
+    }
+    assert_eq!(seen.len(), 300);
+    let bad = &seen[&150];
+    assert_eq!(
+        bad.error.as_ref().unwrap().code,
+        ErrorCode::CorruptBatch as i32
+    );
+    // Per partition, offsets follow send order.
+    for partition in 0..3u64 {
+        let offsets: Vec<u64> = (0..300)
+            .filter(|i| i % 3 == partition && *i != 150)
+            .map(|i| seen[&i].base_offset)
+            .collect();
+        assert_eq!(offsets, (0..offsets.len() as u64).collect::<Vec<_>>());
+        let values = fetch_values(&mut client, "s", partition as u32).await;
+        let expected: Vec<String> = (0..300)
+            .filter(|i| i % 3 == partition && *i != 150)
+            .map(|i| format!("{partition}:{i}"))
+            .collect();
+        assert_eq!(values, expected);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_fetch_pushes_appends_and_ends_on_shutdown() {
+    let dir = temp_data_dir();
+    let mut broker = BrokerProcess::start(BROKER.as_ref(), dir.path(), &[]);
+    let mut client = connect(&broker).await;
+    create(&mut client, "live", 1).await;
+    let mut stream = client
+        .fetch(FetchRequest {
+            topic: "live".into(),
+            partition: 0,
+            offset: 0,
+            follow: true,
+            max_wait_ms: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for i in 0..5 {
+        client
+            .produce(produce_req(
+                "live",
+                0,
+                batch(&[&format!("v{i}")], i),
+                Acks::Leader,
+            ))
+            .await
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("a follower is woken by the append")
+            .unwrap()
+            .unwrap();
+        let batch = RecordBatch::parse(response.batches).unwrap();
+        assert_eq!(batch.base_offset(), i as u64);
+        assert_eq!(response.high_watermark, i as u64 + 1);
+    }
+    let status = broker.terminate();
+    assert!(
+        status.success(),
+        "graceful exit with a follower attached: {status:?}"
+    );
+    // The follower learns why its stream ended.
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .unwrap();
+    if let Some(Err(status)) = end {
+        assert!(
+            status.code() == tonic::Code::Unavailable,
+            "unexpected end: {status:?}"
+        );
+    }
+    // Shutdown was clean: the marker is there for the next start.
+    assert!(dir.path().join("logs/.clean-shutdown").exists());
+}

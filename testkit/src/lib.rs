@@ -1,0 +1,175 @@
+//! Test support shared by the integration tests of every crate: run the real `weir-broker`
+//! binary as a child process on an ephemeral loopback port, the way a user would, and stop it
+//! gracefully (SIGTERM) or brutally (SIGKILL).
+//!
+//! The broker announces itself with one stdout line, `weir-broker ready grpc=ADDR ...`;
+//! [`BrokerProcess::start`] waits for it, so a test never races the broker's startup.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long a broker may take to print its ready line (a debug build recovering a data dir
+/// on a busy 2-core machine).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running `weir-broker`; killed when dropped.
+pub struct BrokerProcess {
+    child: Child,
+    bin: PathBuf,
+    data_dir: PathBuf,
+    extra_args: Vec<String>,
+    /// The gRPC address it listens on.
+    pub addr: SocketAddr,
+}
+
+impl BrokerProcess {
+    /// Starts `bin` on 127.0.0.1 (a free port) over `data_dir`, with `extra_args`.
+    pub fn start(bin: &Path, data_dir: &Path, extra_args: &[&str]) -> BrokerProcess {
+        Self::start_on(bin, data_dir, "127.0.0.1:0", extra_args)
+    }
+
+    fn start_on(bin: &Path, data_dir: &Path, listen: &str, extra_args: &[&str]) -> BrokerProcess {
+        let mut child = Command::new(bin)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(listen)
+            .args(extra_args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or("warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            for line in lines.by_ref() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("grpc="))
+                    .and_then(|a| a.parse::<SocketAddr>().ok())
+                {
+                    let _ = tx.send(addr);
+                    break;
+                }
+            }
+            // Keep draining so the broker never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let addr = match rx.recv_timeout(READY_TIMEOUT) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait();
+                panic!("weir-broker did not print its ready line (exit: {status:?})");
+            }
+        };
+        BrokerProcess {
+            child,
+            bin: bin.to_owned(),
+            data_dir: data_dir.to_owned(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            addr,
+        }
+    }
+
+    /// `http://ADDR`, what tonic clients connect to.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `HOST:PORT`, what the CLI's `--broker` takes.
+    pub fn host_port(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then waits for the exit (a graceful shutdown).
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(rustix::process::Signal::TERM);
+        self.child.wait().expect("waiting for weir-broker")
+    }
+
+    /// SIGKILL, then waits (a crash: no flush, no clean-shutdown marker).
+    pub fn kill(&mut self) -> ExitStatus {
+        self.signal(rustix::process::Signal::KILL);
+        self.child.wait().expect("waiting for weir-broker")
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, signal);
+        }
+    }
+
+    /// Starts the same binary again over the same data dir and on the same address (clients
+    /// that reconnect find it where it was). Call after `terminate` or `kill`.
+    pub fn restart(&mut self) {
+        let extra: Vec<&str> = self.extra_args.iter().map(String::as_str).collect();
+        let listen = self.addr.to_string();
+        let next = Self::start_on(&self.bin, &self.data_dir, &listen, &extra);
+        let old = std::mem::replace(self, next);
+        drop(old);
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The `weir-broker` binary for tests outside the broker crate (which use
+/// `env!("CARGO_BIN_EXE_weir-broker")`): `$WEIR_BROKER_BIN`, else the one cargo built next to
+/// the running test (`cargo test --workspace` builds it).
+pub fn broker_bin() -> PathBuf {
+    sibling_bin("weir-broker", "WEIR_BROKER_BIN")
+}
+
+/// A binary built by cargo in the same target dir as the running test.
+pub fn sibling_bin(name: &str, env_override: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(env_override) {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in target/<profile>/deps");
+    let bin = profile_dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} not found; build it first (`cargo build -p weir-broker`) or set {env_override}",
+        bin.display()
+    );
+    bin
+}
+
+/// A fresh temporary directory for a broker's data.
+pub fn temp_data_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("weir-test-")
+        .tempdir()
+        .expect("creating a temp dir")
+}
