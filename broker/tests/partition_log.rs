@@ -347,6 +347,45 @@ fn durable_appends_from_many_threads_share_syncs() {
 }
 
 #[test]
+fn appends_waiting_for_their_sync_later_are_durable_once_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = open(
+        dir.path(),
+        LogConfig {
+            flush: weir_broker::storage::FlushPolicy::Never,
+            ..small_config()
+        },
+    );
+    let log = logs.create_partition(tp("t", 0), None).unwrap();
+    let mut tickets = Vec::new();
+    for i in 0..10u64 {
+        let (info, ticket) = log.append_for_sync(&batch(i, 1, 50, 0)).unwrap();
+        assert_eq!(info.base_offset, i, "appended in call order");
+        tickets.push((info, ticket));
+    }
+    assert_eq!(
+        log.recovery_point(),
+        0,
+        "nothing synced before anyone waits"
+    );
+    // Waiting for the last one covers all: one sync for the whole pipeline.
+    let (last, ticket) = tickets.pop().unwrap();
+    log.wait_durable(ticket).unwrap();
+    assert!(log.recovery_point() > last.last_offset);
+    for (_, ticket) in tickets {
+        log.wait_durable(ticket).unwrap();
+    }
+    // A batch cut by a truncation before its sync is never reported durable.
+    let (_, cut) = log.append_for_sync(&batch(10, 1, 50, 0)).unwrap();
+    log.truncate_to(10).unwrap();
+    log.append(&batch(11, 1, 50, 0)).unwrap();
+    assert!(matches!(
+        log.wait_durable(cut),
+        Err(StorageError::TruncatedBeforeSync { .. })
+    ));
+}
+
+#[test]
 fn a_data_dir_is_locked_to_one_process() {
     let dir = tempfile::tempdir().unwrap();
     let _logs = open(dir.path(), small_config());

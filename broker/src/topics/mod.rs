@@ -418,3 +418,133 @@ fn remove_file(path: &Path) -> Result<()> {
     fsync_dir(path.parent().unwrap_or(Path::new(".")))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_topic(name: &str, partitions: u32) -> NewTopic {
+        NewTopic {
+            name: name.into(),
+            partitions,
+            partitioner: PartitionerKind::Hash,
+            split_keys: Vec::new(),
+            settings: TopicSettings::from_log_config(&LogConfig::default()),
+        }
+    }
+
+    fn names(topics: &Topics) -> Vec<String> {
+        topics.list().iter().map(|t| t.meta.name.clone()).collect()
+    }
+
+    fn reopen(dir: &Path) -> Topics {
+        Topics::open(dir, LogDirConfig::default()).unwrap().0
+    }
+
+    #[test]
+    fn topics_survive_a_reopen_and_deleted_ones_stay_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let topics = reopen(dir.path());
+        topics.create(new_topic("a", 3)).unwrap();
+        topics.create(new_topic("b", 1)).unwrap();
+        assert!(matches!(
+            topics.create(new_topic("a", 1)),
+            Err(TopicError::TopicExists(_))
+        ));
+        topics.delete("b").unwrap();
+        assert!(matches!(
+            topics.delete("b"),
+            Err(TopicError::UnknownTopic(_))
+        ));
+        topics.close().unwrap();
+        let topics = reopen(dir.path());
+        assert_eq!(names(&topics), ["a"]);
+        assert_eq!(topics.get("a").unwrap().partitions.len(), 3);
+        assert!(!dir.path().join("logs/b-0").exists());
+    }
+
+    #[test]
+    fn an_interrupted_delete_is_finished_by_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let topics = reopen(dir.path());
+        topics.create(new_topic("c", 2)).unwrap();
+        topics.close().unwrap();
+        // The crash came after the mark, before the partitions went.
+        fs::rename(
+            dir.path().join("topics/c.json"),
+            dir.path().join("topics/c.deleting"),
+        )
+        .unwrap();
+        let topics = reopen(dir.path());
+        assert!(names(&topics).is_empty());
+        assert!(!dir.path().join("logs/c-0").exists());
+        assert!(!dir.path().join("topics/c.deleting").exists());
+    }
+
+    #[test]
+    fn an_interrupted_create_is_finished_by_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let topics = reopen(dir.path());
+        topics.create(new_topic("d", 4)).unwrap();
+        topics.close().unwrap();
+        // The crash came after the metadata, before the last partitions.
+        fs::remove_dir_all(dir.path().join("logs/d-2")).unwrap();
+        fs::remove_dir_all(dir.path().join("logs/d-3")).unwrap();
+        let topics = reopen(dir.path());
+        let d = topics.get("d").unwrap();
+        assert_eq!(d.partitions.len(), 4);
+        assert_eq!(d.partitions[3].log.high_watermark(), 0);
+    }
+
+    #[test]
+    fn unaccounted_partition_logs_are_left_alone_and_block_a_namesake() {
+        let dir = tempfile::tempdir().unwrap();
+        let topics = reopen(dir.path());
+        topics.create(new_topic("orphan", 1)).unwrap();
+        topics.close().unwrap();
+        fs::remove_file(dir.path().join("topics/orphan.json")).unwrap();
+        let topics = reopen(dir.path());
+        assert!(names(&topics).is_empty());
+        assert!(
+            dir.path().join("logs/orphan-0").exists(),
+            "data is never deleted unasked"
+        );
+        assert!(matches!(
+            topics.create(new_topic("orphan", 1)),
+            Err(TopicError::InvalidRequest(_))
+        ));
+    }
+
+    #[test]
+    fn a_corrupt_metadata_file_stops_the_open_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        reopen(dir.path()).close().unwrap();
+        fs::write(dir.path().join("topics/x.json"), b"{not json").unwrap();
+        match Topics::open(dir.path(), LogDirConfig::default()) {
+            Err(TopicError::CorruptMeta { path, .. }) => assert!(path.ends_with("x.json")),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("a corrupt metadata file was accepted"),
+        }
+    }
+
+    #[test]
+    fn layouts_are_checked() {
+        let range = |partitions, keys: &[&str]| NewTopic {
+            partitioner: PartitionerKind::Range,
+            split_keys: keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
+            ..new_topic("r", partitions)
+        };
+        assert_eq!(validate_layout(&range(0, &["g", "p"])).unwrap(), 3);
+        assert_eq!(validate_layout(&range(3, &["g", "p"])).unwrap(), 3);
+        assert!(validate_layout(&range(2, &["g", "p"])).is_err());
+        assert!(validate_layout(&range(0, &["p", "g"])).is_err());
+        assert!(validate_layout(&range(0, &["g", "g"])).is_err());
+        let hash_with_keys = NewTopic {
+            split_keys: vec![b"a".to_vec()],
+            ..new_topic("h", 2)
+        };
+        assert!(validate_layout(&hash_with_keys).is_err());
+        assert!(validate_layout(&new_topic("h", 0)).is_err());
+        assert!(validate_layout(&new_topic("h", MAX_PARTITIONS + 1)).is_err());
+    }
+}
