@@ -1,8 +1,8 @@
-//! Quickstart: append to a partition log on disk and read it back, with the storage engine
-//! embedded in this process (no network yet).
+//! The storage engine on its own: append to a partition log on disk and read it back, with the
+//! engine embedded in this process (no broker, no network). For the broker, see the README.
 //!
 //! ```text
-//! cargo run --release --example quickstart            # data in ./weir-data
+//! cargo run --release --example quickstart            # data in ./weir-quickstart-data
 //! cargo run --release --example quickstart -- DIR 5   # data in DIR, append 5 records
 //! ```
 //!
@@ -25,7 +25,7 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let mut args = std::env::args().skip(1);
-    let data_dir = args.next().unwrap_or_else(|| "weir-data".into());
+    let data_dir = args.next().unwrap_or_else(|| "weir-quickstart-data".into());
     let count: usize = args
         .next()
         .map(|n| n.parse())
