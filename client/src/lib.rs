@@ -1,9 +1,71 @@
-//! weir-client: the library services use to talk to weir.
+//! weir-client: the library services use to talk to a weir broker.
 //!
-//! Today it carries what a producer needs before any network exists: the record batch encoder
-//! and decoder ([`batch`], re-exported from `weir-proto`), so a batch built here is stored by the
-//! broker byte for byte. `Producer`, `Consumer` and `Admin` over gRPC, and the `weir` CLI, come
-//! with the broker service.
+//! Everything goes through one [`Client`], a cheap-to-clone handle on one HTTP/2 connection
+//! (a tonic channel tuned for bulk transfer). From it:
+//!
+//! - [`Admin`] creates, lists, describes and deletes topics and looks up offsets.
+//! - [`Producer`] batches records per partition (by size and linger), picks partitions with the
+//!   topic's [`partitioner`], sends batches over one `ProduceStream`, retries what is
+//!   retriable, and resolves one [`DeliveryFuture`] per record. Its buffer is bounded: `send`
+//!   waits (back-pressure) instead of growing.
+//! - [`Consumer`] reads assigned partitions from a position ([`Seek`]) as one merged
+//!   [`Stream`](futures::Stream) of [`ConsumerRecord`]s, verifying every batch's CRC and riding
+//!   out broker restarts without skipping or repeating a record.
+//!
+//! ```no_run
+//! use futures::StreamExt;
+//! use weir_client::{Client, ConsumerConfig, NewTopic, ProducerConfig, ProducerRecord};
+//!
+//! # async fn demo() -> Result<(), weir_client::ClientError> {
+//! let client = Client::connect("127.0.0.1:7070").await?;
+//! client.admin().create_topic(NewTopic::new("orders").partitions(3)).await?;
+//!
+//! let producer = client.producer(ProducerConfig::default())?;
+//! let delivery = producer
+//!     .send(ProducerRecord::new("orders").key("user-1").value("paid"))
+//!     .await?;
+//! let metadata = delivery.await?;
+//! println!("stored at {}-{} offset {}", metadata.topic, metadata.partition, metadata.offset);
+//!
+//! let mut consumer = client.consumer(ConsumerConfig { follow: false, ..Default::default() });
+//! consumer.assign_topic("orders").await?;
+//! let mut records = consumer.stream();
+//! while let Some(record) = records.next().await {
+//!     let record = record?;
+//!     println!("{} {:?}", record.offset, record.value);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The wire formats are re-exported for programs that handle batches themselves: [`batch`]
+//! (the record batch encoder and zero-copy decoder, byte for byte what the broker stores),
+//! [`topic`] (the topic name rule) and [`proto`] (the generated gRPC types of package
+//! `weir.v1`).
 
-pub use weir_proto::batch;
-pub use weir_proto::topic;
+#![warn(missing_docs)]
+
+pub mod admin;
+mod client;
+pub mod consumer;
+mod error;
+pub mod partitioner;
+pub mod producer;
+mod topic_partition;
+
+pub use weir_proto::v1 as proto;
+pub use weir_proto::{batch, topic};
+
+pub use admin::{
+    Admin, FlushPolicy, NewTopic, OffsetSpec, PartitionDescription, TopicConfig, TopicDescription,
+};
+pub use client::{Client, ConnectOptions, DEFAULT_BROKER, MAX_MESSAGE_BYTES};
+pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, RecordStream, Seek};
+pub use error::ClientError;
+pub use partitioner::PartitionerKind;
+pub use producer::{
+    Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
+};
+pub use topic_partition::TopicPartition;
+pub use weir_proto::batch::Header;
+pub use weir_proto::v1::ErrorCode;

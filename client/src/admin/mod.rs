@@ -1,0 +1,140 @@
+//! [`Admin`]: topic administration (create, delete, list, describe) and offset look-ups.
+//!
+//! Every call is one unary RPC; nothing is cached here. Results are the client's own types
+//! ([`TopicDescription`], [`TopicConfig`], ...) rather than the generated proto messages, so
+//! enums are Rust enums and absent settings are `None`.
+
+mod new_topic;
+mod topic;
+
+use std::collections::BTreeMap;
+
+use tonic::transport::Channel;
+use weir_proto::topic::validate_topic_name;
+use weir_proto::v1::{self, weir_client::WeirClient};
+
+use crate::ClientError;
+
+pub use new_topic::NewTopic;
+pub use topic::{FlushPolicy, PartitionDescription, TopicConfig, TopicDescription};
+
+/// Which offset [`Admin::list_offsets`] looks up in each partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetSpec {
+    /// The log start offset: the oldest record still kept.
+    Earliest,
+    /// The high watermark: the offset the next appended record will get.
+    Latest,
+    /// The first offset whose record timestamp is at or after this time (milliseconds since the
+    /// Unix epoch); the high watermark when no record is that recent.
+    Timestamp(i64),
+}
+
+impl OffsetSpec {
+    fn to_request(self, topic: &str, partitions: &[u32]) -> v1::ListOffsetsRequest {
+        let (spec, timestamp_ms) = match self {
+            OffsetSpec::Earliest => (v1::OffsetSpec::Earliest, 0),
+            OffsetSpec::Latest => (v1::OffsetSpec::Latest, 0),
+            OffsetSpec::Timestamp(ms) => (v1::OffsetSpec::Timestamp, ms),
+        };
+        v1::ListOffsetsRequest {
+            topic: topic.to_owned(),
+            partitions: partitions.to_vec(),
+            spec: spec as i32,
+            timestamp_ms,
+        }
+    }
+}
+
+/// Topic administration. Cheap to clone; made by [`Client::admin`](crate::Client::admin).
+#[derive(Debug, Clone)]
+pub struct Admin {
+    grpc: WeirClient<Channel>,
+}
+
+impl Admin {
+    pub(crate) fn new(grpc: WeirClient<Channel>) -> Self {
+        Admin { grpc }
+    }
+
+    /// Creates a topic. Fails with `TOPIC_EXISTS` if the name is taken, `INVALID_NAME` or
+    /// `INVALID_REQUEST` for a bad name or settings (checked here first where possible).
+    pub async fn create_topic(&self, topic: NewTopic) -> Result<TopicDescription, ClientError> {
+        let request = topic.into_request()?;
+        let created = self.grpc.clone().create_topic(request).await?.into_inner();
+        TopicDescription::from_proto(created)
+    }
+
+    /// Deletes a topic and all its data. Irreversible. Fails with `UNKNOWN_TOPIC` if there is
+    /// no such topic.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
+        validate_topic_name(name)?;
+        self.grpc
+            .clone()
+            .delete_topic(v1::DeleteTopicRequest {
+                name: name.to_owned(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Every topic, sorted by name. Per-partition details are left empty (use
+    /// [`describe_topic`](Admin::describe_topic)).
+    pub async fn list_topics(&self) -> Result<Vec<TopicDescription>, ClientError> {
+        let listed = self
+            .grpc
+            .clone()
+            .list_topics(v1::ListTopicsRequest {})
+            .await?
+            .into_inner();
+        listed
+            .topics
+            .into_iter()
+            .map(TopicDescription::from_proto)
+            .collect()
+    }
+
+    /// One topic: partitioner, settings and each partition's offsets and size. Fails with
+    /// `UNKNOWN_TOPIC` if there is no such topic.
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription, ClientError> {
+        validate_topic_name(name)?;
+        let described = self
+            .grpc
+            .clone()
+            .describe_topic(v1::DescribeTopicRequest {
+                name: name.to_owned(),
+            })
+            .await?
+            .into_inner();
+        TopicDescription::from_proto(described)
+    }
+
+    /// The offset `spec` names in each of `partitions` (all of the topic's partitions when
+    /// empty), by partition.
+    pub async fn list_offsets(
+        &self,
+        topic: &str,
+        partitions: &[u32],
+        spec: OffsetSpec,
+    ) -> Result<BTreeMap<u32, u64>, ClientError> {
+        validate_topic_name(topic)?;
+        let listed = self
+            .grpc
+            .clone()
+            .list_offsets(spec.to_request(topic, partitions))
+            .await?
+            .into_inner();
+        let offsets: BTreeMap<u32, u64> = listed
+            .offsets
+            .into_iter()
+            .map(|o| (o.partition, o.offset))
+            .collect();
+        if let Some(missing) = partitions.iter().find(|p| !offsets.contains_key(p)) {
+            return Err(ClientError::refused(
+                v1::ErrorCode::Internal,
+                format!("the broker answered ListOffsets for {topic} without partition {missing}"),
+            ));
+        }
+        Ok(offsets)
+    }
+}

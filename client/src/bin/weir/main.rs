@@ -1,0 +1,209 @@
+//! `weir`: the command line for a weir broker (kcat/rpk habits).
+//!
+//! ```text
+//! weir topic create NAME --partitions N [--partitioner hash|range|round-robin] [--split-keys a,m,t]
+//! weir topic list | describe NAME | delete NAME
+//! weir produce TOPIC [--key-separator SEP] [--partition P] [--acks leader|durable]
+//! weir consume TOPIC [--from-beginning | --offset N | --from-time RFC3339] [--partition P]
+//!                    [--count N] [-f|--follow] [--format raw|json|'TEMPLATE']
+//! weir tail TOPIC
+//! ```
+//!
+//! The broker address comes from `--broker HOST:PORT`, else `WEIR_BROKER`, else
+//! `127.0.0.1:7070`. Records go to stdout; everything else (errors, summaries, progress, logs
+//! with `RUST_LOG`) to stderr. Exit status: 0 success, 1 failure (the message says what to do),
+//! 2 bad usage, 130 interrupted by Ctrl-C.
+
+mod consume;
+mod format;
+mod produce;
+mod time;
+mod topic;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use weir_client::{Client, ClientError, DEFAULT_BROKER, ErrorCode};
+
+#[derive(Parser)]
+#[command(
+    name = "weir",
+    version,
+    about = "Produce to, consume from and administer a weir broker"
+)]
+struct Cli {
+    /// The broker's gRPC address
+    #[arg(
+        long,
+        global = true,
+        env = "WEIR_BROKER",
+        default_value = DEFAULT_BROKER,
+        value_name = "HOST:PORT"
+    )]
+    broker: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create, list, describe and delete topics
+    #[command(subcommand)]
+    Topic(topic::TopicCommand),
+    /// Produce one record per line of standard input
+    Produce(produce::ProduceArgs),
+    /// Print a topic's records (from the beginning, to the end of the data unless -f)
+    Consume(consume::ConsumeArgs),
+    /// Print records as they are produced, from the end of every partition (like tail -f)
+    Tail(consume::TailArgs),
+}
+
+/// The exit status of a command stopped by Ctrl-C: 128 + SIGINT, as shells report it.
+const EXIT_INTERRUPTED: u8 = 130;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("weir: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let broker = cli.broker.clone();
+    let result = runtime.block_on(run(cli));
+    // Background work (a stdin reader, fetch tasks) must not hold the exit up.
+    runtime.shutdown_background();
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("weir: {}", explain(&error, &broker));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Topic(command) => topic::run(&cli.broker, command).await,
+        Command::Produce(args) => produce::run(&cli.broker, args).await,
+        Command::Consume(args) => consume::run(&cli.broker, args).await,
+        Command::Tail(args) => consume::tail(&cli.broker, args).await,
+    }
+}
+
+/// Logs go to stderr, warnings and errors only unless `RUST_LOG` says otherwise.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
+/// Connects to the broker (errors are explained by [`explain`]).
+async fn connect(broker: &str) -> Result<Client, ClientError> {
+    Client::connect(broker).await
+}
+
+/// The error of a call about `topic`, with an unknown topic spelled out.
+fn topic_error(error: ClientError, topic: &str) -> anyhow::Error {
+    if error.code() == Some(ErrorCode::UnknownTopic) {
+        anyhow::anyhow!(
+            "topic {topic:?} does not exist; see `weir topic list`, or create it with \
+             `weir topic create {topic} --partitions N`"
+        )
+    } else {
+        error.into()
+    }
+}
+
+/// The message for a failed command: the error and its causes, plus what to do when the
+/// broker could not be reached.
+fn explain(error: &anyhow::Error, broker: &str) -> String {
+    let message = format!("{error:#}");
+    let client_error = error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<ClientError>());
+    match client_error {
+        Some(ClientError::Connect { .. } | ClientError::InvalidAddress { .. }) => {
+            format!("{message} Set --broker or WEIR_BROKER to use another address.")
+        }
+        Some(ClientError::Transport {
+            code: tonic::Code::Unavailable,
+            ..
+        }) => format!(
+            "{message}; lost the connection to the broker at {broker}: is weir-broker running? \
+             Set --broker or WEIR_BROKER to use another address."
+        ),
+        _ => message,
+    }
+}
+
+/// `1.5 MiB`-style sizes for people.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn unreachable_brokers_get_a_hint() {
+        let error = anyhow::Error::from(ClientError::Connect {
+            addr: "127.0.0.1:7070".into(),
+            reason: "connection refused".into(),
+        });
+        let message = explain(&error, "127.0.0.1:7070");
+        assert!(
+            message.starts_with("cannot reach broker at 127.0.0.1:7070"),
+            "{message}"
+        );
+        assert!(message.contains("is weir-broker running"), "{message}");
+        assert!(message.contains("Set --broker or WEIR_BROKER"), "{message}");
+    }
+
+    #[test]
+    fn unknown_topics_are_named() {
+        let status = weir_proto::status::to_status(&weir_proto::status::error(
+            ErrorCode::UnknownTopic,
+            "unknown topic orders",
+        ));
+        let message = format!("{:#}", topic_error(ClientError::from(status), "orders"));
+        assert!(message.contains("\"orders\" does not exist"), "{message}");
+    }
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
+}

@@ -1,0 +1,284 @@
+//! `weir topic create | list | describe | delete`.
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::{Args, Subcommand, ValueEnum};
+use weir_client::{FlushPolicy, NewTopic, PartitionerKind, TopicDescription};
+
+use crate::time::format_rfc3339_ms;
+use crate::{connect, human_bytes, topic_error};
+
+#[derive(Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic
+    Create(CreateArgs),
+    /// List topics with their partition counts and partitioners
+    List,
+    /// Show a topic's partitioner, settings and partitions
+    Describe {
+        /// The topic
+        name: String,
+    },
+    /// Delete a topic and all its data (irreversible)
+    Delete {
+        /// The topic
+        name: String,
+    },
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    /// Topic name: 1-249 characters of [a-zA-Z0-9._-]
+    name: String,
+    /// Number of partitions (with --split-keys it defaults to the number of split keys + 1)
+    #[arg(long, value_name = "N", required_unless_present = "split_keys")]
+    partitions: Option<u32>,
+    /// How producers map records to partitions
+    #[arg(long, value_enum, default_value_t = PartitionerArg::Hash)]
+    partitioner: PartitionerArg,
+    /// Split keys of the range partitioner, sorted, comma-separated: N keys make N+1 partitions
+    #[arg(long, value_delimiter = ',', value_name = "KEY,KEY,...")]
+    split_keys: Vec<String>,
+    /// Delete old segments once a partition holds more than this many bytes
+    #[arg(long, value_name = "BYTES")]
+    retention_bytes: Option<u64>,
+    /// Delete segments whose newest record is older than this many milliseconds
+    #[arg(long, value_name = "MS")]
+    retention_ms: Option<u64>,
+    /// Start a new segment file at this size
+    #[arg(long, value_name = "BYTES")]
+    segment_bytes: Option<u64>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PartitionerArg {
+    /// murmur2 of the key, as Kafka's default partitioner
+    Hash,
+    /// By key over sorted split keys
+    Range,
+    /// Ignores keys; rotates partitions per batch
+    RoundRobin,
+}
+
+impl From<PartitionerArg> for PartitionerKind {
+    fn from(arg: PartitionerArg) -> Self {
+        match arg {
+            PartitionerArg::Hash => PartitionerKind::Hash,
+            PartitionerArg::Range => PartitionerKind::Range,
+            PartitionerArg::RoundRobin => PartitionerKind::RoundRobin,
+        }
+    }
+}
+
+pub async fn run(broker: &str, command: TopicCommand) -> anyhow::Result<ExitCode> {
+    let admin = connect(broker).await?.admin();
+    match command {
+        TopicCommand::Create(args) => {
+            let partitioner = PartitionerKind::from(args.partitioner);
+            if !args.split_keys.is_empty() && partitioner != PartitionerKind::Range {
+                bail!("--split-keys needs --partitioner range");
+            }
+            let mut topic = NewTopic::new(&args.name)
+                .partitioner(partitioner)
+                .split_keys(args.split_keys);
+            if let Some(partitions) = args.partitions {
+                topic = topic.partitions(partitions);
+            }
+            if let Some(bytes) = args.retention_bytes {
+                topic = topic.retention_bytes(bytes);
+            }
+            if let Some(ms) = args.retention_ms {
+                topic = topic.retention_ms(ms);
+            }
+            if let Some(bytes) = args.segment_bytes {
+                topic = topic.segment_bytes(bytes);
+            }
+            let created = admin.create_topic(topic).await?;
+            println!(
+                "created topic {} with {} partition(s), partitioner {}",
+                created.name, created.partition_count, created.partitioner
+            );
+        }
+        TopicCommand::List => {
+            let topics = admin.list_topics().await?;
+            print!("{}", topic_table(&topics));
+        }
+        TopicCommand::Describe { name } => {
+            let topic = admin
+                .describe_topic(&name)
+                .await
+                .map_err(|e| topic_error(e, &name))?;
+            print!("{}", describe(&topic));
+        }
+        TopicCommand::Delete { name } => {
+            admin
+                .delete_topic(&name)
+                .await
+                .map_err(|e| topic_error(e, &name))?;
+            println!("deleted topic {name}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Rows of left-aligned columns, two spaces apart.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|row| row.get(c))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| format!("{cell:<width$}", width = widths[c]))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn topic_table(topics: &[TopicDescription]) -> String {
+    let mut rows = vec![vec![
+        "NAME".to_owned(),
+        "PARTITIONS".to_owned(),
+        "PARTITIONER".to_owned(),
+    ]];
+    rows.extend(topics.iter().map(|topic| {
+        vec![
+            topic.name.clone(),
+            topic.partition_count.to_string(),
+            topic.partitioner.to_string(),
+        ]
+    }));
+    table(&rows)
+}
+
+fn describe(topic: &TopicDescription) -> String {
+    let optional =
+        |value: Option<u64>, show: fn(u64) -> String| value.map_or_else(|| "-".to_owned(), show);
+    let mut summary = vec![
+        vec!["name".to_owned(), topic.name.clone()],
+        vec!["partitions".to_owned(), topic.partition_count.to_string()],
+        vec!["partitioner".to_owned(), topic.partitioner.to_string()],
+    ];
+    if !topic.split_keys.is_empty() {
+        let keys: Vec<String> = topic
+            .split_keys
+            .iter()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        summary.push(vec!["split keys".to_owned(), keys.join(",")]);
+    }
+    summary.extend([
+        vec!["created".to_owned(), format_rfc3339_ms(topic.created_ms)],
+        vec![
+            "retention bytes".to_owned(),
+            optional(topic.config.retention_bytes, human_bytes),
+        ],
+        vec![
+            "retention ms".to_owned(),
+            optional(topic.config.retention_ms, |ms| ms.to_string()),
+        ],
+        vec![
+            "segment bytes".to_owned(),
+            optional(topic.config.segment_bytes, human_bytes),
+        ],
+        vec![
+            "max batch bytes".to_owned(),
+            optional(topic.config.max_batch_bytes.map(u64::from), human_bytes),
+        ],
+        vec![
+            "flush".to_owned(),
+            match topic.config.flush {
+                None => "-".to_owned(),
+                Some(FlushPolicy::Never) => "never".to_owned(),
+                Some(FlushPolicy::Always) => "always".to_owned(),
+                Some(FlushPolicy::Interval(every)) => format!("every {} ms", every.as_millis()),
+            },
+        ],
+    ]);
+    let mut partitions = vec![vec![
+        "PARTITION".to_owned(),
+        "LOG-START".to_owned(),
+        "HIGH-WATERMARK".to_owned(),
+        "RECORDS".to_owned(),
+        "SIZE".to_owned(),
+    ]];
+    partitions.extend(topic.partitions.iter().map(|p| {
+        vec![
+            p.partition.to_string(),
+            p.log_start_offset.to_string(),
+            p.high_watermark.to_string(),
+            p.high_watermark
+                .saturating_sub(p.log_start_offset)
+                .to_string(),
+            human_bytes(p.size_bytes),
+        ]
+    }));
+    format!("{}\n{}", table(&summary), table(&partitions))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_client::{PartitionDescription, TopicConfig};
+
+    #[test]
+    fn tables_align() {
+        let topics = vec![TopicDescription {
+            name: "orders".into(),
+            partition_count: 12,
+            partitioner: PartitionerKind::RoundRobin,
+            split_keys: vec![],
+            config: TopicConfig::default(),
+            partitions: vec![],
+            created_ms: 0,
+        }];
+        assert_eq!(
+            topic_table(&topics),
+            "NAME    PARTITIONS  PARTITIONER\norders  12          round-robin\n"
+        );
+    }
+
+    #[test]
+    fn describe_shows_partitions() {
+        let topic = TopicDescription {
+            name: "users".into(),
+            partition_count: 2,
+            partitioner: PartitionerKind::Range,
+            split_keys: vec![bytes::Bytes::from_static(b"m")],
+            config: TopicConfig {
+                segment_bytes: Some(1 << 30),
+                ..Default::default()
+            },
+            partitions: vec![PartitionDescription {
+                partition: 0,
+                log_start_offset: 5,
+                high_watermark: 15,
+                size_bytes: 2048,
+            }],
+            created_ms: 1_714_564_800_000,
+        };
+        let text = describe(&topic);
+        assert!(text.contains("split keys       m\n"), "{text}");
+        assert!(text.contains("segment bytes    1.0 GiB\n"), "{text}");
+        assert!(
+            text.contains("created          2024-05-01T12:00:00.000Z\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("0          5          15              10       2.0 KiB\n"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,192 @@
+//! One partition's fetch task: a `Fetch` stream from the partition's position, decoded and
+//! handed to the consumer's [`RecordStream`](super::RecordStream) in order.
+//!
+//! Invariants:
+//! - `next` is the offset after the last record handed over; every (re)connection fetches from
+//!   it, so a reconnect after a broker restart or a dropped connection neither skips nor
+//!   repeats a record (a batch starting below `next` is trimmed by `decode`).
+//! - Retriable failures (transport errors, `SHUTTING_DOWN`, ...) reconnect with backoff, for as
+//!   long as the consumer wants the partition; anything else (a corrupt batch, an unknown topic,
+//!   an offset out of range) is handed over as an error and ends this partition only.
+//! - Without follow, the partition ends at the high watermark read when the task started.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use weir_proto::v1::{FetchRequest, ListOffsetsRequest, OffsetSpec, weir_client::WeirClient};
+
+use super::ConsumerConfig;
+use super::record::{ConsumerRecord, decode};
+use crate::{ClientError, TopicPartition};
+
+/// What a fetch task hands to the record stream.
+pub(crate) enum Fetched {
+    /// Records of one partition, in offset order, and that partition's position to advance as
+    /// they are read.
+    Records {
+        position: Arc<AtomicU64>,
+        records: Vec<ConsumerRecord>,
+    },
+    /// The partition failed and ends here.
+    Failed(ClientError),
+}
+
+/// How one `Fetch` call ended.
+enum CallEnd {
+    /// The consumer has everything it asked for, or is gone.
+    Done,
+    /// The broker ended the stream without an error.
+    Clean,
+    Failed(ClientError),
+}
+
+pub(crate) struct PartitionFetch {
+    pub grpc: WeirClient<Channel>,
+    pub tp: TopicPartition,
+    pub position: Arc<AtomicU64>,
+    pub start: u64,
+    pub config: Arc<ConsumerConfig>,
+    pub out: mpsc::Sender<Fetched>,
+}
+
+impl PartitionFetch {
+    pub async fn run(self) {
+        let mut next = self.start;
+        let mut failures = 0;
+        let stop = if self.config.follow {
+            None
+        } else {
+            loop {
+                match self.high_watermark().await {
+                    Ok(high_watermark) => break Some(high_watermark),
+                    Err(error) if error.is_retriable() => {
+                        failures += 1;
+                        self.back_off(failures, &error).await;
+                    }
+                    Err(error) => {
+                        let _ = self.out.send(Fetched::Failed(error)).await;
+                        return;
+                    }
+                }
+            }
+        };
+        // A position past the end is the broker's to judge (OFFSET_OUT_OF_RANGE), so that
+        // partition is fetched once even though it is past the stop offset.
+        let mut ask_the_broker = stop.is_some_and(|stop| next > stop);
+        loop {
+            if !ask_the_broker && stop.is_some_and(|stop| next >= stop) {
+                return;
+            }
+            ask_the_broker = false;
+            let fetched_from = next;
+            match self.call(&mut next, stop, &mut failures).await {
+                CallEnd::Done => return,
+                // Without follow the broker ends the stream at its high watermark; fetch again
+                // only if this call made progress (else the log ends below `stop`: truncated).
+                CallEnd::Clean if !self.config.follow => {
+                    if next == fetched_from {
+                        return;
+                    }
+                }
+                CallEnd::Clean => {
+                    let error = ClientError::Transport {
+                        code: tonic::Code::Unavailable,
+                        message: "the broker ended a follow stream".into(),
+                    };
+                    failures += 1;
+                    self.back_off(failures, &error).await;
+                }
+                CallEnd::Failed(error) if error.is_retriable() => {
+                    failures += 1;
+                    self.back_off(failures, &error).await;
+                }
+                CallEnd::Failed(error) => {
+                    let _ = self.out.send(Fetched::Failed(error)).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One `Fetch` call from `*next`, handing records over as they arrive.
+    async fn call(&self, next: &mut u64, stop: Option<u64>, failures: &mut u32) -> CallEnd {
+        let request = FetchRequest {
+            topic: self.tp.topic.to_string(),
+            partition: self.tp.partition,
+            offset: *next,
+            max_bytes: self.config.max_bytes,
+            max_wait_ms: if self.config.follow {
+                u32::try_from(self.config.keep_alive.as_millis()).unwrap_or(u32::MAX)
+            } else {
+                0
+            },
+            follow: self.config.follow,
+        };
+        let mut responses = match self.grpc.clone().fetch(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return CallEnd::Failed(status.into()),
+        };
+        loop {
+            let response = match responses.message().await {
+                Ok(Some(response)) => response,
+                Ok(None) => return CallEnd::Clean,
+                Err(status) => return CallEnd::Failed(status.into()),
+            };
+            *failures = 0;
+            let decoded = decode(&self.tp, response.batches, *next, stop);
+            *next = decoded.next;
+            if !decoded.records.is_empty() {
+                let records = Fetched::Records {
+                    position: self.position.clone(),
+                    records: decoded.records,
+                };
+                if self.out.send(records).await.is_err() {
+                    return CallEnd::Done;
+                }
+            }
+            if let Some(error) = decoded.corrupt {
+                let _ = self.out.send(Fetched::Failed(error)).await;
+                return CallEnd::Done;
+            }
+            if decoded.reached_stop {
+                return CallEnd::Done;
+            }
+        }
+    }
+
+    async fn high_watermark(&self) -> Result<u64, ClientError> {
+        let listed = self
+            .grpc
+            .clone()
+            .list_offsets(ListOffsetsRequest {
+                topic: self.tp.topic.to_string(),
+                partitions: vec![self.tp.partition],
+                spec: OffsetSpec::Latest as i32,
+                timestamp_ms: 0,
+            })
+            .await?
+            .into_inner();
+        listed
+            .offsets
+            .iter()
+            .find(|o| o.partition == self.tp.partition)
+            .map(|o| o.offset)
+            .ok_or_else(|| ClientError::Transport {
+                code: tonic::Code::Internal,
+                message: format!("the broker's ListOffsets answer has no {}", self.tp),
+            })
+    }
+
+    async fn back_off(&self, failures: u32, error: &ClientError) {
+        let delay = self.config.backoff(failures);
+        // One warning per outage, not one per attempt.
+        if failures == 1 {
+            tracing::warn!(partition = %self.tp, %error, "fetch failed; reconnecting until the broker is back");
+        } else {
+            tracing::debug!(partition = %self.tp, %error, ?delay, "fetch failed again; reconnecting");
+        }
+        tokio::time::sleep(delay).await;
+    }
+}

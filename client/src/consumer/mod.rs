@@ -1,0 +1,258 @@
+//! The [`Consumer`]: read assigned partitions from chosen positions as one merged stream.
+//!
+//! A consumer holds an *assignment*: partitions and, for each, its *position*, the offset of the
+//! next record to read. [`Consumer::assign`] starts a partition at its oldest kept record;
+//! [`Consumer::seek`] moves it (to the beginning, the end, an offset or a time, resolved with
+//! ListOffsets). [`Consumer::stream`] then reads every assigned partition, each over its own
+//! `Fetch` stream, merged into one [`RecordStream`]:
+//!
+//! - every fetched batch's CRC and structure are verified before its records are yielded; a
+//!   corrupt batch is an `Err` item, never data;
+//! - a dropped connection or a broker restart is ridden out: the partition reconnects with
+//!   backoff and resumes at the first record it has not yet yielded;
+//! - positions advance as records are yielded, so a new stream (after the old one was dropped)
+//!   carries on exactly where the old one stopped.
+//!
+//! Positions belong to the consumer; a stream started before a `seek` keeps its own course (it
+//! no longer moves the sought partition's position).
+
+mod config;
+mod fetcher;
+mod record;
+mod stream;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tonic::transport::Channel;
+use weir_proto::v1::{ErrorCode, weir_client::WeirClient};
+
+use crate::admin::{Admin, OffsetSpec, TopicDescription};
+use crate::{ClientError, TopicPartition};
+use fetcher::PartitionFetch;
+
+pub use config::ConsumerConfig;
+pub use record::ConsumerRecord;
+pub use stream::RecordStream;
+
+/// Where to move a partition's position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seek {
+    /// The oldest record still kept (the log start offset).
+    Beginning,
+    /// After the newest record (the high watermark): only records produced from now on.
+    End,
+    /// This offset. A position outside the log fails the partition's stream with
+    /// `OFFSET_OUT_OF_RANGE`.
+    Offset(u64),
+    /// The first record whose timestamp is at or after this time (milliseconds since the Unix
+    /// epoch); the end when no record is that recent.
+    Timestamp(i64),
+}
+
+impl Seek {
+    /// The offset itself, or the ListOffsets look-up that finds it (`Err`).
+    fn fixed_offset(self) -> Result<u64, OffsetSpec> {
+        match self {
+            Seek::Offset(offset) => Ok(offset),
+            Seek::Beginning => Err(OffsetSpec::Earliest),
+            Seek::End => Err(OffsetSpec::Latest),
+            Seek::Timestamp(ms) => Err(OffsetSpec::Timestamp(ms)),
+        }
+    }
+}
+
+/// Reads records. Made by [`Client::consumer`](crate::Client::consumer); see the
+/// [module docs](self).
+#[derive(Debug)]
+pub struct Consumer {
+    admin: Admin,
+    grpc: WeirClient<Channel>,
+    config: Arc<ConsumerConfig>,
+    assignment: BTreeMap<TopicPartition, Arc<AtomicU64>>,
+}
+
+impl Consumer {
+    pub(crate) fn new(grpc: WeirClient<Channel>, config: ConsumerConfig) -> Self {
+        Consumer {
+            admin: Admin::new(grpc.clone()),
+            grpc,
+            config: Arc::new(config),
+            assignment: BTreeMap::new(),
+        }
+    }
+
+    /// Adds `partitions` of `topic` to the assignment, each positioned at its oldest kept
+    /// record (partitions already assigned keep their position). Fails with `UNKNOWN_TOPIC` or
+    /// `UNKNOWN_PARTITION`, assigning nothing.
+    pub async fn assign(
+        &mut self,
+        topic: &str,
+        partitions: impl IntoIterator<Item = u32>,
+    ) -> Result<(), ClientError> {
+        let description = self.admin.describe_topic(topic).await?;
+        let partitions: Vec<u32> = partitions.into_iter().collect();
+        self.assign_described(&description, &partitions).await
+    }
+
+    /// Adds every partition of `topic` to the assignment (see [`assign`](Consumer::assign)) and
+    /// returns their numbers.
+    pub async fn assign_topic(&mut self, topic: &str) -> Result<Vec<u32>, ClientError> {
+        let description = self.admin.describe_topic(topic).await?;
+        let partitions: Vec<u32> = (0..description.partition_count).collect();
+        self.assign_described(&description, &partitions).await?;
+        Ok(partitions)
+    }
+
+    async fn assign_described(
+        &mut self,
+        description: &TopicDescription,
+        partitions: &[u32],
+    ) -> Result<(), ClientError> {
+        if let Some(missing) = partitions
+            .iter()
+            .find(|&&p| p >= description.partition_count)
+        {
+            return Err(ClientError::refused(
+                ErrorCode::UnknownPartition,
+                format!(
+                    "topic {} has partitions 0..{}; there is no partition {missing}",
+                    description.name, description.partition_count
+                ),
+            ));
+        }
+        let topic = self.shared_topic_name(&description.name);
+        let new: Vec<u32> = partitions
+            .iter()
+            .copied()
+            .filter(|&p| {
+                !self
+                    .assignment
+                    .contains_key(&TopicPartition::new(topic.clone(), p))
+            })
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let earliest = self
+            .admin
+            .list_offsets(&topic, &new, OffsetSpec::Earliest)
+            .await?;
+        for (partition, offset) in earliest {
+            self.assignment.insert(
+                TopicPartition::new(topic.clone(), partition),
+                Arc::new(AtomicU64::new(offset)),
+            );
+        }
+        Ok(())
+    }
+
+    /// Moves the position of an assigned partition and returns the new position.
+    pub async fn seek(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        to: Seek,
+    ) -> Result<u64, ClientError> {
+        let tp = self.assigned(topic, partition)?;
+        let offset = match to.fixed_offset() {
+            Ok(offset) => offset,
+            Err(spec) => {
+                let offsets = self.admin.list_offsets(topic, &[partition], spec).await?;
+                // list_offsets checked that the asked partition is in the answer.
+                offsets.get(&partition).copied().unwrap_or_default()
+            }
+        };
+        // A fresh cell: a stream started earlier keeps advancing the old one, not this.
+        self.assignment.insert(tp, Arc::new(AtomicU64::new(offset)));
+        Ok(offset)
+    }
+
+    /// Moves the position of every assigned partition of `topic` (one ListOffsets call).
+    pub async fn seek_topic(&mut self, topic: &str, to: Seek) -> Result<(), ClientError> {
+        let partitions: Vec<u32> = self
+            .assignment
+            .keys()
+            .filter(|tp| &*tp.topic == topic)
+            .map(|tp| tp.partition)
+            .collect();
+        if partitions.is_empty() {
+            return Err(ClientError::InvalidArgument(format!(
+                "no partition of {topic} is assigned; assign it before seeking"
+            )));
+        }
+        let offsets: BTreeMap<u32, u64> = match to.fixed_offset() {
+            Ok(offset) => partitions.iter().map(|&p| (p, offset)).collect(),
+            Err(spec) => self.admin.list_offsets(topic, &partitions, spec).await?,
+        };
+        let topic = self.shared_topic_name(topic);
+        for (partition, offset) in offsets {
+            self.assignment.insert(
+                TopicPartition::new(topic.clone(), partition),
+                Arc::new(AtomicU64::new(offset)),
+            );
+        }
+        Ok(())
+    }
+
+    /// The position (offset of the next record to read) of an assigned partition.
+    pub fn position(&self, topic: &str, partition: u32) -> Option<u64> {
+        self.assignment
+            .iter()
+            .find(|(tp, _)| &*tp.topic == topic && tp.partition == partition)
+            .map(|(_, position)| position.load(Ordering::Acquire))
+    }
+
+    /// The assigned partitions, sorted.
+    pub fn assignment(&self) -> Vec<TopicPartition> {
+        self.assignment.keys().cloned().collect()
+    }
+
+    /// Starts reading every assigned partition from its position (see [`RecordStream`]). Must
+    /// be called inside a Tokio runtime (it spawns one fetch task per partition); outside one,
+    /// the stream yields that as an error.
+    pub fn stream(&self) -> RecordStream {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return RecordStream::failed(ClientError::InvalidArgument(
+                "a consumer stream runs fetch tasks: start it inside a Tokio runtime".into(),
+            ));
+        };
+        let (out, incoming) = mpsc::channel(self.config.prefetch.max(1));
+        let mut tasks = JoinSet::new();
+        for (tp, position) in &self.assignment {
+            let fetch = PartitionFetch {
+                grpc: self.grpc.clone(),
+                tp: tp.clone(),
+                position: position.clone(),
+                start: position.load(Ordering::Acquire),
+                config: self.config.clone(),
+                out: out.clone(),
+            };
+            tasks.spawn_on(fetch.run(), &runtime);
+        }
+        RecordStream::new(incoming, tasks)
+    }
+
+    fn assigned(&self, topic: &str, partition: u32) -> Result<TopicPartition, ClientError> {
+        self.assignment
+            .keys()
+            .find(|tp| &*tp.topic == topic && tp.partition == partition)
+            .cloned()
+            .ok_or_else(|| {
+                ClientError::InvalidArgument(format!(
+                    "{topic}-{partition} is not assigned; assign it before seeking"
+                ))
+            })
+    }
+
+    /// The topic's name as already shared by the assignment, or a new shared copy.
+    fn shared_topic_name(&self, topic: &str) -> Arc<str> {
+        self.assignment
+            .keys()
+            .find(|tp| &*tp.topic == topic)
+            .map_or_else(|| topic.into(), |tp| tp.topic.clone())
+    }
+}

@@ -1,0 +1,256 @@
+//! The [`Producer`]: Kafka-style batching, partitioning, back-pressure and retries over one
+//! `ProduceStream`.
+//!
+//! How a record travels:
+//!
+//! 1. [`Producer::send`] looks up the topic's routing (partition count, partitioner, batch
+//!    limit; described once per topic and cached), picks the partition, and takes the record's
+//!    size from the producer's buffer budget, **waiting while the buffer is full**: that wait is
+//!    the back-pressure, and it is why the producer's memory is bounded by
+//!    [`ProducerConfig::buffer_bytes`].
+//! 2. The record is encoded into its partition's open batch in the accumulator, and `send`
+//!    returns a [`DeliveryFuture`].
+//! 3. The background sender task sends a batch when it is full or has lingered
+//!    ([`ProducerConfig::linger`]), with at most one batch in flight per partition (so a retry
+//!    never lets a later batch overtake an earlier one) and many partitions in flight at once.
+//! 4. The broker's answer settles the batch: every record's future resolves to its
+//!    [`RecordMetadata`] (or the error, after retries), and its bytes return to the buffer.
+//!
+//! Closing: [`Producer::close`] sends everything buffered and waits until every record is
+//! settled; later sends fail with [`ClientError::Closed`]. Dropping the last clone of a producer
+//! without `close` also sends everything buffered and settles every delivery, in the
+//! background, as long as the Tokio runtime keeps running; when the runtime stops first,
+//! unsettled deliveries resolve to [`ClientError::Closed`]. Call `close` (or `flush`) before a
+//! program exits.
+
+mod accumulator;
+mod config;
+mod delivery;
+mod metadata;
+mod record;
+mod sender;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use tokio::sync::{Notify, Semaphore, watch};
+use tonic::transport::Channel;
+use weir_proto::batch::HEADER_LEN;
+use weir_proto::v1::weir_client::WeirClient;
+
+use crate::ClientError;
+use crate::partitioner::Route;
+use accumulator::{Accumulator, Target};
+use metadata::MetadataCache;
+use sender::SenderTask;
+
+pub use config::{Acks, BROKER_MAX_BATCH_BYTES, ProducerConfig};
+pub use delivery::DeliveryFuture;
+pub use record::{ProducerRecord, RecordMetadata};
+
+/// State shared by the producer's handles and its sender task.
+struct Shared {
+    config: ProducerConfig,
+    accumulator: Mutex<Accumulator>,
+    /// Buffer budget in bytes: a record takes its size when sent and its batch gives it back
+    /// when settled.
+    buffer: Semaphore,
+    /// Tells the sender task that a batch opened or closed (new deadline or work).
+    wake: Notify,
+    closing: AtomicBool,
+    metadata: MetadataCache,
+    /// Counts settled batches; `flush` waits on its changes. Its sender is the task's, so a
+    /// task that stopped reads as closed.
+    settled: watch::Receiver<u64>,
+}
+
+impl Shared {
+    fn lock_accumulator(&self) -> MutexGuard<'_, Accumulator> {
+        // No code panics while holding the lock; if one did, the data is still consistent
+        // enough to settle every batch, which beats losing them all.
+        self.accumulator.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    fn begin_close(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.lock_accumulator().close_open_batches();
+        self.wake.notify_one();
+    }
+
+    /// Waits until every batch with an id below `upto` is settled.
+    async fn wait_until_settled(&self, upto: u64) -> Result<(), ClientError> {
+        let mut settled = self.settled.clone();
+        loop {
+            settled.borrow_and_update();
+            let done = self
+                .lock_accumulator()
+                .oldest_outstanding()
+                .is_none_or(|id| id >= upto);
+            if done {
+                return Ok(());
+            }
+            if settled.changed().await.is_err() {
+                // The task stopped; whatever it had not settled never will be.
+                let done = self
+                    .lock_accumulator()
+                    .oldest_outstanding()
+                    .is_none_or(|id| id >= upto);
+                return if done {
+                    Ok(())
+                } else {
+                    Err(ClientError::Closed)
+                };
+            }
+        }
+    }
+}
+
+/// The handle whose drop closes the producer: shared by every clone of one [`Producer`].
+struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.begin_close();
+    }
+}
+
+/// Sends records to weir. Cheap to clone; clones share one buffer, one background task and one
+/// stream. Made by [`Client::producer`](crate::Client::producer). See the
+/// [module docs](self) for how records travel and what closing does.
+#[derive(Clone)]
+pub struct Producer {
+    handle: Arc<Handle>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("config", &self.handle.shared.config)
+            .field("closing", &self.handle.shared.is_closing())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Producer {
+    pub(crate) fn new(
+        grpc: WeirClient<Channel>,
+        config: ProducerConfig,
+    ) -> Result<Producer, ClientError> {
+        config.validate()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            ClientError::InvalidArgument(
+                "a producer runs a background task: create it inside a Tokio runtime".into(),
+            )
+        })?;
+        let (settled_tx, settled) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            accumulator: Mutex::new(Accumulator::new()),
+            buffer: Semaphore::new(config.buffer_bytes),
+            wake: Notify::new(),
+            closing: AtomicBool::new(false),
+            metadata: MetadataCache::new(grpc.clone(), config.partitioner),
+            settled,
+            config,
+        });
+        runtime.spawn(SenderTask::new(shared.clone(), grpc, settled_tx).run());
+        Ok(Producer {
+            handle: Arc::new(Handle { shared }),
+        })
+    }
+
+    /// Queues `record` for sending and returns the future of its delivery.
+    ///
+    /// Awaiting `send` waits while the producer's buffer is full (back-pressure); the returned
+    /// [`DeliveryFuture`] resolves once the broker acknowledged the record's batch. Fails at
+    /// once, sending nothing, for an unknown topic (`UNKNOWN_TOPIC`), a partition the topic does
+    /// not have (`UNKNOWN_PARTITION`), a record too large to send ([`ClientError::RecordTooLarge`])
+    /// or a closed producer.
+    pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture, ClientError> {
+        let shared = &self.handle.shared;
+        if shared.is_closing() {
+            return Err(ClientError::Closed);
+        }
+        let routing = shared.metadata.routing(&record.topic).await?;
+        let target = match routing.route(record.key.as_deref(), record.partition)? {
+            Route::Partition(partition) => Target::Partition(partition),
+            Route::Sticky => Target::Sticky {
+                partitions: routing.partitioner.partitions(),
+            },
+        };
+        let size = record.encoded_size_bound();
+        if HEADER_LEN + size > routing.max_batch_bytes {
+            return Err(ClientError::RecordTooLarge {
+                size: HEADER_LEN + size,
+                limit: routing.max_batch_bytes,
+                what: "batch limit of the topic",
+            });
+        }
+        if size > shared.config.buffer_bytes {
+            return Err(ClientError::RecordTooLarge {
+                size,
+                limit: shared.config.buffer_bytes,
+                what: "producer buffer (buffer_bytes)",
+            });
+        }
+        // `size` fits in u32: buffer_bytes does (checked by ProducerConfig::validate).
+        let permit = shared
+            .buffer
+            .acquire_many(size as u32)
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        let timestamp = record.timestamp.unwrap_or_else(record::now_ms);
+        let limit = shared.config.batch_bytes.min(routing.max_batch_bytes);
+        let appended = {
+            let mut accumulator = shared.lock_accumulator();
+            // Checked under the lock: the sender decides it is finished under the same lock.
+            if shared.is_closing() {
+                return Err(ClientError::Closed);
+            }
+            record.with_input(timestamp, |input| {
+                accumulator.append(&routing.topic, target, input, size, limit, Instant::now())
+            })
+        }
+        .map_err(|e| ClientError::InvalidArgument(format!("the record cannot be encoded: {e}")))?;
+        // The bytes now belong to the batch, which returns them when it is settled.
+        permit.forget();
+        if appended.wake_sender {
+            shared.wake.notify_one();
+        }
+        Ok(DeliveryFuture::new(
+            appended.outcome,
+            routing.topic.clone(),
+            appended.partition,
+            appended.index,
+            timestamp,
+        ))
+    }
+
+    /// Sends everything buffered now, without waiting for linger, and waits until every record
+    /// sent before this call is settled (acknowledged or failed: read each record's outcome from
+    /// its [`DeliveryFuture`]). Fails only if the producer's task stopped first.
+    pub async fn flush(&self) -> Result<(), ClientError> {
+        let shared = &self.handle.shared;
+        let upto = {
+            let mut accumulator = shared.lock_accumulator();
+            accumulator.close_open_batches();
+            accumulator.next_batch_id()
+        };
+        shared.wake.notify_one();
+        shared.wait_until_settled(upto).await
+    }
+
+    /// Stops accepting records (for every clone), sends everything buffered and waits until
+    /// every record is settled. Bounded by the delivery timeout when the broker is unreachable.
+    pub async fn close(&self) -> Result<(), ClientError> {
+        let shared = &self.handle.shared;
+        shared.begin_close();
+        shared.wait_until_settled(u64::MAX).await
+    }
+}
