@@ -22,6 +22,11 @@ pub struct BrokerConfig {
     pub data_dir: PathBuf,
     /// The gRPC address.
     pub listen: SocketAddr,
+    /// The data port's address (fetches served with sendfile).
+    pub data_listen: SocketAddr,
+    /// The data port's address as clients should dial it, when it differs from `data_listen`
+    /// (a container's published port, a host name). Default: the bound address.
+    pub data_advertised: Option<String>,
     /// The largest gRPC message the broker accepts (a produce request holds one batch, so this
     /// must exceed the topics' max_batch_bytes plus a few bytes of framing).
     pub max_request_bytes: u64,
@@ -31,6 +36,8 @@ pub struct BrokerConfig {
     pub max_in_flight_bytes: u64,
     /// How long a shutdown waits for in-flight requests before closing the logs anyway.
     pub shutdown_timeout_ms: u64,
+    /// How often retention deletes expired segments.
+    pub retention_check_interval_ms: u64,
     /// Settings of topics created without their own.
     pub topic_defaults: TopicDefaults,
 }
@@ -66,10 +73,13 @@ impl Default for BrokerConfig {
         BrokerConfig {
             data_dir: PathBuf::from("./weir-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            data_listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
+            data_advertised: None,
             max_request_bytes: 16 << 20,
             max_in_flight_bytes_per_connection: 64 << 20,
             max_in_flight_bytes: 512 << 20,
             shutdown_timeout_ms: 10_000,
+            retention_check_interval_ms: 30_000,
             topic_defaults: TopicDefaults::default(),
         }
     }
@@ -123,8 +133,14 @@ impl BrokerConfig {
                 self.max_request_bytes, d.max_batch_bytes
             )));
         }
+        if self.retention_check_interval_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "retention_check_interval_ms must be at least 1".into(),
+            ));
+        }
         Ok(LogDirConfig {
             default_log,
+            retention_check_interval: Duration::from_millis(self.retention_check_interval_ms),
             ..LogDirConfig::default()
         })
     }

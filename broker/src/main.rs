@@ -30,6 +30,12 @@ struct Args {
     /// gRPC listen address [default: 127.0.0.1:7070]; port 0 picks a free port.
     #[arg(long, env = "WEIR_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Data-port listen address (fetches over sendfile) [default: 127.0.0.1:7071].
+    #[arg(long, env = "WEIR_DATA_LISTEN")]
+    data_listen: Option<SocketAddr>,
+    /// The data port's address as clients should dial it [default: the bound address].
+    #[arg(long, env = "WEIR_DATA_ADVERTISED")]
+    data_advertised: Option<String>,
     /// Largest accepted gRPC message, bytes [default: 16 MiB].
     #[arg(long, env = "WEIR_MAX_REQUEST_BYTES")]
     max_request_bytes: Option<u64>,
@@ -42,6 +48,9 @@ struct Args {
     /// Milliseconds a shutdown waits for in-flight requests [default: 10000].
     #[arg(long, env = "WEIR_SHUTDOWN_TIMEOUT_MS")]
     shutdown_timeout_ms: Option<u64>,
+    /// How often retention deletes expired segments, ms [default: 30000].
+    #[arg(long, env = "WEIR_RETENTION_CHECK_INTERVAL_MS")]
+    retention_check_interval_ms: Option<u64>,
     /// Default segment size of new topics, bytes [default: 1 GiB].
     #[arg(long, env = "WEIR_SEGMENT_BYTES")]
     segment_bytes: Option<u64>,
@@ -86,10 +95,13 @@ impl Args {
         }
         set!(data_dir = self.data_dir);
         set!(listen = self.listen);
+        set!(data_listen = self.data_listen);
+        set!(data_advertised = self.data_advertised.map(Some));
         set!(max_request_bytes = self.max_request_bytes);
         set!(max_in_flight_bytes_per_connection = self.max_in_flight_bytes_per_connection);
         set!(max_in_flight_bytes = self.max_in_flight_bytes);
         set!(shutdown_timeout_ms = self.shutdown_timeout_ms);
+        set!(retention_check_interval_ms = self.retention_check_interval_ms);
         set!(topic_defaults.segment_bytes = self.segment_bytes);
         set!(topic_defaults.retention_ms = self.retention_ms.map(Some));
         set!(topic_defaults.retention_bytes = self.retention_bytes.map(Some));
@@ -130,10 +142,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     runtime.block_on(async {
         let broker = Broker::start(config.clone()).await?;
         let addr = broker.local_addr();
-        info!(grpc = %addr, data_dir = %config.data_dir.display(), "weir-broker ready");
+        let data = broker.data_addr();
+        info!(grpc = %addr, data = %data, data_dir = %config.data_dir.display(), "weir-broker ready");
         // The one stdout line: what scripts and tests wait for.
         println!(
-            "weir-broker ready grpc={addr} data-dir={}",
+            "weir-broker ready grpc={addr} data={data} data-dir={}",
             config.data_dir.display()
         );
         broker.run(shutdown_signal()).await?;

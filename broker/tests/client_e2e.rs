@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use weir_client::{
     Client, ConsumerConfig, ConsumerRecord, NewTopic, PartitionerKind, ProducerConfig,
-    ProducerRecord, RecordMetadata,
+    ProducerRecord, RecordMetadata, Transport,
 };
 use weir_testkit::{BrokerProcess, temp_data_dir};
 
@@ -23,8 +23,17 @@ fn kafka_partition(key: &[u8], partitions: u32) -> u32 {
 
 /// Everything in the topic, read with a non-following consumer, grouped by partition.
 async fn consume_all(client: &Client, topic: &str) -> BTreeMap<u32, Vec<ConsumerRecord>> {
+    consume_over(client, topic, Transport::Auto).await
+}
+
+async fn consume_over(
+    client: &Client,
+    topic: &str,
+    transport: Transport,
+) -> BTreeMap<u32, Vec<ConsumerRecord>> {
     let mut consumer = client.consumer(ConsumerConfig {
         follow: false,
+        transport,
         ..Default::default()
     });
     consumer.assign_topic(topic).await.expect("assign");
@@ -222,4 +231,29 @@ async fn range_and_round_robin_topics_place_records_by_their_partitioner() {
             records.len()
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consumer_reads_the_same_records_over_the_data_port_and_grpc() {
+    let dir = temp_data_dir();
+    let mut broker = BrokerProcess::start(BROKER.as_ref(), dir.path(), &[]);
+    let client = Client::connect(&broker.host_port()).await.expect("connect");
+    client
+        .admin()
+        .create_topic(NewTopic::new("both").partitions(3))
+        .await
+        .expect("create");
+    let acked = produce(
+        &client,
+        &mut broker,
+        "both",
+        30_000,
+        |i| Some(format!("k{}", i % 97)),
+        None,
+    )
+    .await;
+    let over_port = consume_over(&client, "both", Transport::DataPort).await;
+    let over_grpc = consume_over(&client, "both", Transport::Grpc).await;
+    check_round_trip(&acked, &over_port);
+    assert_eq!(over_port, over_grpc, "both wires yield identical records");
 }

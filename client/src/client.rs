@@ -119,7 +119,19 @@ impl Client {
 
     /// A new consumer with nothing assigned yet.
     pub fn consumer(&self, config: ConsumerConfig) -> Consumer {
-        Consumer::new(self.grpc(), config)
+        Consumer::new(self.grpc(), self.host(), config)
+    }
+
+    /// The host part of the broker address (no brackets for IPv6).
+    pub(crate) fn host(&self) -> String {
+        let authority = self
+            .addr
+            .trim_start_matches("http://")
+            .trim_end_matches('/');
+        let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned()
     }
 
     /// The generated gRPC stub on this client's connection.

@@ -60,7 +60,7 @@ pub use admin::{
     Admin, FlushPolicy, NewTopic, OffsetSpec, PartitionDescription, TopicConfig, TopicDescription,
 };
 pub use client::{Client, ConnectOptions, DEFAULT_BROKER, MAX_MESSAGE_BYTES};
-pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, RecordStream, Seek};
+pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, RecordStream, Seek, Transport};
 pub use error::ClientError;
 pub use partitioner::PartitionerKind;
 pub use producer::{

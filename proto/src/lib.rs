@@ -7,11 +7,13 @@
 //!   the wire format: the broker validates a batch, stamps its base offset and copies the bytes
 //!   into a segment unchanged. `segments-format.md` at the repository root is the byte-exact spec.
 //!
+//! - [`data_port`]: the frames of the sendfile data port (fetch requests, response headers).
 //! - [`status`]: how a weir error travels in a gRPC status (the `weir-reason` metadata entry
 //!   and the status details), for both sides.
 //! - [`v1`]: the gRPC service (package `weir.v1`), generated from `proto/weir/v1/weir.proto`.
 
 pub mod batch;
+pub mod data_port;
 pub mod status;
 pub mod topic;
 

@@ -2,7 +2,7 @@
 //! binary as a child process on an ephemeral loopback port, the way a user would, and stop it
 //! gracefully (SIGTERM) or brutally (SIGKILL).
 //!
-//! The broker announces itself with one stdout line, `weir-broker ready grpc=ADDR ...`;
+//! The broker announces itself with one stdout line, `weir-broker ready grpc=ADDR data=ADDR ...`;
 //! [`BrokerProcess::start`] waits for it, so a test never races the broker's startup.
 
 use std::io::{BufRead, BufReader};
@@ -24,20 +24,30 @@ pub struct BrokerProcess {
     extra_args: Vec<String>,
     /// The gRPC address it listens on.
     pub addr: SocketAddr,
+    /// The data port (sendfile fetches) it listens on.
+    pub data_addr: SocketAddr,
 }
 
 impl BrokerProcess {
-    /// Starts `bin` on 127.0.0.1 (a free port) over `data_dir`, with `extra_args`.
+    /// Starts `bin` on 127.0.0.1 (free ports for gRPC and the data port) over `data_dir`, with
+    /// `extra_args`.
     pub fn start(bin: &Path, data_dir: &Path, extra_args: &[&str]) -> BrokerProcess {
-        Self::start_on(bin, data_dir, "127.0.0.1:0", extra_args)
+        Self::start_on(bin, data_dir, ("127.0.0.1:0", "127.0.0.1:0"), extra_args)
     }
 
-    fn start_on(bin: &Path, data_dir: &Path, listen: &str, extra_args: &[&str]) -> BrokerProcess {
+    fn start_on(
+        bin: &Path,
+        data_dir: &Path,
+        (listen, data_listen): (&str, &str),
+        extra_args: &[&str],
+    ) -> BrokerProcess {
         let mut child = Command::new(bin)
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--listen")
             .arg(listen)
+            .arg("--data-listen")
+            .arg(data_listen)
             .args(extra_args)
             .env(
                 "RUST_LOG",
@@ -54,20 +64,21 @@ impl BrokerProcess {
             let mut lines = BufReader::new(stdout).lines();
             for line in lines.by_ref() {
                 let Ok(line) = line else { break };
-                if let Some(addr) = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("grpc="))
-                    .and_then(|a| a.parse::<SocketAddr>().ok())
-                {
-                    let _ = tx.send(addr);
+                let field = |name: &str| {
+                    line.split_whitespace()
+                        .find_map(|w| w.strip_prefix(name))
+                        .and_then(|a| a.parse::<SocketAddr>().ok())
+                };
+                if let (Some(grpc), Some(data)) = (field("grpc="), field("data=")) {
+                    let _ = tx.send((grpc, data));
                     break;
                 }
             }
             // Keep draining so the broker never blocks on a full pipe.
             for _ in lines {}
         });
-        let addr = match rx.recv_timeout(READY_TIMEOUT) {
-            Ok(addr) => addr,
+        let (addr, data_addr) = match rx.recv_timeout(READY_TIMEOUT) {
+            Ok(addrs) => addrs,
             Err(_) => {
                 let _ = child.kill();
                 let status = child.wait();
@@ -80,6 +91,7 @@ impl BrokerProcess {
             data_dir: data_dir.to_owned(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             addr,
+            data_addr,
         }
     }
 
@@ -119,12 +131,12 @@ impl BrokerProcess {
         }
     }
 
-    /// Starts the same binary again over the same data dir and on the same address (clients
+    /// Starts the same binary again over the same data dir and on the same addresses (clients
     /// that reconnect find it where it was). Call after `terminate` or `kill`.
     pub fn restart(&mut self) {
         let extra: Vec<&str> = self.extra_args.iter().map(String::as_str).collect();
-        let listen = self.addr.to_string();
-        let next = Self::start_on(&self.bin, &self.data_dir, &listen, &extra);
+        let (listen, data_listen) = (self.addr.to_string(), self.data_addr.to_string());
+        let next = Self::start_on(&self.bin, &self.data_dir, (&listen, &data_listen), &extra);
         let old = std::mem::replace(self, next);
         drop(old);
     }

@@ -1,11 +1,13 @@
-//! The gRPC fetch path: stream whole batches of one partition from an offset.
+//! The fetch loop shared by both read transports: gRPC `Fetch` ([`grpc_fetch`]) and the
+//! sendfile data port (`data_port`). A [`FetchSession`] yields [`FetchEvent`]s; each transport
+//! only decides how to put them on its wire.
 //!
-//! Each response carries the bytes of one [`ReadChunk`](crate::storage::ReadChunk): whole
-//! batches from one segment, as a zero-copy slice of the segment's map (tonic copies them once
-//! into its encode buffer; the sendfile data port is the path that copies nothing). Reads never
-//! go past the high watermark, so a response never holds a torn or unpublished batch.
+//! Each chunk is a [`ReadChunk`]: whole batches from one segment, as the segment's file range
+//! (for sendfile) and the same bytes as a zero-copy slice of its map (for gRPC, which copies
+//! once into its encode buffer). Reads never go past the high watermark, so a chunk never
+//! holds a torn or unpublished batch.
 //!
-//! Waiting is a notification, not a poll: the fetcher subscribes to the partition's append
+//! Waiting is a notification, not a poll: the session subscribes to the partition's append
 //! signal *before* reading, so an append that lands between an empty read and the wait still
 //! wakes it.
 
@@ -14,118 +16,278 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
-use weir_proto::v1::{FetchRequest, FetchResponse};
+use weir_proto::v1::{ErrorCode, FetchRequest, FetchResponse};
 
 use super::BrokerState;
 use super::errors::to_status;
+use crate::storage::{PartitionLog, ReadChunk, StorageError};
 use crate::topics::Partition;
 
-/// The default and the cap of `FetchRequest.max_bytes`.
+/// The default and the cap of a fetch's `max_bytes`.
 pub const DEFAULT_FETCH_BYTES: u32 = 1 << 20;
 pub const MAX_FETCH_BYTES: u32 = 16 << 20;
 
-type Responses = mpsc::Sender<Result<FetchResponse, Status>>;
+/// What a fetch asks for, whatever the transport.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchParams {
+    pub offset: u64,
+    pub max_bytes: u32,
+    pub max_wait_ms: u32,
+    pub follow: bool,
+}
 
-/// Streams `req` to `responses` until done, the client leaves, or the broker shuts down.
-/// The partition and start offset were checked by the caller.
-pub async fn fetch(
-    state: Arc<BrokerState>,
-    partition: Arc<Partition>,
-    req: FetchRequest,
-    responses: Responses,
-) {
-    let log = Arc::clone(&partition.log);
-    let mut appended = partition.subscribe();
-    let mut shutdown = state.shutdown_signal();
-    let max_bytes = match req.max_bytes {
-        0 => DEFAULT_FETCH_BYTES,
-        n => n.min(MAX_FETCH_BYTES),
-    } as usize;
-    let max_wait = Duration::from_millis(u64::from(req.max_wait_ms));
-    // Without follow, the stream ends at the high watermark it started with.
-    let end = (!req.follow).then(|| log.high_watermark());
-    let mut offset = req.offset;
-    let mut waited = false;
-    loop {
-        let read = match log.read(offset, max_bytes) {
-            Ok(read) => read,
-            Err(e) => {
-                let _ = responses.send(Err(e.into())).await;
-                return;
+/// One step of a fetch.
+pub enum FetchEvent {
+    /// Whole batches to send; `high_watermark`/`log_start_offset` as of the read.
+    Chunk {
+        chunk: ReadChunk,
+        high_watermark: u64,
+        log_start_offset: u64,
+    },
+    /// Nothing new (an empty answer at the high watermark, or a follow keep-alive).
+    Idle {
+        high_watermark: u64,
+        log_start_offset: u64,
+        next_offset: u64,
+    },
+    /// A non-follow fetch has sent everything up to the high watermark it started with.
+    End {
+        high_watermark: u64,
+        log_start_offset: u64,
+        next_offset: u64,
+    },
+    /// The fetch cannot go on (retention passed it, the partition closed, the broker stops).
+    Failed(weir_proto::v1::Error),
+}
+
+/// Checks a fetch's start before any response is sent: the partition exists (the caller looked
+/// it up) and the offset is inside `[log start, high watermark]`.
+pub fn check_start(log: &PartitionLog, offset: u64) -> Result<(), StorageError> {
+    let (start, end) = (log.log_start_offset(), log.high_watermark());
+    if offset < start || offset > end {
+        return Err(StorageError::OffsetOutOfRange {
+            offset,
+            log_start: start,
+            high_watermark: end,
+        });
+    }
+    Ok(())
+}
+
+/// The state of one fetch: where it is, what it waits on.
+pub struct FetchSession {
+    log: Arc<PartitionLog>,
+    appended: watch::Receiver<u64>,
+    shutdown: watch::Receiver<bool>,
+    max_bytes: usize,
+    max_wait: Duration,
+    follow: bool,
+    /// Without follow, the session ends at the high watermark it started with.
+    end: Option<u64>,
+    offset: u64,
+    waited: bool,
+    /// Whether a chunk was handed out: a non-follow session that starts at its end still
+    /// reads (and may wait max_wait) once before it ends.
+    sent_any: bool,
+    pending: std::vec::IntoIter<ReadChunk>,
+    pending_marks: (u64, u64),
+    finished: bool,
+}
+
+impl FetchSession {
+    pub fn new(state: &BrokerState, partition: &Partition, params: FetchParams) -> Self {
+        // Subscribe before the first read (see the module docs).
+        let appended = partition.subscribe();
+        let log = Arc::clone(&partition.log);
+        FetchSession {
+            end: (!params.follow).then(|| log.high_watermark()),
+            log,
+            appended,
+            shutdown: state.shutdown_signal(),
+            max_bytes: match params.max_bytes {
+                0 => DEFAULT_FETCH_BYTES,
+                n => n.min(MAX_FETCH_BYTES),
+            } as usize,
+            max_wait: Duration::from_millis(u64::from(params.max_wait_ms)),
+            follow: params.follow,
+            offset: params.offset,
+            waited: false,
+            sent_any: false,
+            pending: Vec::new().into_iter(),
+            pending_marks: (0, 0),
+            finished: false,
+        }
+    }
+
+    /// The broker's shutdown signal, for transports that wait on their client too.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.clone()
+    }
+
+    /// The next event; `None` after `End` or `Failed`. Cancel-safe only between events.
+    pub async fn next(&mut self) -> Option<FetchEvent> {
+        if self.finished {
+            return None;
+        }
+        loop {
+            if let Some(chunk) = self.pending.next() {
+                self.offset = chunk.next_offset;
+                self.sent_any = true;
+                let (high_watermark, log_start_offset) = self.pending_marks;
+                return Some(FetchEvent::Chunk {
+                    chunk,
+                    high_watermark,
+                    log_start_offset,
+                });
             }
-        };
-        if read.chunks.is_empty() {
+            if let Some(end) = self.end
+                && self.offset >= end
+                && self.sent_any
+            {
+                return Some(self.finish_with_end());
+            }
+            let read = match self.log.read(self.offset, self.max_bytes) {
+                Ok(read) => read,
+                Err(e) => return Some(self.fail(super::errors::storage_error(&e))),
+            };
+            if !read.chunks.is_empty() {
+                self.pending_marks = (read.high_watermark, read.log_start_offset);
+                self.pending = read.chunks.into_iter();
+                continue;
+            }
             // At the high watermark.
-            let may_wait = req.follow || (!waited && !max_wait.is_zero());
-            if !may_wait {
-                let empty = FetchResponse {
-                    batches: Default::default(),
-                    high_watermark: read.high_watermark,
-                    log_start_offset: read.log_start_offset,
-                    next_offset: offset,
-                };
-                let _ = send(&responses, empty, &mut shutdown).await;
-                return;
+            if !self.follow && (self.waited || self.max_wait.is_zero()) {
+                return Some(self.finish_with_end());
             }
-            waited = true;
+            self.waited = true;
+            let follow = self.follow;
+            let max_wait = self.max_wait;
             let keepalive = async {
-                if req.follow && max_wait.is_zero() {
+                if follow && max_wait.is_zero() {
                     std::future::pending::<()>().await
                 } else {
                     tokio::time::sleep(max_wait).await
                 }
             };
-            let keepalive_due = tokio::select! {
-                changed = appended.changed() => {
+            tokio::select! {
+                changed = self.appended.changed() => {
                     if changed.is_err() {
                         // The partition is gone (topic deleted): nothing more will come.
-                        return;
+                        return Some(self.fail(weir_proto::status::error(
+                            ErrorCode::UnknownTopic,
+                            "the topic was deleted",
+                        )));
                     }
-                    false
                 }
-                () = super::stopped(&mut shutdown) => {
-                    let _ = responses.send(Err(shutting_down())).await;
-                    return;
+                () = super::stopped(&mut self.shutdown) => {
+                    return Some(self.fail(shutting_down()));
                 }
-                _ = responses.closed() => return,
-                _ = keepalive => req.follow,
-            };
-            if keepalive_due {
-                let keepalive = FetchResponse {
-                    batches: Default::default(),
-                    high_watermark: log.high_watermark(),
-                    log_start_offset: log.log_start_offset(),
-                    next_offset: offset,
-                };
-                if !send(&responses, keepalive, &mut shutdown).await {
-                    return;
-                }
-            }
-            continue;
-        }
-        for chunk in read.chunks {
-            offset = chunk.next_offset;
-            let response = FetchResponse {
-                batches: chunk.bytes,
-                high_watermark: read.high_watermark,
-                log_start_offset: read.log_start_offset,
-                next_offset: chunk.next_offset,
-            };
-            if !send(&responses, response, &mut shutdown).await {
-                return;
+                () = keepalive => if follow {
+                    return Some(FetchEvent::Idle {
+                        high_watermark: self.log.high_watermark(),
+                        log_start_offset: self.log.log_start_offset(),
+                        next_offset: self.offset,
+                    });
+                },
             }
         }
-        if end.is_some_and(|end| offset >= end) {
-            return;
+    }
+
+    fn finish_with_end(&mut self) -> FetchEvent {
+        self.finished = true;
+        FetchEvent::End {
+            high_watermark: self.log.high_watermark(),
+            log_start_offset: self.log.log_start_offset(),
+            next_offset: self.offset,
         }
+    }
+
+    fn fail(&mut self, error: weir_proto::v1::Error) -> FetchEvent {
+        self.finished = true;
+        FetchEvent::Failed(error)
     }
 }
 
-fn shutting_down() -> Status {
-    to_status(weir_proto::status::error(
-        weir_proto::v1::ErrorCode::ShuttingDown,
+fn shutting_down() -> weir_proto::v1::Error {
+    weir_proto::status::error(
+        ErrorCode::ShuttingDown,
         "the broker is shutting down; fetch again from next_offset once it is back",
-    ))
+    )
+}
+
+type Responses = mpsc::Sender<Result<FetchResponse, Status>>;
+
+/// gRPC `Fetch`: streams a session's events as `FetchResponse`s until done, the client leaves,
+/// or the broker shuts down. The partition and start offset were checked by the caller.
+pub async fn grpc_fetch(
+    state: Arc<BrokerState>,
+    partition: Arc<Partition>,
+    req: FetchRequest,
+    responses: Responses,
+) {
+    let params = FetchParams {
+        offset: req.offset,
+        max_bytes: req.max_bytes,
+        max_wait_ms: req.max_wait_ms,
+        follow: req.follow,
+    };
+    let mut session = FetchSession::new(&state, &partition, params);
+    let mut shutdown = session.shutdown_signal();
+    loop {
+        let event = tokio::select! {
+            event = session.next() => event,
+            // The client left while we waited for data.
+            () = responses.closed() => return,
+        };
+        let response = match event {
+            None => return,
+            Some(FetchEvent::Chunk {
+                chunk,
+                high_watermark,
+                log_start_offset,
+            }) => FetchResponse {
+                next_offset: chunk.next_offset,
+                batches: chunk.bytes,
+                high_watermark,
+                log_start_offset,
+            },
+            Some(FetchEvent::Idle {
+                high_watermark,
+                log_start_offset,
+                next_offset,
+            }) => FetchResponse {
+                batches: Default::default(),
+                high_watermark,
+                log_start_offset,
+                next_offset,
+            },
+            // A stream ends by ending; the last response already carried the offsets, but an
+            // empty fetch has sent nothing yet and its client wants the high watermark.
+            Some(FetchEvent::End {
+                high_watermark,
+                log_start_offset,
+                next_offset,
+            }) => {
+                if next_offset == req.offset {
+                    let empty = FetchResponse {
+                        batches: Default::default(),
+                        high_watermark,
+                        log_start_offset,
+                        next_offset,
+                    };
+                    let _ = send(&responses, empty, &mut shutdown).await;
+                }
+                return;
+            }
+            Some(FetchEvent::Failed(error)) => {
+                let _ = responses.send(Err(to_status(error))).await;
+                return;
+            }
+        };
+        if !send(&responses, response, &mut shutdown).await {
+            return;
+        }
+    }
 }
 
 /// Sends one response, giving up if the client left or the broker is stopping. A slow client
@@ -138,7 +300,7 @@ async fn send(
     tokio::select! {
         sent = responses.send(Ok(response)) => sent.is_ok(),
         () = super::stopped(shutdown) => {
-            let _ = responses.try_send(Err(shutting_down()));
+            let _ = responses.try_send(Err(to_status(shutting_down())));
             false
         }
     }

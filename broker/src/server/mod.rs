@@ -2,7 +2,8 @@
 //! graceful shutdown.
 //!
 //! - [`service`]: the `weir.v1.Weir` service (request checks, wire translation).
-//! - [`produce`] and [`fetch`]: the two data paths.
+//! - [`produce`] and [`fetch`]: the two data paths; [`data_port`]: fetches over sendfile on a
+//!   second port.
 //! - [`limits`]: in-flight byte budgets per connection and broker-wide.
 //! - [`errors`]: the single mapping from internal errors to the wire's reasons.
 //!
@@ -11,6 +12,7 @@
 //! SHUTTING_DOWN; then close the logs cleanly (sync, checkpoint, clean-shutdown marker). An
 //! acknowledged batch is therefore always in the closed log.
 
+pub mod data_port;
 pub mod errors;
 pub mod fetch;
 pub mod limits;
@@ -36,6 +38,8 @@ use service::WeirService;
 pub struct BrokerState {
     pub topics: Topics,
     pub limits: InFlightLimits,
+    /// The data port's address as clients should dial it (advertised in DescribeTopic).
+    pub data_address: String,
     shutdown: watch::Sender<bool>,
 }
 
@@ -76,11 +80,20 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
 }
 
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let bind_error = |source| ServerError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, local))
+}
+
 /// A broker with its data dir open and its port bound, not yet serving.
 pub struct Broker {
     state: Arc<BrokerState>,
     listener: TcpListener,
     local_addr: SocketAddr,
+    data_listener: TcpListener,
+    data_addr: SocketAddr,
     config: BrokerConfig,
 }
 
@@ -105,17 +118,12 @@ impl Broker {
             took_ms = report.elapsed.as_millis() as u64,
             "opened data dir"
         );
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
-        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        let (listener, local_addr) = bind(config.listen).await?;
+        let (data_listener, data_addr) = bind(config.data_listen).await?;
+        let data_address = config
+            .data_advertised
+            .clone()
+            .unwrap_or_else(|| data_addr.to_string());
         let (shutdown, _) = watch::channel(false);
         let state = Arc::new(BrokerState {
             topics,
@@ -123,12 +131,15 @@ impl Broker {
                 config.max_in_flight_bytes_per_connection,
                 config.max_in_flight_bytes,
             ),
+            data_address,
             shutdown,
         });
         Ok(Broker {
             state,
             listener,
             local_addr,
+            data_listener,
+            data_addr,
             config,
         })
     }
@@ -136,6 +147,11 @@ impl Broker {
     /// The bound gRPC address (the real port when configured with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound data-port address.
+    pub fn data_addr(&self) -> SocketAddr {
+        self.data_addr
     }
 
     /// Serves until `stop` completes, then shuts down gracefully (see the module docs).
@@ -146,6 +162,10 @@ impl Broker {
         .max_decoding_message_size(self.config.max_request_bytes as usize)
         .max_encoding_message_size((fetch::MAX_FETCH_BYTES + (8 << 20)) as usize);
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let data_port = tokio::spawn(data_port::serve(
+            self.data_listener,
+            Arc::clone(&self.state),
+        ));
         let (stop_serving, serving_stopped) = oneshot::channel::<()>();
         // Windows and frames sized for bulk batches: tonic's defaults cost ~40% throughput here.
         let serve = tonic::transport::Server::builder()
@@ -173,6 +193,13 @@ impl Broker {
             }
         };
         self.state.begin_shutdown();
+        // Data-port connections end on the shutdown signal; bounded like the gRPC side.
+        if tokio::time::timeout(self.config.shutdown_timeout(), data_port)
+            .await
+            .is_err()
+        {
+            warn!("data-port connections did not end in time; closing anyway");
+        }
         let state = Arc::clone(&self.state);
         match tokio::task::spawn_blocking(move || state.topics.close()).await {
             Ok(Ok(())) => info!("closed the logs cleanly"),

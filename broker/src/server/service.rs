@@ -22,7 +22,6 @@ use weir_proto::v1::{
 use super::BrokerState;
 use super::errors::{invalid_request, to_status};
 use super::{fetch, produce};
-use crate::storage::StorageError;
 use crate::topics::{FlushKind, NewTopic, PartitionerKind, Topic, TopicSettings};
 
 /// Responses a stream can have queued before the handler waits for the client to read.
@@ -88,20 +87,14 @@ impl Weir for WeirService {
             )));
         }
         let partition = self.state.topics.partition(&req.topic, req.partition)?;
-        let (start, end) = (
-            partition.log.log_start_offset(),
-            partition.log.high_watermark(),
-        );
-        if req.offset < start || req.offset > end {
-            return Err(StorageError::OffsetOutOfRange {
-                offset: req.offset,
-                log_start: start,
-                high_watermark: end,
-            }
-            .into());
-        }
+        fetch::check_start(&partition.log, req.offset)?;
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        tokio::spawn(fetch::fetch(Arc::clone(&self.state), partition, req, tx));
+        tokio::spawn(fetch::grpc_fetch(
+            Arc::clone(&self.state),
+            partition,
+            req,
+            tx,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -169,7 +162,11 @@ impl Weir for WeirService {
         let topic = tokio::task::spawn_blocking(move || topics.topics.create(new))
             .await
             .map_err(|e| Status::internal(format!("create task failed: {e}")))??;
-        Ok(Response::new(describe(&topic, true)))
+        Ok(Response::new(describe(
+            &topic,
+            true,
+            &self.state.data_address,
+        )))
     }
 
     async fn delete_topic(
@@ -193,7 +190,7 @@ impl Weir for WeirService {
             .topics
             .list()
             .iter()
-            .map(|t| describe(t, false))
+            .map(|t| describe(t, false, &self.state.data_address))
             .collect();
         Ok(Response::new(ListTopicsResponse { topics }))
     }
@@ -203,12 +200,16 @@ impl Weir for WeirService {
         request: Request<DescribeTopicRequest>,
     ) -> Result<Response<TopicDescription>, Status> {
         let topic = self.state.topics.get(&request.into_inner().name)?;
-        Ok(Response::new(describe(&topic, true)))
+        Ok(Response::new(describe(
+            &topic,
+            true,
+            &self.state.data_address,
+        )))
     }
 }
 
 /// A topic as the wire describes it; `with_partitions` adds per-partition offsets and sizes.
-fn describe(topic: &Topic, with_partitions: bool) -> TopicDescription {
+fn describe(topic: &Topic, with_partitions: bool, data_address: &str) -> TopicDescription {
     let meta = &topic.meta;
     let partitions = if with_partitions {
         topic
@@ -220,6 +221,7 @@ fn describe(topic: &Topic, with_partitions: bool) -> TopicDescription {
                 log_start_offset: p.log.log_start_offset(),
                 high_watermark: p.log.high_watermark(),
                 size_bytes: p.log.size_bytes(),
+                data_address: data_address.to_owned(),
             })
             .collect()
     } else {

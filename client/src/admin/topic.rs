@@ -82,7 +82,7 @@ impl TopicConfig {
 }
 
 /// One partition's offsets and size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionDescription {
     /// The partition number.
     pub partition: u32,
@@ -92,6 +92,8 @@ pub struct PartitionDescription {
     pub high_watermark: u64,
     /// Bytes of log on disk.
     pub size_bytes: u64,
+    /// The data port (sendfile fetches) serving it, as advertised by the broker, if any.
+    pub data_address: Option<String>,
 }
 
 /// A topic as the broker describes it.
@@ -132,6 +134,7 @@ impl TopicDescription {
                     log_start_offset: p.log_start_offset,
                     high_watermark: p.high_watermark,
                     size_bytes: p.size_bytes,
+                    data_address: (!p.data_address.is_empty()).then_some(p.data_address),
                 })
                 .collect(),
             created_ms: topic.created_ms,
@@ -170,6 +173,7 @@ mod tests {
                 log_start_offset: 5,
                 high_watermark: 9,
                 size_bytes: 400,
+                data_address: "127.0.0.1:7071".into(),
             }],
             created_ms: 1_700_000_000_000,
         })
@@ -177,5 +181,9 @@ mod tests {
         assert_eq!(described.partitioner, PartitionerKind::Range);
         assert_eq!(described.config.max_batch_bytes, Some(8 << 20));
         assert_eq!(described.partitions[0].high_watermark, 9);
+        assert_eq!(
+            described.partitions[0].data_address.as_deref(),
+            Some("127.0.0.1:7071")
+        );
     }
 }

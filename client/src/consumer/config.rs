@@ -2,9 +2,24 @@
 
 use std::time::Duration;
 
+/// Which wire a consumer fetches over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// The data port when the broker advertises one (batch bytes sent with sendfile, the
+    /// broker's cheapest path), gRPC `Fetch` otherwise. The default.
+    #[default]
+    Auto,
+    /// Always gRPC `Fetch`.
+    Grpc,
+    /// Always the data port; assigning a partition whose broker advertises none fails.
+    DataPort,
+}
+
 /// How a [`Consumer`](super::Consumer) fetches.
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
+    /// Data port or gRPC. Default [`Transport::Auto`]. Both return the same bytes.
+    pub transport: Transport,
     /// `true` (the default): streams stay open and yield new records as they are appended.
     /// `false`: each partition stops at its high watermark as of when the stream started, and
     /// the stream ends once every partition has.
@@ -29,6 +44,7 @@ pub struct ConsumerConfig {
 impl Default for ConsumerConfig {
     fn default() -> Self {
         ConsumerConfig {
+            transport: Transport::Auto,
             follow: true,
             max_bytes: 4 << 20,
             keep_alive: Duration::from_secs(30),

@@ -1,5 +1,6 @@
-//! One partition's fetch task: a `Fetch` stream from the partition's position, decoded and
-//! handed to the consumer's [`RecordStream`](super::RecordStream) in order.
+//! One partition's fetch task: a fetch from the partition's position (over the data port or
+//! gRPC `Fetch`), decoded and handed to the consumer's [`RecordStream`](super::RecordStream) in
+//! order.
 //!
 //! Invariants:
 //! - `next` is the offset after the last record handed over; every (re)connection fetches from
@@ -15,9 +16,12 @@ use std::sync::atomic::AtomicU64;
 
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
-use weir_proto::v1::{FetchRequest, ListOffsetsRequest, OffsetSpec, weir_client::WeirClient};
+use weir_proto::v1::{
+    FetchRequest, FetchResponse, ListOffsetsRequest, OffsetSpec, weir_client::WeirClient,
+};
 
 use super::ConsumerConfig;
+use super::data_port::DataPortFetch;
 use super::record::{ConsumerRecord, decode};
 use crate::{ClientError, TopicPartition};
 
@@ -33,6 +37,21 @@ pub(crate) enum Fetched {
     Failed(ClientError),
 }
 
+/// The responses of one fetch, over either wire.
+enum Responses {
+    Grpc(tonic::Streaming<FetchResponse>),
+    DataPort(DataPortFetch),
+}
+
+impl Responses {
+    async fn message(&mut self) -> Result<Option<FetchResponse>, ClientError> {
+        match self {
+            Responses::Grpc(stream) => stream.message().await.map_err(ClientError::from),
+            Responses::DataPort(fetch) => fetch.message().await,
+        }
+    }
+}
+
 /// How one `Fetch` call ended.
 enum CallEnd {
     /// The consumer has everything it asked for, or is gone.
@@ -44,6 +63,8 @@ enum CallEnd {
 
 pub(crate) struct PartitionFetch {
     pub grpc: WeirClient<Channel>,
+    /// Fetch over this data port instead of gRPC `Fetch` (the consumer's transport choice).
+    pub data_address: Option<String>,
     pub tp: TopicPartition,
     pub position: Arc<AtomicU64>,
     pub start: u64,
@@ -124,15 +145,21 @@ impl PartitionFetch {
             },
             follow: self.config.follow,
         };
-        let mut responses = match self.grpc.clone().fetch(request).await {
-            Ok(response) => response.into_inner(),
-            Err(status) => return CallEnd::Failed(status.into()),
+        let mut responses = match &self.data_address {
+            Some(addr) => match DataPortFetch::open(addr, &request).await {
+                Ok(fetch) => Responses::DataPort(fetch),
+                Err(error) => return CallEnd::Failed(error),
+            },
+            None => match self.grpc.clone().fetch(request).await {
+                Ok(response) => Responses::Grpc(response.into_inner()),
+                Err(status) => return CallEnd::Failed(status.into()),
+            },
         };
         loop {
             let response = match responses.message().await {
                 Ok(Some(response)) => response,
                 Ok(None) => return CallEnd::Clean,
-                Err(status) => return CallEnd::Failed(status.into()),
+                Err(error) => return CallEnd::Failed(error),
             };
             *failures = 0;
             let decoded = decode(&self.tp, response.batches, *next, stop);

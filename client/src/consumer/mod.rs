@@ -17,6 +17,7 @@
 //! no longer moves the sought partition's position).
 
 mod config;
+mod data_port;
 mod fetcher;
 mod record;
 mod stream;
@@ -34,7 +35,7 @@ use crate::admin::{Admin, OffsetSpec, TopicDescription};
 use crate::{ClientError, TopicPartition};
 use fetcher::PartitionFetch;
 
-pub use config::ConsumerConfig;
+pub use config::{ConsumerConfig, Transport};
 pub use record::ConsumerRecord;
 pub use stream::RecordStream;
 
@@ -73,15 +74,25 @@ pub struct Consumer {
     grpc: WeirClient<Channel>,
     config: Arc<ConsumerConfig>,
     assignment: BTreeMap<TopicPartition, Arc<AtomicU64>>,
+    /// The host this client reached the broker at (for data ports advertised as 0.0.0.0).
+    grpc_host: String,
+    /// Each assigned partition's data port, where the broker advertises one.
+    data_addresses: BTreeMap<TopicPartition, String>,
 }
 
 impl Consumer {
-    pub(crate) fn new(grpc: WeirClient<Channel>, config: ConsumerConfig) -> Self {
+    pub(crate) fn new(
+        grpc: WeirClient<Channel>,
+        grpc_host: String,
+        config: ConsumerConfig,
+    ) -> Self {
         Consumer {
             admin: Admin::new(grpc.clone()),
             grpc,
             config: Arc::new(config),
             assignment: BTreeMap::new(),
+            grpc_host,
+            data_addresses: BTreeMap::new(),
         }
     }
 
@@ -125,6 +136,27 @@ impl Consumer {
             ));
         }
         let topic = self.shared_topic_name(&description.name);
+        for &p in partitions {
+            let advertised = description
+                .partitions
+                .get(p as usize)
+                .and_then(|d| d.data_address.as_deref())
+                .and_then(|a| data_port::resolve_data_address(a, &self.grpc_host));
+            let tp = TopicPartition::new(topic.clone(), p);
+            match advertised {
+                Some(addr) => {
+                    self.data_addresses.insert(tp, addr);
+                }
+                None if self.config.transport == Transport::DataPort => {
+                    return Err(ClientError::InvalidArgument(format!(
+                        "the broker advertises no data port for {tp}; use Transport::Auto or Grpc"
+                    )));
+                }
+                None => {
+                    self.data_addresses.remove(&tp);
+                }
+            }
+        }
         let new: Vec<u32> = partitions
             .iter()
             .copied()
@@ -223,8 +255,13 @@ impl Consumer {
         let (out, incoming) = mpsc::channel(self.config.prefetch.max(1));
         let mut tasks = JoinSet::new();
         for (tp, position) in &self.assignment {
+            let data_address = match self.config.transport {
+                Transport::Grpc => None,
+                Transport::Auto | Transport::DataPort => self.data_addresses.get(tp).cloned(),
+            };
             let fetch = PartitionFetch {
                 grpc: self.grpc.clone(),
+                data_address,
                 tp: tp.clone(),
                 position: position.clone(),
                 start: position.load(Ordering::Acquire),

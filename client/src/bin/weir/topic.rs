@@ -266,6 +266,7 @@ mod tests {
                 log_start_offset: 5,
                 high_watermark: 15,
                 size_bytes: 2048,
+                data_address: None,
             }],
             created_ms: 1_714_564_800_000,
         };

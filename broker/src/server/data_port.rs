@@ -1,0 +1,260 @@
+//! The data port: fetches served with sendfile(2), straight from the segment files' page cache
+//! to the socket, never through user space. The frames are specified in `segments-format.md`
+//! and encoded by [`weir_proto::data_port`]; the fetch loop itself is the one gRPC `Fetch` uses
+//! ([`FetchSession`]).
+//!
+//! Invariants and how they are kept:
+//! - A frame header is written only once its chunk is known; the chunk's bytes then go out with
+//!   sendfile from the segment's file descriptor at the chunk's position. The chunk holds the
+//!   file open (`Arc<File>`), so retention unlinking the segment meanwhile changes nothing, and
+//!   chunks end at the high watermark, so a torn or unpublished batch is never sent.
+//! - sendfile runs on a non-blocking socket under tokio's readiness (`async_io`): a partial send
+//!   continues from where it stopped, EAGAIN waits for writability, a vanished client (EPIPE,
+//!   ECONNRESET) ends the connection. No runtime thread ever waits on the socket.
+//! - A malformed request, an unknown topic or an offset out of range gets an `Error` frame and
+//!   the connection is closed; other connections are not affected. Request bodies are at most
+//!   1 KiB and read within `REQUEST_TIMEOUT`, so a client cannot make the broker allocate or
+//!   hold a task by sending a lying length or stalling mid-request.
+//! - On shutdown, every connection ends: an idle one at once, a fetching one with an `Error`
+//!   frame (SHUTTING_DOWN).
+//!
+//! Cold data: sendfile of pages not in the page cache reads the disk on the calling thread, as
+//! Kafka's does; weir's consumers mostly read the recent, cached tail.
+
+use std::fs::File;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+use weir_proto::data_port::{FetchFrame, FrameKind, ResponseHeader};
+use weir_proto::v1::{Error, ErrorCode};
+
+use super::BrokerState;
+use super::errors::{invalid_request, storage_error, wire_error};
+use super::fetch::{FetchEvent, FetchParams, FetchSession, check_start};
+
+/// How long a client may take to send a request body once its length arrived.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts data-port connections until shutdown, then waits for them to end.
+pub async fn serve(listener: TcpListener, state: Arc<BrokerState>) {
+    let mut shutdown = state.shutdown_signal();
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    connections.spawn(connection(stream, peer, Arc::clone(&state)));
+                }
+                Err(e) => {
+                    // Out of descriptors, say: back off instead of spinning.
+                    warn!(error = %e, "data port: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            () = super::stopped(&mut shutdown) => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+/// One client connection: fetches one after another until it closes, errs, or shutdown.
+async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<BrokerState>) {
+    let mut shutdown = state.shutdown_signal();
+    loop {
+        let mut len = [0u8; 4];
+        let read = tokio::select! {
+            read = stream.read_exact(&mut len) => read,
+            () = super::stopped(&mut shutdown) => return,
+        };
+        if read.is_err() {
+            return; // the client closed the connection between fetches
+        }
+        let frame = match read_request(&mut stream, u32::from_be_bytes(len)).await {
+            Ok(frame) => frame,
+            Err(Some(error)) => return send_error(&mut stream, error).await,
+            Err(None) => return,
+        };
+        match serve_fetch(&mut stream, &state, frame).await {
+            Ok(true) => continue,
+            Ok(false) => return,
+            Err(e) => {
+                debug!(%peer, error = %e, "data port: connection ended mid-fetch");
+                return;
+            }
+        }
+    }
+}
+
+/// Reads and decodes a request body; `Err(None)` when the client went away or stalled.
+async fn read_request(stream: &mut TcpStream, body_len: u32) -> Result<FetchFrame, Option<Error>> {
+    let len = FetchFrame::check_len(body_len).map_err(|e| Some(invalid_request(e.to_string())))?;
+    let mut body = vec![0u8; len];
+    match tokio::time::timeout(REQUEST_TIMEOUT, stream.read_exact(&mut body)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) | Err(_) => return Err(None),
+    }
+    FetchFrame::decode(&body).map_err(|e| Some(invalid_request(e.to_string())))
+}
+
+/// Serves one fetch. `Ok(true)`: it ended normally and the connection takes another request;
+/// `Ok(false)`: the connection must close (an error was sent, or the client left).
+async fn serve_fetch(
+    stream: &mut TcpStream,
+    state: &BrokerState,
+    frame: FetchFrame,
+) -> io::Result<bool> {
+    let partition = match state.topics.partition(&frame.topic, frame.partition) {
+        Ok(p) => p,
+        Err(e) => {
+            send_error(stream, wire_error(&e)).await;
+            return Ok(false);
+        }
+    };
+    if let Err(e) = check_start(&partition.log, frame.offset) {
+        send_error(stream, storage_error(&e)).await;
+        return Ok(false);
+    }
+    let params = FetchParams {
+        offset: frame.offset,
+        max_bytes: frame.max_bytes,
+        max_wait_ms: frame.max_wait_ms,
+        follow: frame.follow,
+    };
+    let mut session = FetchSession::new(state, &partition, params);
+    loop {
+        let event = if frame.follow {
+            // While following, the client sends nothing; readability means it hung up (or
+            // broke the protocol), either way the fetch is over.
+            tokio::select! {
+                event = session.next() => event,
+                () = hung_up(stream) => return Ok(false),
+            }
+        } else {
+            session.next().await
+        };
+        match event {
+            None => return Ok(false),
+            Some(FetchEvent::Chunk {
+                chunk,
+                high_watermark,
+                log_start_offset,
+            }) => {
+                let len = chunk.bytes.len();
+                let header = ResponseHeader {
+                    kind: FrameKind::Data,
+                    error_code: 0,
+                    length: len as u32,
+                    high_watermark,
+                    log_start_offset,
+                    next_offset: chunk.next_offset,
+                };
+                stream.write_all(&header.encode()).await?;
+                send_file_range(stream, &chunk.file, chunk.position, len).await?;
+            }
+            Some(FetchEvent::Idle {
+                high_watermark,
+                log_start_offset,
+                next_offset,
+            }) => {
+                let header = ResponseHeader {
+                    kind: FrameKind::Data,
+                    error_code: 0,
+                    length: 0,
+                    high_watermark,
+                    log_start_offset,
+                    next_offset,
+                };
+                stream.write_all(&header.encode()).await?;
+            }
+            Some(FetchEvent::End {
+                high_watermark,
+                log_start_offset,
+                next_offset,
+            }) => {
+                let header = ResponseHeader {
+                    kind: FrameKind::End,
+                    error_code: 0,
+                    length: 0,
+                    high_watermark,
+                    log_start_offset,
+                    next_offset,
+                };
+                stream.write_all(&header.encode()).await?;
+                return Ok(true);
+            }
+            Some(FetchEvent::Failed(error)) => {
+                send_error(stream, error).await;
+                return Ok(false);
+            }
+        }
+    }
+}
+
+/// Completes when the client closed its side or sent bytes it should not have (readiness can
+/// be spurious, so it is confirmed with a read).
+async fn hung_up(stream: &TcpStream) {
+    let mut probe = [0u8; 1];
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        match stream.try_read(&mut probe) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            _ => return,
+        }
+    }
+}
+
+/// Sends `len` bytes of `file` from `position` with sendfile, under tokio readiness.
+async fn send_file_range(
+    stream: &TcpStream,
+    file: &File,
+    position: u64,
+    len: usize,
+) -> io::Result<()> {
+    let mut offset = position;
+    let mut remaining = len;
+    while remaining > 0 {
+        // async_io retries the closure on readiness after WouldBlock (EAGAIN).
+        let sent = stream
+            .async_io(Interest::WRITABLE, || {
+                rustix::fs::sendfile(stream, file, Some(&mut offset), remaining)
+                    .map_err(io::Error::from)
+            })
+            .await?;
+        if sent == 0 {
+            // The file ends before the chunk does: never pad the stream with garbage.
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "segment file is shorter than the chunk read from it",
+            ));
+        }
+        remaining -= sent;
+    }
+    Ok(())
+}
+
+/// Sends an `Error` frame (best effort: the connection closes after it either way).
+async fn send_error(stream: &mut TcpStream, error: Error) {
+    let message = error.message.as_bytes();
+    let header = ResponseHeader {
+        kind: FrameKind::Error,
+        error_code: u16::try_from(error.code).unwrap_or(ErrorCode::Internal as u16),
+        length: message.len() as u32,
+        high_watermark: 0,
+        log_start_offset: 0,
+        next_offset: 0,
+    };
+    let _ = stream.write_all(&header.encode()).await;
+    let _ = stream.write_all(message).await;
+    let _ = stream.shutdown().await;
+}

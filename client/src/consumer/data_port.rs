@@ -1,0 +1,152 @@
+//! Fetching over the broker's data port: weir's binary fetch protocol, whose batch bytes the
+//! broker sends with sendfile (frames: [`weir_proto::data_port`], spec in segments-format.md).
+//!
+//! A [`DataPortFetch`] is one fetch on its own TCP connection; it yields the same
+//! [`FetchResponse`]s as a gRPC `Fetch` stream, so the fetch task decodes both alike (and the
+//! tests hold the two paths to identical bytes).
+//!
+//! Invariants: a frame's payload is read whole before it is handed over (a torn read is a
+//! broken connection, never data); a payload larger than [`MAX_FRAME_BYTES`] is refused before
+//! anything is allocated for it.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use weir_proto::data_port::{FetchFrame, FrameKind, RESPONSE_HEADER_LEN, ResponseHeader};
+use weir_proto::v1::{ErrorCode, FetchRequest, FetchResponse};
+
+use crate::ClientError;
+
+/// The largest payload the client accepts in one frame: a fetch is capped at 16 MiB by the
+/// broker, but one batch is sent whole even when larger, so leave room for big batches.
+pub(crate) const MAX_FRAME_BYTES: u32 = 256 << 20;
+
+/// One fetch over its own data-port connection.
+pub(crate) struct DataPortFetch {
+    stream: TcpStream,
+    addr: String,
+    done: bool,
+}
+
+impl DataPortFetch {
+    /// Connects to `addr` and sends the fetch.
+    pub async fn open(addr: &str, request: &FetchRequest) -> Result<Self, ClientError> {
+        let broken = |e: std::io::Error| unavailable(addr, &e);
+        let mut stream = TcpStream::connect(addr).await.map_err(broken)?;
+        stream.set_nodelay(true).map_err(broken)?;
+        let frame = FetchFrame {
+            topic: request.topic.clone(),
+            partition: request.partition,
+            offset: request.offset,
+            max_bytes: request.max_bytes,
+            max_wait_ms: request.max_wait_ms,
+            follow: request.follow,
+        };
+        stream.write_all(&frame.encode()).await.map_err(broken)?;
+        Ok(DataPortFetch {
+            stream,
+            addr: addr.to_owned(),
+            done: false,
+        })
+    }
+
+    /// The next response; `Ok(None)` once the fetch is complete (non-follow).
+    pub async fn message(&mut self) -> Result<Option<FetchResponse>, ClientError> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut header = [0u8; RESPONSE_HEADER_LEN];
+        self.stream
+            .read_exact(&mut header)
+            .await
+            .map_err(|e| unavailable(&self.addr, &e))?;
+        let header = ResponseHeader::decode(&header).map_err(|e| ClientError::Transport {
+            code: tonic::Code::Internal,
+            message: format!("data port {}: {e}", self.addr),
+        })?;
+        if header.length > MAX_FRAME_BYTES {
+            return Err(ClientError::Transport {
+                code: tonic::Code::Internal,
+                message: format!(
+                    "data port {} announced a {} byte frame; refusing more than {MAX_FRAME_BYTES}",
+                    self.addr, header.length
+                ),
+            });
+        }
+        let mut payload = BytesMut::zeroed(header.length as usize);
+        self.stream
+            .read_exact(&mut payload)
+            .await
+            .map_err(|e| unavailable(&self.addr, &e))?;
+        match header.kind {
+            FrameKind::Data => Ok(Some(FetchResponse {
+                batches: payload.freeze(),
+                high_watermark: header.high_watermark,
+                log_start_offset: header.log_start_offset,
+                next_offset: header.next_offset,
+            })),
+            FrameKind::End => {
+                self.done = true;
+                Ok(None)
+            }
+            FrameKind::Error => {
+                self.done = true;
+                let code = ErrorCode::try_from(i32::from(header.error_code))
+                    .unwrap_or(ErrorCode::Internal);
+                Err(ClientError::refused(
+                    code,
+                    String::from_utf8_lossy(&payload).into_owned(),
+                ))
+            }
+        }
+    }
+}
+
+fn unavailable(addr: &str, e: &std::io::Error) -> ClientError {
+    ClientError::Transport {
+        code: tonic::Code::Unavailable,
+        message: format!("data port {addr}: {e}"),
+    }
+}
+
+/// Where to dial a partition's data port: the advertised address, with an unspecified host
+/// (`0.0.0.0`, `::`) replaced by the host the client reached the broker's gRPC service at.
+pub(crate) fn resolve_data_address(advertised: &str, grpc_host: &str) -> Option<String> {
+    if advertised.is_empty() {
+        return None;
+    }
+    let (host, port) = advertised.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host {
+        "0.0.0.0" | "::" | "" => {
+            if grpc_host.contains(':') && !grpc_host.starts_with('[') {
+                Some(format!("[{grpc_host}]:{port}"))
+            } else {
+                Some(format!("{grpc_host}:{port}"))
+            }
+        }
+        _ => Some(advertised.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unspecified_hosts_take_the_grpc_host() {
+        assert_eq!(
+            resolve_data_address("0.0.0.0:7071", "broker-1").as_deref(),
+            Some("broker-1:7071")
+        );
+        assert_eq!(
+            resolve_data_address("[::]:7071", "::1").as_deref(),
+            Some("[::1]:7071")
+        );
+        assert_eq!(
+            resolve_data_address("10.0.0.5:7071", "localhost").as_deref(),
+            Some("10.0.0.5:7071")
+        );
+        assert_eq!(resolve_data_address("", "localhost"), None);
+    }
+}

@@ -1,0 +1,277 @@
+//! The data port's frames: weir's small binary fetch protocol, served with sendfile(2).
+//!
+//! The byte layout is specified in `segments-format.md` ("Data-port frames"); this module is
+//! the one encoder and decoder of it, used by the broker and the client alike.
+//!
+//! A connection carries fetches one after another. The client sends a [`FetchFrame`]; the
+//! broker answers with frames, each a 32-byte [`ResponseHeader`] followed by `length` bytes:
+//! - `Data`: whole record batches (straight from the segment files); `length` 0 is a
+//!   keep-alive while following;
+//! - `End`: a non-follow fetch is complete; the client may send its next request;
+//! - `Error`: a UTF-8 message; the broker closes the connection after it.
+//!
+//! All integers are big-endian, as in the record batch format.
+
+/// Protocol version in every request; a broker refuses versions it does not speak.
+pub const VERSION: u8 = 1;
+/// The largest request body (after its length prefix) a broker reads.
+pub const MAX_REQUEST_LEN: usize = 1024;
+/// Fixed size of a response header.
+pub const RESPONSE_HEADER_LEN: usize = 32;
+/// Request flag: keep the fetch open and push new batches as they are appended.
+pub const FLAG_FOLLOW: u8 = 0b1;
+
+/// A malformed frame. The broker answers a malformed request with an `Error` frame
+/// (INVALID_REQUEST) and closes the connection; a client treats a malformed response as a
+/// broken connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("request body of {0} bytes; at most 1024 are accepted")]
+    TooLong(usize),
+    #[error("request body of {len} bytes is too short: {needed} needed")]
+    TooShort { len: usize, needed: usize },
+    #[error("unsupported data-port version {0}; this side speaks version 1")]
+    Version(u8),
+    #[error("unknown request flags {0:#04x}")]
+    Flags(u8),
+    #[error("topic name is not UTF-8")]
+    TopicNotUtf8,
+    #[error("request body has {0} bytes after its last field")]
+    Trailing(usize),
+    #[error("unknown response frame kind {0}")]
+    Kind(u8),
+}
+
+/// A fetch request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchFrame {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    /// Soft limit of one `Data` frame; 0 means the broker's default (1 MiB), capped at 16 MiB.
+    pub max_bytes: u32,
+    /// As gRPC `FetchRequest.max_wait_ms`: without follow, how long an empty fetch waits for
+    /// data; with follow, the keep-alive interval (0: none).
+    pub max_wait_ms: u32,
+    pub follow: bool,
+}
+
+/// Fixed part of a request body: version, flags, topic length, partition, offset, max bytes,
+/// max wait.
+const REQUEST_FIXED_LEN: usize = 1 + 1 + 2 + 4 + 8 + 4 + 4;
+
+impl FetchFrame {
+    /// The whole request: a `u32` length prefix, then the body.
+    pub fn encode(&self) -> Vec<u8> {
+        let topic = self.topic.as_bytes();
+        let body_len = REQUEST_FIXED_LEN + topic.len();
+        let mut out = Vec::with_capacity(4 + body_len);
+        out.extend_from_slice(&(body_len as u32).to_be_bytes());
+        out.push(VERSION);
+        out.push(if self.follow { FLAG_FOLLOW } else { 0 });
+        out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+        out.extend_from_slice(topic);
+        out.extend_from_slice(&self.partition.to_be_bytes());
+        out.extend_from_slice(&self.offset.to_be_bytes());
+        out.extend_from_slice(&self.max_bytes.to_be_bytes());
+        out.extend_from_slice(&self.max_wait_ms.to_be_bytes());
+        out
+    }
+
+    /// Checks a length prefix before the body is read, so a lying prefix cannot make the
+    /// broker allocate.
+    pub fn check_len(body_len: u32) -> Result<usize, FrameError> {
+        let len = body_len as usize;
+        if len > MAX_REQUEST_LEN {
+            return Err(FrameError::TooLong(len));
+        }
+        if len < REQUEST_FIXED_LEN {
+            return Err(FrameError::TooShort {
+                len,
+                needed: REQUEST_FIXED_LEN,
+            });
+        }
+        Ok(len)
+    }
+
+    /// Decodes a request body (without its length prefix). The topic name is not checked
+    /// against the naming rule here; the broker looks it up.
+    pub fn decode(body: &[u8]) -> Result<Self, FrameError> {
+        Self::check_len(u32::try_from(body.len()).unwrap_or(u32::MAX))?;
+        let version = body[0];
+        if version != VERSION {
+            return Err(FrameError::Version(version));
+        }
+        let flags = body[1];
+        if flags & !FLAG_FOLLOW != 0 {
+            return Err(FrameError::Flags(flags));
+        }
+        let topic_len = u16::from_be_bytes([body[2], body[3]]) as usize;
+        let needed = REQUEST_FIXED_LEN + topic_len;
+        if body.len() < needed {
+            return Err(FrameError::TooShort {
+                len: body.len(),
+                needed,
+            });
+        }
+        if body.len() > needed {
+            return Err(FrameError::Trailing(body.len() - needed));
+        }
+        let topic = std::str::from_utf8(&body[4..4 + topic_len])
+            .map_err(|_| FrameError::TopicNotUtf8)?
+            .to_owned();
+        let rest = &body[4 + topic_len..];
+        let u32_at =
+            |i: usize| u32::from_be_bytes([rest[i], rest[i + 1], rest[i + 2], rest[i + 3]]);
+        let mut offset = [0u8; 8];
+        offset.copy_from_slice(&rest[4..12]);
+        Ok(FetchFrame {
+            topic,
+            partition: u32_at(0),
+            offset: u64::from_be_bytes(offset),
+            max_bytes: u32_at(12),
+            max_wait_ms: u32_at(16),
+            follow: flags & FLAG_FOLLOW != 0,
+        })
+    }
+}
+
+/// What a response frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    Data = 0,
+    End = 1,
+    Error = 2,
+}
+
+/// The fixed header of every response frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseHeader {
+    pub kind: FrameKind,
+    /// An `ErrorCode` number of package weir.v1 for `Error` frames; 0 otherwise.
+    pub error_code: u16,
+    /// Bytes following the header: batches (`Data`), a UTF-8 message (`Error`), 0 (`End`).
+    pub length: u32,
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+    /// Where the fetch continues: the offset after the last batch sent so far.
+    pub next_offset: u64,
+}
+
+impl ResponseHeader {
+    pub fn encode(&self) -> [u8; RESPONSE_HEADER_LEN] {
+        let mut out = [0u8; RESPONSE_HEADER_LEN];
+        out[0] = self.kind as u8;
+        // out[1] is reserved, 0.
+        out[2..4].copy_from_slice(&self.error_code.to_be_bytes());
+        out[4..8].copy_from_slice(&self.length.to_be_bytes());
+        out[8..16].copy_from_slice(&self.high_watermark.to_be_bytes());
+        out[16..24].copy_from_slice(&self.log_start_offset.to_be_bytes());
+        out[24..32].copy_from_slice(&self.next_offset.to_be_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8; RESPONSE_HEADER_LEN]) -> Result<Self, FrameError> {
+        let kind = match bytes[0] {
+            0 => FrameKind::Data,
+            1 => FrameKind::End,
+            2 => FrameKind::Error,
+            k => return Err(FrameError::Kind(k)),
+        };
+        let u64_at = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[i..i + 8]);
+            u64::from_be_bytes(b)
+        };
+        Ok(ResponseHeader {
+            kind,
+            error_code: u16::from_be_bytes([bytes[2], bytes[3]]),
+            length: u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
+            high_watermark: u64_at(8),
+            log_start_offset: u64_at(16),
+            next_offset: u64_at(24),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_request_round_trips_and_its_layout_is_fixed() {
+        let frame = FetchFrame {
+            topic: "orders".into(),
+            partition: 3,
+            offset: 1017,
+            max_bytes: 1 << 20,
+            max_wait_ms: 500,
+            follow: true,
+        };
+        let bytes = frame.encode();
+        assert_eq!(
+            &bytes[..4],
+            &30u32.to_be_bytes(),
+            "24 fixed bytes + 6 of topic"
+        );
+        assert_eq!(&bytes[4..8], &[1, 1, 0, 6]);
+        assert_eq!(FetchFrame::decode(&bytes[4..]).unwrap(), frame);
+    }
+
+    #[test]
+    fn malformed_requests_are_named() {
+        let mut body = FetchFrame {
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 0,
+            max_wait_ms: 0,
+            follow: false,
+        }
+        .encode()[4..]
+            .to_vec();
+        assert_eq!(FetchFrame::check_len(5000), Err(FrameError::TooLong(5000)));
+        body[0] = 9;
+        assert_eq!(FetchFrame::decode(&body), Err(FrameError::Version(9)));
+        body[0] = 1;
+        body[1] = 0x80;
+        assert_eq!(FetchFrame::decode(&body), Err(FrameError::Flags(0x80)));
+        body[1] = 0;
+        body[3] = 200; // topic length lies
+        assert!(matches!(
+            FetchFrame::decode(&body),
+            Err(FrameError::TooShort { .. })
+        ));
+    }
+
+    #[test]
+    fn response_headers_round_trip() {
+        let header = ResponseHeader {
+            kind: FrameKind::Error,
+            error_code: 3,
+            length: 17,
+            high_watermark: 9,
+            log_start_offset: 2,
+            next_offset: 5,
+        };
+        assert_eq!(ResponseHeader::decode(&header.encode()).unwrap(), header);
+        let mut bad = header.encode();
+        bad[0] = 7;
+        assert_eq!(ResponseHeader::decode(&bad), Err(FrameError::Kind(7)));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_request_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..1100)) {
+            let _ = FetchFrame::decode(&body);
+        }
+
+        #[test]
+        fn requests_round_trip(topic in "[a-z]{1,40}", partition: u32, offset: u64, max_bytes: u32, max_wait_ms: u32, follow: bool) {
+            let frame = FetchFrame { topic, partition, offset, max_bytes, max_wait_ms, follow };
+            let bytes = frame.encode();
+            prop_assert_eq!(FetchFrame::decode(&bytes[4..]).unwrap(), frame);
+        }
+    }
+}
