@@ -53,8 +53,10 @@ fn text(bytes: &Option<bytes::Bytes>) -> &str {
     std::str::from_utf8(bytes.as_deref().expect("present")).expect("utf-8")
 }
 
-/// Sends `count` records `(key(i), "v{i}")`, restarting the broker gracefully after
-/// `restart_after` sends if given; returns each record's delivery.
+/// Sends `count` records `(key(i), "v{i}")`; returns each record's delivery. With
+/// `restart_after`, a thread restarts the broker gracefully (SIGTERM, then the same address)
+/// once that many records were sent, while sending goes on: batches are in flight on the
+/// produce stream when the broker stops, and the producer must ride it out.
 async fn produce(
     client: &Client,
     broker: &mut BrokerProcess,
@@ -72,21 +74,33 @@ async fn produce(
         })
         .expect("producer");
     let mut deliveries = Vec::with_capacity(count);
-    for i in 0..count {
-        if restart_after == Some(i) {
-            // Graceful stop with records in flight, then the same address again; the producer
-            // must ride it out with retries.
-            tokio::task::block_in_place(|| {
-                assert!(broker.terminate().success(), "graceful exit");
-                broker.restart();
-            });
+    let mut broker = Some(broker);
+    std::thread::scope(|scope| {
+        let mut restarter = None;
+        let handle = tokio::runtime::Handle::current();
+        for i in 0..count {
+            if restart_after == Some(i)
+                && let Some(broker) = broker.take()
+            {
+                restarter = Some(scope.spawn(move || {
+                    assert!(
+                        broker.terminate_within(Duration::from_secs(60)).success(),
+                        "graceful exit with batches in flight"
+                    );
+                    broker.restart();
+                }));
+            }
+            let mut record = ProducerRecord::new(topic).value(format!("v{i}"));
+            if let Some(k) = key(i) {
+                record = record.key(k);
+            }
+            let sent = tokio::task::block_in_place(|| handle.block_on(producer.send(record)));
+            deliveries.push(sent.expect("buffered"));
         }
-        let mut record = ProducerRecord::new(topic).value(format!("v{i}"));
-        if let Some(k) = key(i) {
-            record = record.key(k);
+        if let Some(restarter) = restarter {
+            restarter.join().expect("restart thread");
         }
-        deliveries.push(producer.send(record).await.expect("buffered"));
-    }
+    });
     producer.flush().await.expect("flush");
     let mut acked = Vec::with_capacity(count);
     for (i, d) in deliveries.into_iter().enumerate() {

@@ -362,8 +362,10 @@ async fn topic_admin_validates_and_survives_restart() {
         .await
         .unwrap();
 
-    assert!(broker.terminate().success());
-    broker.restart();
+    tokio::task::block_in_place(|| {
+        assert!(broker.terminate().success());
+        broker.restart();
+    });
     let mut client = connect(&broker).await;
     let topics = client
         .list_topics(ListTopicsRequest {})
@@ -444,7 +446,11 @@ async fn a_produce_stream_answers_every_request_by_correlation_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follow_fetch_pushes_appends_and_ends_on_shutdown() {
     let dir = temp_data_dir();
-    let mut broker = BrokerProcess::start(BROKER.as_ref(), dir.path(), &[]);
+    let mut broker = BrokerProcess::start(
+        BROKER.as_ref(),
+        dir.path(),
+        &["--shutdown-timeout-ms", "120000"],
+    );
     let mut client = connect(&broker).await;
     create(&mut client, "live", 1).await;
     let mut stream = client
@@ -478,7 +484,9 @@ async fn a_follow_fetch_pushes_appends_and_ends_on_shutdown() {
         assert_eq!(batch.base_offset(), i as u64);
         assert_eq!(response.high_watermark, i as u64 + 1);
     }
-    let status = broker.terminate();
+    // A long shutdown timeout: if the follower held shutdown up, the watchdog below would fire
+    // long before the broker gave up on it.
+    let status = tokio::task::block_in_place(|| broker.terminate_within(Duration::from_secs(40)));
     assert!(
         status.success(),
         "graceful exit with a follower attached: {status:?}"
@@ -486,13 +494,57 @@ async fn a_follow_fetch_pushes_appends_and_ends_on_shutdown() {
     // The follower learns why its stream ended.
     let end = tokio::time::timeout(Duration::from_secs(10), stream.next())
         .await
-        .unwrap();
-    if let Some(Err(status)) = end {
-        assert!(
-            status.code() == tonic::Code::Unavailable,
-            "unexpected end: {status:?}"
-        );
+        .expect("the stream ends");
+    match end {
+        Some(Err(status)) => assert_eq!(reason(&status), ErrorCode::ShuttingDown, "{status:?}"),
+        other => panic!("a follow stream must end with SHUTTING_DOWN, got {other:?}"),
     }
     // Shutdown was clean: the marker is there for the next start.
     assert!(dir.path().join("logs/.clean-shutdown").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_topic_ends_its_follow_fetches_and_oversized_topics_are_refused() {
+    let dir = temp_data_dir();
+    let broker = BrokerProcess::start(BROKER.as_ref(), dir.path(), &[]);
+    let mut client = connect(&broker).await;
+    create(&mut client, "brief", 1).await;
+    let mut stream = client
+        .fetch(FetchRequest {
+            topic: "brief".into(),
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    client
+        .delete_topic(DeleteTopicRequest {
+            name: "brief".into(),
+        })
+        .await
+        .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(20), stream.next())
+        .await
+        .expect("a deleted topic's follower is told");
+    match end {
+        Some(Err(status)) => assert_eq!(reason(&status), ErrorCode::UnknownTopic, "{status:?}"),
+        other => panic!("expected UNKNOWN_TOPIC, got {other:?}"),
+    }
+
+    // A topic whose batches could never fit in one request (16 MiB by default) is refused.
+    let status = client
+        .create_topic(CreateTopicRequest {
+            name: "huge".into(),
+            partitions: 1,
+            config: Some(TopicConfig {
+                max_batch_bytes: Some(32 << 20),
+                segment_bytes: Some(64 << 20),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), ErrorCode::InvalidRequest, "{status:?}");
 }

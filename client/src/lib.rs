@@ -46,6 +46,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+mod backoff;
 mod client;
 pub mod consumer;
 mod error;

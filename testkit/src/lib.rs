@@ -119,6 +119,26 @@ impl BrokerProcess {
         self.child.wait().expect("waiting for weir-broker")
     }
 
+    /// SIGTERM, then waits at most `deadline` for the exit; a broker still running then is
+    /// killed and the test fails: a watchdog for "graceful shutdown hangs", not a timing test
+    /// (give it a deadline far above the normal shutdown time). Blocks: call it from
+    /// `block_in_place` or a plain thread in async tests.
+    pub fn terminate_within(&mut self, deadline: Duration) -> ExitStatus {
+        self.signal(rustix::process::Signal::TERM);
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("polling weir-broker") {
+                return status;
+            }
+            if start.elapsed() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("weir-broker did not exit within {deadline:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL, then waits (a crash: no flush, no clean-shutdown marker).
     pub fn kill(&mut self) -> ExitStatus {
         self.signal(rustix::process::Signal::KILL);

@@ -47,6 +47,19 @@ pub fn wire_error(e: &TopicError) -> Error {
     status::error(code, e.to_string())
 }
 
+/// The broker is stopping: nothing of the request was done; send it again once it is back.
+pub fn shutting_down() -> Error {
+    status::error(
+        ErrorCode::ShuttingDown,
+        "the broker is shutting down; retry once it is back",
+    )
+}
+
+/// A failure inside the broker that is not the request's fault (a task that panicked, say).
+pub fn internal(message: impl Into<String>) -> Error {
+    status::error(ErrorCode::Internal, message)
+}
+
 /// A request field the broker cannot accept.
 pub fn invalid_request(message: impl Into<String>) -> Error {
     status::error(ErrorCode::InvalidRequest, message)

@@ -19,7 +19,7 @@ use tonic::Status;
 use weir_proto::v1::{ErrorCode, FetchRequest, FetchResponse};
 
 use super::BrokerState;
-use super::errors::to_status;
+use super::errors::{shutting_down, storage_error, to_status};
 use crate::storage::{PartitionLog, ReadChunk, StorageError};
 use crate::topics::Partition;
 
@@ -146,9 +146,18 @@ impl FetchSession {
             {
                 return Some(self.finish_with_end());
             }
-            let read = match self.log.read(self.offset, self.max_bytes) {
-                Ok(read) => read,
-                Err(e) => return Some(self.fail(super::errors::storage_error(&e))),
+            // Off the runtime threads: a read takes the partition lock (which an append holds
+            // while it copies or rolls a segment) and may open and map an idle segment.
+            let (log, offset, max_bytes) = (Arc::clone(&self.log), self.offset, self.max_bytes);
+            let read = match tokio::task::spawn_blocking(move || log.read(offset, max_bytes)).await
+            {
+                Ok(Ok(read)) => read,
+                Ok(Err(e)) => return Some(self.fail_with(&e)),
+                Err(e) => {
+                    return Some(
+                        self.fail(super::errors::internal(format!("read task failed: {e}"))),
+                    );
+                }
             };
             if !read.chunks.is_empty() {
                 self.pending_marks = (read.high_watermark, read.log_start_offset);
@@ -170,15 +179,8 @@ impl FetchSession {
                 }
             };
             tokio::select! {
-                changed = self.appended.changed() => {
-                    if changed.is_err() {
-                        // The partition is gone (topic deleted): nothing more will come.
-                        return Some(self.fail(weir_proto::status::error(
-                            ErrorCode::UnknownTopic,
-                            "the topic was deleted",
-                        )));
-                    }
-                }
+                // Appends, and the deletion of the topic (whose read then fails), wake us.
+                _ = self.appended.changed() => {}
                 () = super::stopped(&mut self.shutdown) => {
                     return Some(self.fail(shutting_down()));
                 }
@@ -202,17 +204,29 @@ impl FetchSession {
         }
     }
 
+    /// A read failure, named for the partition. `Closed` outside a shutdown means the topic
+    /// was deleted under the fetch.
+    fn fail_with(&mut self, e: &StorageError) -> FetchEvent {
+        let tp = self.log.topic_partition();
+        let error = match e {
+            StorageError::Closed if !*self.shutdown.borrow() => weir_proto::status::error(
+                ErrorCode::UnknownTopic,
+                format!("{tp}: the topic was deleted while being fetched"),
+            ),
+            StorageError::Closed => shutting_down(),
+            e => {
+                let mut error = storage_error(e);
+                error.message = format!("{tp}: {}", error.message);
+                error
+            }
+        };
+        self.fail(error)
+    }
+
     fn fail(&mut self, error: weir_proto::v1::Error) -> FetchEvent {
         self.finished = true;
         FetchEvent::Failed(error)
     }
-}
-
-fn shutting_down() -> weir_proto::v1::Error {
-    weir_proto::status::error(
-        ErrorCode::ShuttingDown,
-        "the broker is shutting down; fetch again from next_offset once it is back",
-    )
 }
 
 type Responses = mpsc::Sender<Result<FetchResponse, Status>>;

@@ -34,12 +34,17 @@ use crate::topics::{TopicError, Topics};
 use limits::InFlightLimits;
 use service::WeirService;
 
+/// Concurrent HTTP/2 streams (calls) one connection may have open.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
 /// What every request handler shares.
 pub struct BrokerState {
     pub topics: Topics,
     pub limits: InFlightLimits,
     /// The data port's address as clients should dial it (advertised in DescribeTopic).
     pub data_address: String,
+    /// The largest gRPC message accepted (a topic's max_batch_bytes must fit in it).
+    pub max_request_bytes: u64,
     shutdown: watch::Sender<bool>,
 }
 
@@ -78,6 +83,8 @@ pub enum ServerError {
     },
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
@@ -106,9 +113,7 @@ impl Broker {
             tokio::task::spawn_blocking(move || Topics::open(&data_dir, log_config))
                 .await
                 .map_err(|e| {
-                    ServerError::Topics(TopicError::InvalidRequest(format!(
-                        "opening task failed: {e}"
-                    )))
+                    ServerError::Internal(format!("opening the data dir panicked: {e}"))
                 })??;
         info!(
             data_dir = %config.data_dir.display(),
@@ -132,6 +137,7 @@ impl Broker {
                 config.max_in_flight_bytes,
             ),
             data_address,
+            max_request_bytes: config.max_request_bytes,
             shutdown,
         });
         Ok(Broker {
@@ -160,7 +166,12 @@ impl Broker {
             state: Arc::clone(&self.state),
         })
         .max_decoding_message_size(self.config.max_request_bytes as usize)
-        .max_encoding_message_size((fetch::MAX_FETCH_BYTES + (8 << 20)) as usize);
+        // A fetch response holds up to MAX_FETCH_BYTES, or one batch larger than that (at most
+        // a topic's max_batch_bytes, which fits in max_request_bytes).
+        .max_encoding_message_size(
+            (u64::from(fetch::MAX_FETCH_BYTES).max(self.config.max_request_bytes) + (1 << 20))
+                as usize,
+        );
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         let data_port = tokio::spawn(data_port::serve(
             self.data_listener,
@@ -172,6 +183,9 @@ impl Broker {
             .initial_stream_window_size(16 << 20)
             .initial_connection_window_size(32 << 20)
             .max_frame_size(1 << 20)
+            // Each stream may hold one encoded fetch response (up to 16 MiB) that its client
+            // has not read yet: bound the streams per connection.
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = serving_stopped.await;
@@ -207,7 +221,12 @@ impl Broker {
                 warn!(error = %e, "closing the logs failed; the next start recovers them");
                 return Err(e.into());
             }
-            Err(e) => warn!(error = %e, "closing the logs panicked; the next start recovers them"),
+            Err(e) => {
+                warn!(error = %e, "closing the logs panicked; the next start recovers them");
+                return Err(ServerError::Internal(format!(
+                    "closing the logs panicked: {e}"
+                )));
+            }
         }
         Ok(result?)
     }

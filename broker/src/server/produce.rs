@@ -21,7 +21,7 @@ use weir_proto::status;
 use weir_proto::v1::{Acks, Error, ErrorCode, ProduceRequest, ProduceResponse};
 
 use super::BrokerState;
-use super::errors::{invalid_request, storage_error, wire_error};
+use super::errors::{invalid_request, shutting_down, storage_error, to_status, wire_error};
 use crate::storage::{AppendInfo, StorageError};
 use crate::topics::Partition;
 
@@ -84,28 +84,29 @@ pub async fn produce(
         return Err(shutting_down());
     }
     let (partition, acks) = admit(state, &req)?;
-    let _in_flight = state.limits.acquire(peer, req.batch.len()).await;
+    let in_flight = state.limits.acquire(peer, req.batch.len()).await;
     let log = Arc::clone(&partition.log);
     let batch = req.batch;
+    let (topic, index) = (req.topic, req.partition);
     let result = blocking(move || match acks {
         Acks::Leader => log.append(&batch),
         Acks::Durable => log.append_durable(&batch),
     })
     .await;
+    drop(in_flight);
     partition.notify_appended();
-    result.map(|info| response(req.correlation_id, info))
-}
-
-fn shutting_down() -> Error {
-    status::error(
-        ErrorCode::ShuttingDown,
-        "the broker is shutting down; retry once it is back",
-    )
+    result
+        .map(|info| response(req.correlation_id, info))
+        .map_err(|e| in_partition(&topic, index, e))
 }
 
 /// ProduceStream: reads requests until the client closes its side, the broker shuts down, or
 /// the transport fails; answers each on `responses`. Waits for every accepted request's answer
 /// before returning.
+///
+/// In-flight budget: a request's bytes are counted from when it is read until its append (and,
+/// for acks=durable, its sync) is done; the answer is sent after the bytes are released, so a
+/// client that stops reading its answers blocks only its own stream, never other producers.
 pub async fn produce_stream(
     state: Arc<BrokerState>,
     peer: Option<SocketAddr>,
@@ -115,16 +116,21 @@ pub async fn produce_stream(
     let mut shutdown = state.shutdown_signal();
     let mut durable_waits = JoinSet::new();
     loop {
+        // Reap finished waits so the set does not grow on a long-lived, busy stream.
+        while durable_waits.try_join_next().is_some() {}
         let req = tokio::select! {
             biased;
             () = super::stopped(&mut shutdown) => break,
             next = requests.next() => match next {
                 Some(Ok(req)) => req,
-                // The client went away or sent garbage; nothing more to read.
-                Some(Err(_)) | None => break,
+                Some(Err(status)) => {
+                    // A request tonic could not decode (over the size limit, say): tell the
+                    // client why its stream ends instead of ending it silently.
+                    let _ = responses.send(Err(undecodable(status))).await;
+                    break;
+                }
+                None => break,
             },
-            // Reap finished waits so the set does not grow on a long-lived stream.
-            Some(_) = durable_waits.join_next(), if !durable_waits.is_empty() => continue,
         };
         let id = req.correlation_id;
         let (partition, acks) = match admit(&state, &req) {
@@ -134,7 +140,14 @@ pub async fn produce_stream(
                 continue;
             }
         };
-        let in_flight = state.limits.acquire(peer, req.batch.len()).await;
+        let in_flight = tokio::select! {
+            in_flight = state.limits.acquire(peer, req.batch.len()) => in_flight,
+            () = super::stopped(&mut shutdown) => {
+                // Not appended: the client may safely send it again.
+                let _ = responses.send(Ok(error_response(id, shutting_down()))).await;
+                break;
+            }
+        };
         let log = Arc::clone(&partition.log);
         let batch = req.batch;
         let appended = match acks {
@@ -144,11 +157,15 @@ pub async fn produce_stream(
             }
         };
         partition.notify_appended();
+        let (topic, index) = (req.topic, req.partition);
         match appended {
             Err(e) => {
+                drop(in_flight);
+                let e = in_partition(&topic, index, e);
                 let _ = responses.send(Ok(error_response(id, e))).await;
             }
             Ok((info, None)) => {
+                drop(in_flight);
                 let _ = responses.send(Ok(response(id, info))).await;
             }
             Ok((info, Some(ticket))) => {
@@ -156,12 +173,12 @@ pub async fn produce_stream(
                 let log = Arc::clone(&partition.log);
                 durable_waits.spawn(async move {
                     let synced = blocking(move || log.wait_durable(ticket)).await;
+                    drop(in_flight);
                     let answer = match synced {
                         Ok(()) => response(id, info),
-                        Err(e) => error_response(id, e),
+                        Err(e) => error_response(id, not_durable_if_closed(&topic, index, e)),
                     };
                     let _ = responses.send(Ok(answer)).await;
-                    drop(in_flight);
                 });
             }
         }
@@ -169,8 +186,42 @@ pub async fn produce_stream(
     // Every accepted batch gets its answer before the stream ends.
     while durable_waits.join_next().await.is_some() {}
     if state.is_shutting_down() {
-        let _ = responses
-            .send(Err(super::errors::to_status(shutting_down())))
-            .await;
+        let _ = responses.send(Err(to_status(shutting_down()))).await;
+    }
+}
+
+/// An error of one partition's append, naming the partition.
+fn in_partition(topic: &str, partition: u32, mut e: Error) -> Error {
+    e.message = format!("{topic}-{partition}: {}", e.message);
+    e
+}
+
+/// A durable wait that ends because the partition closed (shutdown past its timeout, or the
+/// topic deleted) came after the batch was appended: it may well be on disk, so telling the
+/// client "retry" (SHUTTING_DOWN) would duplicate it. Say what is known instead.
+fn not_durable_if_closed(topic: &str, partition: u32, e: Error) -> Error {
+    if e.code == ErrorCode::ShuttingDown as i32 {
+        return status::error(
+            ErrorCode::NotDurable,
+            format!(
+                "{topic}-{partition}: the partition closed before this batch's sync was confirmed; \
+                 it was appended and may be on disk, so sending it again may duplicate it"
+            ),
+        );
+    }
+    in_partition(topic, partition, e)
+}
+
+/// The status for a request the stream could not decode.
+fn undecodable(status: Status) -> Status {
+    match status.code() {
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => to_status(status::error(
+            ErrorCode::BatchTooLarge,
+            format!(
+                "{}; the broker's max_request_bytes limits one produce request",
+                status.message()
+            ),
+        )),
+        _ => status,
     }
 }

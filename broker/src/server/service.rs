@@ -20,7 +20,7 @@ use weir_proto::v1::{
 };
 
 use super::BrokerState;
-use super::errors::{invalid_request, to_status};
+use super::errors::{internal, invalid_request, shutting_down, to_status};
 use super::{fetch, produce};
 use crate::topics::{FlushKind, NewTopic, PartitionerKind, Topic, TopicSettings};
 
@@ -81,10 +81,7 @@ impl Weir for WeirService {
     ) -> Result<Response<Self::FetchStream>, Status> {
         let req = request.into_inner();
         if self.state.is_shutting_down() {
-            return Err(to_status(weir_proto::status::error(
-                weir_proto::v1::ErrorCode::ShuttingDown,
-                "the broker is shutting down",
-            )));
+            return Err(to_status(shutting_down()));
         }
         let partition = self.state.topics.partition(&req.topic, req.partition)?;
         fetch::check_start(&partition.log, req.offset)?;
@@ -111,21 +108,27 @@ impl Weir for WeirService {
         } else {
             req.partitions
         };
-        let mut offsets = Vec::with_capacity(wanted.len());
+        let mut logs = Vec::with_capacity(wanted.len());
         for p in wanted {
-            let log = &topic.partition(p)?.log;
-            let offset = match spec {
-                OffsetSpec::Earliest => log.log_start_offset(),
-                OffsetSpec::Latest => log.high_watermark(),
-                OffsetSpec::Timestamp => log
-                    .offset_for_time(req.timestamp_ms)?
-                    .unwrap_or_else(|| log.high_watermark()),
-            };
-            offsets.push(PartitionOffset {
-                partition: p,
-                offset,
-            });
+            logs.push((p, Arc::clone(&topic.partition(p)?.log)));
         }
+        // Off the runtime threads: a time lookup takes partition locks and may open segments.
+        let offsets = tokio::task::spawn_blocking(move || {
+            logs.into_iter()
+                .map(|(partition, log)| {
+                    let offset = match spec {
+                        OffsetSpec::Earliest => log.log_start_offset(),
+                        OffsetSpec::Latest => log.high_watermark(),
+                        OffsetSpec::Timestamp => log
+                            .offset_for_time(req.timestamp_ms)?
+                            .unwrap_or_else(|| log.high_watermark()),
+                    };
+                    Ok(PartitionOffset { partition, offset })
+                })
+                .collect::<Result<Vec<_>, crate::storage::StorageError>>()
+        })
+        .await
+        .map_err(|e| to_status(internal(format!("offset lookup failed: {e}"))))??;
         Ok(Response::new(ListOffsetsResponse { offsets }))
     }
 
@@ -150,6 +153,13 @@ impl Weir for WeirService {
             req.config.unwrap_or_default(),
         )
         .map_err(|e| to_status(invalid_request(e)))?;
+        // A batch the topic accepts must fit in one gRPC request, or producers could never send it.
+        if u64::from(settings.max_batch_bytes) + 4096 > self.state.max_request_bytes {
+            return Err(to_status(invalid_request(format!(
+                "max_batch_bytes {} does not fit in this broker's max_request_bytes {} (with 4 KiB to spare)",
+                settings.max_batch_bytes, self.state.max_request_bytes
+            ))));
+        }
         let new = NewTopic {
             name: req.name,
             partitions: req.partitions,
@@ -161,7 +171,7 @@ impl Weir for WeirService {
         // Creating partitions touches the disk (directories, fsyncs): off the runtime threads.
         let topic = tokio::task::spawn_blocking(move || topics.topics.create(new))
             .await
-            .map_err(|e| Status::internal(format!("create task failed: {e}")))??;
+            .map_err(|e| to_status(internal(format!("create task failed: {e}"))))??;
         Ok(Response::new(describe(
             &topic,
             true,
@@ -177,7 +187,7 @@ impl Weir for WeirService {
         let state = Arc::clone(&self.state);
         tokio::task::spawn_blocking(move || state.topics.delete(&name))
             .await
-            .map_err(|e| Status::internal(format!("delete task failed: {e}")))??;
+            .map_err(|e| to_status(internal(format!("delete task failed: {e}"))))??;
         Ok(Response::new(DeleteTopicResponse {}))
     }
 

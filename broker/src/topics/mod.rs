@@ -79,7 +79,8 @@ impl Partition {
         Partition { log, appended }
     }
 
-    /// Tells followers the high watermark moved. Called after every successful append.
+    /// Tells followers the high watermark moved (or that the partition is gone). Called after
+    /// every append attempt and when the topic is deleted; a spurious wake-up only costs a read.
     pub fn notify_appended(&self) {
         self.appended.send_replace(self.log.high_watermark());
     }
@@ -294,6 +295,10 @@ impl Topics {
             .map_err(|e| StorageError::io("marking topic deleted", &deleting, e))?;
         fsync_dir(&self.meta_dir)?;
         delete_partitions(log_dir, name)?;
+        // Wake followers: their next read fails (the log is closed) and ends their fetch.
+        for partition in &topic.partitions {
+            partition.notify_appended();
+        }
         remove_file(&deleting)?;
         info!(topic = %name, partitions = topic.meta.partitions, "deleted topic");
         Ok(())

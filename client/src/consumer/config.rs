@@ -58,9 +58,6 @@ impl Default for ConsumerConfig {
 impl ConsumerConfig {
     /// The wait before reconnect number `failures` (1-based).
     pub(crate) fn backoff(&self, failures: u32) -> Duration {
-        let factor = 1u32 << failures.saturating_sub(1).min(16);
-        self.reconnect_backoff
-            .saturating_mul(factor)
-            .min(self.reconnect_backoff_max)
+        crate::backoff::exponential(self.reconnect_backoff, self.reconnect_backoff_max, failures)
     }
 }

@@ -103,10 +103,7 @@ impl ProducerConfig {
 
     /// The wait before retry number `attempt` (1-based): exponential, capped.
     pub(crate) fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 1u32 << attempt.saturating_sub(1).min(16);
-        self.retry_backoff
-            .saturating_mul(factor)
-            .min(self.retry_backoff_max)
+        crate::backoff::exponential(self.retry_backoff, self.retry_backoff_max, attempt)
     }
 }
 

@@ -37,7 +37,7 @@ pub struct ProduceArgs {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum AcksArg {
-    /// Once in the partition's log (survives a broker crash, not a power loss)
+    /// Once in the partition's log (survives the broker process dying, not a power loss)
     Leader,
     /// Once synced to disk (survives power loss)
     Durable,
