@@ -73,11 +73,21 @@ impl DataPortFetch {
                 ),
             });
         }
-        let mut payload = BytesMut::zeroed(header.length as usize);
-        self.stream
-            .read_exact(&mut payload)
-            .await
-            .map_err(|e| unavailable(&self.addr, &e))?;
+        // Read straight into uninitialized capacity (no zeroing pass over up to 16 MiB), and
+        // no further than this frame.
+        let len = header.length as usize;
+        let mut payload = BytesMut::with_capacity(len);
+        let mut frame = (&mut self.stream).take(len as u64);
+        while payload.len() < len {
+            let n = frame
+                .read_buf(&mut payload)
+                .await
+                .map_err(|e| unavailable(&self.addr, &e))?;
+            if n == 0 {
+                let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+                return Err(unavailable(&self.addr, &eof));
+            }
+        }
         match header.kind {
             FrameKind::Data => Ok(Some(FetchResponse {
                 batches: payload.freeze(),
