@@ -104,6 +104,9 @@ struct Args {
     /// The weir-broker binary to start [default: next to this one].
     #[arg(long)]
     broker_bin: Option<PathBuf>,
+    /// Extra arguments for the broker this bench starts (repeatable), e.g. --broker-arg=--flush=never.
+    #[arg(long = "broker-arg", allow_hyphen_values = true)]
+    broker_args: Vec<String>,
     /// Topic to use (created with --partitions if missing).
     #[arg(long, default_value = "weir-bench")]
     topic: String,
@@ -156,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
 
     let broker = match &args.broker {
         Some(addr) => Broker::external(addr.clone(), args.broker_pid),
-        None => Broker::start(args.broker_bin.clone(), &[])?,
+        None => Broker::start(args.broker_bin.clone(), &args.broker_args)?,
     };
     weir_run::create_topic(&broker.grpc, &workload).await?;
     let expected = match args.mode {
