@@ -112,6 +112,7 @@ async fn produce_all(client: &mut WeirClient<Channel>, batch: &Bytes) {
         partition: 0,
         batch: batch.clone(),
         acks: Acks::Leader as i32,
+        expected_offset: None,
     });
     let mut responses = client
         .produce_stream(futures::stream::iter(requests))

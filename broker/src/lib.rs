@@ -4,11 +4,13 @@
 //!   Self-contained: it knows files and bytes, not networks.
 //! - [`topics`]: topics over the storage engine (metadata persisted in the data dir).
 //! - [`server`]: the gRPC service, its limits and graceful shutdown.
+//! - [`producer_ids`]: ids for idempotent producers, unique per data dir.
 //! - [`config`]: the broker's configuration (defaults, TOML file, environment, flags).
 //!
 //! The `weir-broker` binary (`src/main.rs`) wires them together.
 
 pub mod config;
+pub mod producer_ids;
 pub mod server;
 pub mod storage;
 pub mod topics;

@@ -67,6 +67,7 @@ async fn filled_topic(
                 partition: 0,
                 batch: batch(id, 1 + (id % 5) as usize, 700),
                 acks: Acks::Leader as i32,
+                expected_offset: None,
             })
             .await
             .expect("produce");
@@ -291,6 +292,7 @@ async fn a_follow_fetch_on_the_data_port_streams_appends_as_they_land() {
                 partition: 0,
                 batch: sent.clone(),
                 acks: Acks::Leader as i32,
+                expected_offset: None,
             })
             .await
             .unwrap();

@@ -60,6 +60,7 @@ fn produce_req(topic: &str, partition: u32, batch: Bytes, acks: Acks) -> Produce
         partition,
         batch,
         acks: acks as i32,
+        expected_offset: None,
     }
 }
 
@@ -547,4 +548,76 @@ async fn deleting_a_topic_ends_its_follow_fetches_and_oversized_topics_are_refus
         .await
         .unwrap_err();
     assert_eq!(reason(&status), ErrorCode::InvalidRequest, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_retries_are_stored_once_and_conditional_appends_conflict() {
+    use weir_proto::v1::InitProducerRequest;
+    let dir = temp_data_dir();
+    let broker = BrokerProcess::start(BROKER.as_ref(), dir.path(), &[]);
+    let mut client = connect(&broker).await;
+    create(&mut client, "acct", 1).await;
+    let producer = client
+        .init_producer(InitProducerRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let other = client
+        .init_producer(InitProducerRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(producer.producer_id, other.producer_id, "ids are unique");
+    let stamped = |seq: i32, values: &[&str]| {
+        let mut b = BatchBuilder::new().producer(producer.producer_id, 0, seq);
+        for v in values {
+            b.push(RecordInput {
+                value: Some(v.as_bytes()),
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        b.build().unwrap()
+    };
+    let first = stamped(0, &["opened", "deposited"]);
+    let ack = client
+        .produce(produce_req("acct", 0, first.clone(), Acks::Durable))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (ack.base_offset, ack.last_offset, ack.duplicate),
+        (0, 1, false)
+    );
+    // The client never saw that answer and sends the same batch again.
+    let retry = client
+        .produce(produce_req("acct", 0, first, Acks::Durable))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((retry.base_offset, retry.duplicate), (0, true));
+    assert_eq!(high_watermark(&mut client, "acct", 0).await, 2);
+    let status = client
+        .produce(produce_req("acct", 0, stamped(5, &["gap"]), Acks::Leader))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), ErrorCode::OutOfOrderSequence);
+
+    // Conditional append: two writers read up to offset 2; one wins, the other is told the truth.
+    let conditional = |value: &str| ProduceRequest {
+        expected_offset: Some(2),
+        ..produce_req("acct", 0, batch(&[value], 9), Acks::Leader)
+    };
+    client.produce(conditional("withdrew 10")).await.unwrap();
+    let status = client
+        .produce(conditional("withdrew 99"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), ErrorCode::Conflict);
+    let detail = from_status(&status).unwrap();
+    assert_eq!(detail.actual_offset, Some(3));
+    assert_eq!(
+        fetch_values(&mut client, "acct", 0).await,
+        ["opened", "deposited", "withdrew 10"]
+    );
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use weir_broker::storage::{LogConfig, LogDir, StorageError};
+use weir_broker::storage::{AppendConditions, LogConfig, LogDir, StorageError};
 
 #[test]
 fn appends_get_dense_offsets_and_read_back_across_segments() {
@@ -359,7 +359,9 @@ fn appends_waiting_for_their_sync_later_are_durable_once_waited_for() {
     let log = logs.create_partition(tp("t", 0), None).unwrap();
     let mut tickets = Vec::new();
     for i in 0..10u64 {
-        let (info, ticket) = log.append_for_sync(&batch(i, 1, 50, 0)).unwrap();
+        let (info, ticket) = log
+            .append_for_sync(&batch(i, 1, 50, 0), AppendConditions::default())
+            .unwrap();
         assert_eq!(info.base_offset, i, "appended in call order");
         tickets.push((info, ticket));
     }
@@ -376,7 +378,9 @@ fn appends_waiting_for_their_sync_later_are_durable_once_waited_for() {
         log.wait_durable(ticket).unwrap();
     }
     // A batch cut by a truncation before its sync is never reported durable.
-    let (_, cut) = log.append_for_sync(&batch(10, 1, 50, 0)).unwrap();
+    let (_, cut) = log
+        .append_for_sync(&batch(10, 1, 50, 0), AppendConditions::default())
+        .unwrap();
     log.truncate_to(10).unwrap();
     log.append(&batch(11, 1, 50, 0)).unwrap();
     assert!(matches!(
@@ -566,4 +570,93 @@ fn a_forever_retention_age_deletes_nothing() {
         0
     );
     assert_eq!(log.append(&batch(100, 1, 10, 0)).unwrap().base_offset, 100);
+}
+
+/// A batch of `count` records from idempotent producer `id`, epoch 0, starting at `seq`.
+fn from_producer(id: i64, seq: i32, count: usize) -> bytes::Bytes {
+    let mut b = weir_proto::batch::BatchBuilder::new().producer(id, 0, seq);
+    for i in 0..count {
+        let value = format!("{id}/{}", seq as usize + i);
+        b.push(weir_proto::batch::RecordInput {
+            value: Some(value.as_bytes()),
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    b.build().unwrap()
+}
+
+#[test]
+fn retried_batches_of_an_idempotent_producer_are_stored_once_even_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let logs = open(dir.path(), small_config());
+        let log = logs.create_partition(tp("idem", 0), None).unwrap();
+        log.append(&batch(0, 2, 10, 0)).unwrap(); // a plain batch first: offsets 0-1
+        let first = log.append(&from_producer(7, 0, 3)).unwrap();
+        assert_eq!(
+            (first.base_offset, first.last_offset, first.duplicate),
+            (2, 4, false)
+        );
+        let second = log.append(&from_producer(7, 3, 2)).unwrap();
+        assert_eq!(second.base_offset, 5);
+        // The retry of the first batch: its original offsets, nothing written.
+        let retry = log.append(&from_producer(7, 0, 3)).unwrap();
+        assert_eq!(
+            (retry.base_offset, retry.last_offset, retry.duplicate),
+            (2, 4, true)
+        );
+        assert_eq!(log.high_watermark(), 7);
+        // A gap is refused and changes nothing.
+        assert!(matches!(
+            log.append(&from_producer(7, 9, 1)),
+            Err(StorageError::OutOfOrderSequence {
+                expected: 5,
+                got: 9,
+                ..
+            })
+        ));
+        assert_eq!(log.high_watermark(), 7);
+        drop(log);
+        drop(logs); // a crash: the states must come back from the log alone
+    }
+    let logs = open(dir.path(), small_config());
+    let log = logs.partition(&tp("idem", 0)).unwrap();
+    let retry = log.append(&from_producer(7, 3, 2)).unwrap();
+    assert_eq!(
+        (retry.base_offset, retry.duplicate),
+        (5, true),
+        "recognized after reopen"
+    );
+    let next = log.append(&from_producer(7, 5, 1)).unwrap();
+    assert_eq!((next.base_offset, next.duplicate), (7, false));
+    // Truncating below a producer's batches forgets them: the sequence continues from what is
+    // left in the log.
+    log.truncate_to(5).unwrap();
+    assert!(
+        log.append(&from_producer(7, 6, 1)).is_err(),
+        "5 is next after the cut"
+    );
+    assert_eq!(log.append(&from_producer(7, 3, 2)).unwrap().base_offset, 5);
+}
+
+#[test]
+fn a_conditional_append_happens_only_at_the_expected_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = open(dir.path(), small_config());
+    let log = logs.create_partition(tp("cond", 0), None).unwrap();
+    let at = |offset| AppendConditions {
+        expected_offset: Some(offset),
+    };
+    let (first, _) = log.append_for_sync(&batch(0, 3, 10, 0), at(0)).unwrap();
+    assert_eq!(first.base_offset, 0);
+    // Two writers both read up to offset 3; only the first to append wins.
+    assert!(log.append_for_sync(&batch(3, 1, 10, 0), at(3)).is_ok());
+    match log.append_for_sync(&batch(3, 1, 10, 0), at(3)) {
+        Err(StorageError::OffsetConflict { expected, actual }) => {
+            assert_eq!((expected, actual), (3, 4))
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(log.high_watermark(), 4, "the loser wrote nothing");
 }

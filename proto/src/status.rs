@@ -26,6 +26,9 @@ pub fn grpc_code(code: ErrorCode) -> Code {
         ErrorCode::DiskFull | ErrorCode::Throttled => Code::ResourceExhausted,
         ErrorCode::StorageFailed | ErrorCode::ShuttingDown => Code::Unavailable,
         ErrorCode::NotDurable => Code::Aborted,
+        ErrorCode::OutOfOrderSequence | ErrorCode::ProducerFenced | ErrorCode::Conflict => {
+            Code::FailedPrecondition
+        }
         ErrorCode::Internal | ErrorCode::Unspecified => Code::Internal,
     }
 }
@@ -44,6 +47,7 @@ pub fn error(code: ErrorCode, message: impl Into<String>) -> Error {
         code: code as i32,
         message: message.into(),
         retriable: is_retriable(code),
+        actual_offset: None,
     }
 }
 

@@ -25,6 +25,13 @@ pub fn storage_error(e: &StorageError) -> Error {
         // A partition closed under a request: the topic was deleted or the broker is stopping.
         StorageError::Closed => ErrorCode::ShuttingDown,
         StorageError::SegmentRemoved { .. } => ErrorCode::OffsetOutOfRange,
+        StorageError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
+        StorageError::ProducerFenced { .. } => ErrorCode::ProducerFenced,
+        StorageError::OffsetConflict { actual, .. } => {
+            let mut error = status::error(ErrorCode::Conflict, e.to_string());
+            error.actual_offset = Some(*actual);
+            return error;
+        }
         StorageError::Io { .. }
         | StorageError::PartitionExists(_)
         | StorageError::DirLocked(_)

@@ -30,6 +30,7 @@ use tracing::{info, warn};
 use weir_proto::v1::weir_server::WeirServer;
 
 use crate::config::{BrokerConfig, ConfigError};
+use crate::producer_ids::ProducerIds;
 use crate::topics::{TopicError, Topics};
 use limits::InFlightLimits;
 use service::WeirService;
@@ -40,6 +41,7 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 /// What every request handler shares.
 pub struct BrokerState {
     pub topics: Topics,
+    pub producer_ids: ProducerIds,
     pub limits: InFlightLimits,
     /// The data port's address as clients should dial it (advertised in DescribeTopic).
     pub data_address: String,
@@ -123,6 +125,8 @@ impl Broker {
             took_ms = report.elapsed.as_millis() as u64,
             "opened data dir"
         );
+        let producer_ids = ProducerIds::open(&config.data_dir)
+            .map_err(|e| ServerError::Topics(TopicError::Storage(e)))?;
         let (listener, local_addr) = bind(config.listen).await?;
         let (data_listener, data_addr) = bind(config.data_listen).await?;
         let data_address = config
@@ -132,6 +136,7 @@ impl Broker {
         let (shutdown, _) = watch::channel(false);
         let state = Arc::new(BrokerState {
             topics,
+            producer_ids,
             limits: InFlightLimits::new(
                 config.max_in_flight_bytes_per_connection,
                 config.max_in_flight_bytes,

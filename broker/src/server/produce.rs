@@ -22,7 +22,7 @@ use weir_proto::v1::{Acks, Error, ErrorCode, ProduceRequest, ProduceResponse};
 
 use super::BrokerState;
 use super::errors::{invalid_request, shutting_down, storage_error, to_status, wire_error};
-use crate::storage::{AppendInfo, StorageError};
+use crate::storage::{AppendConditions, AppendInfo, FlushPolicy, StorageError};
 use crate::topics::Partition;
 
 fn response(correlation_id: u64, info: AppendInfo) -> ProduceResponse {
@@ -31,6 +31,7 @@ fn response(correlation_id: u64, info: AppendInfo) -> ProduceResponse {
         base_offset: info.base_offset,
         last_offset: info.last_offset,
         error: None,
+        duplicate: info.duplicate,
     }
 }
 
@@ -40,12 +41,14 @@ fn error_response(correlation_id: u64, error: Error) -> ProduceResponse {
         base_offset: 0,
         last_offset: 0,
         error: Some(error),
+        duplicate: false,
     }
 }
 
 /// The checks that need no disk: a known partition, a known acks value, and a size under the
-/// request limit.
-fn admit(state: &BrokerState, req: &ProduceRequest) -> Result<(Arc<Partition>, Acks), Error> {
+/// request limit. Returns the partition and whether the answer waits for a sync (acks=durable,
+/// or a topic whose flush policy is `always`).
+fn admit(state: &BrokerState, req: &ProduceRequest) -> Result<(Arc<Partition>, bool), Error> {
     let acks = Acks::try_from(req.acks)
         .map_err(|_| invalid_request(format!("unknown acks value {}", req.acks)))?;
     let partition = state
@@ -59,7 +62,14 @@ fn admit(state: &BrokerState, req: &ProduceRequest) -> Result<(Arc<Partition>, A
             max,
         }));
     }
-    Ok((partition, acks))
+    let sync = acks == Acks::Durable || partition.log.config().flush == FlushPolicy::Always;
+    Ok((partition, sync))
+}
+
+fn conditions(req: &ProduceRequest) -> AppendConditions {
+    AppendConditions {
+        expected_offset: req.expected_offset,
+    }
 }
 
 async fn blocking<T: Send + 'static>(
@@ -83,14 +93,17 @@ pub async fn produce(
     if state.is_shutting_down() {
         return Err(shutting_down());
     }
-    let (partition, acks) = admit(state, &req)?;
+    let (partition, sync) = admit(state, &req)?;
     let in_flight = state.limits.acquire(peer, req.batch.len()).await;
     let log = Arc::clone(&partition.log);
-    let batch = req.batch;
+    let (batch, conditions) = (req.batch.clone(), conditions(&req));
     let (topic, index) = (req.topic, req.partition);
-    let result = blocking(move || match acks {
-        Acks::Leader => log.append(&batch),
-        Acks::Durable => log.append_durable(&batch),
+    let result = blocking(move || {
+        let (info, ticket) = log.append_for_sync(&batch, conditions)?;
+        if sync {
+            log.wait_durable(ticket)?;
+        }
+        Ok(info)
     })
     .await;
     drop(in_flight);
@@ -133,7 +146,7 @@ pub async fn produce_stream(
             },
         };
         let id = req.correlation_id;
-        let (partition, acks) = match admit(&state, &req) {
+        let (partition, sync) = match admit(&state, &req) {
             Ok(admitted) => admitted,
             Err(e) => {
                 let _ = responses.send(Ok(error_response(id, e))).await;
@@ -149,13 +162,12 @@ pub async fn produce_stream(
             }
         };
         let log = Arc::clone(&partition.log);
-        let batch = req.batch;
-        let appended = match acks {
-            Acks::Leader => blocking(move || log.append(&batch).map(|info| (info, None))).await,
-            Acks::Durable => {
-                blocking(move || log.append_for_sync(&batch).map(|(i, t)| (i, Some(t)))).await
-            }
-        };
+        let (batch, conditions) = (req.batch.clone(), conditions(&req));
+        let appended = blocking(move || {
+            let (info, ticket) = log.append_for_sync(&batch, conditions)?;
+            Ok((info, sync.then_some(ticket)))
+        })
+        .await;
         partition.notify_appended();
         let (topic, index) = (req.topic, req.partition);
         match appended {

@@ -14,9 +14,9 @@ use tonic::{Request, Response, Status, Streaming};
 use weir_proto::v1::weir_server::Weir;
 use weir_proto::v1::{
     CreateTopicRequest, DeleteTopicRequest, DeleteTopicResponse, DescribeTopicRequest,
-    FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, ListTopicsRequest,
-    ListTopicsResponse, OffsetSpec, PartitionDescription, PartitionOffset, ProduceRequest,
-    ProduceResponse, TopicConfig, TopicDescription, flush_policy,
+    FetchRequest, FetchResponse, InitProducerRequest, InitProducerResponse, ListOffsetsRequest,
+    ListOffsetsResponse, ListTopicsRequest, ListTopicsResponse, OffsetSpec, PartitionDescription,
+    PartitionOffset, ProduceRequest, ProduceResponse, TopicConfig, TopicDescription, flush_policy,
 };
 
 use super::BrokerState;
@@ -53,6 +53,20 @@ impl Weir for WeirService {
             .await
             .map(Response::new)
             .map_err(to_status)
+    }
+
+    async fn init_producer(
+        &self,
+        _request: Request<InitProducerRequest>,
+    ) -> Result<Response<InitProducerResponse>, Status> {
+        let state = Arc::clone(&self.state);
+        let producer_id = tokio::task::spawn_blocking(move || state.producer_ids.allocate())
+            .await
+            .map_err(|e| to_status(internal(format!("producer id task failed: {e}"))))??;
+        Ok(Response::new(InitProducerResponse {
+            producer_id,
+            producer_epoch: 0,
+        }))
     }
 
     type ProduceStreamStream = BoxStream<ProduceResponse>;

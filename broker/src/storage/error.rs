@@ -62,6 +62,26 @@ pub enum StorageError {
         path: PathBuf,
         detail: String,
     },
+    #[error(
+        "producer {producer_id}: batch starts at sequence {got}, expected {expected}; a batch was lost or reordered (re-initialize the producer)"
+    )]
+    OutOfOrderSequence {
+        producer_id: i64,
+        expected: i32,
+        got: i32,
+    },
+    #[error(
+        "producer {producer_id} epoch {epoch} is fenced: epoch {current} has written since; another instance took over"
+    )]
+    ProducerFenced {
+        producer_id: i64,
+        epoch: i16,
+        current: i16,
+    },
+    #[error(
+        "conflict: expected the next offset to be {expected}, it is {actual}; nothing was written"
+    )]
+    OffsetConflict { expected: u64, actual: u64 },
     #[error("the log is closed")]
     Closed,
 }

@@ -21,6 +21,7 @@ pub mod index;
 pub mod log_dir;
 pub mod mmap;
 pub mod partition;
+pub mod producer_state;
 pub mod recovery;
 pub mod scan;
 pub mod segment;
@@ -29,7 +30,9 @@ pub mod topic_partition;
 pub use config::{FlushPolicy, LogConfig, LogDirConfig};
 pub use error::{Result, StorageError};
 pub use log_dir::{LogDir, OpenReport};
-pub use partition::{AppendInfo, PartitionLog, ReadChunk, ReadResult, SyncTicket};
+pub use partition::{
+    AppendConditions, AppendInfo, PartitionLog, ReadChunk, ReadResult, SyncTicket,
+};
 pub use recovery::TruncationReport;
 pub use scan::ScanStop;
 pub use topic_partition::TopicPartition;

@@ -48,6 +48,7 @@ use super::fs::{
 };
 use super::index::{self, OffsetEntry};
 use super::mmap::{region_bytes, region_slice};
+use super::producer_state::{ProducerStates, SequenceCheck};
 use super::scan::scan_batches;
 use super::segment::{ActiveSegment, SealedSegment};
 use super::topic_partition::TopicPartition;
@@ -63,6 +64,18 @@ pub struct AppendInfo {
     pub last_offset: u64,
     pub record_count: u32,
     pub max_timestamp: i64,
+    /// The batch was a retry of one already in the log (same producer id, epoch and
+    /// sequences): nothing was written, the offsets are the original's.
+    pub duplicate: bool,
+}
+
+/// Preconditions checked under the partition lock, atomically with the append; when one fails,
+/// nothing is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppendConditions {
+    /// The partition's next offset (high watermark) must equal this ("append only if nobody
+    /// appended since I read up to here").
+    pub expected_offset: Option<u64>,
 }
 
 /// What [`PartitionLog::wait_durable`] needs to know of an appended batch: the offset it must be
@@ -136,6 +149,9 @@ pub(crate) struct Inner {
     /// Bumped whenever the active file is replaced under the same base offset (truncation),
     /// so a sync that started before cannot credit its work to the new file.
     pub epoch: u64,
+    /// Idempotent producers' recent batches; `None` until first needed after an open or a
+    /// truncation, then rebuilt from the log (so opening 10,000 partitions reads no headers).
+    pub producers: Option<ProducerStates>,
 }
 
 impl Inner {
@@ -154,6 +170,7 @@ impl Inner {
             first_unsynced_ms: None,
             closed: false,
             epoch: 0,
+            producers: None,
         }
     }
 }
@@ -217,6 +234,8 @@ pub struct PartitionLog {
     recovery_point: AtomicU64,
     sync: Mutex<SyncState>,
     checkpoint_hook: OnceLock<CheckpointHook>,
+    /// Serializes rebuilding the producer states from the log (see `ensure_producer_states`).
+    producer_rebuild: Mutex<()>,
 }
 
 /// Clears `in_progress` and wakes waiters when the sync leader finishes, even by panic, so a
@@ -262,6 +281,7 @@ impl PartitionLog {
             log_start_offset: AtomicU64::new(inner.log_start_offset),
             recovery_point: AtomicU64::new(inner.recovery_point),
             checkpoint_hook: OnceLock::new(),
+            producer_rebuild: Mutex::new(()),
             sync: Mutex::new(SyncState {
                 in_progress: false,
                 durable_offset: inner.recovery_point,
@@ -342,8 +362,12 @@ impl PartitionLog {
     /// [`PartitionLog::wait_durable`] turns into `append_durable`'s guarantee later. For callers
     /// that must append in order but wait for durability concurrently (a produce stream with
     /// many durable batches in flight); the flush policy is ignored here.
-    pub fn append_for_sync(&self, batch: &[u8]) -> Result<(AppendInfo, SyncTicket)> {
-        let (info, epoch) = self.append_unsynced(batch)?;
+    pub fn append_for_sync(
+        &self,
+        batch: &[u8],
+        conditions: AppendConditions,
+    ) -> Result<(AppendInfo, SyncTicket)> {
+        let (info, epoch) = self.append_unsynced(batch, conditions)?;
         Ok((
             info,
             SyncTicket {
@@ -359,7 +383,7 @@ impl PartitionLog {
     }
 
     fn append_with(&self, batch: &[u8], durable: bool) -> Result<AppendInfo> {
-        let (info, epoch) = self.append_unsynced(batch)?;
+        let (info, epoch) = self.append_unsynced(batch, AppendConditions::default())?;
         if durable {
             self.sync_appended(info.last_offset + 1, Some(epoch))?;
         }
@@ -368,7 +392,11 @@ impl PartitionLog {
 
     /// The append itself: validate, roll if due, copy into the active segment, publish the new
     /// high watermark. Returns the truncation epoch the batch was appended in.
-    fn append_unsynced(&self, batch: &[u8]) -> Result<(AppendInfo, u64)> {
+    fn append_unsynced(
+        &self,
+        batch: &[u8],
+        conditions: AppendConditions,
+    ) -> Result<(AppendInfo, u64)> {
         let config = self.config();
         if batch.len() > config.max_batch_bytes as usize {
             return Err(StorageError::BatchTooLarge {
@@ -377,9 +405,19 @@ impl PartitionLog {
             });
         }
         let mut header = RecordBatch::validate(batch)?;
+        let idempotent = header.producer_id >= 0;
         let epoch;
         let info = {
-            let mut inner = lock(&self.inner);
+            let mut inner = loop {
+                if idempotent {
+                    self.ensure_producer_states()?;
+                }
+                let inner = lock(&self.inner);
+                // A truncation between the rebuild and this lock drops the states again.
+                if !idempotent || inner.producers.is_some() || inner.closed {
+                    break inner;
+                }
+            };
             self.check_open(&inner)?;
             if let Some(reason) = lock(&self.sync).failure.clone() {
                 return Err(StorageError::SyncFailed {
@@ -388,6 +426,29 @@ impl PartitionLog {
                 });
             }
             epoch = inner.epoch;
+            if let Some(expected) = conditions.expected_offset
+                && expected != inner.active.next_offset
+            {
+                return Err(StorageError::OffsetConflict {
+                    expected,
+                    actual: inner.active.next_offset,
+                });
+            }
+            if let Some(states) = &inner.producers
+                && let SequenceCheck::Duplicate {
+                    base_offset,
+                    last_offset,
+                } = states.check(&header)?
+            {
+                let info = AppendInfo {
+                    base_offset,
+                    last_offset,
+                    record_count: header.record_count as u32,
+                    max_timestamp: header.max_timestamp,
+                    duplicate: true,
+                };
+                return Ok((info, epoch));
+            }
             let len = batch.len() as u64;
             if inner.active.next_offset > i64::MAX as u64 - header.record_count as u64 {
                 return Err(StorageError::InvalidConfig(
@@ -425,6 +486,9 @@ impl PartitionLog {
                 config.preallocate_max_bytes,
             )?;
             inner.first_unsynced_ms.get_or_insert_with(now_ms);
+            if let Some(states) = &mut inner.producers {
+                states.observe(&header);
+            }
             self.high_watermark
                 .store(inner.active.next_offset, Ordering::Release);
             AppendInfo {
@@ -432,9 +496,60 @@ impl PartitionLog {
                 last_offset: header.last_offset(),
                 record_count: header.record_count as u32,
                 max_timestamp: header.max_timestamp,
+                duplicate: false,
             }
         };
         Ok((info, epoch))
+    }
+
+    /// Builds the idempotent-producer states from the log's batch headers if they are not
+    /// built (first idempotent append after an open or a truncation). Runs without the
+    /// partition lock (it reads through `read`); idempotent appends wait for it, others do not,
+    /// and those add nothing to the states, so the result is exact once installed.
+    fn ensure_producer_states(&self) -> Result<()> {
+        let _rebuild = lock(&self.producer_rebuild);
+        if lock(&self.inner).producers.is_some() {
+            return Ok(());
+        }
+        'scan: loop {
+            let mut states = ProducerStates::default();
+            let truncations = lock(&self.inner).epoch;
+            let end = self.high_watermark();
+            let mut offset = self.log_start_offset();
+            while offset < end {
+                let read = match self.read(offset, 8 << 20) {
+                    Ok(read) => read,
+                    // Retention moved the log start under the scan: start over from it.
+                    Err(StorageError::OffsetOutOfRange { .. }) => continue 'scan,
+                    Err(e) => return Err(e),
+                };
+                let Some(next) = read.next_offset() else {
+                    break;
+                };
+                for chunk in &read.chunks {
+                    let mut pos = 0;
+                    while pos < chunk.bytes.len() {
+                        let header = BatchHeader::parse(&chunk.bytes[pos..])?;
+                        states.observe(&header);
+                        pos += header.total_len().ok_or(StorageError::Corrupt {
+                            what: "batch header",
+                            path: self.dir.clone(),
+                            detail: "length field out of range during producer-state rebuild"
+                                .into(),
+                        })?;
+                    }
+                }
+                offset = next;
+            }
+            let mut inner = lock(&self.inner);
+            if inner.epoch != truncations {
+                // A truncation cut what was scanned: scan again.
+                continue 'scan;
+            }
+            tracing::debug!(partition = %self.tp, producers = states.len(), through = end, "rebuilt producer states");
+            inner.producers = Some(states);
+            return Ok(());
+        }
     }
 
     /// Seals the active segment and starts a new one (no-op on an empty active segment).
@@ -953,6 +1068,8 @@ impl PartitionLog {
         }
         // (3)
         inner.epoch += 1;
+        // The producers' recent batches may be cut: rebuild from the log when next needed.
+        inner.producers = None;
         if let Err(e) = self.replace_tail(&mut inner, base, in_active, &tmp, &path) {
             lock(&self.sync).failure = Some(format!("truncation failed midway: {e}"));
             return Err(e);

@@ -336,6 +336,7 @@ impl SenderTask {
             partition: batch.tp.partition,
             batch: bytes,
             acks: self.shared.config.acks.to_proto() as i32,
+            expected_offset: None,
         };
         // If the call has already ended, the send fails and the link's failure event, which is
         // on its way, retries the batch with the rest of the in-flight ones.
