@@ -63,6 +63,17 @@ pub(crate) struct ProducerBatch {
     pub outcome: watch::Sender<BatchOutcome>,
     /// How many times it has been sent.
     pub attempts: u32,
+    /// The idempotent identity and first sequence stamped into `bytes` at its first send; kept
+    /// for every retry (a retry must be byte-identical to be recognized).
+    pub stamp: Option<Stamp>,
+}
+
+/// An idempotent producer's identity and a batch's first sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub base_sequence: i32,
 }
 
 #[derive(Debug)]
@@ -91,6 +102,7 @@ impl OpenBatch {
             created: self.created,
             outcome: self.outcome,
             attempts: 0,
+            stamp: None,
         }
     }
 }

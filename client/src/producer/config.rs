@@ -60,6 +60,9 @@ pub struct ProducerConfig {
     pub delivery_timeout: Duration,
     /// Overrides every topic's own partitioner (`None`, the default, uses the topic's).
     pub partitioner: Option<PartitionerKind>,
+    /// Idempotent produce (the default): the producer gets an id from the broker and numbers
+    /// its batches per partition, so a batch retried after a lost answer is stored once.
+    pub idempotent: bool,
 }
 
 impl Default for ProducerConfig {
@@ -74,6 +77,7 @@ impl Default for ProducerConfig {
             retry_backoff_max: Duration::from_secs(1),
             delivery_timeout: Duration::from_secs(120),
             partitioner: None,
+            idempotent: true,
         }
     }
 }

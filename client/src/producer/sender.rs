@@ -14,6 +14,13 @@
 //!   is marked complete in the accumulator (which `flush` waits on).
 //! - A broken stream (transport error, broker shutdown) puts every in-flight batch back to be
 //!   retried on the next stream, subject to `retries` and the delivery timeout.
+//! - **Idempotence** (on by default): before its first send the task gets a producer id from
+//!   the broker (`InitProducer`). A batch is stamped with that id and its partition's next
+//!   sequence number when it is first sent (so sequences follow send order) and keeps the stamp
+//!   for every retry, so the broker stores a retried batch once. A batch the broker explicitly
+//!   refused gives its sequence numbers back; one whose fate is unknown (timed out, retries
+//!   exhausted) or that the broker found out of sequence makes the task take a new producer id,
+//!   which restarts every partition's sequence at 0.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -25,10 +32,12 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Status, Streaming};
-use weir_proto::v1::{ErrorCode, ProduceRequest, ProduceResponse, weir_client::WeirClient};
+use weir_proto::v1::{
+    ErrorCode, InitProducerRequest, ProduceRequest, ProduceResponse, weir_client::WeirClient,
+};
 
 use super::Shared;
-use super::accumulator::ProducerBatch;
+use super::accumulator::{ProducerBatch, Stamp};
 use crate::{ClientError, TopicPartition};
 
 type OpenCall = Pin<Box<dyn Future<Output = Result<Streaming<ProduceResponse>, Status>> + Send>>;
@@ -76,8 +85,30 @@ async fn link_event(link: &mut Link) -> LinkEvent {
 /// With nothing scheduled, the task still wakes this often (a safety net, not a poll).
 const IDLE_WAKE: Duration = Duration::from_secs(3600);
 
+/// The producer's idempotent identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Identity {
+    /// Idempotence is off: batches go unstamped.
+    Disabled,
+    /// Needed before the next send (first send, or after the old one was given up).
+    Missing,
+    Ready {
+        producer_id: i64,
+        epoch: i16,
+    },
+}
+
+/// How long an `InitProducer` call may take before it counts as failed.
+const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub(crate) struct SenderTask {
     shared: Arc<Shared>,
+    identity: Identity,
+    /// When to ask for an identity again after a failed `InitProducer`, and how many failed.
+    identity_retry_at: Instant,
+    identity_failures: u32,
+    /// Per partition, the sequence number the next stamped batch starts at.
+    next_sequence: HashMap<TopicPartition, i32>,
     grpc: WeirClient<Channel>,
     completions: watch::Sender<u64>,
     link: Link,
@@ -96,8 +127,17 @@ impl SenderTask {
         grpc: WeirClient<Channel>,
         completions: watch::Sender<u64>,
     ) -> Self {
+        let identity = if shared.config.idempotent {
+            Identity::Missing
+        } else {
+            Identity::Disabled
+        };
         SenderTask {
             shared,
+            identity,
+            identity_retry_at: Instant::now(),
+            identity_failures: 0,
+            next_sequence: HashMap::new(),
             grpc,
             completions,
             link: Link::Down {
@@ -116,8 +156,14 @@ impl SenderTask {
         loop {
             let now = Instant::now();
             self.expire(now);
+            if self.identity == Identity::Missing
+                && self.has_work()
+                && now >= self.identity_retry_at
+            {
+                self.init_identity().await;
+            }
             self.open_link_if_needed(now);
-            if self.link.requests().is_some() {
+            if self.link.requests().is_some() && self.identity != Identity::Missing {
                 self.send_due_retries(now);
                 self.send_ready(now);
             }
@@ -132,6 +178,102 @@ impl SenderTask {
             }
         }
         tracing::debug!("producer closed: every batch settled");
+    }
+
+    /// Asks the broker for a producer id; on failure, backs off (the delivery timeout still
+    /// bounds how long batches wait).
+    async fn init_identity(&mut self) {
+        let mut grpc = self.grpc.clone();
+        let result = tokio::time::timeout(INIT_TIMEOUT, grpc.init_producer(InitProducerRequest {}))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                what: "InitProducer",
+                after: INIT_TIMEOUT,
+            })
+            .and_then(|r| r.map_err(ClientError::from));
+        match result {
+            Ok(response) => {
+                let response = response.into_inner();
+                self.identity = Identity::Ready {
+                    producer_id: response.producer_id,
+                    epoch: i16::try_from(response.producer_epoch).unwrap_or(i16::MAX),
+                };
+                self.next_sequence.clear();
+                self.identity_failures = 0;
+                tracing::debug!(producer_id = response.producer_id, "idempotent producer id");
+            }
+            Err(error) => {
+                self.identity_failures += 1;
+                let delay = self.shared.config.backoff(self.identity_failures);
+                if self.identity_failures == 1 {
+                    tracing::warn!(%error, "cannot get a producer id; retrying");
+                }
+                self.identity_retry_at = Instant::now() + delay;
+            }
+        }
+    }
+
+    /// Stamps a batch's first send with the identity and its partition's next sequence.
+    fn stamp(&mut self, batch: &mut ProducerBatch) {
+        let Identity::Ready { producer_id, epoch } = self.identity else {
+            return;
+        };
+        if batch.stamp.is_some() {
+            return;
+        }
+        let Ok(bytes) = &batch.bytes else { return };
+        let base_sequence = self.next_sequence.get(&batch.tp).copied().unwrap_or(0);
+        let mut stamped = bytes.to_vec();
+        if let Err(e) =
+            weir_proto::batch::stamp_producer(&mut stamped, producer_id, epoch, base_sequence)
+        {
+            batch.bytes = Err(e);
+            return;
+        }
+        batch.bytes = Ok(stamped.into());
+        batch.stamp = Some(Stamp {
+            producer_id,
+            epoch,
+            base_sequence,
+        });
+        // Sequences are i32 and wrap to 0 after i32::MAX, as the broker counts them.
+        let next =
+            (i64::from(base_sequence) + batch.record_count as i64) % (i64::from(i32::MAX) + 1);
+        self.next_sequence.insert(batch.tp.clone(), next as i32);
+    }
+
+    /// A stamped batch failed for good: if the broker surely did not store it, its sequence
+    /// numbers go back to its partition; if that is unknown (or the broker lost track of the
+    /// sequence), the producer starts over with a new id.
+    fn forget_stamp(&mut self, batch: &ProducerBatch, error: &ClientError) {
+        let (Some(stamp), Identity::Ready { producer_id, .. }) = (batch.stamp, self.identity)
+        else {
+            return;
+        };
+        if stamp.producer_id != producer_id {
+            return; // an older identity's batch: nothing to undo
+        }
+        let surely_not_stored = matches!(
+            error,
+            ClientError::Refused { code, .. } if !matches!(
+                code,
+                ErrorCode::OutOfOrderSequence | ErrorCode::ProducerFenced | ErrorCode::NotDurable
+            )
+        ) || batch.attempts == 0;
+        let next = self.next_sequence.get(&batch.tp).copied();
+        let was_last = next
+            == Some(
+                ((i64::from(stamp.base_sequence) + batch.record_count as i64)
+                    % (i64::from(i32::MAX) + 1)) as i32,
+            );
+        if surely_not_stored && was_last {
+            self.next_sequence
+                .insert(batch.tp.clone(), stamp.base_sequence);
+        } else {
+            tracing::debug!(partition = %batch.tp, %error, "batch fate unknown; taking a new producer id");
+            self.identity = Identity::Missing;
+            self.next_sequence.clear();
+        }
     }
 
     fn finished(&self) -> bool {
@@ -281,6 +423,9 @@ impl SenderTask {
     /// Decides a batch: writes its outcome, releases its buffer bytes, marks it complete. The
     /// caller has already freed its partition if it was in flight.
     fn settle(&mut self, batch: ProducerBatch, outcome: Result<u64, ClientError>) {
+        if let Err(error) = &outcome {
+            self.forget_stamp(&batch, error);
+        }
         batch.outcome.send_replace(Some(outcome));
         self.shared.buffer.add_permits(batch.reserved);
         self.shared.lock_accumulator().complete(batch.id);
@@ -310,6 +455,7 @@ impl SenderTask {
 
     /// Puts `batch` on the stream and marks its partition busy.
     fn send(&mut self, mut batch: ProducerBatch) {
+        self.stamp(&mut batch);
         let bytes = match &batch.bytes {
             Ok(bytes) => bytes.clone(),
             Err(error) => {
@@ -410,6 +556,11 @@ impl SenderTask {
             Link::Down { retry_at } => {
                 if !accumulator.is_empty() || !self.retrying.is_empty() {
                     consider(Some(retry_at));
+                }
+            }
+            _ if self.identity == Identity::Missing => {
+                if !accumulator.is_empty() || !self.retrying.is_empty() {
+                    consider(Some(self.identity_retry_at));
                 }
             }
             Link::Opening { .. } | Link::Open { .. } => {
