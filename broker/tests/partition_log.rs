@@ -659,4 +659,13 @@ fn a_conditional_append_happens_only_at_the_expected_offset() {
         other => panic!("expected a conflict, got {other:?}"),
     }
     assert_eq!(log.high_watermark(), 4, "the loser wrote nothing");
+    // An idempotent conditional batch retried after it was appended: its own offsets back, not
+    // a conflict with itself.
+    let stamped = from_producer(3, 0, 2);
+    let (first, _) = log.append_for_sync(&stamped, at(4)).unwrap();
+    let (retry, _) = log.append_for_sync(&stamped, at(4)).unwrap();
+    assert_eq!(
+        (retry.base_offset, retry.duplicate),
+        (first.base_offset, true)
+    );
 }

@@ -426,14 +426,6 @@ impl PartitionLog {
                 });
             }
             epoch = inner.epoch;
-            if let Some(expected) = conditions.expected_offset
-                && expected != inner.active.next_offset
-            {
-                return Err(StorageError::OffsetConflict {
-                    expected,
-                    actual: inner.active.next_offset,
-                });
-            }
             if let Some(states) = &inner.producers
                 && let SequenceCheck::Duplicate {
                     base_offset,
@@ -448,6 +440,16 @@ impl PartitionLog {
                     duplicate: true,
                 };
                 return Ok((info, epoch));
+            }
+            // After the duplicate check: the retry of a conditional batch that was appended
+            // gets its offsets, not a conflict with itself.
+            if let Some(expected) = conditions.expected_offset
+                && expected != inner.active.next_offset
+            {
+                return Err(StorageError::OffsetConflict {
+                    expected,
+                    actual: inner.active.next_offset,
+                });
             }
             let len = batch.len() as u64;
             if inner.active.next_offset > i64::MAX as u64 - header.record_count as u64 {
