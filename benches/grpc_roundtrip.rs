@@ -113,6 +113,7 @@ async fn produce_all(client: &mut WeirClient<Channel>, batch: &Bytes) {
         batch: batch.clone(),
         acks: Acks::Leader as i32,
         expected_offset: None,
+        expected_keys: Vec::new(),
     });
     let mut responses = client
         .produce_stream(futures::stream::iter(requests))

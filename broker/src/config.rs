@@ -122,6 +122,7 @@ impl BrokerConfig {
             flush: d.flush,
             flush_interval_ms: d.flush_interval_ms,
             max_batch_bytes: d.max_batch_bytes,
+            key_index: false,
         };
         let default_log = settings.log_config(&LogConfig::default());
         default_log

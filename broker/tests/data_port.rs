@@ -68,6 +68,7 @@ async fn filled_topic(
                 batch: batch(id, 1 + (id % 5) as usize, 700),
                 acks: Acks::Leader as i32,
                 expected_offset: None,
+                expected_keys: Vec::new(),
             })
             .await
             .expect("produce");
@@ -293,6 +294,7 @@ async fn a_follow_fetch_on_the_data_port_streams_appends_as_they_land() {
                 batch: sent.clone(),
                 acks: Acks::Leader as i32,
                 expected_offset: None,
+                expected_keys: Vec::new(),
             })
             .await
             .unwrap();

@@ -61,6 +61,7 @@ fn produce_req(topic: &str, partition: u32, batch: Bytes, acks: Acks) -> Produce
         batch,
         acks: acks as i32,
         expected_offset: None,
+        expected_keys: Vec::new(),
     }
 }
 

@@ -647,6 +647,7 @@ fn a_conditional_append_happens_only_at_the_expected_offset() {
     let log = logs.create_partition(tp("cond", 0), None).unwrap();
     let at = |offset| AppendConditions {
         expected_offset: Some(offset),
+        ..Default::default()
     };
     let (first, _) = log.append_for_sync(&batch(0, 3, 10, 0), at(0)).unwrap();
     assert_eq!(first.base_offset, 0);
@@ -664,8 +665,73 @@ fn a_conditional_append_happens_only_at_the_expected_offset() {
     let stamped = from_producer(3, 0, 2);
     let (first, _) = log.append_for_sync(&stamped, at(4)).unwrap();
     let (retry, _) = log.append_for_sync(&stamped, at(4)).unwrap();
+    assert!(
+        log.append_for_sync(&batch(9, 1, 10, 0), keyed(b"k", None))
+            .is_err(),
+        "key conditions need a key index"
+    );
     assert_eq!(
         (retry.base_offset, retry.duplicate),
         (first.base_offset, true)
+    );
+}
+
+fn keyed(key: &[u8], offset: Option<u64>) -> AppendConditions {
+    AppendConditions {
+        expected_keys: vec![(key.to_vec(), offset)],
+        ..Default::default()
+    }
+}
+
+/// One event for `account` (the record key).
+fn event(account: &str, what: &str) -> bytes::Bytes {
+    let mut b = weir_proto::batch::BatchBuilder::new();
+    b.push(weir_proto::batch::RecordInput {
+        key: Some(account.as_bytes()),
+        value: Some(what.as_bytes()),
+        ..Default::default()
+    })
+    .unwrap();
+    b.build().unwrap()
+}
+
+#[test]
+fn appends_conditional_on_a_keys_last_offset_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        key_index: true,
+        ..small_config()
+    };
+    {
+        let logs = open(dir.path(), config.clone());
+        let log = logs.create_partition(tp("accounts", 0), None).unwrap();
+        // A new key: expected "none".
+        log.append_for_sync(&event("acct-1", "opened"), keyed(b"acct-1", None))
+            .unwrap();
+        log.append(&event("acct-2", "opened")).unwrap();
+        match log.append_for_sync(&event("acct-1", "opened again"), keyed(b"acct-1", None)) {
+            Err(StorageError::KeyConflict { actual, .. }) => assert_eq!(actual, Some(0)),
+            other => panic!("expected a key conflict, got {other:?}"),
+        }
+        log.append_for_sync(&event("acct-1", "deposited"), keyed(b"acct-1", Some(0)))
+            .unwrap();
+        assert_eq!(log.high_watermark(), 3);
+        drop(log);
+        drop(logs); // crash: the index is rebuilt from the log
+    }
+    let logs = open(dir.path(), config);
+    let log = logs.partition(&tp("accounts", 0)).unwrap();
+    // The first conditional append after the reopen rebuilds the index from the log.
+    match log.append_for_sync(&event("acct-1", "stale write"), keyed(b"acct-1", Some(0))) {
+        Err(StorageError::KeyConflict { actual, .. }) => assert_eq!(actual, Some(2)),
+        other => panic!("expected a key conflict, got {other:?}"),
+    }
+    log.append_for_sync(&event("acct-1", "withdrew"), keyed(b"acct-1", Some(2)))
+        .unwrap();
+    // Plain appends keep the built index current.
+    log.append(&event("acct-2", "closed")).unwrap();
+    assert!(
+        log.append_for_sync(&event("acct-2", "x"), keyed(b"acct-2", Some(4)))
+            .is_ok()
     );
 }

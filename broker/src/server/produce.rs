@@ -69,6 +69,11 @@ fn admit(state: &BrokerState, req: &ProduceRequest) -> Result<(Arc<Partition>, b
 fn conditions(req: &ProduceRequest) -> AppendConditions {
     AppendConditions {
         expected_offset: req.expected_offset,
+        expected_keys: req
+            .expected_keys
+            .iter()
+            .map(|k| (k.key.to_vec(), k.offset))
+            .collect(),
     }
 }
 

@@ -281,6 +281,7 @@ fn settings_to_wire(s: &TopicSettings) -> TopicConfig {
             interval_ms: s.flush_interval_ms,
         }),
         max_batch_bytes: Some(s.max_batch_bytes),
+        key_index: Some(s.key_index),
     }
 }
 
@@ -298,6 +299,9 @@ fn settings_from_wire(defaults: TopicSettings, c: TopicConfig) -> Result<TopicSe
     }
     if let Some(n) = c.max_batch_bytes {
         s.max_batch_bytes = n;
+    }
+    if let Some(on) = c.key_index {
+        s.key_index = on;
     }
     if let Some(flush) = c.flush {
         s.flush = match flush_policy::Kind::try_from(flush.kind) {

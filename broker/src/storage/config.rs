@@ -43,6 +43,9 @@ pub struct LogConfig {
     /// Delete sealed segments whose newest record is older than this. Default: keep forever
     /// (weir is an event store first: deleting history must be asked for).
     pub retention_age: Option<Duration>,
+    /// Keep a per-key index of each key's last offset, so appends can be conditional on it
+    /// (`expected_key_offset`). Costs memory per distinct key (see `key_index`). Default off.
+    pub key_index: bool,
 }
 
 impl Default for LogConfig {
@@ -57,6 +60,7 @@ impl Default for LogConfig {
             flush: FlushPolicy::Interval(Duration::from_secs(1)),
             retention_bytes: None,
             retention_age: None,
+            key_index: false,
         }
     }
 }

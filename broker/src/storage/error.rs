@@ -82,6 +82,16 @@ pub enum StorageError {
         "conflict: expected the next offset to be {expected}, it is {actual}; nothing was written"
     )]
     OffsetConflict { expected: u64, actual: u64 },
+    #[error(
+        "conflict on key {key}: expected its last record at {}, it is at {}; nothing was written",
+        expected.map_or("none (a new key)".to_string(), |o| o.to_string()),
+        actual.map_or("none (the key is new)".to_string(), |o| o.to_string())
+    )]
+    KeyConflict {
+        key: String,
+        expected: Option<u64>,
+        actual: Option<u64>,
+    },
     #[error("the log is closed")]
     Closed,
 }

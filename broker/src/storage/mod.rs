@@ -18,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod fs;
 pub mod index;
+pub mod key_index;
 pub mod log_dir;
 pub mod mmap;
 pub mod partition;

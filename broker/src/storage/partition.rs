@@ -47,6 +47,7 @@ use super::fs::{
     remove_if_exists, segment_path,
 };
 use super::index::{self, OffsetEntry};
+use super::key_index::KeyIndex;
 use super::mmap::{region_bytes, region_slice};
 use super::producer_state::{ProducerStates, SequenceCheck};
 use super::scan::scan_batches;
@@ -71,11 +72,14 @@ pub struct AppendInfo {
 
 /// Preconditions checked under the partition lock, atomically with the append; when one fails,
 /// nothing is written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AppendConditions {
     /// The partition's next offset (high watermark) must equal this ("append only if nobody
     /// appended since I read up to here").
     pub expected_offset: Option<u64>,
+    /// Per key, the offset its last record must be at (`None`: the key must be new). Needs a
+    /// partition with `key_index` on.
+    pub expected_keys: Vec<(Vec<u8>, Option<u64>)>,
 }
 
 /// What [`PartitionLog::wait_durable`] needs to know of an appended batch: the offset it must be
@@ -152,6 +156,9 @@ pub(crate) struct Inner {
     /// Idempotent producers' recent batches; `None` until first needed after an open or a
     /// truncation, then rebuilt from the log (so opening 10,000 partitions reads no headers).
     pub producers: Option<ProducerStates>,
+    /// Each key's last offset, for partitions with `key_index`; built and dropped together with
+    /// `producers` (one scan of the log builds both).
+    pub keys: Option<KeyIndex>,
 }
 
 impl Inner {
@@ -171,6 +178,7 @@ impl Inner {
             closed: false,
             epoch: 0,
             producers: None,
+            keys: None,
         }
     }
 }
@@ -367,7 +375,7 @@ impl PartitionLog {
         batch: &[u8],
         conditions: AppendConditions,
     ) -> Result<(AppendInfo, SyncTicket)> {
-        let (info, epoch) = self.append_unsynced(batch, conditions)?;
+        let (info, epoch) = self.append_unsynced(batch, &conditions)?;
         Ok((
             info,
             SyncTicket {
@@ -383,7 +391,7 @@ impl PartitionLog {
     }
 
     fn append_with(&self, batch: &[u8], durable: bool) -> Result<AppendInfo> {
-        let (info, epoch) = self.append_unsynced(batch, AppendConditions::default())?;
+        let (info, epoch) = self.append_unsynced(batch, &AppendConditions::default())?;
         if durable {
             self.sync_appended(info.last_offset + 1, Some(epoch))?;
         }
@@ -395,7 +403,7 @@ impl PartitionLog {
     fn append_unsynced(
         &self,
         batch: &[u8],
-        conditions: AppendConditions,
+        conditions: &AppendConditions,
     ) -> Result<(AppendInfo, u64)> {
         let config = self.config();
         if batch.len() > config.max_batch_bytes as usize {
@@ -405,7 +413,14 @@ impl PartitionLog {
             });
         }
         let mut header = RecordBatch::validate(batch)?;
-        let idempotent = header.producer_id >= 0;
+        if !conditions.expected_keys.is_empty() && !config.key_index {
+            return Err(StorageError::InvalidConfig(format!(
+                "{}: expected_key_offset needs a topic created with a key index",
+                self.tp
+            )));
+        }
+        // Derived state (producer states, key index) must be built before these appends.
+        let idempotent = header.producer_id >= 0 || !conditions.expected_keys.is_empty();
         let epoch;
         let info = {
             let mut inner = loop {
@@ -451,6 +466,18 @@ impl PartitionLog {
                     actual: inner.active.next_offset,
                 });
             }
+            if let Some(keys) = &inner.keys {
+                for (key, expected) in &conditions.expected_keys {
+                    let actual = keys.last_offset(key);
+                    if actual != *expected {
+                        return Err(StorageError::KeyConflict {
+                            key: String::from_utf8_lossy(key).into_owned(),
+                            expected: *expected,
+                            actual,
+                        });
+                    }
+                }
+            }
             let len = batch.len() as u64;
             if inner.active.next_offset > i64::MAX as u64 - header.record_count as u64 {
                 return Err(StorageError::InvalidConfig(
@@ -491,6 +518,10 @@ impl PartitionLog {
             if let Some(states) = &mut inner.producers {
                 states.observe(&header);
             }
+            let base_offset = header.base_offset;
+            if let Some(keys) = &mut inner.keys {
+                keys.observe_batch(batch, base_offset);
+            }
             self.high_watermark
                 .store(inner.active.next_offset, Ordering::Release);
             AppendInfo {
@@ -513,8 +544,10 @@ impl PartitionLog {
         if lock(&self.inner).producers.is_some() {
             return Ok(());
         }
+        let index_keys = self.config().key_index;
         'scan: loop {
             let mut states = ProducerStates::default();
+            let mut keys = index_keys.then(KeyIndex::default);
             let truncations = lock(&self.inner).epoch;
             let end = self.high_watermark();
             let mut offset = self.log_start_offset();
@@ -533,12 +566,17 @@ impl PartitionLog {
                     while pos < chunk.bytes.len() {
                         let header = BatchHeader::parse(&chunk.bytes[pos..])?;
                         states.observe(&header);
-                        pos += header.total_len().ok_or(StorageError::Corrupt {
+                        let len = header.total_len().ok_or(StorageError::Corrupt {
                             what: "batch header",
                             path: self.dir.clone(),
                             detail: "length field out of range during producer-state rebuild"
                                 .into(),
                         })?;
+                        if let Some(keys) = &mut keys {
+                            let batch = chunk.bytes.get(pos..pos + len).unwrap_or_default();
+                            keys.observe_batch(batch, header.base_offset);
+                        }
+                        pos += len;
                     }
                 }
                 offset = next;
@@ -550,6 +588,7 @@ impl PartitionLog {
             }
             tracing::debug!(partition = %self.tp, producers = states.len(), through = end, "rebuilt producer states");
             inner.producers = Some(states);
+            inner.keys = keys;
             return Ok(());
         }
     }
@@ -1070,8 +1109,10 @@ impl PartitionLog {
         }
         // (3)
         inner.epoch += 1;
-        // The producers' recent batches may be cut: rebuild from the log when next needed.
+        // The producers' recent batches and the key index may be cut: rebuild from the log when
+        // next needed.
         inner.producers = None;
+        inner.keys = None;
         if let Err(e) = self.replace_tail(&mut inner, base, in_active, &tmp, &path) {
             lock(&self.sync).failure = Some(format!("truncation failed midway: {e}"));
             return Err(e);

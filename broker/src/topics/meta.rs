@@ -41,6 +41,10 @@ pub struct TopicSettings {
     pub flush: FlushKind,
     pub flush_interval_ms: u64,
     pub max_batch_bytes: u32,
+    /// Index each key's last offset (for `expected_keys` conditions). Absent in files written
+    /// before it existed: off.
+    #[serde(default)]
+    pub key_index: bool,
 }
 
 impl TopicSettings {
@@ -58,6 +62,7 @@ impl TopicSettings {
             flush,
             flush_interval_ms,
             max_batch_bytes: config.max_batch_bytes,
+            key_index: config.key_index,
         }
     }
 
@@ -76,6 +81,7 @@ impl TopicSettings {
             },
             retention_bytes: self.retention_bytes,
             retention_age: self.retention_ms.map(Duration::from_millis),
+            key_index: self.key_index,
             ..base.clone()
         }
     }
@@ -113,6 +119,7 @@ mod tests {
             flush: FlushKind::Interval,
             flush_interval_ms: 250,
             max_batch_bytes: 1 << 20,
+            key_index: true,
         };
         let config = settings.log_config(&base);
         assert_eq!(config.index_interval_bytes, base.index_interval_bytes);

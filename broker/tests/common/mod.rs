@@ -77,6 +77,7 @@ pub fn small_config() -> LogConfig {
         flush: FlushPolicy::Never,
         retention_bytes: None,
         retention_age: None,
+        key_index: false,
     }
 }
 

@@ -93,6 +93,13 @@ impl NewTopic {
         self
     }
 
+    /// Index each key's last offset, so appends can be conditional on it (`expected_keys`).
+    /// Costs broker memory per distinct key (about key length + 56 bytes per partition).
+    pub fn key_index(mut self, on: bool) -> Self {
+        self.config.key_index = Some(on);
+        self
+    }
+
     /// The request, after the checks that need no broker.
     pub(crate) fn into_request(self) -> Result<v1::CreateTopicRequest, ClientError> {
         validate_topic_name(&self.name)?;

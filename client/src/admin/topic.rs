@@ -57,6 +57,8 @@ pub struct TopicConfig {
     pub flush: Option<FlushPolicy>,
     /// The largest batch the topic accepts.
     pub max_batch_bytes: Option<u32>,
+    /// Whether the broker indexes each key's last offset (for appends conditional on it).
+    pub key_index: Option<bool>,
 }
 
 impl TopicConfig {
@@ -67,6 +69,7 @@ impl TopicConfig {
             segment_bytes: self.segment_bytes,
             flush: self.flush.map(FlushPolicy::to_proto),
             max_batch_bytes: self.max_batch_bytes,
+            key_index: self.key_index,
         }
     }
 
@@ -77,6 +80,7 @@ impl TopicConfig {
             segment_bytes: config.segment_bytes,
             flush: config.flush.and_then(FlushPolicy::from_proto),
             max_batch_bytes: config.max_batch_bytes,
+            key_index: config.key_index,
         }
     }
 }

@@ -483,6 +483,7 @@ impl SenderTask {
             batch: bytes,
             acks: self.shared.config.acks.to_proto() as i32,
             expected_offset: None,
+            expected_keys: Vec::new(),
         };
         // If the call has already ended, the send fails and the link's failure event, which is
         // on its way, retries the batch with the rest of the in-flight ones.
