@@ -271,3 +271,76 @@ async fn the_consumer_reads_the_same_records_over_the_data_port_and_grpc() {
     check_round_trip(&acked, &over_port);
     assert_eq!(over_port, over_grpc, "both wires yield identical records");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_batch_appends_atomically_only_while_its_conditions_hold() {
+    use weir_client::{AppendConditions, ClientError};
+    let dir = temp_data_dir();
+    let broker = BrokerProcess::start(BROKER.as_ref(), dir.path(), &[]);
+    let client = Client::connect(&broker.host_port()).await.expect("connect");
+    client
+        .admin()
+        .create_topic(NewTopic::new("accounts").partitions(2).key_index(true))
+        .await
+        .expect("create");
+    let producer = client
+        .producer(ProducerConfig::default())
+        .expect("producer");
+    let events = |names: &[&str]| -> Vec<ProducerRecord> {
+        names
+            .iter()
+            .map(|n| {
+                ProducerRecord::new("accounts")
+                    .key("acct-42")
+                    .value(n.to_string())
+            })
+            .collect()
+    };
+    let first = producer
+        .send_batch(
+            events(&["opened", "deposited 10", "deposited 5"]),
+            AppendConditions::new().key_at("acct-42", None),
+        )
+        .await
+        .expect("a new key");
+    assert_eq!((first.base_offset, first.last_offset), (0, 2));
+    match producer
+        .send_batch(
+            events(&["opened"]),
+            AppendConditions::new().key_at("acct-42", None),
+        )
+        .await
+    {
+        Err(ClientError::Conflict { actual_offset, .. }) => assert_eq!(actual_offset, Some(2)),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let second = producer
+        .send_batch(
+            events(&["withdrew 3"]),
+            AppendConditions::new().key_at("acct-42", Some(2)),
+        )
+        .await
+        .expect("the condition holds");
+    assert_eq!(second.base_offset, 3);
+    assert_eq!(second.partition, first.partition, "one key, one partition");
+    let consumed = consume_all(&client, "accounts").await;
+    let values: Vec<String> = consumed[&first.partition]
+        .iter()
+        .map(|r| text(&r.value).to_owned())
+        .collect();
+    assert_eq!(
+        values,
+        ["opened", "deposited 10", "deposited 5", "withdrew 3"]
+    );
+    let mixed = vec![
+        ProducerRecord::new("accounts").partition(0).key("a"),
+        ProducerRecord::new("accounts").partition(1).key("b"),
+    ];
+    assert!(
+        producer
+            .send_batch(mixed, AppendConditions::new())
+            .await
+            .is_err(),
+        "one batch goes to one partition"
+    );
+}

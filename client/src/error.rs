@@ -98,6 +98,17 @@ pub enum ClientError {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    /// A conditional append's expectation did not hold; nothing was written. Read what is
+    /// there now (from `actual_offset`), decide again, and retry with the new expectation.
+    #[error("{message} [CONFLICT]")]
+    Conflict {
+        /// What was expected and what is.
+        message: String,
+        /// The partition's actual next offset (`expected_offset`), or the key's actual last
+        /// offset (`None` when the key has no record yet).
+        actual_offset: Option<u64>,
+    },
+
     /// The operation did not finish in time.
     #[error("{what} timed out after {after:?}")]
     Timeout {
@@ -119,6 +130,7 @@ impl ClientError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Refused { code, .. } => Some(*code),
+            ClientError::Conflict { .. } => Some(ErrorCode::Conflict),
             ClientError::CorruptBatch { .. } => Some(ErrorCode::CorruptBatch),
             ClientError::InvalidTopicName(_) => Some(ErrorCode::InvalidName),
             ClientError::RecordTooLarge { .. } => Some(ErrorCode::BatchTooLarge),
@@ -159,6 +171,12 @@ impl ClientError {
     /// The error a `ProduceStream` response carried.
     pub(crate) fn from_weir(error: v1::Error) -> Self {
         let code = ErrorCode::try_from(error.code).unwrap_or(ErrorCode::Internal);
+        if code == ErrorCode::Conflict {
+            return ClientError::Conflict {
+                message: error.message,
+                actual_offset: error.actual_offset,
+            };
+        }
         ClientError::Refused {
             code,
             message: error.message,

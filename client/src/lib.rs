@@ -65,7 +65,8 @@ pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, RecordStream, Seek,
 pub use error::ClientError;
 pub use partitioner::PartitionerKind;
 pub use producer::{
-    Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
+    Acks, AppendConditions, BatchMetadata, DeliveryFuture, Producer, ProducerConfig,
+    ProducerRecord, RecordMetadata,
 };
 pub use topic_partition::TopicPartition;
 pub use weir_proto::batch::Header;

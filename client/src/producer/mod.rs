@@ -49,6 +49,48 @@ pub use config::{Acks, BROKER_MAX_BATCH_BYTES, ProducerConfig};
 pub use delivery::DeliveryFuture;
 pub use record::{ProducerRecord, RecordMetadata};
 
+/// Where a [`Producer::send_batch`] batch was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchMetadata {
+    /// The topic.
+    pub topic: Arc<str>,
+    /// The partition all its records went to.
+    pub partition: u32,
+    /// The offset of its first record.
+    pub base_offset: u64,
+    /// The offset of its last record.
+    pub last_offset: u64,
+}
+
+/// Conditions of a [`Producer::send_batch`], checked by the broker atomically with the append.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppendConditions {
+    /// The partition's next offset must be this.
+    pub expected_offset: Option<u64>,
+    /// Per key (topics created with a key index): its last record must be at this offset, or,
+    /// for `None`, the key must have no record yet.
+    pub expected_keys: Vec<(bytes::Bytes, Option<u64>)>,
+}
+
+impl AppendConditions {
+    /// No conditions.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The partition's next offset must be `offset`.
+    pub fn expected_offset(mut self, offset: u64) -> Self {
+        self.expected_offset = Some(offset);
+        self
+    }
+
+    /// `key`'s last record must be at `offset` (`None`: the key must be new).
+    pub fn key_at(mut self, key: impl Into<bytes::Bytes>, offset: Option<u64>) -> Self {
+        self.expected_keys.push((key.into(), offset));
+        self
+    }
+}
+
 /// State shared by the producer's handles and its sender task.
 struct Shared {
     config: ProducerConfig,
@@ -63,6 +105,8 @@ struct Shared {
     /// Counts settled batches; `flush` waits on its changes. Its sender is the task's, so a
     /// task that stopped reads as closed.
     settled: watch::Receiver<u64>,
+    /// For `send_batch`, which bypasses the sender task.
+    grpc: WeirClient<Channel>,
 }
 
 impl Shared {
@@ -158,6 +202,7 @@ impl Producer {
             metadata: MetadataCache::new(grpc.clone(), config.partitioner),
             settled,
             config,
+            grpc: grpc.clone(),
         });
         runtime.spawn(SenderTask::new(shared.clone(), grpc, settled_tx).run());
         Ok(Producer {
@@ -230,6 +275,94 @@ impl Producer {
             appended.index,
             timestamp,
         ))
+    }
+
+    /// Appends `records` as **one batch**, atomically (readers see all of them or none, also
+    /// across a crash), to one partition, and only if `conditions` hold at that moment:
+    /// "append these 3 events to account-42 only if its last event is still at 1017". All
+    /// records must route to the same partition (same key, or an explicit partition); a
+    /// conflict is [`ClientError::Conflict`] with the actual offset, and nothing is written.
+    ///
+    /// The batch is sent at once, beside the producer's buffered records (call
+    /// [`flush`](Self::flush) first if it must follow them), and is not retried: a conditional
+    /// append is its own retry check. After a transport error, read the partition and try
+    /// again; if the first attempt did land, the condition now fails with the offsets of your
+    /// own events.
+    pub async fn send_batch(
+        &self,
+        records: Vec<ProducerRecord>,
+        conditions: AppendConditions,
+    ) -> Result<BatchMetadata, ClientError> {
+        let shared = &self.handle.shared;
+        let Some(first) = records.first() else {
+            return Err(ClientError::InvalidArgument(
+                "send_batch needs at least one record".into(),
+            ));
+        };
+        let routing = shared.metadata.routing(&first.topic).await?;
+        let mut partition = None;
+        for record in &records {
+            if record.topic != first.topic {
+                return Err(ClientError::InvalidArgument(
+                    "send_batch: every record must be for the same topic".into(),
+                ));
+            }
+            let p = match routing.route(record.key.as_deref(), record.partition)? {
+                Route::Partition(p) => p,
+                Route::Sticky => {
+                    return Err(ClientError::InvalidArgument(
+                        "send_batch needs keyed records or an explicit partition (round-robin has no fixed partition)".into(),
+                    ));
+                }
+            };
+            if partition.is_some_and(|q| q != p) {
+                return Err(ClientError::InvalidArgument(format!(
+                    "send_batch: records route to partitions {} and {p}; one batch goes to one partition",
+                    partition.unwrap_or_default()
+                )));
+            }
+            partition = Some(p);
+        }
+        let partition = partition.unwrap_or_default();
+        let mut builder = weir_proto::batch::BatchBuilder::new();
+        let now = record::now_ms();
+        for record in &records {
+            record
+                .with_input(record.timestamp.unwrap_or(now), |input| builder.push(input))
+                .map_err(|e| {
+                    ClientError::InvalidArgument(format!("the record cannot be encoded: {e}"))
+                })?;
+        }
+        let batch = builder.build().map_err(|e| {
+            ClientError::InvalidArgument(format!("the batch cannot be encoded: {e}"))
+        })?;
+        if batch.len() > routing.max_batch_bytes {
+            return Err(ClientError::RecordTooLarge {
+                size: batch.len(),
+                limit: routing.max_batch_bytes,
+                what: "batch limit of the topic",
+            });
+        }
+        let request = weir_proto::v1::ProduceRequest {
+            correlation_id: 0,
+            topic: routing.topic.to_string(),
+            partition,
+            batch,
+            acks: shared.config.acks.to_proto() as i32,
+            expected_offset: conditions.expected_offset,
+            expected_keys: conditions
+                .expected_keys
+                .into_iter()
+                .map(|(key, offset)| weir_proto::v1::KeyExpectation { key, offset })
+                .collect(),
+        };
+        let response = shared.grpc.clone().produce(request).await?.into_inner();
+        Ok(BatchMetadata {
+            topic: routing.topic.clone(),
+            partition,
+            base_offset: response.base_offset,
+            last_offset: response.last_offset,
+        })
     }
 
     /// Sends everything buffered now, without waiting for linger, and waits until every record
