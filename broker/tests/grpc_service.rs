@@ -622,3 +622,84 @@ async fn idempotent_retries_are_stored_once_and_conditional_appends_conflict() {
         ["opened", "deposited", "withdrew 10"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lying_counts_and_absurd_sizes_are_refused_and_change_nothing() {
+    let dir = temp_data_dir();
+    let broker = BrokerProcess::start(BROKER.as_ref(), dir.path(), &[]);
+    let mut client = connect(&broker).await;
+    create(&mut client, "t", 1).await;
+    client
+        .produce(produce_req("t", 0, batch(&["ok"], 1), Acks::Leader))
+        .await
+        .unwrap();
+    let good = batch(&["x", "y"], 1);
+    // Patch a header field and fix the CRC, so only the lie itself can be caught.
+    let lie = |at: usize, bytes: &[u8]| {
+        let mut b = good.to_vec();
+        b[at..at + bytes.len()].copy_from_slice(bytes);
+        let crc = crc32fast::hash(&b[17..]);
+        b[13..17].copy_from_slice(&crc.to_be_bytes());
+        Bytes::from(b)
+    };
+    let cases = [
+        ("record count of 2^31-1", lie(53, &i32::MAX.to_be_bytes())),
+        ("negative record count", lie(53, &(-5i32).to_be_bytes())),
+        ("last offset delta that lies", lie(19, &7i32.to_be_bytes())),
+        ("negative batch length", {
+            let mut b = good.to_vec();
+            b[8..12].copy_from_slice(&(-1i32).to_be_bytes());
+            Bytes::from(b)
+        }),
+    ];
+    for (what, bytes) in cases {
+        let status = client
+            .produce(produce_req("t", 0, bytes, Acks::Durable))
+            .await
+            .expect_err(what);
+        assert_eq!(
+            reason(&status),
+            ErrorCode::CorruptBatch,
+            "{what}: {status:?}"
+        );
+        assert_eq!(
+            high_watermark(&mut client, "t", 0).await,
+            1,
+            "{what} moved the log"
+        );
+    }
+    // Absurd fetch sizes are capped, not honoured or fatal.
+    let mut stream = client
+        .fetch(FetchRequest {
+            topic: "t".into(),
+            max_bytes: u32::MAX,
+            max_wait_ms: u32::MAX,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.high_watermark, 1);
+    assert!(stream.next().await.is_none());
+    let status = client
+        .list_offsets(ListOffsetsRequest {
+            topic: "t".into(),
+            partitions: vec![u32::MAX],
+            spec: OffsetSpec::Earliest as i32,
+            timestamp_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), ErrorCode::UnknownPartition);
+    let status = client
+        .list_offsets(ListOffsetsRequest {
+            topic: "t".into(),
+            partitions: vec![],
+            spec: 99,
+            timestamp_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), ErrorCode::InvalidRequest);
+}
