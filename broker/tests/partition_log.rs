@@ -735,3 +735,54 @@ fn appends_conditional_on_a_keys_last_offset_survive_a_reopen() {
             .is_ok()
     );
 }
+
+#[test]
+fn a_derived_state_snapshot_bounds_the_rescan_and_a_truncation_drops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        key_index: true,
+        ..small_config()
+    };
+    {
+        let logs = open(dir.path(), config.clone());
+        let log = logs.create_partition(tp("snap", 0), None).unwrap();
+        for i in 0..40 {
+            log.append(&from_producer(7, i * 2, 2)).unwrap();
+        }
+        assert_eq!(log.high_watermark(), 80);
+        drop(log);
+        logs.close().unwrap(); // writes the snapshot through offset 80
+    }
+    {
+        let logs = open(dir.path(), config.clone());
+        let log = logs.partition(&tp("snap", 0)).unwrap();
+        let retry = log.append(&from_producer(7, 78, 2)).unwrap();
+        assert!(retry.duplicate, "the snapshot remembers the last batches");
+        assert_eq!(log.derived_state_scanned_offsets(), 0, "nothing rescanned");
+        log.append(&from_producer(7, 80, 2)).unwrap();
+        log.append(&event("k", "after the snapshot")).unwrap();
+        drop(log);
+        drop(logs); // a crash: the snapshot (through 80) is older than the log (83)
+    }
+    let logs = open(dir.path(), config);
+    let log = logs.partition(&tp("snap", 0)).unwrap();
+    assert!(log.append(&from_producer(7, 80, 2)).unwrap().duplicate);
+    assert_eq!(
+        log.derived_state_scanned_offsets(),
+        3,
+        "only the tail after the snapshot"
+    );
+    assert!(
+        log.append_for_sync(&event("k", "x"), keyed(b"k", Some(82)))
+            .is_ok(),
+        "the key index covers the tail too"
+    );
+    // A truncation deletes the snapshot: the next rebuild scans what is left, from the start.
+    log.truncate_to(10).unwrap();
+    assert!(!dir.path().join("snap-0/derived-state.snapshot").exists());
+    assert!(
+        log.append(&from_producer(7, 10, 2)).is_ok(),
+        "sequence 10 follows the cut"
+    );
+    assert_eq!(log.derived_state_scanned_offsets(), 3 + 10);
+}

@@ -40,6 +40,31 @@ impl KeyIndex {
         }
     }
 
+    /// Appends the snapshot encoding (see `derived_snapshot`).
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(self.last.len() as u32).to_be_bytes());
+        for (key, offset) in &self.last {
+            out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+            out.extend_from_slice(key);
+            out.extend_from_slice(&offset.to_be_bytes());
+        }
+    }
+
+    /// Reads what `write_to` wrote; `None` if malformed.
+    pub fn read_from(buf: &mut &[u8]) -> Option<Self> {
+        use super::derived_snapshot::{take, take_array};
+        let count = u32::from_be_bytes(take_array(buf)?);
+        // Bounded by the buffer, not the count: a lying count cannot reserve memory.
+        let mut last = HashMap::new();
+        for _ in 0..count {
+            let len = u32::from_be_bytes(take_array(buf)?) as usize;
+            let key: Box<[u8]> = take(buf, len)?.into();
+            let offset = u64::from_be_bytes(take_array(buf)?);
+            last.insert(key, offset);
+        }
+        Some(KeyIndex { last })
+    }
+
     /// Distinct keys indexed.
     pub fn len(&self) -> usize {
         self.last.len()

@@ -304,6 +304,10 @@ impl LogDir {
             .cloned()
             .collect();
         for p in &partitions {
+            // The syncfs below makes the snapshot durable with everything else.
+            if let Err(e) = p.snapshot_derived_state(SyncMode::Deferred) {
+                warn!(partition = %p.topic_partition(), error = %e, "derived-state snapshot failed; the next start rebuilds from the log");
+            }
             p.close_unsynced()?;
         }
         // One sync for every partition's data, indexes and trims; only then may the checkpoint
@@ -440,6 +444,14 @@ fn maintenance_loop(shared: &Shared) {
             last_checkpoint = Instant::now();
             if let Err(e) = checkpoint(shared) {
                 warn!(error = %e, "checkpoint failed");
+            }
+            // Bounds what a restart rescans to rebuild producer states and key indexes.
+            for p in &partitions {
+                if let Err(e) = p.snapshot_derived_state(SyncMode::Now)
+                    && !matches!(e, StorageError::Closed)
+                {
+                    warn!(partition = %p.topic_partition(), error = %e, "derived-state snapshot failed");
+                }
             }
         }
     }

@@ -15,6 +15,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod derived_snapshot;
 pub mod error;
 pub mod fs;
 pub mod index;

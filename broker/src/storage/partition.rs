@@ -41,10 +41,11 @@ use tracing::{debug, info};
 use weir_proto::batch::{BatchHeader, RecordBatch};
 
 use super::config::{FlushPolicy, LogConfig, duration_ms};
+use super::derived_snapshot;
 use super::error::{Result, StorageError};
 use super::fs::{
-    INDEX_SUFFIX, SyncMode, TIME_INDEX_SUFFIX, create_preallocated, fsync_dir, now_ms,
-    remove_if_exists, segment_path,
+    INDEX_SUFFIX, SyncMode, TIME_INDEX_SUFFIX, atomic_write, create_preallocated, fsync_dir,
+    now_ms, remove_if_exists, segment_path,
 };
 use super::index::{self, OffsetEntry};
 use super::key_index::KeyIndex;
@@ -159,6 +160,8 @@ pub(crate) struct Inner {
     /// Each key's last offset, for partitions with `key_index`; built and dropped together with
     /// `producers` (one scan of the log builds both).
     pub keys: Option<KeyIndex>,
+    /// The derived state changed since its last snapshot.
+    pub derived_dirty: bool,
 }
 
 impl Inner {
@@ -179,6 +182,7 @@ impl Inner {
             epoch: 0,
             producers: None,
             keys: None,
+            derived_dirty: false,
         }
     }
 }
@@ -244,6 +248,11 @@ pub struct PartitionLog {
     checkpoint_hook: OnceLock<CheckpointHook>,
     /// Serializes rebuilding the producer states from the log (see `ensure_producer_states`).
     producer_rebuild: Mutex<()>,
+    /// Held while a derived-state snapshot is written and while a truncation deletes it, so a
+    /// snapshot taken before a truncation can never land after it. Taken before `inner`.
+    snapshot_lock: Mutex<()>,
+    /// Offsets scanned by derived-state rebuilds (how much a snapshot saved; for tests).
+    rebuild_scans: AtomicU64,
 }
 
 /// Clears `in_progress` and wakes waiters when the sync leader finishes, even by panic, so a
@@ -290,6 +299,8 @@ impl PartitionLog {
             recovery_point: AtomicU64::new(inner.recovery_point),
             checkpoint_hook: OnceLock::new(),
             producer_rebuild: Mutex::new(()),
+            snapshot_lock: Mutex::new(()),
+            rebuild_scans: AtomicU64::new(0),
             sync: Mutex::new(SyncState {
                 in_progress: false,
                 durable_offset: inner.recovery_point,
@@ -517,6 +528,7 @@ impl PartitionLog {
             inner.first_unsynced_ms.get_or_insert_with(now_ms);
             if let Some(states) = &mut inner.producers {
                 states.observe(&header);
+                inner.derived_dirty = true;
             }
             let base_offset = header.base_offset;
             if let Some(keys) = &mut inner.keys {
@@ -546,11 +558,26 @@ impl PartitionLog {
         }
         let index_keys = self.config().key_index;
         'scan: loop {
-            let mut states = ProducerStates::default();
-            let mut keys = index_keys.then(KeyIndex::default);
             let truncations = lock(&self.inner).epoch;
             let end = self.high_watermark();
-            let mut offset = self.log_start_offset();
+            let log_start = self.log_start_offset();
+            // Start from the snapshot when it is usable (see `derived_snapshot`), else from the
+            // log start.
+            let snapshot = std::fs::read(self.dir.join(derived_snapshot::FILE_NAME))
+                .ok()
+                .and_then(|bytes| derived_snapshot::decode(&bytes))
+                .filter(|(through, _, keys)| {
+                    (log_start..=end).contains(through) && keys.is_some() == index_keys
+                });
+            let (mut states, mut keys, mut offset) = match snapshot {
+                Some((through, states, keys)) => (states, keys, through),
+                None => (
+                    ProducerStates::default(),
+                    index_keys.then(KeyIndex::default),
+                    log_start,
+                ),
+            };
+            let scanned_from = offset;
             while offset < end {
                 let read = match self.read(offset, 8 << 20) {
                     Ok(read) => read,
@@ -586,11 +613,41 @@ impl PartitionLog {
                 // A truncation cut what was scanned: scan again.
                 continue 'scan;
             }
-            tracing::debug!(partition = %self.tp, producers = states.len(), through = end, "rebuilt producer states");
+            tracing::debug!(partition = %self.tp, producers = states.len(), from = scanned_from, through = end, "rebuilt producer states and key index");
             inner.producers = Some(states);
             inner.keys = keys;
+            inner.derived_dirty = true;
+            self.rebuild_scans
+                .fetch_add(end - scanned_from, Ordering::Relaxed);
             return Ok(());
         }
+    }
+
+    /// Writes a snapshot of the derived state (producer states, key index) if it changed since
+    /// the last one. Returns whether one was written.
+    pub(crate) fn snapshot_derived_state(&self, sync: SyncMode) -> Result<bool> {
+        let _snapshot = lock(&self.snapshot_lock);
+        let bytes = {
+            let mut inner = lock(&self.inner);
+            if inner.closed || !inner.derived_dirty {
+                return Ok(false);
+            }
+            let Some(producers) = &inner.producers else {
+                return Ok(false);
+            };
+            let bytes =
+                derived_snapshot::encode(inner.active.next_offset, producers, inner.keys.as_ref());
+            inner.derived_dirty = false;
+            bytes
+        };
+        atomic_write(&self.dir.join(derived_snapshot::FILE_NAME), &bytes, sync)?;
+        Ok(true)
+    }
+
+    /// Offsets the derived-state rebuilds of this handle have scanned (a snapshot makes this
+    /// the tail since the snapshot instead of the whole log).
+    pub fn derived_state_scanned_offsets(&self) -> u64 {
+        self.rebuild_scans.load(Ordering::Relaxed)
     }
 
     /// Seals the active segment and starts a new one (no-op on an empty active segment).
@@ -1042,6 +1099,9 @@ impl PartitionLog {
     /// old inode lives on in their maps).
     pub fn truncate_to(&self, offset: u64) -> Result<u64> {
         let config = self.config();
+        // The derived-state snapshot may describe batches about to be cut: gone first.
+        let _snapshot = lock(&self.snapshot_lock);
+        remove_if_exists(&self.dir.join(derived_snapshot::FILE_NAME))?;
         let mut inner = lock(&self.inner);
         self.check_open(&inner)?;
         let hw = inner.active.next_offset;

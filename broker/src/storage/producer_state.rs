@@ -165,6 +165,48 @@ impl ProducerStates {
         entry.recent.push_back(span);
     }
 
+    /// Appends the snapshot encoding (see `derived_snapshot`).
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(self.producers.len() as u32).to_be_bytes());
+        for (id, entry) in &self.producers {
+            out.extend_from_slice(&id.to_be_bytes());
+            out.extend_from_slice(&entry.epoch.to_be_bytes());
+            out.push(entry.recent.len() as u8);
+            for b in &entry.recent {
+                out.extend_from_slice(&b.first_seq.to_be_bytes());
+                out.extend_from_slice(&b.last_seq.to_be_bytes());
+                out.extend_from_slice(&b.base_offset.to_be_bytes());
+                out.extend_from_slice(&b.last_offset.to_be_bytes());
+            }
+        }
+    }
+
+    /// Reads what `write_to` wrote; `None` if malformed.
+    pub fn read_from(buf: &mut &[u8]) -> Option<Self> {
+        use super::derived_snapshot::take_array;
+        let count = u32::from_be_bytes(take_array(buf)?);
+        let mut producers = HashMap::new();
+        for _ in 0..count {
+            let id = i64::from_be_bytes(take_array(buf)?);
+            let epoch = i16::from_be_bytes(take_array(buf)?);
+            let [n] = take_array::<1>(buf)?;
+            if n as usize > RECENT_BATCHES {
+                return None;
+            }
+            let mut recent = VecDeque::with_capacity(RECENT_BATCHES);
+            for _ in 0..n {
+                recent.push_back(BatchSpan {
+                    first_seq: i32::from_be_bytes(take_array(buf)?),
+                    last_seq: i32::from_be_bytes(take_array(buf)?),
+                    base_offset: u64::from_be_bytes(take_array(buf)?),
+                    last_offset: u64::from_be_bytes(take_array(buf)?),
+                });
+            }
+            producers.insert(id, ProducerEntry { epoch, recent });
+        }
+        Some(ProducerStates { producers })
+    }
+
     /// Producer ids known.
     pub fn len(&self) -> usize {
         self.producers.len()
