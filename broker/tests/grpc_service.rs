@@ -703,3 +703,37 @@ async fn lying_counts_and_absurd_sizes_are_refused_and_change_nothing() {
         .unwrap_err();
     assert_eq!(reason(&status), ErrorCode::InvalidRequest);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_and_garbage_connections_do_not_stop_others_or_shutdown() {
+    use std::io::Write;
+    let dir = temp_data_dir();
+    let mut broker = BrokerProcess::start(
+        BROKER.as_ref(),
+        dir.path(),
+        &["--shutdown-timeout-ms", "3000"],
+    );
+    // One connection sends the HTTP/2 preface and half a frame header, then stalls; another
+    // sends garbage.
+    let mut stalled = std::net::TcpStream::connect(broker.addr).unwrap();
+    stalled
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00")
+        .unwrap();
+    let mut garbage = std::net::TcpStream::connect(broker.addr).unwrap();
+    garbage.write_all(&[0xff; 4096]).unwrap();
+    let mut client = connect(&broker).await;
+    create(&mut client, "t", 1).await;
+    client
+        .produce(produce_req(
+            "t",
+            0,
+            batch(&["still served"], 1),
+            Acks::Durable,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(fetch_values(&mut client, "t", 0).await, ["still served"]);
+    let status = tokio::task::block_in_place(|| broker.terminate_within(Duration::from_secs(40)));
+    assert!(status.success(), "{status:?}");
+    drop((stalled, garbage));
+}

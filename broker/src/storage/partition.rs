@@ -1497,3 +1497,56 @@ fn find_time_in_segment(
     )
     .or_else(|_| walk(0, base))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{LogDir, LogDirConfig, TopicPartition};
+    use super::*;
+    use weir_proto::batch::{BatchBuilder, RecordInput};
+
+    fn one_record() -> Bytes {
+        let mut b = BatchBuilder::new();
+        b.push(RecordInput {
+            value: Some(b"v"),
+            ..Default::default()
+        })
+        .unwrap();
+        b.build().unwrap()
+    }
+
+    /// What a failed fdatasync (EIO) leaves behind, without a failing disk: the recorded
+    /// failure. (The disk-level path, `run_sync` returning an I/O error, records exactly this.)
+    #[test]
+    fn after_a_failed_sync_the_partition_is_read_only_and_nothing_is_acknowledged_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (logs, _) = LogDir::open(dir.path(), LogDirConfig::default()).unwrap();
+        let log = logs
+            .create_partition(TopicPartition::new("t", 0).unwrap(), None)
+            .unwrap();
+        let (_, ticket) = log
+            .append_for_sync(&one_record(), AppendConditions::default())
+            .unwrap();
+        lock(&log.sync).failure = Some("Input/output error (os error 5)".into());
+        assert!(
+            matches!(
+                log.wait_durable(ticket),
+                Err(StorageError::SyncFailed { .. })
+            ),
+            "a waiting append learns its batch may not be on disk"
+        );
+        assert!(matches!(
+            log.append(&one_record()),
+            Err(StorageError::SyncFailed { .. })
+        ));
+        assert!(matches!(
+            log.append_durable(&one_record()),
+            Err(StorageError::SyncFailed { .. })
+        ));
+        assert_eq!(
+            log.high_watermark(),
+            1,
+            "nothing appended after the failure"
+        );
+        assert!(log.read(0, 1 << 20).is_ok(), "reads still work");
+    }
+}
