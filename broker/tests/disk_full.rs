@@ -6,48 +6,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use common::*;
 use weir_broker::storage::{LogConfig, StorageError};
-
-struct TmpfsMount(PathBuf);
-
-impl TmpfsMount {
-    fn new(size: &str) -> Option<(tempfile::TempDir, TmpfsMount)> {
-        let dir = tempfile::tempdir().ok()?;
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .ok()?;
-        if !status.status.success() {
-            eprintln!(
-                "SKIPPED disk_full: cannot mount a tmpfs here ({}).",
-                String::from_utf8_lossy(&status.stderr).trim()
-            );
-            return None;
-        }
-        let mount = TmpfsMount(dir.path().to_owned());
-        Some((dir, mount))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TmpfsMount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
+use weir_testkit::Tmpfs;
 
 #[test]
 fn disk_full_is_an_error_and_recoverable() {
     init_tracing();
-    let Some((_dir, mount)) = TmpfsMount::new("2m") else {
+    let Some(mount) = Tmpfs::mount("2m", "disk_full") else {
         return;
     };
     let data = mount.path().join("data");

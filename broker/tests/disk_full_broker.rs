@@ -3,45 +3,15 @@
 //! appends again once space is freed. Needs permission to mount a tmpfs (root in CI); skipped
 //! with a message otherwise.
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use bytes::Bytes;
 use futures::StreamExt;
 use weir_proto::batch::{BatchBuilder, RecordInput, split_batches};
 use weir_proto::status::from_status;
 use weir_proto::v1::weir_client::WeirClient;
 use weir_proto::v1::{Acks, CreateTopicRequest, ErrorCode, FetchRequest, ProduceRequest};
-use weir_testkit::BrokerProcess;
+use weir_testkit::{BrokerProcess, Tmpfs};
 
 const BROKER: &str = env!("CARGO_BIN_EXE_weir-broker");
-
-struct Tmpfs(PathBuf, #[allow(dead_code)] tempfile::TempDir);
-
-impl Tmpfs {
-    fn mount(size: &str) -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().ok()?;
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            eprintln!(
-                "SKIPPED disk_full_broker: cannot mount a tmpfs here ({}).",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            return None;
-        }
-        Some(Tmpfs(dir.path().to_owned(), dir))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
 
 fn batch(n: u64) -> Bytes {
     let value = vec![(n % 251) as u8; 8 << 10];
@@ -69,12 +39,12 @@ fn produce(n: u64) -> ProduceRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_a_retriable_refusal_and_nothing_acknowledged_is_lost() {
-    let Some(fs) = Tmpfs::mount("4m") else {
+    let Some(fs) = Tmpfs::mount("4m", "disk_full_broker") else {
         return;
     };
-    let ballast = fs.0.join("ballast");
+    let ballast = fs.path().join("ballast");
     std::fs::write(&ballast, vec![1u8; 1 << 20]).unwrap();
-    let data = fs.0.join("data");
+    let data = fs.path().join("data");
     let broker = BrokerProcess::start(
         BROKER.as_ref(),
         &data,

@@ -31,7 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
-use weir_proto::data_port::{FetchFrame, FrameKind, ResponseHeader};
+use weir_proto::data_port::{FetchFrame, FrameKind, RESPONSE_HEADER_LEN, ResponseHeader};
 use weir_proto::v1::{Error, ErrorCode};
 
 use super::BrokerState;
@@ -165,30 +165,20 @@ async fn serve_fetch(
                 log_start_offset,
                 next_offset,
             }) => {
-                let header = ResponseHeader {
-                    kind: FrameKind::Data,
-                    error_code: 0,
-                    length: 0,
-                    high_watermark,
-                    log_start_offset,
-                    next_offset,
-                };
-                stream.write_all(&header.encode()).await?;
+                let marks = (high_watermark, log_start_offset, next_offset);
+                stream
+                    .write_all(&empty_frame(FrameKind::Data, marks))
+                    .await?;
             }
             Some(FetchEvent::End {
                 high_watermark,
                 log_start_offset,
                 next_offset,
             }) => {
-                let header = ResponseHeader {
-                    kind: FrameKind::End,
-                    error_code: 0,
-                    length: 0,
-                    high_watermark,
-                    log_start_offset,
-                    next_offset,
-                };
-                stream.write_all(&header.encode()).await?;
+                let marks = (high_watermark, log_start_offset, next_offset);
+                stream
+                    .write_all(&empty_frame(FrameKind::End, marks))
+                    .await?;
                 return Ok(true);
             }
             Some(FetchEvent::Failed(error)) => {
@@ -197,6 +187,23 @@ async fn serve_fetch(
             }
         }
     }
+}
+
+/// A frame with no payload: a keep-alive (`Data`) or the end of a fetch (`End`), carrying the
+/// partition's (high watermark, log start offset) and where the fetch stands.
+fn empty_frame(
+    kind: FrameKind,
+    (high_watermark, log_start_offset, next_offset): (u64, u64, u64),
+) -> [u8; RESPONSE_HEADER_LEN] {
+    ResponseHeader {
+        kind,
+        error_code: 0,
+        length: 0,
+        high_watermark,
+        log_start_offset,
+        next_offset,
+    }
+    .encode()
 }
 
 /// Completes when the client closed its side or sent bytes it should not have (readiness can
