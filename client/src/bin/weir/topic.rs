@@ -49,6 +49,9 @@ pub struct CreateArgs {
     /// Start a new segment file at this size
     #[arg(long, value_name = "BYTES")]
     segment_bytes: Option<u64>,
+    /// Index each key's last offset, for appends conditional on it (costs broker memory per key)
+    #[arg(long)]
+    key_index: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -93,6 +96,9 @@ pub async fn run(broker: &str, command: TopicCommand) -> anyhow::Result<ExitCode
             }
             if let Some(bytes) = args.segment_bytes {
                 topic = topic.segment_bytes(bytes);
+            }
+            if args.key_index {
+                topic = topic.key_index(true);
             }
             let created = admin.create_topic(topic).await?;
             println!(
@@ -196,6 +202,15 @@ fn describe(topic: &TopicDescription) -> String {
         vec![
             "max batch bytes".to_owned(),
             optional(topic.config.max_batch_bytes.map(u64::from), human_bytes),
+        ],
+        vec![
+            "key index".to_owned(),
+            if topic.config.key_index == Some(true) {
+                "on"
+            } else {
+                "off"
+            }
+            .to_owned(),
         ],
         vec![
             "flush".to_owned(),
