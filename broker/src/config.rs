@@ -38,6 +38,9 @@ pub struct BrokerConfig {
     pub shutdown_timeout_ms: u64,
     /// How often retention deletes expired segments.
     pub retention_check_interval_ms: u64,
+    /// How often recovery points and derived-state snapshots (producer states, key indexes)
+    /// are written: what a restart after a crash must rescan.
+    pub checkpoint_interval_ms: u64,
     /// Settings of topics created without their own.
     pub topic_defaults: TopicDefaults,
 }
@@ -80,6 +83,7 @@ impl Default for BrokerConfig {
             max_in_flight_bytes: 512 << 20,
             shutdown_timeout_ms: 10_000,
             retention_check_interval_ms: 30_000,
+            checkpoint_interval_ms: 10_000,
             topic_defaults: TopicDefaults::default(),
         }
     }
@@ -134,14 +138,15 @@ impl BrokerConfig {
                 self.max_request_bytes, d.max_batch_bytes
             )));
         }
-        if self.retention_check_interval_ms == 0 {
+        if self.retention_check_interval_ms == 0 || self.checkpoint_interval_ms == 0 {
             return Err(ConfigError::Invalid(
-                "retention_check_interval_ms must be at least 1".into(),
+                "retention_check_interval_ms and checkpoint_interval_ms must be at least 1".into(),
             ));
         }
         Ok(LogDirConfig {
             default_log,
             retention_check_interval: Duration::from_millis(self.retention_check_interval_ms),
+            checkpoint_interval: Duration::from_millis(self.checkpoint_interval_ms),
             ..LogDirConfig::default()
         })
     }

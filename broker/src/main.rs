@@ -51,6 +51,9 @@ struct Args {
     /// How often retention deletes expired segments, ms [default: 30000].
     #[arg(long, env = "WEIR_RETENTION_CHECK_INTERVAL_MS")]
     retention_check_interval_ms: Option<u64>,
+    /// How often recovery points and producer-state snapshots are written, ms [default: 10000].
+    #[arg(long, env = "WEIR_CHECKPOINT_INTERVAL_MS")]
+    checkpoint_interval_ms: Option<u64>,
     /// Default segment size of new topics, bytes [default: 1 GiB].
     #[arg(long, env = "WEIR_SEGMENT_BYTES")]
     segment_bytes: Option<u64>,
@@ -102,6 +105,7 @@ impl Args {
         set!(max_in_flight_bytes = self.max_in_flight_bytes);
         set!(shutdown_timeout_ms = self.shutdown_timeout_ms);
         set!(retention_check_interval_ms = self.retention_check_interval_ms);
+        set!(checkpoint_interval_ms = self.checkpoint_interval_ms);
         set!(topic_defaults.segment_bytes = self.segment_bytes);
         set!(topic_defaults.retention_ms = self.retention_ms.map(Some));
         set!(topic_defaults.retention_bytes = self.retention_bytes.map(Some));

@@ -103,19 +103,21 @@ pub async fn produce(
     let log = Arc::clone(&partition.log);
     let (batch, conditions) = (req.batch.clone(), conditions(&req));
     let (topic, index) = (req.topic, req.partition);
-    let result = blocking(move || {
-        let (info, ticket) = log.append_for_sync(&batch, conditions)?;
-        if sync {
-            log.wait_durable(ticket)?;
-        }
-        Ok(info)
-    })
-    .await;
+    // The append and the wait for its sync fail differently: a wait that fails (the partition
+    // closed, the sync failed) comes after the batch was written.
+    let appended =
+        blocking(move || log.append_for_sync(&batch, conditions).map(|r| (r, log))).await;
+    let result = match appended {
+        Err(e) => Err(in_partition(&topic, index, e)),
+        Ok(((info, ticket), log)) if sync => blocking(move || log.wait_durable(ticket))
+            .await
+            .map(|()| info)
+            .map_err(|e| not_durable_if_closed(&topic, index, e)),
+        Ok(((info, _), _)) => Ok(info),
+    };
     drop(in_flight);
     partition.notify_appended();
-    result
-        .map(|info| response(req.correlation_id, info))
-        .map_err(|e| in_partition(&topic, index, e))
+    result.map(|info| response(req.correlation_id, info))
 }
 
 /// ProduceStream: reads requests until the client closes its side, the broker shuts down, or

@@ -13,8 +13,8 @@
 //!   unchanged; one refused for a full disk may still have rolled the active segment).
 //! - `append_durable` returns `Ok` only after an fdatasync covered its batch. If the sync fails
 //!   it returns `SyncFailed` although the batch was appended (its offsets are taken and it is
-//!   readable, just not known durable): a producer that retries may duplicate it until
-//!   idempotent producers exist. A batch cut by `truncate_to` before its sync gets
+//!   readable, just not known durable): a non-idempotent producer that retries may duplicate
+//!   it (an idempotent one is recognized as a retry). A batch cut by `truncate_to` before its sync gets
 //!   `TruncatedBeforeSync`, never `Ok`, even if a newer batch reuses its offsets.
 //! - A closed, deleted or dropped log's handles fail with `Closed` and never open a file by
 //!   path again (the path may name another log's file by then).
@@ -162,6 +162,9 @@ pub(crate) struct Inner {
     pub keys: Option<KeyIndex>,
     /// The derived state changed since its last snapshot.
     pub derived_dirty: bool,
+    /// (base offset, CRC) of the last batch appended or scanned: a snapshot names it so a log
+    /// that lost its tail and grew back past the snapshot is not mistaken for the same log.
+    pub last_batch: Option<(u64, u32)>,
 }
 
 impl Inner {
@@ -183,6 +186,7 @@ impl Inner {
             producers: None,
             keys: None,
             derived_dirty: false,
+            last_batch: None,
         }
     }
 }
@@ -530,6 +534,7 @@ impl PartitionLog {
                 states.observe(&header);
                 inner.derived_dirty = true;
             }
+            inner.last_batch = Some((header.base_offset, header.crc));
             let base_offset = header.base_offset;
             if let Some(keys) = &mut inner.keys {
                 keys.observe_batch(batch, base_offset);
@@ -547,10 +552,12 @@ impl PartitionLog {
         Ok((info, epoch))
     }
 
-    /// Builds the idempotent-producer states from the log's batch headers if they are not
-    /// built (first idempotent append after an open or a truncation). Runs without the
-    /// partition lock (it reads through `read`); idempotent appends wait for it, others do not,
-    /// and those add nothing to the states, so the result is exact once installed.
+    /// Builds the derived state (idempotent-producer states, and the key index of a
+    /// `key_index` partition) if it is not built: from the newest usable snapshot plus the log
+    /// after it, or from the log start. Runs without the partition lock (it reads through
+    /// `read`); idempotent and key-conditional appends wait for it, plain appends do not, so
+    /// after scanning to the high watermark it catches up with whatever plain appends added
+    /// meanwhile (their keys count) and installs the state only once it has seen the whole log.
     fn ensure_producer_states(&self) -> Result<()> {
         let _rebuild = lock(&self.producer_rebuild);
         if lock(&self.inner).producers.is_some() {
@@ -559,74 +566,121 @@ impl PartitionLog {
         let index_keys = self.config().key_index;
         'scan: loop {
             let truncations = lock(&self.inner).epoch;
-            let end = self.high_watermark();
+            let mut end = self.high_watermark();
             let log_start = self.log_start_offset();
             // Start from the snapshot when it is usable (see `derived_snapshot`), else from the
             // log start.
             let snapshot = std::fs::read(self.dir.join(derived_snapshot::FILE_NAME))
                 .ok()
                 .and_then(|bytes| derived_snapshot::decode(&bytes))
-                .filter(|(through, _, keys)| {
-                    (log_start..=end).contains(through) && keys.is_some() == index_keys
+                .filter(|s| {
+                    (log_start..=end).contains(&s.through)
+                        && s.keys.is_some() == index_keys
+                        && self.snapshot_matches_log(s.through, s.last_batch, log_start)
                 });
-            let (mut states, mut keys, mut offset) = match snapshot {
-                Some((through, states, keys)) => (states, keys, through),
+            let (mut states, mut keys, mut offset, mut last_batch) = match snapshot {
+                Some(s) => (s.producers, s.keys, s.through, s.last_batch),
                 None => (
                     ProducerStates::default(),
                     index_keys.then(KeyIndex::default),
                     log_start,
+                    None,
                 ),
             };
             let scanned_from = offset;
-            while offset < end {
-                let read = match self.read(offset, 8 << 20) {
-                    Ok(read) => read,
-                    // Retention moved the log start under the scan: start over from it.
-                    Err(StorageError::OffsetOutOfRange { .. }) => continue 'scan,
-                    Err(e) => return Err(e),
-                };
-                let Some(next) = read.next_offset() else {
-                    break;
-                };
-                for chunk in &read.chunks {
-                    let mut pos = 0;
-                    while pos < chunk.bytes.len() {
-                        let header = BatchHeader::parse(&chunk.bytes[pos..])?;
-                        states.observe(&header);
-                        let len = header.total_len().ok_or(StorageError::Corrupt {
-                            what: "batch header",
-                            path: self.dir.clone(),
-                            detail: "length field out of range during producer-state rebuild"
-                                .into(),
-                        })?;
-                        if let Some(keys) = &mut keys {
-                            let batch = chunk.bytes.get(pos..pos + len).unwrap_or_default();
-                            keys.observe_batch(batch, header.base_offset);
+            loop {
+                while offset < end {
+                    let read = match self.read(offset, 8 << 20) {
+                        Ok(read) => read,
+                        // Retention moved the log start under the scan: start over from it.
+                        Err(StorageError::OffsetOutOfRange { .. }) => continue 'scan,
+                        Err(e) => return Err(e),
+                    };
+                    let Some(next) = read.next_offset() else {
+                        return Err(self.corrupt_rebuild(format!(
+                            "the log below the high watermark {end} ends at {offset}"
+                        )));
+                    };
+                    for chunk in &read.chunks {
+                        let mut pos = 0;
+                        while pos < chunk.bytes.len() {
+                            let header = BatchHeader::parse(&chunk.bytes[pos..])?;
+                            let len = header
+                                .total_len()
+                                .filter(|&len| pos + len <= chunk.bytes.len())
+                                .ok_or_else(|| {
+                                    self.corrupt_rebuild(
+                                        "a batch length runs past its chunk".into(),
+                                    )
+                                })?;
+                            states.observe(&header);
+                            if let Some(keys) = &mut keys {
+                                keys.observe_batch(
+                                    &chunk.bytes[pos..pos + len],
+                                    header.base_offset,
+                                );
+                            }
+                            last_batch = Some((header.base_offset, header.crc));
+                            pos += len;
                         }
-                        pos += len;
                     }
+                    offset = next;
                 }
-                offset = next;
+                let mut inner = lock(&self.inner);
+                if inner.epoch != truncations {
+                    // A truncation cut what was scanned: scan again.
+                    continue 'scan;
+                }
+                if inner.active.next_offset != end {
+                    // Plain appends landed during the scan: read them too, then check again.
+                    end = inner.active.next_offset;
+                    continue;
+                }
+                tracing::debug!(partition = %self.tp, producers = states.len(), from = scanned_from, through = end, "rebuilt producer states and key index");
+                inner.producers = Some(states);
+                inner.keys = keys;
+                inner.last_batch = last_batch;
+                inner.derived_dirty = scanned_from != end;
+                self.rebuild_scans
+                    .fetch_add(end - scanned_from, Ordering::Relaxed);
+                return Ok(());
             }
-            let mut inner = lock(&self.inner);
-            if inner.epoch != truncations {
-                // A truncation cut what was scanned: scan again.
-                continue 'scan;
-            }
-            tracing::debug!(partition = %self.tp, producers = states.len(), from = scanned_from, through = end, "rebuilt producer states and key index");
-            inner.producers = Some(states);
-            inner.keys = keys;
-            inner.derived_dirty = true;
-            self.rebuild_scans
-                .fetch_add(end - scanned_from, Ordering::Relaxed);
-            return Ok(());
         }
+    }
+
+    fn corrupt_rebuild(&self, detail: String) -> StorageError {
+        StorageError::Corrupt {
+            what: "log during producer-state rebuild",
+            path: self.dir.clone(),
+            detail,
+        }
+    }
+
+    /// Whether the batch that ends at `through` in the log is the one a snapshot names.
+    fn snapshot_matches_log(&self, through: u64, last: Option<(u64, u32)>, log_start: u64) -> bool {
+        if through == log_start {
+            return true; // nothing below it to check (and nothing to skip)
+        }
+        let Some((base, crc)) = last else {
+            return false;
+        };
+        let Ok(read) = self.read(through - 1, 1) else {
+            return false;
+        };
+        read.chunks.first().is_some_and(|chunk| {
+            BatchHeader::parse(&chunk.bytes)
+                .is_ok_and(|h| h.base_offset == base && h.crc == crc && h.next_offset() == through)
+        })
     }
 
     /// Writes a snapshot of the derived state (producer states, key index) if it changed since
     /// the last one. Returns whether one was written.
     pub(crate) fn snapshot_derived_state(&self, sync: SyncMode) -> Result<bool> {
         let _snapshot = lock(&self.snapshot_lock);
+        // After a failed sync the log's tail may not be on disk: a snapshot of it could outlive it.
+        if lock(&self.sync).failure.is_some() {
+            return Ok(false);
+        }
         let bytes = {
             let mut inner = lock(&self.inner);
             if inner.closed || !inner.derived_dirty {
@@ -635,12 +689,20 @@ impl PartitionLog {
             let Some(producers) = &inner.producers else {
                 return Ok(false);
             };
-            let bytes =
-                derived_snapshot::encode(inner.active.next_offset, producers, inner.keys.as_ref());
+            let bytes = derived_snapshot::encode(
+                inner.active.next_offset,
+                inner.last_batch,
+                producers,
+                inner.keys.as_ref(),
+            );
             inner.derived_dirty = false;
             bytes
         };
-        atomic_write(&self.dir.join(derived_snapshot::FILE_NAME), &bytes, sync)?;
+        if let Err(e) = atomic_write(&self.dir.join(derived_snapshot::FILE_NAME), &bytes, sync) {
+            // Try again next time.
+            lock(&self.inner).derived_dirty = true;
+            return Err(e);
+        }
         Ok(true)
     }
 
@@ -1173,6 +1235,7 @@ impl PartitionLog {
         // next needed.
         inner.producers = None;
         inner.keys = None;
+        inner.last_batch = None;
         if let Err(e) = self.replace_tail(&mut inner, base, in_active, &tmp, &path) {
             lock(&self.sync).failure = Some(format!("truncation failed midway: {e}"));
             return Err(e);

@@ -12,9 +12,11 @@
 //!   producer is a duplicate: nothing is written, the original offsets are returned.
 //! - An older epoch is fenced; any other sequence is out of order. Nothing is written.
 //!
-//! Invariant: the state equals what a scan of the log's batch headers from the log start would
-//! build ([`ProducerStates::observe`] in offset order); it is rebuilt that way after a reopen or
-//! a truncation, never persisted on its own.
+//! Invariant: the state equals what observing the log's batch headers in offset order builds
+//! ([`ProducerStates::observe`]), starting from the newest valid snapshot (`derived_snapshot`)
+//! or the log start. Producers whose batches retention deleted stay known while the process runs
+//! and in snapshots, but a rebuild from the log start forgets them: their next batch is then
+//! refused as out of sequence and the client takes a new producer id (nothing is stored twice).
 
 use std::collections::{HashMap, VecDeque};
 

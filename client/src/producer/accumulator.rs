@@ -61,8 +61,10 @@ pub(crate) struct ProducerBatch {
     /// When its first record was appended: the delivery timeout counts from here.
     pub created: Instant,
     pub outcome: watch::Sender<BatchOutcome>,
-    /// How many times it has been sent.
+    /// How many times it has been sent (retries that never reached a stream are not counted).
     pub attempts: u32,
+    /// Whether it was ever put on a stream: the broker may have it even if `attempts` is 0.
+    pub ever_sent: bool,
     /// The idempotent identity and first sequence stamped into `bytes` at its first send; kept
     /// for every retry (a retry must be byte-identical to be recognized).
     pub stamp: Option<Stamp>,
@@ -102,6 +104,7 @@ impl OpenBatch {
             created: self.created,
             outcome: self.outcome,
             attempts: 0,
+            ever_sent: false,
             stamp: None,
         }
     }

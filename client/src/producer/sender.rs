@@ -7,9 +7,9 @@
 //!   sent again): a partition is in `busy` from the moment its batch is sent until that batch is
 //!   settled, and the accumulator only hands out batches of partitions that are not busy. This
 //!   is what keeps records of a partition in order when a batch is retried: the next batch
-//!   cannot overtake it. (A retry after a lost response can still duplicate a batch the broker
-//!   did append; the idempotent producer, a later issue, removes that.) Different partitions are
-//!   in flight concurrently on the same stream.
+//!   cannot overtake it. (Without idempotence a retry after a lost response can duplicate a
+//!   batch the broker did append; with it, the broker recognizes the retry.) Different
+//!   partitions are in flight concurrently on the same stream.
 //! - Every batch is settled once: its outcome is written, its buffer bytes are released and it
 //!   is marked complete in the accumulator (which `flush` waits on).
 //! - A broken stream (transport error, broker shutdown) puts every in-flight batch back to be
@@ -253,13 +253,27 @@ impl SenderTask {
         if stamp.producer_id != producer_id {
             return; // an older identity's batch: nothing to undo
         }
-        let surely_not_stored = matches!(
-            error,
-            ClientError::Refused { code, .. } if !matches!(
-                code,
-                ErrorCode::OutOfOrderSequence | ErrorCode::ProducerFenced | ErrorCode::NotDurable
-            )
-        ) || batch.attempts == 0;
+        // Only refusals the broker makes before writing anything give the sequence back; any
+        // other failure (a sync error after the append, a lost answer, a timeout) may have
+        // stored the batch, and reusing its sequence would make the broker answer the next
+        // batch as a duplicate of it.
+        let surely_not_stored = !batch.ever_sent
+            || matches!(
+                error,
+                ClientError::Refused { code, .. } if matches!(
+                    code,
+                    ErrorCode::CorruptBatch
+                        | ErrorCode::BatchTooLarge
+                        | ErrorCode::UnknownTopic
+                        | ErrorCode::UnknownPartition
+                        | ErrorCode::InvalidRequest
+                        | ErrorCode::InvalidName
+                        | ErrorCode::DiskFull
+                        | ErrorCode::Throttled
+                )
+            );
+        // With one batch in flight per partition the failed batch is always the partition's
+        // last stamped one; checked anyway, since rolling back under a later batch would gap.
         let next = self.next_sequence.get(&batch.tp).copied();
         let was_last = next
             == Some(
@@ -476,6 +490,7 @@ impl SenderTask {
         let correlation_id = self.next_correlation_id;
         self.next_correlation_id += 1;
         batch.attempts += 1;
+        batch.ever_sent = true;
         let request = ProduceRequest {
             correlation_id,
             topic: batch.tp.topic.to_string(),
