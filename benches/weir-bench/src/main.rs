@@ -92,6 +92,9 @@ struct Args {
     linger_ms: Option<u64>,
     #[arg(long, value_enum, default_value_t = AcksArg::Leader)]
     acks: AcksArg,
+    /// Turn the producer's idempotence off (it is on by default, as in the client).
+    #[arg(long)]
+    no_idempotence: bool,
     /// How consumers fetch.
     #[arg(long, value_enum, default_value_t = TransportArg::DataPort)]
     transport: TransportArg,
@@ -155,6 +158,7 @@ async fn main() -> anyhow::Result<()> {
         },
         rate: args.rate,
         duration: Duration::from_secs(args.duration_secs),
+        idempotent: !args.no_idempotence,
     };
 
     let broker = match &args.broker {
@@ -224,6 +228,7 @@ async fn main() -> anyhow::Result<()> {
             "batch_bytes": workload.batch_bytes,
             "linger_ms": workload.linger.as_millis() as u64,
             "acks": format!("{:?}", args.acks).to_lowercase(),
+            "idempotent": !args.no_idempotence,
             "transport": match args.transport { TransportArg::DataPort => "data-port", TransportArg::Grpc => "grpc" },
             "rate": (args.mode == Mode::E2e).then_some(workload.rate),
         },

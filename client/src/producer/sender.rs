@@ -221,16 +221,26 @@ impl SenderTask {
         if batch.stamp.is_some() {
             return;
         }
-        let Ok(bytes) = &batch.bytes else { return };
+        let bytes = match std::mem::replace(&mut batch.bytes, Ok(bytes::Bytes::new())) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                batch.bytes = Err(e);
+                return;
+            }
+        };
         let base_sequence = self.next_sequence.get(&batch.tp).copied().unwrap_or(0);
-        let mut stamped = bytes.to_vec();
+        // The batch is normally the only owner of its bytes before its first send: stamp them in
+        // place instead of copying a whole batch.
+        let mut stamped = bytes
+            .try_into_mut()
+            .unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]));
         if let Err(e) =
             weir_proto::batch::stamp_producer(&mut stamped, producer_id, epoch, base_sequence)
         {
             batch.bytes = Err(e);
             return;
         }
-        batch.bytes = Ok(stamped.into());
+        batch.bytes = Ok(stamped.freeze());
         batch.stamp = Some(Stamp {
             producer_id,
             epoch,
