@@ -55,14 +55,16 @@ fn admit(state: &BrokerState, req: &ProduceRequest) -> Result<(Arc<Partition>, b
         .topics
         .partition(&req.topic, req.partition)
         .map_err(|e| wire_error(&e))?;
-    let max = partition.log.config().max_batch_bytes;
-    if req.batch.len() > max as usize {
+    // Refused here too, not only by the engine, so an oversized batch never waits for (or
+    // holds) in-flight budget.
+    let config = partition.log.config();
+    if req.batch.len() > config.max_batch_bytes as usize {
         return Err(storage_error(&StorageError::BatchTooLarge {
             size: req.batch.len(),
-            max,
+            max: config.max_batch_bytes,
         }));
     }
-    let sync = acks == Acks::Durable || partition.log.config().flush == FlushPolicy::Always;
+    let sync = acks == Acks::Durable || config.flush == FlushPolicy::Always;
     Ok((partition, sync))
 }
 

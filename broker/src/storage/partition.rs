@@ -250,8 +250,8 @@ pub struct PartitionLog {
     recovery_point: AtomicU64,
     sync: Mutex<SyncState>,
     checkpoint_hook: OnceLock<CheckpointHook>,
-    /// Serializes rebuilding the producer states from the log (see `ensure_producer_states`).
-    producer_rebuild: Mutex<()>,
+    /// Serializes rebuilding the derived state from the log (see `ensure_derived_state`).
+    derived_rebuild: Mutex<()>,
     /// Held while a derived-state snapshot is written and while a truncation deletes it, so a
     /// snapshot taken before a truncation can never land after it. Taken before `inner`.
     snapshot_lock: Mutex<()>,
@@ -302,7 +302,7 @@ impl PartitionLog {
             log_start_offset: AtomicU64::new(inner.log_start_offset),
             recovery_point: AtomicU64::new(inner.recovery_point),
             checkpoint_hook: OnceLock::new(),
-            producer_rebuild: Mutex::new(()),
+            derived_rebuild: Mutex::new(()),
             snapshot_lock: Mutex::new(()),
             rebuild_scans: AtomicU64::new(0),
             sync: Mutex::new(SyncState {
@@ -439,14 +439,14 @@ impl PartitionLog {
         let epoch;
         let info = {
             let mut inner = loop {
-                if idempotent {
-                    self.ensure_producer_states()?;
-                }
                 let inner = lock(&self.inner);
-                // A truncation between the rebuild and this lock drops the states again.
+                // Built is the common case: only a missing state (after an open, or a truncation,
+                // possibly one that came between a rebuild and this lock) costs a rebuild.
                 if !idempotent || inner.producers.is_some() || inner.closed {
                     break inner;
                 }
+                drop(inner);
+                self.ensure_derived_state()?;
             };
             self.check_open(&inner)?;
             if let Some(reason) = lock(&self.sync).failure.clone() {
@@ -558,8 +558,8 @@ impl PartitionLog {
     /// `read`); idempotent and key-conditional appends wait for it, plain appends do not, so
     /// after scanning to the high watermark it catches up with whatever plain appends added
     /// meanwhile (their keys count) and installs the state only once it has seen the whole log.
-    fn ensure_producer_states(&self) -> Result<()> {
-        let _rebuild = lock(&self.producer_rebuild);
+    fn ensure_derived_state(&self) -> Result<()> {
+        let _rebuild = lock(&self.derived_rebuild);
         if lock(&self.inner).producers.is_some() {
             return Ok(());
         }
