@@ -36,7 +36,7 @@ use weir_proto::v1::{Error, ErrorCode};
 
 use super::BrokerState;
 use super::errors::{invalid_request, storage_error, wire_error};
-use super::fetch::{FetchEvent, FetchParams, FetchSession, check_start};
+use super::fetch::{FetchEvent, FetchParams, FetchSession, Marks, check_start};
 
 /// How long a client may take to send a request body once its length arrived.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -143,41 +143,21 @@ async fn serve_fetch(
         };
         match event {
             None => return Ok(false),
-            Some(FetchEvent::Chunk {
-                chunk,
-                high_watermark,
-                log_start_offset,
-            }) => {
+            Some(FetchEvent::Chunk { chunk, marks }) => {
                 let len = chunk.bytes.len();
-                let header = ResponseHeader {
-                    kind: FrameKind::Data,
-                    error_code: 0,
-                    length: len as u32,
-                    high_watermark,
-                    log_start_offset,
-                    next_offset: chunk.next_offset,
-                };
-                stream.write_all(&header.encode()).await?;
+                stream
+                    .write_all(&frame_header(FrameKind::Data, len as u32, marks))
+                    .await?;
                 send_file_range(stream, &chunk.file, chunk.position, len).await?;
             }
-            Some(FetchEvent::Idle {
-                high_watermark,
-                log_start_offset,
-                next_offset,
-            }) => {
-                let marks = (high_watermark, log_start_offset, next_offset);
+            Some(FetchEvent::Idle(marks)) => {
                 stream
-                    .write_all(&empty_frame(FrameKind::Data, marks))
+                    .write_all(&frame_header(FrameKind::Data, 0, marks))
                     .await?;
             }
-            Some(FetchEvent::End {
-                high_watermark,
-                log_start_offset,
-                next_offset,
-            }) => {
-                let marks = (high_watermark, log_start_offset, next_offset);
+            Some(FetchEvent::End(marks)) => {
                 stream
-                    .write_all(&empty_frame(FrameKind::End, marks))
+                    .write_all(&frame_header(FrameKind::End, 0, marks))
                     .await?;
                 return Ok(true);
             }
@@ -189,19 +169,15 @@ async fn serve_fetch(
     }
 }
 
-/// A frame with no payload: a keep-alive (`Data`) or the end of a fetch (`End`), carrying the
-/// partition's (high watermark, log start offset) and where the fetch stands.
-fn empty_frame(
-    kind: FrameKind,
-    (high_watermark, log_start_offset, next_offset): (u64, u64, u64),
-) -> [u8; RESPONSE_HEADER_LEN] {
+/// The header of a `Data` or `End` frame of `length` payload bytes.
+fn frame_header(kind: FrameKind, length: u32, marks: Marks) -> [u8; RESPONSE_HEADER_LEN] {
     ResponseHeader {
         kind,
         error_code: 0,
-        length: 0,
-        high_watermark,
-        log_start_offset,
-        next_offset,
+        length,
+        high_watermark: marks.high_watermark,
+        log_start_offset: marks.log_start_offset,
+        next_offset: marks.next_offset,
     }
     .encode()
 }

@@ -59,6 +59,12 @@ pub fn wire_error(e: &TopicError) -> Error {
     status::error(code, e.to_string())
 }
 
+/// `e`, naming the partition it happened in (the storage engine's messages do not).
+pub fn in_partition(topic: &str, partition: u32, mut e: Error) -> Error {
+    e.message = format!("{topic}-{partition}: {}", e.message);
+    e
+}
+
 /// The broker is stopping: nothing of the request was done; send it again once it is back.
 pub fn shutting_down() -> Error {
     status::error(

@@ -19,7 +19,7 @@ use tonic::Status;
 use weir_proto::v1::{ErrorCode, FetchRequest, FetchResponse};
 
 use super::BrokerState;
-use super::errors::{shutting_down, storage_error, to_status};
+use super::errors::{in_partition, shutting_down, storage_error, to_status};
 use crate::storage::{PartitionLog, ReadChunk, StorageError};
 use crate::topics::Partition;
 
@@ -36,26 +36,24 @@ pub struct FetchParams {
     pub follow: bool,
 }
 
+/// Where a fetch stands, as every response of either transport reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marks {
+    /// The partition's next offset and first kept offset (for a chunk: as of its read).
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+    /// Where the fetch continues: the offset after the last batch sent.
+    pub next_offset: u64,
+}
+
 /// One step of a fetch.
 pub enum FetchEvent {
-    /// Whole batches to send; `high_watermark`/`log_start_offset` as of the read.
-    Chunk {
-        chunk: ReadChunk,
-        high_watermark: u64,
-        log_start_offset: u64,
-    },
+    /// Whole batches to send; `marks.next_offset` is the offset after the chunk.
+    Chunk { chunk: ReadChunk, marks: Marks },
     /// Nothing new (an empty answer at the high watermark, or a follow keep-alive).
-    Idle {
-        high_watermark: u64,
-        log_start_offset: u64,
-        next_offset: u64,
-    },
+    Idle(Marks),
     /// A non-follow fetch has sent everything up to the high watermark it started with.
-    End {
-        high_watermark: u64,
-        log_start_offset: u64,
-        next_offset: u64,
-    },
+    End(Marks),
     /// The fetch cannot go on (retention passed it, the partition closed, the broker stops).
     Failed(weir_proto::v1::Error),
 }
@@ -134,11 +132,12 @@ impl FetchSession {
                 self.offset = chunk.next_offset;
                 self.sent_any = true;
                 let (high_watermark, log_start_offset) = self.pending_marks;
-                return Some(FetchEvent::Chunk {
-                    chunk,
+                let marks = Marks {
                     high_watermark,
                     log_start_offset,
-                });
+                    next_offset: chunk.next_offset,
+                };
+                return Some(FetchEvent::Chunk { chunk, marks });
             }
             if let Some(end) = self.end
                 && self.offset >= end
@@ -185,23 +184,24 @@ impl FetchSession {
                     return Some(self.fail(shutting_down()));
                 }
                 () = keepalive => if follow {
-                    return Some(FetchEvent::Idle {
-                        high_watermark: self.log.high_watermark(),
-                        log_start_offset: self.log.log_start_offset(),
-                        next_offset: self.offset,
-                    });
+                    return Some(FetchEvent::Idle(self.marks()));
                 },
             }
         }
     }
 
-    fn finish_with_end(&mut self) -> FetchEvent {
-        self.finished = true;
-        FetchEvent::End {
+    /// The partition's marks now, and where this fetch stands.
+    fn marks(&self) -> Marks {
+        Marks {
             high_watermark: self.log.high_watermark(),
             log_start_offset: self.log.log_start_offset(),
             next_offset: self.offset,
         }
+    }
+
+    fn finish_with_end(&mut self) -> FetchEvent {
+        self.finished = true;
+        FetchEvent::End(self.marks())
     }
 
     /// A read failure, named for the partition. `Closed` outside a shutdown means the topic
@@ -214,11 +214,7 @@ impl FetchSession {
                 format!("{tp}: the topic was deleted while being fetched"),
             ),
             StorageError::Closed => shutting_down(),
-            e => {
-                let mut error = storage_error(e);
-                error.message = format!("{tp}: {}", error.message);
-                error
-            }
+            e => in_partition(&tp.topic, tp.partition, storage_error(e)),
         };
         self.fail(error)
     }
@@ -255,41 +251,18 @@ pub async fn grpc_fetch(
         };
         let response = match event {
             None => return,
-            Some(FetchEvent::Chunk {
-                chunk,
-                high_watermark,
-                log_start_offset,
-            }) => FetchResponse {
-                next_offset: chunk.next_offset,
-                batches: chunk.bytes,
-                high_watermark,
-                log_start_offset,
-            },
-            Some(FetchEvent::Idle {
-                high_watermark,
-                log_start_offset,
-                next_offset,
-            }) => FetchResponse {
-                batches: Default::default(),
-                high_watermark,
-                log_start_offset,
-                next_offset,
-            },
+            Some(FetchEvent::Chunk { chunk, marks }) => response(chunk.bytes, marks),
+            Some(FetchEvent::Idle(marks)) => response(Default::default(), marks),
             // A stream ends by ending; the last response already carried the offsets, but an
             // empty fetch has sent nothing yet and its client wants the high watermark.
-            Some(FetchEvent::End {
-                high_watermark,
-                log_start_offset,
-                next_offset,
-            }) => {
-                if next_offset == req.offset {
-                    let empty = FetchResponse {
-                        batches: Default::default(),
-                        high_watermark,
-                        log_start_offset,
-                        next_offset,
-                    };
-                    let _ = send(&responses, empty, &mut shutdown).await;
+            Some(FetchEvent::End(marks)) => {
+                if marks.next_offset == req.offset {
+                    let _ = send(
+                        &responses,
+                        response(Default::default(), marks),
+                        &mut shutdown,
+                    )
+                    .await;
                 }
                 return;
             }
@@ -301,6 +274,15 @@ pub async fn grpc_fetch(
         if !send(&responses, response, &mut shutdown).await {
             return;
         }
+    }
+}
+
+fn response(batches: bytes::Bytes, marks: Marks) -> FetchResponse {
+    FetchResponse {
+        batches,
+        high_watermark: marks.high_watermark,
+        log_start_offset: marks.log_start_offset,
+        next_offset: marks.next_offset,
     }
 }
 

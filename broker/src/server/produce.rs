@@ -21,7 +21,9 @@ use weir_proto::status;
 use weir_proto::v1::{Acks, Error, ErrorCode, ProduceRequest, ProduceResponse};
 
 use super::BrokerState;
-use super::errors::{invalid_request, shutting_down, storage_error, to_status, wire_error};
+use super::errors::{
+    in_partition, invalid_request, shutting_down, storage_error, to_status, wire_error,
+};
 use crate::storage::{AppendConditions, AppendInfo, FlushPolicy, StorageError};
 use crate::topics::Partition;
 
@@ -209,12 +211,6 @@ pub async fn produce_stream(
     if state.is_shutting_down() {
         let _ = responses.send(Err(to_status(shutting_down()))).await;
     }
-}
-
-/// An error of one partition's append, naming the partition.
-fn in_partition(topic: &str, partition: u32, mut e: Error) -> Error {
-    e.message = format!("{topic}-{partition}: {}", e.message);
-    e
 }
 
 /// A durable wait that ends because the partition closed (shutdown past its timeout, or the

@@ -56,6 +56,18 @@ struct Shared {
     checkpoint_lock: Mutex<BTreeSet<TopicPartition>>,
 }
 
+impl Shared {
+    /// The open partitions now (a copy: the map's lock is not held while they are worked on).
+    fn partition_logs(&self) -> Vec<Arc<PartitionLog>> {
+        self.partitions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
 /// A data directory of partition logs.
 pub struct LogDir {
     shared: Arc<Shared>,
@@ -271,14 +283,7 @@ impl LogDir {
     /// One pass of the maintenance work (interval flushes, retention, idle closing), as the
     /// background thread runs it; for tests and tools that want it now.
     pub fn run_maintenance(&self, now_ms: i64) {
-        let partitions: Vec<_> = self
-            .shared
-            .partitions
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let partitions = self.shared.partition_logs();
         let idle_cutoff = now_ms - self.shared.config.idle_close_after.as_millis() as i64;
         for p in partitions {
             flush_due(&p, now_ms);
@@ -295,14 +300,7 @@ impl LogDir {
     /// the clean-shutdown marker last.
     pub fn close(mut self) -> Result<()> {
         self.stop_maintenance();
-        let partitions: Vec<_> = self
-            .shared
-            .partitions
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let partitions = self.shared.partition_logs();
         for p in &partitions {
             // The syncfs below makes the snapshot durable with everything else.
             if let Err(e) = p.snapshot_derived_state(SyncMode::Deferred) {
@@ -412,13 +410,7 @@ fn maintenance_loop(shared: &Shared) {
                 return;
             }
         }
-        let partitions: Vec<_> = shared
-            .partitions
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let partitions = shared.partition_logs();
         let now = now_ms();
         for p in &partitions {
             flush_due(p, now);

@@ -20,7 +20,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use weir_proto::batch::BatchHeader;
+use weir_proto::batch::{BatchHeader, sequence_after};
 
 use super::error::{Result, StorageError};
 
@@ -58,13 +58,7 @@ pub struct ProducerStates {
 }
 
 fn last_sequence(header: &BatchHeader) -> i32 {
-    // Wraps like Kafka's: sequences are i32 and restart at 0 after i32::MAX.
-    let last = i64::from(header.base_sequence) + i64::from(header.record_count) - 1;
-    (last % (i64::from(i32::MAX) + 1)) as i32
-}
-
-fn next_sequence(seq: i32) -> i32 {
-    if seq == i32::MAX { 0 } else { seq + 1 }
+    sequence_after(header.base_sequence, i64::from(header.record_count) - 1)
 }
 
 impl ProducerStates {
@@ -78,55 +72,42 @@ impl ProducerStates {
             header.producer_epoch,
             header.base_sequence,
         );
-        if seq < 0 || epoch < 0 {
+        if epoch < 0 {
             return Err(StorageError::OutOfOrderSequence {
                 producer_id: id,
                 expected: 0,
                 got: seq,
             });
         }
-        let Some(entry) = self.producers.get(&id) else {
-            return if seq == 0 {
-                Ok(SequenceCheck::Append)
-            } else {
-                Err(StorageError::OutOfOrderSequence {
+        let expected = match self.producers.get(&id) {
+            None => 0,
+            Some(entry) if epoch < entry.epoch => {
+                return Err(StorageError::ProducerFenced {
                     producer_id: id,
-                    expected: 0,
-                    got: seq,
-                })
-            };
-        };
-        if epoch < entry.epoch {
-            return Err(StorageError::ProducerFenced {
-                producer_id: id,
-                epoch,
-                current: entry.epoch,
-            });
-        }
-        if epoch > entry.epoch {
+                    epoch,
+                    current: entry.epoch,
+                });
+            }
             // A new epoch restarts the sequence.
-            return if seq == 0 {
-                Ok(SequenceCheck::Append)
-            } else {
-                Err(StorageError::OutOfOrderSequence {
-                    producer_id: id,
-                    expected: 0,
-                    got: seq,
-                })
-            };
-        }
-        let last = last_sequence(header);
-        if let Some(original) = entry
-            .recent
-            .iter()
-            .find(|b| b.first_seq == seq && b.last_seq == last)
-        {
-            return Ok(SequenceCheck::Duplicate {
-                base_offset: original.base_offset,
-                last_offset: original.last_offset,
-            });
-        }
-        let expected = entry.recent.back().map_or(0, |b| next_sequence(b.last_seq));
+            Some(entry) if epoch > entry.epoch => 0,
+            Some(entry) => {
+                let last = last_sequence(header);
+                if let Some(original) = entry
+                    .recent
+                    .iter()
+                    .find(|b| b.first_seq == seq && b.last_seq == last)
+                {
+                    return Ok(SequenceCheck::Duplicate {
+                        base_offset: original.base_offset,
+                        last_offset: original.last_offset,
+                    });
+                }
+                entry
+                    .recent
+                    .back()
+                    .map_or(0, |b| sequence_after(b.last_seq, 1))
+            }
+        };
         if seq == expected {
             Ok(SequenceCheck::Append)
         } else {

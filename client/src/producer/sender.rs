@@ -36,6 +36,8 @@ use weir_proto::v1::{
     ErrorCode, InitProducerRequest, ProduceRequest, ProduceResponse, weir_client::WeirClient,
 };
 
+use weir_proto::batch::sequence_after;
+
 use super::Shared;
 use super::accumulator::{ProducerBatch, Stamp};
 use crate::{ClientError, TopicPartition};
@@ -246,10 +248,8 @@ impl SenderTask {
             epoch,
             base_sequence,
         });
-        // Sequences are i32 and wrap to 0 after i32::MAX, as the broker counts them.
-        let next =
-            (i64::from(base_sequence) + batch.record_count as i64) % (i64::from(i32::MAX) + 1);
-        self.next_sequence.insert(batch.tp.clone(), next as i32);
+        let next = sequence_after(base_sequence, batch.record_count as i64);
+        self.next_sequence.insert(batch.tp.clone(), next);
     }
 
     /// A stamped batch failed for good: if the broker surely did not store it, its sequence
@@ -286,10 +286,10 @@ impl SenderTask {
         // last stamped one; checked anyway, since rolling back under a later batch would gap.
         let next = self.next_sequence.get(&batch.tp).copied();
         let was_last = next
-            == Some(
-                ((i64::from(stamp.base_sequence) + batch.record_count as i64)
-                    % (i64::from(i32::MAX) + 1)) as i32,
-            );
+            == Some(sequence_after(
+                stamp.base_sequence,
+                batch.record_count as i64,
+            ));
         if surely_not_stored && was_last {
             self.next_sequence
                 .insert(batch.tp.clone(), stamp.base_sequence);

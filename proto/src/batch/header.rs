@@ -164,6 +164,13 @@ impl BatchHeader {
     }
 }
 
+/// The sequence number `count` records after `sequence`. An idempotent producer's records are
+/// numbered per partition with i32 sequences that wrap from `i32::MAX` to 0 (Kafka's rule);
+/// producer and broker both count with this.
+pub fn sequence_after(sequence: i32, count: i64) -> i32 {
+    ((i64::from(sequence) + count).rem_euclid(i64::from(i32::MAX) + 1)) as i32
+}
+
 /// Writes an idempotent producer's identity and the batch's first sequence number into an
 /// encoded batch and recomputes its CRC (these fields are CRC-covered). The producer calls it
 /// when it first sends a batch, so sequences follow send order.
@@ -221,5 +228,12 @@ mod stamp_tests {
             (42, 3, 17)
         );
         assert!(stamp_producer(&mut [0u8; 10], 1, 0, 0).is_err());
+    }
+
+    #[test]
+    fn sequences_wrap_after_i32_max() {
+        assert_eq!(sequence_after(5, 3), 8);
+        assert_eq!(sequence_after(i32::MAX, 1), 0);
+        assert_eq!(sequence_after(i32::MAX - 1, 3), 1);
     }
 }
