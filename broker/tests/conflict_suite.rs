@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::Barrier;
 use tonic::transport::Channel;
-use weir_proto::batch::{BatchBuilder, RecordInput, split_batches};
+use weir_proto::batch::{BatchBuilder, Record, RecordInput, split_batches};
 use weir_proto::status::from_status;
 use weir_proto::v1::weir_client::WeirClient;
 use weir_proto::v1::{
@@ -42,8 +42,8 @@ fn balance_of(value: &[u8]) -> u64 {
     text.rsplit(':').next().unwrap().parse().unwrap()
 }
 
-/// The value of the record at `offset`.
-async fn record_at(client: &mut WeirClient<Channel>, offset: u64) -> Bytes {
+/// Every record of the ledger from `offset` to its end, in offset order.
+async fn records_from(client: &mut WeirClient<Channel>, offset: u64) -> Vec<Record> {
     let mut stream = client
         .fetch(FetchRequest {
             topic: "ledger".into(),
@@ -54,16 +54,22 @@ async fn record_at(client: &mut WeirClient<Channel>, offset: u64) -> Bytes {
         .await
         .unwrap()
         .into_inner();
+    let mut records = Vec::new();
     while let Some(response) = stream.next().await {
         for batch in split_batches(response.unwrap().batches) {
-            for record in batch.unwrap().records() {
-                if record.offset == offset {
-                    return record.value.unwrap();
-                }
-            }
+            records.extend(batch.unwrap().records().filter(|r| r.offset >= offset));
         }
     }
-    panic!("no record at {offset}");
+    records
+}
+
+/// The value of the record at `offset`.
+async fn record_at(client: &mut WeirClient<Channel>, offset: u64) -> Bytes {
+    let records = records_from(client, offset).await;
+    let record = records.first().filter(|r| r.offset == offset);
+    record
+        .and_then(|r| r.value.clone())
+        .unwrap_or_else(|| panic!("no record at {offset}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,27 +167,15 @@ async fn exactly_one_writer_wins_each_round_and_the_log_replays_to_the_winners_s
         assert_eq!(view, &final_views[0]);
     }
     let mut replayed: HashMap<String, (u64, usize)> = HashMap::new();
-    let mut stream = admin
-        .fetch(FetchRequest {
-            topic: "ledger".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    while let Some(response) = stream.next().await {
-        for batch in split_batches(response.unwrap().batches) {
-            for record in batch.unwrap().records() {
-                let key = String::from_utf8(record.key.unwrap().to_vec()).unwrap();
-                let value = record.value.unwrap();
-                let text = std::str::from_utf8(&value).unwrap();
-                let writer: u64 = text.split(':').next().unwrap().parse().unwrap();
-                let state = replayed.entry(key).or_insert((0, 0));
-                // Each event applies to the state the previous event left.
-                assert_eq!(balance_of(&value), state.0 + writer + 1, "event {text}");
-                *state = (balance_of(&value), state.1 + 1);
-            }
-        }
+    for record in records_from(&mut admin, 0).await {
+        let key = String::from_utf8(record.key.unwrap().to_vec()).unwrap();
+        let value = record.value.unwrap();
+        let text = std::str::from_utf8(&value).unwrap();
+        let writer: u64 = text.split(':').next().unwrap().parse().unwrap();
+        let state = replayed.entry(key).or_insert((0, 0));
+        // Each event applies to the state the previous event left.
+        assert_eq!(balance_of(&value), state.0 + writer + 1, "event {text}");
+        *state = (balance_of(&value), state.1 + 1);
     }
     for key in KEYS {
         let (balance, events) = replayed[key];

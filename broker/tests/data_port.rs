@@ -20,13 +20,6 @@ use weir_testkit::{BrokerProcess, temp_data_dir};
 
 const BROKER: &str = env!("CARGO_BIN_EXE_weir-broker");
 
-async fn connect(broker: &BrokerProcess) -> WeirClient<Channel> {
-    WeirClient::connect(broker.url())
-        .await
-        .expect("connect")
-        .max_decoding_message_size(64 << 20)
-}
-
 fn batch(id: u64, records: usize, value_len: usize) -> Bytes {
     let mut b = BatchBuilder::new();
     let value: Vec<u8> = (0..value_len).map(|i| (i as u64 * 7 + id) as u8).collect();
@@ -161,7 +154,7 @@ async fn the_data_port_returns_the_same_bytes_as_grpc_fetch() {
         dir.path(),
         &["--retention-check-interval-ms", "100"],
     );
-    let mut client = connect(&broker).await;
+    let mut client = broker.grpc().await;
     let segment = TopicConfig {
         segment_bytes: Some(64 << 10),
         max_batch_bytes: Some(64 << 10),
@@ -235,7 +228,7 @@ async fn the_data_port_returns_the_same_bytes_as_grpc_fetch() {
 async fn bad_and_vanishing_clients_get_errors_and_others_are_served() {
     let dir = temp_data_dir();
     let broker = BrokerProcess::start(BROKER.as_ref(), dir.path(), &[]);
-    let mut client = connect(&broker).await;
+    let mut client = broker.grpc().await;
     filled_topic(&mut client, "t", 200, TopicConfig::default()).await;
     let reference = grpc_bytes(&mut client, "t", 0, 0).await;
 
@@ -280,7 +273,7 @@ async fn bad_and_vanishing_clients_get_errors_and_others_are_served() {
 async fn a_follow_fetch_on_the_data_port_streams_appends_as_they_land() {
     let dir = temp_data_dir();
     let broker = BrokerProcess::start(BROKER.as_ref(), dir.path(), &[]);
-    let mut client = connect(&broker).await;
+    let mut client = broker.grpc().await;
     filled_topic(&mut client, "live", 0, TopicConfig::default()).await;
     let mut s = dial(broker.data_addr);
     send_fetch(&mut s, "live", 0, 0, true);

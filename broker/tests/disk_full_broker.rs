@@ -7,7 +7,6 @@ use bytes::Bytes;
 use futures::StreamExt;
 use weir_proto::batch::{BatchBuilder, RecordInput, split_batches};
 use weir_proto::status::from_status;
-use weir_proto::v1::weir_client::WeirClient;
 use weir_proto::v1::{Acks, CreateTopicRequest, ErrorCode, FetchRequest, ProduceRequest};
 use weir_testkit::{BrokerProcess, Tmpfs};
 
@@ -50,7 +49,7 @@ async fn a_full_disk_is_a_retriable_refusal_and_nothing_acknowledged_is_lost() {
         &data,
         &["--segment-bytes", "262144", "--max-batch-bytes", "65536"],
     );
-    let mut client = WeirClient::connect(broker.url()).await.unwrap();
+    let mut client = broker.grpc().await;
     client
         .create_topic(CreateTopicRequest {
             name: "t".into(),

@@ -20,14 +20,6 @@ use weir_testkit::{BrokerProcess, temp_data_dir};
 
 const BROKER: &str = env!("CARGO_BIN_EXE_weir-broker");
 
-async fn connect(broker: &BrokerProcess) -> WeirClient<Channel> {
-    WeirClient::connect(broker.url())
-        .await
-        .expect("connect")
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20)
-}
-
 fn batch(values: &[&str], timestamp: i64) -> Bytes {
     let mut b = BatchBuilder::new();
     for v in values {
@@ -115,7 +107,7 @@ fn reason(status: &tonic::Status) -> ErrorCode {
 async fn produce_then_fetch_returns_the_batch_as_stored() {
     let dir = temp_data_dir();
     let broker = BrokerProcess::start(BROKER.as_ref(), dir.path(), &[]);
-    let mut client = connect(&broker).await;
+    let mut client = broker.grpc().await;
     create(&mut client, "orders", 2).await;
 
     let sent = batch(&["a", "b", "c"], 1_700_000_000_000);
@@ -197,7 +189,7 @@ async fn bad_batches_are_refused_with_a_reason_and_change_nothing() {
             "4194304",
         ],
     );
-    let mut client = connect(&broker).await;
+    let mut client = broker.grpc().await;
     create(&mut client, "t", 1).await;
     client
         .produce(produce_req("t", 0, batch(&["ok"], 1), Acks::Leader))
@@ -296,7 +288,7 @@ async fn bad_batches_are_refused_with_a_reason_and_change_nothing() {
 async fn topic_admin_validates_and_survives_restart() {
     let dir = temp_data_dir();
     let mut broker = BrokerProcess::start(BROKER.as_ref(), dir.path(), &[]);
-    let mut client = connect(&broker).await;
+    let mut client = broker.grpc().await;
     for (name, partitions, expected) in [
         ("bad/name", 1, ErrorCode::InvalidName),
         ("..", 1, ErrorCode::InvalidName),
@@ -368,7 +360,7 @@ async fn topic_admin_validates_and_survives_restart() {
         assert!(broker.terminate().success());
         broker.restart();
     });
-    let mut client = connect(&broker).await;
+    let mut client = broker.grpc().await;
     let topics = client
         .list_topics(ListTopicsRequest {})
         .await
@@ -390,7 +382,7 @@ async fn topic_admin_validates_and_survives_restart() {
 async fn a_produce_stream_answers_every_request_by_correlation_id() {
     let dir = temp_data_dir();
     let broker = BrokerProcess::start(BROKER.as_ref(), dir.path(), &[]);
-    let mut client = connect(&broker).await;
+    let mut client = broker.grpc().await;
     create(&mut client, "s", 3).await;
     let mut requests = Vec::new();
     for i in 0..300u64 {
@@ -453,7 +445,7 @@ async fn a_follow_fetch_pushes_appends_and_ends_on_shutdown() {
         dir.path(),
         &["--shutdown-timeout-ms", "120000"],
     );
-    let mut client = connect(&broker).await;
+    let mut client = broker.grpc().await;
     create(&mut client, "live", 1).await;
     let mut stream = client
         .fetch(FetchRequest {
@@ -509,7 +501,7 @@ async fn a_follow_fetch_pushes_appends_and_ends_on_shutdown() {
 async fn deleting_a_topic_ends_its_follow_fetches_and_oversized_topics_are_refused() {
     let dir = temp_data_dir();
     let broker = BrokerProcess::start(BROKER.as_ref(), dir.path(), &[]);
-    let mut client = connect(&broker).await;
+    let mut client = broker.grpc().await;
     create(&mut client, "brief", 1).await;
     let mut stream = client
         .fetch(FetchRequest {
@@ -556,7 +548,7 @@ async fn idempotent_retries_are_stored_once_and_conditional_appends_conflict() {
     use weir_proto::v1::InitProducerRequest;
     let dir = temp_data_dir();
     let broker = BrokerProcess::start(BROKER.as_ref(), dir.path(), &[]);
-    let mut client = connect(&broker).await;
+    let mut client = broker.grpc().await;
     create(&mut client, "acct", 1).await;
     let producer = client
         .init_producer(InitProducerRequest {})
@@ -627,7 +619,7 @@ async fn idempotent_retries_are_stored_once_and_conditional_appends_conflict() {
 async fn lying_counts_and_absurd_sizes_are_refused_and_change_nothing() {
     let dir = temp_data_dir();
     let broker = BrokerProcess::start(BROKER.as_ref(), dir.path(), &[]);
-    let mut client = connect(&broker).await;
+    let mut client = broker.grpc().await;
     create(&mut client, "t", 1).await;
     client
         .produce(produce_req("t", 0, batch(&["ok"], 1), Acks::Leader))
@@ -721,7 +713,7 @@ async fn stalled_and_garbage_connections_do_not_stop_others_or_shutdown() {
         .unwrap();
     let mut garbage = std::net::TcpStream::connect(broker.addr).unwrap();
     garbage.write_all(&[0xff; 4096]).unwrap();
-    let mut client = connect(&broker).await;
+    let mut client = broker.grpc().await;
     create(&mut client, "t", 1).await;
     client
         .produce(produce_req(

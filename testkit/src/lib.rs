@@ -8,9 +8,12 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+use tonic::transport::Channel;
+use weir_proto::v1::weir_client::WeirClient;
 
 /// How long a broker may take to print its ready line (a debug build recovering a data dir
 /// on a busy 2-core machine).
@@ -59,27 +62,9 @@ impl BrokerProcess {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            for line in lines.by_ref() {
-                let Ok(line) = line else { break };
-                let field = |name: &str| {
-                    line.split_whitespace()
-                        .find_map(|w| w.strip_prefix(name))
-                        .and_then(|a| a.parse::<SocketAddr>().ok())
-                };
-                if let (Some(grpc), Some(data)) = (field("grpc="), field("data=")) {
-                    let _ = tx.send((grpc, data));
-                    break;
-                }
-            }
-            // Keep draining so the broker never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let (addr, data_addr) = match rx.recv_timeout(READY_TIMEOUT) {
-            Ok(addrs) => addrs,
-            Err(_) => {
+        let (addr, data_addr) = match wait_for_ready(stdout, READY_TIMEOUT) {
+            Some(addrs) => addrs,
+            None => {
                 let _ = child.kill();
                 let status = child.wait();
                 panic!("weir-broker did not print its ready line (exit: {status:?})");
@@ -98,6 +83,16 @@ impl BrokerProcess {
     /// `http://ADDR`, what tonic clients connect to.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// A raw `weir.v1` gRPC client connected to it (what a client in any language would
+    /// use), with message limits large enough for any batch a test sends or fetches.
+    pub async fn grpc(&self) -> WeirClient<Channel> {
+        WeirClient::connect(self.url())
+            .await
+            .unwrap_or_else(|e| panic!("connecting to weir-broker at {}: {e}", self.addr))
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
     }
 
     /// `HOST:PORT`, what the CLI's `--broker` takes.
@@ -169,6 +164,30 @@ impl Drop for BrokerProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Waits up to `timeout` for a broker's ready line on its stdout, `weir-broker ready
+/// grpc=ADDR data=ADDR ...`, and returns (gRPC address, data-port address); `None` if the
+/// broker exited or stayed silent. Keeps draining the pipe afterwards, so the broker never
+/// blocks on a full stdout. Shared by the tests and `weir-bench`.
+pub fn wait_for_ready(stdout: ChildStdout, timeout: Duration) -> Option<(SocketAddr, SocketAddr)> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref().map_while(Result::ok) {
+            let field = |name: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name))
+                    .and_then(|a| a.parse::<SocketAddr>().ok())
+            };
+            if let (Some(grpc), Some(data)) = (field("grpc="), field("data=")) {
+                let _ = tx.send((grpc, data));
+                break;
+            }
+        }
+        for _ in lines {}
+    });
+    rx.recv_timeout(timeout).ok()
 }
 
 /// The `weir-broker` binary for tests outside the broker crate (which use

@@ -2,7 +2,6 @@
 //! free loopback ports, over a temp data dir) or one it is pointed at. Either way the bench can
 //! read the broker process's CPU time, which is how zero-copy shows on loopback.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -101,23 +100,9 @@ impl Broker {
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let stdout = child.stdout.take().context("broker stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            for line in lines.by_ref().map_while(Result::ok) {
-                if let Some(addr) = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("grpc="))
-                {
-                    let _ = tx.send(addr.to_owned());
-                    break;
-                }
-            }
-            for _ in lines {}
-        });
-        let grpc = rx
-            .recv_timeout(Duration::from_secs(60))
+        let (grpc, _data) = weir_testkit::wait_for_ready(stdout, Duration::from_secs(60))
             .context("the broker did not report ready")?;
+        let grpc = grpc.to_string();
         Ok(Broker {
             grpc,
             cpu: Some(CpuClock::of(child.id())),
