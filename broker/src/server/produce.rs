@@ -22,9 +22,11 @@ use weir_proto::v1::{Acks, Error, ErrorCode, ProduceRequest, ProduceResponse};
 
 use super::BrokerState;
 use super::errors::{
-    in_partition, invalid_request, shutting_down, storage_error, to_status, wire_error,
+    in_partition, internal, invalid_request, shutting_down, storage_error, to_status, wire_error,
 };
-use crate::storage::{AppendConditions, AppendInfo, FlushPolicy, StorageError};
+use crate::storage::{
+    AppendConditions, AppendInfo, FlushPolicy, PartitionLog, StorageError, SyncTicket,
+};
 use crate::topics::Partition;
 
 fn response(correlation_id: u64, info: AppendInfo) -> ProduceResponse {
@@ -86,10 +88,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, Error> {
     match tokio::task::spawn_blocking(f).await {
         Ok(result) => result.map_err(|e| storage_error(&e)),
-        Err(e) => Err(status::error(
-            ErrorCode::Internal,
-            format!("append task failed: {e}"),
-        )),
+        Err(e) => Err(internal(format!("storage task failed: {e}"))),
     }
 }
 
@@ -113,10 +112,9 @@ pub async fn produce(
         blocking(move || log.append_for_sync(&batch, conditions).map(|r| (r, log))).await;
     let result = match appended {
         Err(e) => Err(in_partition(&topic, index, e)),
-        Ok(((info, ticket), log)) if sync => blocking(move || log.wait_durable(ticket))
-            .await
-            .map(|()| info)
-            .map_err(|e| not_durable_if_closed(&topic, index, e)),
+        Ok(((info, ticket), log)) if sync => {
+            wait_synced(log, ticket, &topic, index).await.map(|()| info)
+        }
         Ok(((info, _), _)) => Ok(info),
     };
     drop(in_flight);
@@ -195,11 +193,11 @@ pub async fn produce_stream(
                 let responses = responses.clone();
                 let log = Arc::clone(&partition.log);
                 durable_waits.spawn(async move {
-                    let synced = blocking(move || log.wait_durable(ticket)).await;
+                    let synced = wait_synced(log, ticket, &topic, index).await;
                     drop(in_flight);
                     let answer = match synced {
                         Ok(()) => response(id, info),
-                        Err(e) => error_response(id, not_durable_if_closed(&topic, index, e)),
+                        Err(e) => error_response(id, e),
                     };
                     let _ = responses.send(Ok(answer)).await;
                 });
@@ -213,20 +211,27 @@ pub async fn produce_stream(
     }
 }
 
-/// A durable wait that ends because the partition closed (shutdown past its timeout, or the
-/// topic deleted) came after the batch was appended: it may well be on disk, so telling the
-/// client "retry" (SHUTTING_DOWN) would duplicate it. Say what is known instead.
-fn not_durable_if_closed(topic: &str, partition: u32, e: Error) -> Error {
-    if e.code == ErrorCode::ShuttingDown as i32 {
-        return status::error(
+/// Waits for the sync of an appended batch. Every failure here comes after the append, so a
+/// partition closed meanwhile (shutdown past its timeout, or the topic deleted) is NOT_DURABLE:
+/// the batch may well be on disk, and the retriable SHUTTING_DOWN that `Closed` means for a
+/// refused append would make the client send it twice.
+async fn wait_synced(
+    log: Arc<PartitionLog>,
+    ticket: SyncTicket,
+    topic: &str,
+    partition: u32,
+) -> Result<(), Error> {
+    match blocking(move || Ok(log.wait_durable(ticket))).await? {
+        Ok(()) => Ok(()),
+        Err(StorageError::Closed) => Err(status::error(
             ErrorCode::NotDurable,
             format!(
                 "{topic}-{partition}: the partition closed before this batch's sync was confirmed; \
                  it was appended and may be on disk, so sending it again may duplicate it"
             ),
-        );
+        )),
+        Err(e) => Err(in_partition(topic, partition, storage_error(&e))),
     }
-    in_partition(topic, partition, e)
 }
 
 /// The status for a request the stream could not decode.
