@@ -44,22 +44,7 @@ impl BrokerProcess {
         (listen, data_listen): (&str, &str),
         extra_args: &[&str],
     ) -> BrokerProcess {
-        let mut child = Command::new(bin)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--listen")
-            .arg(listen)
-            .arg("--data-listen")
-            .arg(data_listen)
-            .args(extra_args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or("warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
+        let mut child = spawn_broker(bin, data_dir, (listen, data_listen), extra_args)
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let stdout = child.stdout.take().expect("stdout is piped");
         let (addr, data_addr) = match wait_for_ready(stdout, READY_TIMEOUT) {
@@ -164,6 +149,32 @@ impl Drop for BrokerProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Spawns `bin` over `data_dir` on the given gRPC and data-port addresses, stdout piped (read
+/// it with [`wait_for_ready`]), logs to this process's stderr at `RUST_LOG` (default `warn`).
+pub fn spawn_broker(
+    bin: &Path,
+    data_dir: &Path,
+    (listen, data_listen): (&str, &str),
+    extra_args: &[impl AsRef<std::ffi::OsStr>],
+) -> std::io::Result<Child> {
+    Command::new(bin)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--listen")
+        .arg(listen)
+        .arg("--data-listen")
+        .arg(data_listen)
+        .args(extra_args)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or("warn".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
 }
 
 /// Waits up to `timeout` for a broker's ready line on its stdout, `weir-broker ready

@@ -3,7 +3,7 @@
 //! read the broker process's CPU time, which is how zero-copy shows on loopback.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -85,19 +85,8 @@ impl Broker {
             );
         }
         let data_dir = tempfile::Builder::new().prefix("weir-bench-").tempdir()?;
-        let mut child = Command::new(&bin)
-            .args(["--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(data_dir.path())
-            .args(extra_args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or("warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
+        let loopback = ("127.0.0.1:0", "127.0.0.1:0");
+        let mut child = weir_testkit::spawn_broker(&bin, data_dir.path(), loopback, extra_args)
             .with_context(|| format!("starting {}", bin.display()))?;
         let stdout = child.stdout.take().context("broker stdout")?;
         let (grpc, _data) = weir_testkit::wait_for_ready(stdout, Duration::from_secs(60))

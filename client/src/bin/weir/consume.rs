@@ -8,14 +8,13 @@
 use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
 
-use anyhow::bail;
 use clap::Args;
 use futures::StreamExt;
 use weir_client::{ConsumerConfig, RecordStream, Seek};
 
 use crate::format::OutputFormat;
 use crate::time::parse_time_ms;
-use crate::{EXIT_INTERRUPTED, connect, topic_error};
+use crate::{EXIT_INTERRUPTED, connect, describe_topic, topic_error};
 
 #[derive(Args)]
 pub struct OutputArgs {
@@ -67,17 +66,8 @@ pub struct TailArgs {
 
 pub async fn run(broker: &str, args: ConsumeArgs) -> anyhow::Result<ExitCode> {
     let client = connect(broker).await?;
-    let topic = client
-        .admin()
-        .describe_topic(&args.topic)
-        .await
-        .map_err(|e| topic_error(e, &args.topic))?;
+    let topic = describe_topic(&client, &args.topic, args.partition).await?;
     let partitions: Vec<u32> = match args.partition {
-        Some(p) if p >= topic.partition_count => bail!(
-            "topic {} has partitions 0..{}; there is no partition {p}",
-            topic.name,
-            topic.partition_count
-        ),
         Some(p) => vec![p],
         None => (0..topic.partition_count).collect(),
     };

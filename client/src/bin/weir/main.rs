@@ -115,6 +115,30 @@ async fn connect(broker: &str) -> Result<Client, ClientError> {
     Client::connect(broker).await
 }
 
+/// Describes `topic`, refusing with a message that says what to do if it does not exist or has
+/// no partition `partition` (checked before any input is read or any fetch starts).
+async fn describe_topic(
+    client: &Client,
+    topic: &str,
+    partition: Option<u32>,
+) -> anyhow::Result<weir_client::TopicDescription> {
+    let described = client
+        .admin()
+        .describe_topic(topic)
+        .await
+        .map_err(|e| topic_error(e, topic))?;
+    if let Some(p) = partition
+        && p >= described.partition_count
+    {
+        anyhow::bail!(
+            "topic {} has partitions 0..{}; there is no partition {p}",
+            described.name,
+            described.partition_count
+        );
+    }
+    Ok(described)
+}
+
 /// The error of a call about `topic`, with an unknown topic spelled out.
 fn topic_error(error: ClientError, topic: &str) -> anyhow::Error {
     if error.code() == Some(ErrorCode::UnknownTopic) {

@@ -18,7 +18,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 use weir_client::{Acks, ClientError, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
 
-use crate::{EXIT_INTERRUPTED, connect, human_bytes, topic_error};
+use crate::{EXIT_INTERRUPTED, connect, describe_topic, human_bytes};
 
 #[derive(Args)]
 pub struct ProduceArgs {
@@ -69,20 +69,7 @@ pub async fn run(broker: &str, args: ProduceArgs) -> anyhow::Result<ExitCode> {
     };
     let client = connect(broker).await?;
     // Described first, so a wrong topic or partition is reported even with no input.
-    let topic = client
-        .admin()
-        .describe_topic(&args.topic)
-        .await
-        .map_err(|e| topic_error(e, &args.topic))?;
-    if let Some(partition) = args.partition
-        && partition >= topic.partition_count
-    {
-        bail!(
-            "topic {} has partitions 0..{}; there is no partition {partition}",
-            topic.name,
-            topic.partition_count
-        );
-    }
+    describe_topic(&client, &args.topic, args.partition).await?;
     let acks = match args.acks {
         AcksArg::Leader => Acks::Leader,
         AcksArg::Durable => Acks::Durable,
