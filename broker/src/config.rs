@@ -14,10 +14,50 @@ use serde::Deserialize;
 use crate::storage::{LogConfig, LogDirConfig};
 use crate::topics::{FlushKind, TopicSettings};
 
+/// What a node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// A broker with its own embedded controller: a single-node cluster (the default).
+    Combined,
+    /// Only the controller (it still answers metadata and group calls, and holds no partitions).
+    Controller,
+    /// A broker of a cluster whose controller is at `controller`.
+    Broker,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "combined" => Ok(Role::Combined),
+            "controller" => Ok(Role::Controller),
+            "broker" => Ok(Role::Broker),
+            _ => Err(format!("{s:?} is not one of combined, controller, broker")),
+        }
+    }
+}
+
+/// Node ids are below this (they are the top bits of producer ids).
+pub const MAX_NODE_ID: u32 = 1 << 22;
+
 /// Everything the broker process is configured with.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
+    /// `combined` (broker + embedded controller, the single-node default), `controller` or
+    /// `broker`.
+    pub role: Role,
+    /// This node's id, unique in the cluster.
+    pub node_id: u32,
+    /// The controller's gRPC address (`HOST:PORT`), for `role = "broker"`.
+    pub controller: Option<String>,
+    /// The gRPC address as clients and other nodes should dial it, when it differs from
+    /// `listen` (a container's published port, a host name). Default: the bound address.
+    pub advertised: Option<String>,
+    /// A broker not heard from by the controller for this long is marked down (its
+    /// partitions report unavailable).
+    pub broker_lease_ms: u64,
     /// Where logs and topic metadata live.
     pub data_dir: PathBuf,
     /// The gRPC address.
@@ -74,6 +114,11 @@ impl Default for TopicDefaults {
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
+            role: Role::Combined,
+            node_id: 0,
+            controller: None,
+            advertised: None,
+            broker_lease_ms: 6_000,
             data_dir: PathBuf::from("./weir-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             data_listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
@@ -137,6 +182,29 @@ impl BrokerConfig {
                 "max_request_bytes ({}) must exceed topic_defaults.max_batch_bytes ({}) by at least 4 KiB",
                 self.max_request_bytes, d.max_batch_bytes
             )));
+        }
+        match (self.role, &self.controller) {
+            (Role::Broker, None) => {
+                return Err(ConfigError::Invalid(
+                    "a broker of a cluster needs its controller's address: --controller HOST:PORT (or run --role combined)".into(),
+                ));
+            }
+            (Role::Combined | Role::Controller, Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "--controller is for --role broker; this node runs its own controller".into(),
+                ));
+            }
+            _ => {}
+        }
+        if self.node_id >= MAX_NODE_ID {
+            return Err(ConfigError::Invalid(format!(
+                "node_id must be below {MAX_NODE_ID}"
+            )));
+        }
+        if self.broker_lease_ms < 1000 {
+            return Err(ConfigError::Invalid(
+                "broker_lease_ms must be at least 1000".into(),
+            ));
         }
         if self.retention_check_interval_ms == 0 || self.checkpoint_interval_ms == 0 {
             return Err(ConfigError::Invalid(

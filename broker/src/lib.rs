@@ -3,14 +3,20 @@
 //! - [`storage`]: the storage engine (memory-mapped segments, indexes, group commit, recovery).
 //!   Self-contained: it knows files and bytes, not networks.
 //! - [`topics`]: topics over the storage engine (metadata persisted in the data dir).
-//! - [`server`]: the gRPC service, its limits and graceful shutdown.
+//! - [`server`]: the gRPC service, its limits and graceful shutdown, and the node's view of
+//!   the cluster.
+//! - [`controller`]: the cluster's metadata (brokers, placement, consumer groups, committed
+//!   offsets), embedded in a single-node broker or run alone.
+//! - [`wire`]: translation between the broker's types and the wire's.
 //! - [`producer_ids`]: ids for idempotent producers, unique per data dir.
 //! - [`config`]: the broker's configuration (defaults, TOML file, environment, flags).
 //!
 //! The `weir-broker` binary (`src/main.rs`) wires them together.
 
 pub mod config;
+pub mod controller;
 pub mod producer_ids;
 pub mod server;
 pub mod storage;
 pub mod topics;
+pub mod wire;

@@ -12,8 +12,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use tracing::{error, info};
-use weir_broker::config::BrokerConfig;
+use tracing::{error, info, warn};
+
+/// How long a starting node waits for the cluster metadata before it reports ready anyway.
+const METADATA_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+use weir_broker::config::{BrokerConfig, Role};
 use weir_broker::server::Broker;
 use weir_broker::topics::FlushKind;
 
@@ -24,6 +27,24 @@ struct Args {
     /// TOML config file (keys as the flags below, with '_' for '-').
     #[arg(long, env = "WEIR_CONFIG")]
     config: Option<PathBuf>,
+    /// What this node runs: combined (a broker with its own controller: a single-node
+    /// cluster), controller, or broker (of the cluster whose controller is --controller)
+    /// [default: combined].
+    #[arg(long, env = "WEIR_ROLE")]
+    role: Option<Role>,
+    /// This node's id, unique in the cluster [default: 0].
+    #[arg(long, env = "WEIR_NODE_ID")]
+    node_id: Option<u32>,
+    /// The controller's gRPC address HOST:PORT (with --role broker).
+    #[arg(long, env = "WEIR_CONTROLLER")]
+    controller: Option<String>,
+    /// The gRPC address as clients and other nodes should dial it [default: the bound address].
+    #[arg(long, env = "WEIR_ADVERTISED")]
+    advertised: Option<String>,
+    /// Milliseconds without a heartbeat before the controller marks a broker down
+    /// [default: 6000].
+    #[arg(long, env = "WEIR_BROKER_LEASE_MS")]
+    broker_lease_ms: Option<u64>,
     /// Data directory [default: ./weir-data].
     #[arg(long, env = "WEIR_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -96,6 +117,11 @@ impl Args {
                 }
             };
         }
+        set!(role = self.role);
+        set!(node_id = self.node_id);
+        set!(controller = self.controller.map(Some));
+        set!(advertised = self.advertised.map(Some));
+        set!(broker_lease_ms = self.broker_lease_ms);
         set!(data_dir = self.data_dir);
         set!(listen = self.listen);
         set!(data_listen = self.data_listen);
@@ -147,11 +173,22 @@ fn run(args: Args) -> anyhow::Result<()> {
         let broker = Broker::start(config.clone()).await?;
         let addr = broker.local_addr();
         let data = broker.data_addr();
-        info!(grpc = %addr, data = %data, data_dir = %config.data_dir.display(), "weir-broker ready");
+        // Ready once registered (or after a while without a controller: the partitions held
+        // here are served meanwhile).
+        if !broker.wait_for_metadata(METADATA_WAIT).await {
+            warn!(controller = ?config.controller, "no answer from the controller yet; serving the partitions held here and retrying");
+        }
+        let role = match config.role {
+            Role::Combined => "combined",
+            Role::Controller => "controller",
+            Role::Broker => "broker",
+        };
+        info!(grpc = %addr, data = %data, data_dir = %config.data_dir.display(), role, node_id = config.node_id, "weir-broker ready");
         // The one stdout line: what scripts and tests wait for.
         println!(
-            "weir-broker ready grpc={addr} data={data} data-dir={}",
-            config.data_dir.display()
+            "weir-broker ready grpc={addr} data={data} data-dir={} role={role} node-id={}",
+            config.data_dir.display(),
+            config.node_id
         );
         broker.run(shutdown_signal()).await?;
         info!("weir-broker stopped");

@@ -330,6 +330,7 @@ async fn topic_admin_validates_and_survives_restart() {
                 retention_ms: Some(86_400_000),
                 ..Default::default()
             }),
+            ..Default::default()
         })
         .await
         .unwrap()

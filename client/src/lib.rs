@@ -58,7 +58,8 @@ pub use weir_proto::v1 as proto;
 pub use weir_proto::{batch, topic};
 
 pub use admin::{
-    Admin, FlushPolicy, NewTopic, OffsetSpec, PartitionDescription, TopicConfig, TopicDescription,
+    Admin, FlushPolicy, NewTopic, OffsetSpec, PartitionDescription, Placement, TopicConfig,
+    TopicDescription,
 };
 pub use client::{Client, ConnectOptions, DEFAULT_BROKER, MAX_MESSAGE_BYTES};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, RecordStream, Seek, Transport};

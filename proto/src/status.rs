@@ -16,7 +16,9 @@ pub const REASON_METADATA_KEY: &str = "weir-reason";
 /// The gRPC status code each reason travels under.
 pub fn grpc_code(code: ErrorCode) -> Code {
     match code {
-        ErrorCode::UnknownTopic | ErrorCode::UnknownPartition => Code::NotFound,
+        ErrorCode::UnknownTopic | ErrorCode::UnknownPartition | ErrorCode::UnknownGroup => {
+            Code::NotFound
+        }
         ErrorCode::OffsetOutOfRange => Code::OutOfRange,
         ErrorCode::CorruptBatch
         | ErrorCode::BatchTooLarge
@@ -24,20 +26,33 @@ pub fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::InvalidRequest => Code::InvalidArgument,
         ErrorCode::TopicExists => Code::AlreadyExists,
         ErrorCode::DiskFull | ErrorCode::Throttled => Code::ResourceExhausted,
-        ErrorCode::StorageFailed | ErrorCode::ShuttingDown => Code::Unavailable,
+        ErrorCode::StorageFailed
+        | ErrorCode::ShuttingDown
+        | ErrorCode::PartitionUnavailable
+        | ErrorCode::ControllerUnavailable => Code::Unavailable,
         ErrorCode::NotDurable => Code::Aborted,
-        ErrorCode::OutOfOrderSequence | ErrorCode::ProducerFenced | ErrorCode::Conflict => {
-            Code::FailedPrecondition
-        }
+        ErrorCode::OutOfOrderSequence
+        | ErrorCode::ProducerFenced
+        | ErrorCode::Conflict
+        | ErrorCode::NotLeader
+        | ErrorCode::UnknownMember
+        | ErrorCode::StaleGeneration
+        | ErrorCode::GroupNotEmpty => Code::FailedPrecondition,
         ErrorCode::Internal | ErrorCode::Unspecified => Code::Internal,
     }
 }
 
-/// True for reasons where the same request may succeed if sent again later.
+/// True for reasons where the same request may succeed if sent again later (NOT_LEADER: after
+/// a metadata refresh, to the broker it names).
 pub fn is_retriable(code: ErrorCode) -> bool {
     matches!(
         code,
-        ErrorCode::DiskFull | ErrorCode::Throttled | ErrorCode::ShuttingDown
+        ErrorCode::DiskFull
+            | ErrorCode::Throttled
+            | ErrorCode::ShuttingDown
+            | ErrorCode::NotLeader
+            | ErrorCode::PartitionUnavailable
+            | ErrorCode::ControllerUnavailable
     )
 }
 
@@ -48,6 +63,7 @@ pub fn error(code: ErrorCode, message: impl Into<String>) -> Error {
         message: message.into(),
         retriable: is_retriable(code),
         actual_offset: None,
+        leader: None,
     }
 }
 

@@ -35,7 +35,7 @@ use weir_proto::data_port::{FetchFrame, FrameKind, RESPONSE_HEADER_LEN, Response
 use weir_proto::v1::{Error, ErrorCode};
 
 use super::BrokerState;
-use super::errors::{invalid_request, storage_error, wire_error};
+use super::errors::{invalid_request, storage_error};
 use super::fetch::{FetchEvent, FetchParams, FetchSession, Marks, check_start};
 
 /// How long a client may take to send a request body once its length arrived.
@@ -112,10 +112,10 @@ async fn serve_fetch(
     state: &BrokerState,
     frame: FetchFrame,
 ) -> io::Result<bool> {
-    let partition = match state.topics.partition(&frame.topic, frame.partition) {
+    let partition = match state.partition(&frame.topic, frame.partition) {
         Ok(p) => p,
         Err(e) => {
-            send_error(stream, wire_error(&e)).await;
+            send_error(stream, e).await;
             return Ok(false);
         }
     };

@@ -50,6 +50,8 @@ pub fn wire_error(e: &TopicError) -> Error {
     let code = match e {
         TopicError::UnknownTopic(_) => ErrorCode::UnknownTopic,
         TopicError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
+        // The service turns this into NOT_LEADER naming the owner when it knows one.
+        TopicError::NotLocal { .. } => ErrorCode::NotLeader,
         TopicError::TopicExists(_) => ErrorCode::TopicExists,
         TopicError::InvalidName { .. } => ErrorCode::InvalidName,
         TopicError::InvalidRequest(_) => ErrorCode::InvalidRequest,

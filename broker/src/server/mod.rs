@@ -12,6 +12,8 @@
 //! SHUTTING_DOWN; then close the logs cleanly (sync, checkpoint, clean-shutdown marker). An
 //! acknowledged batch is therefore always in the closed log.
 
+pub mod cluster;
+pub mod controller_service;
 pub mod data_port;
 pub mod errors;
 pub mod fetch;
@@ -29,18 +31,31 @@ use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 use weir_proto::v1::weir_server::WeirServer;
 
-use crate::config::{BrokerConfig, ConfigError};
+use crate::config::{BrokerConfig, ConfigError, Role};
+use crate::controller::link::{ControllerLink, RemoteController};
+use crate::controller::{Controller, ControllerConfig};
 use crate::producer_ids::ProducerIds;
-use crate::topics::{TopicError, Topics};
+use crate::topics::{Partition, TopicError, Topics};
+use cluster::{ClusterView, SyncRole};
+use controller_service::ControllerService;
 use limits::InFlightLimits;
 use service::WeirService;
+use weir_proto::v1::Error;
+use weir_proto::v1::controller_server::ControllerServer;
+
+/// How often the controller expires broker leases and silent group members.
+const CONTROLLER_TICK: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Concurrent HTTP/2 streams (calls) one connection may have open.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
 /// What every request handler shares.
 pub struct BrokerState {
-    pub topics: Topics,
+    pub topics: Arc<Topics>,
+    /// This node's copy of the cluster metadata.
+    pub cluster: Arc<ClusterView>,
+    /// Where metadata changes and group calls go.
+    pub controller: ControllerLink,
     pub producer_ids: ProducerIds,
     pub limits: InFlightLimits,
     /// The data port's address as clients should dial it (advertised in DescribeTopic).
@@ -54,6 +69,14 @@ impl BrokerState {
     /// A receiver that turns true when shutdown begins.
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
+    }
+
+    /// A partition held here, or the error that says where it is (NOT_LEADER naming its
+    /// owner) or that it does not exist.
+    pub fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, Error> {
+        self.topics
+            .partition(topic, partition)
+            .map_err(|e| self.cluster.not_here(topic, partition, e))
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -85,6 +108,8 @@ pub enum ServerError {
     },
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("opening the controller's metadata: {0}")]
+    Controller(crate::storage::StorageError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -104,6 +129,8 @@ pub struct Broker {
     data_listener: TcpListener,
     data_addr: SocketAddr,
     config: BrokerConfig,
+    local_controller: Option<Arc<Controller>>,
+    sync: tokio::task::JoinHandle<()>,
 }
 
 impl Broker {
@@ -125,7 +152,7 @@ impl Broker {
             took_ms = report.elapsed.as_millis() as u64,
             "opened data dir"
         );
-        let producer_ids = ProducerIds::open(&config.data_dir)
+        let producer_ids = ProducerIds::open(&config.data_dir, config.node_id)
             .map_err(|e| ServerError::Topics(TopicError::Storage(e)))?;
         let (listener, local_addr) = bind(config.listen).await?;
         let (data_listener, data_addr) = bind(config.data_listen).await?;
@@ -133,9 +160,59 @@ impl Broker {
             .data_advertised
             .clone()
             .unwrap_or_else(|| data_addr.to_string());
+        let address = config
+            .advertised
+            .clone()
+            .unwrap_or_else(|| local_addr.to_string());
+        let local_controller = match config.role {
+            Role::Combined | Role::Controller => {
+                let dir = config.data_dir.join("controller");
+                let controller_config = ControllerConfig {
+                    broker_lease: std::time::Duration::from_millis(config.broker_lease_ms),
+                    topic_defaults: config.log_dir_config()?.default_log,
+                    max_request_bytes: config.max_request_bytes,
+                };
+                let controller =
+                    tokio::task::spawn_blocking(move || Controller::open(&dir, controller_config))
+                        .await
+                        .map_err(|e| {
+                            ServerError::Internal(format!("opening the controller panicked: {e}"))
+                        })?
+                        .map_err(ServerError::Controller)?;
+                Some(controller)
+            }
+            Role::Broker => None,
+        };
+        let link = match (&local_controller, &config.controller) {
+            (Some(c), _) => ControllerLink::Local(Arc::clone(c)),
+            (None, Some(addr)) => ControllerLink::Remote(Box::new(
+                RemoteController::new(addr).map_err(ConfigError::Invalid)?,
+            )),
+            (None, None) => {
+                return Err(ConfigError::Invalid("a broker needs --controller".into()).into());
+            }
+        };
+        let topics = Arc::new(topics);
+        let cluster = Arc::new(ClusterView::new(config.node_id));
         let (shutdown, _) = watch::channel(false);
+        let role = match config.role {
+            Role::Controller => SyncRole::Observer,
+            Role::Combined | Role::Broker => SyncRole::Broker {
+                address,
+                data_address: data_address.clone(),
+                topics: Arc::clone(&topics),
+            },
+        };
+        let sync = tokio::spawn(cluster::run_sync(
+            Arc::clone(&cluster),
+            link.clone(),
+            role,
+            shutdown.subscribe(),
+        ));
         let state = Arc::new(BrokerState {
             topics,
+            cluster,
+            controller: link,
             producer_ids,
             limits: InFlightLimits::new(
                 config.max_in_flight_bytes_per_connection,
@@ -152,7 +229,15 @@ impl Broker {
             data_listener,
             data_addr,
             config,
+            local_controller,
+            sync,
         })
+    }
+
+    /// Waits until this node has the cluster metadata (a broker: it is registered), up to
+    /// `timeout`; false if it is still waiting (a controller that is not up yet).
+    pub async fn wait_for_metadata(&self, timeout: std::time::Duration) -> bool {
+        self.state.cluster.wait_for_first(timeout).await
     }
 
     /// The bound gRPC address (the real port when configured with port 0).
@@ -178,6 +263,25 @@ impl Broker {
                 as usize,
         );
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let controller_service = self.local_controller.as_ref().map(|c| {
+            ControllerServer::new(ControllerService {
+                controller: Arc::clone(c),
+            })
+        });
+        let ticker = self.local_controller.as_ref().map(|c| {
+            let controller = Arc::clone(c);
+            let mut stop = self.state.shutdown_signal();
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(CONTROLLER_TICK);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = interval.tick() => controller.tick().await,
+                        () = stopped(&mut stop) => return,
+                    }
+                }
+            })
+        });
         let data_port = tokio::spawn(data_port::serve(
             self.data_listener,
             Arc::clone(&self.state),
@@ -192,6 +296,7 @@ impl Broker {
             // has not read yet: bound the streams per connection.
             .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .add_service(service)
+            .add_optional_service(controller_service)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = serving_stopped.await;
             });
@@ -218,6 +323,19 @@ impl Broker {
             .is_err()
         {
             warn!("data-port connections did not end in time; closing anyway");
+        }
+        let _ = self.sync.await;
+        if let Some(ticker) = ticker {
+            let _ = ticker.await;
+        }
+        if let Some(controller) = self.local_controller.clone() {
+            match tokio::task::spawn_blocking(move || controller.close()).await {
+                Ok(Ok(())) => info!("closed the controller's metadata cleanly"),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "closing the controller's metadata failed; the next start replays its log")
+                }
+                Err(e) => warn!(error = %e, "closing the controller panicked"),
+            }
         }
         let state = Arc::clone(&self.state);
         match tokio::task::spawn_blocking(move || state.topics.close()).await {

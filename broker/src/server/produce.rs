@@ -22,7 +22,7 @@ use weir_proto::v1::{Acks, Error, ErrorCode, ProduceRequest, ProduceResponse};
 
 use super::BrokerState;
 use super::errors::{
-    in_partition, internal, invalid_request, shutting_down, storage_error, to_status, wire_error,
+    in_partition, internal, invalid_request, shutting_down, storage_error, to_status,
 };
 use crate::storage::{
     AppendConditions, AppendInfo, FlushPolicy, PartitionLog, StorageError, SyncTicket,
@@ -55,10 +55,7 @@ fn error_response(correlation_id: u64, error: Error) -> ProduceResponse {
 fn admit(state: &BrokerState, req: &ProduceRequest) -> Result<(Arc<Partition>, bool), Error> {
     let acks = Acks::try_from(req.acks)
         .map_err(|_| invalid_request(format!("unknown acks value {}", req.acks)))?;
-    let partition = state
-        .topics
-        .partition(&req.topic, req.partition)
-        .map_err(|e| wire_error(&e))?;
+    let partition = state.partition(&req.topic, req.partition)?;
     // Refused here too, not only by the engine, so an oversized batch never waits for (or
     // holds) in-flight budget.
     let config = partition.log.config();

@@ -1,11 +1,12 @@
 //! The `weir.v1.Weir` gRPC service: request checking and translation between the wire messages
-//! and [`Topics`](crate::topics::Topics). The produce and fetch paths live in their own files.
+//! and [`Topics`](crate::topics::Topics). The produce and fetch paths live in their own files;
+//! metadata changes and group calls go to the controller through the node's
+//! [`ControllerLink`](crate::controller::link::ControllerLink); metadata reads are answered
+//! from the node's [`ClusterView`](super::cluster::ClusterView).
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -13,16 +14,19 @@ use tonic::transport::server::TcpConnectInfo;
 use tonic::{Request, Response, Status, Streaming};
 use weir_proto::v1::weir_server::Weir;
 use weir_proto::v1::{
-    CreateTopicRequest, DeleteTopicRequest, DeleteTopicResponse, DescribeTopicRequest,
-    FetchRequest, FetchResponse, InitProducerRequest, InitProducerResponse, ListOffsetsRequest,
-    ListOffsetsResponse, ListTopicsRequest, ListTopicsResponse, OffsetSpec, PartitionDescription,
-    PartitionOffset, ProduceRequest, ProduceResponse, TopicConfig, TopicDescription, flush_policy,
+    CommitOffsetsRequest, CommitOffsetsResponse, CreateTopicRequest, DeleteTopicRequest,
+    DeleteTopicResponse, DescribeGroupRequest, DescribeTopicRequest, FetchOffsetsRequest,
+    FetchOffsetsResponse, FetchRequest, FetchResponse, GroupAssignment, GroupDescription,
+    GroupHeartbeatRequest, InitProducerRequest, InitProducerResponse, JoinGroupRequest,
+    LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
+    ListOffsetsRequest, ListOffsetsResponse, ListTopicsRequest, ListTopicsResponse,
+    MetadataRequest, MetadataResponse, OffsetSpec, PartitionOffset, ProduceRequest,
+    ProduceResponse, ResetOffsetsRequest, TopicDescription,
 };
 
 use super::BrokerState;
 use super::errors::{internal, invalid_request, shutting_down, to_status};
 use super::{fetch, produce};
-use crate::topics::{FlushKind, NewTopic, PartitionerKind, Topic, TopicSettings};
 
 /// Responses a stream can have queued before the handler waits for the client to read.
 const STREAM_QUEUE: usize = 4;
@@ -97,7 +101,10 @@ impl Weir for WeirService {
         if self.state.is_shutting_down() {
             return Err(to_status(shutting_down()));
         }
-        let partition = self.state.topics.partition(&req.topic, req.partition)?;
+        let partition = self
+            .state
+            .partition(&req.topic, req.partition)
+            .map_err(to_status)?;
         fetch::check_start(&partition.log, req.offset)?;
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         tokio::spawn(fetch::grpc_fetch(
@@ -116,15 +123,21 @@ impl Weir for WeirService {
         let req = request.into_inner();
         let spec = OffsetSpec::try_from(req.spec)
             .map_err(|_| to_status(invalid_request(format!("unknown offset spec {}", req.spec))))?;
-        let topic = self.state.topics.get(&req.topic)?;
         let wanted: Vec<u32> = if req.partitions.is_empty() {
-            (0..topic.meta.partitions).collect()
+            // All of the topic's partitions: those held here when it is placed on several
+            // brokers (ask each leader for its own).
+            match self.state.topics.get(&req.topic) {
+                Ok(topic) => topic.local_partitions().map(|(p, _)| p).collect(),
+                Err(_) if self.state.cluster.topic(&req.topic).is_some() => Vec::new(),
+                Err(e) => return Err(e.into()),
+            }
         } else {
             req.partitions
         };
         let mut logs = Vec::with_capacity(wanted.len());
         for p in wanted {
-            logs.push((p, Arc::clone(&topic.partition(p)?.log)));
+            let partition = self.state.partition(&req.topic, p).map_err(to_status)?;
+            logs.push((p, Arc::clone(&partition.log)));
         }
         // Off the runtime threads: a time lookup takes partition locks and may open segments.
         let offsets = tokio::task::spawn_blocking(move || {
@@ -151,58 +164,22 @@ impl Weir for WeirService {
         request: Request<CreateTopicRequest>,
     ) -> Result<Response<TopicDescription>, Status> {
         let req = request.into_inner();
-        let partitioner = match weir_proto::v1::Partitioner::try_from(req.partitioner) {
-            Ok(weir_proto::v1::Partitioner::Hash) => PartitionerKind::Hash,
-            Ok(weir_proto::v1::Partitioner::Range) => PartitionerKind::Range,
-            Ok(weir_proto::v1::Partitioner::RoundRobin) => PartitionerKind::RoundRobin,
-            Err(_) => {
-                return Err(to_status(invalid_request(format!(
-                    "unknown partitioner {}",
-                    req.partitioner
-                ))));
-            }
-        };
-        let settings = settings_from_wire(
-            self.state.topics.default_settings(),
-            req.config.unwrap_or_default(),
-        )
-        .map_err(|e| to_status(invalid_request(e)))?;
-        // A batch the topic accepts must fit in one gRPC request, or producers could never send it.
-        if u64::from(settings.max_batch_bytes) + 4096 > self.state.max_request_bytes {
-            return Err(to_status(invalid_request(format!(
-                "max_batch_bytes {} does not fit in this broker's max_request_bytes {} (with 4 KiB to spare)",
-                settings.max_batch_bytes, self.state.max_request_bytes
-            ))));
-        }
-        let new = NewTopic {
-            name: req.name,
-            partitions: req.partitions,
-            partitioner,
-            split_keys: req.split_keys.into_iter().map(|k| k.to_vec()).collect(),
-            settings,
-        };
-        let topics = Arc::clone(&self.state);
-        // Creating partitions touches the disk (directories, fsyncs): off the runtime threads.
-        let topic = tokio::task::spawn_blocking(move || topics.topics.create(new))
+        let created = self
+            .state
+            .controller
+            .create_topic(req)
             .await
-            .map_err(|e| to_status(internal(format!("create task failed: {e}"))))??;
-        Ok(Response::new(describe(
-            &topic,
-            true,
-            &self.state.data_address,
-        )))
+            .map_err(to_status)?;
+        Ok(Response::new(self.describe(created)))
     }
 
     async fn delete_topic(
         &self,
         request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
-        let name = request.into_inner().name;
-        let state = Arc::clone(&self.state);
-        tokio::task::spawn_blocking(move || state.topics.delete(&name))
-            .await
-            .map_err(|e| to_status(internal(format!("delete task failed: {e}"))))??;
-        Ok(Response::new(DeleteTopicResponse {}))
+        let req = request.into_inner();
+        let deleted = self.state.controller.delete_topic(req).await;
+        deleted.map(Response::new).map_err(to_status)
     }
 
     async fn list_topics(
@@ -211,10 +188,15 @@ impl Weir for WeirService {
     ) -> Result<Response<ListTopicsResponse>, Status> {
         let topics = self
             .state
+            .cluster
+            .current()
             .topics
-            .list()
             .iter()
-            .map(|t| describe(t, false, &self.state.data_address))
+            .filter_map(|t| t.description.clone())
+            .map(|mut d| {
+                d.partitions.clear();
+                d
+            })
             .collect();
         Ok(Response::new(ListTopicsResponse { topics }))
     }
@@ -223,99 +205,151 @@ impl Weir for WeirService {
         &self,
         request: Request<DescribeTopicRequest>,
     ) -> Result<Response<TopicDescription>, Status> {
-        let topic = self.state.topics.get(&request.into_inner().name)?;
-        Ok(Response::new(describe(
-            &topic,
-            true,
-            &self.state.data_address,
-        )))
+        let name = request.into_inner().name;
+        let placed =
+            self.state.cluster.topic(&name).ok_or_else(|| {
+                Status::from(crate::topics::TopicError::UnknownTopic(name.clone()))
+            })?;
+        let description = placed.description.unwrap_or_default();
+        Ok(Response::new(self.describe(description)))
     }
-}
 
-/// A topic as the wire describes it; `with_partitions` adds per-partition offsets and sizes.
-fn describe(topic: &Topic, with_partitions: bool, data_address: &str) -> TopicDescription {
-    let meta = &topic.meta;
-    let partitions = if with_partitions {
-        topic
-            .partitions
+    async fn metadata(
+        &self,
+        request: Request<MetadataRequest>,
+    ) -> Result<Response<MetadataResponse>, Status> {
+        let wanted = request.into_inner().topics;
+        let view = &self.state.cluster;
+        let current = view.current();
+        let topics = current
+            .topics
             .iter()
-            .enumerate()
-            .map(|(i, p)| PartitionDescription {
-                partition: i as u32,
-                log_start_offset: p.log.log_start_offset(),
-                high_watermark: p.log.high_watermark(),
-                size_bytes: p.log.size_bytes(),
-                data_address: data_address.to_owned(),
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
-    TopicDescription {
-        name: meta.name.clone(),
-        partition_count: meta.partitions,
-        partitioner: match meta.partitioner {
-            PartitionerKind::Hash => weir_proto::v1::Partitioner::Hash,
-            PartitionerKind::Range => weir_proto::v1::Partitioner::Range,
-            PartitionerKind::RoundRobin => weir_proto::v1::Partitioner::RoundRobin,
-        } as i32,
-        split_keys: meta.split_keys.iter().cloned().map(Bytes::from).collect(),
-        config: Some(settings_to_wire(&meta.settings)),
-        partitions,
-        created_ms: meta.created_ms,
+            .filter_map(|t| t.description.clone())
+            .filter(|d| wanted.is_empty() || wanted.contains(&d.name))
+            .collect();
+        Ok(Response::new(MetadataResponse {
+            brokers: current.brokers.clone(),
+            topics,
+            version: current.version,
+            node_id: view.node_id,
+            controller_reachable: view.controller_reachable(),
+        }))
+    }
+
+    async fn join_group(
+        &self,
+        request: Request<JoinGroupRequest>,
+    ) -> Result<Response<GroupAssignment>, Status> {
+        let answer = self.state.controller.join_group(request.into_inner()).await;
+        answer.map(Response::new).map_err(to_status)
+    }
+
+    async fn group_heartbeat(
+        &self,
+        request: Request<GroupHeartbeatRequest>,
+    ) -> Result<Response<GroupAssignment>, Status> {
+        let answer = self
+            .state
+            .controller
+            .group_heartbeat(request.into_inner())
+            .await;
+        answer.map(Response::new).map_err(to_status)
+    }
+
+    async fn leave_group(
+        &self,
+        request: Request<LeaveGroupRequest>,
+    ) -> Result<Response<LeaveGroupResponse>, Status> {
+        let answer = self
+            .state
+            .controller
+            .leave_group(request.into_inner())
+            .await;
+        answer.map(Response::new).map_err(to_status)
+    }
+
+    async fn commit_offsets(
+        &self,
+        request: Request<CommitOffsetsRequest>,
+    ) -> Result<Response<CommitOffsetsResponse>, Status> {
+        let answer = self
+            .state
+            .controller
+            .commit_offsets(request.into_inner())
+            .await;
+        answer.map(Response::new).map_err(to_status)
+    }
+
+    async fn fetch_offsets(
+        &self,
+        request: Request<FetchOffsetsRequest>,
+    ) -> Result<Response<FetchOffsetsResponse>, Status> {
+        let answer = self
+            .state
+            .controller
+            .fetch_offsets(request.into_inner())
+            .await;
+        answer.map(Response::new).map_err(to_status)
+    }
+
+    async fn list_groups(
+        &self,
+        request: Request<ListGroupsRequest>,
+    ) -> Result<Response<ListGroupsResponse>, Status> {
+        let answer = self
+            .state
+            .controller
+            .list_groups(request.into_inner())
+            .await;
+        answer.map(Response::new).map_err(to_status)
+    }
+
+    async fn describe_group(
+        &self,
+        request: Request<DescribeGroupRequest>,
+    ) -> Result<Response<GroupDescription>, Status> {
+        let answer = self
+            .state
+            .controller
+            .describe_group(request.into_inner())
+            .await;
+        answer.map(Response::new).map_err(to_status)
+    }
+
+    async fn reset_offsets(
+        &self,
+        request: Request<ResetOffsetsRequest>,
+    ) -> Result<Response<CommitOffsetsResponse>, Status> {
+        let answer = self
+            .state
+            .controller
+            .reset_offsets(request.into_inner())
+            .await;
+        answer.map(Response::new).map_err(to_status)
     }
 }
 
-fn settings_to_wire(s: &TopicSettings) -> TopicConfig {
-    let kind = match s.flush {
-        FlushKind::Interval => flush_policy::Kind::FlushInterval,
-        FlushKind::Never => flush_policy::Kind::FlushNever,
-        FlushKind::Always => flush_policy::Kind::FlushAlways,
-    };
-    TopicConfig {
-        retention_bytes: s.retention_bytes,
-        retention_ms: s.retention_ms,
-        segment_bytes: Some(s.segment_bytes),
-        flush: Some(weir_proto::v1::FlushPolicy {
-            kind: kind as i32,
-            interval_ms: s.flush_interval_ms,
-        }),
-        max_batch_bytes: Some(s.max_batch_bytes),
-        key_index: Some(s.key_index),
-    }
-}
-
-/// The broker's defaults with the request's choices laid over them.
-fn settings_from_wire(defaults: TopicSettings, c: TopicConfig) -> Result<TopicSettings, String> {
-    let mut s = defaults;
-    if c.retention_bytes.is_some() {
-        s.retention_bytes = c.retention_bytes;
-    }
-    if c.retention_ms.is_some() {
-        s.retention_ms = c.retention_ms;
-    }
-    if let Some(n) = c.segment_bytes {
-        s.segment_bytes = n;
-    }
-    if let Some(n) = c.max_batch_bytes {
-        s.max_batch_bytes = n;
-    }
-    if let Some(on) = c.key_index {
-        s.key_index = on;
-    }
-    if let Some(flush) = c.flush {
-        s.flush = match flush_policy::Kind::try_from(flush.kind) {
-            Ok(flush_policy::Kind::FlushInterval) => FlushKind::Interval,
-            Ok(flush_policy::Kind::FlushNever) => FlushKind::Never,
-            Ok(flush_policy::Kind::FlushAlways) => FlushKind::Always,
-            Err(_) => return Err(format!("unknown flush policy {}", flush.kind)),
-        };
-        if s.flush == FlushKind::Interval {
-            s.flush_interval_ms = match flush.interval_ms {
-                0 => Duration::from_secs(1).as_millis() as u64,
-                ms => ms,
-            };
+impl WeirService {
+    /// `description` (the controller's: leaders, no offsets) with this node's own partitions'
+    /// offsets and sizes filled in.
+    fn describe(&self, mut description: TopicDescription) -> TopicDescription {
+        let local = self.state.topics.get(&description.name).ok();
+        let brokers = self.state.cluster.brokers();
+        for p in &mut description.partitions {
+            if let Some(b) = brokers.get(&p.leader_id) {
+                p.leader_alive = b.alive;
+                p.leader_address = b.address.clone();
+                p.data_address = b.data_address.clone();
+            }
+            let held = local.as_ref().and_then(|t| t.partition(p.partition).ok());
+            if let Some(held) = held {
+                p.log_start_offset = held.log.log_start_offset();
+                p.high_watermark = held.log.high_watermark();
+                p.size_bytes = held.log.size_bytes();
+                p.offsets_known = true;
+                p.data_address = self.state.data_address.clone();
+            }
         }
+        description
     }
-    Ok(s)
 }

@@ -1324,25 +1324,50 @@ impl PartitionLog {
             if !(by_size || by_age) {
                 break;
             }
-            // The log's state moves first; a file that fails to unlink is only leaked space
-            // (the next open deletes segments below the checkpointed log start).
-            inner.sealed.pop_front();
             total -= oldest.size;
-            inner.log_start_offset = oldest.next_offset;
-            let recovery_point = inner.recovery_point.max(oldest.next_offset);
-            self.set_recovery_point(&mut inner, recovery_point);
-            inner
-                .unsynced_sealed
-                .retain(|u| u.next_offset > oldest.next_offset);
-            self.log_start_offset
-                .store(oldest.next_offset, Ordering::Release);
-            if let Err(e) = oldest.delete_files() {
-                tracing::warn!(partition = %self.tp, base_offset = oldest.base_offset, error = %e, "could not delete retained-out segment files");
-            }
+            self.delete_oldest_segment(&mut inner);
             info!(partition = %self.tp, base_offset = oldest.base_offset, bytes = oldest.size, by_size, "retention deleted segment");
             deleted += 1;
         }
         Ok(deleted)
+    }
+
+    /// Deletes the sealed segments that hold only offsets below `offset` (a prefix the caller
+    /// no longer needs, e.g. one a snapshot covers). The active segment is never deleted: roll
+    /// first to include it. Returns how many segments were deleted.
+    pub fn delete_segments_before(&self, offset: u64) -> Result<usize> {
+        let mut inner = lock(&self.inner);
+        self.check_open(&inner)?;
+        let mut deleted = 0;
+        while inner
+            .sealed
+            .front()
+            .is_some_and(|oldest| oldest.next_offset <= offset)
+        {
+            self.delete_oldest_segment(&mut inner);
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
+    /// Removes the oldest sealed segment. The log's state moves first; a file that fails to
+    /// unlink is only leaked space (the next open deletes segments below the checkpointed log
+    /// start).
+    fn delete_oldest_segment(&self, inner: &mut Inner) {
+        let Some(oldest) = inner.sealed.pop_front() else {
+            return;
+        };
+        inner.log_start_offset = oldest.next_offset;
+        let recovery_point = inner.recovery_point.max(oldest.next_offset);
+        self.set_recovery_point(inner, recovery_point);
+        inner
+            .unsynced_sealed
+            .retain(|u| u.next_offset > oldest.next_offset);
+        self.log_start_offset
+            .store(oldest.next_offset, Ordering::Release);
+        if let Err(e) = oldest.delete_files() {
+            tracing::warn!(partition = %self.tp, base_offset = oldest.base_offset, error = %e, "could not delete segment files");
+        }
     }
 
     /// Closes the files and maps of segments unused since `cutoff_ms`. Returns how many.

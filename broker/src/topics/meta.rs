@@ -100,6 +100,32 @@ pub struct TopicMeta {
     pub split_keys: Vec<Vec<u8>>,
     pub settings: TopicSettings,
     pub created_ms: i64,
+    /// The topic's identity: tells it from a later topic of the same name (a delete the broker
+    /// missed while it was down). Files from before the controller have none:
+    /// [`TopicMeta::id`] derives one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub topic_id: String,
+    /// The partitions this broker holds (the controller's placement); `None`: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_partitions: Option<Vec<u32>>,
+}
+
+impl TopicMeta {
+    /// The topic's identity (see `topic_id`).
+    pub fn id(&self) -> String {
+        if self.topic_id.is_empty() {
+            format!("{}@{}", self.name, self.created_ms)
+        } else {
+            self.topic_id.clone()
+        }
+    }
+
+    /// Whether this broker holds partition `p` (assuming `p < partitions`).
+    pub fn is_local(&self, p: u32) -> bool {
+        self.local_partitions
+            .as_ref()
+            .is_none_or(|local| local.contains(&p))
+    }
 }
 
 /// The version this broker writes and reads.

@@ -49,6 +49,8 @@ pub enum TopicError {
         partition: u32,
         count: u32,
     },
+    #[error("partition {partition} of topic {topic:?} is not on this broker")]
+    NotLocal { topic: String, partition: u32 },
     #[error("topic {0:?} already exists")]
     TopicExists(String),
     #[error("invalid topic name {name:?}: {reason}")]
@@ -92,21 +94,35 @@ impl Partition {
     }
 }
 
-/// A topic: its metadata and its partitions, in partition order.
+/// A topic: its metadata and the partitions this broker holds, in partition order (`None`
+/// for a partition another broker owns).
 pub struct Topic {
     pub meta: TopicMeta,
-    pub partitions: Vec<Arc<Partition>>,
+    pub partitions: Vec<Option<Arc<Partition>>>,
 }
 
 impl Topic {
     pub fn partition(&self, partition: u32) -> Result<&Arc<Partition>> {
-        self.partitions
-            .get(partition as usize)
-            .ok_or_else(|| TopicError::UnknownPartition {
+        match self.partitions.get(partition as usize) {
+            Some(Some(p)) => Ok(p),
+            Some(None) => Err(TopicError::NotLocal {
+                topic: self.meta.name.clone(),
+                partition,
+            }),
+            None => Err(TopicError::UnknownPartition {
                 topic: self.meta.name.clone(),
                 partition,
                 count: self.meta.partitions,
-            })
+            }),
+        }
+    }
+
+    /// The partitions held here, with their numbers.
+    pub fn local_partitions(&self) -> impl Iterator<Item = (u32, &Arc<Partition>)> {
+        self.partitions
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().map(|p| (i as u32, p)))
     }
 }
 
@@ -170,7 +186,7 @@ impl Topics {
         }
         let known: BTreeSet<_> = map
             .values()
-            .flat_map(|t| (0..t.meta.partitions).map(|p| (t.meta.name.clone(), p)))
+            .flat_map(|t| t.local_partitions().map(|(p, _)| (t.meta.name.clone(), p)))
             .collect();
         for tp in log_dir.partitions() {
             if !known.contains(&(tp.topic.clone(), tp.partition)) {
@@ -216,41 +232,36 @@ impl Topics {
         TopicSettings::from_log_config(&self.defaults)
     }
 
-    /// Creates a topic: validates, writes its metadata durably, then creates its partitions.
+    /// Creates a topic with all its partitions on this broker (a single-node layout; brokers
+    /// of a cluster [`install`](Topics::install) what the controller placed).
     pub fn create(&self, new: NewTopic) -> Result<Arc<Topic>> {
-        validate_topic_name(&new.name).map_err(|reason| TopicError::InvalidName {
-            name: new.name.clone(),
+        let meta = new.into_meta(&self.defaults)?;
+        self.install(meta)
+    }
+
+    /// Creates a topic this broker holds (some or all of, per `meta.local_partitions`) from
+    /// metadata decided elsewhere: writes the metadata durably, then creates its partitions.
+    pub fn install(&self, meta: TopicMeta) -> Result<Arc<Topic>> {
+        validate_topic_name(&meta.name).map_err(|reason| TopicError::InvalidName {
+            name: meta.name.clone(),
             reason,
         })?;
-        let partitions = validate_layout(&new)?;
-        new.settings
-            .log_config(&self.defaults)
-            .validate()
-            .map_err(|e| TopicError::InvalidRequest(e.to_string()))?;
         let admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
         let log_dir = admin.as_ref().ok_or(StorageError::Closed)?;
-        if self.get(&new.name).is_ok() {
-            return Err(TopicError::TopicExists(new.name));
+        if self.get(&meta.name).is_ok() {
+            return Err(TopicError::TopicExists(meta.name));
         }
         if let Some(tp) = log_dir
             .partitions()
             .into_iter()
-            .find(|tp| tp.topic == new.name)
+            .find(|tp| tp.topic == meta.name)
         {
             return Err(TopicError::InvalidRequest(format!(
                 "partition log {tp} exists without topic metadata (left by hand?); move it out of {} first",
                 log_dir.path().display()
             )));
         }
-        let meta = TopicMeta {
-            version: meta::META_VERSION,
-            name: new.name,
-            partitions,
-            partitioner: new.partitioner,
-            split_keys: new.split_keys,
-            settings: new.settings,
-            created_ms: now_ms(),
-        };
+        let partitions = meta.partitions;
         let json = serde_json::to_vec_pretty(&meta).map_err(|e| TopicError::CorruptMeta {
             path: self.meta_path(&meta.name),
             detail: e.to_string(),
@@ -296,7 +307,7 @@ impl Topics {
         fsync_dir(&self.meta_dir)?;
         delete_partitions(log_dir, name)?;
         // Wake followers: their next read fails (the log is closed) and ends their fetch.
-        for partition in &topic.partitions {
+        for (_, partition) in topic.local_partitions() {
             partition.notify_appended();
         }
         remove_file(&deleting)?;
@@ -333,6 +344,10 @@ fn attach(
     let config = meta.settings.log_config(defaults);
     let mut partitions = Vec::with_capacity(meta.partitions as usize);
     for p in 0..meta.partitions {
+        if !meta.is_local(p) {
+            partitions.push(None);
+            continue;
+        }
         let tp = TopicPartition::new(meta.name.clone(), p)?;
         let log = match log_dir.partition(&tp) {
             Some(log) => {
@@ -346,7 +361,7 @@ fn attach(
                 log_dir.create_partition(tp, Some(config.clone()))?
             }
         };
-        partitions.push(Arc::new(Partition::new(log)));
+        partitions.push(Some(Arc::new(Partition::new(log))));
     }
     Ok(Arc::new(Topic { meta, partitions }))
 }
@@ -358,6 +373,46 @@ fn delete_partitions(log_dir: &LogDir, name: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+impl NewTopic {
+    /// Checks the request (name, layout, settings over `defaults`) and makes the topic's
+    /// metadata, with a fresh identity and every partition local.
+    pub fn into_meta(self, defaults: &LogConfig) -> Result<TopicMeta> {
+        validate_topic_name(&self.name).map_err(|reason| TopicError::InvalidName {
+            name: self.name.clone(),
+            reason,
+        })?;
+        let partitions = validate_layout(&self)?;
+        self.settings
+            .log_config(defaults)
+            .validate()
+            .map_err(|e| TopicError::InvalidRequest(e.to_string()))?;
+        let created_ms = now_ms();
+        Ok(TopicMeta {
+            version: meta::META_VERSION,
+            topic_id: format!("{}-{created_ms:x}-{:016x}", self.name, random_u64()),
+            name: self.name,
+            partitions,
+            partitioner: self.partitioner,
+            split_keys: self.split_keys,
+            settings: self.settings,
+            created_ms,
+            local_partitions: None,
+        })
+    }
+}
+
+/// 64 random bits without a dependency: std's per-process random hash keys over the time.
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
 }
 
 /// Checks partition count and split keys; returns the partition count (derived from the split
@@ -498,7 +553,7 @@ mod tests {
         let topics = reopen(dir.path());
         let d = topics.get("d").unwrap();
         assert_eq!(d.partitions.len(), 4);
-        assert_eq!(d.partitions[3].log.high_watermark(), 0);
+        assert_eq!(d.partition(3).unwrap().log.high_watermark(), 0);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use weir_proto::v1::{self, weir_client::WeirClient};
 use crate::ClientError;
 
 pub use new_topic::NewTopic;
-pub use topic::{FlushPolicy, PartitionDescription, TopicConfig, TopicDescription};
+pub use topic::{FlushPolicy, PartitionDescription, Placement, TopicConfig, TopicDescription};
 
 /// Which offset [`Admin::list_offsets`] looks up in each partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use weir_proto::topic::validate_topic_name;
 use weir_proto::v1;
 
+use super::topic::Placement;
 use super::{FlushPolicy, TopicConfig};
 use crate::{ClientError, PartitionerKind};
 
@@ -29,6 +30,7 @@ pub struct NewTopic {
     partitioner: PartitionerKind,
     split_keys: Vec<Bytes>,
     config: TopicConfig,
+    placement: Placement,
 }
 
 impl NewTopic {
@@ -42,7 +44,14 @@ impl NewTopic {
             partitioner: PartitionerKind::Hash,
             split_keys: Vec::new(),
             config: TopicConfig::default(),
+            placement: Placement::Hash,
         }
+    }
+
+    /// How the partitions are spread over the cluster's brokers. Default `hash`.
+    pub fn placement(mut self, placement: Placement) -> Self {
+        self.placement = placement;
+        self
     }
 
     /// The number of partitions (at least 1). With `range`, it must be split keys + 1.
@@ -140,6 +149,7 @@ impl NewTopic {
             partitioner: self.partitioner.to_proto() as i32,
             split_keys: self.split_keys,
             config: Some(self.config.to_proto()),
+            placement: self.placement.to_proto() as i32,
         })
     }
 }

@@ -85,7 +85,45 @@ impl TopicConfig {
     }
 }
 
-/// One partition's offsets and size.
+/// How a topic's partitions are spread over the brokers (chosen at creation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Rendezvous hashing: adding a broker moves only the partitions it wins.
+    Hash,
+    /// Contiguous blocks of partitions per broker.
+    Range,
+    /// Partition i on the (i mod N)-th broker.
+    RoundRobin,
+}
+
+impl Placement {
+    pub(crate) fn to_proto(self) -> v1::Placement {
+        match self {
+            Placement::Hash => v1::Placement::Hash,
+            Placement::Range => v1::Placement::Range,
+            Placement::RoundRobin => v1::Placement::RoundRobin,
+        }
+    }
+
+    pub(crate) fn from_proto(value: i32) -> Placement {
+        match v1::Placement::try_from(value) {
+            Ok(v1::Placement::Range) => Placement::Range,
+            Ok(v1::Placement::RoundRobin) => Placement::RoundRobin,
+            _ => Placement::Hash,
+        }
+    }
+
+    /// The name the CLI uses: `hash`, `range`, `round-robin`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Placement::Hash => "hash",
+            Placement::Range => "range",
+            Placement::RoundRobin => "round-robin",
+        }
+    }
+}
+
+/// One partition: where it lives, and (when known) its offsets and size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionDescription {
     /// The partition number.
@@ -98,6 +136,15 @@ pub struct PartitionDescription {
     pub size_bytes: u64,
     /// The data port (sendfile fetches) serving it, as advertised by the broker, if any.
     pub data_address: Option<String>,
+    /// The id and gRPC address of the broker that owns it.
+    pub leader_id: u32,
+    /// The owner's gRPC address.
+    pub leader_address: String,
+    /// False once the owner's lease has lapsed (the partition is unavailable until it returns).
+    pub leader_alive: bool,
+    /// Whether the offsets and size above were read from the owner (false: unknown, e.g. the
+    /// owner is down).
+    pub offsets_known: bool,
 }
 
 /// A topic as the broker describes it.
@@ -117,6 +164,8 @@ pub struct TopicDescription {
     pub partitions: Vec<PartitionDescription>,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_ms: i64,
+    /// How the partitions are spread over the brokers.
+    pub placement: Placement,
 }
 
 impl TopicDescription {
@@ -139,9 +188,14 @@ impl TopicDescription {
                     high_watermark: p.high_watermark,
                     size_bytes: p.size_bytes,
                     data_address: (!p.data_address.is_empty()).then_some(p.data_address),
+                    leader_id: p.leader_id,
+                    leader_address: p.leader_address,
+                    leader_alive: p.leader_alive,
+                    offsets_known: p.offsets_known,
                 })
                 .collect(),
             created_ms: topic.created_ms,
+            placement: Placement::from_proto(topic.placement),
         })
     }
 }
@@ -178,8 +232,10 @@ mod tests {
                 high_watermark: 9,
                 size_bytes: 400,
                 data_address: "127.0.0.1:7071".into(),
+                ..Default::default()
             }],
             created_ms: 1_700_000_000_000,
+            placement: v1::Placement::Range as i32,
         })
         .unwrap();
         assert_eq!(described.partitioner, PartitionerKind::Range);

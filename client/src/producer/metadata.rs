@@ -137,6 +137,7 @@ mod tests {
             },
             partitions: vec![],
             created_ms: 0,
+            placement: crate::Placement::Hash,
         }
     }
 

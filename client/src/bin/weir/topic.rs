@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::{Args, Subcommand, ValueEnum};
-use weir_client::{FlushPolicy, NewTopic, PartitionerKind, TopicDescription};
+use weir_client::{FlushPolicy, NewTopic, PartitionerKind, Placement, TopicDescription};
 
 use crate::time::format_rfc3339_ms;
 use crate::{connect, human_bytes, topic_error};
@@ -37,6 +37,10 @@ pub struct CreateArgs {
     /// How producers map records to partitions
     #[arg(long, value_enum, default_value_t = PartitionerArg::Hash)]
     partitioner: PartitionerArg,
+    /// How partitions are spread over the brokers: hash (rendezvous), range (blocks),
+    /// round-robin
+    #[arg(long, value_enum, default_value_t = PlacementArg::Hash)]
+    placement: PlacementArg,
     /// Split keys of the range partitioner, sorted, comma-separated: N keys make N+1 partitions
     #[arg(long, value_delimiter = ',', value_name = "KEY,KEY,...")]
     split_keys: Vec<String>,
@@ -52,6 +56,16 @@ pub struct CreateArgs {
     /// Index each key's last offset, for appends conditional on it (costs broker memory per key)
     #[arg(long)]
     key_index: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PlacementArg {
+    /// Rendezvous hashing: adding a broker moves only the partitions it wins
+    Hash,
+    /// Contiguous blocks of partitions per broker
+    Range,
+    /// Partition i on the (i mod N)-th broker
+    RoundRobin,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -82,8 +96,14 @@ pub async fn run(broker: &str, command: TopicCommand) -> anyhow::Result<ExitCode
             if !args.split_keys.is_empty() && partitioner != PartitionerKind::Range {
                 bail!("--split-keys needs --partitioner range");
             }
+            let placement = match args.placement {
+                PlacementArg::Hash => Placement::Hash,
+                PlacementArg::Range => Placement::Range,
+                PlacementArg::RoundRobin => Placement::RoundRobin,
+            };
             let mut topic = NewTopic::new(&args.name)
                 .partitioner(partitioner)
+                .placement(placement)
                 .split_keys(args.split_keys);
             if let Some(partitions) = args.partitions {
                 topic = topic.partitions(partitions);
@@ -102,8 +122,11 @@ pub async fn run(broker: &str, command: TopicCommand) -> anyhow::Result<ExitCode
             }
             let created = admin.create_topic(topic).await?;
             println!(
-                "created topic {} with {} partition(s), partitioner {}",
-                created.name, created.partition_count, created.partitioner
+                "created topic {} with {} partition(s), partitioner {}, placement {}",
+                created.name,
+                created.partition_count,
+                created.partitioner,
+                created.placement.name()
             );
         }
         TopicCommand::List => {
@@ -176,6 +199,7 @@ fn describe(topic: &TopicDescription) -> String {
         vec!["name".to_owned(), topic.name.clone()],
         vec!["partitions".to_owned(), topic.partition_count.to_string()],
         vec!["partitioner".to_owned(), topic.partitioner.to_string()],
+        vec!["placement".to_owned(), topic.placement.name().to_owned()],
     ];
     if !topic.split_keys.is_empty() {
         let keys: Vec<String> = topic
@@ -228,8 +252,30 @@ fn describe(topic: &TopicDescription) -> String {
         "HIGH-WATERMARK".to_owned(),
         "RECORDS".to_owned(),
         "SIZE".to_owned(),
+        "LEADER".to_owned(),
     ]];
     partitions.extend(topic.partitions.iter().map(|p| {
+        let leader = format!(
+            "{} ({}){}",
+            p.leader_id,
+            p.leader_address,
+            if p.leader_alive {
+                ""
+            } else {
+                " DOWN: unavailable"
+            }
+        );
+        if !p.offsets_known {
+            let unknown = "-".to_owned();
+            return vec![
+                p.partition.to_string(),
+                unknown.clone(),
+                unknown.clone(),
+                unknown.clone(),
+                unknown,
+                leader,
+            ];
+        }
         vec![
             p.partition.to_string(),
             p.log_start_offset.to_string(),
@@ -238,6 +284,7 @@ fn describe(topic: &TopicDescription) -> String {
                 .saturating_sub(p.log_start_offset)
                 .to_string(),
             human_bytes(p.size_bytes),
+            leader,
         ]
     }));
     format!("{}\n{}", table(&summary), table(&partitions))
@@ -258,6 +305,7 @@ mod tests {
             config: TopicConfig::default(),
             partitions: vec![],
             created_ms: 0,
+            placement: Placement::Hash,
         }];
         assert_eq!(
             topic_table(&topics),
@@ -282,8 +330,13 @@ mod tests {
                 high_watermark: 15,
                 size_bytes: 2048,
                 data_address: None,
+                leader_id: 1,
+                leader_address: "b1:7070".into(),
+                leader_alive: true,
+                offsets_known: true,
             }],
             created_ms: 1_714_564_800_000,
+            placement: Placement::Range,
         };
         let text = describe(&topic);
         assert!(text.contains("split keys       m\n"), "{text}");
@@ -293,7 +346,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("0          5          15              10       2.0 KiB\n"),
+            text.contains("0          5          15              10       2.0 KiB  1 (b1:7070)\n"),
             "{text}"
         );
     }

@@ -1,0 +1,190 @@
+//! The controller's persisted state and the events that change it.
+//!
+//! The state is a pure function of the event sequence: [`ControllerState::apply`] is the only
+//! place it changes, the journal replays the same events on restart, and a snapshot is this
+//! struct serialized. What is *not* here is ephemeral by design and rebuilt after a restart:
+//! broker leases and members' last heartbeats (both restart their clocks, so a restarted
+//! controller gives everyone one full lease or session before expiring them).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::assignor::{AssignorKind, Slot};
+use super::placement::PlacementKind;
+use crate::topics::TopicMeta;
+
+/// A registered broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerRecord {
+    pub id: u32,
+    pub address: String,
+    pub data_address: String,
+}
+
+/// A topic and where its partitions live.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicRecord {
+    /// `meta.topic_id` tells this topic from a later one of the same name.
+    pub meta: TopicMeta,
+    pub placement: PlacementKind,
+    /// `leaders[p]` is the broker id that owns partition `p`.
+    pub leaders: Vec<u32>,
+}
+
+/// A consumer group member as the controller remembers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub client_id: String,
+    pub topics: BTreeSet<String>,
+    pub session_timeout_ms: u32,
+    pub assignment: Vec<Slot>,
+}
+
+/// A consumer group's membership in its current generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub generation: u32,
+    pub assignor: AssignorKind,
+    pub members: BTreeMap<String, MemberRecord>,
+    /// The partition counts the assignment was computed from (a change triggers a rebalance).
+    pub partition_counts: BTreeMap<String, u32>,
+}
+
+/// A committed offset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitRecord {
+    pub offset: u64,
+    pub metadata: String,
+    pub commit_ms: i64,
+}
+
+/// One change, as journaled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    BrokerRegistered(BrokerRecord),
+    TopicCreated(TopicRecord),
+    TopicDeleted {
+        name: String,
+        topic_id: String,
+    },
+    /// The group's new membership and assignment; `None` removes the group's membership (it
+    /// keeps its committed offsets).
+    GroupChanged {
+        group: String,
+        record: Option<GroupRecord>,
+    },
+    OffsetsCommitted {
+        group: String,
+        offsets: Vec<(String, u32, CommitRecord)>,
+    },
+}
+
+/// Deleted topic ids remembered (so a broker that was down during a delete drops the data).
+const MAX_TOMBSTONES: usize = 10_000;
+
+/// Everything the controller persists.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControllerState {
+    pub brokers: BTreeMap<u32, BrokerRecord>,
+    pub topics: BTreeMap<String, TopicRecord>,
+    /// Deleted topic ids, oldest first.
+    pub deleted_topic_ids: Vec<String>,
+    pub groups: BTreeMap<String, GroupRecord>,
+    /// group -> topic -> partition -> commit.
+    pub offsets: BTreeMap<String, BTreeMap<String, BTreeMap<u32, CommitRecord>>>,
+}
+
+impl ControllerState {
+    /// Applies one event. Events are validated before they are journaled, so apply never
+    /// refuses one; an event that no longer fits (replayed over a newer snapshot) is a no-op.
+    pub fn apply(&mut self, event: Event) {
+        match event {
+            Event::BrokerRegistered(broker) => {
+                self.brokers.insert(broker.id, broker);
+            }
+            Event::TopicCreated(topic) => {
+                self.topics.insert(topic.meta.name.clone(), topic);
+            }
+            Event::TopicDeleted { name, topic_id } => {
+                if self
+                    .topics
+                    .get(&name)
+                    .is_some_and(|t| t.meta.topic_id == topic_id)
+                {
+                    self.topics.remove(&name);
+                }
+                for offsets in self.offsets.values_mut() {
+                    offsets.remove(&name);
+                }
+                if !self.deleted_topic_ids.contains(&topic_id) {
+                    self.deleted_topic_ids.push(topic_id);
+                }
+                if self.deleted_topic_ids.len() > MAX_TOMBSTONES {
+                    let excess = self.deleted_topic_ids.len() - MAX_TOMBSTONES;
+                    self.deleted_topic_ids.drain(..excess);
+                }
+            }
+            Event::GroupChanged { group, record } => match record {
+                Some(record) => {
+                    self.groups.insert(group, record);
+                }
+                None => {
+                    self.groups.remove(&group);
+                }
+            },
+            Event::OffsetsCommitted { group, offsets } => {
+                let committed = self.offsets.entry(group).or_default();
+                for (topic, partition, commit) in offsets {
+                    committed
+                        .entry(topic)
+                        .or_default()
+                        .insert(partition, commit);
+                }
+            }
+        }
+    }
+
+    /// The partition count of every existing topic.
+    pub fn partition_counts(&self) -> BTreeMap<String, u32> {
+        self.topics
+            .iter()
+            .map(|(name, t)| (name.clone(), t.meta.partitions))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deleting_a_topic_drops_its_offsets_and_remembers_its_id() {
+        let mut state = ControllerState::default();
+        state.apply(Event::OffsetsCommitted {
+            group: "g".into(),
+            offsets: vec![(
+                "t".into(),
+                0,
+                CommitRecord {
+                    offset: 5,
+                    metadata: String::new(),
+                    commit_ms: 0,
+                },
+            )],
+        });
+        state.apply(Event::TopicDeleted {
+            name: "t".into(),
+            topic_id: "id-1".into(),
+        });
+        assert!(state.offsets["g"].get("t").is_none());
+        assert_eq!(state.deleted_topic_ids, ["id-1"]);
+        // Round-trips through the snapshot encoding.
+        let json = serde_json::to_vec(&state).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<ControllerState>(&json).unwrap(),
+            state
+        );
+    }
+}

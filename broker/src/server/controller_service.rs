@@ -1,0 +1,34 @@
+//! The `weir.v1.Controller` gRPC service: how brokers in other processes register and
+//! heartbeat. Served only by a node that runs the controller.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use weir_proto::v1::controller_server::Controller as ControllerRpc;
+use weir_proto::v1::{BrokerHeartbeatRequest, BrokerHeartbeatResponse, RegisterBrokerRequest};
+
+use super::errors::to_status;
+use crate::controller::Controller;
+
+pub struct ControllerService {
+    pub controller: Arc<Controller>,
+}
+
+#[tonic::async_trait]
+impl ControllerRpc for ControllerService {
+    async fn register_broker(
+        &self,
+        request: Request<RegisterBrokerRequest>,
+    ) -> Result<Response<BrokerHeartbeatResponse>, Status> {
+        let answer = self.controller.register_broker(request.into_inner()).await;
+        answer.map(Response::new).map_err(to_status)
+    }
+
+    async fn broker_heartbeat(
+        &self,
+        request: Request<BrokerHeartbeatRequest>,
+    ) -> Result<Response<BrokerHeartbeatResponse>, Status> {
+        let answer = self.controller.broker_heartbeat(request.into_inner()).await;
+        answer.map(Response::new).map_err(to_status)
+    }
+}
