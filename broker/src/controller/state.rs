@@ -178,7 +178,7 @@ mod tests {
             name: "t".into(),
             topic_id: "id-1".into(),
         });
-        assert!(state.offsets["g"].get("t").is_none());
+        assert!(!state.offsets["g"].contains_key("t"));
         assert_eq!(state.deleted_topic_ids, ["id-1"]);
         // Round-trips through the snapshot encoding.
         let json = serde_json::to_vec(&state).unwrap();
