@@ -1,10 +1,11 @@
-//! [`Client`]: one tuned HTTP/2 connection to a broker, shared by every admin call, producer
-//! and consumer made from it.
+//! [`Client`]: a connection to a weir cluster through one bootstrap broker, shared by every
+//! admin call, producer and consumer made from it.
 //!
-//! Invariants: all traffic of a `Client` and its clones goes over one tonic `Channel` (which
-//! reconnects by itself after the broker restarts); the generated stub always has its message
-//! size limits set explicitly ([`MAX_MESSAGE_BYTES`]) rather than tonic's 4 MiB default, which a
-//! full fetch response would exceed.
+//! Invariants: each broker is reached over one tuned tonic `Channel` (which reconnects by
+//! itself after the broker restarts): the bootstrap one, and one per partition owner the
+//! [`Cluster`] picture routes to; the generated stub always has its message size limits set
+//! explicitly ([`MAX_MESSAGE_BYTES`]) rather than tonic's 4 MiB default, which a full fetch
+//! response would exceed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use weir_proto::v1::weir_client::WeirClient;
 
 use crate::ClientError;
 use crate::admin::Admin;
+use crate::cluster::Cluster;
 use crate::consumer::{Consumer, ConsumerConfig};
 use crate::producer::{Producer, ProducerConfig};
 
@@ -58,6 +60,7 @@ impl Default for ConnectOptions {
 pub struct Client {
     grpc: WeirClient<Channel>,
     addr: Arc<str>,
+    cluster: Arc<Cluster>,
 }
 
 impl Client {
@@ -70,19 +73,7 @@ impl Client {
 
     /// Connects to the broker at `addr` with `options`.
     pub async fn connect_with(addr: &str, options: ConnectOptions) -> Result<Client, ClientError> {
-        let uri = endpoint_uri(addr)?;
-        let endpoint = Endpoint::from_shared(uri)
-            .map_err(|e| ClientError::InvalidAddress {
-                addr: addr.to_owned(),
-                reason: e.to_string(),
-            })?
-            .connect_timeout(options.connect_timeout)
-            .tcp_nodelay(true)
-            .initial_stream_window_size(STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-            .max_frame_size(MAX_FRAME_BYTES)
-            .http2_keep_alive_interval(options.keep_alive_interval)
-            .keep_alive_timeout(Duration::from_secs(20));
+        let endpoint = endpoint(addr, &options)?;
         // The endpoint's timeout covers the TCP connect; this one also covers name resolution
         // and the HTTP/2 handshake.
         let channel = tokio::time::timeout(options.connect_timeout, endpoint.connect())
@@ -92,12 +83,13 @@ impl Client {
                 reason: format!("no answer within {:?}", options.connect_timeout),
             })?
             .map_err(|e| ClientError::connect(addr, &e))?;
-        let grpc = WeirClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let grpc = stub(channel);
+        let host = host_of(addr);
+        let cluster = Arc::new(Cluster::new(grpc.clone(), addr, host, options));
         Ok(Client {
             grpc,
             addr: addr.into(),
+            cluster,
         })
     }
 
@@ -108,36 +100,64 @@ impl Client {
 
     /// Topic administration and offset look-ups.
     pub fn admin(&self) -> Admin {
-        Admin::new(self.grpc())
+        Admin::new(self.grpc(), self.cluster.clone())
     }
 
     /// A new producer with its own buffer and background task. Fails only for an invalid
     /// `config` (see [`ProducerConfig`]). Must be called inside a Tokio runtime.
     pub fn producer(&self, config: ProducerConfig) -> Result<Producer, ClientError> {
-        Producer::new(self.grpc(), config)
+        Producer::new(self.cluster.clone(), config)
     }
 
     /// A new consumer with nothing assigned yet.
     pub fn consumer(&self, config: ConsumerConfig) -> Consumer {
-        Consumer::new(self.grpc(), self.host(), config)
-    }
-
-    /// The host part of the broker address (no brackets for IPv6).
-    pub(crate) fn host(&self) -> String {
-        let authority = self
-            .addr
-            .trim_start_matches("http://")
-            .trim_end_matches('/');
-        let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
-        host.trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned()
+        Consumer::new(self.cluster.clone(), config)
     }
 
     /// The generated gRPC stub on this client's connection.
     pub(crate) fn grpc(&self) -> WeirClient<Channel> {
         self.grpc.clone()
     }
+}
+
+/// The host part of a broker address (no brackets for IPv6).
+fn host_of(addr: &str) -> String {
+    let authority = addr.trim_start_matches("http://").trim_end_matches('/');
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned()
+}
+
+/// The tuned endpoint for `addr`.
+fn endpoint(addr: &str, options: &ConnectOptions) -> Result<Endpoint, ClientError> {
+    let uri = endpoint_uri(addr)?;
+    Ok(Endpoint::from_shared(uri)
+        .map_err(|e| ClientError::InvalidAddress {
+            addr: addr.to_owned(),
+            reason: e.to_string(),
+        })?
+        .connect_timeout(options.connect_timeout)
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .http2_keep_alive_interval(options.keep_alive_interval)
+        .keep_alive_timeout(Duration::from_secs(20)))
+}
+
+fn stub(channel: Channel) -> WeirClient<Channel> {
+    WeirClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// A connection to another broker of the cluster, made on first use.
+pub(crate) fn lazy_connection(
+    addr: &str,
+    options: &ConnectOptions,
+) -> Result<WeirClient<Channel>, ClientError> {
+    Ok(stub(endpoint(addr, options)?.connect_lazy()))
 }
 
 /// `HOST:PORT` -> `http://HOST:PORT`; `http://...` as is. TLS is not offered by the broker yet.

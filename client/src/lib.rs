@@ -48,6 +48,7 @@
 pub mod admin;
 mod backoff;
 mod client;
+mod cluster;
 pub mod consumer;
 mod error;
 pub mod partitioner;

@@ -1,6 +1,7 @@
 //! [`Admin`]: topic administration (create, delete, list, describe) and offset look-ups.
 //!
-//! Every call is one unary RPC; nothing is cached here. Results are the client's own types
+//! Metadata calls go to the bootstrap broker (which forwards changes to the controller);
+//! offset look-ups go to each partition's owner, found through the client's cluster picture. Results are the client's own types
 //! ([`TopicDescription`], [`TopicConfig`], ...) rather than the generated proto messages, so
 //! enums are Rust enums and absent settings are `None`.
 
@@ -13,7 +14,10 @@ use tonic::transport::Channel;
 use weir_proto::topic::validate_topic_name;
 use weir_proto::v1::{self, weir_client::WeirClient};
 
+use std::sync::Arc;
+
 use crate::ClientError;
+use crate::cluster::Cluster;
 
 pub use new_topic::NewTopic;
 pub use topic::{FlushPolicy, PartitionDescription, Placement, TopicConfig, TopicDescription};
@@ -50,11 +54,12 @@ impl OffsetSpec {
 #[derive(Debug, Clone)]
 pub struct Admin {
     grpc: WeirClient<Channel>,
+    cluster: Arc<Cluster>,
 }
 
 impl Admin {
-    pub(crate) fn new(grpc: WeirClient<Channel>) -> Self {
-        Admin { grpc }
+    pub(crate) fn new(grpc: WeirClient<Channel>, cluster: Arc<Cluster>) -> Self {
+        Admin { grpc, cluster }
     }
 
     /// Creates a topic. Fails with `TOPIC_EXISTS` if the name is taken, `INVALID_NAME` or
@@ -62,6 +67,7 @@ impl Admin {
     pub async fn create_topic(&self, topic: NewTopic) -> Result<TopicDescription, ClientError> {
         let request = topic.into_request()?;
         let created = self.grpc.clone().create_topic(request).await?.into_inner();
+        self.cluster.invalidate();
         TopicDescription::from_proto(created)
     }
 
@@ -75,6 +81,7 @@ impl Admin {
                 name: name.to_owned(),
             })
             .await?;
+        self.cluster.invalidate();
         Ok(())
     }
 
@@ -94,18 +101,42 @@ impl Admin {
             .collect()
     }
 
-    /// One topic: partitioner, settings and each partition's offsets and size. Fails with
-    /// `UNKNOWN_TOPIC` if there is no such topic.
+    /// One topic: partitioner, placement, settings and each partition's owner, offsets and
+    /// size (read from each owner; `offsets_known` is false where the owner is down). Fails
+    /// with `UNKNOWN_TOPIC` if there is no such topic.
     pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription, ClientError> {
         validate_topic_name(name)?;
-        let described = self
+        let request = v1::DescribeTopicRequest {
+            name: name.to_owned(),
+        };
+        let mut described = self
             .grpc
             .clone()
-            .describe_topic(v1::DescribeTopicRequest {
-                name: name.to_owned(),
-            })
+            .describe_topic(request.clone())
             .await?
             .into_inner();
+        // Partitions the bootstrap broker does not hold: ask their owners, one call each.
+        let mut owners: BTreeMap<u32, String> = BTreeMap::new();
+        for p in &described.partitions {
+            if !p.offsets_known && p.leader_alive && !p.leader_address.is_empty() {
+                owners.insert(p.leader_id, p.leader_address.clone());
+            }
+        }
+        for (_, address) in owners {
+            let Ok(mut grpc) = self.cluster.connection_to_advertised(&address) else {
+                continue;
+            };
+            // An owner that does not answer leaves its partitions' offsets unknown.
+            let Ok(answer) = grpc.describe_topic(request.clone()).await else {
+                continue;
+            };
+            let answer = answer.into_inner();
+            for p in answer.partitions.into_iter().filter(|p| p.offsets_known) {
+                if let Some(slot) = described.partitions.get_mut(p.partition as usize) {
+                    *slot = p;
+                }
+            }
+        }
         TopicDescription::from_proto(described)
     }
 
@@ -118,17 +149,39 @@ impl Admin {
         spec: OffsetSpec,
     ) -> Result<BTreeMap<u32, u64>, ClientError> {
         validate_topic_name(topic)?;
-        let listed = self
-            .grpc
-            .clone()
-            .list_offsets(spec.to_request(topic, partitions))
-            .await?
-            .into_inner();
-        let offsets: BTreeMap<u32, u64> = listed
-            .offsets
-            .into_iter()
-            .map(|o| (o.partition, o.offset))
-            .collect();
+        let wanted: Vec<u32> = if partitions.is_empty() {
+            (0..self.cluster.partition_count(topic).await?).collect()
+        } else {
+            partitions.to_vec()
+        };
+        // One call per owner, for the partitions it holds.
+        let mut by_owner: BTreeMap<u32, (crate::cluster::Leader, Vec<u32>)> = BTreeMap::new();
+        for &p in &wanted {
+            let leader = self.cluster.leader(topic, p).await?;
+            by_owner
+                .entry(leader.id)
+                .or_insert_with(|| (leader, Vec::new()))
+                .1
+                .push(p);
+        }
+        let mut offsets: BTreeMap<u32, u64> = BTreeMap::new();
+        for (_, (leader, held)) in by_owner {
+            let listed = leader
+                .grpc
+                .clone()
+                .list_offsets(spec.to_request(topic, &held))
+                .await;
+            let listed = match listed {
+                Ok(listed) => listed.into_inner(),
+                Err(status) => {
+                    // The picture may be old (NOT_LEADER, a broker gone): the next call refreshes.
+                    self.cluster.invalidate();
+                    return Err(status.into());
+                }
+            };
+            offsets.extend(listed.offsets.into_iter().map(|o| (o.partition, o.offset)));
+        }
+        let partitions = &wanted;
         if let Some(missing) = partitions.iter().find(|p| !offsets.contains_key(p)) {
             return Err(ClientError::refused(
                 v1::ErrorCode::Internal,

@@ -15,14 +15,12 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
-use weir_proto::v1::{
-    FetchRequest, FetchResponse, ListOffsetsRequest, OffsetSpec, weir_client::WeirClient,
-};
+use weir_proto::v1::{FetchRequest, FetchResponse, ListOffsetsRequest, OffsetSpec};
 
-use super::ConsumerConfig;
 use super::data_port::DataPortFetch;
 use super::record::{ConsumerRecord, decode};
+use super::{ConsumerConfig, Transport};
+use crate::cluster::Cluster;
 use crate::{ClientError, TopicPartition};
 
 /// What a fetch task hands to the record stream.
@@ -62,9 +60,8 @@ enum CallEnd {
 }
 
 pub(crate) struct PartitionFetch {
-    pub grpc: WeirClient<Channel>,
-    /// Fetch over this data port instead of gRPC `Fetch` (the consumer's transport choice).
-    pub data_address: Option<String>,
+    /// Finds the partition's owner for every (re)connection.
+    pub cluster: Arc<Cluster>,
     pub tp: TopicPartition,
     pub position: Arc<AtomicU64>,
     pub start: u64,
@@ -145,21 +142,36 @@ impl PartitionFetch {
             },
             follow: self.config.follow,
         };
-        let mut responses = match &self.data_address {
-            Some(addr) => match DataPortFetch::open(addr, &request).await {
+        let leader = match self.cluster.leader(&self.tp.topic, self.tp.partition).await {
+            Ok(leader) => leader,
+            Err(error) => return CallEnd::Failed(error),
+        };
+        let data_address = match (self.config.transport, leader.data_address) {
+            (Transport::Grpc, _) => None,
+            (Transport::Auto, address) => address,
+            (Transport::DataPort, Some(address)) => Some(address),
+            (Transport::DataPort, None) => {
+                return CallEnd::Failed(ClientError::InvalidArgument(format!(
+                    "broker {} advertises no data port for {}; use Transport::Auto or Grpc",
+                    leader.id, self.tp
+                )));
+            }
+        };
+        let mut responses = match data_address {
+            Some(addr) => match DataPortFetch::open(&addr, &request).await {
                 Ok(fetch) => Responses::DataPort(fetch),
-                Err(error) => return CallEnd::Failed(error),
+                Err(error) => return self.failed(error),
             },
-            None => match self.grpc.clone().fetch(request).await {
+            None => match leader.grpc.clone().fetch(request).await {
                 Ok(response) => Responses::Grpc(response.into_inner()),
-                Err(status) => return CallEnd::Failed(status.into()),
+                Err(status) => return self.failed(status.into()),
             },
         };
         loop {
             let response = match responses.message().await {
                 Ok(Some(response)) => response,
                 Ok(None) => return CallEnd::Clean,
-                Err(error) => return CallEnd::Failed(error),
+                Err(error) => return self.failed(error),
             };
             *failures = 0;
             let decoded = decode(&self.tp, response.batches, *next, stop);
@@ -183,8 +195,20 @@ impl PartitionFetch {
         }
     }
 
+    /// A failed call: the owner may have moved or gone, so the next one looks it up afresh.
+    fn failed(&self, error: ClientError) -> CallEnd {
+        if error.is_retriable() {
+            self.cluster.invalidate();
+        }
+        CallEnd::Failed(error)
+    }
+
     async fn high_watermark(&self) -> Result<u64, ClientError> {
-        let listed = self
+        let leader = self
+            .cluster
+            .leader(&self.tp.topic, self.tp.partition)
+            .await?;
+        let listed = leader
             .grpc
             .clone()
             .list_offsets(ListOffsetsRequest {
@@ -193,7 +217,8 @@ impl PartitionFetch {
                 spec: OffsetSpec::Latest as i32,
                 timestamp_ms: 0,
             })
-            .await?
+            .await
+            .inspect_err(|_| self.cluster.invalidate())?
             .into_inner();
         listed
             .offsets

@@ -28,10 +28,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
-use weir_proto::v1::{ErrorCode, weir_client::WeirClient};
+use weir_proto::v1::ErrorCode;
 
 use crate::admin::{Admin, OffsetSpec, TopicDescription};
+use crate::cluster::Cluster;
 use crate::{ClientError, TopicPartition};
 use fetcher::PartitionFetch;
 
@@ -71,28 +71,19 @@ impl Seek {
 #[derive(Debug)]
 pub struct Consumer {
     admin: Admin,
-    grpc: WeirClient<Channel>,
+    /// Routes each partition's fetches to its owner.
+    cluster: Arc<Cluster>,
     config: Arc<ConsumerConfig>,
     assignment: BTreeMap<TopicPartition, Arc<AtomicU64>>,
-    /// The host this client reached the broker at (for data ports advertised as 0.0.0.0).
-    grpc_host: String,
-    /// Each assigned partition's data port, where the broker advertises one.
-    data_addresses: BTreeMap<TopicPartition, String>,
 }
 
 impl Consumer {
-    pub(crate) fn new(
-        grpc: WeirClient<Channel>,
-        grpc_host: String,
-        config: ConsumerConfig,
-    ) -> Self {
+    pub(crate) fn new(cluster: Arc<Cluster>, config: ConsumerConfig) -> Self {
         Consumer {
-            admin: Admin::new(grpc.clone()),
-            grpc,
+            admin: Admin::new(cluster.bootstrap(), cluster.clone()),
+            cluster,
             config: Arc::new(config),
             assignment: BTreeMap::new(),
-            grpc_host,
-            data_addresses: BTreeMap::new(),
         }
     }
 
@@ -136,27 +127,6 @@ impl Consumer {
             ));
         }
         let topic = self.shared_topic_name(&description.name);
-        for &p in partitions {
-            let advertised = description
-                .partitions
-                .get(p as usize)
-                .and_then(|d| d.data_address.as_deref())
-                .and_then(|a| data_port::resolve_data_address(a, &self.grpc_host));
-            let tp = TopicPartition::new(topic.clone(), p);
-            match advertised {
-                Some(addr) => {
-                    self.data_addresses.insert(tp, addr);
-                }
-                None if self.config.transport == Transport::DataPort => {
-                    return Err(ClientError::InvalidArgument(format!(
-                        "the broker advertises no data port for {tp}; use Transport::Auto or Grpc"
-                    )));
-                }
-                None => {
-                    self.data_addresses.remove(&tp);
-                }
-            }
-        }
         let new: Vec<u32> = partitions
             .iter()
             .copied()
@@ -255,13 +225,8 @@ impl Consumer {
         let (out, incoming) = mpsc::channel(self.config.prefetch.max(1));
         let mut tasks = JoinSet::new();
         for (tp, position) in &self.assignment {
-            let data_address = match self.config.transport {
-                Transport::Grpc => None,
-                Transport::Auto | Transport::DataPort => self.data_addresses.get(tp).cloned(),
-            };
             let fetch = PartitionFetch {
-                grpc: self.grpc.clone(),
-                data_address,
+                cluster: self.cluster.clone(),
                 tp: tp.clone(),
                 position: position.clone(),
                 start: position.load(Ordering::Acquire),

@@ -35,11 +35,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use tokio::sync::{Notify, Semaphore, watch};
-use tonic::transport::Channel;
 use weir_proto::batch::HEADER_LEN;
-use weir_proto::v1::weir_client::WeirClient;
 
 use crate::ClientError;
+use crate::cluster::Cluster;
 use crate::partitioner::Route;
 use accumulator::{Accumulator, Target};
 use metadata::MetadataCache;
@@ -105,8 +104,8 @@ struct Shared {
     /// Counts settled batches; `flush` waits on its changes. Its sender is the task's, so a
     /// task that stopped reads as closed.
     settled: watch::Receiver<u64>,
-    /// For `send_batch`, which bypasses the sender task.
-    grpc: WeirClient<Channel>,
+    /// Where each partition lives (the sender task and `send_batch` route by it).
+    cluster: Arc<Cluster>,
 }
 
 impl Shared {
@@ -184,7 +183,7 @@ impl std::fmt::Debug for Producer {
 
 impl Producer {
     pub(crate) fn new(
-        grpc: WeirClient<Channel>,
+        cluster: Arc<Cluster>,
         config: ProducerConfig,
     ) -> Result<Producer, ClientError> {
         config.validate()?;
@@ -199,12 +198,12 @@ impl Producer {
             buffer: Semaphore::new(config.buffer_bytes),
             wake: Notify::new(),
             closing: AtomicBool::new(false),
-            metadata: MetadataCache::new(grpc.clone(), config.partitioner),
+            metadata: MetadataCache::new(cluster.bootstrap(), config.partitioner),
             settled,
             config,
-            grpc: grpc.clone(),
+            cluster: cluster.clone(),
         });
-        runtime.spawn(SenderTask::new(shared.clone(), grpc, settled_tx).run());
+        runtime.spawn(SenderTask::new(shared.clone(), cluster, settled_tx).run());
         Ok(Producer {
             handle: Arc::new(Handle { shared }),
         })
@@ -356,7 +355,14 @@ impl Producer {
                 .map(|(key, offset)| weir_proto::v1::KeyExpectation { key, offset })
                 .collect(),
         };
-        let response = shared.grpc.clone().produce(request).await?.into_inner();
+        let leader = shared.cluster.leader(&routing.topic, partition).await?;
+        let response = leader
+            .grpc
+            .clone()
+            .produce(request)
+            .await
+            .inspect_err(|_| shared.cluster.invalidate())?
+            .into_inner();
         Ok(BatchMetadata {
             topic: routing.topic.clone(),
             partition,

@@ -1,6 +1,7 @@
 //! The sender: the producer's background task. It takes batches from the accumulator, sends
-//! them over one `ProduceStream`, routes responses back by correlation id, retries, reconnects,
-//! and settles every batch exactly once (acknowledged, failed or timed out).
+//! each over a `ProduceStream` to its partition's owner (one stream per broker, found through
+//! the client's cluster picture), routes responses back by correlation id, retries,
+//! reconnects, and settles every batch exactly once (acknowledged, failed or timed out).
 //!
 //! Invariants:
 //! - **At most one batch per partition is in flight** (sent and unanswered, or waiting to be
@@ -12,8 +13,11 @@
 //!   partitions are in flight concurrently on the same stream.
 //! - Every batch is settled once: its outcome is written, its buffer bytes are released and it
 //!   is marked complete in the accumulator (which `flush` waits on).
-//! - A broken stream (transport error, broker shutdown) puts every in-flight batch back to be
-//!   retried on the next stream, subject to `retries` and the delivery timeout.
+//! - A broken stream (transport error, broker shutdown) puts that broker's in-flight batches
+//!   back to be retried, subject to `retries` and the delivery timeout, and makes the cluster
+//!   picture refresh (the partition may have an owner that is down, or a new one). So does a
+//!   NOT_LEADER answer. A batch whose owner is unknown or down waits (its partition busy, so
+//!   order holds) until the picture says where to send it, or its delivery timeout.
 //! - **Idempotence** (on by default): before its first send the task gets a producer id from
 //!   the broker (`InitProducer`). A batch is stamped with that id and its partition's next
 //!   sequence number when it is first sent (so sequences follow send order) and keeps the stamp
@@ -23,15 +27,12 @@
 //!   which restarts every partition's sequence at 0.
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
-use tonic::{Status, Streaming};
 use weir_proto::v1::{
     ErrorCode, InitProducerRequest, ProduceRequest, ProduceResponse, weir_client::WeirClient,
 };
@@ -40,47 +41,84 @@ use weir_proto::batch::sequence_after;
 
 use super::Shared;
 use super::accumulator::{ProducerBatch, Stamp};
+use crate::cluster::Cluster;
 use crate::{ClientError, TopicPartition};
 
-type OpenCall = Pin<Box<dyn Future<Output = Result<Streaming<ProduceResponse>, Status>> + Send>>;
-
-/// The `ProduceStream` call, as far as it has got.
-enum Link {
-    /// No stream; open one at `retry_at` if there is anything to send.
-    Down { retry_at: Instant },
-    /// Requests can already be queued (some brokers answer the call only after the first
-    /// request); the response stream is on its way.
-    Opening {
-        requests: mpsc::UnboundedSender<ProduceRequest>,
-        call: OpenCall,
-    },
-    Open {
-        requests: mpsc::UnboundedSender<ProduceRequest>,
-        // Boxed: a `Streaming` is large, and the link is mostly in this state anyway.
-        responses: Box<Streaming<ProduceResponse>>,
-    },
-}
-
-impl Link {
-    fn requests(&self) -> Option<&mpsc::UnboundedSender<ProduceRequest>> {
-        match self {
-            Link::Down { .. } => None,
-            Link::Opening { requests, .. } | Link::Open { requests, .. } => Some(requests),
-        }
-    }
+/// One broker's `ProduceStream`. Requests are queued on `requests` as soon as the call is
+/// started (some brokers answer the call only after the first request); a spawned task reads
+/// the responses and forwards them, tagged with the link's epoch, so events of a replaced
+/// stream are recognized and dropped.
+struct BrokerLink {
+    /// `None` while down.
+    requests: Option<mpsc::UnboundedSender<ProduceRequest>>,
+    epoch: u64,
+    /// When to open the stream again after a failure.
+    retry_at: Instant,
+    /// Stream failures since its last acknowledged batch: the reconnect backoff.
+    failures: u32,
 }
 
 enum LinkEvent {
-    Opened(Result<Streaming<ProduceResponse>, Status>),
-    Response(Result<Option<ProduceResponse>, Status>),
+    Response(ProduceResponse),
+    /// The stream ended; `opened` says whether the call got as far as an answer.
+    Failed {
+        error: ClientError,
+        opened: bool,
+    },
 }
 
-/// The next thing that happens on the link (never, while it is down).
-async fn link_event(link: &mut Link) -> LinkEvent {
-    match link {
-        Link::Down { .. } => std::future::pending().await,
-        Link::Opening { call, .. } => LinkEvent::Opened(call.await),
-        Link::Open { responses, .. } => LinkEvent::Response(responses.message().await),
+struct Tagged {
+    address: String,
+    epoch: u64,
+    event: LinkEvent,
+}
+
+/// Runs one broker's stream until it ends, forwarding what happens as events.
+async fn run_link(
+    mut grpc: WeirClient<Channel>,
+    outgoing: mpsc::UnboundedReceiver<ProduceRequest>,
+    address: String,
+    epoch: u64,
+    events: mpsc::UnboundedSender<Tagged>,
+) {
+    let send = |event| {
+        let _ = events.send(Tagged {
+            address: address.clone(),
+            epoch,
+            event,
+        });
+    };
+    let mut responses = match grpc
+        .produce_stream(UnboundedReceiverStream::new(outgoing))
+        .await
+    {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            return send(LinkEvent::Failed {
+                error: status.into(),
+                opened: false,
+            });
+        }
+    };
+    loop {
+        match responses.message().await {
+            Ok(Some(response)) => send(LinkEvent::Response(response)),
+            Ok(None) => {
+                return send(LinkEvent::Failed {
+                    error: ClientError::Transport {
+                        code: tonic::Code::Unavailable,
+                        message: "the broker ended the produce stream".into(),
+                    },
+                    opened: true,
+                });
+            }
+            Err(status) => {
+                return send(LinkEvent::Failed {
+                    error: status.into(),
+                    opened: true,
+                });
+            }
+        }
     }
 }
 
@@ -111,24 +149,32 @@ pub(crate) struct SenderTask {
     identity_failures: u32,
     /// Per partition, the sequence number the next stamped batch starts at.
     next_sequence: HashMap<TopicPartition, i32>,
-    grpc: WeirClient<Channel>,
+    cluster: Arc<Cluster>,
     completions: watch::Sender<u64>,
-    link: Link,
-    in_flight: HashMap<u64, ProducerBatch>,
+    /// Broker address -> its stream.
+    links: HashMap<String, BrokerLink>,
+    events: mpsc::UnboundedReceiver<Tagged>,
+    events_tx: mpsc::UnboundedSender<Tagged>,
+    next_epoch: u64,
+    /// The cluster picture must be refreshed before some batch can be routed.
+    refresh_needed: bool,
+    refresh_at: Instant,
+    refresh_failures: u32,
+    /// Sent and unanswered, with the address of the broker they went to.
+    in_flight: HashMap<u64, (String, ProducerBatch)>,
     /// Batches waiting for their retry time; their partitions stay busy.
     retrying: Vec<(Instant, ProducerBatch)>,
     busy: HashSet<TopicPartition>,
     next_correlation_id: u64,
-    /// Stream failures since the last acknowledged batch: the reconnect backoff.
-    failures: u32,
 }
 
 impl SenderTask {
     pub fn new(
         shared: Arc<Shared>,
-        grpc: WeirClient<Channel>,
+        cluster: Arc<Cluster>,
         completions: watch::Sender<u64>,
     ) -> Self {
+        let (events_tx, events) = mpsc::unbounded_channel();
         let identity = if shared.config.idempotent {
             Identity::Missing
         } else {
@@ -140,16 +186,19 @@ impl SenderTask {
             identity_retry_at: Instant::now(),
             identity_failures: 0,
             next_sequence: HashMap::new(),
-            grpc,
+            cluster,
             completions,
-            link: Link::Down {
-                retry_at: Instant::now(),
-            },
+            links: HashMap::new(),
+            events,
+            events_tx,
+            next_epoch: 0,
+            refresh_needed: false,
+            refresh_at: Instant::now(),
+            refresh_failures: 0,
             in_flight: HashMap::new(),
             retrying: Vec::new(),
             busy: HashSet::new(),
             next_correlation_id: 0,
-            failures: 0,
         }
     }
 
@@ -164,8 +213,11 @@ impl SenderTask {
             {
                 self.init_identity().await;
             }
-            self.open_link_if_needed(now);
-            if self.link.requests().is_some() && self.identity != Identity::Missing {
+            if self.refresh_needed && self.has_work() && now >= self.refresh_at {
+                self.refresh().await;
+            }
+            let now = Instant::now();
+            if self.identity != Identity::Missing {
                 self.send_due_retries(now);
                 self.send_ready(now);
             }
@@ -174,7 +226,7 @@ impl SenderTask {
             }
             let deadline = self.next_deadline(now);
             tokio::select! {
-                event = link_event(&mut self.link) => self.on_link_event(event),
+                Some(event) = self.events.recv() => self.on_event(event),
                 () = self.shared.wake.notified() => {}
                 () = tokio::time::sleep_until(deadline.into()) => {}
             }
@@ -185,7 +237,7 @@ impl SenderTask {
     /// Asks the broker for a producer id; on failure, backs off (the delivery timeout still
     /// bounds how long batches wait).
     async fn init_identity(&mut self) {
-        let mut grpc = self.grpc.clone();
+        let mut grpc = self.cluster.bootstrap();
         let result = tokio::time::timeout(INIT_TIMEOUT, grpc.init_producer(InitProducerRequest {}))
             .await
             .map_err(|_| ClientError::Timeout {
@@ -313,75 +365,109 @@ impl SenderTask {
             || !self.shared.lock_accumulator().is_empty()
     }
 
-    fn open_link_if_needed(&mut self, now: Instant) {
-        let Link::Down { retry_at } = self.link else {
-            return;
-        };
-        if now < retry_at || !self.has_work() {
-            return;
-        }
-        let (requests, outgoing) = mpsc::unbounded_channel();
-        let mut grpc = self.grpc.clone();
-        let call: OpenCall = Box::pin(async move {
-            let response = grpc
-                .produce_stream(UnboundedReceiverStream::new(outgoing))
-                .await?;
-            Ok(response.into_inner())
-        });
-        self.link = Link::Opening { requests, call };
-    }
-
-    fn on_link_event(&mut self, event: LinkEvent) {
-        match event {
-            LinkEvent::Opened(Ok(responses)) => {
-                let link = std::mem::replace(
-                    &mut self.link,
-                    Link::Down {
-                        retry_at: Instant::now(),
-                    },
-                );
-                if let Link::Opening { requests, .. } = link {
-                    self.link = Link::Open {
-                        requests,
-                        responses: Box::new(responses),
-                    };
-                }
+    /// Refreshes the cluster picture; on failure, tries again after a backoff.
+    async fn refresh(&mut self) {
+        match self.cluster.refresh().await {
+            Ok(()) => {
+                self.refresh_needed = false;
+                self.refresh_failures = 0;
             }
-            // The call never opened (e.g. the broker is down): the batches queued on it were
-            // never answered, so this does not count against their retries; the delivery
-            // timeout still bounds how long they wait.
-            LinkEvent::Opened(Err(status)) => self.link_failed(ClientError::from(status), false),
-            LinkEvent::Response(Err(status)) => self.link_failed(ClientError::from(status), true),
-            LinkEvent::Response(Ok(None)) => self.link_failed(
-                ClientError::Transport {
-                    code: tonic::Code::Unavailable,
-                    message: "the broker ended the produce stream".into(),
-                },
-                true,
-            ),
-            LinkEvent::Response(Ok(Some(response))) => self.on_response(response),
+            Err(error) => {
+                self.refresh_failures += 1;
+                if self.refresh_failures == 1 {
+                    tracing::warn!(%error, "cannot refresh the cluster metadata; retrying");
+                }
+                self.refresh_at =
+                    Instant::now() + self.shared.config.backoff(self.refresh_failures);
+            }
         }
     }
 
-    /// The stream is gone: every in-flight batch goes back to be retried (or fails), and the
-    /// next stream opens after a backoff. `counts` says whether the failed send counts as one of
-    /// the batches' attempts.
-    fn link_failed(&mut self, error: ClientError, counts: bool) {
-        self.failures += 1;
-        let delay = self.shared.config.backoff(self.failures);
-        // One warning per outage, not one per attempt.
-        if self.failures == 1 {
-            tracing::warn!(%error, "produce stream failed; reconnecting");
-        } else {
-            tracing::debug!(%error, ?delay, "produce stream failed again; reconnecting");
+    /// The stream to the broker at `address`, opened if it is down and due; `None` while it
+    /// waits for its reconnect time.
+    fn link_to(
+        &mut self,
+        address: &str,
+        grpc: &WeirClient<Channel>,
+        now: Instant,
+    ) -> Result<mpsc::UnboundedSender<ProduceRequest>, Instant> {
+        let link = self
+            .links
+            .entry(address.to_owned())
+            .or_insert_with(|| BrokerLink {
+                requests: None,
+                epoch: 0,
+                retry_at: now,
+                failures: 0,
+            });
+        if let Some(requests) = &link.requests {
+            return Ok(requests.clone());
         }
+        if now < link.retry_at {
+            return Err(link.retry_at);
+        }
+        self.next_epoch += 1;
+        let (requests, outgoing) = mpsc::unbounded_channel();
+        link.requests = Some(requests.clone());
+        link.epoch = self.next_epoch;
+        tokio::spawn(run_link(
+            grpc.clone(),
+            outgoing,
+            address.to_owned(),
+            link.epoch,
+            self.events_tx.clone(),
+        ));
+        Ok(requests)
+    }
+
+    fn on_event(&mut self, tagged: Tagged) {
+        let current = self
+            .links
+            .get(&tagged.address)
+            .is_some_and(|link| link.epoch == tagged.epoch && link.requests.is_some());
+        match tagged.event {
+            // A replaced stream's answers still settle their batches (correlation ids are
+            // unique); its failure is old news.
+            LinkEvent::Response(response) => self.on_response(response),
+            LinkEvent::Failed { error, opened } if current => {
+                // A call that never opened was never answered: not one of the batches' attempts.
+                self.link_failed(&tagged.address, error, opened);
+            }
+            LinkEvent::Failed { .. } => {}
+        }
+    }
+
+    /// A broker's stream is gone: its in-flight batches go back to be retried (or fail), the
+    /// stream reopens after a backoff, and the cluster picture is refreshed. `counts` says
+    /// whether the failed send counts as one of the batches' attempts.
+    fn link_failed(&mut self, address: &str, error: ClientError, counts: bool) {
         let now = Instant::now();
-        self.link = Link::Down {
-            retry_at: now + delay,
-        };
-        let mut in_flight: Vec<ProducerBatch> = self.in_flight.drain().map(|(_, b)| b).collect();
-        in_flight.sort_by_key(|batch| batch.id);
-        for mut batch in in_flight {
+        let backoff = |failures| self.shared.config.backoff(failures);
+        if let Some(link) = self.links.get_mut(address) {
+            link.failures += 1;
+            link.requests = None;
+            link.retry_at = now + backoff(link.failures);
+            // One warning per outage, not one per attempt.
+            if link.failures == 1 {
+                tracing::warn!(broker = address, %error, "produce stream failed; reconnecting");
+            } else {
+                tracing::debug!(broker = address, %error, "produce stream failed again; reconnecting");
+            }
+        }
+        self.cluster.invalidate();
+        self.refresh_needed = true;
+        let ids: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, (a, _))| a == address)
+            .map(|(&id, _)| id)
+            .collect();
+        let mut batches: Vec<ProducerBatch> = ids
+            .into_iter()
+            .filter_map(|id| self.in_flight.remove(&id).map(|(_, b)| b))
+            .collect();
+        batches.sort_by_key(|batch| batch.id);
+        for mut batch in batches {
             if !counts {
                 batch.attempts = batch.attempts.saturating_sub(1);
             }
@@ -390,7 +476,7 @@ impl SenderTask {
     }
 
     fn on_response(&mut self, response: ProduceResponse) {
-        let Some(batch) = self.in_flight.remove(&response.correlation_id) else {
+        let Some((address, batch)) = self.in_flight.remove(&response.correlation_id) else {
             // Its batch was already settled (timed out); nothing waits for this answer.
             tracing::debug!(
                 correlation_id = response.correlation_id,
@@ -400,7 +486,9 @@ impl SenderTask {
         };
         match response.error {
             None => {
-                self.failures = 0;
+                if let Some(link) = self.links.get_mut(&address) {
+                    link.failures = 0;
+                }
                 let acknowledged = response.last_offset.wrapping_sub(response.base_offset) + 1;
                 if acknowledged != batch.record_count as u64 {
                     tracing::warn!(
@@ -421,6 +509,19 @@ impl SenderTask {
                 ) {
                     // Deleted or recreated: the next send describes the topic again.
                     self.shared.metadata.invalidate(&batch.tp.topic);
+                }
+                if matches!(
+                    error.code(),
+                    Some(
+                        ErrorCode::NotLeader
+                            | ErrorCode::PartitionUnavailable
+                            | ErrorCode::UnknownTopic
+                            | ErrorCode::UnknownPartition
+                    )
+                ) {
+                    // The picture is out of date: where the partition lives is news.
+                    self.cluster.invalidate();
+                    self.refresh_needed = true;
                 }
                 self.retry_or_fail(batch, error, Instant::now());
             }
@@ -491,11 +592,39 @@ impl SenderTask {
                 return;
             }
         };
-        let Some(requests) = self.link.requests() else {
-            // Not reachable (callers check the link); keep the batch rather than lose it.
-            self.busy.insert(batch.tp.clone());
-            self.retrying.push((Instant::now(), batch));
-            return;
+        let now = Instant::now();
+        let leader = match self
+            .cluster
+            .cached_leader(&batch.tp.topic, batch.tp.partition)
+        {
+            Some(Ok(leader)) => leader,
+            // Not in the picture (new topic, or the picture was invalidated): refresh first.
+            None => {
+                self.refresh_needed = true;
+                self.park(batch, self.refresh_at.max(now));
+                return;
+            }
+            Some(Err(error)) if error.is_retriable() => {
+                // The owner is down: wait for it (refreshing to learn when it is back) until
+                // the delivery timeout.
+                self.refresh_needed = true;
+                self.refresh_at = self.refresh_at.max(now + self.shared.config.backoff(1));
+                tracing::debug!(partition = %batch.tp, %error, "partition unavailable; waiting");
+                self.park(batch, self.refresh_at);
+                return;
+            }
+            Some(Err(error)) => {
+                self.busy.remove(&batch.tp);
+                self.settle(batch, Err(error));
+                return;
+            }
+        };
+        let requests = match self.link_to(&leader.address, &leader.grpc, now) {
+            Ok(requests) => requests,
+            Err(retry_at) => {
+                self.park(batch, retry_at);
+                return;
+            }
         };
         let correlation_id = self.next_correlation_id;
         self.next_correlation_id += 1;
@@ -514,7 +643,14 @@ impl SenderTask {
         // on its way, retries the batch with the rest of the in-flight ones.
         let _ = requests.send(request);
         self.busy.insert(batch.tp.clone());
-        self.in_flight.insert(correlation_id, batch);
+        self.in_flight
+            .insert(correlation_id, (leader.address, batch));
+    }
+
+    /// Holds a batch that cannot be sent yet (its partition stays busy) until `at`.
+    fn park(&mut self, batch: ProducerBatch, at: Instant) {
+        self.busy.insert(batch.tp.clone());
+        self.retrying.push((at, batch));
     }
 
     /// Fails batches past their delivery timeout, wherever they are.
@@ -546,19 +682,22 @@ impl SenderTask {
         let stale: Vec<u64> = self
             .in_flight
             .iter()
-            .filter(|(_, batch)| batch.created <= cutoff)
+            .filter(|(_, (_, batch))| batch.created <= cutoff)
             .map(|(&id, _)| id)
             .collect();
-        if !stale.is_empty() {
-            for id in stale {
-                if let Some(batch) = self.in_flight.remove(&id) {
-                    self.busy.remove(&batch.tp);
-                    self.settle(batch, Err(unanswered.clone()));
-                }
+        let mut unhealthy = HashSet::new();
+        for id in stale {
+            if let Some((address, batch)) = self.in_flight.remove(&id) {
+                self.busy.remove(&batch.tp);
+                self.settle(batch, Err(unanswered.clone()));
+                unhealthy.insert(address);
             }
-            // A request unanswered for the whole delivery timeout: the stream is not healthy.
-            // Start over so a late answer cannot land after the partition's next batch.
+        }
+        // A request unanswered for the whole delivery timeout: that stream is not healthy.
+        // Start over so a late answer cannot land after the partition's next batch.
+        for address in unhealthy {
             self.link_failed(
+                &address,
                 ClientError::Transport {
                     code: tonic::Code::DeadlineExceeded,
                     message: "a produce request went unanswered past the delivery timeout".into(),
@@ -578,26 +717,22 @@ impl SenderTask {
                 deadline = deadline.min(at);
             }
         };
-        match self.link {
-            Link::Down { retry_at } => {
-                if !accumulator.is_empty() || !self.retrying.is_empty() {
-                    consider(Some(retry_at));
-                }
+        let waiting = !accumulator.is_empty() || !self.retrying.is_empty();
+        if self.identity == Identity::Missing {
+            if waiting {
+                consider(Some(self.identity_retry_at));
             }
-            _ if self.identity == Identity::Missing => {
-                if !accumulator.is_empty() || !self.retrying.is_empty() {
-                    consider(Some(self.identity_retry_at));
-                }
-            }
-            Link::Opening { .. } | Link::Open { .. } => {
-                consider(accumulator.next_drain_time(config.linger, |tp| self.busy.contains(tp)));
-                consider(self.retrying.iter().map(|(at, _)| *at).min());
-            }
+        } else {
+            consider(accumulator.next_drain_time(config.linger, |tp| self.busy.contains(tp)));
+            consider(self.retrying.iter().map(|(at, _)| *at).min());
+        }
+        if self.refresh_needed && waiting {
+            consider(Some(self.refresh_at));
         }
         let oldest = [
             accumulator.oldest(),
             self.retrying.iter().map(|(_, b)| b.created).min(),
-            self.in_flight.values().map(|b| b.created).min(),
+            self.in_flight.values().map(|(_, b)| b.created).min(),
         ]
         .into_iter()
         .flatten()

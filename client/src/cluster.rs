@@ -1,0 +1,306 @@
+//! The client's picture of the cluster: which broker owns each partition, and one connection
+//! per broker, so produce and fetch go straight to a partition's owner.
+//!
+//! The picture comes from the `Metadata` RPC of the bootstrap broker (any node answers it, from
+//! its copy of the controller's metadata). It is refreshed when a topic is not in it, and after
+//! anyone [`invalidate`](Cluster::invalidate)s it: a NOT_LEADER answer, a connection to an owner
+//! failing. Refreshes are serialized (concurrent callers share one) and, when the bootstrap
+//! broker does not answer, tried on every other broker known.
+//!
+//! Invariants: connections are made lazily and reused per address; an advertised address with
+//! an unspecified host (`0.0.0.0`, `::`) is dialled at the host the bootstrap broker was
+//! reached at.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+
+use tonic::transport::Channel;
+use weir_proto::v1::{self, ErrorCode, weir_client::WeirClient};
+
+use crate::ClientError;
+use crate::client::{ConnectOptions, lazy_connection};
+
+/// How long a metadata refresh may take per broker tried.
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A partition's owner, ready to be called.
+#[derive(Debug, Clone)]
+pub(crate) struct Leader {
+    pub id: u32,
+    pub address: String,
+    /// Its data port, resolved; `None` if it advertises none.
+    pub data_address: Option<String>,
+    pub grpc: WeirClient<Channel>,
+}
+
+#[derive(Debug, Clone)]
+struct Broker {
+    address: String,
+    data_address: Option<String>,
+    alive: bool,
+}
+
+#[derive(Debug, Default)]
+struct View {
+    brokers: BTreeMap<u32, Broker>,
+    /// topic -> owner of each partition.
+    leaders: HashMap<String, Vec<u32>>,
+    stale: bool,
+}
+
+/// See the module docs. Shared (`Arc`) by a client's admin, producers and consumers.
+#[derive(Debug)]
+pub(crate) struct Cluster {
+    bootstrap: WeirClient<Channel>,
+    bootstrap_address: String,
+    bootstrap_host: String,
+    options: ConnectOptions,
+    view: RwLock<View>,
+    connections: Mutex<HashMap<String, WeirClient<Channel>>>,
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl Cluster {
+    pub fn new(
+        bootstrap: WeirClient<Channel>,
+        bootstrap_address: &str,
+        bootstrap_host: String,
+        options: ConnectOptions,
+    ) -> Self {
+        let mut connections = HashMap::new();
+        connections.insert(bootstrap_address.to_owned(), bootstrap.clone());
+        Cluster {
+            bootstrap,
+            bootstrap_address: bootstrap_address.to_owned(),
+            bootstrap_host,
+            options,
+            view: RwLock::new(View {
+                stale: true,
+                ..View::default()
+            }),
+            connections: Mutex::new(connections),
+            refreshing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The connection the client was made with.
+    pub fn bootstrap(&self) -> WeirClient<Channel> {
+        self.bootstrap.clone()
+    }
+
+    /// Marks the picture stale: the next look-up refreshes it.
+    pub fn invalidate(&self) {
+        self.view.write().unwrap_or_else(|e| e.into_inner()).stale = true;
+    }
+
+    /// Fetches the picture again (see the module docs).
+    pub async fn refresh(&self) -> Result<(), ClientError> {
+        let _one_at_a_time = self.refreshing.lock().await;
+        let mut candidates = vec![self.bootstrap.clone()];
+        {
+            let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+            for broker in view.brokers.values() {
+                if broker.address != self.bootstrap_address
+                    && let Ok(c) = self.connection(&broker.address)
+                {
+                    candidates.push(c);
+                }
+            }
+        }
+        let mut last_error = None;
+        for mut grpc in candidates {
+            let call = grpc.metadata(v1::MetadataRequest { topics: Vec::new() });
+            match tokio::time::timeout(REFRESH_TIMEOUT, call).await {
+                Ok(Ok(response)) => {
+                    self.install(response.into_inner());
+                    return Ok(());
+                }
+                Ok(Err(status)) => last_error = Some(ClientError::from(status)),
+                Err(_) => {
+                    last_error = Some(ClientError::Timeout {
+                        what: "Metadata",
+                        after: REFRESH_TIMEOUT,
+                    })
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| ClientError::Connect {
+            addr: self.bootstrap_address.clone(),
+            reason: "no broker answered".into(),
+        }))
+    }
+
+    fn install(&self, metadata: v1::MetadataResponse) {
+        let brokers = metadata
+            .brokers
+            .into_iter()
+            .map(|b| {
+                let address = resolve_advertised(&b.address, &self.bootstrap_host)
+                    .unwrap_or_else(|| self.bootstrap_address.clone());
+                let broker = Broker {
+                    address,
+                    data_address: resolve_advertised(&b.data_address, &self.bootstrap_host),
+                    alive: b.alive,
+                };
+                (b.id, broker)
+            })
+            .collect();
+        let leaders = metadata
+            .topics
+            .into_iter()
+            .map(|t| {
+                let owners = t.partitions.iter().map(|p| p.leader_id).collect();
+                (t.name, owners)
+            })
+            .collect();
+        *self.view.write().unwrap_or_else(|e| e.into_inner()) = View {
+            brokers,
+            leaders,
+            stale: false,
+        };
+    }
+
+    /// The owner of a partition from the picture as it is: `None` when the picture is stale
+    /// or does not know the topic (refresh, then ask again).
+    pub fn cached_leader(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Option<Result<Leader, ClientError>> {
+        let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+        if view.stale {
+            return None;
+        }
+        let owners = view.leaders.get(topic)?;
+        let Some(&id) = owners.get(partition as usize) else {
+            return Some(Err(ClientError::refused(
+                ErrorCode::UnknownPartition,
+                format!(
+                    "topic {topic} has partitions 0..{}; there is no partition {partition}",
+                    owners.len()
+                ),
+            )));
+        };
+        let Some(broker) = view.brokers.get(&id) else {
+            return Some(Err(ClientError::refused(
+                ErrorCode::PartitionUnavailable,
+                format!("{topic}-{partition} is on broker {id}, which is not registered"),
+            )));
+        };
+        if !broker.alive {
+            return Some(Err(ClientError::refused(
+                ErrorCode::PartitionUnavailable,
+                format!(
+                    "{topic}-{partition} is on broker {id} ({}), which is down; it comes back with its data when the broker does",
+                    broker.address
+                ),
+            )));
+        }
+        let broker = broker.clone();
+        drop(view);
+        Some(self.connection(&broker.address).map(|grpc| Leader {
+            id,
+            address: broker.address,
+            data_address: broker.data_address,
+            grpc,
+        }))
+    }
+
+    /// The owner of a partition, refreshing the picture if it does not know the topic. Fails
+    /// with UNKNOWN_TOPIC for a topic the cluster does not have, PARTITION_UNAVAILABLE (with
+    /// the owner named) for one whose broker is down.
+    pub async fn leader(&self, topic: &str, partition: u32) -> Result<Leader, ClientError> {
+        if let Some(found) = self.cached_leader(topic, partition) {
+            return found;
+        }
+        self.refresh().await?;
+        self.cached_leader(topic, partition).unwrap_or_else(|| {
+            Err(ClientError::refused(
+                ErrorCode::UnknownTopic,
+                format!("unknown topic {topic:?}; create it with `weir topic create {topic} --partitions N`"),
+            ))
+        })
+    }
+
+    /// The partition count of `topic` in the picture (refreshing when unknown).
+    pub async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
+        let known = |view: &View| view.leaders.get(topic).map(|l| l.len() as u32);
+        {
+            let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+            if !view.stale
+                && let Some(n) = known(&view)
+            {
+                return Ok(n);
+            }
+        }
+        self.refresh().await?;
+        let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+        known(&view).ok_or_else(|| {
+            ClientError::refused(ErrorCode::UnknownTopic, format!("unknown topic {topic:?}"))
+        })
+    }
+
+    /// The connection to a broker at an address as the cluster advertises it.
+    pub fn connection_to_advertised(
+        &self,
+        advertised: &str,
+    ) -> Result<WeirClient<Channel>, ClientError> {
+        let address = resolve_advertised(advertised, &self.bootstrap_host)
+            .unwrap_or_else(|| self.bootstrap_address.clone());
+        self.connection(&address)
+    }
+
+    /// The connection to `address` (made lazily, then reused).
+    pub fn connection(&self, address: &str) -> Result<WeirClient<Channel>, ClientError> {
+        let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = connections.get(address) {
+            return Ok(c.clone());
+        }
+        let c = lazy_connection(address, &self.options)?;
+        connections.insert(address.to_owned(), c.clone());
+        Ok(c)
+    }
+}
+
+/// Where to dial an advertised address: as is, or with an unspecified host (`0.0.0.0`, `::`)
+/// replaced by `reached_host`, the host the client reached the cluster at. `None` if empty.
+pub(crate) fn resolve_advertised(advertised: &str, reached_host: &str) -> Option<String> {
+    if advertised.is_empty() {
+        return None;
+    }
+    let (host, port) = advertised.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host {
+        "0.0.0.0" | "::" | "" => {
+            if reached_host.contains(':') && !reached_host.starts_with('[') {
+                Some(format!("[{reached_host}]:{port}"))
+            } else {
+                Some(format!("{reached_host}:{port}"))
+            }
+        }
+        _ => Some(advertised.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unspecified_hosts_take_the_grpc_host() {
+        assert_eq!(
+            resolve_advertised("0.0.0.0:7071", "broker-1").as_deref(),
+            Some("broker-1:7071")
+        );
+        assert_eq!(
+            resolve_advertised("[::]:7071", "::1").as_deref(),
+            Some("[::1]:7071")
+        );
+        assert_eq!(
+            resolve_advertised("10.0.0.5:7071", "localhost").as_deref(),
+            Some("10.0.0.5:7071")
+        );
+        assert_eq!(resolve_advertised("", "localhost"), None);
+    }
+}
