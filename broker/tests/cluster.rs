@@ -1,0 +1,304 @@
+//! A real cluster on loopback: one controller and three brokers as separate `weir-broker`
+//! processes. Placement lands where each strategy says; 100,000 keyed records produced through
+//! one broker come back whole and in order per partition through another; with the
+//! controller killed, produce and fetch go on while metadata changes fail with
+//! CONTROLLER_UNAVAILABLE, and a restarted controller has everything; a killed broker's
+//! partitions report unavailable with the owner named, the rest keep working, and its data is
+//! there when it returns.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use weir_client::{
+    Client, ClientError, ConsumerConfig, ErrorCode, NewTopic, Placement, ProducerConfig,
+    ProducerRecord, TopicDescription,
+};
+use weir_testkit::{BrokerProcess, temp_data_dir};
+
+const BROKER: &str = env!("CARGO_BIN_EXE_weir-broker");
+const LEASE_MS: &str = "2000";
+
+struct Cluster {
+    controller: BrokerProcess,
+    brokers: Vec<BrokerProcess>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+fn start_cluster() -> Cluster {
+    let mut dirs = vec![temp_data_dir()];
+    let controller = BrokerProcess::start(
+        std::path::Path::new(BROKER),
+        dirs[0].path(),
+        &[
+            "--role",
+            "controller",
+            "--node-id",
+            "100",
+            "--broker-lease-ms",
+            LEASE_MS,
+        ],
+    );
+    let controller_addr = controller.host_port();
+    let mut brokers = Vec::new();
+    for id in 1..=3 {
+        dirs.push(temp_data_dir());
+        let node = id.to_string();
+        brokers.push(BrokerProcess::start(
+            std::path::Path::new(BROKER),
+            dirs[id].path(),
+            &[
+                "--role",
+                "broker",
+                "--node-id",
+                &node,
+                "--controller",
+                &controller_addr,
+            ],
+        ));
+    }
+    Cluster {
+        controller,
+        brokers,
+        _dirs: dirs,
+    }
+}
+
+async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn live_brokers(client: &Client) -> usize {
+    let Ok(mut grpc) = weir_client::proto::weir_client::WeirClient::connect(format!(
+        "http://{}",
+        client.address()
+    ))
+    .await
+    else {
+        return 0;
+    };
+    match grpc
+        .metadata(weir_client::proto::MetadataRequest::default())
+        .await
+    {
+        Ok(m) => m.into_inner().brokers.iter().filter(|b| b.alive).count(),
+        Err(_) => 0,
+    }
+}
+
+fn leaders(topic: &TopicDescription) -> Vec<u32> {
+    topic.partitions.iter().map(|p| p.leader_id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_and_three_brokers() {
+    let mut cluster = start_cluster();
+    let via_controller = Client::connect(&cluster.controller.host_port())
+        .await
+        .unwrap();
+    wait_until("three brokers are alive", || async {
+        live_brokers(&via_controller).await == 3
+    })
+    .await;
+    let b1 = Client::connect(&cluster.brokers[0].host_port())
+        .await
+        .unwrap();
+    let b3 = Client::connect(&cluster.brokers[2].host_port())
+        .await
+        .unwrap();
+
+    // Placement, created through a broker (forwarded to the controller).
+    let admin = b1.admin();
+    let range = admin
+        .create_topic(
+            NewTopic::new("by-range")
+                .partitions(12)
+                .placement(Placement::Range),
+        )
+        .await
+        .unwrap();
+    assert_eq!(leaders(&range), [1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]);
+    let rr = admin
+        .create_topic(
+            NewTopic::new("by-rr")
+                .partitions(12)
+                .placement(Placement::RoundRobin),
+        )
+        .await
+        .unwrap();
+    assert_eq!(leaders(&rr), [1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3]);
+    let hash = admin
+        .create_topic(NewTopic::new("orders").partitions(12))
+        .await
+        .unwrap();
+    let mut per_broker = BTreeMap::new();
+    for leader in leaders(&hash) {
+        *per_broker.entry(leader).or_insert(0) += 1;
+    }
+    assert_eq!(
+        per_broker.keys().copied().collect::<Vec<_>>(),
+        [1, 2, 3],
+        "{per_broker:?}"
+    );
+    // Every node describes the same layout.
+    let described = b3.admin().describe_topic("orders").await.unwrap();
+    assert_eq!(leaders(&described), leaders(&hash));
+
+    // 100,000 keyed records in through broker 1, out through broker 3.
+    const RECORDS: usize = 100_000;
+    let producer = b1.producer(ProducerConfig::default()).unwrap();
+    let mut deliveries = Vec::with_capacity(RECORDS);
+    for i in 0..RECORDS {
+        let record = ProducerRecord::new("orders")
+            .key(format!("key-{}", i % 1000))
+            .value(i.to_string());
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    producer.flush().await.unwrap();
+    for d in deliveries {
+        d.await.expect("every record acknowledged");
+    }
+    let consumed = consume_all(&b3, "orders").await;
+    assert_eq!(consumed.values().map(Vec::len).sum::<usize>(), RECORDS);
+    let mut last_per_key: BTreeMap<String, usize> = BTreeMap::new();
+    for records in consumed.values() {
+        assert!(
+            records.windows(2).all(|w| w[0].0 < w[1].0),
+            "offsets in order"
+        );
+        for (_, key, value) in records {
+            let value: usize = value.parse().unwrap();
+            if let Some(&before) = last_per_key.get(key) {
+                assert!(before < value, "records of {key} in order");
+            }
+            last_per_key.insert(key.clone(), value);
+        }
+    }
+    let described = b1.admin().describe_topic("orders").await.unwrap();
+    let total: u64 = described.partitions.iter().map(|p| p.high_watermark).sum();
+    assert_eq!(
+        total, RECORDS as u64,
+        "describe reads every owner's offsets"
+    );
+
+    // The controller dies: data keeps flowing, metadata changes fail clearly.
+    cluster.controller.kill();
+    let producer = b3.producer(ProducerConfig::default()).unwrap();
+    let d = producer
+        .send(
+            ProducerRecord::new("orders")
+                .key("key-1")
+                .value("during outage"),
+        )
+        .await
+        .unwrap();
+    d.await.expect("produce works without the controller");
+    assert_eq!(
+        consume_all(&b1, "orders")
+            .await
+            .values()
+            .map(Vec::len)
+            .sum::<usize>(),
+        RECORDS + 1
+    );
+    let err = admin
+        .create_topic(NewTopic::new("later").partitions(3))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::ControllerUnavailable), "{err}");
+    assert!(err.to_string().contains("controller"), "{err}");
+    cluster.controller.restart();
+    wait_until("the brokers are back with the controller", || async {
+        live_brokers(&via_controller).await == 3
+    })
+    .await;
+    let listed = admin.list_topics().await.unwrap();
+    assert_eq!(listed.len(), 3, "topics survive a controller restart");
+    admin
+        .create_topic(NewTopic::new("later").partitions(3))
+        .await
+        .expect("create works again");
+
+    // A broker dies: its partitions are unavailable with the owner named; others work.
+    let before = admin.describe_topic("by-range").await.unwrap();
+    let producer = b1.producer(ProducerConfig::default()).unwrap();
+    for p in 0..12 {
+        let d = producer
+            .send(ProducerRecord::new("by-range").partition(p).value("before"))
+            .await
+            .unwrap();
+        d.await.unwrap();
+    }
+    cluster.brokers[1].kill();
+    wait_until("broker 2 is marked down", || async {
+        live_brokers(&via_controller).await == 2
+    })
+    .await;
+    let described = admin.describe_topic("by-range").await.unwrap();
+    for p in &described.partitions {
+        assert_eq!(p.leader_alive, p.leader_id != 2, "{p:?}");
+    }
+    let producer = b1
+        .producer(ProducerConfig {
+            delivery_timeout: Duration::from_secs(2),
+            ..ProducerConfig::default()
+        })
+        .unwrap();
+    let on_dead = producer
+        .send(ProducerRecord::new("by-range").partition(5).value("x"))
+        .await
+        .unwrap();
+    let on_live = producer
+        .send(ProducerRecord::new("by-range").partition(0).value("x"))
+        .await
+        .unwrap();
+    on_live
+        .await
+        .expect("partitions on live brokers keep working");
+    let err: ClientError = on_dead.await.unwrap_err();
+    assert!(err.is_retriable(), "{err}");
+    cluster.brokers[1].restart();
+    wait_until("broker 2 is back", || async {
+        live_brokers(&via_controller).await == 3
+    })
+    .await;
+    let after = admin.describe_topic("by-range").await.unwrap();
+    for p in 4..8 {
+        assert_eq!(
+            after.partitions[p].high_watermark,
+            before.partitions[p].high_watermark + 1,
+            "broker 2's partitions come back with their data"
+        );
+    }
+}
+
+/// (offset, key, value) per partition, reading every partition from its owner.
+async fn consume_all(client: &Client, topic: &str) -> BTreeMap<u32, Vec<(u64, String, String)>> {
+    let mut consumer = client.consumer(ConsumerConfig {
+        follow: false,
+        ..Default::default()
+    });
+    consumer.assign_topic(topic).await.expect("assign");
+    let mut stream = consumer.stream();
+    let mut out: BTreeMap<u32, Vec<(u64, String, String)>> = BTreeMap::new();
+    while let Some(record) = stream.next().await {
+        let record = record.expect("a valid record");
+        let text = |b: &Option<bytes::Bytes>| {
+            String::from_utf8_lossy(b.as_deref().unwrap_or_default()).into_owned()
+        };
+        out.entry(record.partition).or_default().push((
+            record.offset,
+            text(&record.key),
+            text(&record.value),
+        ));
+    }
+    out
+}
