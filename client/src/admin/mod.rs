@@ -4,6 +4,7 @@
 //! ([`TopicDescription`], [`TopicConfig`], ...) rather than the generated proto messages, so
 //! enums are Rust enums and absent settings are `None`.
 
+mod group;
 mod new_topic;
 mod topic;
 
@@ -15,6 +16,11 @@ use weir_proto::v1::{self, weir_client::WeirClient};
 
 use crate::ClientError;
 
+pub use group::{
+    CommittedOffset, GroupAssignor, GroupDescription, GroupMemberDescription, GroupSummary,
+    PartitionLag, ResetTo,
+};
+pub(crate) use group::MemberAssignment;
 pub use new_topic::NewTopic;
 pub use topic::{FlushPolicy, PartitionDescription, Placement, TopicConfig, TopicDescription};
 
