@@ -457,7 +457,11 @@ impl Admin {
         Ok(MemberAssignment::from_proto(answer))
     }
 
-    pub(crate) async fn leave_group(&self, group: &str, member_id: &str) -> Result<(), ClientError> {
+    pub(crate) async fn leave_group(
+        &self,
+        group: &str,
+        member_id: &str,
+    ) -> Result<(), ClientError> {
         self.grpc
             .clone()
             .leave_group(v1::LeaveGroupRequest {

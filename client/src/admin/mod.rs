@@ -16,11 +16,11 @@ use weir_proto::v1::{self, weir_client::WeirClient};
 
 use crate::ClientError;
 
+pub(crate) use group::MemberAssignment;
 pub use group::{
     CommittedOffset, GroupAssignor, GroupDescription, GroupMemberDescription, GroupSummary,
     PartitionLag, ResetTo,
 };
-pub(crate) use group::MemberAssignment;
 pub use new_topic::NewTopic;
 pub use topic::{FlushPolicy, PartitionDescription, Placement, TopicConfig, TopicDescription};
 

@@ -78,7 +78,10 @@ pub struct GroupConfig {
 
 impl GroupConfig {
     /// Defaults for `group` subscribing to `topics`.
-    pub fn new(group: impl Into<String>, topics: impl IntoIterator<Item = impl Into<String>>) -> Self {
+    pub fn new(
+        group: impl Into<String>,
+        topics: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
         GroupConfig {
             group: group.into(),
             topics: topics.into_iter().map(Into::into).collect(),
@@ -359,7 +362,9 @@ impl GroupConsumer {
             .fetch_committed(&self.config.group, &topics)
             .await?;
         for (topic, partitions) in by_topic {
-            self.consumer.assign(topic, partitions.iter().copied()).await?;
+            self.consumer
+                .assign(topic, partitions.iter().copied())
+                .await?;
             for &partition in &partitions {
                 let tp = TopicPartition::new(topic, partition);
                 let start = match committed.get(&tp) {

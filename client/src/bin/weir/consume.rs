@@ -46,6 +46,11 @@ pub struct ConsumeArgs {
     /// Read only this partition (default: all)
     #[arg(long, value_name = "P")]
     partition: Option<u32>,
+    /// Read as a member of this consumer group: only the partitions the group assigns, from
+    /// its committed offsets (partitions without one from the beginning), committing what was
+    /// printed every 5 s and before exiting, so the next run continues where this one stopped
+    #[arg(long, value_name = "G", conflicts_with_all = ["partition", "offset", "from_time"])]
+    group: Option<String>,
     /// Stop after N records
     #[arg(long, value_name = "N")]
     count: Option<u64>,
@@ -65,6 +70,18 @@ pub struct TailArgs {
 }
 
 pub async fn run(broker: &str, args: ConsumeArgs) -> anyhow::Result<ExitCode> {
+    if let Some(group) = &args.group {
+        // --from-beginning is the group default already (earliest where nothing is committed).
+        let group_args = crate::group::GroupConsume {
+            topic: &args.topic,
+            group,
+            follow: args.follow,
+            count: args.count,
+            reset: weir_client::AutoOffsetReset::Earliest,
+            format: &args.output.format,
+        };
+        return crate::group::consume(broker, group_args).await;
+    }
     let client = connect(broker).await?;
     let topic = describe_topic(&client, &args.topic, args.partition).await?;
     let partitions: Vec<u32> = match args.partition {
