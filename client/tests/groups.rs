@@ -157,11 +157,13 @@ async fn two_members_split_the_partitions_and_stale_commits_are_refused() {
     let producer = client
         .producer(ProducerConfig::default())
         .expect("producer");
+    let mut deliveries = Vec::new();
     for i in 0..40 {
-        let _ = producer
-            .send(ProducerRecord::new("split").key(format!("k{i}")).value("v"))
-            .await
-            .expect("send");
+        let record = ProducerRecord::new("split").key(format!("k{i}")).value("v");
+        deliveries.push(producer.send(record).await.expect("send"));
+    }
+    for delivery in deliveries {
+        delivery.await.expect("delivered");
     }
     producer.close().await.expect("flush");
 
