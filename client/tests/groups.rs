@@ -230,6 +230,10 @@ async fn two_members_split_the_partitions_and_stale_commits_are_refused() {
     a.close().await.expect("a closes");
     b.close().await.expect("b closes");
     let groups = admin.list_groups().await.expect("list");
-    let pair = groups.iter().find(|g| g.group == "pair").expect("listed");
-    assert_eq!(pair.members, 0);
+    // Listed only if something was committed (a group without members or offsets is gone).
+    let members = groups
+        .iter()
+        .find(|g| g.group == "pair")
+        .map_or(0, |g| g.members);
+    assert_eq!(members, 0, "both left");
 }

@@ -35,7 +35,7 @@ use tokio::time::Instant;
 use weir_proto::v1::{self, ErrorCode};
 
 use super::{Consumer, ConsumerConfig, ConsumerRecord, RecordStream, Seek};
-use crate::admin::{Admin, GroupAssignor, MemberAssignment};
+use crate::admin::{Admin, GroupAssignor, MemberAssignment, OffsetSpec};
 use crate::{Client, ClientError, TopicPartition};
 
 /// Where a group consumer starts a partition the group has no committed offset for.
@@ -183,7 +183,9 @@ impl GroupConsumer {
 
     /// The next record of any owned partition, heartbeating and auto-committing on the way.
     /// `None` once, without follow, every owned partition has reached its high watermark (after
-    /// a final commit when auto-commit is on). An `Err` from a partition ends that partition
+    /// a final commit when auto-commit is on); with follow, only if every partition failed.
+    /// Cancel-safe: dropping the future (e.g. in `select!`) loses no record and leaves the
+    /// group state consistent (an interrupted rebalance is redone at the next heartbeat). An `Err` from a partition ends that partition
     /// until the next rebalance; an `Err` from a group call is returned as is and the call can
     /// be repeated.
     pub async fn next(&mut self) -> Option<Result<ConsumerRecord, ClientError>> {
@@ -317,40 +319,48 @@ impl GroupConsumer {
     }
 
     /// Moves to `answer`'s member id, generation and assignment (see the module docs).
+    ///
+    /// Safe to abandon at any await (a caller's `select!` may drop `next`): revoked partitions
+    /// go first, without awaiting; a partition joins the assignment only together with its
+    /// start position; and the generation is taken last, so an interrupted rebalance leaves
+    /// the old generation, which the next heartbeat sees differ and rebalances again.
     async fn apply(&mut self, answer: MemberAssignment) -> Result<(), ClientError> {
         // Positions are final once the stream is gone.
         self.stream = None;
         self.finished = false;
-        self.member_id = answer.member_id;
-        self.generation = answer.generation;
+        self.member_id = answer.member_id.clone();
         self.heartbeat_interval = answer.heartbeat_interval;
         self.next_heartbeat = Instant::now() + self.heartbeat_interval;
 
         let owned: BTreeSet<TopicPartition> = self.consumer.assignment().into_iter().collect();
-        let kept: BTreeSet<&TopicPartition> = owned.intersection(&answer.assignment).collect();
-        let moved: BTreeMap<TopicPartition, u64> = self
-            .moved_positions()
-            .into_iter()
-            .filter(|(tp, _)| kept.contains(tp))
-            .collect();
-        if !moved.is_empty() {
-            self.commit_offsets(&moved).await?;
-        }
         for tp in owned.difference(&answer.assignment) {
             self.consumer.unassign(&tp.topic, tp.partition);
             self.committed.remove(tp);
         }
+        // What is left is kept: commit it under the new generation. A failure does not stop
+        // the rebalance (delivery is at least once); it is returned once the assignment is
+        // applied, and the next heartbeat comes at once.
+        let moved = self.moved_positions();
+        let committed = if moved.is_empty() {
+            Ok(())
+        } else {
+            self.commit_as(&moved, answer.generation).await
+        };
         let added: Vec<&TopicPartition> = answer.assignment.difference(&owned).collect();
         if !added.is_empty() {
             self.add_partitions(&added).await?;
         }
+        self.generation = answer.generation;
         tracing::debug!(group = %self.config.group, member = %self.member_id,
             generation = self.generation, partitions = answer.assignment.len(), "assignment applied");
-        Ok(())
+        if committed.is_err() {
+            self.next_heartbeat = Instant::now();
+        }
+        committed
     }
 
     /// Assigns `added` to the consumer at the group's committed offsets, else by
-    /// `auto_offset_reset`.
+    /// `auto_offset_reset`. Start positions are resolved before a partition is assigned.
     async fn add_partitions(&mut self, added: &[&TopicPartition]) -> Result<(), ClientError> {
         let mut by_topic: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
         for tp in added {
@@ -362,20 +372,33 @@ impl GroupConsumer {
             .fetch_committed(&self.config.group, &topics)
             .await?;
         for (topic, partitions) in by_topic {
+            let latest = match self.config.auto_offset_reset {
+                AutoOffsetReset::Latest => Some(
+                    self.admin
+                        .list_offsets(topic, &partitions, OffsetSpec::Latest)
+                        .await?,
+                ),
+                AutoOffsetReset::Earliest => None,
+            };
+            // Assigned partitions start at the earliest offset; the seeks below to fixed
+            // offsets do not wait, so no partition is ever left assigned but unpositioned.
             self.consumer
                 .assign(topic, partitions.iter().copied())
                 .await?;
             for &partition in &partitions {
                 let tp = TopicPartition::new(topic, partition);
-                let start = match committed.get(&tp) {
-                    Some(&offset) => Seek::Offset(offset),
-                    None => match self.config.auto_offset_reset {
-                        AutoOffsetReset::Earliest => Seek::Beginning,
-                        AutoOffsetReset::Latest => Seek::End,
-                    },
-                };
-                let position = self.consumer.seek(topic, partition, start).await?;
-                self.committed.insert(tp, position);
+                let fixed = committed
+                    .get(&tp)
+                    .or_else(|| latest.as_ref().and_then(|l| l.get(&partition)))
+                    .copied();
+                if let Some(offset) = fixed {
+                    self.consumer
+                        .seek(topic, partition, Seek::Offset(offset))
+                        .await?;
+                }
+                if let Some(position) = self.consumer.position(topic, partition) {
+                    self.committed.insert(tp, position);
+                }
             }
         }
         Ok(())
@@ -397,10 +420,18 @@ impl GroupConsumer {
         &mut self,
         offsets: &BTreeMap<TopicPartition, u64>,
     ) -> Result<(), ClientError> {
+        self.commit_as(offsets, self.generation).await
+    }
+
+    async fn commit_as(
+        &mut self,
+        offsets: &BTreeMap<TopicPartition, u64>,
+        generation: u32,
+    ) -> Result<(), ClientError> {
         self.admin
             .commit_offsets(
                 &self.config.group,
-                Some((&self.member_id, self.generation)),
+                Some((&self.member_id, generation)),
                 offsets,
             )
             .await?;

@@ -4,6 +4,8 @@
 //! waiting), so a backlog is written in large pieces and a follower sees each new record at
 //! once. A closed stdout (`weir consume t | head -1`) ends the command quietly with status 0.
 //! Ctrl-C flushes the records already written, whole, and exits with status 130.
+//! `--group G` reads as a member of a consumer group and commits what it printed (see
+//! `group.rs`).
 
 use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
@@ -33,7 +35,8 @@ fn parse_format(text: &str) -> Result<OutputFormat, String> {
 pub struct ConsumeArgs {
     /// The topic to read
     topic: String,
-    /// Start at the oldest record still kept (the default)
+    /// Start at the oldest record still kept (the default). With --group: where the group has
+    /// committed nothing (also the default there)
     #[arg(long, group = "start")]
     from_beginning: bool,
     /// Start at this offset (in every partition read)
