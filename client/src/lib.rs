@@ -3,7 +3,8 @@
 //! Everything goes through one [`Client`], a cheap-to-clone handle on one HTTP/2 connection
 //! (a tonic channel tuned for bulk transfer). From it:
 //!
-//! - [`Admin`] creates, lists, describes and deletes topics and looks up offsets.
+//! - [`Admin`] creates, lists, describes and deletes topics, looks up offsets, and lists,
+//!   describes and resets consumer groups.
 //! - [`Producer`] batches records per partition (by size and linger), picks partitions with the
 //!   topic's [`partitioner`], sends batches over one `ProduceStream`, retries what is
 //!   retriable, and resolves one [`DeliveryFuture`] per record. Its buffer is bounded: `send`
@@ -11,6 +12,8 @@
 //! - [`Consumer`] reads assigned partitions from a position ([`Seek`]) as one merged
 //!   [`Stream`](futures::Stream) of [`ConsumerRecord`]s, verifying every batch's CRC and riding
 //!   out broker restarts without skipping or repeating a record.
+//! - [`GroupConsumer`] is a consumer whose partitions a consumer group's controller assigns,
+//!   with committed offsets, heartbeats and rebalances.
 //!
 //! ```no_run
 //! use futures::StreamExt;
@@ -59,11 +62,15 @@ pub use weir_proto::v1 as proto;
 pub use weir_proto::{batch, topic};
 
 pub use admin::{
-    Admin, FlushPolicy, NewTopic, OffsetSpec, PartitionDescription, Placement, TopicConfig,
-    TopicDescription,
+    Admin, CommittedOffset, FlushPolicy, GroupAssignor, GroupDescription, GroupMemberDescription,
+    GroupSummary, NewTopic, OffsetSpec, PartitionDescription, PartitionLag, Placement, ResetTo,
+    TopicConfig, TopicDescription,
 };
 pub use client::{Client, ConnectOptions, DEFAULT_BROKER, MAX_MESSAGE_BYTES};
-pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, RecordStream, Seek, Transport};
+pub use consumer::{
+    AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, GroupConfig, GroupConsumer,
+    RecordStream, Seek, Transport,
+};
 pub use error::ClientError;
 pub use partitioner::PartitionerKind;
 pub use producer::{

@@ -5,6 +5,7 @@
 //! ([`TopicDescription`], [`TopicConfig`], ...) rather than the generated proto messages, so
 //! enums are Rust enums and absent settings are `None`.
 
+mod group;
 mod new_topic;
 mod topic;
 
@@ -19,6 +20,11 @@ use std::sync::Arc;
 use crate::ClientError;
 use crate::cluster::Cluster;
 
+pub(crate) use group::MemberAssignment;
+pub use group::{
+    CommittedOffset, GroupAssignor, GroupDescription, GroupMemberDescription, GroupSummary,
+    PartitionLag, ResetTo,
+};
 pub use new_topic::NewTopic;
 pub use topic::{FlushPolicy, PartitionDescription, Placement, TopicConfig, TopicDescription};
 

@@ -19,6 +19,7 @@
 mod config;
 mod data_port;
 mod fetcher;
+mod group;
 mod record;
 mod stream;
 
@@ -36,6 +37,7 @@ use crate::{ClientError, TopicPartition};
 use fetcher::PartitionFetch;
 
 pub use config::{ConsumerConfig, Transport};
+pub use group::{AutoOffsetReset, GroupConfig, GroupConsumer};
 pub use record::ConsumerRecord;
 pub use stream::RecordStream;
 
@@ -206,6 +208,16 @@ impl Consumer {
             .iter()
             .find(|(tp, _)| &*tp.topic == topic && tp.partition == partition)
             .map(|(_, position)| position.load(Ordering::Acquire))
+    }
+
+    /// Removes a partition from the assignment and returns its position, `None` if it was not
+    /// assigned. A stream already started keeps reading it; start a new one.
+    pub fn unassign(&mut self, topic: &str, partition: u32) -> Option<u64> {
+        let tp = self.assigned(topic, partition).ok()?;
+        self.data_addresses.remove(&tp);
+        self.assignment
+            .remove(&tp)
+            .map(|position| position.load(Ordering::Acquire))
     }
 
     /// The assigned partitions, sorted.

@@ -4,6 +4,8 @@
 //! waiting), so a backlog is written in large pieces and a follower sees each new record at
 //! once. A closed stdout (`weir consume t | head -1`) ends the command quietly with status 0.
 //! Ctrl-C flushes the records already written, whole, and exits with status 130.
+//! `--group G` reads as a member of a consumer group and commits what it printed (see
+//! `group.rs`).
 
 use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
@@ -33,7 +35,8 @@ fn parse_format(text: &str) -> Result<OutputFormat, String> {
 pub struct ConsumeArgs {
     /// The topic to read
     topic: String,
-    /// Start at the oldest record still kept (the default)
+    /// Start at the oldest record still kept (the default). With --group: where the group has
+    /// committed nothing (also the default there)
     #[arg(long, group = "start")]
     from_beginning: bool,
     /// Start at this offset (in every partition read)
@@ -46,6 +49,11 @@ pub struct ConsumeArgs {
     /// Read only this partition (default: all)
     #[arg(long, value_name = "P")]
     partition: Option<u32>,
+    /// Read as a member of this consumer group: only the partitions the group assigns, from
+    /// its committed offsets (partitions without one from the beginning), committing what was
+    /// printed every 5 s and before exiting, so the next run continues where this one stopped
+    #[arg(long, value_name = "G", conflicts_with_all = ["partition", "offset", "from_time"])]
+    group: Option<String>,
     /// Stop after N records
     #[arg(long, value_name = "N")]
     count: Option<u64>,
@@ -65,6 +73,18 @@ pub struct TailArgs {
 }
 
 pub async fn run(broker: &str, args: ConsumeArgs) -> anyhow::Result<ExitCode> {
+    if let Some(group) = &args.group {
+        // --from-beginning is the group default already (earliest where nothing is committed).
+        let group_args = crate::group::GroupConsume {
+            topic: &args.topic,
+            group,
+            follow: args.follow,
+            count: args.count,
+            reset: weir_client::AutoOffsetReset::Earliest,
+            format: &args.output.format,
+        };
+        return crate::group::consume(broker, group_args).await;
+    }
     let client = connect(broker).await?;
     let topic = describe_topic(&client, &args.topic, args.partition).await?;
     let partitions: Vec<u32> = match args.partition {

@@ -5,7 +5,9 @@
 //! weir topic list | describe NAME | delete NAME
 //! weir produce TOPIC [--key-separator SEP] [--partition P] [--acks leader|durable]
 //! weir consume TOPIC [--from-beginning | --offset N | --from-time RFC3339] [--partition P]
-//!                    [--count N] [-f|--follow] [--format raw|json|'TEMPLATE']
+//!                    [--count N] [-f|--follow] [--format raw|json|'TEMPLATE'] [--group G]
+//! weir group list | describe G
+//! weir group reset G --to earliest|latest|offset:N|time:RFC3339 [--topic T] [--force]
 //! weir tail TOPIC
 //! ```
 //!
@@ -16,6 +18,7 @@
 
 mod consume;
 mod format;
+mod group;
 mod produce;
 mod time;
 mod topic;
@@ -56,6 +59,9 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Print a topic's records (from the beginning, to the end of the data unless -f)
     Consume(consume::ConsumeArgs),
+    /// List, describe and reset consumer groups
+    #[command(subcommand)]
+    Group(group::GroupCommand),
     /// Print records as they are produced, from the end of every partition (like tail -f)
     Tail(consume::TailArgs),
 }
@@ -94,6 +100,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Topic(command) => topic::run(&cli.broker, command).await,
         Command::Produce(args) => produce::run(&cli.broker, args).await,
         Command::Consume(args) => consume::run(&cli.broker, args).await,
+        Command::Group(command) => group::run(&cli.broker, command).await,
         Command::Tail(args) => consume::tail(&cli.broker, args).await,
     }
 }

@@ -152,7 +152,7 @@ pub async fn run(broker: &str, command: TopicCommand) -> anyhow::Result<ExitCode
 }
 
 /// Rows of left-aligned columns, two spaces apart.
-fn table(rows: &[Vec<String>]) -> String {
+pub fn table(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {

@@ -1,0 +1,239 @@
+//! Consumer groups end to end against the real `weir-broker`: the `weir consume --group` /
+//! `weir group` CLI continuing where a previous run stopped, and two library
+//! [`GroupConsumer`]s sharing a topic with generation-fenced commits.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use weir_client::{
+    Client, ConsumerConfig, ErrorCode, GroupConfig, GroupConsumer, NewTopic, ProducerConfig,
+    ProducerRecord, TopicPartition,
+};
+use weir_testkit::{BrokerProcess, broker_bin, temp_data_dir};
+
+const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+
+fn run(broker: &BrokerProcess, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(WEIR)
+        .arg("--broker")
+        .arg(broker.host_port())
+        .args(args)
+        .env_remove("WEIR_BROKER")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn weir");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("weir output")
+}
+
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "weir failed ({:?}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8 stdout")
+}
+
+/// `partition/offset` lines as a set, checking none repeats.
+fn offsets(out: &str) -> BTreeSet<(u32, u64)> {
+    let mut seen = BTreeSet::new();
+    for line in out.lines() {
+        let (p, o) = line.split_once('/').expect("p/o line");
+        let key = (p.parse().expect("partition"), o.parse().expect("offset"));
+        assert!(seen.insert(key), "record {line} printed twice");
+    }
+    seen
+}
+
+#[test]
+fn a_second_group_consume_continues_where_the_first_stopped() {
+    let dir = temp_data_dir();
+    let broker = BrokerProcess::start(&broker_bin(), dir.path(), &[]);
+    ok(run(
+        &broker,
+        &["topic", "create", "t", "--partitions", "4"],
+        "",
+    ));
+    let input: String = (0..1000).map(|i| format!("k{}:v{i}\n", i % 101)).collect();
+    ok(run(
+        &broker,
+        &["produce", "t", "--key-separator", ":"],
+        &input,
+    ));
+
+    let template = "%p/%o\\n";
+    let first = ok(run(
+        &broker,
+        &[
+            "consume", "t", "--group", "g", "--count", "300", "--format", template,
+        ],
+        "",
+    ));
+    let first = offsets(&first);
+    assert_eq!(first.len(), 300);
+
+    let second = ok(run(
+        &broker,
+        &["consume", "t", "--group", "g", "--format", template],
+        "",
+    ));
+    let second = offsets(&second);
+    assert_eq!(second.len(), 700, "the rest, exactly");
+    assert!(first.is_disjoint(&second), "nothing printed twice");
+
+    let described = ok(run(&broker, &["group", "describe", "g"], ""));
+    let rows: Vec<&str> = described
+        .lines()
+        .skip_while(|l| !l.starts_with("TOPIC"))
+        .skip(1)
+        .collect();
+    assert_eq!(rows.len(), 4, "{described}");
+    for row in rows {
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        // TOPIC PARTITION COMMITTED HIGH-WATERMARK LAG MEMBER
+        assert_eq!(cells[2], cells[3], "committed at the end: {described}");
+        assert_eq!(cells[4], "0", "no lag: {described}");
+    }
+    let listed = ok(run(&broker, &["group", "list"], ""));
+    assert!(listed.lines().any(|l| l.starts_with("g ")), "{listed}");
+
+    let reset = ok(run(
+        &broker,
+        &["group", "reset", "g", "--to", "earliest"],
+        "",
+    ));
+    assert_eq!(
+        reset.lines().count(),
+        5,
+        "a header and 4 partitions: {reset}"
+    );
+    let third = ok(run(
+        &broker,
+        &["consume", "t", "--group", "g", "--format", template],
+        "",
+    ));
+    assert_eq!(
+        offsets(&third).len(),
+        1000,
+        "everything again after the reset"
+    );
+
+    let bad = run(&broker, &["group", "reset", "g", "--to", "start"], "");
+    assert_eq!(bad.status.code(), Some(2), "bad usage");
+    let unknown = run(&broker, &["group", "describe", "nope"], "");
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("\"nope\" does not exist"));
+}
+
+#[test]
+fn group_conflicts_with_explicit_positions() {
+    let out = Command::new(WEIR)
+        .args(["consume", "t", "--group", "g", "--partition", "1"])
+        .output()
+        .expect("run weir");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_members_split_the_partitions_and_stale_commits_are_refused() {
+    let dir = temp_data_dir();
+    let broker = BrokerProcess::start(&broker_bin(), dir.path(), &[]);
+    let client = Client::connect(&broker.host_port()).await.expect("connect");
+    let admin = client.admin();
+    admin
+        .create_topic(NewTopic::new("split").partitions(4))
+        .await
+        .expect("create");
+    let producer = client
+        .producer(ProducerConfig::default())
+        .expect("producer");
+    let mut deliveries = Vec::new();
+    for i in 0..40 {
+        let record = ProducerRecord::new("split").key(format!("k{i}")).value("v");
+        deliveries.push(producer.send(record).await.expect("send"));
+    }
+    for delivery in deliveries {
+        delivery.await.expect("delivered");
+    }
+    producer.close().await.expect("flush");
+
+    let config = || GroupConfig {
+        consumer: ConsumerConfig {
+            follow: false,
+            ..ConsumerConfig::default()
+        },
+        ..GroupConfig::new("pair", ["split"])
+    };
+    let mut a = GroupConsumer::join(&client, config())
+        .await
+        .expect("a joins");
+    assert_eq!(a.assignment().len(), 4, "alone, a owns everything");
+    for _ in 0..10 {
+        a.next().await.expect("a record").expect("no error");
+    }
+    let (a_id, a_generation) = (a.member_id().to_owned(), a.generation());
+
+    let b = GroupConsumer::join(&client, config())
+        .await
+        .expect("b joins");
+    assert!(b.generation() > a_generation);
+    assert_eq!(b.assignment().len(), 2);
+
+    // a's generation is gone: a commit from it is fenced.
+    let stale = admin
+        .commit_offsets(
+            "pair",
+            Some((&a_id, a_generation)),
+            &BTreeMap::from([(TopicPartition::new("split", 0), 1)]),
+        )
+        .await
+        .expect_err("stale commit refused");
+    assert_eq!(stale.code(), Some(ErrorCode::StaleGeneration), "{stale}");
+
+    // a's own commit learns of the rebalance and commits what it kept under the new generation.
+    a.commit().await.expect("commit after rebalance");
+    assert_eq!(a.generation(), b.generation());
+    let a_parts: BTreeSet<_> = a.assignment().into_iter().collect();
+    let b_parts: BTreeSet<_> = b.assignment().into_iter().collect();
+    assert_eq!(a_parts.len(), 2);
+    assert!(a_parts.is_disjoint(&b_parts));
+    assert_eq!(a_parts.union(&b_parts).count(), 4);
+    let committed = admin
+        .fetch_committed("pair", &["split"])
+        .await
+        .expect("fetch");
+    for tp in &a_parts {
+        if let Some(&offset) = committed.get(tp) {
+            assert_eq!(Some(offset), a.position(&tp.topic, tp.partition));
+        }
+    }
+
+    // Outsiders may not reset while members are in.
+    let busy = admin
+        .reset_offsets("pair", Some("split"), weir_client::ResetTo::Earliest, false)
+        .await
+        .expect_err("reset refused while members are in");
+    assert_eq!(busy.code(), Some(ErrorCode::GroupNotEmpty), "{busy}");
+
+    let described = admin.describe_group("pair").await.expect("describe");
+    assert_eq!(described.members.len(), 2);
+    a.close().await.expect("a closes");
+    b.close().await.expect("b closes");
+    let groups = admin.list_groups().await.expect("list");
+    // Listed only if something was committed (a group without members or offsets is gone).
+    let members = groups
+        .iter()
+        .find(|g| g.group == "pair")
+        .map_or(0, |g| g.members);
+    assert_eq!(members, 0, "both left");
+}
