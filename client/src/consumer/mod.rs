@@ -214,7 +214,6 @@ impl Consumer {
     /// assigned. A stream already started keeps reading it; start a new one.
     pub fn unassign(&mut self, topic: &str, partition: u32) -> Option<u64> {
         let tp = self.assigned(topic, partition).ok()?;
-        self.data_addresses.remove(&tp);
         self.assignment
             .remove(&tp)
             .map(|position| position.load(Ordering::Acquire))
