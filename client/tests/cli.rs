@@ -1,47 +1,15 @@
 //! The `weir` CLI as a user runs it: the real `weir` and `weir-broker` binaries, pipes, exit
 //! codes. (`weir-broker` is found next to this test's binary; `cargo test --workspace` builds it.)
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Output, Stdio};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use weir_testkit::{BrokerProcess, broker_bin, temp_data_dir};
 
-const WEIR: &str = env!("CARGO_BIN_EXE_weir");
-
-fn weir(broker: &BrokerProcess, args: &[&str]) -> Command {
-    let mut cmd = Command::new(WEIR);
-    cmd.arg("--broker").arg(broker.host_port()).args(args);
-    cmd.env_remove("WEIR_BROKER");
-    cmd
-}
-
-fn run(broker: &BrokerProcess, args: &[&str], stdin: &str) -> Output {
-    let mut child = weir(broker, args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn weir");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
-    child.wait_with_output().expect("weir output")
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "weir failed ({:?}): {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8 stdout")
-}
+mod common;
+use common::{WEIR, ok, run, weir};
 
 #[test]
 fn produce_from_a_pipe_then_consume_as_json_returns_the_same_lines() {

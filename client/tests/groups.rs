@@ -3,8 +3,7 @@
 //! [`GroupConsumer`]s sharing a topic with generation-fenced commits.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
 use weir_client::{
     Client, ConsumerConfig, ErrorCode, GroupConfig, GroupConsumer, NewTopic, ProducerConfig,
@@ -12,37 +11,8 @@ use weir_client::{
 };
 use weir_testkit::{BrokerProcess, broker_bin, temp_data_dir};
 
-const WEIR: &str = env!("CARGO_BIN_EXE_weir");
-
-fn run(broker: &BrokerProcess, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(WEIR)
-        .arg("--broker")
-        .arg(broker.host_port())
-        .args(args)
-        .env_remove("WEIR_BROKER")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn weir");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
-    child.wait_with_output().expect("weir output")
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "weir failed ({:?}): {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8 stdout")
-}
+mod common;
+use common::{WEIR, ok, run};
 
 /// `partition/offset` lines as a set, checking none repeats.
 fn offsets(out: &str) -> BTreeSet<(u32, u64)> {

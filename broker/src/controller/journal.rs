@@ -213,17 +213,17 @@ fn replay(log: &PartitionLog, from: u64, state: &mut ControllerState) -> Result<
         let Some(next) = read.next_offset() else {
             break;
         };
-        for batch in split_batches(bytes::Bytes::from(read.to_vec())) {
-            let batch = batch.map_err(StorageError::InvalidBatch)?;
-            for record in batch.records() {
-                if record.offset < offset {
-                    continue;
+        // Each chunk is a zero-copy slice of a segment's map.
+        for chunk in read.chunks {
+            for batch in split_batches(chunk.bytes) {
+                let batch = batch.map_err(StorageError::InvalidBatch)?;
+                for record in batch.records().filter(|r| r.offset >= offset) {
+                    let value = record.value.unwrap_or_default();
+                    let event: Event =
+                        serde_json::from_slice(&value).map_err(|e| corrupt(log.dir(), e))?;
+                    state.apply(event);
+                    applied += 1;
                 }
-                let value = record.value.unwrap_or_default();
-                let event: Event =
-                    serde_json::from_slice(&value).map_err(|e| corrupt(log.dir(), e))?;
-                state.apply(event);
-                applied += 1;
             }
         }
         offset = next;

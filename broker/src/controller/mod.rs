@@ -93,6 +93,15 @@ struct Inner {
     closed: bool,
 }
 
+impl Inner {
+    /// Journals `events` (durably) and applies them to the state.
+    fn record(&mut self, events: Vec<Event>) -> Result<()> {
+        self.journal
+            .append(&mut self.state, events)
+            .map_err(|e| storage_failed(&e))
+    }
+}
+
 /// The controller (see the module docs).
 pub struct Controller {
     inner: Mutex<Inner>,
@@ -298,10 +307,7 @@ impl Controller {
                 }
             }
             let changed = !events.is_empty();
-            inner
-                .journal
-                .append(&mut inner.state, events)
-                .map_err(|e| storage_failed(&e))?;
+            inner.record(events)?;
             let newly_alive = inner.live.alive.insert(req.broker_id);
             inner
                 .live
@@ -449,10 +455,7 @@ impl Controller {
                         });
                     }
                 }
-                inner
-                    .journal
-                    .append(&mut inner.state, events)
-                    .map_err(|e| storage_failed(&e))
+                inner.record(events)
             })
             .await;
         if let Err(e) = result
@@ -516,10 +519,7 @@ impl Controller {
                     &record.leaders,
                     &this.broker_infos(inner),
                 );
-                inner
-                    .journal
-                    .append(&mut inner.state, vec![Event::TopicCreated(record)])
-                    .map_err(|e| storage_failed(&e))?;
+                inner.record(vec![Event::TopicCreated(record)])?;
                 Ok((this.bump(&mut inner.live), description))
             })
             .await?;
@@ -543,10 +543,7 @@ impl Controller {
                     name: req.name.clone(),
                     topic_id: topic.meta.id(),
                 };
-                inner
-                    .journal
-                    .append(&mut inner.state, vec![event])
-                    .map_err(|e| storage_failed(&e))?;
+                inner.record(vec![event])?;
                 info!(topic = %req.name, "deleted topic");
                 Ok(this.bump(&mut inner.live))
             })
@@ -624,12 +621,9 @@ impl Controller {
                 changed || record.partition_counts != subscribed_counts(&record, &inner.state);
             if needs_rebalance {
                 let event = group_change(&req.group, record, &inner.state);
-                inner
-                    .journal
-                    .append(&mut inner.state, vec![event])
-                    .map_err(|e| storage_failed(&e))?;
+                inner.record(vec![event])?;
             }
-            assignment_of(&inner.state, &req.group, &member_id, session)
+            assignment_of(&inner.state, &req.group, &member_id)
         })
         .await
     }
@@ -647,16 +641,9 @@ impl Controller {
             if record.partition_counts != subscribed_counts(record, &inner.state) {
                 info!(group = %req.group, "partition counts changed; rebalancing");
                 let event = group_change(&req.group, record.clone(), &inner.state);
-                inner
-                    .journal
-                    .append(&mut inner.state, vec![event])
-                    .map_err(|e| storage_failed(&e))?;
+                inner.record(vec![event])?;
             }
-            let session = Duration::from_millis(u64::from(
-                member_group(&inner.state, &req.group, &req.member_id)?.members[&req.member_id]
-                    .session_timeout_ms,
-            ));
-            assignment_of(&inner.state, &req.group, &req.member_id, session)
+            assignment_of(&inner.state, &req.group, &req.member_id)
         })
         .await
     }
@@ -674,10 +661,7 @@ impl Controller {
                 .remove(&(req.group.clone(), req.member_id.clone()));
             info!(group = %req.group, member = %req.member_id, "member left; rebalancing");
             let event = group_change(&req.group, record, &inner.state);
-            inner
-                .journal
-                .append(&mut inner.state, vec![event])
-                .map_err(|e| storage_failed(&e))?;
+            inner.record(vec![event])?;
             Ok(LeaveGroupResponse {})
         })
         .await
@@ -689,11 +673,9 @@ impl Controller {
     ) -> Result<CommitOffsetsResponse> {
         check_group_name(&req.group)?;
         self.change(move |_, inner| {
-            let members = inner.state.groups.get(&req.group).map(|g| (g.generation, g.members.len()));
             if req.member_id.is_empty() {
-                if let Some((_, n)) = members
-                    && n > 0
-                {
+                let n = inner.state.groups.get(&req.group).map_or(0, |g| g.members.len());
+                if n > 0 {
                     return Err(refuse(
                         ErrorCode::GroupNotEmpty,
                         format!("group {:?} has {n} active members; only they may commit", req.group),
@@ -712,10 +694,7 @@ impl Controller {
                 }
             }
             let event = commit_event(&inner.state, &req.group, req.offsets)?;
-            inner
-                .journal
-                .append(&mut inner.state, vec![event])
-                .map_err(|e| storage_failed(&e))?;
+            inner.record(vec![event])?;
             Ok(CommitOffsetsResponse {})
         })
         .await
@@ -739,10 +718,7 @@ impl Controller {
             }
             let event = commit_event(&inner.state, &req.group, req.offsets)?;
             info!(group = %req.group, "offsets reset");
-            inner
-                .journal
-                .append(&mut inner.state, vec![event])
-                .map_err(|e| storage_failed(&e))?;
+            inner.record(vec![event])?;
             Ok(CommitOffsetsResponse {})
         })
         .await
@@ -912,18 +888,15 @@ fn group_change(group: &str, mut record: GroupRecord, state: &ControllerState) -
     }
 }
 
-fn assignment_of(
-    state: &ControllerState,
-    group: &str,
-    member: &str,
-    session: Duration,
-) -> Result<GroupAssignment> {
+fn assignment_of(state: &ControllerState, group: &str, member: &str) -> Result<GroupAssignment> {
     let record = member_group(state, group, member)?;
+    let member_record = &record.members[member];
     Ok(GroupAssignment {
         member_id: member.to_owned(),
         generation: record.generation,
-        assignment: to_topic_partitions(&record.members[member].assignment),
-        heartbeat_interval_ms: (session.as_millis() / 3).max(100) as u32,
+        assignment: to_topic_partitions(&member_record.assignment),
+        // A third of the session timeout: two heartbeats may be lost before eviction.
+        heartbeat_interval_ms: (member_record.session_timeout_ms / 3).max(100),
     })
 }
 

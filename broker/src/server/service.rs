@@ -31,6 +31,11 @@ use super::{fetch, produce};
 /// Responses a stream can have queued before the handler waits for the client to read.
 const STREAM_QUEUE: usize = 4;
 
+/// A controller answer as a gRPC response.
+fn reply<T>(answer: Result<T, weir_proto::v1::Error>) -> Result<Response<T>, Status> {
+    answer.map(Response::new).map_err(to_status)
+}
+
 /// The service handle tonic clones per connection.
 #[derive(Clone)]
 pub struct WeirService {
@@ -177,9 +182,12 @@ impl Weir for WeirService {
         &self,
         request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
-        let req = request.into_inner();
-        let deleted = self.state.controller.delete_topic(req).await;
-        deleted.map(Response::new).map_err(to_status)
+        reply(
+            self.state
+                .controller
+                .delete_topic(request.into_inner())
+                .await,
+        )
     }
 
     async fn list_topics(
@@ -240,92 +248,91 @@ impl Weir for WeirService {
         &self,
         request: Request<JoinGroupRequest>,
     ) -> Result<Response<GroupAssignment>, Status> {
-        let answer = self.state.controller.join_group(request.into_inner()).await;
-        answer.map(Response::new).map_err(to_status)
+        reply(self.state.controller.join_group(request.into_inner()).await)
     }
 
     async fn group_heartbeat(
         &self,
         request: Request<GroupHeartbeatRequest>,
     ) -> Result<Response<GroupAssignment>, Status> {
-        let answer = self
-            .state
-            .controller
-            .group_heartbeat(request.into_inner())
-            .await;
-        answer.map(Response::new).map_err(to_status)
+        reply(
+            self.state
+                .controller
+                .group_heartbeat(request.into_inner())
+                .await,
+        )
     }
 
     async fn leave_group(
         &self,
         request: Request<LeaveGroupRequest>,
     ) -> Result<Response<LeaveGroupResponse>, Status> {
-        let answer = self
-            .state
-            .controller
-            .leave_group(request.into_inner())
-            .await;
-        answer.map(Response::new).map_err(to_status)
+        reply(
+            self.state
+                .controller
+                .leave_group(request.into_inner())
+                .await,
+        )
     }
 
     async fn commit_offsets(
         &self,
         request: Request<CommitOffsetsRequest>,
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
-        let answer = self
-            .state
-            .controller
-            .commit_offsets(request.into_inner())
-            .await;
-        answer.map(Response::new).map_err(to_status)
+        reply(
+            self.state
+                .controller
+                .commit_offsets(request.into_inner())
+                .await,
+        )
     }
 
     async fn fetch_offsets(
         &self,
         request: Request<FetchOffsetsRequest>,
     ) -> Result<Response<FetchOffsetsResponse>, Status> {
-        let answer = self
-            .state
-            .controller
-            .fetch_offsets(request.into_inner())
-            .await;
-        answer.map(Response::new).map_err(to_status)
+        reply(
+            self.state
+                .controller
+                .fetch_offsets(request.into_inner())
+                .await,
+        )
     }
 
     async fn list_groups(
         &self,
         request: Request<ListGroupsRequest>,
     ) -> Result<Response<ListGroupsResponse>, Status> {
-        let answer = self
-            .state
-            .controller
-            .list_groups(request.into_inner())
-            .await;
-        answer.map(Response::new).map_err(to_status)
+        reply(
+            self.state
+                .controller
+                .list_groups(request.into_inner())
+                .await,
+        )
     }
 
     async fn describe_group(
         &self,
         request: Request<DescribeGroupRequest>,
     ) -> Result<Response<GroupDescription>, Status> {
-        let answer = self
-            .state
-            .controller
-            .describe_group(request.into_inner())
-            .await;
-        answer.map(Response::new).map_err(to_status)
+        reply(
+            self.state
+                .controller
+                .describe_group(request.into_inner())
+                .await,
+        )
     }
 
     async fn reset_offsets(
         &self,
         request: Request<ResetOffsetsRequest>,
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
-        let answer = self
-            .state
-            .controller
-            .reset_offsets(request.into_inner())
-            .await;
-        answer.map(Response::new).map_err(to_status)
+        reply(
+            self.state
+                .controller
+                .reset_offsets(request.into_inner())
+                .await,
+        )
     }
 }
 
@@ -333,21 +340,16 @@ impl WeirService {
     /// `description` (the controller's: leaders, no offsets) with this node's own partitions'
     /// offsets and sizes filled in.
     fn describe(&self, mut description: TopicDescription) -> TopicDescription {
-        let local = self.state.topics.get(&description.name).ok();
-        let brokers = self.state.cluster.brokers();
+        // Leaders, their addresses and liveness are the controller's, already in `description`.
+        let Ok(local) = self.state.topics.get(&description.name) else {
+            return description;
+        };
         for p in &mut description.partitions {
-            if let Some(b) = brokers.get(&p.leader_id) {
-                p.leader_alive = b.alive;
-                p.leader_address = b.address.clone();
-                p.data_address = b.data_address.clone();
-            }
-            let held = local.as_ref().and_then(|t| t.partition(p.partition).ok());
-            if let Some(held) = held {
+            if let Ok(held) = local.partition(p.partition) {
                 p.log_start_offset = held.log.log_start_offset();
                 p.high_watermark = held.log.high_watermark();
                 p.size_bytes = held.log.size_bytes();
                 p.offsets_known = true;
-                p.data_address = self.state.data_address.clone();
             }
         }
         description

@@ -456,15 +456,10 @@ impl SenderTask {
         }
         self.cluster.invalidate();
         self.refresh_needed = true;
-        let ids: Vec<u64> = self
+        let mut batches: Vec<ProducerBatch> = self
             .in_flight
-            .iter()
-            .filter(|(_, (a, _))| a == address)
-            .map(|(&id, _)| id)
-            .collect();
-        let mut batches: Vec<ProducerBatch> = ids
-            .into_iter()
-            .filter_map(|id| self.in_flight.remove(&id).map(|(_, b)| b))
+            .extract_if(|_, (sent_to, _)| sent_to == address)
+            .map(|(_, (_, batch))| batch)
             .collect();
         batches.sort_by_key(|batch| batch.id);
         for mut batch in batches {
@@ -679,19 +674,16 @@ impl SenderTask {
             self.busy.remove(&batch.tp);
             self.settle(batch, Err(unanswered.clone()));
         }
-        let stale: Vec<u64> = self
+        let stale: Vec<(String, ProducerBatch)> = self
             .in_flight
-            .iter()
-            .filter(|(_, (_, batch))| batch.created <= cutoff)
-            .map(|(&id, _)| id)
+            .extract_if(|_, (_, batch)| batch.created <= cutoff)
+            .map(|(_, sent)| sent)
             .collect();
         let mut unhealthy = HashSet::new();
-        for id in stale {
-            if let Some((address, batch)) = self.in_flight.remove(&id) {
-                self.busy.remove(&batch.tp);
-                self.settle(batch, Err(unanswered.clone()));
-                unhealthy.insert(address);
-            }
+        for (address, batch) in stale {
+            self.busy.remove(&batch.tp);
+            self.settle(batch, Err(unanswered.clone()));
+            unhealthy.insert(address);
         }
         // A request unanswered for the whole delivery timeout: that stream is not healthy.
         // Start over so a late answer cannot land after the partition's next batch.

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use futures::StreamExt;
-use weir_client::{ConsumerConfig, RecordStream, Seek};
+use weir_client::{ConsumerConfig, ConsumerRecord, RecordStream, Seek};
 
 use crate::format::OutputFormat;
 use crate::time::parse_time_ms;
@@ -155,19 +155,24 @@ async fn print_records(
                 return Err(error.into());
             }
         };
-        let written = format.write(&mut out, &record).and_then(|()| {
-            if records.has_buffered() {
-                Ok(())
-            } else {
-                out.flush()
-            }
-        });
-        if let Err(error) = written {
+        if let Err(error) = write_record(&mut out, format, &record, records.has_buffered()) {
             return quiet_if_closed(error);
         }
         printed += 1;
     }
     finish(&mut out, ExitCode::SUCCESS)
+}
+
+/// Writes one record, flushing unless more are already buffered (so a follower sees each
+/// record as it arrives, and a bulk read is not one write per record).
+pub(crate) fn write_record(
+    out: &mut impl Write,
+    format: &OutputFormat,
+    record: &ConsumerRecord,
+    more_buffered: bool,
+) -> io::Result<()> {
+    format.write(out, record)?;
+    if more_buffered { Ok(()) } else { out.flush() }
 }
 
 /// Flushes what is written and exits with `code`.
@@ -179,7 +184,7 @@ fn finish(out: &mut impl Write, code: ExitCode) -> anyhow::Result<ExitCode> {
 }
 
 /// A reader that went away (`| head`) is a normal end, not an error.
-fn quiet_if_closed(error: io::Error) -> anyhow::Result<ExitCode> {
+pub(crate) fn quiet_if_closed(error: io::Error) -> anyhow::Result<ExitCode> {
     if error.kind() == io::ErrorKind::BrokenPipe {
         Ok(ExitCode::SUCCESS)
     } else {

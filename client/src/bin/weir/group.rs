@@ -17,6 +17,7 @@ use weir_client::{
     AutoOffsetReset, ConsumerConfig, ErrorCode, GroupConfig, GroupConsumer, PartitionLag, ResetTo,
 };
 
+use crate::consume::{quiet_if_closed, write_record};
 use crate::format::OutputFormat;
 use crate::time::parse_time_ms;
 use crate::topic::table;
@@ -267,13 +268,7 @@ pub async fn consume(broker: &str, args: GroupConsume<'_>) -> anyhow::Result<Exi
                 break;
             }
         };
-        let written = args.format.write(&mut out, &record).and_then(|()| {
-            if consumer.has_buffered() {
-                Ok(())
-            } else {
-                out.flush()
-            }
-        });
+        let written = write_record(&mut out, args.format, &record, consumer.has_buffered());
         if let Err(error) = written {
             // A closed stdout: what was flushed is committed, the rest was not seen.
             let _ = consumer.close().await;
@@ -312,14 +307,6 @@ async fn interrupted() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-fn quiet_if_closed(error: io::Error) -> anyhow::Result<ExitCode> {
-    if error.kind() == io::ErrorKind::BrokenPipe {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        Err(anyhow::Error::new(error).context("cannot write to standard output"))
     }
 }
 
