@@ -13,6 +13,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // `bytes` fields decode as `bytes::Bytes`: a fetched batch is a slice of the receive
         // buffer, not a copy.
         .bytes(".")
+        // Errors travel in every Result of the broker; the rare owner they name is boxed to
+        // keep the error small.
+        .boxed(".weir.v1.Error.leader")
         .compile_fds(descriptors)?;
     Ok(())
 }

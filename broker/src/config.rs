@@ -55,6 +55,14 @@ pub struct BrokerConfig {
     /// The gRPC address as clients and other nodes should dial it, when it differs from
     /// `listen` (a container's published port, a host name). Default: the bound address.
     pub advertised: Option<String>,
+    /// A second gRPC address, for clients outside the node's network (a container's published
+    /// port): requests arriving here are answered with every broker's external addresses.
+    pub external_listen: Option<SocketAddr>,
+    /// The external listener's address as outside clients dial it. Default: its bound address.
+    pub external_advertised: Option<String>,
+    /// The data port's address as outside clients dial it (the data port itself is shared by
+    /// both listeners). Default: the internal `data_advertised`.
+    pub external_data_advertised: Option<String>,
     /// A broker not heard from by the controller for this long is marked down (its
     /// partitions report unavailable).
     pub broker_lease_ms: u64,
@@ -118,6 +126,9 @@ impl Default for BrokerConfig {
             node_id: 0,
             controller: None,
             advertised: None,
+            external_listen: None,
+            external_advertised: None,
+            external_data_advertised: None,
             broker_lease_ms: 6_000,
             data_dir: PathBuf::from("./weir-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),

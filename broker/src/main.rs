@@ -41,6 +41,16 @@ struct Args {
     /// The gRPC address as clients and other nodes should dial it [default: the bound address].
     #[arg(long, env = "WEIR_ADVERTISED")]
     advertised: Option<String>,
+    /// A second gRPC listen address for clients outside this node's network (a container's
+    /// published port); they are told every broker's external addresses [default: none].
+    #[arg(long, env = "WEIR_EXTERNAL_LISTEN")]
+    external_listen: Option<SocketAddr>,
+    /// The external listener's address as outside clients dial it [default: its bound address].
+    #[arg(long, env = "WEIR_EXTERNAL_ADVERTISED")]
+    external_advertised: Option<String>,
+    /// The data port's address as outside clients dial it [default: --data-advertised].
+    #[arg(long, env = "WEIR_EXTERNAL_DATA_ADVERTISED")]
+    external_data_advertised: Option<String>,
     /// Milliseconds without a heartbeat before the controller marks a broker down
     /// [default: 6000].
     #[arg(long, env = "WEIR_BROKER_LEASE_MS")]
@@ -121,6 +131,9 @@ impl Args {
         set!(node_id = self.node_id);
         set!(controller = self.controller.map(Some));
         set!(advertised = self.advertised.map(Some));
+        set!(external_listen = self.external_listen.map(Some));
+        set!(external_advertised = self.external_advertised.map(Some));
+        set!(external_data_advertised = self.external_data_advertised.map(Some));
         set!(broker_lease_ms = self.broker_lease_ms);
         set!(data_dir = self.data_dir);
         set!(listen = self.listen);
@@ -185,8 +198,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         };
         info!(grpc = %addr, data = %data, data_dir = %config.data_dir.display(), role, node_id = config.node_id, "weir-broker ready");
         // The one stdout line: what scripts and tests wait for.
+        let external = broker
+            .external_addr()
+            .map(|a| format!(" external-grpc={a}"))
+            .unwrap_or_default();
         println!(
-            "weir-broker ready grpc={addr} data={data} data-dir={} role={role} node-id={}",
+            "weir-broker ready grpc={addr} data={data} data-dir={} role={role} node-id={}{external}",
             config.data_dir.display(),
             config.node_id
         );

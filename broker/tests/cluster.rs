@@ -19,10 +19,11 @@ use weir_testkit::{BrokerProcess, temp_data_dir};
 const BROKER: &str = env!("CARGO_BIN_EXE_weir-broker");
 const LEASE_MS: &str = "2000";
 
+/// Fields drop in order: brokers before the controller, so none logs a lost controller.
 struct Cluster {
-    controller: BrokerProcess,
     brokers: Vec<BrokerProcess>,
-    _dirs: Vec<tempfile::TempDir>,
+    controller: BrokerProcess,
+    dirs: Vec<tempfile::TempDir>,
 }
 
 fn start_cluster() -> Cluster {
@@ -60,7 +61,7 @@ fn start_cluster() -> Cluster {
     Cluster {
         controller,
         brokers,
-        _dirs: dirs,
+        dirs,
     }
 }
 
@@ -301,4 +302,292 @@ async fn consume_all(client: &Client, topic: &str) -> BTreeMap<u32, Vec<(u64, St
         ));
     }
     out
+}
+
+/// A free loopback port (bound, read, released): for a listener whose address a node must
+/// advertise before it starts.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Kafka-style listeners: a client that came in through a node's external listener is told
+/// every broker's external addresses, one on the internal listener the internal ones. The
+/// internal addresses here do not resolve, so producing and consuming through the external
+/// listener works only if every address that client was given is an external one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_listeners_hand_out_external_addresses() {
+    const UNREACHABLE: &str = "no-such-host.invalid:9";
+    let dirs = [temp_data_dir(), temp_data_dir()];
+    let controller = BrokerProcess::start(
+        std::path::Path::new(BROKER),
+        dirs[0].path(),
+        &[
+            "--role",
+            "controller",
+            "--node-id",
+            "100",
+            "--external-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let data_port = format!("127.0.0.1:{}", free_port());
+    let broker = BrokerProcess::start_on(
+        std::path::Path::new(BROKER),
+        dirs[1].path(),
+        ("127.0.0.1:0", &data_port),
+        &[
+            "--role",
+            "broker",
+            "--node-id",
+            "1",
+            "--controller",
+            &controller.host_port(),
+            "--advertised",
+            UNREACHABLE,
+            "--data-advertised",
+            UNREACHABLE,
+            "--external-listen",
+            "127.0.0.1:0",
+            "--external-data-advertised",
+            &data_port,
+        ],
+    );
+    let external = broker
+        .external_addr
+        .expect("the ready line names the external listener");
+
+    // Inside: the internal pair; outside (through either node): the external pair.
+    let metadata = |addr: String| async move {
+        let mut grpc =
+            weir_client::proto::weir_client::WeirClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+        grpc.metadata(weir_client::proto::MetadataRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let inside = metadata(broker.host_port()).await;
+    assert_eq!(inside.brokers.len(), 1, "{inside:?}");
+    assert_eq!(inside.brokers[0].address, UNREACHABLE);
+    assert_eq!(inside.brokers[0].data_address, UNREACHABLE);
+    for outside_addr in [
+        external.to_string(),
+        controller.external_addr.unwrap().to_string(),
+    ] {
+        let outside = metadata(outside_addr).await;
+        assert_eq!(outside.brokers[0].address, external.to_string());
+        assert_eq!(outside.brokers[0].data_address, data_port);
+    }
+
+    // A client bootstrapped from outside does everything through external addresses.
+    let client = Client::connect(&controller.external_addr.unwrap().to_string())
+        .await
+        .unwrap();
+    let created = client
+        .admin()
+        .create_topic(NewTopic::new("outside").partitions(3))
+        .await
+        .unwrap();
+    assert!(
+        created
+            .partitions
+            .iter()
+            .all(|p| p.leader_address == external.to_string()),
+        "{created:?}"
+    );
+    produce_numbered(&client, "outside", 0..300).await;
+    let consumed = consume_all(&client, "outside").await;
+    assert_eq!(consumed.values().map(Vec::len).sum::<usize>(), 300);
+}
+
+/// Reads a group's partitions to the end of the data and closes (committing); (partition,
+/// offset, value) of every record.
+async fn group_read(
+    client: &Client,
+    group: &str,
+    topic: &str,
+    limit: usize,
+) -> Vec<(u32, u64, u64)> {
+    let config = weir_client::GroupConfig {
+        consumer: ConsumerConfig {
+            follow: false,
+            ..ConsumerConfig::default()
+        },
+        ..weir_client::GroupConfig::new(group, [topic])
+    };
+    let mut member = weir_client::GroupConsumer::join(client, config)
+        .await
+        .expect("join");
+    let mut read = Vec::new();
+    while read.len() < limit {
+        let Some(record) = member.next().await else {
+            break;
+        };
+        let record = record.expect("a record");
+        let value = std::str::from_utf8(record.value.as_deref().unwrap_or_default())
+            .unwrap()
+            .parse()
+            .unwrap();
+        read.push((record.partition, record.offset, value));
+    }
+    member.close().await.expect("commit and leave");
+    read
+}
+
+async fn produce_numbered(client: &Client, topic: &str, numbers: std::ops::Range<u64>) {
+    let producer = client.producer(ProducerConfig::default()).unwrap();
+    let mut deliveries = Vec::new();
+    for i in numbers {
+        let record = ProducerRecord::new(topic)
+            .key(format!("key-{}", i % 50))
+            .value(i.to_string());
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    for d in deliveries {
+        d.await.expect("acknowledged");
+    }
+}
+
+/// Across the cluster: a group that committed, stopped and came back after more records were
+/// produced continues exactly after its commits; `reset --to time:T` then replays from the
+/// first record at or after T in every partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commits_resume_and_replay_from_a_time_across_brokers() {
+    let cluster = start_cluster();
+    let via_controller = Client::connect(&cluster.controller.host_port())
+        .await
+        .unwrap();
+    wait_until("three brokers are alive", || async {
+        live_brokers(&via_controller).await == 3
+    })
+    .await;
+    let b1 = Client::connect(&cluster.brokers[0].host_port())
+        .await
+        .unwrap();
+    let b2 = Client::connect(&cluster.brokers[1].host_port())
+        .await
+        .unwrap();
+    let created = b1
+        .admin()
+        .create_topic(NewTopic::new("ledger").partitions(6))
+        .await
+        .unwrap();
+    assert!(
+        leaders(&created)
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            > 1
+    );
+
+    produce_numbered(&b1, "ledger", 0..600).await;
+    let first = group_read(&b2, "audit", "ledger", 250).await;
+    assert_eq!(first.len(), 250);
+
+    // Everything after T is the second batch.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    produce_numbered(&b1, "ledger", 600..1000).await;
+
+    // Resume, through another broker: exactly what the first run did not read.
+    let second = group_read(&b1, "audit", "ledger", usize::MAX).await;
+    let key = |r: &(u32, u64, u64)| (r.0, r.1);
+    let first_set: std::collections::BTreeSet<_> = first.iter().map(key).collect();
+    let second_set: std::collections::BTreeSet<_> = second.iter().map(key).collect();
+    assert_eq!(second_set.len(), second.len(), "nothing read twice");
+    assert!(
+        first_set.is_disjoint(&second_set),
+        "resumed after the commits"
+    );
+    assert_eq!(first.len() + second.len(), 1000, "and nothing skipped");
+
+    // Replay from T: exactly the second batch, from its first record in each partition.
+    let reset = b2
+        .admin()
+        .reset_offsets(
+            "audit",
+            Some("ledger"),
+            weir_client::ResetTo::Time(t),
+            false,
+        )
+        .await
+        .expect("reset a group without members");
+    assert_eq!(reset.len(), 6);
+    let replay = group_read(&b2, "audit", "ledger", usize::MAX).await;
+    let mut values: Vec<u64> = replay.iter().map(|r| r.2).collect();
+    values.sort_unstable();
+    assert_eq!(values, (600..1000).collect::<Vec<_>>());
+}
+
+/// Rendezvous placement: with a fourth broker, the same topics' partitions either stay where
+/// three brokers put them or move to the new broker, about a quarter of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_broker_takes_about_a_quarter_of_hash_placed_partitions() {
+    let mut cluster = start_cluster();
+    let admin_client = Client::connect(&cluster.controller.host_port())
+        .await
+        .unwrap();
+    wait_until("three brokers are alive", || async {
+        live_brokers(&admin_client).await == 3
+    })
+    .await;
+    let admin = admin_client.admin();
+    let names: Vec<String> = (0..10).map(|i| format!("placed-{i}")).collect();
+    let mut three = Vec::new();
+    for name in &names {
+        let topic = admin
+            .create_topic(NewTopic::new(name.as_str()).partitions(12))
+            .await
+            .unwrap();
+        three.push(leaders(&topic));
+        admin.delete_topic(name).await.unwrap();
+    }
+
+    let dir = temp_data_dir();
+    cluster.brokers.push(BrokerProcess::start(
+        std::path::Path::new(BROKER),
+        dir.path(),
+        &[
+            "--role",
+            "broker",
+            "--node-id",
+            "4",
+            "--controller",
+            &cluster.controller.host_port(),
+        ],
+    ));
+    cluster.dirs.push(dir);
+    wait_until("four brokers are alive", || async {
+        live_brokers(&admin_client).await == 4
+    })
+    .await;
+
+    let (mut moved, mut total) = (0, 0);
+    for (name, before) in names.iter().zip(&three) {
+        let topic = admin
+            .create_topic(NewTopic::new(name.as_str()).partitions(12))
+            .await
+            .unwrap();
+        for (was, now) in before.iter().zip(leaders(&topic)) {
+            total += 1;
+            if *was != now {
+                assert_eq!(now, 4, "{name}: a partition moves only to the new broker");
+                moved += 1;
+            }
+        }
+    }
+    let share = f64::from(moved) / f64::from(total);
+    eprintln!("a fourth broker took {moved} of {total} partitions ({share:.2})");
+    assert!(
+        moved > 0 && share <= 0.35,
+        "about a quarter should move, {moved}/{total} did"
+    );
 }

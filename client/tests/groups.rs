@@ -153,11 +153,15 @@ async fn two_members_split_the_partitions_and_stale_commits_are_refused() {
     }
     let (a_id, a_generation) = (a.member_id().to_owned(), a.generation());
 
-    let b = GroupConsumer::join(&client, config())
+    let mut b = GroupConsumer::join(&client, config())
         .await
         .expect("b joins");
     assert!(b.generation() > a_generation);
-    assert_eq!(b.assignment().len(), 2);
+    assert!(
+        b.assignment().is_empty(),
+        "b's partitions wait until a lets go of them: {:?}",
+        b.assignment()
+    );
 
     // a's generation is gone: a commit from it is fenced.
     let stale = admin
@@ -173,6 +177,10 @@ async fn two_members_split_the_partitions_and_stale_commits_are_refused() {
     // a's own commit learns of the rebalance and commits what it kept under the new generation.
     a.commit().await.expect("commit after rebalance");
     assert_eq!(a.generation(), b.generation());
+    // a's next heartbeat shows it let go; then b gets its half.
+    a.heartbeat().await.expect("a heartbeats");
+    b.heartbeat().await.expect("b heartbeats");
+    assert_eq!(b.assignment().len(), 2);
     let a_parts: BTreeSet<_> = a.assignment().into_iter().collect();
     let b_parts: BTreeSet<_> = b.assignment().into_iter().collect();
     assert_eq!(a_parts.len(), 2);
@@ -206,4 +214,63 @@ async fn two_members_split_the_partitions_and_stale_commits_are_refused() {
         .find(|g| g.group == "pair")
         .map_or(0, |g| g.members);
     assert_eq!(members, 0, "both left");
+}
+
+/// A committed offset the log no longer spans (past its end here, as after a topic was
+/// recreated; below its start after retention) is treated as no commit: the member starts by
+/// its `auto_offset_reset` instead of failing the partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_offset_outside_the_log_falls_back_to_the_reset_policy() {
+    let dir = temp_data_dir();
+    let broker = BrokerProcess::start(&broker_bin(), dir.path(), &[]);
+    let client = Client::connect(&broker.host_port()).await.expect("connect");
+    let admin = client.admin();
+    admin
+        .create_topic(NewTopic::new("short").partitions(1))
+        .await
+        .expect("create");
+    let producer = client
+        .producer(ProducerConfig::default())
+        .expect("producer");
+    let mut deliveries = Vec::new();
+    for i in 0..10 {
+        let record = ProducerRecord::new("short").value(i.to_string());
+        deliveries.push(producer.send(record).await.expect("send"));
+    }
+    for delivery in deliveries {
+        delivery.await.expect("delivered");
+    }
+    producer.close().await.expect("flush");
+    admin
+        .commit_offsets(
+            "stale",
+            None,
+            &BTreeMap::from([(TopicPartition::new("short", 0), 1000)]),
+        )
+        .await
+        .expect("commit from outside a group without members");
+
+    let config = GroupConfig {
+        consumer: ConsumerConfig {
+            follow: false,
+            ..ConsumerConfig::default()
+        },
+        ..GroupConfig::new("stale", ["short"])
+    };
+    let mut member = GroupConsumer::join(&client, config).await.expect("join");
+    let mut offsets = Vec::new();
+    while let Some(record) = member.next().await {
+        offsets.push(record.expect("no OFFSET_OUT_OF_RANGE").offset);
+    }
+    assert_eq!(
+        offsets,
+        (0..10).collect::<Vec<u64>>(),
+        "earliest, by default"
+    );
+    member.close().await.expect("close");
+    let committed = admin
+        .fetch_committed("stale", &["short"])
+        .await
+        .expect("fetch");
+    assert_eq!(committed[&TopicPartition::new("short", 0)], 10);
 }

@@ -29,6 +29,8 @@ pub struct BrokerProcess {
     pub addr: SocketAddr,
     /// The data port (sendfile fetches) it listens on.
     pub data_addr: SocketAddr,
+    /// Its external gRPC listener, when started with `--external-listen`.
+    pub external_addr: Option<SocketAddr>,
 }
 
 impl BrokerProcess {
@@ -38,7 +40,9 @@ impl BrokerProcess {
         Self::start_on(bin, data_dir, ("127.0.0.1:0", "127.0.0.1:0"), extra_args)
     }
 
-    fn start_on(
+    /// [`BrokerProcess::start`] on the given gRPC and data-port listen addresses (a test that
+    /// must advertise its data port picks the port itself).
+    pub fn start_on(
         bin: &Path,
         data_dir: &Path,
         (listen, data_listen): (&str, &str),
@@ -47,8 +51,8 @@ impl BrokerProcess {
         let mut child = spawn_broker(bin, data_dir, (listen, data_listen), extra_args)
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let stdout = child.stdout.take().expect("stdout is piped");
-        let (addr, data_addr) = match wait_for_ready(stdout, READY_TIMEOUT) {
-            Some(addrs) => addrs,
+        let ready = match wait_for_ready(stdout, READY_TIMEOUT) {
+            Some(ready) => ready,
             None => {
                 let _ = child.kill();
                 let status = child.wait();
@@ -60,8 +64,9 @@ impl BrokerProcess {
             bin: bin.to_owned(),
             data_dir: data_dir.to_owned(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            addr,
-            data_addr,
+            addr: ready.grpc,
+            data_addr: ready.data,
+            external_addr: ready.external_grpc,
         }
     }
 
@@ -177,11 +182,20 @@ pub fn spawn_broker(
         .spawn()
 }
 
+/// The addresses a broker's ready line announces.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadyLine {
+    pub grpc: SocketAddr,
+    pub data: SocketAddr,
+    /// `external-grpc=`, printed only by a broker with an external listener.
+    pub external_grpc: Option<SocketAddr>,
+}
+
 /// Waits up to `timeout` for a broker's ready line on its stdout, `weir-broker ready
-/// grpc=ADDR data=ADDR ...`, and returns (gRPC address, data-port address); `None` if the
+/// grpc=ADDR data=ADDR ... [external-grpc=ADDR]`, and returns its addresses; `None` if the
 /// broker exited or stayed silent. Keeps draining the pipe afterwards, so the broker never
 /// blocks on a full stdout. Shared by the tests and `weir-bench`.
-pub fn wait_for_ready(stdout: ChildStdout, timeout: Duration) -> Option<(SocketAddr, SocketAddr)> {
+pub fn wait_for_ready(stdout: ChildStdout, timeout: Duration) -> Option<ReadyLine> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
@@ -192,7 +206,12 @@ pub fn wait_for_ready(stdout: ChildStdout, timeout: Duration) -> Option<(SocketA
                     .and_then(|a| a.parse::<SocketAddr>().ok())
             };
             if let (Some(grpc), Some(data)) = (field("grpc="), field("data=")) {
-                let _ = tx.send((grpc, data));
+                let external_grpc = field("external-grpc=");
+                let _ = tx.send(ReadyLine {
+                    grpc,
+                    data,
+                    external_grpc,
+                });
                 break;
             }
         }

@@ -89,9 +89,10 @@ impl Broker {
         let mut child = weir_testkit::spawn_broker(&bin, data_dir.path(), loopback, extra_args)
             .with_context(|| format!("starting {}", bin.display()))?;
         let stdout = child.stdout.take().context("broker stdout")?;
-        let (grpc, _data) = weir_testkit::wait_for_ready(stdout, Duration::from_secs(60))
-            .context("the broker did not report ready")?;
-        let grpc = grpc.to_string();
+        let grpc = weir_testkit::wait_for_ready(stdout, Duration::from_secs(60))
+            .context("the broker did not report ready")?
+            .grpc
+            .to_string();
         Ok(Broker {
             grpc,
             cpu: Some(CpuClock::of(child.id())),

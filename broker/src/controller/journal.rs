@@ -249,6 +249,8 @@ mod tests {
             id,
             address: format!("b{id}:7070"),
             data_address: format!("b{id}:7071"),
+            external_address: format!("localhost:1{id}070"),
+            external_data_address: format!("localhost:1{id}071"),
         })
     }
 

@@ -8,7 +8,8 @@
 //! controller recovers it all.
 //!
 //! - [`state`]: the persisted state and its events; [`journal`]: their log and snapshots.
-//! - [`placement`]: partition -> broker; [`assignor`]: partition -> group member.
+//! - [`placement`]: partition -> broker; [`assignor`]: partition -> group member;
+//!   [`handover`]: when a member may start on a partition another member had.
 //! - [`link`]: how a node reaches the controller (in process, or over gRPC).
 //!
 //! Brokers learn the metadata by long-polling [`Controller::broker_heartbeat`]; the reply is
@@ -23,8 +24,11 @@
 //!   a broker may hold.
 //! - A group's offsets are only committed by its current generation's members, or from outside
 //!   while it has none.
+//! - A partition is given to a group member only once no other member may still be reading it
+//!   ([`handover`]).
 
 pub mod assignor;
+pub mod handover;
 pub mod journal;
 pub mod link;
 pub mod placement;
@@ -64,6 +68,8 @@ const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 const MIN_SESSION_TIMEOUT: Duration = Duration::from_millis(500);
 const MAX_SESSION_TIMEOUT: Duration = Duration::from_secs(300);
 const MAX_GROUP_NAME: usize = 255;
+/// How often a member that waits for partitions another member is letting go of heartbeats.
+const HANDOVER_HEARTBEAT_MS: u32 = 200;
 
 /// The controller's settings.
 #[derive(Debug, Clone)]
@@ -83,6 +89,8 @@ struct Liveness {
     acked_version: HashMap<u32, u64>,
     /// (group, member) -> last heard from.
     member_seen: HashMap<(String, String), Instant>,
+    /// What group members may still be reading (the revocation barrier).
+    holdings: handover::Holdings,
     counter: u64,
 }
 
@@ -135,6 +143,7 @@ impl Controller {
             alive: BTreeSet::new(),
             acked_version: HashMap::new(),
             member_seen: HashMap::new(),
+            holdings: handover::Holdings::default(),
             counter: 1,
         };
         for &id in state.brokers.keys() {
@@ -244,6 +253,8 @@ impl Controller {
                         address: b.address.clone(),
                         data_address: b.data_address.clone(),
                         alive: inner.live.alive.contains(&b.id),
+                        external_address: b.external_address.clone(),
+                        external_data_address: b.external_data_address.clone(),
                     },
                 )
             })
@@ -276,6 +287,8 @@ impl Controller {
                 id: req.broker_id,
                 address: req.address.clone(),
                 data_address: req.data_address.clone(),
+                external_address: req.external_address.clone(),
+                external_data_address: req.external_data_address.clone(),
             };
             if inner.state.brokers.get(&req.broker_id) != Some(&record) {
                 events.push(Event::BrokerRegistered(record));
@@ -445,6 +458,7 @@ impl Controller {
                     let mut record = record.clone();
                     for id in &expired {
                         record.members.remove(id);
+                        inner.live.holdings.release(group, id);
                     }
                     events.push(group_change(group, record, &inner.state));
                 }
@@ -623,7 +637,7 @@ impl Controller {
                 let event = group_change(&req.group, record, &inner.state);
                 inner.record(vec![event])?;
             }
-            assignment_of(&inner.state, &req.group, &member_id)
+            answer_member(inner, &req.group, &member_id)
         })
         .await
     }
@@ -638,12 +652,18 @@ impl Controller {
                 .live
                 .member_seen
                 .insert((req.group.clone(), req.member_id.clone()), Instant::now());
+            inner.live.holdings.acknowledge(
+                &req.group,
+                &req.member_id,
+                req.generation,
+                record.generation,
+            );
             if record.partition_counts != subscribed_counts(record, &inner.state) {
                 info!(group = %req.group, "partition counts changed; rebalancing");
                 let event = group_change(&req.group, record.clone(), &inner.state);
                 inner.record(vec![event])?;
             }
-            assignment_of(&inner.state, &req.group, &req.member_id)
+            answer_member(inner, &req.group, &req.member_id)
         })
         .await
     }
@@ -659,6 +679,7 @@ impl Controller {
                 .live
                 .member_seen
                 .remove(&(req.group.clone(), req.member_id.clone()));
+            inner.live.holdings.release(&req.group, &req.member_id);
             info!(group = %req.group, member = %req.member_id, "member left; rebalancing");
             let event = group_change(&req.group, record, &inner.state);
             inner.record(vec![event])?;
@@ -888,15 +909,28 @@ fn group_change(group: &str, mut record: GroupRecord, state: &ControllerState) -
     }
 }
 
-fn assignment_of(state: &ControllerState, group: &str, member: &str) -> Result<GroupAssignment> {
-    let record = member_group(state, group, member)?;
+/// The answer to a member's join or heartbeat: its target assignment, less the partitions
+/// other members have not let go of yet ([`handover`]).
+fn answer_member(inner: &mut Inner, group: &str, member: &str) -> Result<GroupAssignment> {
+    let record = member_group(&inner.state, group, member)?;
     let member_record = &record.members[member];
+    let (given, complete) = inner
+        .live
+        .holdings
+        .give(group, member, &member_record.assignment);
+    // A third of the session timeout: two heartbeats may be lost before eviction.
+    let interval = (member_record.session_timeout_ms / 3).max(100);
     Ok(GroupAssignment {
         member_id: member.to_owned(),
         generation: record.generation,
-        assignment: to_topic_partitions(&member_record.assignment),
-        // A third of the session timeout: two heartbeats may be lost before eviction.
-        heartbeat_interval_ms: (member_record.session_timeout_ms / 3).max(100),
+        assignment: to_topic_partitions(&given),
+        pending: !complete,
+        // Partitions are on their way from another member: ask again soon.
+        heartbeat_interval_ms: if complete {
+            interval
+        } else {
+            interval.min(HANDOVER_HEARTBEAT_MS)
+        },
     })
 }
 

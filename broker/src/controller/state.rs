@@ -20,6 +20,12 @@ pub struct BrokerRecord {
     pub id: u32,
     pub address: String,
     pub data_address: String,
+    /// For clients outside the broker's network; empty without an external listener.
+    /// (Defaulted: journals written before external listeners existed lack them.)
+    #[serde(default)]
+    pub external_address: String,
+    #[serde(default)]
+    pub external_data_address: String,
 }
 
 /// A topic and where its partitions live.

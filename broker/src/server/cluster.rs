@@ -126,17 +126,26 @@ impl ClusterView {
                 ),
             )
         };
-        error.leader = Some(owner);
+        error.leader = Some(Box::new(owner));
         error
     }
+}
+
+/// The addresses a broker registers with: the internal pair, and the external pair (empty
+/// without an external listener; see [`super::listener`]).
+#[derive(Debug, Clone, Default)]
+pub struct BrokerAddresses {
+    pub address: String,
+    pub data_address: String,
+    pub external_address: String,
+    pub external_data_address: String,
 }
 
 /// What a node does with the controller's metadata.
 pub enum SyncRole {
     /// Registers as a broker and holds the partitions placed on it.
     Broker {
-        address: String,
-        data_address: String,
+        addresses: BrokerAddresses,
         topics: Arc<Topics>,
     },
     /// The controller-only node: mirrors the metadata, holds nothing.
@@ -160,18 +169,13 @@ pub async fn run_sync(
             return;
         }
         let answer = match (&role, registered) {
-            (
-                SyncRole::Broker {
-                    address,
-                    data_address,
-                    topics,
-                },
-                false,
-            ) => {
+            (SyncRole::Broker { addresses, topics }, false) => {
                 let request = RegisterBrokerRequest {
                     broker_id: view.node_id,
-                    address: address.clone(),
-                    data_address: data_address.clone(),
+                    address: addresses.address.clone(),
+                    data_address: addresses.data_address.clone(),
+                    external_address: addresses.external_address.clone(),
+                    external_data_address: addresses.external_data_address.clone(),
                     local_topics: local_topics(topics),
                 };
                 tokio::select! {

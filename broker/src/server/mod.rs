@@ -18,6 +18,7 @@ pub mod data_port;
 pub mod errors;
 pub mod fetch;
 pub mod limits;
+pub mod listener;
 pub mod produce;
 pub mod service;
 
@@ -26,7 +27,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 use weir_proto::v1::weir_server::WeirServer;
@@ -36,9 +37,10 @@ use crate::controller::link::{ControllerLink, RemoteController};
 use crate::controller::{Controller, ControllerConfig};
 use crate::producer_ids::ProducerIds;
 use crate::topics::{Partition, TopicError, Topics};
-use cluster::{ClusterView, SyncRole};
+use cluster::{BrokerAddresses, ClusterView, SyncRole};
 use controller_service::ControllerService;
 use limits::InFlightLimits;
+use listener::Listener;
 use service::WeirService;
 use weir_proto::v1::Error;
 use weir_proto::v1::controller_server::ControllerServer;
@@ -126,6 +128,8 @@ pub struct Broker {
     state: Arc<BrokerState>,
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// The second gRPC listener, for clients outside the node's network (see [`listener`]).
+    external_listener: Option<(TcpListener, SocketAddr)>,
     data_listener: TcpListener,
     data_addr: SocketAddr,
     config: BrokerConfig,
@@ -134,6 +138,41 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// A gRPC server on `listener` answering as `kind`, serving until shutdown begins.
+    fn grpc_server(
+        state: &Arc<BrokerState>,
+        config: &BrokerConfig,
+        listener: TcpListener,
+        kind: Listener,
+        controller_service: Option<ControllerServer<ControllerService>>,
+    ) -> impl Future<Output = Result<(), tonic::transport::Error>> + use<> {
+        let service = WeirServer::new(WeirService {
+            state: Arc::clone(state),
+            listener: kind,
+        })
+        .max_decoding_message_size(config.max_request_bytes as usize)
+        // A fetch response holds up to MAX_FETCH_BYTES, or one batch larger than that (at most
+        // a topic's max_batch_bytes, which fits in max_request_bytes).
+        .max_encoding_message_size(
+            (u64::from(fetch::MAX_FETCH_BYTES).max(config.max_request_bytes) + (1 << 20)) as usize,
+        );
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let mut shutdown = state.shutdown_signal();
+        // Windows and frames sized for bulk batches: tonic's defaults cost ~40% throughput here.
+        tonic::transport::Server::builder()
+            .initial_stream_window_size(16 << 20)
+            .initial_connection_window_size(32 << 20)
+            .max_frame_size(1 << 20)
+            // Each stream may hold one encoded fetch response (up to 16 MiB) that its client
+            // has not read yet: bound the streams per connection.
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+            .add_service(service)
+            .add_optional_service(controller_service)
+            .serve_with_incoming_shutdown(incoming, async move {
+                stopped(&mut shutdown).await;
+            })
+    }
+
     /// Opens the data dir (recovering it if needed) and binds the gRPC address.
     pub async fn start(config: BrokerConfig) -> Result<Broker, ServerError> {
         let log_config = config.log_dir_config()?;
@@ -156,14 +195,29 @@ impl Broker {
             .map_err(|e| ServerError::Topics(TopicError::Storage(e)))?;
         let (listener, local_addr) = bind(config.listen).await?;
         let (data_listener, data_addr) = bind(config.data_listen).await?;
+        let external_listener = match config.external_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         let data_address = config
             .data_advertised
             .clone()
             .unwrap_or_else(|| data_addr.to_string());
-        let address = config
-            .advertised
-            .clone()
-            .unwrap_or_else(|| local_addr.to_string());
+        let addresses = BrokerAddresses {
+            address: config
+                .advertised
+                .clone()
+                .unwrap_or_else(|| local_addr.to_string()),
+            data_address: data_address.clone(),
+            external_address: match (&config.external_advertised, &external_listener) {
+                (Some(advertised), _) => advertised.clone(),
+                (None, Some((_, bound))) => bound.to_string(),
+                (None, None) => String::new(),
+            },
+            // Without its own advertised address, the external data port is the internal one:
+            // the data port never hands out addresses, so one listener serves both.
+            external_data_address: config.external_data_advertised.clone().unwrap_or_default(),
+        };
         let local_controller = match config.role {
             Role::Combined | Role::Controller => {
                 let dir = config.data_dir.join("controller");
@@ -198,8 +252,7 @@ impl Broker {
         let role = match config.role {
             Role::Controller => SyncRole::Observer,
             Role::Combined | Role::Broker => SyncRole::Broker {
-                address,
-                data_address: data_address.clone(),
+                addresses,
                 topics: Arc::clone(&topics),
             },
         };
@@ -226,6 +279,7 @@ impl Broker {
             state,
             listener,
             local_addr,
+            external_listener,
             data_listener,
             data_addr,
             config,
@@ -245,6 +299,11 @@ impl Broker {
         self.local_addr
     }
 
+    /// The bound external gRPC address, if the node has an external listener.
+    pub fn external_addr(&self) -> Option<SocketAddr> {
+        self.external_listener.as_ref().map(|(_, addr)| *addr)
+    }
+
     /// The bound data-port address.
     pub fn data_addr(&self) -> SocketAddr {
         self.data_addr
@@ -252,17 +311,6 @@ impl Broker {
 
     /// Serves until `stop` completes, then shuts down gracefully (see the module docs).
     pub async fn run(self, stop: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let service = WeirServer::new(WeirService {
-            state: Arc::clone(&self.state),
-        })
-        .max_decoding_message_size(self.config.max_request_bytes as usize)
-        // A fetch response holds up to MAX_FETCH_BYTES, or one batch larger than that (at most
-        // a topic's max_batch_bytes, which fits in max_request_bytes).
-        .max_encoding_message_size(
-            (u64::from(fetch::MAX_FETCH_BYTES).max(self.config.max_request_bytes) + (1 << 20))
-                as usize,
-        );
-        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         let controller_service = self.local_controller.as_ref().map(|c| {
             ControllerServer::new(ControllerService {
                 controller: Arc::clone(c),
@@ -286,27 +334,36 @@ impl Broker {
             self.data_listener,
             Arc::clone(&self.state),
         ));
-        let (stop_serving, serving_stopped) = oneshot::channel::<()>();
-        // Windows and frames sized for bulk batches: tonic's defaults cost ~40% throughput here.
-        let serve = tonic::transport::Server::builder()
-            .initial_stream_window_size(16 << 20)
-            .initial_connection_window_size(32 << 20)
-            .max_frame_size(1 << 20)
-            // Each stream may hold one encoded fetch response (up to 16 MiB) that its client
-            // has not read yet: bound the streams per connection.
-            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-            .add_service(service)
-            .add_optional_service(controller_service)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = serving_stopped.await;
-            });
+        let internal = Broker::grpc_server(
+            &self.state,
+            &self.config,
+            self.listener,
+            Listener::Internal,
+            controller_service,
+        );
+        // Brokers reach the controller on the internal listener only.
+        let external = self.external_listener.map(|(listener, _)| {
+            Broker::grpc_server(
+                &self.state,
+                &self.config,
+                listener,
+                Listener::External,
+                None,
+            )
+        });
+        let serve = async move {
+            match external {
+                Some(external) => tokio::try_join!(internal, external).map(|_| ()),
+                None => internal.await,
+            }
+        };
         tokio::pin!(serve);
         let result = tokio::select! {
             result = &mut serve => result,
             () = stop => {
                 info!("shutting down: no new requests; finishing in-flight ones");
+                // Both gRPC servers stop accepting on this signal and drain.
                 self.state.begin_shutdown();
-                let _ = stop_serving.send(());
                 match tokio::time::timeout(self.config.shutdown_timeout(), &mut serve).await {
                     Ok(result) => result,
                     Err(_) => {

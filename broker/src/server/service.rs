@@ -26,6 +26,7 @@ use weir_proto::v1::{
 
 use super::BrokerState;
 use super::errors::{internal, invalid_request, shutting_down, to_status};
+use super::listener::Listener;
 use super::{fetch, produce};
 
 /// Responses a stream can have queued before the handler waits for the client to read.
@@ -40,6 +41,8 @@ fn reply<T>(answer: Result<T, weir_proto::v1::Error>) -> Result<Response<T>, Sta
 #[derive(Clone)]
 pub struct WeirService {
     pub(super) state: Arc<BrokerState>,
+    /// Which addresses this listener's clients are told (see [`super::listener`]).
+    pub(super) listener: Listener,
 }
 
 fn peer<T>(request: &Request<T>) -> Option<std::net::SocketAddr> {
@@ -229,14 +232,19 @@ impl Weir for WeirService {
         let wanted = request.into_inner().topics;
         let view = &self.state.cluster;
         let current = view.current();
+        let brokers = view.brokers();
         let topics = current
             .topics
             .iter()
             .filter_map(|t| t.description.clone())
             .filter(|d| wanted.is_empty() || wanted.contains(&d.name))
+            .map(|d| self.listener.present_topic(d, &brokers))
             .collect();
         Ok(Response::new(MetadataResponse {
-            brokers: current.brokers.clone(),
+            brokers: brokers
+                .into_values()
+                .map(|b| self.listener.present_broker(b))
+                .collect(),
             topics,
             version: current.version,
             node_id: view.node_id,
@@ -337,10 +345,13 @@ impl Weir for WeirService {
 }
 
 impl WeirService {
-    /// `description` (the controller's: leaders, no offsets) with this node's own partitions'
-    /// offsets and sizes filled in.
-    fn describe(&self, mut description: TopicDescription) -> TopicDescription {
-        // Leaders, their addresses and liveness are the controller's, already in `description`.
+    /// `description` (the controller's: leaders, no offsets) with its leaders' addresses as
+    /// this listener's clients dial them, and this node's own partitions' offsets and sizes.
+    fn describe(&self, description: TopicDescription) -> TopicDescription {
+        // Leaders and liveness are the controller's, already in `description`.
+        let mut description = self
+            .listener
+            .present_topic(description, &self.state.cluster.brokers());
         let Ok(local) = self.state.topics.get(&description.name) else {
             return description;
         };

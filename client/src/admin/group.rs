@@ -200,6 +200,8 @@ pub(crate) struct MemberAssignment {
     pub generation: u32,
     pub assignment: BTreeSet<TopicPartition>,
     pub heartbeat_interval: Duration,
+    /// Partitions of this member's are still being let go of by their previous owners.
+    pub pending: bool,
 }
 
 impl MemberAssignment {
@@ -211,6 +213,7 @@ impl MemberAssignment {
             heartbeat_interval: Duration::from_millis(u64::from(
                 answer.heartbeat_interval_ms.max(100),
             )),
+            pending: answer.pending,
         }
     }
 }

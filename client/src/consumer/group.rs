@@ -4,12 +4,20 @@
 //! The controller runs the assignor; this side only follows. A group consumer:
 //!
 //! - joins (JoinGroup) and assigns itself the partitions it was given, each positioned at the
-//!   group's committed offset, or by [`AutoOffsetReset`] where there is none;
+//!   group's committed offset, or by [`AutoOffsetReset`] where there is none or where it is
+//!   out of the log's range (below the log start after retention, or past the end after the
+//!   topic was recreated), as Kafka does;
 //! - heartbeats every `heartbeat_interval` from inside [`next`](GroupConsumer::next), and when a
-//!   heartbeat shows a new generation it *rebalances*: it stops the record stream, commits the
-//!   positions of the partitions it keeps (with the new generation), drops the revoked ones
-//!   (uncommitted: their new owner starts from the last commit), adds the new ones from their
-//!   committed offsets and starts a new stream. Kept partitions carry their positions over;
+//!   heartbeat shows a new generation it *rebalances*: it stops the record stream, drops the
+//!   revoked partitions (uncommitted: their new owner starts from the last commit), adds the
+//!   new ones from their committed offsets and starts a new stream. Kept partitions carry
+//!   their positions over, and the next commit commits them under the new generation. A
+//!   rebalance itself commits nothing: only the caller decides when what `next` returned is
+//!   done with (the CLI, for one, commits only what it has flushed to stdout);
+//! - receives a partition only once its previous owner has let go of it (the controller's
+//!   revocation barrier), so two members never read a partition at once; until then the
+//!   answer says the member has partitions *pending*, heartbeats come sooner, and `next` does
+//!   not report the end of the data;
 //! - rejoins with a fresh member id when the controller no longer knows it (`UNKNOWN_MEMBER`,
 //!   e.g. after a pause longer than the session timeout);
 //! - commits positions (the offset after the last record `next` returned) on
@@ -118,6 +126,9 @@ pub struct GroupConsumer {
     committed: BTreeMap<TopicPartition, u64>,
     /// The stream ended (no follow): `next` returns `None`.
     finished: bool,
+    /// Some partitions of this member's are still with their previous owners (see the
+    /// controller's revocation barrier): the data is not all read until they arrive.
+    pending: bool,
 }
 
 impl GroupConsumer {
@@ -144,6 +155,7 @@ impl GroupConsumer {
             next_commit: None,
             committed: BTreeMap::new(),
             finished: false,
+            pending: false,
         };
         let joined = this.join_group().await?;
         this.apply(joined).await?;
@@ -200,11 +212,26 @@ impl GroupConsumer {
                 Some(commit) => commit.min(self.next_heartbeat),
                 None => self.next_heartbeat,
             };
+            if self.consumer.assignment().is_empty() {
+                // Nothing to read until a heartbeat brings partitions; without follow and with
+                // none on the way, there is nothing to read at all.
+                if !self.config.consumer.follow && !self.pending {
+                    self.finished = true;
+                    return None;
+                }
+                tokio::time::sleep_until(deadline).await;
+                continue;
+            }
             let consumer = &self.consumer;
             let stream = self.stream.get_or_insert_with(|| consumer.stream());
             tokio::select! {
                 item = stream.next() => match item {
                     Some(item) => return Some(item),
+                    None if self.pending => {
+                        // The partitions still on their way have records to read too.
+                        self.stream = None;
+                        tokio::time::sleep_until(deadline).await;
+                    }
                     None => {
                         self.stream = None;
                         self.finished = true;
@@ -238,6 +265,7 @@ impl GroupConsumer {
             Err(error) => return Err(error),
         };
         self.next_heartbeat = Instant::now() + self.heartbeat_interval;
+        self.pending = answer.pending;
         let owned: BTreeSet<TopicPartition> = self.consumer.assignment().into_iter().collect();
         if answer.generation != self.generation
             || answer.member_id != self.member_id
@@ -250,7 +278,7 @@ impl GroupConsumer {
 
     /// Commits the positions of owned partitions that moved since the last commit, with the
     /// current generation. After a rebalance (`STALE_GENERATION`) it heartbeats, which applies
-    /// the new assignment and commits the partitions still owned under the new generation.
+    /// the new assignment, and commits the partitions still owned under the new generation.
     pub async fn commit(&mut self) -> Result<(), ClientError> {
         let offsets = self.moved_positions();
         if offsets.is_empty() {
@@ -258,8 +286,13 @@ impl GroupConsumer {
         }
         match self.commit_offsets(&offsets).await {
             Err(error) if error.code() == Some(ErrorCode::StaleGeneration) => {
-                // The rebalance this applies commits the kept partitions itself.
-                self.heartbeat().await
+                // Catch up with the rebalance, then commit what is still ours.
+                self.heartbeat().await?;
+                let offsets = self.moved_positions();
+                if offsets.is_empty() {
+                    return Ok(());
+                }
+                self.commit_offsets(&offsets).await
             }
             other => other,
         }
@@ -330,6 +363,7 @@ impl GroupConsumer {
         self.finished = false;
         self.member_id = answer.member_id.clone();
         self.heartbeat_interval = answer.heartbeat_interval;
+        self.pending = answer.pending;
         self.next_heartbeat = Instant::now() + self.heartbeat_interval;
 
         let owned: BTreeSet<TopicPartition> = self.consumer.assignment().into_iter().collect();
@@ -337,15 +371,6 @@ impl GroupConsumer {
             self.consumer.unassign(&tp.topic, tp.partition);
             self.committed.remove(tp);
         }
-        // What is left is kept: commit it under the new generation. A failure does not stop
-        // the rebalance (delivery is at least once); it is returned once the assignment is
-        // applied, and the next heartbeat comes at once.
-        let moved = self.moved_positions();
-        let committed = if moved.is_empty() {
-            Ok(())
-        } else {
-            self.commit_as(&moved, answer.generation).await
-        };
         let added: Vec<&TopicPartition> = answer.assignment.difference(&owned).collect();
         if !added.is_empty() {
             self.add_partitions(&added).await?;
@@ -353,10 +378,7 @@ impl GroupConsumer {
         self.generation = answer.generation;
         tracing::debug!(group = %self.config.group, member = %self.member_id,
             generation = self.generation, partitions = answer.assignment.len(), "assignment applied");
-        if committed.is_err() {
-            self.next_heartbeat = Instant::now();
-        }
-        committed
+        Ok(())
     }
 
     /// Assigns `added` to the consumer at the group's committed offsets, else by
@@ -372,14 +394,15 @@ impl GroupConsumer {
             .fetch_committed(&self.config.group, &topics)
             .await?;
         for (topic, partitions) in by_topic {
-            let latest = match self.config.auto_offset_reset {
-                AutoOffsetReset::Latest => Some(
-                    self.admin
-                        .list_offsets(topic, &partitions, OffsetSpec::Latest)
-                        .await?,
-                ),
-                AutoOffsetReset::Earliest => None,
-            };
+            // Both ends of every log: a committed offset outside them is reset like a missing one.
+            let earliest = self
+                .admin
+                .list_offsets(topic, &partitions, OffsetSpec::Earliest)
+                .await?;
+            let latest = self
+                .admin
+                .list_offsets(topic, &partitions, OffsetSpec::Latest)
+                .await?;
             // Assigned partitions start at the earliest offset; the seeks below to fixed
             // offsets do not wait, so no partition is ever left assigned but unpositioned.
             self.consumer
@@ -387,10 +410,20 @@ impl GroupConsumer {
                 .await?;
             for &partition in &partitions {
                 let tp = TopicPartition::new(topic, partition);
-                let fixed = committed
-                    .get(&tp)
-                    .or_else(|| latest.as_ref().and_then(|l| l.get(&partition)))
-                    .copied();
+                let range = earliest.get(&partition).copied().unwrap_or(0)
+                    ..=latest.get(&partition).copied().unwrap_or(u64::MAX);
+                let committed = committed.get(&tp).copied();
+                let usable = committed.filter(|offset| range.contains(offset));
+                if let (Some(offset), None) = (committed, usable) {
+                    tracing::warn!(group = %self.config.group, %tp, committed = offset,
+                        log_start = range.start(), high_watermark = range.end(),
+                        reset = ?self.config.auto_offset_reset,
+                        "the committed offset is outside the log; resetting");
+                }
+                let fixed = usable.or(match self.config.auto_offset_reset {
+                    AutoOffsetReset::Latest => Some(*range.end()),
+                    AutoOffsetReset::Earliest => None,
+                });
                 if let Some(offset) = fixed {
                     self.consumer
                         .seek(topic, partition, Seek::Offset(offset))
@@ -420,18 +453,10 @@ impl GroupConsumer {
         &mut self,
         offsets: &BTreeMap<TopicPartition, u64>,
     ) -> Result<(), ClientError> {
-        self.commit_as(offsets, self.generation).await
-    }
-
-    async fn commit_as(
-        &mut self,
-        offsets: &BTreeMap<TopicPartition, u64>,
-        generation: u32,
-    ) -> Result<(), ClientError> {
         self.admin
             .commit_offsets(
                 &self.config.group,
-                Some((&self.member_id, generation)),
+                Some((&self.member_id, self.generation)),
                 offsets,
             )
             .await?;

@@ -54,6 +54,10 @@ pub struct ConsumeArgs {
     /// printed every 5 s and before exiting, so the next run continues where this one stopped
     #[arg(long, value_name = "G", conflicts_with_all = ["partition", "offset", "from_time"])]
     group: Option<String>,
+    /// With --group: after this many milliseconds without a heartbeat the group evicts this
+    /// consumer and gives its partitions to the others [default: 10000]
+    #[arg(long, value_name = "MS", requires = "group")]
+    session_timeout_ms: Option<u64>,
     /// Stop after N records
     #[arg(long, value_name = "N")]
     count: Option<u64>,
@@ -81,6 +85,9 @@ pub async fn run(broker: &str, args: ConsumeArgs) -> anyhow::Result<ExitCode> {
             follow: args.follow,
             count: args.count,
             reset: weir_client::AutoOffsetReset::Earliest,
+            session_timeout: args
+                .session_timeout_ms
+                .map(std::time::Duration::from_millis),
             format: &args.output.format,
         };
         return crate::group::consume(broker, group_args).await;

@@ -214,6 +214,7 @@ pub struct GroupConsume<'a> {
     pub follow: bool,
     pub count: Option<u64>,
     pub reset: AutoOffsetReset,
+    pub session_timeout: Option<std::time::Duration>,
     pub format: &'a OutputFormat,
 }
 
@@ -224,6 +225,9 @@ pub async fn consume(broker: &str, args: GroupConsume<'_>) -> anyhow::Result<Exi
     crate::describe_topic(&client, args.topic, None).await?;
     let mut config = GroupConfig::new(args.group, [args.topic]);
     config.auto_offset_reset = args.reset;
+    if let Some(timeout) = args.session_timeout {
+        config.session_timeout = timeout;
+    }
     config.client_id = format!("weir-cli-{}", std::process::id());
     config.consumer = ConsumerConfig {
         follow: args.follow,
