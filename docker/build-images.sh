@@ -16,6 +16,8 @@
 #   WEIR_LOCAL_BASE=1 skip the pull: always use weir-base:local
 #   WEIR_PROFILE      release, or debug (CI: the binaries `cargo test` already built, instead
 #                     of a second, release build of the workspace)  [release]
+#   WEIR_SKIP_CARGO=1 use the binaries already in the target dir (CI: `cargo build` resolves
+#                     features differently from `cargo test` and would rebuild dependencies)
 #   CARGO_TARGET_DIR  where cargo puts the binaries        [<repo>/target]
 set -euo pipefail
 
@@ -46,9 +48,13 @@ docker info >/dev/null 2>&1 || die "no Docker engine answers (docker info failed
 started=$SECONDS
 
 # --- 1. the binaries -----------------------------------------------------------------------
-log "cargo build ${CARGO_PROFILE[*]} -p weir-broker -p weir-client --bins"
-(cd "$ROOT" && cargo build "${CARGO_PROFILE[@]}" -p weir-broker -p weir-client --bins) ||
-    die "cargo build failed"
+if [[ ${WEIR_SKIP_CARGO:-0} == 1 ]]; then
+    log "using the binaries in $BIN as built (WEIR_SKIP_CARGO=1)"
+else
+    log "cargo build ${CARGO_PROFILE[*]} -p weir-broker -p weir-client --bins"
+    (cd "$ROOT" && cargo build "${CARGO_PROFILE[@]}" -p weir-broker -p weir-client --bins) ||
+        die "cargo build failed"
+fi
 for b in weir-broker weir; do
     [[ -x $BIN/$b ]] || die "$BIN/$b is missing after the build"
 done
@@ -160,5 +166,10 @@ if [[ -n $old_id && $old_id != "$new_id" ]] &&
     [[ $(docker image inspect --format '{{len .RepoTags}}' "$old_id" 2>/dev/null) == 0 ]]; then
     docker rmi "$old_id" >/dev/null 2>&1 && log "removed the previous $IMAGE (${old_id:7:12})" || true
 fi
+# The binaries must run on the base (a base with an older glibc than the build host's fails here,
+# not later as a health check that never passes).
+version=$(docker run --rm --entrypoint /usr/local/bin/weir-broker "$IMAGE" --version 2>&1) ||
+    die "weir-broker does not run in $IMAGE on $base: $version (a base with an older glibc than this host's? WEIR_LOCAL_BASE=1 uses the host's own libraries)"
+log "$IMAGE runs: $version"
 size=$(docker image inspect --format '{{.Size}}' "$IMAGE")
 log "built $IMAGE on $base: $((size / 1024 / 1024)) MiB, in $((SECONDS - started)) s"

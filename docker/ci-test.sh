@@ -35,6 +35,10 @@ fail() {
 # --- can this machine run the stage? -------------------------------------------------------
 command -v docker >/dev/null 2>&1 || skip "no docker command on PATH"
 docker info >/dev/null 2>&1 || skip "no Docker engine answers (docker info failed)"
+case ${DOCKER_HOST:-unix://} in
+unix://*) ;;
+*) skip "DOCKER_HOST=$DOCKER_HOST is not a local engine: the published ports would not be on localhost" ;;
+esac
 if docker compose version >/dev/null 2>&1; then
     COMPOSE=(docker compose)
 elif command -v docker-compose >/dev/null 2>&1; then

@@ -7,14 +7,14 @@
 //! there when it returns.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use weir_client::{
     Client, ClientError, ConsumerConfig, ErrorCode, NewTopic, Placement, ProducerConfig,
     ProducerRecord, TopicDescription,
 };
-use weir_testkit::{BrokerProcess, temp_data_dir};
+use weir_testkit::{BrokerProcess, temp_data_dir, wait_until};
 
 const BROKER: &str = env!("CARGO_BIN_EXE_weir-broker");
 const LEASE_MS: &str = "2000";
@@ -65,17 +65,8 @@ fn start_cluster() -> Cluster {
     }
 }
 
-async fn wait_until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+/// How long any condition of these tests may take (a watchdog, not a timing assertion).
+const WAIT: Duration = Duration::from_secs(20);
 
 async fn live_brokers(client: &Client) -> usize {
     let Ok(mut grpc) = weir_client::proto::weir_client::WeirClient::connect(format!(
@@ -105,7 +96,7 @@ async fn a_controller_and_three_brokers() {
     let via_controller = Client::connect(&cluster.controller.host_port())
         .await
         .unwrap();
-    wait_until("three brokers are alive", || async {
+    wait_until("three brokers are alive", WAIT, || async {
         live_brokers(&via_controller).await == 3
     })
     .await;
@@ -217,7 +208,7 @@ async fn a_controller_and_three_brokers() {
     assert_eq!(err.code(), Some(ErrorCode::ControllerUnavailable), "{err}");
     assert!(err.to_string().contains("controller"), "{err}");
     cluster.controller.restart();
-    wait_until("the brokers are back with the controller", || async {
+    wait_until("the brokers are back with the controller", WAIT, || async {
         live_brokers(&via_controller).await == 3
     })
     .await;
@@ -239,7 +230,7 @@ async fn a_controller_and_three_brokers() {
         d.await.unwrap();
     }
     cluster.brokers[1].kill();
-    wait_until("broker 2 is marked down", || async {
+    wait_until("broker 2 is marked down", WAIT, || async {
         live_brokers(&via_controller).await == 2
     })
     .await;
@@ -267,7 +258,7 @@ async fn a_controller_and_three_brokers() {
     let err: ClientError = on_dead.await.unwrap_err();
     assert!(err.is_retriable(), "{err}");
     cluster.brokers[1].restart();
-    wait_until("broker 2 is back", || async {
+    wait_until("broker 2 is back", WAIT, || async {
         live_brokers(&via_controller).await == 3
     })
     .await;
@@ -461,7 +452,7 @@ async fn group_commits_resume_and_replay_from_a_time_across_brokers() {
     let via_controller = Client::connect(&cluster.controller.host_port())
         .await
         .unwrap();
-    wait_until("three brokers are alive", || async {
+    wait_until("three brokers are alive", WAIT, || async {
         live_brokers(&via_controller).await == 3
     })
     .await;
@@ -535,7 +526,7 @@ async fn a_fourth_broker_takes_about_a_quarter_of_hash_placed_partitions() {
     let admin_client = Client::connect(&cluster.controller.host_port())
         .await
         .unwrap();
-    wait_until("three brokers are alive", || async {
+    wait_until("three brokers are alive", WAIT, || async {
         live_brokers(&admin_client).await == 3
     })
     .await;
@@ -565,7 +556,7 @@ async fn a_fourth_broker_takes_about_a_quarter_of_hash_placed_partitions() {
         ],
     ));
     cluster.dirs.push(dir);
-    wait_until("four brokers are alive", || async {
+    wait_until("four brokers are alive", WAIT, || async {
         live_brokers(&admin_client).await == 4
     })
     .await;

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use weir_client::{Client, GroupDescription, NewTopic, ProducerConfig, ProducerRecord};
-use weir_testkit::{BrokerProcess, broker_bin, temp_data_dir};
+use weir_testkit::{BrokerProcess, broker_bin, temp_data_dir, wait_until};
 
 mod common;
 use common::weir;
@@ -84,21 +84,8 @@ impl Drop for Member {
     }
 }
 
-async fn wait_until<F, Fut>(what: &str, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    start.elapsed()
-}
+/// How long any condition of this test may take (a watchdog, not a timing assertion).
+const WAIT: Duration = Duration::from_secs(30);
 
 /// Waits until the controller's assignment satisfies `settled` and every member has
 /// heartbeated since (a member applies a new assignment when its heartbeat brings it, so until
@@ -111,10 +98,7 @@ async fn wait_until_applied(
     let start = Instant::now();
     let mut since: Option<(u32, Instant)> = None;
     loop {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "timed out waiting until {what}"
-        );
+        assert!(start.elapsed() < WAIT, "timed out waiting until {what}");
         if let Ok(group) = admin.describe_group(GROUP).await {
             if settled(&assignment(&group)) {
                 let (generation, at) = match since {
@@ -213,7 +197,7 @@ async fn three_cli_members_one_killed_the_others_take_over_without_skipping() {
     let expected = all_records(&client).await;
     assert_eq!(expected.len(), 2400);
     let everyone: Vec<&Member> = members.iter().collect();
-    wait_until("every record is printed", || async {
+    wait_until("every record is printed", WAIT, || async {
         printed_by(&everyone).is_superset(&expected)
     })
     .await;
@@ -258,6 +242,7 @@ async fn three_cli_members_one_killed_the_others_take_over_without_skipping() {
         .collect();
     wait_until(
         "the survivors print every record after the victim's commits",
+        WAIT,
         || async { printed_by(&survivors).is_superset(&theirs) },
     )
     .await;

@@ -247,6 +247,24 @@ pub fn sibling_bin(name: &str, env_override: &str) -> PathBuf {
     bin
 }
 
+/// Polls `check` every 100 ms until it holds, and returns how long that took; panics naming
+/// `what` after `timeout` (a watchdog far above the expected time, not a timing assertion).
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    start.elapsed()
+}
+
 /// A fresh temporary directory for a broker's data.
 pub fn temp_data_dir() -> tempfile::TempDir {
     tempfile::Builder::new()

@@ -154,6 +154,7 @@ impl Controller {
             for member in record.members.keys() {
                 live.member_seen
                     .insert((group.clone(), member.clone()), now);
+                live.holdings.recover(group, member);
             }
         }
         let incarnation = random_u64() & 0x7fff_ffff;
@@ -652,12 +653,14 @@ impl Controller {
                 .live
                 .member_seen
                 .insert((req.group.clone(), req.member_id.clone()), Instant::now());
-            inner.live.holdings.acknowledge(
-                &req.group,
-                &req.member_id,
-                req.generation,
-                record.generation,
-            );
+            let owned = req
+                .owned
+                .iter()
+                .flat_map(|tp| tp.partitions.iter().map(|&p| (tp.topic.clone(), p)));
+            inner
+                .live
+                .holdings
+                .report(&req.group, &req.member_id, owned);
             if record.partition_counts != subscribed_counts(record, &inner.state) {
                 info!(group = %req.group, "partition counts changed; rebalancing");
                 let event = group_change(&req.group, record.clone(), &inner.state);

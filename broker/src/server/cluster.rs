@@ -85,11 +85,7 @@ impl ClusterView {
     }
 
     pub fn brokers(&self) -> BTreeMap<u32, BrokerInfo> {
-        self.current()
-            .brokers
-            .iter()
-            .map(|b| (b.id, b.clone()))
-            .collect()
+        brokers_by_id(&self.current())
     }
 
     /// The wire error for a request about a partition this node does not hold: NOT_LEADER
@@ -129,6 +125,11 @@ impl ClusterView {
         error.leader = Some(Box::new(owner));
         error
     }
+}
+
+/// `metadata`'s brokers by id.
+pub fn brokers_by_id(metadata: &ClusterMetadata) -> BTreeMap<u32, BrokerInfo> {
+    metadata.brokers.iter().map(|b| (b.id, b.clone())).collect()
 }
 
 /// The addresses a broker registers with: the internal pair, and the external pair (empty

@@ -351,10 +351,23 @@ impl Broker {
                 None,
             )
         });
+        // Either server ending (shutdown, or an error) ends the other: shutdown begins and it
+        // drains its in-flight requests; the first error is the one reported.
+        let state = Arc::clone(&self.state);
         let serve = async move {
-            match external {
-                Some(external) => tokio::try_join!(internal, external).map(|_| ()),
-                None => internal.await,
+            let Some(external) = external else {
+                return internal.await;
+            };
+            tokio::pin!(internal, external);
+            tokio::select! {
+                first = &mut internal => {
+                    state.begin_shutdown();
+                    first.and(external.await)
+                }
+                first = &mut external => {
+                    state.begin_shutdown();
+                    first.and(internal.await)
+                }
             }
         };
         tokio::pin!(serve);

@@ -231,8 +231,9 @@ impl Weir for WeirService {
     ) -> Result<Response<MetadataResponse>, Status> {
         let wanted = request.into_inner().topics;
         let view = &self.state.cluster;
+        // One snapshot: brokers and topics of the same metadata version.
         let current = view.current();
-        let brokers = view.brokers();
+        let brokers = super::cluster::brokers_by_id(&current);
         let topics = current
             .topics
             .iter()

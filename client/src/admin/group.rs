@@ -158,6 +158,21 @@ pub(crate) fn clamp_offset(wanted: u64, earliest: u64, latest: u64) -> u64 {
     wanted.max(earliest).min(latest.max(earliest))
 }
 
+/// The wire's grouping of `tps` by topic (the inverse of [`tp_list`]).
+fn wire_tp_list(tps: &[TopicPartition]) -> Vec<v1::TopicPartitions> {
+    let mut by_topic: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for tp in tps {
+        by_topic.entry(&tp.topic).or_default().push(tp.partition);
+    }
+    by_topic
+        .into_iter()
+        .map(|(topic, partitions)| v1::TopicPartitions {
+            topic: topic.to_owned(),
+            partitions,
+        })
+        .collect()
+}
+
 fn tp_list(assignment: Vec<v1::TopicPartitions>) -> Vec<TopicPartition> {
     let mut out = Vec::new();
     for tps in assignment {
@@ -446,6 +461,7 @@ impl Admin {
         group: &str,
         member_id: &str,
         generation: u32,
+        owned: &[TopicPartition],
     ) -> Result<MemberAssignment, ClientError> {
         let answer = self
             .grpc
@@ -454,6 +470,7 @@ impl Admin {
                 group: group.to_owned(),
                 member_id: member_id.to_owned(),
                 generation,
+                owned: wire_tp_list(owned),
             })
             .await?
             .into_inner();
@@ -518,5 +535,6 @@ mod tests {
                 TopicPartition::new("b", 1)
             ]
         );
+        assert_eq!(tp_list(wire_tp_list(&tps)), tps, "the two forms round-trip");
     }
 }

@@ -7,15 +7,17 @@
 //!   group's committed offset, or by [`AutoOffsetReset`] where there is none or where it is
 //!   out of the log's range (below the log start after retention, or past the end after the
 //!   topic was recreated), as Kafka does;
-//! - heartbeats every `heartbeat_interval` from inside [`next`](GroupConsumer::next), and when a
-//!   heartbeat shows a new generation it *rebalances*: it stops the record stream, drops the
-//!   revoked partitions (uncommitted: their new owner starts from the last commit), adds the
+//! - heartbeats every `heartbeat_interval` from inside [`next`](GroupConsumer::next), reporting
+//!   the partitions it holds, and when a heartbeat's answer differs from what it holds it
+//!   *rebalances*: it stops the record stream, drops the
+//!   revoked partitions (uncommitted: their new owner starts from the last commit; the next
+//!   heartbeat, sent at once, reports them gone), adds the
 //!   new ones from their committed offsets and starts a new stream. Kept partitions carry
 //!   their positions over, and the next commit commits them under the new generation. A
 //!   rebalance itself commits nothing: only the caller decides when what `next` returned is
 //!   done with (the CLI, for one, commits only what it has flushed to stdout);
-//! - receives a partition only once its previous owner has let go of it (the controller's
-//!   revocation barrier), so two members never read a partition at once; until then the
+//! - receives a partition only once its previous owner has reported letting go of it (the
+//!   controller's revocation barrier), so two members never read a partition at once; until then the
 //!   answer says the member has partitions *pending*, heartbeats come sooner, and `next` does
 //!   not report the end of the data;
 //! - rejoins with a fresh member id when the controller no longer knows it (`UNKNOWN_MEMBER`,
@@ -26,8 +28,9 @@
 //!
 //! Invariants: a partition's committed offset never passes a record `next` has not returned
 //! (positions advance as records are yielded); a commit always carries the generation this
-//! member last saw, so commits from before a rebalance are refused (`STALE_GENERATION`) rather
-//! than overwriting the new owner's; nothing is committed for partitions that did not move.
+//! member last applied, so commits from before a rebalance are refused (`STALE_GENERATION`)
+//! rather than overwriting the new owner's; nothing is committed for partitions that did not
+//! move.
 //!
 //! Heartbeats run only while the caller is inside `next` (or calls
 //! [`heartbeat`](GroupConsumer::heartbeat)): a caller that spends longer than the session timeout
@@ -157,7 +160,7 @@ impl GroupConsumer {
             finished: false,
             pending: false,
         };
-        let joined = this.join_group().await?;
+        let joined = this.join_group("").await?;
         this.apply(joined).await?;
         this.next_commit = this.config.auto_commit_interval.map(|i| Instant::now() + i);
         Ok(this)
@@ -194,12 +197,12 @@ impl GroupConsumer {
     }
 
     /// The next record of any owned partition, heartbeating and auto-committing on the way.
-    /// `None` once, without follow, every owned partition has reached its high watermark (after
-    /// a final commit when auto-commit is on); with follow, only if every partition failed.
-    /// Cancel-safe: dropping the future (e.g. in `select!`) loses no record and leaves the
-    /// group state consistent (an interrupted rebalance is redone at the next heartbeat). An `Err` from a partition ends that partition
-    /// until the next rebalance; an `Err` from a group call is returned as is and the call can
-    /// be repeated.
+    /// `None` once, without follow, every owned partition has reached its high watermark and
+    /// none is pending (after a final commit when auto-commit is on); with follow, only if
+    /// every partition failed. Cancel-safe: dropping the future (e.g. in `select!`) loses no
+    /// record and leaves the group state consistent (an interrupted rebalance is redone at the
+    /// next heartbeat). An `Err` from a partition ends that partition until the next
+    /// rebalance; an `Err` from a group call is returned as is and the call can be repeated.
     pub async fn next(&mut self) -> Option<Result<ConsumerRecord, ClientError>> {
         loop {
             if self.finished {
@@ -252,15 +255,20 @@ impl GroupConsumer {
     pub async fn heartbeat(&mut self) -> Result<(), ClientError> {
         let answer = match self
             .admin
-            .group_heartbeat(&self.config.group, &self.member_id, self.generation)
+            .group_heartbeat(
+                &self.config.group,
+                &self.member_id,
+                self.generation,
+                &self.consumer.assignment(),
+            )
             .await
         {
             Ok(answer) => answer,
             Err(error) if error.code() == Some(ErrorCode::UnknownMember) => {
                 tracing::warn!(group = %self.config.group, member = %self.member_id,
                     "evicted from the group; rejoining");
-                self.member_id.clear();
-                self.join_group().await?
+                // A new member id; the old one is kept until the join succeeds.
+                self.join_group("").await?
             }
             Err(error) => return Err(error),
         };
@@ -310,11 +318,12 @@ impl GroupConsumer {
         committed.and(left)
     }
 
-    async fn join_group(&self) -> Result<MemberAssignment, ClientError> {
+    /// Joins as `member_id` (empty: as a new member).
+    async fn join_group(&self, member_id: &str) -> Result<MemberAssignment, ClientError> {
         self.admin
             .join_group(v1::JoinGroupRequest {
                 group: self.config.group.clone(),
-                member_id: self.member_id.clone(),
+                member_id: member_id.to_owned(),
                 client_id: self.config.client_id.clone(),
                 topics: self.config.topics.clone(),
                 assignor: self.config.assignor.to_wire() as i32,
@@ -367,9 +376,15 @@ impl GroupConsumer {
         self.next_heartbeat = Instant::now() + self.heartbeat_interval;
 
         let owned: BTreeSet<TopicPartition> = self.consumer.assignment().into_iter().collect();
+        let mut revoked = false;
         for tp in owned.difference(&answer.assignment) {
             self.consumer.unassign(&tp.topic, tp.partition);
             self.committed.remove(tp);
+            revoked = true;
+        }
+        if revoked {
+            // The next heartbeat reports them gone, which frees them for their new owner.
+            self.next_heartbeat = Instant::now();
         }
         let added: Vec<&TopicPartition> = answer.assignment.difference(&owned).collect();
         if !added.is_empty() {
