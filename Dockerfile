@@ -24,7 +24,7 @@ COPY target/release/weir-broker target/release/weir /usr/local/bin/
 COPY --chown=10001:10001 docker/empty-dir/ /var/lib/weir/
 
 # Every flag of weir-broker has a WEIR_* variable (weir-broker --help); these are the container
-# defaults. WEIR_BROKER is the CLI's address: `docker exec <container> weir topic list` and the
+# defaults. WEIR_BROKER is the CLI's address: `docker exec <container> weir cluster` and the
 # health check dial this node. Change it with WEIR_LISTEN.
 ENV WEIR_DATA_DIR=/var/lib/weir \
     WEIR_LISTEN=0.0.0.0:9092 \
@@ -40,7 +40,7 @@ EXPOSE 9092 9093
 
 # The node answers the client API (exec form: no shell needed).
 HEALTHCHECK --interval=5s --timeout=3s --start-period=30s --retries=3 \
-    CMD ["/usr/local/bin/weir", "topic", "list"]
+    CMD ["/usr/local/bin/weir", "cluster"]
 
 # SIGTERM (docker stop) shuts the node down cleanly.
 STOPSIGNAL SIGTERM

@@ -18,6 +18,7 @@
 #                     of a second, release build of the workspace)  [release]
 #   WEIR_SKIP_CARGO=1 use the binaries already in the target dir (CI: `cargo build` resolves
 #                     features differently from `cargo test` and would rebuild dependencies)
+#   WEIR_STRIP=0      keep the binaries' debug info (line numbers in backtraces; 4x the size)
 #   CARGO_TARGET_DIR  where cargo puts the binaries        [<repo>/target]
 set -euo pipefail
 
@@ -149,8 +150,14 @@ ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 mkdir -p "$ctx/target/release" "$ctx/docker/empty-dir"
 for b in weir-broker weir; do
-    # A hard link when possible: no copy of tens of megabytes.
-    ln "$BIN/$b" "$ctx/target/release/$b" 2>/dev/null || cp "$BIN/$b" "$ctx/target/release/$b"
+    if [[ ${WEIR_STRIP:-1} == 1 ]] && command -v strip >/dev/null; then
+        # Debug info is most of the binaries' size (80 MB of a release build); symbols stay, so
+        # a panic still names its functions.
+        strip --strip-debug -o "$ctx/target/release/$b" "$BIN/$b" || die "strip $BIN/$b failed"
+    else
+        # A hard link when possible: no copy of tens of megabytes.
+        ln "$BIN/$b" "$ctx/target/release/$b" 2>/dev/null || cp "$BIN/$b" "$ctx/target/release/$b"
+    fi
 done
 cp "$ROOT/Dockerfile" "$ctx/Dockerfile"
 log "docker build --build-arg BASE=$base -t $IMAGE (context: the two binaries, $(du -shL "$ctx" | cut -f1))"

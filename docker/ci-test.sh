@@ -212,6 +212,8 @@ weir topic describe "$TOPIC" | sed -n '/^PARTITION/,$p'
 leaders | awk '$4 == "DOWN"' | while read -r p id addr _; do
     [[ $id == 2 && $addr == localhost:29092 ]] || fail "partition $p DOWN but not broker 2's ($id $addr)"
 done
+weir cluster
+weir cluster | awk '$1 == 2 { exit !($4 == "DOWN") }' || fail "weir cluster does not show broker 2 DOWN"
 say "broker 2's partitions are DOWN with the owner named; the others still work:"
 seq 1 100 | sed 's/^/after-kill:after-kill-/' | weir produce "$TOPIC" --key-separator : --partition "$OTHER"
 if out=$(weir consume "$TOPIC" --partition "${B2[0]}" 2>&1); then

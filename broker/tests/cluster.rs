@@ -69,19 +69,8 @@ fn start_cluster() -> Cluster {
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn live_brokers(client: &Client) -> usize {
-    let Ok(mut grpc) = weir_client::proto::weir_client::WeirClient::connect(format!(
-        "http://{}",
-        client.address()
-    ))
-    .await
-    else {
-        return 0;
-    };
-    match grpc
-        .metadata(weir_client::proto::MetadataRequest::default())
-        .await
-    {
-        Ok(m) => m.into_inner().brokers.iter().filter(|b| b.alive).count(),
+    match client.admin().describe_cluster().await {
+        Ok(cluster) => cluster.brokers.iter().filter(|b| b.alive).count(),
         Err(_) => 0,
     }
 }

@@ -62,9 +62,9 @@ pub use weir_proto::v1 as proto;
 pub use weir_proto::{batch, topic};
 
 pub use admin::{
-    Admin, CommittedOffset, FlushPolicy, GroupAssignor, GroupDescription, GroupMemberDescription,
-    GroupSummary, NewTopic, OffsetSpec, PartitionDescription, PartitionLag, Placement, ResetTo,
-    TopicConfig, TopicDescription,
+    Admin, BrokerDescription, ClusterDescription, CommittedOffset, FlushPolicy, GroupAssignor,
+    GroupDescription, GroupMemberDescription, GroupSummary, NewTopic, OffsetSpec,
+    PartitionDescription, PartitionLag, Placement, ResetTo, TopicConfig, TopicDescription,
 };
 pub use client::{Client, ConnectOptions, DEFAULT_BROKER, MAX_MESSAGE_BYTES};
 pub use consumer::{

@@ -5,6 +5,7 @@
 //! ([`TopicDescription`], [`TopicConfig`], ...) rather than the generated proto messages, so
 //! enums are Rust enums and absent settings are `None`.
 
+mod cluster;
 mod group;
 mod new_topic;
 mod topic;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use crate::ClientError;
 use crate::cluster::Cluster;
 
+pub use cluster::{BrokerDescription, ClusterDescription};
 pub(crate) use group::MemberAssignment;
 pub use group::{
     CommittedOffset, GroupAssignor, GroupDescription, GroupMemberDescription, GroupSummary,

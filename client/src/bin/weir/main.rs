@@ -9,6 +9,7 @@
 //! weir group list | describe G
 //! weir group reset G --to earliest|latest|offset:N|time:RFC3339 [--topic T] [--force]
 //! weir tail TOPIC
+//! weir cluster
 //! ```
 //!
 //! The broker address comes from `--broker HOST:PORT`, else `WEIR_BROKER`, else
@@ -16,6 +17,7 @@
 //! with `RUST_LOG`) to stderr. Exit status: 0 success, 1 failure (the message says what to do),
 //! 2 bad usage, 130 interrupted by Ctrl-C.
 
+mod cluster;
 mod consume;
 mod format;
 mod group;
@@ -64,6 +66,8 @@ enum Command {
     Group(group::GroupCommand),
     /// Print records as they are produced, from the end of every partition (like tail -f)
     Tail(consume::TailArgs),
+    /// Show the cluster's brokers, their addresses and whether they are up
+    Cluster,
 }
 
 /// The exit status of a command stopped by Ctrl-C: 128 + SIGINT, as shells report it.
@@ -102,6 +106,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Consume(args) => consume::run(&cli.broker, args).await,
         Command::Group(command) => group::run(&cli.broker, command).await,
         Command::Tail(args) => consume::tail(&cli.broker, args).await,
+        Command::Cluster => cluster::run(&cli.broker).await,
     }
 }
 
