@@ -246,11 +246,74 @@ async fn a_controller_and_three_brokers() {
         .expect("partitions on live brokers keep working");
     let err: ClientError = on_dead.await.unwrap_err();
     assert!(err.is_retriable(), "{err}");
+
+    // Reading the topic now: the live brokers' partitions to their end, and one error naming
+    // the owner for each of broker 2's.
+    let mut consumer = b1.consumer(ConsumerConfig {
+        follow: false,
+        ..Default::default()
+    });
+    consumer
+        .assign_topic("by-range")
+        .await
+        .expect("assigning works with an owner down");
+    let (mut records, mut errors) = (0, Vec::new());
+    let mut stream = consumer.stream();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(record) => {
+                assert!(!(4..8).contains(&record.partition), "{record:?}");
+                records += 1;
+            }
+            Err(error) => errors.push(error),
+        }
+    }
+    assert_eq!(
+        records, 9,
+        "8 live partitions: one record each, and the one produced since"
+    );
+    assert_eq!(errors.len(), 4, "{errors:?}");
+    for error in &errors {
+        assert_eq!(
+            error.code(),
+            Some(ErrorCode::PartitionUnavailable),
+            "{error}"
+        );
+        assert!(error.to_string().contains("broker 2"), "{error}");
+    }
+    // A group member that joins now reads the live partitions, and broker 2's once it is back.
+    let mut member = weir_client::GroupConsumer::join(
+        &b1,
+        weir_client::GroupConfig::new("during-outage", ["by-range"]),
+    )
+    .await
+    .expect("joining works with an owner down");
+    assert_eq!(member.assignment().len(), 12);
+    let mut read = std::collections::BTreeSet::new();
+    while read.len() < 9 {
+        let record = tokio::time::timeout(WAIT, member.next())
+            .await
+            .expect("the live partitions' records")
+            .expect("follow: no end")
+            .expect("no error: broker 2's partitions wait for it");
+        read.insert((record.partition, record.offset));
+    }
+
     cluster.brokers[1].restart();
     wait_until("broker 2 is back", WAIT, || async {
         live_brokers(&via_controller).await == 3
     })
     .await;
+    while read.len() < 13 {
+        let record = tokio::time::timeout(WAIT, member.next())
+            .await
+            .expect("broker 2's partitions, now it is back")
+            .expect("follow: no end")
+            .expect("no error");
+        read.insert((record.partition, record.offset));
+    }
+    assert_eq!(read.iter().filter(|(p, _)| (4..8).contains(p)).count(), 4);
+    member.close().await.expect("close");
     let after = admin.describe_topic("by-range").await.unwrap();
     for p in 4..8 {
         assert_eq!(

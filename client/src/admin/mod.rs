@@ -149,30 +149,58 @@ impl Admin {
     }
 
     /// The offset `spec` names in each of `partitions` (all of the topic's partitions when
-    /// empty), by partition.
+    /// empty), by partition. Fails if any partition's owner cannot answer.
     pub async fn list_offsets(
         &self,
         topic: &str,
         partitions: &[u32],
         spec: OffsetSpec,
     ) -> Result<BTreeMap<u32, u64>, ClientError> {
+        self.list_offsets_each(topic, partitions, spec)
+            .await?
+            .into_iter()
+            .map(|(p, offset)| offset.map(|o| (p, o)))
+            .collect()
+    }
+
+    /// [`list_offsets`](Admin::list_offsets) with a result per partition, so the partitions of
+    /// owners that answer are known while another owner is down. The outer error is the
+    /// topic's (an invalid name, an unknown topic).
+    pub async fn list_offsets_each(
+        &self,
+        topic: &str,
+        partitions: &[u32],
+        spec: OffsetSpec,
+    ) -> Result<BTreeMap<u32, Result<u64, ClientError>>, ClientError> {
         validate_topic_name(topic)?;
         let wanted: Vec<u32> = if partitions.is_empty() {
             (0..self.cluster.partition_count(topic).await?).collect()
         } else {
             partitions.to_vec()
         };
+        let mut results: BTreeMap<u32, Result<u64, ClientError>> = BTreeMap::new();
         // One call per owner, for the partitions it holds.
         let mut by_owner: BTreeMap<u32, (crate::cluster::Leader, Vec<u32>)> = BTreeMap::new();
         for &p in &wanted {
-            let leader = self.cluster.leader(topic, p).await?;
-            by_owner
-                .entry(leader.id)
-                .or_insert_with(|| (leader, Vec::new()))
-                .1
-                .push(p);
+            match self.cluster.leader(topic, p).await {
+                Ok(leader) => {
+                    by_owner
+                        .entry(leader.id)
+                        .or_insert_with(|| (leader, Vec::new()))
+                        .1
+                        .push(p);
+                }
+                // About this partition (its owner is down, it does not exist).
+                Err(error)
+                    if error.code().is_some()
+                        && error.code() != Some(v1::ErrorCode::UnknownTopic) =>
+                {
+                    results.insert(p, Err(error));
+                }
+                // The topic's, or no broker answers at all.
+                Err(error) => return Err(error),
+            }
         }
-        let mut offsets: BTreeMap<u32, u64> = BTreeMap::new();
         for (_, (leader, held)) in by_owner {
             let listed = leader
                 .grpc
@@ -184,18 +212,30 @@ impl Admin {
                 Err(status) => {
                     // The picture may be old (NOT_LEADER, a broker gone): the next call refreshes.
                     self.cluster.invalidate();
-                    return Err(status.into());
+                    let error = ClientError::from(status);
+                    if error.code() == Some(v1::ErrorCode::UnknownTopic) {
+                        return Err(error);
+                    }
+                    for p in held {
+                        results.insert(p, Err(error.clone()));
+                    }
+                    continue;
                 }
             };
-            offsets.extend(listed.offsets.into_iter().map(|o| (o.partition, o.offset)));
+            for o in listed.offsets {
+                results.insert(o.partition, Ok(o.offset));
+            }
+            for p in held {
+                results.entry(p).or_insert_with(|| {
+                    Err(ClientError::refused(
+                        v1::ErrorCode::Internal,
+                        format!(
+                            "the broker answered ListOffsets for {topic} without partition {p}"
+                        ),
+                    ))
+                });
+            }
         }
-        let partitions = &wanted;
-        if let Some(missing) = partitions.iter().find(|p| !offsets.contains_key(p)) {
-            return Err(ClientError::refused(
-                v1::ErrorCode::Internal,
-                format!("the broker answered ListOffsets for {topic} without partition {missing}"),
-            ));
-        }
-        Ok(offsets)
+        Ok(results)
     }
 }

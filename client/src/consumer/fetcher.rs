@@ -8,8 +8,11 @@
 //!   repeats a record (a batch starting below `next` is trimmed by `decode`).
 //! - Retriable failures (transport errors, `SHUTTING_DOWN`, ...) reconnect with backoff, for as
 //!   long as the consumer wants the partition; anything else (a corrupt batch, an unknown topic,
-//!   an offset out of range) is handed over as an error and ends this partition only.
+//!   an offset out of range) is handed over as an error and ends this partition only. Without
+//!   follow, an owner known to be down (`PARTITION_UNAVAILABLE`) is not waited for either.
 //! - Without follow, the partition ends at the high watermark read when the task started.
+//! - A start that is [`Unresolved`] (assigned while the owner was down) is looked up first, and
+//!   stored in the position, before anything is fetched.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -19,7 +22,7 @@ use weir_proto::v1::{FetchRequest, FetchResponse, ListOffsetsRequest, OffsetSpec
 
 use super::data_port::DataPortFetch;
 use super::record::{ConsumerRecord, decode};
-use super::{ConsumerConfig, Transport};
+use super::{ConsumerConfig, Transport, Unresolved};
 use crate::cluster::Cluster;
 use crate::{ClientError, TopicPartition};
 
@@ -71,23 +74,22 @@ pub(crate) struct PartitionFetch {
 
 impl PartitionFetch {
     pub async fn run(self) {
-        let mut next = self.start;
         let mut failures = 0;
+        let mut next = self.start;
+        if let Some(unresolved) = Unresolved::of(self.start) {
+            let Some(start) = self.look_up(unresolved.wire_spec(), &mut failures).await else {
+                return;
+            };
+            next = start;
+            self.position
+                .store(start, std::sync::atomic::Ordering::Release);
+        }
         let stop = if self.config.follow {
             None
         } else {
-            loop {
-                match self.high_watermark().await {
-                    Ok(high_watermark) => break Some(high_watermark),
-                    Err(error) if error.is_retriable() => {
-                        failures += 1;
-                        self.back_off(failures, &error).await;
-                    }
-                    Err(error) => {
-                        let _ = self.out.send(Fetched::Failed(error)).await;
-                        return;
-                    }
-                }
+            match self.look_up(OffsetSpec::Latest, &mut failures).await {
+                Some(high_watermark) => Some(high_watermark),
+                None => return,
             }
         };
         // A position past the end is the broker's to judge (OFFSET_OUT_OF_RANGE), so that
@@ -116,7 +118,7 @@ impl PartitionFetch {
                     failures += 1;
                     self.back_off(failures, &error).await;
                 }
-                CallEnd::Failed(error) if error.is_retriable() => {
+                CallEnd::Failed(error) if self.waits_out(&error) => {
                     failures += 1;
                     self.back_off(failures, &error).await;
                 }
@@ -144,7 +146,9 @@ impl PartitionFetch {
         };
         let leader = match self.cluster.leader(&self.tp.topic, self.tp.partition).await {
             Ok(leader) => leader,
-            Err(error) => return CallEnd::Failed(error),
+            // An owner the picture shows down: the next attempt asks for a fresh picture, or
+            // the partition would wait on the old one forever.
+            Err(error) => return self.failed(error),
         };
         let data_address = match (self.config.transport, leader.data_address) {
             (Transport::Grpc, _) => None,
@@ -203,18 +207,45 @@ impl PartitionFetch {
         CallEnd::Failed(error)
     }
 
-    async fn high_watermark(&self) -> Result<u64, ClientError> {
+    /// Whether to retry after `error` rather than end the partition with it.
+    fn waits_out(&self, error: &ClientError) -> bool {
+        error.is_retriable()
+            && (self.config.follow
+                || error.code() != Some(weir_proto::v1::ErrorCode::PartitionUnavailable))
+    }
+
+    /// The partition's log start or end, retrying what [`waits_out`](Self::waits_out); `None`
+    /// once the partition has ended with an error (handed over).
+    async fn look_up(&self, spec: OffsetSpec, failures: &mut u32) -> Option<u64> {
+        loop {
+            match self.list_offset(spec).await {
+                Ok(offset) => return Some(offset),
+                Err(error) if self.waits_out(&error) => {
+                    *failures += 1;
+                    self.back_off(*failures, &error).await;
+                }
+                Err(error) => {
+                    let _ = self.out.send(Fetched::Failed(error)).await;
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// The partition's log start or end (`spec`), from its owner.
+    async fn list_offset(&self, spec: OffsetSpec) -> Result<u64, ClientError> {
         let leader = self
             .cluster
             .leader(&self.tp.topic, self.tp.partition)
-            .await?;
+            .await
+            .inspect_err(|_| self.cluster.invalidate())?;
         let listed = leader
             .grpc
             .clone()
             .list_offsets(ListOffsetsRequest {
                 topic: self.tp.topic.to_string(),
                 partitions: vec![self.tp.partition],
-                spec: OffsetSpec::Latest as i32,
+                spec: spec as i32,
                 timestamp_ms: 0,
             })
             .await

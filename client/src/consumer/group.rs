@@ -45,7 +45,7 @@ use futures::StreamExt;
 use tokio::time::Instant;
 use weir_proto::v1::{self, ErrorCode};
 
-use super::{Consumer, ConsumerConfig, ConsumerRecord, RecordStream, Seek};
+use super::{Consumer, ConsumerConfig, ConsumerRecord, RecordStream, Unresolved};
 use crate::admin::{Admin, GroupAssignor, MemberAssignment, OffsetSpec};
 use crate::{Client, ClientError, TopicPartition};
 
@@ -397,7 +397,10 @@ impl GroupConsumer {
     }
 
     /// Assigns `added` to the consumer at the group's committed offsets, else by
-    /// `auto_offset_reset`. Start positions are resolved before a partition is assigned.
+    /// `auto_offset_reset`; a committed offset outside the log counts as none. A partition
+    /// whose owner is down is assigned all the same: at its committed offset (unchecked), or
+    /// unresolved, for its fetch task to look up when the owner is back. Start positions are
+    /// decided before a partition is assigned, so none is ever assigned unpositioned.
     async fn add_partitions(&mut self, added: &[&TopicPartition]) -> Result<(), ClientError> {
         let mut by_topic: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
         for tp in added {
@@ -409,43 +412,51 @@ impl GroupConsumer {
             .fetch_committed(&self.config.group, &topics)
             .await?;
         for (topic, partitions) in by_topic {
-            // Both ends of every log: a committed offset outside them is reset like a missing one.
             let earliest = self
                 .admin
-                .list_offsets(topic, &partitions, OffsetSpec::Earliest)
+                .list_offsets_each(topic, &partitions, OffsetSpec::Earliest)
                 .await?;
             let latest = self
                 .admin
-                .list_offsets(topic, &partitions, OffsetSpec::Latest)
+                .list_offsets_each(topic, &partitions, OffsetSpec::Latest)
                 .await?;
-            // Assigned partitions start at the earliest offset; the seeks below to fixed
-            // offsets do not wait, so no partition is ever left assigned but unpositioned.
-            self.consumer
-                .assign(topic, partitions.iter().copied())
-                .await?;
+            let mut starts = BTreeMap::new();
             for &partition in &partitions {
                 let tp = TopicPartition::new(topic, partition);
-                let range = earliest.get(&partition).copied().unwrap_or(0)
-                    ..=latest.get(&partition).copied().unwrap_or(u64::MAX);
+                let (first, last) = (
+                    known_end(&earliest, partition)?,
+                    known_end(&latest, partition)?,
+                );
                 let committed = committed.get(&tp).copied();
-                let usable = committed.filter(|offset| range.contains(offset));
-                if let (Some(offset), None) = (committed, usable) {
-                    tracing::warn!(group = %self.config.group, %tp, committed = offset,
-                        log_start = range.start(), high_watermark = range.end(),
-                        reset = ?self.config.auto_offset_reset,
-                        "the committed offset is outside the log; resetting");
-                }
-                let fixed = usable.or(match self.config.auto_offset_reset {
-                    AutoOffsetReset::Latest => Some(*range.end()),
-                    AutoOffsetReset::Earliest => None,
-                });
-                if let Some(offset) = fixed {
-                    self.consumer
-                        .seek(topic, partition, Seek::Offset(offset))
-                        .await?;
-                }
+                let usable = match (committed, first, last) {
+                    (Some(offset), Some(first), Some(last))
+                        if !(first..=last).contains(&offset) =>
+                    {
+                        tracing::warn!(group = %self.config.group, %tp, committed = offset,
+                            log_start = first, high_watermark = last,
+                            reset = ?self.config.auto_offset_reset,
+                            "the committed offset is outside the log; resetting");
+                        None
+                    }
+                    // In the log, or not checkable while the owner is down.
+                    (committed, ..) => committed,
+                };
+                let start = match (usable, self.config.auto_offset_reset) {
+                    (Some(offset), _) => offset,
+                    (None, AutoOffsetReset::Earliest) => {
+                        first.unwrap_or(Unresolved::Earliest.cell_value())
+                    }
+                    (None, AutoOffsetReset::Latest) => {
+                        last.unwrap_or(Unresolved::Latest.cell_value())
+                    }
+                };
+                starts.insert(partition, start);
+            }
+            self.consumer.assign_at(topic, starts);
+            for &partition in &partitions {
                 if let Some(position) = self.consumer.position(topic, partition) {
-                    self.committed.insert(tp, position);
+                    self.committed
+                        .insert(TopicPartition::new(topic, partition), position);
                 }
             }
         }
@@ -478,5 +489,18 @@ impl GroupConsumer {
         self.committed
             .extend(offsets.iter().map(|(tp, &o)| (tp.clone(), o)));
         Ok(())
+    }
+}
+
+/// A log end from a per-partition look-up: `None` while the owner cannot answer (down or
+/// unreachable: retriable), the error if the look-up was refused for good.
+fn known_end(
+    ends: &BTreeMap<u32, Result<u64, ClientError>>,
+    partition: u32,
+) -> Result<Option<u64>, ClientError> {
+    match ends.get(&partition) {
+        Some(Ok(offset)) => Ok(Some(*offset)),
+        Some(Err(error)) if !error.is_retriable() => Err(error.clone()),
+        Some(Err(_)) | None => Ok(None),
     }
 }

@@ -15,6 +15,11 @@
 //!
 //! Positions belong to the consumer; a stream started before a `seek` keeps its own course (it
 //! no longer moves the sought partition's position).
+//!
+//! A partition assigned while its owner is down starts *unresolved* ([`Unresolved`]): its
+//! position is not known ([`Consumer::position`] says `None`) until its fetch task has asked
+//! the owner, once the owner is back. With follow the task waits for the owner; without, a
+//! partition whose owner is down ends with that error, and the others are read to their end.
 
 mod config;
 mod data_port;
@@ -40,6 +45,45 @@ pub use config::{ConsumerConfig, Transport};
 pub use group::{AutoOffsetReset, GroupConfig, GroupConsumer};
 pub use record::ConsumerRecord;
 pub use stream::RecordStream;
+
+/// A position not known yet, held in a position cell until the partition's fetch task
+/// resolves it: the log start or end of a partition whose owner could not be asked when it was
+/// assigned. No offset comes near these values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unresolved {
+    Earliest,
+    Latest,
+}
+
+impl Unresolved {
+    const EARLIEST: u64 = u64::MAX;
+    const LATEST: u64 = u64::MAX - 1;
+
+    /// The value a position cell holds for it.
+    pub(crate) fn cell_value(self) -> u64 {
+        match self {
+            Unresolved::Earliest => Self::EARLIEST,
+            Unresolved::Latest => Self::LATEST,
+        }
+    }
+
+    /// What a position cell's value means: `None` for a real offset.
+    pub(crate) fn of(position: u64) -> Option<Unresolved> {
+        match position {
+            Self::EARLIEST => Some(Unresolved::Earliest),
+            Self::LATEST => Some(Unresolved::Latest),
+            _ => None,
+        }
+    }
+
+    /// The look-up that resolves it.
+    pub(crate) fn wire_spec(self) -> weir_proto::v1::OffsetSpec {
+        match self {
+            Unresolved::Earliest => weir_proto::v1::OffsetSpec::Earliest,
+            Unresolved::Latest => weir_proto::v1::OffsetSpec::Latest,
+        }
+    }
+}
 
 /// Where to move a partition's position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,15 +187,32 @@ impl Consumer {
         }
         let earliest = self
             .admin
-            .list_offsets(&topic, &new, OffsetSpec::Earliest)
+            .list_offsets_each(&topic, &new, OffsetSpec::Earliest)
             .await?;
+        let mut starts = BTreeMap::new();
         for (partition, offset) in earliest {
+            let start = match offset {
+                Ok(offset) => offset,
+                // Its owner is down or unreachable: the fetch task asks when it is back.
+                Err(error) if error.is_retriable() => Unresolved::Earliest.cell_value(),
+                Err(error) => return Err(error),
+            };
+            starts.insert(partition, start);
+        }
+        self.assign_at(&topic, starts);
+        Ok(())
+    }
+
+    /// Assigns partitions of `topic` at the given positions (real offsets or
+    /// [`Unresolved`] cell values), replacing any position they had.
+    pub(crate) fn assign_at(&mut self, topic: &str, positions: BTreeMap<u32, u64>) {
+        let topic = self.shared_topic_name(topic);
+        for (partition, position) in positions {
             self.assignment.insert(
                 TopicPartition::new(topic.clone(), partition),
-                Arc::new(AtomicU64::new(offset)),
+                Arc::new(AtomicU64::new(position)),
             );
         }
-        Ok(())
     }
 
     /// Moves the position of an assigned partition and returns the new position.
@@ -202,21 +263,25 @@ impl Consumer {
         Ok(())
     }
 
-    /// The position (offset of the next record to read) of an assigned partition.
+    /// The position (offset of the next record to read) of an assigned partition; `None` if
+    /// it is not assigned, or not known yet (assigned while its owner was down).
     pub fn position(&self, topic: &str, partition: u32) -> Option<u64> {
         self.assignment
             .iter()
             .find(|(tp, _)| &*tp.topic == topic && tp.partition == partition)
             .map(|(_, position)| position.load(Ordering::Acquire))
+            .filter(|&position| Unresolved::of(position).is_none())
     }
 
     /// Removes a partition from the assignment and returns its position, `None` if it was not
-    /// assigned. A stream already started keeps reading it; start a new one.
+    /// assigned (or its position was not known yet). A stream already started keeps reading
+    /// it; start a new one.
     pub fn unassign(&mut self, topic: &str, partition: u32) -> Option<u64> {
         let tp = self.assigned(topic, partition).ok()?;
         self.assignment
             .remove(&tp)
             .map(|position| position.load(Ordering::Acquire))
+            .filter(|&position| Unresolved::of(position).is_none())
     }
 
     /// The assigned partitions, sorted.

@@ -132,7 +132,9 @@ pub async fn tail(broker: &str, args: TailArgs) -> anyhow::Result<ExitCode> {
     print_records(consumer.stream(), &args.output.format, None).await
 }
 
-/// Writes records until the stream ends, `count` are printed, stdout closes or Ctrl-C.
+/// Writes records until the stream ends, `count` are printed, stdout closes or Ctrl-C. A
+/// partition that fails (its broker down, a corrupt batch) is reported on stderr at once and
+/// the others are read on; the command then ends with an error.
 async fn print_records(
     mut records: RecordStream,
     format: &OutputFormat,
@@ -140,6 +142,7 @@ async fn print_records(
 ) -> anyhow::Result<ExitCode> {
     let mut out = BufWriter::with_capacity(64 << 10, io::stdout().lock());
     let mut printed = 0;
+    let mut failed = 0;
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     loop {
@@ -157,9 +160,13 @@ async fn print_records(
             None => break,
             Some(Ok(record)) => record,
             Some(Err(error)) => {
-                // What was printed stays printed; then the error.
-                finish(&mut out, ExitCode::SUCCESS)?;
-                return Err(error.into());
+                // What was printed stays printed; the error goes to stderr in its place.
+                if let Err(error) = out.flush() {
+                    return quiet_if_closed(error);
+                }
+                eprintln!("weir: {error}");
+                failed += 1;
+                continue;
             }
         };
         if let Err(error) = write_record(&mut out, format, &record, records.has_buffered()) {
@@ -167,7 +174,13 @@ async fn print_records(
         }
         printed += 1;
     }
-    finish(&mut out, ExitCode::SUCCESS)
+    let code = finish(&mut out, ExitCode::SUCCESS)?;
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} partition(s) could not be read (above); the records printed are from the others"
+        );
+    }
+    Ok(code)
 }
 
 /// Writes one record, flushing unless more are already buffered (so a follower sees each
