@@ -24,9 +24,19 @@ struct Cluster {
     brokers: Vec<BrokerProcess>,
     controller: BrokerProcess,
     dirs: Vec<tempfile::TempDir>,
+    /// A client bootstrapped from the controller.
+    via_controller: Client,
 }
 
-fn start_cluster() -> Cluster {
+impl Cluster {
+    /// A client bootstrapped from broker `i` (0-based).
+    async fn client_of(&self, i: usize) -> Client {
+        Client::connect(&self.brokers[i].host_port()).await.unwrap()
+    }
+}
+
+/// Starts the controller and three brokers, and waits until the controller has all three.
+async fn start_cluster() -> Cluster {
     let mut dirs = vec![temp_data_dir()];
     let controller = BrokerProcess::start(
         std::path::Path::new(BROKER),
@@ -58,10 +68,16 @@ fn start_cluster() -> Cluster {
             ],
         ));
     }
+    let via_controller = Client::connect(&controller.host_port()).await.unwrap();
+    wait_until("three brokers are alive", WAIT, || async {
+        live_brokers(&via_controller).await == 3
+    })
+    .await;
     Cluster {
         controller,
         brokers,
         dirs,
+        via_controller,
     }
 }
 
@@ -81,20 +97,10 @@ fn leaders(topic: &TopicDescription) -> Vec<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_controller_and_three_brokers() {
-    let mut cluster = start_cluster();
-    let via_controller = Client::connect(&cluster.controller.host_port())
-        .await
-        .unwrap();
-    wait_until("three brokers are alive", WAIT, || async {
-        live_brokers(&via_controller).await == 3
-    })
-    .await;
-    let b1 = Client::connect(&cluster.brokers[0].host_port())
-        .await
-        .unwrap();
-    let b3 = Client::connect(&cluster.brokers[2].host_port())
-        .await
-        .unwrap();
+    let mut cluster = start_cluster().await;
+    let via_controller = cluster.via_controller.clone();
+    let b1 = cluster.client_of(0).await;
+    let b3 = cluster.client_of(2).await;
 
     // Placement, created through a broker (forwarded to the controller).
     let admin = b1.admin();
@@ -500,20 +506,9 @@ async fn produce_numbered(client: &Client, topic: &str, numbers: std::ops::Range
 /// first record at or after T in every partition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_commits_resume_and_replay_from_a_time_across_brokers() {
-    let cluster = start_cluster();
-    let via_controller = Client::connect(&cluster.controller.host_port())
-        .await
-        .unwrap();
-    wait_until("three brokers are alive", WAIT, || async {
-        live_brokers(&via_controller).await == 3
-    })
-    .await;
-    let b1 = Client::connect(&cluster.brokers[0].host_port())
-        .await
-        .unwrap();
-    let b2 = Client::connect(&cluster.brokers[1].host_port())
-        .await
-        .unwrap();
+    let cluster = start_cluster().await;
+    let b1 = cluster.client_of(0).await;
+    let b2 = cluster.client_of(1).await;
     let created = b1
         .admin()
         .create_topic(NewTopic::new("ledger").partitions(6))
@@ -574,14 +569,8 @@ async fn group_commits_resume_and_replay_from_a_time_across_brokers() {
 /// three brokers put them or move to the new broker, about a quarter of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fourth_broker_takes_about_a_quarter_of_hash_placed_partitions() {
-    let mut cluster = start_cluster();
-    let admin_client = Client::connect(&cluster.controller.host_port())
-        .await
-        .unwrap();
-    wait_until("three brokers are alive", WAIT, || async {
-        live_brokers(&admin_client).await == 3
-    })
-    .await;
+    let mut cluster = start_cluster().await;
+    let admin_client = cluster.via_controller.clone();
     let admin = admin_client.admin();
     let names: Vec<String> = (0..10).map(|i| format!("placed-{i}")).collect();
     let mut three = Vec::new();

@@ -114,28 +114,42 @@ fn group_conflicts_with_explicit_positions() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_members_split_the_partitions_and_stale_commits_are_refused() {
+/// A single-node broker with `topic` of `partitions` partitions holding `records` keyed
+/// records (values 0, 1, ...); the data dir lives as long as the broker.
+async fn broker_with_topic(
+    topic: &str,
+    partitions: u32,
+    records: u32,
+) -> (tempfile::TempDir, BrokerProcess, Client) {
     let dir = temp_data_dir();
     let broker = BrokerProcess::start(&broker_bin(), dir.path(), &[]);
     let client = Client::connect(&broker.host_port()).await.expect("connect");
-    let admin = client.admin();
-    admin
-        .create_topic(NewTopic::new("split").partitions(4))
+    client
+        .admin()
+        .create_topic(NewTopic::new(topic).partitions(partitions))
         .await
         .expect("create");
     let producer = client
         .producer(ProducerConfig::default())
         .expect("producer");
     let mut deliveries = Vec::new();
-    for i in 0..40 {
-        let record = ProducerRecord::new("split").key(format!("k{i}")).value("v");
+    for i in 0..records {
+        let record = ProducerRecord::new(topic)
+            .key(format!("k{i}"))
+            .value(i.to_string());
         deliveries.push(producer.send(record).await.expect("send"));
     }
     for delivery in deliveries {
         delivery.await.expect("delivered");
     }
     producer.close().await.expect("flush");
+    (dir, broker, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_members_split_the_partitions_and_stale_commits_are_refused() {
+    let (_dir, _broker, client) = broker_with_topic("split", 4, 40).await;
+    let admin = client.admin();
 
     let config = || GroupConfig {
         consumer: ConsumerConfig {
@@ -221,26 +235,8 @@ async fn two_members_split_the_partitions_and_stale_commits_are_refused() {
 /// its `auto_offset_reset` instead of failing the partition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_committed_offset_outside_the_log_falls_back_to_the_reset_policy() {
-    let dir = temp_data_dir();
-    let broker = BrokerProcess::start(&broker_bin(), dir.path(), &[]);
-    let client = Client::connect(&broker.host_port()).await.expect("connect");
+    let (_dir, _broker, client) = broker_with_topic("short", 1, 10).await;
     let admin = client.admin();
-    admin
-        .create_topic(NewTopic::new("short").partitions(1))
-        .await
-        .expect("create");
-    let producer = client
-        .producer(ProducerConfig::default())
-        .expect("producer");
-    let mut deliveries = Vec::new();
-    for i in 0..10 {
-        let record = ProducerRecord::new("short").value(i.to_string());
-        deliveries.push(producer.send(record).await.expect("send"));
-    }
-    for delivery in deliveries {
-        delivery.await.expect("delivered");
-    }
-    producer.close().await.expect("flush");
     admin
         .commit_offsets(
             "stale",
