@@ -287,6 +287,50 @@ async fn a_controller_and_three_brokers() {
         );
         assert!(error.to_string().contains("broker 2"), "{error}");
     }
+    // A tail (follow, from the end) started now sees new records of the live partitions now,
+    // and of broker 2's once it is back.
+    let mut tail = b1.consumer(ConsumerConfig {
+        follow: true,
+        ..Default::default()
+    });
+    tail.assign_topic("by-range").await.unwrap();
+    tail.seek_topic("by-range", weir_client::Seek::End)
+        .await
+        .expect("seeking to the end works with an owner down");
+    assert_eq!(
+        tail.position("by-range", 5),
+        None,
+        "not known until broker 2 is back"
+    );
+    let mut tail_stream = tail.stream();
+    let tailed = |value: &str| {
+        let value = value.to_owned();
+        move |record: weir_client::ConsumerRecord| {
+            assert_eq!(
+                record.value.as_deref(),
+                Some(value.as_bytes()),
+                "{record:?}"
+            );
+            record.partition
+        }
+    };
+    producer
+        .send(
+            ProducerRecord::new("by-range")
+                .partition(0)
+                .value("tail-live"),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let record = tokio::time::timeout(WAIT, tail_stream.next())
+        .await
+        .expect("the tail sees a live partition's new record")
+        .expect("follow: no end")
+        .expect("no error");
+    assert_eq!(tailed("tail-live")(record), 0);
+
     // A group member that joins now reads the live partitions, and broker 2's once it is back.
     let mut member = weir_client::GroupConsumer::join(
         &b1,
@@ -295,8 +339,9 @@ async fn a_controller_and_three_brokers() {
     .await
     .expect("joining works with an owner down");
     assert_eq!(member.assignment().len(), 12);
+    // The live partitions hold 10 records now (the tail's record came since).
     let mut read = std::collections::BTreeSet::new();
-    while read.len() < 9 {
+    while read.len() < 10 {
         let record = tokio::time::timeout(WAIT, member.next())
             .await
             .expect("the live partitions' records")
@@ -310,7 +355,7 @@ async fn a_controller_and_three_brokers() {
         live_brokers(&via_controller).await == 3
     })
     .await;
-    while read.len() < 13 {
+    while read.len() < 14 {
         let record = tokio::time::timeout(WAIT, member.next())
             .await
             .expect("broker 2's partitions, now it is back")
@@ -328,6 +373,26 @@ async fn a_controller_and_three_brokers() {
             "broker 2's partitions come back with their data"
         );
     }
+    wait_until("the tail has found broker 2's end", WAIT, || async {
+        tail.position("by-range", 5).is_some()
+    })
+    .await;
+    producer
+        .send(
+            ProducerRecord::new("by-range")
+                .partition(5)
+                .value("tail-back"),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let record = tokio::time::timeout(WAIT, tail_stream.next())
+        .await
+        .expect("the tail sees broker 2's new record")
+        .expect("follow: no end")
+        .expect("no error");
+    assert_eq!(tailed("tail-back")(record), 5);
 }
 
 /// (offset, key, value) per partition, reading every partition from its owner.

@@ -4,8 +4,11 @@
 //! The picture comes from the `Metadata` RPC of the bootstrap broker (any node answers it, from
 //! its copy of the controller's metadata). It is refreshed when a topic is not in it, and after
 //! anyone [`invalidate`](Cluster::invalidate)s it: a NOT_LEADER answer, a connection to an owner
-//! failing. Refreshes are serialized (concurrent callers share one) and, when the bootstrap
-//! broker does not answer, tried on every other broker known.
+//! failing. Refreshes are serialized, and callers that queued behind one use its result instead
+//! of fetching again; when the bootstrap broker does not answer, every other broker known is
+//! tried. A picture that shows an owner down is rechecked at most every [`DOWN_RECHECK`]
+//! ([`invalidate_if_older`](Cluster::invalidate_if_older)), however many partitions wait on
+//! that owner.
 //!
 //! Invariants: connections are made lazily and reused per address; an advertised address with
 //! an unspecified host (`0.0.0.0`, `::`) is dialled at the host the bootstrap broker was
@@ -23,6 +26,9 @@ use crate::client::{ConnectOptions, lazy_connection};
 
 /// How long a metadata refresh may take per broker tried.
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often partitions waiting on an owner the picture shows down have it rechecked.
+pub(crate) const DOWN_RECHECK: Duration = Duration::from_millis(500);
 
 /// A partition's owner, ready to be called.
 #[derive(Debug, Clone)]
@@ -47,6 +53,8 @@ struct View {
     /// topic -> owner of each partition.
     leaders: HashMap<String, Vec<u32>>,
     stale: bool,
+    /// When it was fetched (`None`: never).
+    fetched_at: Option<std::time::Instant>,
 }
 
 /// See the module docs. Shared (`Arc`) by a client's admin, producers and consumers.
@@ -94,9 +102,37 @@ impl Cluster {
         self.view.write().unwrap_or_else(|e| e.into_inner()).stale = true;
     }
 
+    /// Marks the picture stale if it was fetched more than `age` ago: for rechecking what it
+    /// says (an owner down) without a refresh per waiting partition.
+    pub fn invalidate_if_older(&self, age: Duration) {
+        let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
+        if view.fetched_at.is_none_or(|at| at.elapsed() >= age) {
+            view.stale = true;
+        }
+    }
+
+    /// True if the picture shows `topic`'s `partition` on a broker that is down (its lease
+    /// lapsed), as opposed to an owner that is up but not answering as expected.
+    pub fn owner_known_down(&self, topic: &str, partition: u32) -> bool {
+        let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+        view.leaders
+            .get(topic)
+            .and_then(|owners| owners.get(partition as usize))
+            .and_then(|id| view.brokers.get(id))
+            .is_some_and(|broker| !broker.alive)
+    }
+
     /// Fetches the picture again (see the module docs).
     pub async fn refresh(&self) -> Result<(), ClientError> {
+        let asked_at = std::time::Instant::now();
         let _one_at_a_time = self.refreshing.lock().await;
+        {
+            // Queued behind a refresh that finished after this one was asked for: use it.
+            let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+            if !view.stale && view.fetched_at.is_some_and(|at| at >= asked_at) {
+                return Ok(());
+            }
+        }
         let mut candidates = vec![self.bootstrap.clone()];
         {
             let view = self.view.read().unwrap_or_else(|e| e.into_inner());
@@ -158,6 +194,7 @@ impl Cluster {
             brokers,
             leaders,
             stale: false,
+            fetched_at: Some(std::time::Instant::now()),
         };
     }
 

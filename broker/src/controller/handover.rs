@@ -31,20 +31,34 @@ pub struct Holdings {
 struct Holding {
     /// What it reported holding, plus everything given since.
     may_hold: BTreeSet<Slot>,
-    /// Recovered after a controller restart and not heard from since: it may hold anything.
+    /// Recovered after a controller restart and not heard from since, or a member that does
+    /// not report: it may hold anything.
     unknown: bool,
+    /// The newest report's sequence number.
+    last_report: u64,
 }
 
 impl Holdings {
-    /// A member the controller recovered from its journal: it may hold anything until it
-    /// reports.
+    /// A member the controller recovered from its journal (or one whose client does not
+    /// report): it may hold anything until it reports.
     pub fn recover(&mut self, group: &str, member: &str) {
         self.holding(group, member).unknown = true;
     }
 
-    /// `member` heartbeated holding exactly `held`.
-    pub fn report(&mut self, group: &str, member: &str, held: impl IntoIterator<Item = Slot>) {
+    /// `member` heartbeated holding exactly `held`; `seq` orders its reports, and one older
+    /// than the newest seen is ignored (it describes a past the member has left).
+    pub fn report(
+        &mut self,
+        group: &str,
+        member: &str,
+        seq: u64,
+        held: impl IntoIterator<Item = Slot>,
+    ) {
         let holding = self.holding(group, member);
+        if seq < holding.last_report {
+            return;
+        }
+        holding.last_report = seq;
         holding.may_hold = held.into_iter().collect();
         holding.unknown = false;
     }
@@ -106,16 +120,16 @@ mod tests {
         // a alone owns 0..4 and has applied it.
         let all = slots(&[0, 1, 2, 3]);
         assert_eq!(h.give("g", "a", &all), (all.clone(), true));
-        h.report("g", "a", all.clone());
+        h.report("g", "a", 1, all.clone());
 
         // b joins; its target is 2, 3, still held by a.
         assert_eq!(h.give("g", "b", &slots(&[2, 3])), (vec![], false));
         // a has not applied the rebalance yet: it still reports all four.
-        h.report("g", "a", all.clone());
+        h.report("g", "a", 2, all.clone());
         assert_eq!(h.give("g", "a", &slots(&[0, 1])), (slots(&[0, 1]), true));
         assert_eq!(h.give("g", "b", &slots(&[2, 3])), (vec![], false));
         // a applied the answer and reports only its half: 2 and 3 are free.
-        h.report("g", "a", slots(&[0, 1]));
+        h.report("g", "a", 3, slots(&[0, 1]));
         assert_eq!(h.give("g", "b", &slots(&[2, 3])), (slots(&[2, 3]), true));
 
         // b dies and is evicted: a gets everything at once.
@@ -129,18 +143,32 @@ mod tests {
         h.recover("g", "a");
         h.recover("g", "b");
         // b reports 2, 3; a (maybe mid-rebalance, holding anything) has not reported.
-        h.report("g", "b", slots(&[2, 3]));
+        h.report("g", "b", 4, slots(&[2, 3]));
         assert_eq!(
             h.give("g", "b", &slots(&[1, 2, 3])),
             (slots(&[2, 3]), false),
             "b keeps what it holds; 1 may be a's"
         );
-        h.report("g", "a", slots(&[0, 1]));
+        h.report("g", "a", 5, slots(&[0, 1]));
         assert_eq!(h.give("g", "a", &slots(&[0])), (slots(&[0]), true));
-        h.report("g", "a", slots(&[0]));
+        h.report("g", "a", 6, slots(&[0]));
         assert_eq!(
             h.give("g", "b", &slots(&[1, 2, 3])),
             (slots(&[1, 2, 3]), true)
+        );
+    }
+
+    #[test]
+    fn a_report_delayed_in_flight_is_ignored() {
+        let mut h = Holdings::default();
+        h.give("g", "a", &slots(&[0, 1]));
+        h.report("g", "a", 2, slots(&[0]));
+        // Heartbeat 1 (from before a let go of 1... or before it got 1) arrives late.
+        h.report("g", "a", 1, Vec::new());
+        assert_eq!(
+            h.give("g", "b", &slots(&[0])),
+            (vec![], false),
+            "a still holds 0"
         );
     }
 
@@ -165,6 +193,7 @@ mod tests {
             let members = ["a", "b", "c"];
             // What each member was last given: a report is a member applying its last answer.
             let mut last_given: HashMap<&str, Vec<Slot>> = HashMap::new();
+            let mut seq = 0;
             for (action, who, target) in steps {
                 let member = members[who as usize];
                 match action {
@@ -188,7 +217,10 @@ mod tests {
                         }
                         last_given.insert(member, given);
                     }
-                    1 => h.report("g", member, last_given.get(member).cloned().unwrap_or_default()),
+                    1 => {
+                        seq += 1;
+                        h.report("g", member, seq, last_given.get(member).cloned().unwrap_or_default());
+                    }
                     2 => h.recover("g", member),
                     _ => {
                         h.release("g", member);

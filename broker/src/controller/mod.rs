@@ -653,14 +653,19 @@ impl Controller {
                 .live
                 .member_seen
                 .insert((req.group.clone(), req.member_id.clone()), Instant::now());
-            let owned = req
-                .owned
-                .iter()
-                .flat_map(|tp| tp.partitions.iter().map(|&p| (tp.topic.clone(), p)));
-            inner
-                .live
-                .holdings
-                .report(&req.group, &req.member_id, owned);
+            if req.reports_owned {
+                let owned = req
+                    .owned
+                    .iter()
+                    .flat_map(|tp| tp.partitions.iter().map(|&p| (tp.topic.clone(), p)));
+                inner
+                    .live
+                    .holdings
+                    .report(&req.group, &req.member_id, req.report_seq, owned);
+            } else {
+                // A client that does not say what it holds may hold anything.
+                inner.live.holdings.recover(&req.group, &req.member_id);
+            }
             if record.partition_counts != subscribed_counts(record, &inner.state) {
                 info!(group = %req.group, "partition counts changed; rebalancing");
                 let event = group_change(&req.group, record.clone(), &inner.state);

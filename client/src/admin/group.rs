@@ -462,6 +462,7 @@ impl Admin {
         member_id: &str,
         generation: u32,
         owned: &[TopicPartition],
+        report_seq: u64,
     ) -> Result<MemberAssignment, ClientError> {
         let answer = self
             .grpc
@@ -471,6 +472,8 @@ impl Admin {
                 member_id: member_id.to_owned(),
                 generation,
                 owned: wire_tp_list(owned),
+                reports_owned: true,
+                report_seq,
             })
             .await?
             .into_inner();

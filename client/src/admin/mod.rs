@@ -164,8 +164,9 @@ impl Admin {
     }
 
     /// [`list_offsets`](Admin::list_offsets) with a result per partition, so the partitions of
-    /// owners that answer are known while another owner is down. The outer error is the
-    /// topic's (an invalid name, an unknown topic).
+    /// owners that answer are known while another owner is down. The outer error is about the
+    /// topic or the whole cluster (an invalid name, an unknown topic, no broker answering
+    /// Metadata).
     pub async fn list_offsets_each(
         &self,
         topic: &str,

@@ -12,7 +12,8 @@
 //!   follow, an owner known to be down (`PARTITION_UNAVAILABLE`) is not waited for either.
 //! - Without follow, the partition ends at the high watermark read when the task started.
 //! - A start that is [`Unresolved`] (assigned while the owner was down) is looked up first, and
-//!   stored in the position, before anything is fetched.
+//!   stored in the position, before anything is fetched; an unchecked start (a committed
+//!   offset set while the owner was down) is checked against the log first.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -68,6 +69,8 @@ pub(crate) struct PartitionFetch {
     pub tp: TopicPartition,
     pub position: Arc<AtomicU64>,
     pub start: u64,
+    /// `start` could not be checked against the log: outside it, start here instead.
+    pub check_start: Option<Unresolved>,
     pub config: Arc<ConsumerConfig>,
     pub out: mpsc::Sender<Fetched>,
 }
@@ -83,6 +86,23 @@ impl PartitionFetch {
             next = start;
             self.position
                 .store(start, std::sync::atomic::Ordering::Release);
+        } else if let Some(otherwise) = self.check_start {
+            let (Some(first), Some(last)) = (
+                self.look_up(OffsetSpec::Earliest, &mut failures).await,
+                self.look_up(OffsetSpec::Latest, &mut failures).await,
+            ) else {
+                return;
+            };
+            if !(first..=last).contains(&next) {
+                next = match otherwise {
+                    Unresolved::Earliest => first,
+                    Unresolved::Latest => last,
+                };
+                tracing::warn!(partition = %self.tp, start = self.start, log_start = first,
+                    high_watermark = last, "the start is outside the log; starting at {next}");
+                self.position
+                    .store(next, std::sync::atomic::Ordering::Release);
+            }
         }
         let stop = if self.config.follow {
             None
@@ -144,11 +164,9 @@ impl PartitionFetch {
             },
             follow: self.config.follow,
         };
-        let leader = match self.cluster.leader(&self.tp.topic, self.tp.partition).await {
+        let leader = match self.leader().await {
             Ok(leader) => leader,
-            // An owner the picture shows down: the next attempt asks for a fresh picture, or
-            // the partition would wait on the old one forever.
-            Err(error) => return self.failed(error),
+            Err(error) => return CallEnd::Failed(error),
         };
         let data_address = match (self.config.transport, leader.data_address) {
             (Transport::Grpc, _) => None,
@@ -207,11 +225,28 @@ impl PartitionFetch {
         CallEnd::Failed(error)
     }
 
-    /// Whether to retry after `error` rather than end the partition with it.
+    /// The partition's owner. When the picture shows it down, the picture is rechecked soon
+    /// (bounded for all partitions together), or the partition would wait on it forever.
+    async fn leader(&self) -> Result<crate::cluster::Leader, ClientError> {
+        self.cluster
+            .leader(&self.tp.topic, self.tp.partition)
+            .await
+            .inspect_err(|_| {
+                self.cluster
+                    .invalidate_if_older(crate::cluster::DOWN_RECHECK)
+            })
+    }
+
+    /// Whether to retry after `error` rather than end the partition with it. Without follow,
+    /// an owner the picture shows down is not waited for (a broker's own "retry" answers
+    /// are).
     fn waits_out(&self, error: &ClientError) -> bool {
         error.is_retriable()
             && (self.config.follow
-                || error.code() != Some(weir_proto::v1::ErrorCode::PartitionUnavailable))
+                || error.code() != Some(weir_proto::v1::ErrorCode::PartitionUnavailable)
+                || !self
+                    .cluster
+                    .owner_known_down(&self.tp.topic, self.tp.partition))
     }
 
     /// The partition's log start or end, retrying what [`waits_out`](Self::waits_out); `None`
@@ -234,11 +269,7 @@ impl PartitionFetch {
 
     /// The partition's log start or end (`spec`), from its owner.
     async fn list_offset(&self, spec: OffsetSpec) -> Result<u64, ClientError> {
-        let leader = self
-            .cluster
-            .leader(&self.tp.topic, self.tp.partition)
-            .await
-            .inspect_err(|_| self.cluster.invalidate())?;
+        let leader = self.leader().await?;
         let listed = leader
             .grpc
             .clone()

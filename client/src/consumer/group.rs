@@ -30,7 +30,8 @@
 //! (positions advance as records are yielded); a commit always carries the generation this
 //! member last applied, so commits from before a rebalance are refused (`STALE_GENERATION`)
 //! rather than overwriting the new owner's; nothing is committed for partitions that did not
-//! move.
+//! move (except, once, the start of a partition assigned while its owner was down, which is
+//! looked up later).
 //!
 //! Heartbeats run only while the caller is inside `next` (or calls
 //! [`heartbeat`](GroupConsumer::heartbeat)): a caller that spends longer than the session timeout
@@ -132,6 +133,8 @@ pub struct GroupConsumer {
     /// Some partitions of this member's are still with their previous owners (see the
     /// controller's revocation barrier): the data is not all read until they arrive.
     pending: bool,
+    /// Numbers this member's heartbeats, so the controller can tell a late one.
+    heartbeats_sent: u64,
 }
 
 impl GroupConsumer {
@@ -159,6 +162,7 @@ impl GroupConsumer {
             committed: BTreeMap::new(),
             finished: false,
             pending: false,
+            heartbeats_sent: 0,
         };
         let joined = this.join_group("").await?;
         this.apply(joined).await?;
@@ -186,7 +190,8 @@ impl GroupConsumer {
         self.consumer.assignment()
     }
 
-    /// The position (next offset to read) of an owned partition.
+    /// The position (next offset to read) of an owned partition; `None` if it is not owned, or
+    /// its start is not known yet (its owner was down when it was assigned).
     pub fn position(&self, topic: &str, partition: u32) -> Option<u64> {
         self.consumer.position(topic, partition)
     }
@@ -253,6 +258,7 @@ impl GroupConsumer {
 
     /// Heartbeats now and applies a rebalance if the group has moved on (also done by `next`).
     pub async fn heartbeat(&mut self) -> Result<(), ClientError> {
+        self.heartbeats_sent += 1;
         let answer = match self
             .admin
             .group_heartbeat(
@@ -260,6 +266,7 @@ impl GroupConsumer {
                 &self.member_id,
                 self.generation,
                 &self.consumer.assignment(),
+                self.heartbeats_sent,
             )
             .await
         {
@@ -421,6 +428,8 @@ impl GroupConsumer {
                 .list_offsets_each(topic, &partitions, OffsetSpec::Latest)
                 .await?;
             let mut starts = BTreeMap::new();
+            // Committed offsets that could not be checked (an owner down): the fetch checks.
+            let mut unchecked = Vec::new();
             for &partition in &partitions {
                 let tp = TopicPartition::new(topic, partition);
                 let (first, last) = (
@@ -438,8 +447,14 @@ impl GroupConsumer {
                             "the committed offset is outside the log; resetting");
                         None
                     }
-                    // In the log, or not checkable while the owner is down.
-                    (committed, ..) => committed,
+                    (Some(offset), Some(_), Some(_)) => Some(offset),
+                    // Not checkable while the owner is down, or none.
+                    (committed, ..) => {
+                        if committed.is_some() {
+                            unchecked.push(partition);
+                        }
+                        committed
+                    }
                 };
                 let start = match (usable, self.config.auto_offset_reset) {
                     (Some(offset), _) => offset,
@@ -453,6 +468,13 @@ impl GroupConsumer {
                 starts.insert(partition, start);
             }
             self.consumer.assign_at(topic, starts);
+            let otherwise = match self.config.auto_offset_reset {
+                AutoOffsetReset::Earliest => Unresolved::Earliest,
+                AutoOffsetReset::Latest => Unresolved::Latest,
+            };
+            for partition in unchecked {
+                self.consumer.mark_unchecked(topic, partition, otherwise);
+            }
             for &partition in &partitions {
                 if let Some(position) = self.consumer.position(topic, partition) {
                     self.committed

@@ -121,6 +121,10 @@ pub struct Consumer {
     cluster: Arc<Cluster>,
     config: Arc<ConsumerConfig>,
     assignment: BTreeMap<TopicPartition, Arc<AtomicU64>>,
+    /// Positions that could not be checked against the log when they were set (a group's
+    /// committed offset, its owner down): the fetch task checks them first, and starts at
+    /// this instead if they are outside the log.
+    unchecked: BTreeMap<TopicPartition, Unresolved>,
 }
 
 impl Consumer {
@@ -130,12 +134,14 @@ impl Consumer {
             cluster,
             config: Arc::new(config),
             assignment: BTreeMap::new(),
+            unchecked: BTreeMap::new(),
         }
     }
 
     /// Adds `partitions` of `topic` to the assignment, each positioned at its oldest kept
-    /// record (partitions already assigned keep their position). Fails with `UNKNOWN_TOPIC` or
-    /// `UNKNOWN_PARTITION`, assigning nothing.
+    /// record (partitions already assigned keep their position; one whose owner is down starts
+    /// unresolved, see the module docs). Fails with `UNKNOWN_TOPIC` or `UNKNOWN_PARTITION`,
+    /// assigning nothing.
     pub async fn assign(
         &mut self,
         topic: &str,
@@ -208,10 +214,18 @@ impl Consumer {
     pub(crate) fn assign_at(&mut self, topic: &str, positions: BTreeMap<u32, u64>) {
         let topic = self.shared_topic_name(topic);
         for (partition, position) in positions {
-            self.assignment.insert(
-                TopicPartition::new(topic.clone(), partition),
-                Arc::new(AtomicU64::new(position)),
-            );
+            let tp = TopicPartition::new(topic.clone(), partition);
+            self.unchecked.remove(&tp);
+            self.assignment
+                .insert(tp, Arc::new(AtomicU64::new(position)));
+        }
+    }
+
+    /// Marks an assigned partition's position as not checked against the log: if it turns
+    /// out to be outside, the partition starts at `otherwise` instead.
+    pub(crate) fn mark_unchecked(&mut self, topic: &str, partition: u32, otherwise: Unresolved) {
+        if let Ok(tp) = self.assigned(topic, partition) {
+            self.unchecked.insert(tp, otherwise);
         }
     }
 
@@ -232,11 +246,15 @@ impl Consumer {
             }
         };
         // A fresh cell: a stream started earlier keeps advancing the old one, not this.
+        self.unchecked.remove(&tp);
         self.assignment.insert(tp, Arc::new(AtomicU64::new(offset)));
         Ok(offset)
     }
 
-    /// Moves the position of every assigned partition of `topic` (one ListOffsets call).
+    /// Moves the position of every assigned partition of `topic` (one ListOffsets call per
+    /// owner). To the beginning or the end, a partition whose owner is down is moved there
+    /// when the owner is back (its position is unknown until then); to a time, every owner
+    /// must answer.
     pub async fn seek_topic(&mut self, topic: &str, to: Seek) -> Result<(), ClientError> {
         let partitions: Vec<u32> = self
             .assignment
@@ -249,17 +267,34 @@ impl Consumer {
                 "no partition of {topic} is assigned; assign it before seeking"
             )));
         }
-        let offsets: BTreeMap<u32, u64> = match to.fixed_offset() {
-            Ok(offset) => partitions.iter().map(|&p| (p, offset)).collect(),
-            Err(spec) => self.admin.list_offsets(topic, &partitions, spec).await?,
+        let later = match to {
+            Seek::Beginning => Some(Unresolved::Earliest),
+            Seek::End => Some(Unresolved::Latest),
+            Seek::Offset(_) | Seek::Timestamp(_) => None,
         };
-        let topic = self.shared_topic_name(topic);
-        for (partition, offset) in offsets {
-            self.assignment.insert(
-                TopicPartition::new(topic.clone(), partition),
-                Arc::new(AtomicU64::new(offset)),
-            );
-        }
+        let offsets: BTreeMap<u32, u64> = match (to.fixed_offset(), later) {
+            (Ok(offset), _) => partitions.iter().map(|&p| (p, offset)).collect(),
+            // The beginning or the end of a partition whose owner is down is looked up by its
+            // fetch task when the owner is back.
+            (Err(spec), Some(later)) => {
+                let mut offsets = BTreeMap::new();
+                for (p, offset) in self
+                    .admin
+                    .list_offsets_each(topic, &partitions, spec)
+                    .await?
+                {
+                    let offset = match offset {
+                        Ok(offset) => offset,
+                        Err(error) if error.is_retriable() => later.cell_value(),
+                        Err(error) => return Err(error),
+                    };
+                    offsets.insert(p, offset);
+                }
+                offsets
+            }
+            (Err(spec), None) => self.admin.list_offsets(topic, &partitions, spec).await?,
+        };
+        self.assign_at(topic, offsets);
         Ok(())
     }
 
@@ -278,6 +313,7 @@ impl Consumer {
     /// it; start a new one.
     pub fn unassign(&mut self, topic: &str, partition: u32) -> Option<u64> {
         let tp = self.assigned(topic, partition).ok()?;
+        self.unchecked.remove(&tp);
         self.assignment
             .remove(&tp)
             .map(|position| position.load(Ordering::Acquire))
@@ -306,6 +342,7 @@ impl Consumer {
                 tp: tp.clone(),
                 position: position.clone(),
                 start: position.load(Ordering::Acquire),
+                check_start: self.unchecked.get(tp).copied(),
                 config: self.config.clone(),
                 out: out.clone(),
             };

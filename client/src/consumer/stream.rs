@@ -23,7 +23,8 @@ use crate::ClientError;
 /// [`Consumer::stream`](super::Consumer::stream).
 ///
 /// An `Err` item ends its partition (the others go on): a corrupt batch, a deleted topic, an
-/// offset out of range. Transport failures do not appear here: the stream reconnects.
+/// offset out of range; without follow, also a partition whose owner is down. Transport
+/// failures do not appear here: the stream reconnects.
 /// Without follow, the stream ends once every partition has reached its high watermark;
 /// with follow it ends only if every partition failed.
 pub struct RecordStream {
