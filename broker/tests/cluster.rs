@@ -218,11 +218,7 @@ async fn a_controller_and_three_brokers() {
     let before = admin.describe_topic("by-range").await.unwrap();
     let producer = b1.producer(ProducerConfig::default()).unwrap();
     for p in 0..12 {
-        let d = producer
-            .send(ProducerRecord::new("by-range").partition(p).value("before"))
-            .await
-            .unwrap();
-        d.await.unwrap();
+        send_to(&producer, "by-range", p, "before").await;
     }
     cluster.brokers[1].kill();
     wait_until("broker 2 is marked down", WAIT, || async {
@@ -303,33 +299,16 @@ async fn a_controller_and_three_brokers() {
         "not known until broker 2 is back"
     );
     let mut tail_stream = tail.stream();
-    let tailed = |value: &str| {
-        let value = value.to_owned();
-        move |record: weir_client::ConsumerRecord| {
-            assert_eq!(
-                record.value.as_deref(),
-                Some(value.as_bytes()),
-                "{record:?}"
-            );
-            record.partition
-        }
-    };
-    producer
-        .send(
-            ProducerRecord::new("by-range")
-                .partition(0)
-                .value("tail-live"),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let record = tokio::time::timeout(WAIT, tail_stream.next())
-        .await
-        .expect("the tail sees a live partition's new record")
-        .expect("follow: no end")
-        .expect("no error");
-    assert_eq!(tailed("tail-live")(record), 0);
+    send_to(&producer, "by-range", 0, "tail-live").await;
+    let record = next_record(
+        "the tail sees a live partition's new record",
+        tail_stream.next(),
+    )
+    .await;
+    assert_eq!(
+        (record.partition, record.value.as_deref()),
+        (0, Some(&b"tail-live"[..]))
+    );
 
     // A group member that joins now reads the live partitions, and broker 2's once it is back.
     let mut member = weir_client::GroupConsumer::join(
@@ -342,11 +321,8 @@ async fn a_controller_and_three_brokers() {
     // The live partitions hold 10 records now (the tail's record came since).
     let mut read = std::collections::BTreeSet::new();
     while read.len() < 10 {
-        let record = tokio::time::timeout(WAIT, member.next())
-            .await
-            .expect("the live partitions' records")
-            .expect("follow: no end")
-            .expect("no error: broker 2's partitions wait for it");
+        // No error: broker 2's partitions wait for it.
+        let record = next_record("the live partitions' records", member.next()).await;
         read.insert((record.partition, record.offset));
     }
 
@@ -356,11 +332,7 @@ async fn a_controller_and_three_brokers() {
     })
     .await;
     while read.len() < 14 {
-        let record = tokio::time::timeout(WAIT, member.next())
-            .await
-            .expect("broker 2's partitions, now it is back")
-            .expect("follow: no end")
-            .expect("no error");
+        let record = next_record("broker 2's partitions, now it is back", member.next()).await;
         read.insert((record.partition, record.offset));
     }
     assert_eq!(read.iter().filter(|(p, _)| (4..8).contains(p)).count(), 4);
@@ -377,22 +349,38 @@ async fn a_controller_and_three_brokers() {
         tail.position("by-range", 5).is_some()
     })
     .await;
+    send_to(&producer, "by-range", 5, "tail-back").await;
+    let record = next_record("the tail sees broker 2's new record", tail_stream.next()).await;
+    assert_eq!(
+        (record.partition, record.value.as_deref()),
+        (5, Some(&b"tail-back"[..]))
+    );
+}
+
+/// Produces `value` to `partition` of `topic` and waits for its acknowledgement.
+async fn send_to(producer: &weir_client::Producer, topic: &str, partition: u32, value: &str) {
     producer
         .send(
-            ProducerRecord::new("by-range")
-                .partition(5)
-                .value("tail-back"),
+            ProducerRecord::new(topic)
+                .partition(partition)
+                .value(value.to_owned()),
         )
         .await
         .unwrap()
         .await
-        .unwrap();
-    let record = tokio::time::timeout(WAIT, tail_stream.next())
+        .expect("acknowledged");
+}
+
+/// The next record a following consumer yields (`next`), within [`WAIT`]; no end, no error.
+async fn next_record(
+    what: &str,
+    next: impl std::future::Future<Output = Option<Result<weir_client::ConsumerRecord, ClientError>>>,
+) -> weir_client::ConsumerRecord {
+    tokio::time::timeout(WAIT, next)
         .await
-        .expect("the tail sees broker 2's new record")
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
         .expect("follow: no end")
-        .expect("no error");
-    assert_eq!(tailed("tail-back")(record), 5);
+        .expect("no error")
 }
 
 /// (offset, key, value) per partition, reading every partition from its owner.

@@ -5,6 +5,7 @@
 //! before the partition changed owner. A member stopped with SIGTERM commits everything it
 //! printed and leaves.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
@@ -95,30 +96,27 @@ async fn wait_until_applied(
     what: &str,
     settled: impl Fn(&BTreeMap<String, BTreeSet<u32>>) -> bool,
 ) -> Duration {
-    let start = Instant::now();
-    let mut since: Option<(u32, Instant)> = None;
-    loop {
-        assert!(start.elapsed() < WAIT, "timed out waiting until {what}");
-        if let Ok(group) = admin.describe_group(GROUP).await {
-            if settled(&assignment(&group)) {
-                let (generation, at) = match since {
-                    Some((g, at)) if g == group.generation => (g, at),
-                    _ => (group.generation, Instant::now()),
-                };
-                since = Some((generation, at));
-                if group
-                    .members
-                    .iter()
-                    .all(|m| m.last_heartbeat_ago < at.elapsed())
-                {
-                    return start.elapsed();
-                }
-            } else {
-                since = None;
-            }
+    // Since when the controller's assignment has been settled, in which generation.
+    let since: Cell<Option<(u32, Instant)>> = Cell::new(None);
+    wait_until(what, WAIT, || async {
+        let Ok(group) = admin.describe_group(GROUP).await else {
+            return false;
+        };
+        if !settled(&assignment(&group)) {
+            since.set(None);
+            return false;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let at = match since.get() {
+            Some((generation, at)) if generation == group.generation => at,
+            _ => Instant::now(),
+        };
+        since.set(Some((group.generation, at)));
+        group
+            .members
+            .iter()
+            .all(|m| m.last_heartbeat_ago < at.elapsed())
+    })
+    .await
 }
 
 /// Partitions per member client id, as the controller has assigned them.

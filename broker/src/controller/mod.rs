@@ -94,6 +94,15 @@ struct Liveness {
     counter: u64,
 }
 
+impl Liveness {
+    /// A member left its group or was evicted: it is no longer watched and holds nothing.
+    fn forget_member(&mut self, group: &str, member: &str) {
+        self.member_seen
+            .remove(&(group.to_owned(), member.to_owned()));
+        self.holdings.release(group, member);
+    }
+}
+
 struct Inner {
     state: ControllerState,
     journal: Journal,
@@ -459,16 +468,9 @@ impl Controller {
                     let mut record = record.clone();
                     for id in &expired {
                         record.members.remove(id);
-                        inner.live.holdings.release(group, id);
+                        inner.live.forget_member(group, id);
                     }
                     events.push(group_change(group, record, &inner.state));
-                }
-                for event in &events {
-                    if let Event::GroupChanged { group, record } = event {
-                        inner.live.member_seen.retain(|(g, m), _| {
-                            g != group || record.as_ref().is_some_and(|r| r.members.contains_key(m))
-                        });
-                    }
                 }
                 inner.record(events)
             })
@@ -683,11 +685,7 @@ impl Controller {
         self.change(move |_, inner| {
             let mut record = member_group(&inner.state, &req.group, &req.member_id)?.clone();
             record.members.remove(&req.member_id);
-            inner
-                .live
-                .member_seen
-                .remove(&(req.group.clone(), req.member_id.clone()));
-            inner.live.holdings.release(&req.group, &req.member_id);
+            inner.live.forget_member(&req.group, &req.member_id);
             info!(group = %req.group, member = %req.member_id, "member left; rebalancing");
             let event = group_change(&req.group, record, &inner.state);
             inner.record(vec![event])?;

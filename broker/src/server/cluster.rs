@@ -62,9 +62,9 @@ impl ClusterView {
         self.controller_reachable.load(Ordering::Relaxed)
     }
 
-    fn replace(&self, metadata: ClusterMetadata) {
+    fn replace(&self, metadata: Arc<ClusterMetadata>) {
         let version = metadata.version;
-        *self.metadata.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(metadata);
+        *self.metadata.write().unwrap_or_else(|e| e.into_inner()) = metadata;
         self.updates.send_replace(version);
     }
 
@@ -84,10 +84,6 @@ impl ClusterView {
             .cloned()
     }
 
-    pub fn brokers(&self) -> BTreeMap<u32, BrokerInfo> {
-        brokers_by_id(&self.current())
-    }
-
     /// The wire error for a request about a partition this node does not hold: NOT_LEADER
     /// naming the owner, or what `local` said when the view does not know better.
     pub fn not_here(&self, topic: &str, partition: u32, local: TopicError) -> Error {
@@ -103,10 +99,16 @@ impl ClusterView {
                 ),
             );
         };
-        let owner = self.brokers().get(&leader).cloned().unwrap_or(BrokerInfo {
-            id: leader,
-            ..BrokerInfo::default()
-        });
+        let owner = self
+            .current()
+            .brokers
+            .iter()
+            .find(|b| b.id == leader)
+            .cloned()
+            .unwrap_or(BrokerInfo {
+                id: leader,
+                ..BrokerInfo::default()
+            });
         let mut error = if leader == self.node_id {
             // Placed here, not created yet (the metadata arrived a moment ago): retry.
             status::error(
@@ -125,11 +127,6 @@ impl ClusterView {
         error.leader = Some(Box::new(owner));
         error
     }
-}
-
-/// `metadata`'s brokers by id.
-pub fn brokers_by_id(metadata: &ClusterMetadata) -> BTreeMap<u32, BrokerInfo> {
-    metadata.brokers.iter().map(|b| (b.id, b.clone())).collect()
 }
 
 /// The addresses a broker registers with: the internal pair, and the external pair (empty
@@ -228,10 +225,11 @@ pub async fn run_sync(
                 }
                 if let Some(metadata) = answer.metadata {
                     known_version = metadata.version;
+                    let metadata = Arc::new(metadata);
                     if let SyncRole::Broker { topics, .. } = &role {
                         let topics = Arc::clone(topics);
                         let node = view.node_id;
-                        let applied = metadata.clone();
+                        let applied = Arc::clone(&metadata);
                         let _ = tokio::task::spawn_blocking(move || apply(&topics, &applied, node))
                             .await;
                     }

@@ -12,8 +12,6 @@
 //! those hold the external pair, and a broker that has no external addresses keeps its internal
 //! ones (so a cluster where only some brokers are published still answers with something).
 
-use std::collections::BTreeMap;
-
 use weir_proto::v1::{BrokerInfo, TopicDescription};
 
 /// The listener a request arrived on.
@@ -42,13 +40,13 @@ impl Listener {
     pub fn present_topic(
         self,
         mut topic: TopicDescription,
-        brokers: &BTreeMap<u32, BrokerInfo>,
+        brokers: &[BrokerInfo],
     ) -> TopicDescription {
         if self == Listener::Internal {
             return topic;
         }
         for p in &mut topic.partitions {
-            if let Some(leader) = brokers.get(&p.leader_id) {
+            if let Some(leader) = brokers.iter().find(|b| b.id == p.leader_id) {
                 let leader = self.present_broker(leader.clone());
                 p.leader_address = leader.address;
                 p.data_address = leader.data_address;
@@ -84,8 +82,7 @@ mod tests {
 
     #[test]
     fn external_requests_see_external_addresses_and_internal_ones_when_there_are_none() {
-        let brokers: BTreeMap<u32, BrokerInfo> =
-            [(1, broker(1, true)), (2, broker(2, false))].into();
+        let brokers = [broker(1, true), broker(2, false)];
         let topic = TopicDescription {
             name: "t".into(),
             partitions: (0..2)

@@ -233,18 +233,18 @@ impl Weir for WeirService {
         let view = &self.state.cluster;
         // One snapshot: brokers and topics of the same metadata version.
         let current = view.current();
-        let brokers = super::cluster::brokers_by_id(&current);
         let topics = current
             .topics
             .iter()
             .filter_map(|t| t.description.clone())
             .filter(|d| wanted.is_empty() || wanted.contains(&d.name))
-            .map(|d| self.listener.present_topic(d, &brokers))
+            .map(|d| self.listener.present_topic(d, &current.brokers))
             .collect();
         Ok(Response::new(MetadataResponse {
-            brokers: brokers
-                .into_values()
-                .map(|b| self.listener.present_broker(b))
+            brokers: current
+                .brokers
+                .iter()
+                .map(|b| self.listener.present_broker(b.clone()))
                 .collect(),
             topics,
             version: current.version,
@@ -352,7 +352,7 @@ impl WeirService {
         // Leaders and liveness are the controller's, already in `description`.
         let mut description = self
             .listener
-            .present_topic(description, &self.state.cluster.brokers());
+            .present_topic(description, &self.state.cluster.current().brokers);
         let Ok(local) = self.state.topics.get(&description.name) else {
             return description;
         };

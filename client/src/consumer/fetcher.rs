@@ -79,6 +79,8 @@ impl PartitionFetch {
     pub async fn run(self) {
         let mut failures = 0;
         let mut next = self.start;
+        // The high watermark, when a start check has just read it.
+        let mut high_watermark = None;
         if let Some(unresolved) = Unresolved::of(self.start) {
             let Some(start) = self.look_up(unresolved.wire_spec(), &mut failures).await else {
                 return;
@@ -87,12 +89,13 @@ impl PartitionFetch {
             self.position
                 .store(start, std::sync::atomic::Ordering::Release);
         } else if let Some(otherwise) = self.check_start {
-            let (Some(first), Some(last)) = (
-                self.look_up(OffsetSpec::Earliest, &mut failures).await,
-                self.look_up(OffsetSpec::Latest, &mut failures).await,
-            ) else {
+            let Some(first) = self.look_up(OffsetSpec::Earliest, &mut failures).await else {
                 return;
             };
+            let Some(last) = self.look_up(OffsetSpec::Latest, &mut failures).await else {
+                return;
+            };
+            high_watermark = Some(last);
             if !(first..=last).contains(&next) {
                 next = match otherwise {
                     Unresolved::Earliest => first,
@@ -106,6 +109,8 @@ impl PartitionFetch {
         }
         let stop = if self.config.follow {
             None
+        } else if high_watermark.is_some() {
+            high_watermark
         } else {
             match self.look_up(OffsetSpec::Latest, &mut failures).await {
                 Some(high_watermark) => Some(high_watermark),

@@ -418,6 +418,11 @@ impl GroupConsumer {
             .admin
             .fetch_committed(&self.config.group, &topics)
             .await?;
+        // The log end a partition starts at without a usable commit.
+        let reset = match self.config.auto_offset_reset {
+            AutoOffsetReset::Earliest => Unresolved::Earliest,
+            AutoOffsetReset::Latest => Unresolved::Latest,
+        };
         for (topic, partitions) in by_topic {
             let earliest = self
                 .admin
@@ -456,24 +461,16 @@ impl GroupConsumer {
                         committed
                     }
                 };
-                let start = match (usable, self.config.auto_offset_reset) {
-                    (Some(offset), _) => offset,
-                    (None, AutoOffsetReset::Earliest) => {
-                        first.unwrap_or(Unresolved::Earliest.cell_value())
-                    }
-                    (None, AutoOffsetReset::Latest) => {
-                        last.unwrap_or(Unresolved::Latest.cell_value())
-                    }
+                let reset_to = match reset {
+                    Unresolved::Earliest => first,
+                    Unresolved::Latest => last,
                 };
+                let start = usable.or(reset_to).unwrap_or(reset.cell_value());
                 starts.insert(partition, start);
             }
             self.consumer.assign_at(topic, starts);
-            let otherwise = match self.config.auto_offset_reset {
-                AutoOffsetReset::Earliest => Unresolved::Earliest,
-                AutoOffsetReset::Latest => Unresolved::Latest,
-            };
             for partition in unchecked {
-                self.consumer.mark_unchecked(topic, partition, otherwise);
+                self.consumer.mark_unchecked(topic, partition, reset);
             }
             for &partition in &partitions {
                 if let Some(position) = self.consumer.position(topic, partition) {

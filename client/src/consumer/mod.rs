@@ -191,22 +191,38 @@ impl Consumer {
         if new.is_empty() {
             return Ok(());
         }
-        let earliest = self
-            .admin
-            .list_offsets_each(&topic, &new, OffsetSpec::Earliest)
-            .await?;
-        let mut starts = BTreeMap::new();
-        for (partition, offset) in earliest {
-            let start = match offset {
-                Ok(offset) => offset,
-                // Its owner is down or unreachable: the fetch task asks when it is back.
-                Err(error) if error.is_retriable() => Unresolved::Earliest.cell_value(),
-                Err(error) => return Err(error),
-            };
-            starts.insert(partition, start);
-        }
+        let starts = self.log_ends(&topic, &new, Unresolved::Earliest).await?;
         self.assign_at(&topic, starts);
         Ok(())
+    }
+
+    /// The log start or end (`end`) of each of `partitions`, as position cell values: the
+    /// offset, or `end` unresolved where the owner is down or unreachable (its fetch task asks
+    /// when the owner is back). Fails on any other error.
+    async fn log_ends(
+        &self,
+        topic: &str,
+        partitions: &[u32],
+        end: Unresolved,
+    ) -> Result<BTreeMap<u32, u64>, ClientError> {
+        let spec = match end {
+            Unresolved::Earliest => OffsetSpec::Earliest,
+            Unresolved::Latest => OffsetSpec::Latest,
+        };
+        let mut positions = BTreeMap::new();
+        for (partition, offset) in self
+            .admin
+            .list_offsets_each(topic, partitions, spec)
+            .await?
+        {
+            let position = match offset {
+                Ok(offset) => offset,
+                Err(error) if error.is_retriable() => end.cell_value(),
+                Err(error) => return Err(error),
+            };
+            positions.insert(partition, position);
+        }
+        Ok(positions)
     }
 
     /// Assigns partitions of `topic` at the given positions (real offsets or
@@ -267,32 +283,21 @@ impl Consumer {
                 "no partition of {topic} is assigned; assign it before seeking"
             )));
         }
-        let later = match to {
-            Seek::Beginning => Some(Unresolved::Earliest),
-            Seek::End => Some(Unresolved::Latest),
-            Seek::Offset(_) | Seek::Timestamp(_) => None,
-        };
-        let offsets: BTreeMap<u32, u64> = match (to.fixed_offset(), later) {
-            (Ok(offset), _) => partitions.iter().map(|&p| (p, offset)).collect(),
-            // The beginning or the end of a partition whose owner is down is looked up by its
-            // fetch task when the owner is back.
-            (Err(spec), Some(later)) => {
-                let mut offsets = BTreeMap::new();
-                for (p, offset) in self
-                    .admin
-                    .list_offsets_each(topic, &partitions, spec)
+        let offsets: BTreeMap<u32, u64> = match to {
+            Seek::Offset(offset) => partitions.iter().map(|&p| (p, offset)).collect(),
+            Seek::Beginning => {
+                self.log_ends(topic, &partitions, Unresolved::Earliest)
                     .await?
-                {
-                    let offset = match offset {
-                        Ok(offset) => offset,
-                        Err(error) if error.is_retriable() => later.cell_value(),
-                        Err(error) => return Err(error),
-                    };
-                    offsets.insert(p, offset);
-                }
-                offsets
             }
-            (Err(spec), None) => self.admin.list_offsets(topic, &partitions, spec).await?,
+            Seek::End => {
+                self.log_ends(topic, &partitions, Unresolved::Latest)
+                    .await?
+            }
+            Seek::Timestamp(ms) => {
+                self.admin
+                    .list_offsets(topic, &partitions, OffsetSpec::Timestamp(ms))
+                    .await?
+            }
         };
         self.assign_at(topic, offsets);
         Ok(())
