@@ -15,7 +15,7 @@
 //! reached at.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tonic::transport::Channel;
@@ -30,21 +30,25 @@ const REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often partitions waiting on an owner the picture shows down have it rechecked.
 pub(crate) const DOWN_RECHECK: Duration = Duration::from_millis(500);
 
-/// A partition's owner, ready to be called.
+/// A partition's owner, ready to be called. Cheap to clone (shared strings, a channel handle):
+/// the producer looks one up for every batch.
 #[derive(Debug, Clone)]
 pub(crate) struct Leader {
     pub id: u32,
-    pub address: String,
+    pub address: Arc<str>,
     /// Its data port, resolved; `None` if it advertises none.
-    pub data_address: Option<String>,
+    pub data_address: Option<Arc<str>>,
     pub grpc: WeirClient<Channel>,
 }
 
 #[derive(Debug, Clone)]
 struct Broker {
-    address: String,
-    data_address: Option<String>,
+    address: Arc<str>,
+    data_address: Option<Arc<str>>,
     alive: bool,
+    /// The connection to `address`, made when the picture is installed (lazily connected),
+    /// or why its address cannot be dialled.
+    grpc: Result<WeirClient<Channel>, ClientError>,
 }
 
 #[derive(Debug, Default)]
@@ -137,10 +141,10 @@ impl Cluster {
         {
             let view = self.view.read().unwrap_or_else(|e| e.into_inner());
             for broker in view.brokers.values() {
-                if broker.address != self.bootstrap_address
-                    && let Ok(c) = self.connection(&broker.address)
+                if *broker.address != *self.bootstrap_address
+                    && let Ok(c) = &broker.grpc
                 {
-                    candidates.push(c);
+                    candidates.push(c.clone());
                 }
             }
         }
@@ -175,8 +179,10 @@ impl Cluster {
                 let address = resolve_advertised(&b.address, &self.bootstrap_host)
                     .unwrap_or_else(|| self.bootstrap_address.clone());
                 let broker = Broker {
-                    address,
-                    data_address: resolve_advertised(&b.data_address, &self.bootstrap_host),
+                    grpc: self.connection(&address),
+                    address: address.into(),
+                    data_address: resolve_advertised(&b.data_address, &self.bootstrap_host)
+                        .map(Into::into),
                     alive: b.alive,
                 };
                 (b.id, broker)
@@ -234,12 +240,10 @@ impl Cluster {
                 ),
             )));
         }
-        let broker = broker.clone();
-        drop(view);
-        Some(self.connection(&broker.address).map(|grpc| Leader {
+        Some(broker.grpc.clone().map(|grpc| Leader {
             id,
-            address: broker.address,
-            data_address: broker.data_address,
+            address: Arc::clone(&broker.address),
+            data_address: broker.data_address.clone(),
             grpc,
         }))
     }

@@ -145,9 +145,7 @@ async fn serve_fetch(
             None => return Ok(false),
             Some(FetchEvent::Chunk { chunk, marks }) => {
                 let len = chunk.bytes.len();
-                stream
-                    .write_all(&frame_header(FrameKind::Data, len as u32, marks))
-                    .await?;
+                send_more(stream, &frame_header(FrameKind::Data, len as u32, marks)).await?;
                 send_file_range(stream, &chunk.file, chunk.position, len).await?;
             }
             Some(FetchEvent::Idle(marks)) => {
@@ -198,6 +196,22 @@ async fn hung_up(stream: &TcpStream) {
 }
 
 /// Sends `len` bytes of `file` from `position` with sendfile, under tokio readiness.
+/// Writes `bytes` with MSG_MORE: the kernel holds them for the write that follows, so a
+/// frame's header and its sendfile payload leave in the same segments (the socket has nodelay
+/// set, which would otherwise send the header alone).
+async fn send_more(stream: &TcpStream, bytes: &[u8]) -> io::Result<()> {
+    let mut written = 0;
+    while written < bytes.len() {
+        written += stream
+            .async_io(Interest::WRITABLE, || {
+                rustix::net::send(stream, &bytes[written..], rustix::net::SendFlags::MORE)
+                    .map_err(io::Error::from)
+            })
+            .await?;
+    }
+    Ok(())
+}
+
 async fn send_file_range(
     stream: &TcpStream,
     file: &File,

@@ -107,6 +107,8 @@ pub async fn produce(
     // closed, the sync failed) comes after the batch was written.
     let appended =
         blocking(move || log.append_for_sync(&batch, conditions).map(|r| (r, log))).await;
+    // Followers see the batch now, as with ProduceStream, not after its sync.
+    partition.notify_appended();
     let result = match appended {
         Err(e) => Err(in_partition(&topic, index, e)),
         Ok(((info, ticket), log)) if sync => {
@@ -115,7 +117,6 @@ pub async fn produce(
         Ok(((info, _), _)) => Ok(info),
     };
     drop(in_flight);
-    partition.notify_appended();
     result.map(|info| response(req.correlation_id, info))
 }
 

@@ -81,10 +81,20 @@ impl Partition {
         Partition { log, appended }
     }
 
-    /// Tells followers the high watermark moved (or that the partition is gone). Called after
-    /// every append attempt and when the topic is deleted; a spurious wake-up only costs a read.
+    /// Tells followers the high watermark moved. Called after every append attempt: a refused
+    /// or duplicate batch moves nothing and wakes nobody.
     pub fn notify_appended(&self) {
-        self.appended.send_replace(self.log.high_watermark());
+        let high_watermark = self.log.high_watermark();
+        self.appended.send_if_modified(|seen| {
+            let moved = *seen != high_watermark;
+            *seen = high_watermark;
+            moved
+        });
+    }
+
+    /// Wakes every follower: the partition is gone, and their next read says so.
+    fn notify_gone(&self) {
+        self.appended.send_modify(|_| {});
     }
 
     /// A receiver that wakes on appends after this call (subscribe before reading, then a
@@ -308,7 +318,7 @@ impl Topics {
         delete_partitions(log_dir, name)?;
         // Wake followers: their next read fails (the log is closed) and ends their fetch.
         for (_, partition) in topic.local_partitions() {
-            partition.notify_appended();
+            partition.notify_gone();
         }
         remove_file(&deleting)?;
         info!(topic = %name, partitions = topic.meta.partitions, "deleted topic");

@@ -68,7 +68,7 @@ enum LinkEvent {
 }
 
 struct Tagged {
-    address: String,
+    address: Arc<str>,
     epoch: u64,
     event: LinkEvent,
 }
@@ -77,13 +77,13 @@ struct Tagged {
 async fn run_link(
     mut grpc: WeirClient<Channel>,
     outgoing: mpsc::UnboundedReceiver<ProduceRequest>,
-    address: String,
+    address: Arc<str>,
     epoch: u64,
     events: mpsc::UnboundedSender<Tagged>,
 ) {
     let send = |event| {
         let _ = events.send(Tagged {
-            address: address.clone(),
+            address: Arc::clone(&address),
             epoch,
             event,
         });
@@ -152,7 +152,7 @@ pub(crate) struct SenderTask {
     cluster: Arc<Cluster>,
     completions: watch::Sender<u64>,
     /// Broker address -> its stream.
-    links: HashMap<String, BrokerLink>,
+    links: HashMap<Arc<str>, BrokerLink>,
     events: mpsc::UnboundedReceiver<Tagged>,
     events_tx: mpsc::UnboundedSender<Tagged>,
     next_epoch: u64,
@@ -161,7 +161,7 @@ pub(crate) struct SenderTask {
     refresh_at: Instant,
     refresh_failures: u32,
     /// Sent and unanswered, with the address of the broker they went to.
-    in_flight: HashMap<u64, (String, ProducerBatch)>,
+    in_flight: HashMap<u64, (Arc<str>, ProducerBatch)>,
     /// Batches waiting for their retry time; their partitions stay busy.
     retrying: Vec<(Instant, ProducerBatch)>,
     busy: HashSet<TopicPartition>,
@@ -387,13 +387,13 @@ impl SenderTask {
     /// waits for its reconnect time.
     fn link_to(
         &mut self,
-        address: &str,
+        address: &Arc<str>,
         grpc: &WeirClient<Channel>,
         now: Instant,
     ) -> Result<mpsc::UnboundedSender<ProduceRequest>, Instant> {
         let link = self
             .links
-            .entry(address.to_owned())
+            .entry(Arc::clone(address))
             .or_insert_with(|| BrokerLink {
                 requests: None,
                 epoch: 0,
@@ -413,7 +413,7 @@ impl SenderTask {
         tokio::spawn(run_link(
             grpc.clone(),
             outgoing,
-            address.to_owned(),
+            Arc::clone(address),
             link.epoch,
             self.events_tx.clone(),
         ));
@@ -458,7 +458,7 @@ impl SenderTask {
         self.refresh_needed = true;
         let mut batches: Vec<ProducerBatch> = self
             .in_flight
-            .extract_if(|_, (sent_to, _)| sent_to == address)
+            .extract_if(|_, (sent_to, _)| **sent_to == *address)
             .map(|(_, (_, batch))| batch)
             .collect();
         batches.sort_by_key(|batch| batch.id);
@@ -674,7 +674,7 @@ impl SenderTask {
             self.busy.remove(&batch.tp);
             self.settle(batch, Err(unanswered.clone()));
         }
-        let stale: Vec<(String, ProducerBatch)> = self
+        let stale: Vec<(Arc<str>, ProducerBatch)> = self
             .in_flight
             .extract_if(|_, (_, batch)| batch.created <= cutoff)
             .map(|(_, sent)| sent)
