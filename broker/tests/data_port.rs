@@ -201,6 +201,9 @@ async fn the_data_port_returns_the_same_bytes_as_grpc_fetch() {
         },
     )
     .await;
+    // Retention may take several checks (100 ms apart) to get under its limit: wait until the
+    // log start has moved and then stayed put for a few checks.
+    let mut previous = 0;
     let start = loop {
         let d = client
             .describe_topic(DescribeTopicRequest {
@@ -209,10 +212,12 @@ async fn the_data_port_returns_the_same_bytes_as_grpc_fetch() {
             .await
             .unwrap()
             .into_inner();
-        if d.partitions[0].log_start_offset > 0 {
-            break d.partitions[0].log_start_offset;
+        let log_start = d.partitions[0].log_start_offset;
+        if log_start > 0 && log_start == previous {
+            break log_start;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        previous = log_start;
+        tokio::time::sleep(Duration::from_millis(350)).await;
     };
     let via_grpc = grpc_bytes(&mut client, "shrinking", start, 0).await;
     let via_port = data_port_bytes(&mut port, "shrinking", start, 0);
