@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use support::*;
-use weir_broker::storage::{LogConfig, LogDir, TopicPartition};
+use weir_storage::{LogConfig, LogDir, TopicPartition};
 
 const RESET_AT: u64 = 1 << 30;
 
@@ -36,7 +36,7 @@ fn append(c: &mut Criterion) {
             };
             let (logs, _) = LogDir::open(dir.path(), bench_dir_config(config)).expect("open");
             let log = logs
-                .create_partition(TopicPartition::new("bench", 0).expect("name"), None)
+                .create_partition(TopicPartition::validated("bench", 0).expect("name"), None)
                 .expect("partition");
             group.bench_function(BenchmarkId::new("weir-append", &label), |b| {
                 b.iter_custom(|iters| {

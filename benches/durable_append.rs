@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use support::*;
-use weir_broker::storage::{LogDir, PartitionLog, TopicPartition};
+use weir_storage::{LogDir, PartitionLog, TopicPartition};
 
 /// Runs `per_thread(i)` on `threads` threads at once; returns the wall time.
 fn concurrently(threads: usize, per_thread: impl Fn(usize) + Send + Sync + 'static) -> Duration {
@@ -48,7 +48,7 @@ fn durable(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (logs, _) = LogDir::open(dir.path(), bench_dir_config(bench_log_config())).expect("open");
     let log: Arc<PartitionLog> = logs
-        .create_partition(TopicPartition::new("bench", 0).expect("name"), None)
+        .create_partition(TopicPartition::validated("bench", 0).expect("name"), None)
         .expect("partition");
     let baseline: Arc<File> = Arc::new(
         OpenOptions::new()

@@ -27,7 +27,7 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use support::*;
-use weir_broker::storage::{LogConfig, LogDir, PartitionLog, TopicPartition};
+use weir_storage::{LogConfig, LogDir, PartitionLog, TopicPartition};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -131,7 +131,7 @@ fn main() -> anyhow::Result<()> {
             ..bench_log_config()
         };
         let (logs, _) = LogDir::open(&dir, bench_dir_config(config.clone()))?;
-        let tp = TopicPartition::new("big", 0)?;
+        let tp = TopicPartition::validated("big", 0)?;
         let log = logs.create_partition(tp.clone(), None)?;
         let batch = batch_of(1 << 10, 64 << 10);
         let target = gib << 30;
@@ -287,7 +287,7 @@ fn scale(dir: &Path, partitions: u32) -> anyhow::Result<serde_like::Obj> {
     let started = Instant::now();
     let (logs, _) = LogDir::open(dir, bench_dir_config(config.clone()))?;
     for p in 0..partitions {
-        let log = logs.create_partition(TopicPartition::new("scale", p)?, None)?;
+        let log = logs.create_partition(TopicPartition::validated("scale", p)?, None)?;
         for _ in 0..4 {
             log.append(&batch)?;
         }
@@ -319,14 +319,14 @@ fn scale(dir: &Path, partitions: u32) -> anyhow::Result<serde_like::Obj> {
     let started = Instant::now();
     for p in 0..partitions {
         let log = logs
-            .partition(&TopicPartition::new("scale", p)?)
+            .partition(&TopicPartition::validated("scale", p)?)
             .context("partition")?;
         std::hint::black_box(log.read(0, 1)?);
     }
     let first_reads = started.elapsed();
     let fds_after_reads = open_fds().saturating_sub(fds_before);
     for p in 0..partitions {
-        logs.partition(&TopicPartition::new("scale", p)?)
+        logs.partition(&TopicPartition::validated("scale", p)?)
             .context("partition")?
             .close_idle(i64::MAX);
     }

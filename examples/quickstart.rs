@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use weir::batch::{BatchBuilder, RecordInput, split_batches};
-use weir_broker::storage::{LogDir, LogDirConfig, TopicPartition};
+use weir_storage::{LogDir, LogDirConfig, TopicPartition};
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -42,7 +42,7 @@ fn main() -> anyhow::Result<()> {
         report.truncations.len()
     );
 
-    let tp = TopicPartition::new("quickstart", 0)?;
+    let tp = TopicPartition::validated("quickstart", 0)?;
     let log = match logs.partition(&tp) {
         Some(log) => log,
         None => logs.create_partition(tp.clone(), None)?,

@@ -1,13 +1,23 @@
-//! Generates the gRPC service (package weir.v1) from proto/weir/v1/weir.proto.
+//! Generates the gRPC service (package weir.v1) from proto/weir/v1/weir.proto, with the `grpc`
+//! feature only: without it the crate is the batch codec alone (the storage engine's build) and
+//! needs neither protox nor tonic.
 //!
 //! The .proto is parsed by protox (pure Rust), so the build needs no system `protoc`.
 //! Neither prost-build nor tonic-prost-build tells cargo to rerun when a .proto changes, so
 //! the rerun-if-changed lines below are what keep an edited .proto from being silently ignored.
 
+const PROTO: &str = "weir/v1/weir.proto";
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    const PROTO: &str = "weir/v1/weir.proto";
     println!("cargo:rerun-if-changed={PROTO}");
     println!("cargo:rerun-if-changed=build.rs");
+    #[cfg(feature = "grpc")]
+    generate()?;
+    Ok(())
+}
+
+#[cfg(feature = "grpc")]
+fn generate() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile([PROTO], ["."])?;
     tonic_prost_build::configure()
         // `bytes` fields decode as `bytes::Bytes`: a fetched batch is a slice of the receive

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use weir::batch::{BatchBuilder, RecordInput};
-use weir_broker::storage::{FlushPolicy, LogConfig, LogDirConfig};
+use weir_storage::{FlushPolicy, LogConfig, LogDirConfig};
 
 /// A batch of about `batch_bytes` made of `record_bytes`-byte values (non-zero, varied bytes).
 pub fn batch_of(record_bytes: usize, batch_bytes: usize) -> Bytes {

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::storage::{LogConfig, LogDirConfig};
 use crate::topics::{FlushKind, TopicSettings};
+use weir_storage::{LogConfig, LogDirConfig};
 
 /// What a node runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

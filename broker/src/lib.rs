@@ -1,7 +1,9 @@
 //! weir-broker: the broker.
 //!
-//! - [`storage`]: the storage engine (memory-mapped segments, indexes, group commit, recovery).
-//!   Self-contained: it knows files and bytes, not networks.
+//! The storage engine is the crate `weir-storage` (`broker/storage/`): memory-mapped segments,
+//! indexes, group commit, recovery. It knows files and bytes, not networks, and its dependency
+//! tree proves it. The modules here build on it:
+//!
 //! - [`topics`]: topics over the storage engine (metadata persisted in the data dir).
 //! - [`server`]: the gRPC service, its limits and graceful shutdown, and the node's view of
 //!   the cluster.
@@ -17,6 +19,5 @@ pub mod config;
 pub mod controller;
 pub mod producer_ids;
 pub mod server;
-pub mod storage;
 pub mod topics;
 pub mod wire;

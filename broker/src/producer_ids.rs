@@ -10,8 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::storage::StorageError;
-use crate::storage::fs::{SyncMode, atomic_write};
+use weir_storage::StorageError;
+use weir_storage::fs::{SyncMode, atomic_write};
 
 const FILE: &str = "producer-ids";
 /// Ids reserved per durable write.

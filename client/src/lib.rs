@@ -56,7 +56,6 @@ pub mod consumer;
 mod error;
 pub mod partitioner;
 pub mod producer;
-mod topic_partition;
 
 pub use weir_proto::v1 as proto;
 pub use weir_proto::{batch, topic};
@@ -77,6 +76,6 @@ pub use producer::{
     Acks, AppendConditions, BatchMetadata, DeliveryFuture, Producer, ProducerConfig,
     ProducerRecord, RecordMetadata,
 };
-pub use topic_partition::TopicPartition;
 pub use weir_proto::batch::Header;
+pub use weir_proto::topic::TopicPartition;
 pub use weir_proto::v1::ErrorCode;

@@ -8,17 +8,22 @@
 //!   into a segment unchanged. `segments-format.md` at the repository root is the byte-exact spec.
 //!
 //! - [`data_port`]: the frames of the sendfile data port (fetch requests, response headers).
-//! - [`status`]: how a weir error travels in a gRPC status (the `weir-reason` metadata entry
-//!   and the status details), for both sides.
-//! - [`v1`]: the gRPC service (package `weir.v1`), generated from `proto/weir/v1/weir.proto`.
+//! - [`topic`]: topic names and the one `TopicPartition` type of the workspace.
+//! - With the `grpc` feature only (the storage engine builds without it, so no network crate
+//!   is in its tree):
+//!   - [`status`]: how a weir error travels in a gRPC status (the `weir-reason` metadata entry
+//!     and the status details), for both sides.
+//!   - [`v1`]: the gRPC service (package `weir.v1`), generated from `proto/weir/v1/weir.proto`.
 
 pub mod batch;
 pub mod data_port;
+#[cfg(feature = "grpc")]
 pub mod status;
 pub mod topic;
 
 /// The gRPC service and messages of package `weir.v1`, generated from `proto/weir/v1/weir.proto`
 /// (the contract for clients in any language; its comments document every field).
+#[cfg(feature = "grpc")]
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("weir.v1");

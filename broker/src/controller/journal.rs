@@ -20,8 +20,8 @@ use tracing::info;
 use weir_proto::batch::{BatchBuilder, RecordInput, split_batches};
 
 use super::state::{ControllerState, Event};
-use crate::storage::fs::{SyncMode, atomic_write, now_ms};
-use crate::storage::{
+use weir_storage::fs::{SyncMode, atomic_write, now_ms};
+use weir_storage::{
     FlushPolicy, LogConfig, LogDir, LogDirConfig, PartitionLog, StorageError, TopicPartition,
 };
 
@@ -71,7 +71,7 @@ impl Journal {
             ..LogDirConfig::default()
         };
         let (log_dir, _) = LogDir::open(dir.join(LOG_DIR), config)?;
-        let tp = TopicPartition::new(TOPIC, 0)?;
+        let tp = TopicPartition::validated(TOPIC, 0)?;
         let log = match log_dir.partition(&tp) {
             Some(log) => log,
             None => log_dir.create_partition(tp, None)?,

@@ -52,13 +52,13 @@ use weir_proto::v1::{
     RegisterBrokerRequest, ResetOffsetsRequest, TopicDescription, TopicPartitions,
 };
 
-use crate::storage::fs::now_ms;
-use crate::storage::{LogConfig, StorageError};
 use crate::topics::{NewTopic, TopicSettings, random_u64};
 use crate::wire;
 use assignor::{AssignInput, AssignorKind, Slot};
 use journal::Journal;
 use state::{CommitRecord, ControllerState, Event, GroupRecord, MemberRecord, TopicRecord};
+use weir_storage::fs::now_ms;
+use weir_storage::{LogConfig, StorageError};
 
 /// How long a metadata change waits for live brokers to acknowledge it.
 pub const ACK_WAIT: Duration = Duration::from_secs(5);

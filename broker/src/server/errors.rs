@@ -7,8 +7,8 @@ use tonic::Status;
 use weir_proto::status;
 use weir_proto::v1::{Error, ErrorCode};
 
-use crate::storage::StorageError;
 use crate::topics::TopicError;
+use weir_storage::StorageError;
 
 /// The wire error for a storage failure.
 pub fn storage_error(e: &StorageError) -> Error {
@@ -90,15 +90,15 @@ pub fn to_status(e: Error) -> Status {
     status::to_status(&e)
 }
 
+/// The status for a storage failure (`StorageError` is the engine's, `Status` tonic's: no
+/// `From` between two foreign types).
+pub fn storage_status(e: StorageError) -> Status {
+    to_status(storage_error(&e))
+}
+
 impl From<TopicError> for Status {
     fn from(e: TopicError) -> Status {
         to_status(wire_error(&e))
-    }
-}
-
-impl From<StorageError> for Status {
-    fn from(e: StorageError) -> Status {
-        to_status(storage_error(&e))
     }
 }
 

@@ -20,8 +20,8 @@ use weir_proto::v1::{ErrorCode, FetchRequest, FetchResponse};
 
 use super::BrokerState;
 use super::errors::{in_partition, shutting_down, storage_error, to_status};
-use crate::storage::{PartitionLog, ReadChunk, StorageError};
 use crate::topics::Partition;
+use weir_storage::{PartitionLog, ReadChunk, StorageError};
 
 /// The default and the cap of a fetch's `max_bytes`.
 pub const DEFAULT_FETCH_BYTES: u32 = 1 << 20;

@@ -111,7 +111,7 @@ pub enum ServerError {
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("opening the controller's metadata: {0}")]
-    Controller(crate::storage::StorageError),
+    Controller(weir_storage::StorageError),
     #[error("internal error: {0}")]
     Internal(String),
 }

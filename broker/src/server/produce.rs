@@ -24,10 +24,10 @@ use super::BrokerState;
 use super::errors::{
     in_partition, internal, invalid_request, shutting_down, storage_error, to_status,
 };
-use crate::storage::{
+use crate::topics::Partition;
+use weir_storage::{
     AppendConditions, AppendInfo, FlushPolicy, PartitionLog, StorageError, SyncTicket,
 };
-use crate::topics::Partition;
 
 fn response(correlation_id: u64, info: AppendInfo) -> ProduceResponse {
     ProduceResponse {

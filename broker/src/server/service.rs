@@ -25,7 +25,7 @@ use weir_proto::v1::{
 };
 
 use super::BrokerState;
-use super::errors::{internal, invalid_request, shutting_down, to_status};
+use super::errors::{internal, invalid_request, shutting_down, storage_status, to_status};
 use super::listener::Listener;
 use super::{fetch, produce};
 
@@ -74,7 +74,8 @@ impl Weir for WeirService {
         let state = Arc::clone(&self.state);
         let producer_id = tokio::task::spawn_blocking(move || state.producer_ids.allocate())
             .await
-            .map_err(|e| to_status(internal(format!("producer id task failed: {e}"))))??;
+            .map_err(|e| to_status(internal(format!("producer id task failed: {e}"))))?
+            .map_err(storage_status)?;
         Ok(Response::new(InitProducerResponse {
             producer_id,
             producer_epoch: 0,
@@ -113,7 +114,7 @@ impl Weir for WeirService {
             .state
             .partition(&req.topic, req.partition)
             .map_err(to_status)?;
-        fetch::check_start(&partition.log, req.offset)?;
+        fetch::check_start(&partition.log, req.offset).map_err(storage_status)?;
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         tokio::spawn(fetch::grpc_fetch(
             Arc::clone(&self.state),
@@ -160,10 +161,11 @@ impl Weir for WeirService {
                     };
                     Ok(PartitionOffset { partition, offset })
                 })
-                .collect::<Result<Vec<_>, crate::storage::StorageError>>()
+                .collect::<Result<Vec<_>, weir_storage::StorageError>>()
         })
         .await
-        .map_err(|e| to_status(internal(format!("offset lookup failed: {e}"))))??;
+        .map_err(|e| to_status(internal(format!("offset lookup failed: {e}"))))?
+        .map_err(storage_status)?;
         Ok(Response::new(ListOffsetsResponse { offsets }))
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::storage::{FlushPolicy, LogConfig};
+use weir_storage::{FlushPolicy, LogConfig};
 
 /// How producers map a record to a partition (see the .proto's `Partitioner`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,11 +23,11 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 use weir_proto::topic::{InvalidTopicName, validate_topic_name};
 
-use crate::storage::fs::{SyncMode, atomic_write, fsync_dir, is_tmp_file, now_ms};
-use crate::storage::{
+pub use meta::{FlushKind, PartitionerKind, TopicMeta, TopicSettings};
+use weir_storage::fs::{SyncMode, atomic_write, fsync_dir, is_tmp_file, now_ms};
+use weir_storage::{
     LogConfig, LogDir, LogDirConfig, OpenReport, PartitionLog, StorageError, TopicPartition,
 };
-pub use meta::{FlushKind, PartitionerKind, TopicMeta, TopicSettings};
 
 /// The most partitions one topic may have (each costs a directory and, while active, a
 /// preallocated extent).
@@ -199,7 +199,7 @@ impl Topics {
             .flat_map(|t| t.local_partitions().map(|(p, _)| (t.meta.name.clone(), p)))
             .collect();
         for tp in log_dir.partitions() {
-            if !known.contains(&(tp.topic.clone(), tp.partition)) {
+            if !known.contains(&(tp.topic.to_string(), tp.partition)) {
                 warn!(partition = %tp, "partition log belongs to no topic; left untouched");
             }
         }
@@ -264,7 +264,7 @@ impl Topics {
         if let Some(tp) = log_dir
             .partitions()
             .into_iter()
-            .find(|tp| tp.topic == meta.name)
+            .find(|tp| *tp.topic == *meta.name)
         {
             return Err(TopicError::InvalidRequest(format!(
                 "partition log {tp} exists without topic metadata (left by hand?); move it out of {} first",
@@ -358,7 +358,7 @@ fn attach(
             partitions.push(None);
             continue;
         }
-        let tp = TopicPartition::new(meta.name.clone(), p)?;
+        let tp = TopicPartition::validated(meta.name.as_str(), p).map_err(StorageError::from)?;
         let log = match log_dir.partition(&tp) {
             Some(log) => {
                 log.set_config(config.clone())?;
@@ -378,7 +378,7 @@ fn attach(
 
 fn delete_partitions(log_dir: &LogDir, name: &str) -> Result<()> {
     for tp in log_dir.partitions() {
-        if tp.topic == name {
+        if &*tp.topic == name {
             log_dir.delete_partition(&tp)?;
         }
     }

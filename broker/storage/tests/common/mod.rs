@@ -7,10 +7,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use weir_broker::storage::{
+use weir_proto::batch::{BatchBuilder, RecordInput, split_batches};
+use weir_storage::{
     FlushPolicy, LogConfig, LogDir, LogDirConfig, PartitionLog, ReadResult, TopicPartition,
 };
-use weir_proto::batch::{BatchBuilder, RecordInput, split_batches};
 
 /// A batch of `count` records with values `"{id}:{padding}"` for ids `first_id..`, timestamps
 /// `ts, ts+1, ...`, keys `k{id}`.
@@ -99,7 +99,7 @@ pub fn open(path: &Path, log: LogConfig) -> LogDir {
 }
 
 pub fn tp(topic: &str, partition: u32) -> TopicPartition {
-    TopicPartition::new(topic, partition).unwrap()
+    TopicPartition::validated(topic, partition).unwrap()
 }
 
 /// Installs a tracing subscriber once so `RUST_LOG=debug cargo test` shows the engine's logs.

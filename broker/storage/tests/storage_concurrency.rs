@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use weir_broker::storage::{LogConfig, LogDir, StorageError};
+use weir_storage::{LogConfig, LogDir, StorageError};
 
 #[test]
 fn everything_at_once() {
@@ -130,7 +130,7 @@ fn everything_at_once() {
         "appenders made progress"
     );
     // The log is dense and whole, before and after a crash and a clean restart.
-    let check = |log: &weir_broker::storage::PartitionLog| {
+    let check = |log: &weir_storage::PartitionLog| {
         let all = read_all(log, log.log_start_offset(), 4096);
         assert_eq!(
             all.len() as u64,

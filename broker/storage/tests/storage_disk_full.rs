@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use weir_broker::storage::{LogConfig, StorageError};
+use weir_storage::{LogConfig, StorageError};
 use weir_testkit::Tmpfs;
 
 #[test]

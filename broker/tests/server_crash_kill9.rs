@@ -4,7 +4,7 @@
 //! each producer's records in send order, offsets dense, no record that was never sent, no torn
 //! batch (the consumer checks every batch's CRC). It prints one summary line.
 //!
-//! `cargo test --test crash_suite` runs 5 kill cycles; the soak runs 50:
+//! `cargo test --test server_crash_kill9` runs 5 kill cycles; the soak runs 50:
 //! `cargo test --release --test crash_suite -- --ignored --nocapture`.
 
 use std::collections::{BTreeMap, HashMap};

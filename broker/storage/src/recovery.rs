@@ -27,7 +27,7 @@ use super::mmap::{map_read_only, region_slice};
 use super::partition::{Inner, PartitionLog};
 use super::scan::{ScanOutcome, ScanStop, scan_batches};
 use super::segment::{ActiveSegment, SealedSegment, rebuild_indexes, write_index_files};
-use super::topic_partition::TopicPartition;
+use weir_proto::topic::TopicPartition;
 
 /// How the previous process left the data directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

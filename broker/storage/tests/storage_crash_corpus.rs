@@ -9,7 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use weir_broker::storage::{LogConfig, LogDir, TruncationReport};
+use weir_storage::{LogConfig, LogDir, TruncationReport};
 
 const BATCHES: u64 = 60;
 const PER_BATCH: u64 = 2;

@@ -27,7 +27,6 @@ pub mod producer_state;
 pub mod recovery;
 pub mod scan;
 pub mod segment;
-pub mod topic_partition;
 
 pub use config::{FlushPolicy, LogConfig, LogDirConfig};
 pub use error::{Result, StorageError};
@@ -37,4 +36,4 @@ pub use partition::{
 };
 pub use recovery::TruncationReport;
 pub use scan::ScanStop;
-pub use topic_partition::TopicPartition;
+pub use weir_proto::topic::TopicPartition;

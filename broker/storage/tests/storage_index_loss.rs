@@ -7,7 +7,7 @@ use std::fs;
 use std::path::Path;
 
 use common::*;
-use weir_broker::storage::PartitionLog;
+use weir_storage::PartitionLog;
 
 /// Every answer the indexes influence: reads at many offsets and sizes, and time lookups.
 fn answers(log: &PartitionLog) -> Vec<String> {

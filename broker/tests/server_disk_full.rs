@@ -38,7 +38,7 @@ fn produce(n: u64) -> ProduceRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_a_retriable_refusal_and_nothing_acknowledged_is_lost() {
-    let Some(fs) = Tmpfs::mount("4m", "disk_full_broker") else {
+    let Some(fs) = Tmpfs::mount("4m", "server_disk_full") else {
         return;
     };
     let ballast = fs.path().join("ballast");

@@ -1,7 +1,7 @@
 //! `PartitionLog`: one partition's append-only log, the engine's public face.
 //!
-//! Invariants (checked by the model test in `tests/partition_model.rs` and the stress test in
-//! `tests/concurrency.rs`):
+//! Invariants (checked by the model test in `tests/storage_model.rs` and the stress test in
+//! `tests/storage_concurrency.rs`):
 //! - Offsets are dense and never move: the batch appended after offset `n-1` gets base offset
 //!   `n`, and a read of offset `n` returns the same bytes until retention deletes or
 //!   `truncate_to` cuts them.
@@ -53,7 +53,7 @@ use super::mmap::{region_bytes, region_slice};
 use super::producer_state::{ProducerStates, SequenceCheck};
 use super::scan::scan_batches;
 use super::segment::{ActiveSegment, SealedSegment};
-use super::topic_partition::TopicPartition;
+use weir_proto::topic::TopicPartition;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -1609,7 +1609,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (logs, _) = LogDir::open(dir.path(), LogDirConfig::default()).unwrap();
         let log = logs
-            .create_partition(TopicPartition::new("t", 0).unwrap(), None)
+            .create_partition(TopicPartition::validated("t", 0).unwrap(), None)
             .unwrap();
         let (_, ticket) = log
             .append_for_sync(&one_record(), AppendConditions::default())

@@ -2,14 +2,14 @@
 //! rolls, retention, truncation, clean reopen and crash reopen (drop without close), checked
 //! after every step against an in-memory model of what the log must hold.
 //!
-//! `PROPTEST_CASES=1000 cargo test -p weir-broker --test partition_model` runs a longer search.
+//! `PROPTEST_CASES=1000 cargo test -p weir-storage --test storage_model` runs a longer search.
 
 mod common;
 
 use common::*;
 use proptest::prelude::*;
 use proptest::sample::Index;
-use weir_broker::storage::{LogConfig, LogDir, PartitionLog, StorageError};
+use weir_storage::{LogConfig, LogDir, PartitionLog, StorageError};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -189,8 +189,7 @@ fn run(ops: Vec<Op>) {
                     ..config()
                 })
                 .unwrap();
-                log.apply_retention(weir_broker::storage::fs::now_ms())
-                    .unwrap();
+                log.apply_retention(weir_storage::fs::now_ms()).unwrap();
                 log.set_config(config()).unwrap();
                 let start = log.log_start_offset();
                 assert!(start >= model.log_start && start <= model.high_watermark);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use weir_broker::storage::{AppendConditions, LogConfig, LogDir, StorageError};
+use weir_storage::{AppendConditions, LogConfig, LogDir, StorageError};
 
 #[test]
 fn appends_get_dense_offsets_and_read_back_across_segments() {
@@ -215,7 +215,7 @@ fn truncate_cuts_at_the_batch_holding_the_offset_and_appends_continue() {
 #[test]
 fn retention_by_size_and_age_deletes_oldest_segments_and_moves_log_start() {
     let dir = tempfile::tempdir().unwrap();
-    let now = weir_broker::storage::fs::now_ms();
+    let now = weir_storage::fs::now_ms();
     {
         let logs = open(dir.path(), small_config());
         let log = logs.create_partition(tp("t", 0), None).unwrap();
@@ -352,7 +352,7 @@ fn appends_waiting_for_their_sync_later_are_durable_once_waited_for() {
     let logs = open(
         dir.path(),
         LogConfig {
-            flush: weir_broker::storage::FlushPolicy::Never,
+            flush: weir_storage::FlushPolicy::Never,
             ..small_config()
         },
     );
@@ -418,8 +418,8 @@ fn idle_segments_close_their_files_and_reopen_on_demand() {
 #[test]
 fn invalid_names_and_duplicates_are_refused() {
     assert!(matches!(
-        weir_broker::storage::TopicPartition::new("../etc", 0),
-        Err(StorageError::InvalidTopicName(_))
+        weir_storage::TopicPartition::validated("../etc", 0),
+        Err(weir_proto::topic::InvalidTopicName::BadCharacter('/'))
     ));
     let dir = tempfile::tempdir().unwrap();
     let logs = open(dir.path(), small_config());
@@ -564,11 +564,7 @@ fn a_forever_retention_age_deletes_nothing() {
         ..small_config()
     })
     .unwrap();
-    assert_eq!(
-        log.apply_retention(weir_broker::storage::fs::now_ms())
-            .unwrap(),
-        0
-    );
+    assert_eq!(log.apply_retention(weir_storage::fs::now_ms()).unwrap(), 0);
     assert_eq!(log.append(&batch(100, 1, 10, 0)).unwrap().base_offset, 100);
 }
 

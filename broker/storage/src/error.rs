@@ -99,7 +99,7 @@ pub enum StorageError {
 impl StorageError {
     /// Wraps an I/O error, turning ENOSPC/EDQUOT into [`StorageError::DiskFull`] so callers can
     /// tell "retry when space is back" from a broken disk.
-    pub(crate) fn io(context: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+    pub fn io(context: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         let path = path.into();
         match source.raw_os_error() {
             Some(code)

@@ -30,7 +30,7 @@ use super::fs::{
 };
 use super::partition::PartitionLog;
 use super::recovery::{OpenMode, TruncationReport, open_partition};
-use super::topic_partition::TopicPartition;
+use weir_proto::topic::TopicPartition;
 
 const LOCK_FILE: &str = ".lock";
 const DELETE_SUFFIX: &str = ".delete";

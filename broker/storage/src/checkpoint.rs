@@ -17,7 +17,7 @@ use tracing::warn;
 
 use super::error::{Result, StorageError};
 use super::fs::{SyncMode, atomic_write};
-use super::topic_partition::TopicPartition;
+use weir_proto::topic::TopicPartition;
 
 pub(crate) const RECOVERY_POINT_FILE: &str = "recovery-point-offset-checkpoint";
 pub(crate) const LOG_START_FILE: &str = "log-start-offset-checkpoint";
@@ -73,7 +73,7 @@ fn parse_offsets(text: &str) -> std::result::Result<BTreeMap<TopicPartition, u64
         let offset = offset
             .parse()
             .map_err(|_| format!("bad offset in {line:?}"))?;
-        let tp = TopicPartition::new(topic, partition).map_err(|e| e.to_string())?;
+        let tp = TopicPartition::validated(topic, partition).map_err(|e| e.to_string())?;
         map.insert(tp, offset);
     }
     if map.len() != count {
@@ -91,8 +91,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(RECOVERY_POINT_FILE);
         let mut m = BTreeMap::new();
-        m.insert(TopicPartition::new("a", 0).unwrap(), 5);
-        m.insert(TopicPartition::new("b.c", 3).unwrap(), 77);
+        m.insert(TopicPartition::validated("a", 0).unwrap(), 5);
+        m.insert(TopicPartition::validated("b.c", 3).unwrap(), 77);
         write_offsets(&path, &m).unwrap();
         assert_eq!(
             fs::read_to_string(&path).unwrap(),

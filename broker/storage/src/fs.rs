@@ -46,7 +46,7 @@ fn tmp_path(path: &Path) -> PathBuf {
 }
 
 /// fsyncs a directory, making renames and unlinks in it durable.
-pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
+pub fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StorageError::io("syncing directory", dir, e))
@@ -55,14 +55,14 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
 /// Whether a write is made durable now, or left to a later `syncfs` of the whole data dir
 /// (used by a clean close, which syncs everything once before writing its marker).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SyncMode {
+pub enum SyncMode {
     Now,
     Deferred,
 }
 
 /// Replaces `path` with `contents` atomically (readers see the old or the new file, never a
 /// prefix) and, with [`SyncMode::Now`], durably.
-pub(crate) fn atomic_write(path: &Path, contents: &[u8], sync: SyncMode) -> Result<()> {
+pub fn atomic_write(path: &Path, contents: &[u8], sync: SyncMode) -> Result<()> {
     let tmp = tmp_path(path);
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -146,7 +146,7 @@ pub(crate) fn sync_file_system(dir: &Path) -> Result<()> {
 }
 
 /// True for a leftover of an interrupted [`atomic_write`] or [`create_preallocated`].
-pub(crate) fn is_tmp_file(name: &str) -> bool {
+pub fn is_tmp_file(name: &str) -> bool {
     name.strip_suffix(TMP_SUFFIX)
         .is_some_and(|rest| rest.ends_with('.'))
 }
