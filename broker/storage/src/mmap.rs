@@ -148,9 +148,16 @@ impl ActiveLogFile {
     }
 
     /// Makes sure disk blocks back `[0, end)`, reserving in extents that double from
-    /// `min_extent` up to `max_extent`. `DiskFull` if the file system has no room: nothing is
-    /// written and the caller can retry later.
-    pub(crate) fn reserve(&mut self, end: u64, min_extent: u64, max_extent: u64) -> Result<()> {
+    /// `min_extent` up to `max_extent`, never past `limit` (the segment size limit) unless `end`
+    /// itself is. `DiskFull` if the file system has no room: nothing is written and the caller
+    /// can retry later.
+    pub(crate) fn reserve(
+        &mut self,
+        end: u64,
+        min_extent: u64,
+        max_extent: u64,
+        limit: u64,
+    ) -> Result<()> {
         if end <= self.allocated {
             return Ok(());
         }
@@ -161,7 +168,14 @@ impl ActiveLogFile {
             )));
         }
         let extent = self.allocated.clamp(min_extent, max_extent);
-        let target = (self.allocated + extent).max(end).min(self.capacity());
+        // The map is sized by the settings the segment was opened with (after a restart, the
+        // data dir's defaults until the topic's settings arrive), so the limit of today's
+        // settings bounds the reservation, not the map.
+        let target = (self.allocated + extent)
+            .min(limit)
+            .max(end)
+            .min(self.capacity());
+        debug_assert!(end <= target && target <= self.capacity());
         allocate(
             &self.file,
             &self.path,
@@ -230,23 +244,29 @@ mod tests {
         let path = dir.path().join("00000000000000000000.log");
         let mut f = ActiveLogFile::create(&path, 1 << 20, 4096).unwrap();
         assert_eq!(f.allocated(), 4096);
-        f.reserve(4097, 4096, 16384).unwrap();
+        f.reserve(4097, 4096, 16384, 1 << 20).unwrap();
         assert_eq!(f.allocated(), 8192, "doubles");
-        f.reserve(8193, 4096, 16384).unwrap();
+        f.reserve(8193, 4096, 16384, 1 << 20).unwrap();
         assert_eq!(f.allocated(), 16384);
-        f.reserve(16385, 4096, 16384).unwrap();
+        f.reserve(16385, 4096, 16384, 1 << 20).unwrap();
         assert_eq!(f.allocated(), 32768, "capped at max extent");
-        f.reserve(200_000, 4096, 16384).unwrap();
+        f.reserve(200_000, 4096, 16384, 1 << 20).unwrap();
         assert_eq!(
             f.allocated(),
             200_000,
             "a large write reserves at least what it needs"
         );
         assert!(
-            f.reserve((1 << 20) + 1, 4096, 16384).is_err(),
+            f.reserve((1 << 20) + 1, 4096, 16384, 2 << 20).is_err(),
             "past capacity"
         );
         assert_eq!(std::fs::metadata(&path).unwrap().len(), f.allocated());
+        f.reserve(300_000, 4096, 1 << 20, 310_000).unwrap();
+        assert_eq!(
+            f.allocated(),
+            310_000,
+            "an extent stops at the limit even where the map is larger"
+        );
     }
 
     #[test]

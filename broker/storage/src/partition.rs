@@ -523,12 +523,7 @@ impl PartitionLog {
                 self.roll_locked(&mut inner, &config)?;
             }
             header.base_offset = inner.active.next_offset;
-            inner.active.append(
-                batch,
-                &header,
-                config.preallocate_min_bytes,
-                config.preallocate_max_bytes,
-            )?;
+            inner.active.append(batch, &header, &config)?;
             inner.first_unsynced_ms.get_or_insert_with(now_ms);
             if let Some(states) = &mut inner.producers {
                 states.observe(&header);

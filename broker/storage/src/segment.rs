@@ -18,6 +18,7 @@ use memmap2::MmapRaw;
 use tracing::warn;
 use weir_proto::batch::{BatchHeader, HEADER_LEN};
 
+use super::config::LogConfig;
 use super::error::{Result, StorageError};
 use super::fs::{
     INDEX_SUFFIX, LOG_SUFFIX, SyncMode, TIME_INDEX_SUFFIX, atomic_write, now_ms, remove_if_exists,
@@ -418,18 +419,24 @@ impl ActiveSegment {
     }
 
     /// Appends a validated batch (already stamped with `header.base_offset == next_offset`),
-    /// reserving disk blocks first. On error nothing is published.
+    /// reserving disk blocks first, in `config`'s extents and never past its `segment_bytes`
+    /// (the map may be larger: it was sized by the settings the segment was opened with). On
+    /// error nothing is published.
     pub(crate) fn append(
         &mut self,
         batch: &[u8],
         header: &BatchHeader,
-        min_extent: u64,
-        max_extent: u64,
+        config: &LogConfig,
     ) -> Result<()> {
         let position = self.size;
         let end = position + batch.len() as u64;
         let writer = self.writer()?;
-        writer.reserve(end, min_extent, max_extent)?;
+        writer.reserve(
+            end,
+            config.preallocate_min_bytes,
+            config.preallocate_max_bytes,
+            config.segment_bytes,
+        )?;
         writer.write_batch_at(position, header.base_offset, batch)?;
         self.index.on_batch(header, position, batch.len() as u64);
         self.size = end;
