@@ -10,13 +10,16 @@
 //! - [`controller`]: the cluster's metadata (brokers, placement, consumer groups, committed
 //!   offsets), embedded in a single-node broker or run alone.
 //! - [`wire`]: translation between the broker's types and the wire's.
+//! - [`layout`]: the names in a data directory, and its storage-engine dirs.
 //! - [`producer_ids`]: ids for idempotent producers, unique per data dir.
 //! - [`config`]: the broker's configuration (defaults, TOML file, environment, flags).
 //!
-//! The `weir-broker` binary (`src/main.rs`) wires them together.
+//! The `weir-broker` binary (`src/bin/weir-broker/`) wires them together, and checks a data
+//! directory with `--verify`.
 
 pub mod config;
 pub mod controller;
+pub mod layout;
 pub mod producer_ids;
 pub mod server;
 pub mod topics;

@@ -38,6 +38,7 @@ pub fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::UnknownMember
         | ErrorCode::StaleGeneration
         | ErrorCode::GroupNotEmpty => Code::FailedPrecondition,
+        ErrorCode::CorruptLog => Code::DataLoss,
         ErrorCode::Internal | ErrorCode::Unspecified => Code::Internal,
     }
 }

@@ -10,6 +10,8 @@
 //!   handing out slices of them sound), [`index`] (sparse offset and time indexes), [`scan`]
 //!   (batch validation walking), [`recovery`] (opening, crash recovery), [`checkpoint`], [`fs`]
 //!   (atomic file creation, fallocate).
+//! - [`verify`]: every CRC of a data directory checked from outside, read-only
+//!   (`weir-broker --verify`, and the background scrub of sealed segments).
 //!
 //! The byte formats of every file are specified in `segments-format.md` at the repository root.
 
@@ -27,6 +29,7 @@ pub mod producer_state;
 pub mod recovery;
 pub mod scan;
 pub mod segment;
+pub mod verify;
 
 pub use config::{FlushPolicy, LogConfig, LogDirConfig};
 pub use error::{Result, StorageError};
@@ -36,4 +39,5 @@ pub use partition::{
 };
 pub use recovery::TruncationReport;
 pub use scan::ScanStop;
+pub use verify::{Damage, VerifyReport, verify_log_dir};
 pub use weir_proto::topic::TopicPartition;
