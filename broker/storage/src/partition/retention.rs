@@ -1,0 +1,275 @@
+//! Removing data: `truncate_to` (and the file swap behind it, `replace_tail`), size and age
+//! retention, `delete_segments_before`, and closing idle segments' files.
+//!
+//! Invariants enforced here:
+//! - Files on disk always hold a prefix of the log: a truncation lowers and checkpoints the
+//!   recovery point first, writes and syncs the kept prefix to a temporary file, then unlinks
+//!   later segments newest first and renames the prefix over the cut segment. A failure midway
+//!   leaves the partition read-only (the recorded sync failure) until a restart recovers.
+//! - A truncation bumps the epoch, forgets the derived state, lowers the durable offset to the
+//!   new high watermark and remembers the cut, so no batch it removed is ever acknowledged
+//!   durable; the derived-state snapshot is deleted before anything is cut.
+//! - Retention deletes whole sealed segments, oldest first, and moves the log start (and the
+//!   recovery point, never below it) before unlinking: a file that fails to unlink is leaked
+//!   space, never a hole in the log. The active segment is never deleted.
+//! - Bytes of a mapped file below its published length are never rewritten (see `mmap`): the
+//!   truncated copy is a new inode, and readers keep the old one through their `Arc`s.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tracing::info;
+
+use super::read::select_batches;
+use super::sync::TRUNCATION_HISTORY;
+use super::{Inner, PartitionLog, lock};
+use crate::config::duration_ms;
+use crate::derived_snapshot;
+use crate::error::{Result, StorageError};
+use crate::fs::{
+    INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX, create_preallocated, fsync_dir, remove_if_exists,
+    segment_path,
+};
+use crate::index;
+use crate::mmap::region_slice;
+use crate::scan::scan_batches;
+use crate::segment::ActiveSegment;
+
+impl PartitionLog {
+    /// Removes every batch from the one holding `offset` on (Kafka's truncateTo: the cut falls
+    /// on a batch boundary, so the new high watermark may be below `offset`). Returns the new
+    /// high watermark.
+    ///
+    /// Crash safety, step by step: (1) the recovery point is lowered and checkpointed, so it
+    /// never claims cut-away bytes; (2) the kept prefix of the cut segment is written to a
+    /// temporary file and synced: a failure up to here changes nothing; (3) later segments are
+    /// unlinked newest first and the prefix is renamed over the cut segment, so the files on
+    /// disk always hold a prefix of the old log. A failure in (3) leaves the partition
+    /// read-only until a restart recovers that prefix. Readers of the old bytes keep them (the
+    /// old inode lives on in their maps).
+    pub fn truncate_to(&self, offset: u64) -> Result<u64> {
+        let config = self.config();
+        // The derived-state snapshot may describe batches about to be cut: gone first.
+        let _snapshot = lock(&self.snapshot_lock);
+        remove_if_exists(&self.dir.join(derived_snapshot::FILE_NAME))?;
+        let mut inner = lock(&self.inner);
+        self.check_open(&inner)?;
+        let hw = inner.active.next_offset;
+        if offset >= hw {
+            return Ok(hw);
+        }
+        if offset < inner.log_start_offset {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                log_start: inner.log_start_offset,
+                high_watermark: hw,
+            });
+        }
+        // The segment holding `offset`, and a copy of its published bytes.
+        let in_active = offset >= inner.active.base_offset;
+        let (base, log_bytes): (u64, Vec<u8>) = if in_active {
+            let size = inner.active.size as usize;
+            let (map, _) = inner.active.read_handles()?;
+            (
+                inner.active.base_offset,
+                region_slice(&map, 0, size).to_vec(),
+            )
+        } else {
+            let i = inner
+                .sealed
+                .partition_point(|s| s.base_offset <= offset)
+                .saturating_sub(1);
+            let segment = Arc::clone(&inner.sealed[i]);
+            let open = segment.open()?;
+            let bytes = open
+                .map
+                .as_ref()
+                .map(|m| region_slice(m, 0, segment.size as usize).to_vec());
+            (segment.base_offset, bytes.unwrap_or_default())
+        };
+        let path = segment_path(&self.dir, base, LOG_SUFFIX);
+        let cut = select_batches(&log_bytes, 0, base, offset, usize::MAX, true)
+            .map_err(|detail| StorageError::Corrupt {
+                what: "segment",
+                path: path.clone(),
+                detail,
+            })?
+            .map_or(log_bytes.len() as u64, |sel| sel.start);
+        let kept = &log_bytes[..cut as usize];
+        let mut index = index::IndexBuilder::new(base, config.index_interval_bytes);
+        let new_hw = scan_batches(kept, 0, base, false, Some(&mut index)).next_offset;
+
+        // (1)
+        let lowered = inner.recovery_point.min(new_hw);
+        self.set_recovery_point(&mut inner, lowered);
+        if let Some(checkpoint) = self.checkpoint_hook.get() {
+            checkpoint()?;
+        }
+        // (2)
+        let tmp = self.dir.join(format!("{base:020}.truncate.tmp"));
+        let prepared = create_preallocated(&tmp, kept.len() as u64).and_then(|file| {
+            use std::os::unix::fs::FileExt;
+            file.write_all_at(kept, 0)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| StorageError::io("writing truncated segment", &tmp, e))
+        });
+        if let Err(e) = prepared {
+            let _ = remove_if_exists(&tmp);
+            return Err(e);
+        }
+        // (3)
+        inner.epoch += 1;
+        // The producers' recent batches and the key index may be cut: rebuild from the log when
+        // next needed.
+        inner.producers = None;
+        inner.keys = None;
+        inner.last_batch = None;
+        if let Err(e) = self.replace_tail(&mut inner, base, in_active, &tmp, &path) {
+            lock(&self.sync).failure = Some(format!("truncation failed midway: {e}"));
+            return Err(e);
+        }
+        inner.active =
+            ActiveSegment::resume(&self.dir, base, new_hw, cut, index, config.segment_bytes);
+        inner.unsynced_sealed.retain(|u| u.next_offset <= base);
+        if inner.unsynced_sealed.is_empty() {
+            inner.first_unsynced_ms = None;
+        }
+        {
+            let mut sync = lock(&self.sync);
+            sync.durable_offset = sync.durable_offset.min(new_hw);
+            if sync.truncations.len() == TRUNCATION_HISTORY {
+                sync.truncations.pop_front();
+            }
+            sync.truncations.push_back((inner.epoch, new_hw));
+            // Waiters whose batches were just cut learn it now, not when the offsets refill.
+            for (_, thread) in sync
+                .waiters
+                .iter()
+                .filter(|(waiting_for, _)| *waiting_for > new_hw)
+            {
+                thread.unpark();
+            }
+        }
+        self.high_watermark.store(new_hw, Ordering::Release);
+        info!(partition = %self.tp, requested = offset, high_watermark = new_hw, "truncated log");
+        Ok(new_hw)
+    }
+
+    /// Step (3) of `truncate_to`: drop every segment after `base` (newest first), then put the
+    /// prepared prefix `tmp` in place of segment `base`.
+    fn replace_tail(
+        &self,
+        inner: &mut Inner,
+        base: u64,
+        in_active: bool,
+        tmp: &Path,
+        path: &Path,
+    ) -> Result<()> {
+        if !in_active {
+            inner.active.close_writer();
+            for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+                remove_if_exists(&segment_path(&self.dir, inner.active.base_offset, suffix))?;
+            }
+        }
+        while inner.sealed.back().is_some_and(|s| s.base_offset >= base) {
+            let Some(segment) = inner.sealed.pop_back() else {
+                break;
+            };
+            if segment.base_offset == base {
+                segment.mark_removed(); // its path is about to name the truncated copy
+            } else {
+                segment.delete_files()?;
+            }
+        }
+        fsync_dir(&self.dir)?;
+        std::fs::rename(tmp, path)
+            .map_err(|e| StorageError::io("replacing truncated segment", path, e))?;
+        remove_if_exists(&segment_path(&self.dir, base, INDEX_SUFFIX))?;
+        remove_if_exists(&segment_path(&self.dir, base, TIME_INDEX_SUFFIX))?;
+        fsync_dir(&self.dir)
+    }
+
+    /// Deletes whole sealed segments, oldest first, while the log exceeds `retention_bytes` or
+    /// a segment's newest record is older than `retention_age`. Returns how many were deleted.
+    pub fn apply_retention(&self, now_ms: i64) -> Result<usize> {
+        let config = self.config();
+        if config.retention_bytes.is_none() && config.retention_age.is_none() {
+            return Ok(0);
+        }
+        let mut inner = lock(&self.inner);
+        self.check_open(&inner)?;
+        let mut total: u64 = inner.sealed.iter().map(|s| s.size).sum::<u64>() + inner.active.size;
+        let mut deleted = 0;
+        while let Some(oldest) = inner.sealed.front().cloned() {
+            let by_size = config
+                .retention_bytes
+                .is_some_and(|limit| total - oldest.size >= limit);
+            let by_age = !by_size
+                && match config.retention_age {
+                    Some(age) => oldest.max_timestamp()? < now_ms.saturating_sub(duration_ms(age)),
+                    None => false,
+                };
+            if !(by_size || by_age) {
+                break;
+            }
+            total -= oldest.size;
+            self.delete_oldest_segment(&mut inner);
+            info!(partition = %self.tp, base_offset = oldest.base_offset, bytes = oldest.size, by_size, "retention deleted segment");
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
+    /// Deletes the sealed segments that hold only offsets below `offset` (a prefix the caller
+    /// no longer needs, e.g. one a snapshot covers). The active segment is never deleted: roll
+    /// first to include it. Returns how many segments were deleted.
+    pub fn delete_segments_before(&self, offset: u64) -> Result<usize> {
+        let mut inner = lock(&self.inner);
+        self.check_open(&inner)?;
+        let mut deleted = 0;
+        while inner
+            .sealed
+            .front()
+            .is_some_and(|oldest| oldest.next_offset <= offset)
+        {
+            self.delete_oldest_segment(&mut inner);
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
+    /// Removes the oldest sealed segment. The log's state moves first; a file that fails to
+    /// unlink is only leaked space (the next open deletes segments below the checkpointed log
+    /// start).
+    fn delete_oldest_segment(&self, inner: &mut Inner) {
+        let Some(oldest) = inner.sealed.pop_front() else {
+            return;
+        };
+        inner.log_start_offset = oldest.next_offset;
+        let recovery_point = inner.recovery_point.max(oldest.next_offset);
+        self.set_recovery_point(inner, recovery_point);
+        inner
+            .unsynced_sealed
+            .retain(|u| u.next_offset > oldest.next_offset);
+        self.log_start_offset
+            .store(oldest.next_offset, Ordering::Release);
+        if let Err(e) = oldest.delete_files() {
+            tracing::warn!(partition = %self.tp, base_offset = oldest.base_offset, error = %e, "could not delete segment files");
+        }
+    }
+
+    /// Closes the files and maps of segments unused since `cutoff_ms`. Returns how many.
+    pub fn close_idle(&self, cutoff_ms: i64) -> usize {
+        let mut inner = lock(&self.inner);
+        let mut closed = inner
+            .sealed
+            .iter()
+            .filter(|s| s.close_if_idle(cutoff_ms))
+            .count();
+        if inner.active.close_if_idle(cutoff_ms) {
+            closed += 1;
+        }
+        closed
+    }
+}
