@@ -32,6 +32,11 @@ pub fn storage_error(e: &StorageError) -> Error {
             error.actual_offset = Some(*actual);
             return error;
         }
+        StorageError::CorruptLog { offset, .. } => {
+            let mut error = status::error(ErrorCode::CorruptLog, e.to_string());
+            error.actual_offset = Some(*offset);
+            return error;
+        }
         StorageError::KeyConflict { actual, .. } => {
             let mut error = status::error(ErrorCode::Conflict, e.to_string());
             error.actual_offset = *actual;

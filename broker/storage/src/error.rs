@@ -56,6 +56,20 @@ pub enum StorageError {
     InvalidConfig(String),
     #[error("data directory {0} is locked by another process (is another broker running on it?)")]
     DirLocked(PathBuf),
+    /// A read met a batch that is not what the log promises below the high watermark (a torn,
+    /// zeroed or inconsistent batch: a bad sector, a stray write). Every batch before `offset`
+    /// was served; nothing at or past it is, from this copy.
+    #[error(
+        "{partition}: the stored log is damaged at offset {offset} ({} byte {position}: {detail}); every batch before it is readable; `weir-broker --verify` lists all damage",
+        path.display()
+    )]
+    CorruptLog {
+        partition: String,
+        offset: u64,
+        path: PathBuf,
+        position: u64,
+        detail: String,
+    },
     #[error("corrupt {what} at {path}: {detail}")]
     Corrupt {
         what: &'static str,

@@ -222,6 +222,9 @@ pub struct PartitionLog {
     snapshot_lock: Mutex<()>,
     /// Offsets scanned by derived-state rebuilds (how much a snapshot saved; for tests).
     rebuild_scans: AtomicU64,
+    /// 1 + the offset of the damage a read last logged (0: none), so a consumer retrying at a
+    /// damaged place logs it once, not per fetch.
+    damage_logged: AtomicU64,
 }
 
 impl PartitionLog {
@@ -243,6 +246,7 @@ impl PartitionLog {
             derived_rebuild: Mutex::new(()),
             snapshot_lock: Mutex::new(()),
             rebuild_scans: AtomicU64::new(0),
+            damage_logged: AtomicU64::new(0),
             sync: Mutex::new(SyncState {
                 in_progress: false,
                 durable_offset: inner.recovery_point,

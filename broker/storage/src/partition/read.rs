@@ -10,15 +10,23 @@
 //!   batches, each checked to start at the offset the one before it ends at (so a wrong index
 //!   hint or a damaged segment is an error, never wrong data; a hint is retried from the
 //!   segment start before giving up).
+//! - Damage (a torn, zeroed or inconsistent batch below the high watermark) ends a read after
+//!   the last whole batch before it; a read that starts at it is `CorruptLog` naming the
+//!   partition and the first unreadable offset, logged once per place. Nothing past it is
+//!   served from this copy, and the batches before it stay readable. (CRCs are not read here:
+//!   sendfile never touches the bytes. `verify` and the scrub check them.)
 //! - The first batch of a read is returned whole even past `max_bytes`, so a consumer always
 //!   makes progress; an offset below the high watermark never gets an empty answer.
 //! - A read holds its own `Arc`s of the maps and files it returns, so retention or truncation
 //!   meanwhile never invalidates it (a segment removed before it was opened is retried).
 
 use std::fs::File;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use memmap2::MmapRaw;
+use tracing::error;
 use weir_proto::batch::{BatchHeader, RecordBatch};
 
 use super::{PartitionLog, ReadChunk, ReadResult, lock};
@@ -117,7 +125,21 @@ impl PartitionLog {
         for source in sources {
             let (map, file, base_offset, size, hint) = match source {
                 ReadSource::Sealed(segment) => {
-                    let open = segment.open()?;
+                    let open = match segment.open() {
+                        Ok(open) => open,
+                        // What was read before this segment is served; the next read starts
+                        // here and meets the error itself.
+                        Err(_) if !result.chunks.is_empty() => break,
+                        Err(StorageError::Corrupt { path, detail, .. }) => {
+                            let damage = WalkDamage {
+                                position: 0,
+                                offset: offset.max(segment.base_offset),
+                                detail,
+                            };
+                            return Err(self.damaged(path, damage));
+                        }
+                        Err(e) => return Err(e),
+                    };
                     let Some(map) = open.map.clone() else {
                         continue;
                     };
@@ -148,30 +170,44 @@ impl PartitionLog {
             let log = region_slice(&map, 0, size as usize);
             let must_take_one = result.chunks.is_empty();
             let budget = max_bytes.saturating_sub(used);
-            let selected = select_batches(
+            let mut walk = select_batches(
                 log,
                 u64::from(hint.position),
                 base_offset + u64::from(hint.relative_offset),
                 offset,
                 budget,
                 must_take_one,
-            )
-            .or_else(|_| select_batches(log, 0, base_offset, offset, budget, must_take_one))
-            .map_err(|detail| StorageError::Corrupt {
-                what: "segment",
-                path: segment_path(&self.dir, base_offset, LOG_SUFFIX),
-                detail,
-            })?;
-            let Some(sel) = selected else { break };
-            used += (sel.end - sel.start) as usize;
-            result.chunks.push(ReadChunk {
-                file,
-                position: sel.start,
-                bytes: region_bytes(&map, sel.start as usize, (sel.end - sel.start) as usize),
-                first_offset: sel.first_offset,
-                next_offset: sel.next_offset,
-            });
-            if used >= max_bytes || sel.stopped_for_budget {
+            );
+            if walk.selection.is_none() && walk.damage.is_some() && hint.position != 0 {
+                // Perhaps only the index hint was wrong: walk the segment from its start.
+                walk = select_batches(log, 0, base_offset, offset, budget, must_take_one);
+            }
+            let stop = match &walk.selection {
+                Some(sel) => {
+                    used + (sel.end - sel.start) as usize >= max_bytes || sel.stopped_for_budget
+                }
+                None => true,
+            };
+            if let Some(sel) = walk.selection {
+                used += (sel.end - sel.start) as usize;
+                result.chunks.push(ReadChunk {
+                    file,
+                    position: sel.start,
+                    bytes: region_bytes(&map, sel.start as usize, (sel.end - sel.start) as usize),
+                    first_offset: sel.first_offset,
+                    next_offset: sel.next_offset,
+                });
+            }
+            if let Some(damage) = walk.damage {
+                // Every whole batch before the damage is served; the read that starts at it
+                // gets the error, so a consumer learns exactly where this copy ends.
+                let error = self.damaged(segment_path(&self.dir, base_offset, LOG_SUFFIX), damage);
+                if result.chunks.is_empty() {
+                    return Err(error);
+                }
+                break;
+            }
+            if stop {
                 break;
             }
         }
@@ -179,15 +215,39 @@ impl PartitionLog {
             // Below the high watermark there is always a batch; finding none means the segment
             // does not hold what its neighbours promise. An error beats an empty answer a
             // consumer would poll forever.
-            return Err(StorageError::Corrupt {
-                what: "partition",
-                path: self.dir.clone(),
+            let damage = WalkDamage {
+                position: 0,
+                offset,
                 detail: format!(
                     "no batch found for offset {offset} below high watermark {high_watermark}"
                 ),
-            });
+            };
+            return Err(self.damaged(self.dir.clone(), damage));
         }
         Ok(result)
+    }
+
+    /// The error for damage a read met, logged loudly the first time this place is met (a
+    /// consumer retrying must not flood the log).
+    fn damaged(&self, path: PathBuf, damage: WalkDamage) -> StorageError {
+        let key = damage.offset.saturating_add(1);
+        if self.damage_logged.swap(key, Ordering::Relaxed) != key {
+            error!(
+                partition = %self.tp,
+                offset = damage.offset,
+                segment = %path.display(),
+                position = damage.position,
+                detail = %damage.detail,
+                "DAMAGED LOG: a stored batch below the high watermark is unreadable; batches before it are served, nothing from it on. Run `weir-broker --verify` on the stopped broker to list all damage."
+            );
+        }
+        StorageError::CorruptLog {
+            partition: self.tp.to_string(),
+            offset: damage.offset,
+            path,
+            position: damage.position,
+            detail: damage.detail,
+        }
     }
 
     /// The offset of the first record whose timestamp is >= `timestamp`, or `None` if every
@@ -279,10 +339,28 @@ pub(super) struct Selection {
     pub(super) stopped_for_budget: bool,
 }
 
+/// Where a walk found a segment not holding what it promises: the first unreadable batch.
+pub(super) struct WalkDamage {
+    /// Byte position in the segment where it starts.
+    pub(super) position: u64,
+    /// The offset it should have started with: the first offset that cannot be read.
+    pub(super) offset: u64,
+    pub(super) detail: String,
+}
+
+/// What one segment answers a read: the whole batches selected (none if the first did not fit
+/// the budget or none holds the target), and the damage that stopped the walk, if any (then
+/// the selection holds every batch before it).
+pub(super) struct Walk {
+    pub(super) selection: Option<Selection>,
+    pub(super) damage: Option<WalkDamage>,
+}
+
 /// Walks `log` from `position` (where the batch with base `expected` starts) and selects the
 /// whole batches from the one holding `target` on, within `budget` bytes (`must_take_one`: the
-/// first selected batch is taken even if larger). An inconsistent header is an `Err` (the
-/// caller retries from the segment start, in case the index hint was wrong).
+/// first selected batch is taken even if larger). An inconsistent header ends the walk with
+/// [`Walk::damage`] (a caller that started from an index hint retries from the segment start,
+/// in case the hint was wrong).
 pub(super) fn select_batches(
     log: &[u8],
     position: u64,
@@ -290,30 +368,53 @@ pub(super) fn select_batches(
     target: u64,
     budget: usize,
     must_take_one: bool,
-) -> std::result::Result<Option<Selection>, String> {
+) -> Walk {
     let mut pos = position as usize;
     let mut expected = expected;
     let mut selected: Option<Selection> = None;
+    let damage = |pos: usize, expected: u64, detail: String| WalkDamage {
+        position: pos as u64,
+        offset: expected,
+        detail,
+    };
     while pos < log.len() {
         // `log` is exactly the published bytes: anything but a whole batch here is corruption
         // (or a wrong index hint, which the caller retries from the segment start).
         let rest = &log[pos..];
-        let header = BatchHeader::parse(rest).map_err(|e| format!("at byte {pos}: {e}"))?;
+        let header = match BatchHeader::parse(rest) {
+            Ok(header) => header,
+            Err(e) => {
+                return Walk {
+                    selection: selected,
+                    damage: Some(damage(pos, expected, e.to_string())),
+                };
+            }
+        };
         if header.base_offset != expected {
-            return Err(format!(
-                "at byte {pos}: batch base offset {} where {expected} was expected",
+            let detail = format!(
+                "batch base offset {} where {expected} was expected",
                 header.base_offset
-            ));
+            );
+            return Walk {
+                selection: selected,
+                damage: Some(damage(pos, expected, detail)),
+            };
         }
-        let total = header
-            .total_len()
-            .filter(|&n| n <= rest.len())
-            .ok_or_else(|| format!("at byte {pos}: batch length runs past the segment"))?;
+        let Some(total) = header.total_len().filter(|&n| n <= rest.len()) else {
+            let detail = "batch length runs past the segment".to_string();
+            return Walk {
+                selection: selected,
+                damage: Some(damage(pos, expected, detail)),
+            };
+        };
         if header.next_offset() > target {
             match &mut selected {
                 None => {
                     if total > budget && !must_take_one {
-                        return Ok(None);
+                        return Walk {
+                            selection: None,
+                            damage: None,
+                        };
                     }
                     selected = Some(Selection {
                         start: pos as u64,
@@ -336,7 +437,10 @@ pub(super) fn select_batches(
         pos += total;
         expected = header.next_offset();
     }
-    Ok(selected)
+    Walk {
+        selection: selected,
+        damage: None,
+    }
 }
 
 /// Within one segment: the first record at or after `start_rel` (relative) whose timestamp is

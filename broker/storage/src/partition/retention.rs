@@ -89,13 +89,22 @@ impl PartitionLog {
             (segment.base_offset, bytes.unwrap_or_default())
         };
         let path = segment_path(&self.dir, base, LOG_SUFFIX);
-        let cut = select_batches(&log_bytes, 0, base, offset, usize::MAX, true)
-            .map_err(|detail| StorageError::Corrupt {
-                what: "segment",
-                path: path.clone(),
-                detail,
-            })?
-            .map_or(log_bytes.len() as u64, |sel| sel.start);
+        // Damage past the cut does not matter: the cut removes it.
+        let walk = select_batches(&log_bytes, 0, base, offset, usize::MAX, true);
+        let cut = match (walk.selection, walk.damage) {
+            (Some(sel), _) => sel.start,
+            (None, None) => log_bytes.len() as u64,
+            (None, Some(damage)) => {
+                return Err(StorageError::Corrupt {
+                    what: "segment",
+                    path: path.clone(),
+                    detail: format!(
+                        "at byte {} (offset {}): {}",
+                        damage.position, damage.offset, damage.detail
+                    ),
+                });
+            }
+        };
         let kept = &log_bytes[..cut as usize];
         let mut index = index::IndexBuilder::new(base, config.index_interval_bytes);
         let new_hw = scan_batches(kept, 0, base, false, Some(&mut index)).next_offset;

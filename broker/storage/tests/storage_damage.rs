@@ -1,7 +1,13 @@
-//! `verify_log_dir` checks every batch of a data directory from outside: a clean log passes,
-//! and each kind of damage below the recovery point (a flipped bit, a zeroed header, a torn
-//! batch in a sealed segment) is reported at the right partition, segment, position and offset,
-//! while an unflushed torn tail past the recovery point is listed as a tail, not damage.
+//! Damage below the recovery point, where recovery never looks (a bad sector in a sealed
+//! segment): what reads serve, and what `verify_log_dir` reports.
+//!
+//! - Reads serve every whole batch before a torn or zeroed batch, from any earlier segment, and
+//!   a read that starts at it is `CorruptLog` naming the partition and the first unreadable
+//!   offset; nothing past it is served.
+//! - `verify_log_dir` checks every batch, CRC included: a clean log passes, and each kind of
+//!   damage (a flipped bit, a zeroed header, a torn batch) is reported at the right partition,
+//!   segment, position and offset, while an unflushed torn tail past the recovery point is
+//!   listed as a tail, not damage.
 
 mod common;
 
@@ -12,7 +18,7 @@ use std::path::{Path, PathBuf};
 use common::*;
 use weir_proto::batch::HEADER_LEN;
 use weir_storage::verify::verify_segment;
-use weir_storage::{LogConfig, ScanStop, verify_log_dir};
+use weir_storage::{LogConfig, ScanStop, StorageError, verify_log_dir};
 
 const BATCHES: u64 = 80;
 
@@ -176,4 +182,64 @@ fn batches_of_prefix(path: &Path) -> Vec<(u64, u64)> {
         pos += h.total_len().unwrap();
     }
     out
+}
+
+#[test]
+fn reads_serve_every_batch_before_a_zeroed_batch_in_a_sealed_segment_then_name_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = build(dir.path(), true);
+    let damaged = &paths[1];
+    let batches = batches_of(damaged);
+    let (pos, bad_offset) = batches[batches.len() / 2];
+    let f = fs::OpenOptions::new().read(true).write(true).open(damaged).unwrap();
+    f.write_all_at(&[0u8; HEADER_LEN], pos).unwrap();
+
+    let logs = open(dir.path(), config());
+    let log = logs.partition(&tp("v", 0)).unwrap();
+    let hw = log.high_watermark();
+    // From the start of the log (an intact segment), in reads of any size: exactly the records
+    // before the damage, then the error at it.
+    for max_bytes in [1, 4096, 1 << 20] {
+        let mut at = 0;
+        let mut ids = Vec::new();
+        let error = loop {
+            match log.read(at, max_bytes) {
+                Ok(r) => {
+                    assert!(!r.chunks.is_empty(), "an empty answer below the high watermark");
+                    ids.extend(records_of(&r).into_iter().map(|(o, id, _)| {
+                        assert_eq!(o, id, "offsets are the ids written");
+                        o
+                    }));
+                    at = r.next_offset().unwrap();
+                }
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(ids, (0..bad_offset).collect::<Vec<_>>(), "max_bytes {max_bytes}");
+        match error {
+            StorageError::CorruptLog {
+                partition,
+                offset,
+                path,
+                position,
+                ..
+            } => {
+                assert_eq!(partition, "v-0");
+                assert_eq!(offset, bad_offset);
+                assert_eq!(&path, damaged);
+                assert_eq!(position, pos);
+            }
+            other => panic!("expected CorruptLog, got {other:?}"),
+        }
+    }
+    // Inside the damaged range too: the damage is named, nothing from past it is served.
+    assert!(matches!(
+        log.read(bad_offset + 1, 1 << 20),
+        Err(StorageError::CorruptLog { offset, .. }) if offset == bad_offset
+    ));
+    // Later segments are intact and still readable on their own.
+    let later = base_of(&paths[2]);
+    let r = log.read(later, 1 << 20).unwrap();
+    assert_eq!(records_of(&r)[0].0, later);
+    assert!(later < hw);
 }
