@@ -191,7 +191,11 @@ fn reads_serve_every_batch_before_a_zeroed_batch_in_a_sealed_segment_then_name_i
     let damaged = &paths[1];
     let batches = batches_of(damaged);
     let (pos, bad_offset) = batches[batches.len() / 2];
-    let f = fs::OpenOptions::new().read(true).write(true).open(damaged).unwrap();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(damaged)
+        .unwrap();
     f.write_all_at(&[0u8; HEADER_LEN], pos).unwrap();
 
     let logs = open(dir.path(), config());
@@ -205,7 +209,10 @@ fn reads_serve_every_batch_before_a_zeroed_batch_in_a_sealed_segment_then_name_i
         let error = loop {
             match log.read(at, max_bytes) {
                 Ok(r) => {
-                    assert!(!r.chunks.is_empty(), "an empty answer below the high watermark");
+                    assert!(
+                        !r.chunks.is_empty(),
+                        "an empty answer below the high watermark"
+                    );
                     ids.extend(records_of(&r).into_iter().map(|(o, id, _)| {
                         assert_eq!(o, id, "offsets are the ids written");
                         o
@@ -215,7 +222,11 @@ fn reads_serve_every_batch_before_a_zeroed_batch_in_a_sealed_segment_then_name_i
                 Err(e) => break e,
             }
         };
-        assert_eq!(ids, (0..bad_offset).collect::<Vec<_>>(), "max_bytes {max_bytes}");
+        assert_eq!(
+            ids,
+            (0..bad_offset).collect::<Vec<_>>(),
+            "max_bytes {max_bytes}"
+        );
         match error {
             StorageError::CorruptLog {
                 partition,
