@@ -89,6 +89,9 @@ pub struct BrokerConfig {
     /// How often recovery points and derived-state snapshots (producer states, key indexes)
     /// are written: what a restart after a crash must rescan.
     pub checkpoint_interval_ms: u64,
+    /// The background scrub CRC-checks sealed segments at most this fast, bytes per second
+    /// (0: off). Damage it finds is logged, and reads stop before it.
+    pub scrub_bytes_per_sec: u64,
     /// Settings of topics created without their own.
     pub topic_defaults: TopicDefaults,
 }
@@ -140,6 +143,7 @@ impl Default for BrokerConfig {
             shutdown_timeout_ms: 10_000,
             retention_check_interval_ms: 30_000,
             checkpoint_interval_ms: 10_000,
+            scrub_bytes_per_sec: LogDirConfig::default().scrub_bytes_per_sec,
             topic_defaults: TopicDefaults::default(),
         }
     }
@@ -226,6 +230,7 @@ impl BrokerConfig {
             default_log,
             retention_check_interval: Duration::from_millis(self.retention_check_interval_ms),
             checkpoint_interval: Duration::from_millis(self.checkpoint_interval_ms),
+            scrub_bytes_per_sec: self.scrub_bytes_per_sec,
             ..LogDirConfig::default()
         })
     }

@@ -11,7 +11,8 @@
 //!   (batch validation walking), [`recovery`] (opening, crash recovery), [`checkpoint`], [`fs`]
 //!   (atomic file creation, fallocate).
 //! - [`verify`]: every CRC of a data directory checked from outside, read-only
-//!   (`weir-broker --verify`, and the background scrub of sealed segments).
+//!   (`weir-broker --verify`); [`scrub`]: the background thread that CRC-checks sealed
+//!   segments at a bounded rate, so reads stop before damage a consumer would otherwise meet.
 //!
 //! The byte formats of every file are specified in `segments-format.md` at the repository root.
 
@@ -28,6 +29,7 @@ pub mod partition;
 pub mod producer_state;
 pub mod recovery;
 pub mod scan;
+pub mod scrub;
 pub mod segment;
 pub mod verify;
 
@@ -35,7 +37,8 @@ pub use config::{FlushPolicy, LogConfig, LogDirConfig};
 pub use error::{Result, StorageError};
 pub use log_dir::{LogDir, OpenReport};
 pub use partition::{
-    AppendConditions, AppendInfo, PartitionLog, ReadChunk, ReadResult, SyncTicket,
+    AppendConditions, AppendInfo, KnownDamage, PartitionLog, ReadChunk, ReadResult,
+    ScrubbedSegment, SyncTicket,
 };
 pub use recovery::TruncationReport;
 pub use scan::ScanStop;

@@ -9,7 +9,8 @@
 //! dropping a `LogDir` without closing it behaves like a crash (nothing more is flushed).
 //!
 //! One background thread per data dir runs interval flushes, retention, idle-file closing and
-//! periodic checkpoints; it holds no lock while a partition syncs.
+//! periodic checkpoints; it holds no lock while a partition syncs. A second one runs the scrub
+//! ([`super::scrub`]), so a long segment check never delays an interval flush.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -30,6 +31,7 @@ use super::fs::{
 };
 use super::partition::PartitionLog;
 use super::recovery::{OpenMode, TruncationReport, open_partition};
+use super::scrub::{StopSignal, scrub_loop};
 use weir_proto::topic::TopicPartition;
 
 const LOCK_FILE: &str = ".lock";
@@ -72,6 +74,8 @@ impl Shared {
 pub struct LogDir {
     shared: Arc<Shared>,
     maintenance: Option<JoinHandle<()>>,
+    /// The background scrub (`None` when `scrub_bytes_per_sec` is 0).
+    scrub: Option<JoinHandle<()>>,
     _lock: File,
 }
 
@@ -170,6 +174,27 @@ impl LogDir {
             .name("weir-log-maintenance".into())
             .spawn(move || maintenance_loop(&thread_shared))
             .map_err(|e| StorageError::io("starting maintenance thread", &shared.path, e))?;
+        let scrub = if shared.config.scrub_bytes_per_sec > 0 {
+            let thread_shared = Arc::clone(&shared);
+            let handle = std::thread::Builder::new()
+                .name("weir-log-scrub".into())
+                .spawn(move || {
+                    let shared = &*thread_shared;
+                    scrub_loop(
+                        || shared.partition_logs(),
+                        StopSignal {
+                            stop: &shared.stop,
+                            wake: &shared.wake,
+                        },
+                        shared.config.scrub_bytes_per_sec,
+                        shared.config.scrub_pass_interval,
+                    )
+                })
+                .map_err(|e| StorageError::io("starting scrub thread", &shared.path, e))?;
+            Some(handle)
+        } else {
+            None
+        };
         let report = OpenReport {
             clean,
             partitions: shared.partitions.read().map_or(0, |p| p.len()),
@@ -181,6 +206,7 @@ impl LogDir {
             LogDir {
                 shared,
                 maintenance: Some(maintenance),
+                scrub,
                 _lock: lock,
             },
             report,
@@ -324,7 +350,10 @@ impl LogDir {
     fn stop_maintenance(&mut self) {
         *self.shared.stop.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.shared.wake.notify_all();
-        if let Some(handle) = self.maintenance.take() {
+        for handle in [self.maintenance.take(), self.scrub.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = handle.join();
         }
     }

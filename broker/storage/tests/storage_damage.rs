@@ -254,3 +254,69 @@ fn reads_serve_every_batch_before_a_zeroed_batch_in_a_sealed_segment_then_name_i
     assert_eq!(records_of(&r)[0].0, later);
     assert!(later < hw);
 }
+
+#[test]
+fn the_scrub_finds_a_flipped_bit_and_reads_stop_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = build(dir.path(), true);
+    let damaged = &paths[1];
+    let (pos, bad_offset) = batches_of(damaged)[3];
+    // A payload bit: headers and lengths still agree, so only a CRC check can tell.
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(damaged)
+        .unwrap();
+    let mut byte = [0u8];
+    f.read_exact_at(&mut byte, pos + 90).unwrap();
+    f.write_all_at(&[byte[0] ^ 0x01], pos + 90).unwrap();
+
+    let mut dir_config = quiet_dir_config(config());
+    dir_config.scrub_bytes_per_sec = 1 << 30;
+    let (logs, _) = weir_storage::LogDir::open(dir.path(), dir_config).unwrap();
+    let log = logs.partition(&tp("v", 0)).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let found = loop {
+        if let Some(found) = log.known_damage() {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scrub never found the damage"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!((found.offset, found.position), (bad_offset, pos));
+    assert_eq!(&found.segment, damaged);
+    assert!(
+        matches!(found.reason, ScanStop::BadCrc(_)),
+        "{:?}",
+        found.reason
+    );
+
+    // Reads now end before it and name it, as for damage a read finds itself.
+    let mut at = 0;
+    let mut last = None;
+    let error = loop {
+        match log.read(at, 1 << 20) {
+            Ok(r) => {
+                last = records_of(&r).last().map(|r| r.0);
+                at = r.next_offset().unwrap();
+            }
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(last, Some(bad_offset - 1));
+    assert!(
+        matches!(error, StorageError::CorruptLog { offset, .. } if offset == bad_offset),
+        "{error:?}"
+    );
+
+    // Cutting the log at the damage forgets it: the offsets are written again and read back.
+    log.truncate_to(bad_offset).unwrap();
+    assert_eq!(log.known_damage(), None);
+    log.append(&batch(bad_offset, 2, 300, 0)).unwrap();
+    let r = log.read(bad_offset, 1 << 20).unwrap();
+    assert_eq!(records_of(&r)[0].0, bad_offset);
+    logs.close().unwrap();
+}

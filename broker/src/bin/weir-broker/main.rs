@@ -87,6 +87,10 @@ struct Args {
     /// How often recovery points and producer-state snapshots are written, ms [default: 10000].
     #[arg(long, env = "WEIR_CHECKPOINT_INTERVAL_MS")]
     checkpoint_interval_ms: Option<u64>,
+    /// Rate of the background scrub that CRC-checks sealed segments, bytes per second; 0 turns
+    /// it off [default: 16 MiB/s].
+    #[arg(long, env = "WEIR_SCRUB_BYTES_PER_SEC")]
+    scrub_bytes_per_sec: Option<u64>,
     /// Default segment size of new topics, bytes [default: 1 GiB].
     #[arg(long, env = "WEIR_SEGMENT_BYTES")]
     segment_bytes: Option<u64>,
@@ -152,6 +156,7 @@ impl Args {
         set!(shutdown_timeout_ms = self.shutdown_timeout_ms);
         set!(retention_check_interval_ms = self.retention_check_interval_ms);
         set!(checkpoint_interval_ms = self.checkpoint_interval_ms);
+        set!(scrub_bytes_per_sec = self.scrub_bytes_per_sec);
         set!(topic_defaults.segment_bytes = self.segment_bytes);
         set!(topic_defaults.retention_ms = self.retention_ms.map(Some));
         set!(topic_defaults.retention_bytes = self.retention_bytes.map(Some));

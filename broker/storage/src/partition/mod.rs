@@ -38,13 +38,18 @@
 //! - `read.rs`: `read` (`read_once`, `select_batches`) and `offset_for_time`;
 //! - `derived.rs`: producer states and the key index, their snapshots and rebuilds;
 //! - `retention.rs`: everything that removes data: `truncate_to`, retention,
-//!   `delete_segments_before`, and closing idle files.
+//!   `delete_segments_before`, and closing idle files;
+//! - `scrub.rs`: CRC-checking a sealed segment for the background scrub, and the damage it
+//!   found, which reads stop before.
 
 mod append;
 mod derived;
 mod read;
 mod retention;
+mod scrub;
 mod sync;
+
+pub use scrub::{KnownDamage, ScrubbedSegment};
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -225,6 +230,8 @@ pub struct PartitionLog {
     /// 1 + the offset of the damage a read last logged (0: none), so a consumer retrying at a
     /// damaged place logs it once, not per fetch.
     damage_logged: AtomicU64,
+    /// Damage the scrub found (see `scrub.rs`); reads stop before it. A leaf lock.
+    known_damage: Mutex<Option<scrub::KnownDamage>>,
 }
 
 impl PartitionLog {
@@ -247,6 +254,7 @@ impl PartitionLog {
             snapshot_lock: Mutex::new(()),
             rebuild_scans: AtomicU64::new(0),
             damage_logged: AtomicU64::new(0),
+            known_damage: Mutex::new(None),
             sync: Mutex::new(SyncState {
                 in_progress: false,
                 durable_offset: inner.recovery_point,

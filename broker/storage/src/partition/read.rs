@@ -116,6 +116,9 @@ impl PartitionLog {
             }
             (sources, hw, start)
         };
+        let known_damage = self
+            .known_damage()
+            .map(|d| (d.offset, d.reason.to_string()));
         let mut result = ReadResult {
             chunks: Vec::new(),
             high_watermark,
@@ -170,6 +173,8 @@ impl PartitionLog {
             let log = region_slice(&map, 0, size as usize);
             let must_take_one = result.chunks.is_empty();
             let budget = max_bytes.saturating_sub(used);
+            // Only the batch starting exactly there matches, so every segment may be told.
+            let damage_here = known_damage.as_ref().map(|(o, r)| (*o, r.as_str()));
             let mut walk = select_batches(
                 log,
                 u64::from(hint.position),
@@ -177,10 +182,19 @@ impl PartitionLog {
                 offset,
                 budget,
                 must_take_one,
+                damage_here,
             );
             if walk.selection.is_none() && walk.damage.is_some() && hint.position != 0 {
                 // Perhaps only the index hint was wrong: walk the segment from its start.
-                walk = select_batches(log, 0, base_offset, offset, budget, must_take_one);
+                walk = select_batches(
+                    log,
+                    0,
+                    base_offset,
+                    offset,
+                    budget,
+                    must_take_one,
+                    damage_here,
+                );
             }
             let stop = match &walk.selection {
                 Some(sel) => {
@@ -360,7 +374,8 @@ pub(super) struct Walk {
 /// whole batches from the one holding `target` on, within `budget` bytes (`must_take_one`: the
 /// first selected batch is taken even if larger). An inconsistent header ends the walk with
 /// [`Walk::damage`] (a caller that started from an index hint retries from the segment start,
-/// in case the hint was wrong).
+/// in case the hint was wrong), and so does the batch starting at `known_damage`'s offset (one
+/// the scrub found failing its CRC, which this walk does not compute).
 pub(super) fn select_batches(
     log: &[u8],
     position: u64,
@@ -368,6 +383,7 @@ pub(super) fn select_batches(
     target: u64,
     budget: usize,
     must_take_one: bool,
+    known_damage: Option<(u64, &str)>,
 ) -> Walk {
     let mut pos = position as usize;
     let mut expected = expected;
@@ -390,6 +406,15 @@ pub(super) fn select_batches(
                 };
             }
         };
+        if let Some((offset, reason)) = known_damage
+            && header.base_offset == offset
+        {
+            let detail = format!("found by the scrub: {reason}");
+            return Walk {
+                selection: selected,
+                damage: Some(damage(pos, expected, detail)),
+            };
+        }
         if header.base_offset != expected {
             let detail = format!(
                 "batch base offset {} where {expected} was expected",

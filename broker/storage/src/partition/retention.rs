@@ -90,7 +90,7 @@ impl PartitionLog {
         };
         let path = segment_path(&self.dir, base, LOG_SUFFIX);
         // Damage past the cut does not matter: the cut removes it.
-        let walk = select_batches(&log_bytes, 0, base, offset, usize::MAX, true);
+        let walk = select_batches(&log_bytes, 0, base, offset, usize::MAX, true, None);
         let cut = match (walk.selection, walk.damage) {
             (Some(sel), _) => sel.start,
             (None, None) => log_bytes.len() as u64,
@@ -160,6 +160,8 @@ impl PartitionLog {
                 thread.unpark();
             }
         }
+        // Offsets from here on may be written again: damage found in the cut part is gone.
+        self.forget_damage_from(new_hw);
         self.high_watermark.store(new_hw, Ordering::Release);
         info!(partition = %self.tp, requested = offset, high_watermark = new_hw, "truncated log");
         Ok(new_hw)

@@ -89,6 +89,8 @@ pub fn quiet_dir_config(log: LogConfig) -> LogDirConfig {
         checkpoint_interval: Duration::from_secs(3600),
         retention_check_interval: Duration::from_secs(3600),
         idle_close_after: Duration::from_secs(3600),
+        scrub_bytes_per_sec: 0,
+        scrub_pass_interval: Duration::from_secs(3600),
     }
 }
 
