@@ -9,7 +9,8 @@
 //! - Inside: [`segment`] (active and sealed segments), [`mmap`] (maps and the invariant that makes
 //!   handing out slices of them sound), [`index`] (sparse offset and time indexes), [`scan`]
 //!   (batch validation walking), [`recovery`] (opening, crash recovery), [`checkpoint`], [`fs`]
-//!   (atomic file creation, fallocate).
+//!   (atomic file creation, fallocate), [`sys`] (the one seam every file-system syscall goes
+//!   through, with the named failpoints the `failpoints` feature compiles in).
 //!
 //! The byte formats of every file are specified in `segments-format.md` at the repository root.
 
@@ -27,6 +28,7 @@ pub mod producer_state;
 pub mod recovery;
 pub mod scan;
 pub mod segment;
+pub mod sys;
 
 pub use config::{FlushPolicy, LogConfig, LogDirConfig};
 pub use error::{Result, StorageError};

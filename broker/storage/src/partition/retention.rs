@@ -35,6 +35,7 @@ use crate::index;
 use crate::mmap::region_slice;
 use crate::scan::scan_batches;
 use crate::segment::ActiveSegment;
+use crate::sys;
 
 impl PartitionLog {
     /// Removes every batch from the one holding `offset` on (Kafka's truncateTo: the cut falls
@@ -109,9 +110,8 @@ impl PartitionLog {
         // (2)
         let tmp = self.dir.join(format!("{base:020}.truncate.tmp"));
         let prepared = create_preallocated(&tmp, kept.len() as u64).and_then(|file| {
-            use std::os::unix::fs::FileExt;
-            file.write_all_at(kept, 0)
-                .and_then(|()| file.sync_data())
+            sys::pwrite_all(&file, kept, 0)
+                .and_then(|()| sys::fdatasync(&file))
                 .map_err(|e| StorageError::io("writing truncated segment", &tmp, e))
         });
         if let Err(e) = prepared {
@@ -183,7 +183,7 @@ impl PartitionLog {
             }
         }
         fsync_dir(&self.dir)?;
-        std::fs::rename(tmp, path)
+        sys::rename(tmp, path)
             .map_err(|e| StorageError::io("replacing truncated segment", path, e))?;
         remove_if_exists(&segment_path(&self.dir, base, INDEX_SUFFIX))?;
         remove_if_exists(&segment_path(&self.dir, base, TIME_INDEX_SUFFIX))?;

@@ -24,6 +24,7 @@ use std::thread::Thread;
 use super::{PartitionLog, SyncTicket, lock};
 use crate::config::{FlushPolicy, duration_ms};
 use crate::error::{Result, StorageError};
+use crate::sys;
 
 pub(super) struct SyncState {
     pub(super) in_progress: bool,
@@ -201,9 +202,9 @@ impl PartitionLog {
         // full fsync: their trim (a size change) must be durable too.
         for (file, path, sealed) in &files {
             let result = if *sealed {
-                file.sync_all()
+                sys::fsync(file)
             } else {
-                file.sync_data()
+                sys::fdatasync(file)
             };
             result.map_err(|e| StorageError::io("syncing segment", path, e))?;
         }
