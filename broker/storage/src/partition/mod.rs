@@ -1,7 +1,8 @@
 //! `PartitionLog`: one partition's append-only log, the engine's public face.
 //!
-//! Invariants (checked by the model test in `tests/storage_model.rs` and the stress test in
-//! `tests/storage_concurrency.rs`):
+//! Invariants (checked by the model test in `tests/storage_model.rs`, the stress test in
+//! `tests/storage_concurrency.rs`, the disk faults of `tests/storage_faults.rs`, and the
+//! `debug_assert!`s where each is enforced):
 //! - Offsets are dense and never move: the batch appended after offset `n-1` gets base offset
 //!   `n`, and a read of offset `n` returns the same bytes until retention deletes or
 //!   `truncate_to` cuts them.
