@@ -160,6 +160,7 @@ impl ActiveLogFile {
             self.allocated,
             target - self.allocated,
         )?;
+        debug_assert!(end <= target && target <= self.capacity());
         self.allocated = target;
         Ok(())
     }
@@ -179,6 +180,9 @@ impl ActiveLogFile {
             end <= self.allocated && batch.len() >= 8,
             "write outside reserved blocks"
         );
+        // Reserved blocks never reach past the map (`reserve` caps them at its capacity), so
+        // every written byte is one a reader's slice can reach without a SIGBUS.
+        debug_assert!(self.allocated <= self.capacity());
         let stamp = base_offset.to_be_bytes();
         let mut written = 0usize;
         while written < batch.len() {

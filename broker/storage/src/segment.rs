@@ -426,6 +426,16 @@ impl ActiveSegment {
     ) -> Result<()> {
         let position = self.size;
         let end = position + batch.len() as u64;
+        debug_assert_eq!(
+            header.base_offset, self.next_offset,
+            "a batch must be stamped with the segment's next offset (dense offsets)"
+        );
+        // The caller rolls first; a write past the map's capacity could never be read back.
+        debug_assert!(
+            end <= self.capacity,
+            "append to {end} past the segment's capacity {}",
+            self.capacity
+        );
         let writer = self.writer()?;
         writer.reserve(end, min_extent, max_extent)?;
         writer.write_batch_at(position, header.base_offset, batch)?;

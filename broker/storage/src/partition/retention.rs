@@ -100,6 +100,12 @@ impl PartitionLog {
         let kept = &log_bytes[..cut as usize];
         let mut index = index::IndexBuilder::new(base, config.index_interval_bytes);
         let new_hw = scan_batches(kept, 0, base, false, Some(&mut index)).next_offset;
+        // A cut falls on a batch boundary at or below `offset`, never below the log start.
+        debug_assert!(
+            inner.log_start_offset <= new_hw && new_hw <= offset,
+            "truncation to {offset} would cut to {new_hw} (log start {})",
+            inner.log_start_offset
+        );
 
         // (1)
         let lowered = inner.recovery_point.min(new_hw);
@@ -138,6 +144,7 @@ impl PartitionLog {
         {
             let mut sync = lock(&self.sync);
             sync.durable_offset = sync.durable_offset.min(new_hw);
+            debug_assert!(sync.durable_offset <= inner.recovery_point);
             if sync.truncations.len() == TRUNCATION_HISTORY {
                 sync.truncations.pop_front();
             }
@@ -151,6 +158,7 @@ impl PartitionLog {
                 thread.unpark();
             }
         }
+        inner.debug_check_chain();
         self.high_watermark.store(new_hw, Ordering::Release);
         info!(partition = %self.tp, requested = offset, high_watermark = new_hw, "truncated log");
         Ok(new_hw)
@@ -246,7 +254,16 @@ impl PartitionLog {
         let Some(oldest) = inner.sealed.pop_front() else {
             return;
         };
+        // The log start only moves forward, to the base of what is now the oldest segment.
+        debug_assert!(oldest.next_offset >= inner.log_start_offset);
         inner.log_start_offset = oldest.next_offset;
+        debug_assert_eq!(
+            inner
+                .sealed
+                .front()
+                .map_or(inner.active.base_offset, |s| s.base_offset),
+            inner.log_start_offset
+        );
         let recovery_point = inner.recovery_point.max(oldest.next_offset);
         self.set_recovery_point(inner, recovery_point);
         inner

@@ -228,6 +228,14 @@ impl PartitionLog {
         }
         let mut state = lock(&self.sync);
         state.durable_offset = state.durable_offset.max(through);
+        // Nothing is reported durable that the recovery point (what a restart trusts) does not
+        // cover.
+        debug_assert!(
+            state.durable_offset <= inner.recovery_point,
+            "durable offset {} above the recovery point {}",
+            state.durable_offset,
+            inner.recovery_point
+        );
         Ok(())
     }
 
