@@ -10,13 +10,13 @@
 //! `topic partition offset` line per partition. They are replaced atomically.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::Path;
 
 use tracing::warn;
 
 use super::error::{Result, StorageError};
 use super::fs::{SyncMode, atomic_write};
+use super::sys;
 use weir_proto::topic::TopicPartition;
 
 pub(crate) const RECOVERY_POINT_FILE: &str = "recovery-point-offset-checkpoint";
@@ -36,7 +36,7 @@ pub(crate) fn write_offsets(path: &Path, offsets: &BTreeMap<TopicPartition, u64>
 /// Reads an offset checkpoint. A missing file is empty; a malformed one is reported and
 /// treated as empty, which only makes recovery scan more (never less).
 pub(crate) fn read_offsets(path: &Path) -> Result<BTreeMap<TopicPartition, u64>> {
-    let text = match fs::read_to_string(path) {
+    let text = match sys::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
         Err(e) => return Err(StorageError::io("reading checkpoint", path, e)),
@@ -85,6 +85,7 @@ fn parse_offsets(text: &str) -> std::result::Result<BTreeMap<TopicPartition, u64
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn roundtrip_and_malformed() {

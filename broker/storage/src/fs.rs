@@ -6,16 +6,16 @@
 //! - Disk blocks are reserved with `fallocate` ahead of the write position ([`allocate`]):
 //!   a full disk is an ENOSPC error when reserving, before any byte of a batch is written, and
 //!   extents stay contiguous.
+//!
+//! The syscalls themselves go through [`super::sys`], the engine's one seam to the file system
+//! (and its failpoints).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rustix::fs::FallocateFlags;
-
 use super::error::{Result, StorageError};
+use super::sys;
 
 /// File name suffixes of a segment's three files.
 pub(crate) const LOG_SUFFIX: &str = "log";
@@ -47,9 +47,7 @@ fn tmp_path(path: &Path) -> PathBuf {
 
 /// fsyncs a directory, making renames and unlinks in it durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StorageError::io("syncing directory", dir, e))
+    sys::fsync_dir(dir).map_err(|e| StorageError::io("syncing directory", dir, e))
 }
 
 /// Whether a write is made durable now, or left to a later `syncfs` of the whole data dir
@@ -65,19 +63,18 @@ pub enum SyncMode {
 pub fn atomic_write(path: &Path, contents: &[u8], sync: SyncMode) -> Result<()> {
     let tmp = tmp_path(path);
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.write_all(contents)?;
+        let f = sys::open(
+            &tmp,
+            OpenOptions::new().write(true).create(true).truncate(true),
+        )?;
+        sys::pwrite_all(&f, contents, 0)?;
         if sync == SyncMode::Now {
-            f.sync_data()?;
+            sys::fdatasync(&f)?;
         }
-        fs::rename(&tmp, path)
+        sys::rename(&tmp, path)
     })();
     if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
+        let _ = sys::unlink(&tmp);
         return Err(StorageError::io("writing file", path, e));
     }
     match sync {
@@ -89,20 +86,25 @@ pub fn atomic_write(path: &Path, contents: &[u8], sync: SyncMode) -> Result<()> 
 /// Reserves disk blocks for `[offset, offset + len)` of `file`, extending its length.
 /// Falls back to writing zeros where the file system has no fallocate.
 pub(crate) fn allocate(file: &File, path: &Path, offset: u64, len: u64) -> Result<()> {
-    match rustix::fs::fallocate(file, FallocateFlags::empty(), offset, len) {
+    let unsupported = |e: &std::io::Error| {
+        [rustix::io::Errno::OPNOTSUPP, rustix::io::Errno::NOSYS]
+            .iter()
+            .any(|errno| e.raw_os_error() == Some(errno.raw_os_error()))
+    };
+    match sys::fallocate(file, offset, len) {
         Ok(()) => Ok(()),
-        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
+        Err(e) if unsupported(&e) => {
             let zeros = vec![0u8; 1 << 20];
             let mut at = offset;
             while at < offset + len {
                 let n = (offset + len - at).min(zeros.len() as u64) as usize;
-                file.write_all_at(&zeros[..n], at)
+                sys::pwrite_all(file, &zeros[..n], at)
                     .map_err(|e| StorageError::io("preallocating segment", path, e))?;
                 at += n as u64;
             }
             Ok(())
         }
-        Err(e) => Err(StorageError::io("preallocating segment", path, e.into())),
+        Err(e) => Err(StorageError::io("preallocating segment", path, e)),
     }
 }
 
@@ -111,19 +113,20 @@ pub(crate) fn allocate(file: &File, path: &Path, offset: u64, len: u64) -> Resul
 pub(crate) fn create_preallocated(path: &Path, len: u64) -> Result<File> {
     let tmp = tmp_path(path);
     let result = (|| {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| StorageError::io("creating segment", &tmp, e))?;
+        let f = sys::open(
+            &tmp,
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true),
+        )
+        .map_err(|e| StorageError::io("creating segment", &tmp, e))?;
         if len > 0 {
             allocate(&f, &tmp, 0, len)?;
         }
-        f.sync_all()
-            .map_err(|e| StorageError::io("syncing new segment", &tmp, e))?;
-        fs::rename(&tmp, path).map_err(|e| StorageError::io("renaming new segment", path, e))?;
+        sys::fsync(&f).map_err(|e| StorageError::io("syncing new segment", &tmp, e))?;
+        sys::rename(&tmp, path).map_err(|e| StorageError::io("renaming new segment", path, e))?;
         Ok(f)
     })();
     match result {
@@ -132,7 +135,7 @@ pub(crate) fn create_preallocated(path: &Path, len: u64) -> Result<File> {
             Ok(f)
         }
         Err(e) => {
-            let _ = fs::remove_file(&tmp);
+            let _ = sys::unlink(&tmp);
             Err(e)
         }
     }
@@ -141,8 +144,8 @@ pub(crate) fn create_preallocated(path: &Path, len: u64) -> Result<File> {
 /// Flushes every dirty page and metadata change of the file system holding `dir` in one call
 /// (cheaper than one fsync per file when closing thousands of partitions).
 pub(crate) fn sync_file_system(dir: &Path) -> Result<()> {
-    let d = File::open(dir).map_err(|e| StorageError::io("opening data directory", dir, e))?;
-    rustix::fs::syncfs(&d).map_err(|e| StorageError::io("syncing file system", dir, e.into()))
+    let d = sys::open_read(dir).map_err(|e| StorageError::io("opening data directory", dir, e))?;
+    sys::syncfs(&d).map_err(|e| StorageError::io("syncing file system", dir, e))
 }
 
 /// True for a leftover of an interrupted [`atomic_write`] or [`create_preallocated`].
@@ -153,7 +156,7 @@ pub fn is_tmp_file(name: &str) -> bool {
 
 /// Removes a file, treating "already gone" as done.
 pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
+    match sys::unlink(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(StorageError::io("removing file", path, e)),
@@ -171,6 +174,7 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn segment_names_roundtrip_and_sort() {

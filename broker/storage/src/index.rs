@@ -230,6 +230,23 @@ impl IndexBuilder {
 
     /// Adds the batch at `position` to the offset index unconditionally (resuming a segment).
     pub(crate) fn push_offset(&mut self, base_offset: u64, position: u64) {
+        // Entries are 32-bit and strictly increasing (see `check_offset_index`): the config
+        // caps a segment at 4 GiB - 1 and a roll keeps its offsets within u32.
+        debug_assert!(base_offset >= self.base_offset);
+        debug_assert!(
+            base_offset - self.base_offset <= u64::from(u32::MAX)
+                && position <= u64::from(u32::MAX),
+            "index entry ({base_offset}, {position}) does not fit 32 bits"
+        );
+        debug_assert!(
+            offset_entry_count(&self.offsets)
+                .checked_sub(1)
+                .map(|i| offset_entry(&self.offsets, i))
+                .is_none_or(|last| u64::from(last.relative_offset)
+                    < base_offset - self.base_offset
+                    && u64::from(last.position) < position),
+            "index entry ({base_offset}, {position}) does not follow the last one"
+        );
         let rel = (base_offset - self.base_offset) as u32;
         self.offsets.extend_from_slice(&rel.to_be_bytes());
         self.offsets
@@ -243,6 +260,10 @@ impl IndexBuilder {
             .map(|i| time_entry(&self.times, i));
         if last.is_none_or(|e| self.max_timestamp > e.timestamp) && self.max_timestamp != i64::MIN {
             let rel = (self.next_offset - self.base_offset) as u32;
+            debug_assert!(
+                last.is_none_or(|e| e.relative_offset <= rel),
+                "time index entry at {rel} goes back"
+            );
             self.times
                 .extend_from_slice(&self.max_timestamp.to_be_bytes());
             self.times.extend_from_slice(&rel.to_be_bytes());

@@ -9,7 +9,8 @@
 //! - Inside: [`segment`] (active and sealed segments), [`mmap`] (maps and the invariant that makes
 //!   handing out slices of them sound), [`index`] (sparse offset and time indexes), [`scan`]
 //!   (batch validation walking), [`recovery`] (opening, crash recovery), [`checkpoint`], [`fs`]
-//!   (atomic file creation, fallocate).
+//!   (atomic file creation, fallocate), [`sys`] (the one seam every file-system syscall goes
+//!   through, with the named failpoints the `failpoints` feature compiles in).
 //! - [`verify`]: every CRC of a data directory checked from outside, read-only
 //!   (`weir-broker --verify`); [`scrub`]: the background thread that CRC-checks sealed
 //!   segments at a bounded rate, so reads stop before damage a consumer would otherwise meet.
@@ -31,6 +32,7 @@ pub mod recovery;
 pub mod scan;
 pub mod scrub;
 pub mod segment;
+pub mod sys;
 pub mod verify;
 
 pub use config::{FlushPolicy, LogConfig, LogDirConfig};

@@ -13,7 +13,7 @@
 //! ([`super::scrub`]), so a long segment check never delays an interval flush.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -32,6 +32,7 @@ use super::fs::{
 use super::partition::PartitionLog;
 use super::recovery::{OpenMode, TruncationReport, open_partition};
 use super::scrub::{StopSignal, scrub_loop};
+use super::sys;
 use weir_proto::topic::TopicPartition;
 
 const LOCK_FILE: &str = ".lock";
@@ -85,25 +86,23 @@ impl LogDir {
         let started = Instant::now();
         let path = path.as_ref().to_owned();
         config.default_log.validate()?;
-        fs::create_dir_all(&path)
+        sys::create_dir_all(&path)
             .map_err(|e| StorageError::io("creating data directory", &path, e))?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path.join(LOCK_FILE))
-            .map_err(|e| StorageError::io("opening lock file", &path, e))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-            .map_err(|_| StorageError::DirLocked(path.clone()))?;
+        let lock = sys::open(
+            &path.join(LOCK_FILE),
+            OpenOptions::new().create(true).truncate(false).write(true),
+        )
+        .map_err(|e| StorageError::io("opening lock file", &path, e))?;
+        sys::flock_exclusive(&lock).map_err(|_| StorageError::DirLocked(path.clone()))?;
 
         let marker = path.join(CLEAN_SHUTDOWN_FILE);
-        let clean = marker.exists();
+        let clean = sys::exists(&marker);
         let recovery_points = read_offsets(&path.join(RECOVERY_POINT_FILE))?;
         let log_starts = read_offsets(&path.join(LOG_START_FILE))?;
 
         let mut partitions = BTreeMap::new();
         let mut truncations = Vec::new();
-        let entries = fs::read_dir(&path)
+        let entries = sys::read_dir(&path)
             .map_err(|e| StorageError::io("listing data directory", &path, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| StorageError::io("listing data directory", &path, e))?;
@@ -116,7 +115,7 @@ impl LogDir {
                 continue;
             }
             if name.ends_with(DELETE_SUFFIX) {
-                fs::remove_dir_all(entry.path())
+                sys::remove_dir_all(&entry.path())
                     .map_err(|e| StorageError::io("removing deleted partition", entry.path(), e))?;
                 continue;
             }
@@ -234,7 +233,7 @@ impl LogDir {
             return Err(StorageError::PartitionExists(tp.to_string()));
         }
         let dir = self.shared.path.join(tp.dir_name());
-        if dir.exists() {
+        if sys::exists(&dir) {
             return Err(StorageError::PartitionExists(tp.to_string()));
         }
         let (log, _) = open_partition(&dir, tp.clone(), config, OpenMode::Clean, None)?;
@@ -292,10 +291,10 @@ impl LogDir {
             .shared
             .path
             .join(format!("{}{DELETE_SUFFIX}", tp.dir_name()));
-        fs::rename(log.dir(), &doomed)
+        sys::rename(log.dir(), &doomed)
             .map_err(|e| StorageError::io("renaming deleted partition", log.dir(), e))?;
         fsync_dir(&self.shared.path)?;
-        fs::remove_dir_all(&doomed)
+        sys::remove_dir_all(&doomed)
             .map_err(|e| StorageError::io("deleting partition", &doomed, e))?;
         // A re-created partition of the same name must not inherit these offsets.
         checkpoint(&self.shared)

@@ -25,10 +25,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use memmap2::{MmapOptions, MmapRaw};
+use memmap2::MmapRaw;
 
 use super::error::{Result, StorageError};
 use super::fs::{allocate, create_preallocated};
+use super::sys;
 
 /// A read-only window of a shared map; the owner behind the `Bytes` handed to readers.
 struct MapRegion {
@@ -76,9 +77,7 @@ pub(crate) fn map_read_only(file: &File, path: &Path, len: u64) -> Result<Option
     }
     let len = usize::try_from(len)
         .map_err(|_| StorageError::InvalidConfig("file larger than address space".into()))?;
-    MmapOptions::new()
-        .len(len)
-        .map_raw_read_only(file)
+    sys::mmap_read_only(file, len)
         .map(|m| Some(Arc::new(m)))
         .map_err(|e| StorageError::io("mapping segment file", path, e))
 }
@@ -102,25 +101,18 @@ impl ActiveLogFile {
     /// Opens an existing segment log for appending after `written` bytes. Whatever the file
     /// holds past `written` (a preallocated tail) is kept as reserved space.
     pub(crate) fn open(path: &Path, capacity: u64) -> Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
+        let file = sys::open(path, OpenOptions::new().read(true).write(true))
             .map_err(|e| StorageError::io("opening active segment", path, e))?;
         Self::map(path, file, capacity)
     }
 
     fn map(path: &Path, file: File, capacity: u64) -> Result<Self> {
-        let allocated = file
-            .metadata()
-            .map_err(|e| StorageError::io("reading segment size", path, e))?
-            .len();
+        let allocated =
+            sys::file_len(&file).map_err(|e| StorageError::io("reading segment size", path, e))?;
         let capacity = capacity.max(allocated);
         let len = usize::try_from(capacity)
             .map_err(|_| StorageError::InvalidConfig("segment larger than address space".into()))?;
-        let map = MmapOptions::new()
-            .len(len)
-            .map_raw_read_only(&file)
+        let map = sys::mmap_read_only(&file, len)
             .map_err(|e| StorageError::io("mapping active segment", path, e))?;
         Ok(ActiveLogFile {
             path: path.to_owned(),
@@ -182,6 +174,7 @@ impl ActiveLogFile {
             self.allocated,
             target - self.allocated,
         )?;
+        debug_assert!(end <= target && target <= self.capacity());
         self.allocated = target;
         Ok(())
     }
@@ -201,6 +194,9 @@ impl ActiveLogFile {
             end <= self.allocated && batch.len() >= 8,
             "write outside reserved blocks"
         );
+        // Reserved blocks never reach past the map (`reserve` caps them at its capacity), so
+        // every written byte is one a reader's slice can reach without a SIGBUS.
+        debug_assert!(self.allocated <= self.capacity());
         let stamp = base_offset.to_be_bytes();
         let mut written = 0usize;
         while written < batch.len() {
@@ -210,11 +206,11 @@ impl ActiveLogFile {
                     IoSlice::new(&stamp[written..]),
                     IoSlice::new(&batch[stamp.len()..]),
                 ];
-                rustix::io::pwritev(&*self.file, &parts, at)
+                sys::pwritev(&self.file, &parts, at)
             } else {
-                rustix::io::pwrite(&*self.file, &batch[written..], at)
+                sys::pwrite(&self.file, &batch[written..], at)
             }
-            .map_err(|e| StorageError::io("appending to segment", &self.path, e.into()))?;
+            .map_err(|e| StorageError::io("appending to segment", &self.path, e))?;
             if n == 0 {
                 let e = std::io::Error::new(std::io::ErrorKind::WriteZero, "pwrite wrote nothing");
                 return Err(StorageError::io("appending to segment", &self.path, e));
@@ -226,8 +222,7 @@ impl ActiveLogFile {
 
     /// Shrinks the file to `len` (the published length), releasing the reserved tail.
     pub(crate) fn trim(&mut self, len: u64) -> Result<()> {
-        self.file
-            .set_len(len)
+        sys::set_len(&self.file, len)
             .map_err(|e| StorageError::io("trimming segment", &self.path, e))?;
         self.allocated = len;
         Ok(())

@@ -9,8 +9,7 @@
 //! Either way, nothing past the last valid batch is ever served or counted.
 
 use std::collections::VecDeque;
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::fs::OpenOptions;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -27,6 +26,7 @@ use super::mmap::{map_read_only, region_slice};
 use super::partition::{Inner, PartitionLog};
 use super::scan::{ScanOutcome, ScanStop, scan_batches};
 use super::segment::{ActiveSegment, SealedSegment, rebuild_indexes, write_index_files};
+use super::sys;
 use weir_proto::topic::TopicPartition;
 
 /// How the previous process left the data directory.
@@ -71,7 +71,7 @@ pub(crate) fn open_partition(
     log_start_hint: Option<u64>,
 ) -> Result<(PartitionLog, Option<TruncationReport>)> {
     config.validate()?;
-    fs::create_dir_all(dir)
+    sys::create_dir_all(dir)
         .map_err(|e| StorageError::io("creating partition directory", dir, e))?;
     let bases = list_segments(dir)?;
     let interval = config.index_interval_bytes;
@@ -96,9 +96,7 @@ pub(crate) fn open_partition(
         .iter()
         .map(|&b| {
             let p = segment_path(dir, b, LOG_SUFFIX);
-            fs::metadata(&p)
-                .map(|m| m.len())
-                .map_err(|e| StorageError::io("reading segment size", p, e))
+            sys::path_len(&p).map_err(|e| StorageError::io("reading segment size", p, e))
         })
         .collect::<Result<Vec<u64>>>()?;
     let n = bases.len();
@@ -226,9 +224,8 @@ pub(crate) fn open_partition(
         // The scanned tail is now the log: make it durable before it counts as recovered.
         for base in touched.iter().copied() {
             let p = segment_path(dir, base, LOG_SUFFIX);
-            if let Ok(f) = OpenOptions::new().read(true).open(&p) {
-                f.sync_all()
-                    .map_err(|e| StorageError::io("syncing recovered segment", &p, e))?;
+            if let Ok(f) = sys::open_read(&p) {
+                sys::fsync(&f).map_err(|e| StorageError::io("syncing recovered segment", &p, e))?;
             }
         }
         fsync_dir(dir)?;
@@ -270,7 +267,7 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     let mut bases = Vec::new();
     let mut indexes = Vec::new();
     let entries =
-        fs::read_dir(dir).map_err(|e| StorageError::io("listing partition directory", dir, e))?;
+        sys::read_dir(dir).map_err(|e| StorageError::io("listing partition directory", dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| StorageError::io("listing partition directory", dir, e))?;
         let name = entry.file_name();
@@ -296,7 +293,7 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
 
 /// Runs `f` over the first `len` bytes of the file, mapped read-only (and unmapped after).
 fn scan_file(path: &Path, len: u64, f: impl FnOnce(&[u8]) -> ScanOutcome) -> Result<ScanOutcome> {
-    let file = File::open(path).map_err(|e| StorageError::io("opening segment", path, e))?;
+    let file = sys::open_read(path).map_err(|e| StorageError::io("opening segment", path, e))?;
     let map = map_read_only(&file, path, len)?;
     Ok(f(map
         .as_ref()
@@ -313,8 +310,8 @@ fn check_clean_tail(
     interval: u32,
 ) -> Result<(ScanOutcome, IndexBuilder)> {
     let path = segment_path(dir, base, LOG_SUFFIX);
-    let offsets = fs::read(segment_path(dir, base, INDEX_SUFFIX));
-    let times = fs::read(segment_path(dir, base, TIME_INDEX_SUFFIX));
+    let offsets = sys::read(&segment_path(dir, base, INDEX_SUFFIX));
+    let times = sys::read(&segment_path(dir, base, TIME_INDEX_SUFFIX));
     let mut result = None;
     scan_file(&path, size, |log| {
         let loaded = match (offsets, times) {
@@ -382,12 +379,12 @@ fn check_clean_tail(
 
 /// True if `[from, to)` of the file is all zero bytes (an unwritten preallocated tail).
 fn tail_is_zero(path: &Path, from: u64, to: u64) -> Result<bool> {
-    let file = File::open(path).map_err(|e| StorageError::io("opening segment", path, e))?;
+    let file = sys::open_read(path).map_err(|e| StorageError::io("opening segment", path, e))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut at = from;
     while at < to {
         let n = ((to - at) as usize).min(buf.len());
-        file.read_exact_at(&mut buf[..n], at)
+        sys::pread_exact(&file, &mut buf[..n], at)
             .map_err(|e| StorageError::io("reading segment tail", path, e))?;
         if buf[..n].iter().any(|&b| b != 0) {
             return Ok(false);
@@ -398,10 +395,8 @@ fn tail_is_zero(path: &Path, from: u64, to: u64) -> Result<bool> {
 }
 
 fn truncate_file(path: &Path, len: u64) -> Result<()> {
-    OpenOptions::new()
-        .write(true)
-        .open(path)
-        .and_then(|f| f.set_len(len))
+    sys::open(path, OpenOptions::new().write(true))
+        .and_then(|f| sys::set_len(&f, len))
         .map_err(|e| StorageError::io("truncating segment", path, e))
 }
 

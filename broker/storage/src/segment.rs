@@ -9,7 +9,7 @@
 //!   idle. Open handles are reference-counted: closing or deleting a segment never invalidates
 //!   a read in progress; the last reader's drop releases the map and descriptor.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,6 +27,7 @@ use super::fs::{
 use super::index::{self, IndexBuilder};
 use super::mmap::{ActiveLogFile, map_read_only, region_slice};
 use super::scan::scan_batches;
+use super::sys;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a segment lock leaves plain data behind; keep serving.
@@ -126,11 +127,10 @@ impl SealedSegment {
 
     fn open_files(&self) -> Result<OpenSegment> {
         let path = self.log_path();
-        let file = File::open(&path).map_err(|e| StorageError::io("opening segment", &path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| StorageError::io("reading segment size", &path, e))?
-            .len();
+        let file =
+            sys::open_read(&path).map_err(|e| StorageError::io("opening segment", &path, e))?;
+        let len =
+            sys::file_len(&file).map_err(|e| StorageError::io("reading segment size", &path, e))?;
         if len < self.size {
             return Err(StorageError::Corrupt {
                 what: "segment",
@@ -240,8 +240,8 @@ fn load_index(
     } else {
         "time index"
     };
-    let file = File::open(&path).map_err(|e| (what, format!("cannot open: {e}")))?;
-    let len = file.metadata().map_err(|e| (what, e.to_string()))?.len();
+    let file = sys::open_read(&path).map_err(|e| (what, format!("cannot open: {e}")))?;
+    let len = sys::file_len(&file).map_err(|e| (what, e.to_string()))?;
     match map_read_only(&file, &path, len) {
         Ok(Some(map)) => Ok(IndexBytes::Mapped(map)),
         Ok(None) => Ok(IndexBytes::Owned(Arc::new(Vec::new()))),
@@ -409,9 +409,7 @@ impl ActiveSegment {
             Some(w) => Ok(Arc::clone(w.file())),
             None => {
                 let path = self.log_path();
-                OpenOptions::new()
-                    .read(true)
-                    .open(&path)
+                sys::open_read(&path)
                     .map(Arc::new)
                     .map_err(|e| StorageError::io("opening segment to sync", &path, e))
             }
@@ -430,6 +428,16 @@ impl ActiveSegment {
     ) -> Result<()> {
         let position = self.size;
         let end = position + batch.len() as u64;
+        debug_assert_eq!(
+            header.base_offset, self.next_offset,
+            "a batch must be stamped with the segment's next offset (dense offsets)"
+        );
+        // The caller rolls first; a write past the map's capacity could never be read back.
+        debug_assert!(
+            end <= self.capacity,
+            "append to {end} past the segment's capacity {}",
+            self.capacity
+        );
         let writer = self.writer()?;
         writer.reserve(
             end,

@@ -17,7 +17,6 @@
 //! Read-only: no lock is taken and no file is opened for writing, so it may run beside a broker
 //! (a segment that changes under it may then be reported torn at its end).
 
-use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 use weir_proto::topic::TopicPartition;
@@ -27,6 +26,7 @@ use super::error::{Result, StorageError};
 use super::fs::{LOG_SUFFIX, parse_segment_file_name};
 use super::mmap::map_read_only;
 use super::scan::{ScanStop, scan_batches};
+use super::sys;
 
 /// One place where a log is not what its format promises.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,9 +77,8 @@ pub fn log_bytes(dir: &Path) -> Result<u64> {
     let mut total = 0;
     for (_, part_dir) in partition_dirs(dir)? {
         for (_, path) in segment_logs(&part_dir)? {
-            total += fs::metadata(&path)
-                .map_err(|e| StorageError::io("reading segment size", &path, e))?
-                .len();
+            total += sys::path_len(&path)
+                .map_err(|e| StorageError::io("reading segment size", &path, e))?;
         }
     }
     Ok(total)
@@ -88,7 +87,7 @@ pub fn log_bytes(dir: &Path) -> Result<u64> {
 /// Checks every batch of every partition in the data directory `dir` (a [`super::LogDir`]'s
 /// path). `progress` is called with the bytes of each segment once it has been walked.
 pub fn verify_log_dir(dir: &Path, mut progress: impl FnMut(u64)) -> Result<VerifyReport> {
-    let clean = dir.join(CLEAN_SHUTDOWN_FILE).exists();
+    let clean = sys::exists(&dir.join(CLEAN_SHUTDOWN_FILE));
     let recovery_points = read_offsets(&dir.join(RECOVERY_POINT_FILE))?;
     let mut report = VerifyReport::default();
     for (tp, part_dir) in partition_dirs(dir)? {
@@ -98,9 +97,8 @@ pub fn verify_log_dir(dir: &Path, mut progress: impl FnMut(u64)) -> Result<Verif
         let mut expected: Option<u64> = None;
         for (k, (base, path)) in segments.into_iter().enumerate() {
             report.segments += 1;
-            let len = fs::metadata(&path)
-                .map_err(|e| StorageError::io("reading segment size", &path, e))?
-                .len();
+            let len = sys::path_len(&path)
+                .map_err(|e| StorageError::io("reading segment size", &path, e))?;
             if let Some(expected) = expected
                 && expected != base
             {
@@ -166,7 +164,7 @@ pub struct SegmentCheck {
 /// Walks the first `len` bytes of the segment `.log` at `path` (base offset `base`), verifying
 /// every CRC.
 pub fn verify_segment(path: &Path, base: u64, len: u64) -> Result<SegmentCheck> {
-    let file = File::open(path).map_err(|e| StorageError::io("opening segment", path, e))?;
+    let file = sys::open_read(path).map_err(|e| StorageError::io("opening segment", path, e))?;
     let Some(map) = map_read_only(&file, path, len)? else {
         return Ok(SegmentCheck {
             valid_len: 0,
@@ -192,7 +190,7 @@ pub fn verify_segment(path: &Path, base: u64, len: u64) -> Result<SegmentCheck> 
 fn partition_dirs(dir: &Path) -> Result<Vec<(TopicPartition, PathBuf)>> {
     let mut out = Vec::new();
     let entries =
-        fs::read_dir(dir).map_err(|e| StorageError::io("listing data directory", dir, e))?;
+        sys::read_dir(dir).map_err(|e| StorageError::io("listing data directory", dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| StorageError::io("listing data directory", dir, e))?;
         if !entry.file_type().is_ok_and(|t| t.is_dir()) {
@@ -211,7 +209,7 @@ fn partition_dirs(dir: &Path) -> Result<Vec<(TopicPartition, PathBuf)>> {
 fn segment_logs(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
     let entries =
-        fs::read_dir(dir).map_err(|e| StorageError::io("listing partition directory", dir, e))?;
+        sys::read_dir(dir).map_err(|e| StorageError::io("listing partition directory", dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| StorageError::io("listing partition directory", dir, e))?;
         let name = entry.file_name();

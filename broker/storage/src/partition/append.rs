@@ -179,6 +179,13 @@ impl PartitionLog {
                 self.roll_locked(&mut inner, &config)?;
             }
             header.base_offset = inner.active.next_offset;
+            // Dense offsets: the batch starts exactly where the published log ends (the atomic
+            // mirrors `active.next_offset` under this lock).
+            debug_assert_eq!(
+                header.base_offset,
+                self.high_watermark.load(Ordering::Relaxed),
+                "base offset stamped away from the published high watermark"
+            );
             inner.active.append(batch, &header, &config)?;
             inner.first_unsynced_ms.get_or_insert_with(now_ms);
             if let Some(states) = &mut inner.producers {
@@ -190,6 +197,8 @@ impl PartitionLog {
             if let Some(keys) = &mut inner.keys {
                 keys.observe_batch(batch, base_offset);
             }
+            debug_assert_eq!(inner.active.next_offset, header.next_offset());
+            inner.debug_check_marks();
             self.high_watermark
                 .store(inner.active.next_offset, Ordering::Release);
             AppendInfo {
@@ -258,6 +267,7 @@ impl PartitionLog {
         );
         debug!(partition = %self.tp, base_offset = old.base_offset, next_offset = old.next_offset, bytes = old.size, "rolled segment");
         inner.sealed.push_back(Arc::new(sealed));
+        inner.debug_check_chain();
         Ok(())
     }
 }

@@ -24,6 +24,7 @@ use crate::error::{Result, StorageError};
 use crate::fs::{SyncMode, atomic_write};
 use crate::key_index::KeyIndex;
 use crate::producer_state::ProducerStates;
+use crate::sys;
 
 impl PartitionLog {
     /// Builds the derived state (idempotent-producer states, and the key index of a
@@ -44,7 +45,7 @@ impl PartitionLog {
             let log_start = self.log_start_offset();
             // Start from the snapshot when it is usable (see `derived_snapshot`), else from the
             // log start.
-            let snapshot = std::fs::read(self.dir.join(derived_snapshot::FILE_NAME))
+            let snapshot = sys::read(&self.dir.join(derived_snapshot::FILE_NAME))
                 .ok()
                 .and_then(|bytes| derived_snapshot::decode(&bytes))
                 .filter(|s| {

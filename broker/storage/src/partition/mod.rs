@@ -1,7 +1,8 @@
 //! `PartitionLog`: one partition's append-only log, the engine's public face.
 //!
-//! Invariants (checked by the model test in `tests/storage_model.rs` and the stress test in
-//! `tests/storage_concurrency.rs`):
+//! Invariants (checked by the model test in `tests/storage_model.rs`, the stress test in
+//! `tests/storage_concurrency.rs`, the disk faults of `tests/storage_faults.rs`, and the
+//! `debug_assert!`s where each is enforced):
 //! - Offsets are dense and never move: the batch appended after offset `n-1` gets base offset
 //!   `n`, and a read of offset `n` returns the same bytes until retention deletes or
 //!   `truncate_to` cuts them.
@@ -202,6 +203,56 @@ impl Inner {
             last_batch: None,
         }
     }
+
+    /// Debug builds: `log_start_offset <= recovery_point <= high watermark` (the active
+    /// segment's next offset), checked wherever one of them moves.
+    pub(crate) fn debug_check_marks(&self) {
+        debug_assert!(
+            self.log_start_offset <= self.recovery_point
+                && self.recovery_point <= self.active.next_offset,
+            "marks out of order: log start {} <= recovery point {} <= high watermark {} broken",
+            self.log_start_offset,
+            self.recovery_point,
+            self.active.next_offset
+        );
+    }
+
+    /// Debug builds: the segments form one dense run of offsets (each starts where the one
+    /// before it ends, the active one last) and the log start lies in it. Checked where
+    /// segments come and go (open, roll, truncation, retention); linear in the segments, so not
+    /// on every append.
+    pub(crate) fn debug_check_chain(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        let mut expected = self.sealed.front().map(|s| s.base_offset);
+        for s in &self.sealed {
+            debug_assert!(
+                expected == Some(s.base_offset) && s.base_offset <= s.next_offset,
+                "sealed segment [{}, {}) does not follow the one before (expected base {expected:?})",
+                s.base_offset,
+                s.next_offset
+            );
+            expected = Some(s.next_offset);
+        }
+        debug_assert!(
+            expected.is_none_or(|e| e == self.active.base_offset)
+                && self.active.base_offset <= self.active.next_offset,
+            "active segment [{}, {}) does not follow the sealed ones (expected base {expected:?})",
+            self.active.base_offset,
+            self.active.next_offset
+        );
+        let first_base = self
+            .sealed
+            .front()
+            .map_or(self.active.base_offset, |s| s.base_offset);
+        debug_assert!(
+            first_base <= self.log_start_offset,
+            "log start {} is below the first segment's base {first_base}",
+            self.log_start_offset
+        );
+        self.debug_check_marks();
+    }
 }
 
 /// Writes the data dir's checkpoints now; installed by `LogDir`, called by `truncate_to`
@@ -241,6 +292,7 @@ impl PartitionLog {
         config: LogConfig,
         inner: Inner,
     ) -> Self {
+        inner.debug_check_chain();
         let hw = inner.active.next_offset;
         PartitionLog {
             tp,
@@ -302,6 +354,7 @@ impl PartitionLog {
 
     fn set_recovery_point(&self, inner: &mut Inner, offset: u64) {
         inner.recovery_point = offset;
+        inner.debug_check_marks();
         self.recovery_point.store(offset, Ordering::Release);
     }
 

@@ -35,6 +35,7 @@ use crate::index;
 use crate::mmap::region_slice;
 use crate::scan::scan_batches;
 use crate::segment::ActiveSegment;
+use crate::sys;
 
 impl PartitionLog {
     /// Removes every batch from the one holding `offset` on (Kafka's truncateTo: the cut falls
@@ -108,6 +109,12 @@ impl PartitionLog {
         let kept = &log_bytes[..cut as usize];
         let mut index = index::IndexBuilder::new(base, config.index_interval_bytes);
         let new_hw = scan_batches(kept, 0, base, false, Some(&mut index)).next_offset;
+        // A cut falls on a batch boundary at or below `offset`, never below the log start.
+        debug_assert!(
+            inner.log_start_offset <= new_hw && new_hw <= offset,
+            "truncation to {offset} would cut to {new_hw} (log start {})",
+            inner.log_start_offset
+        );
 
         // (1)
         let lowered = inner.recovery_point.min(new_hw);
@@ -118,9 +125,8 @@ impl PartitionLog {
         // (2)
         let tmp = self.dir.join(format!("{base:020}.truncate.tmp"));
         let prepared = create_preallocated(&tmp, kept.len() as u64).and_then(|file| {
-            use std::os::unix::fs::FileExt;
-            file.write_all_at(kept, 0)
-                .and_then(|()| file.sync_data())
+            sys::pwrite_all(&file, kept, 0)
+                .and_then(|()| sys::fdatasync(&file))
                 .map_err(|e| StorageError::io("writing truncated segment", &tmp, e))
         });
         if let Err(e) = prepared {
@@ -147,6 +153,7 @@ impl PartitionLog {
         {
             let mut sync = lock(&self.sync);
             sync.durable_offset = sync.durable_offset.min(new_hw);
+            debug_assert!(sync.durable_offset <= inner.recovery_point);
             if sync.truncations.len() == TRUNCATION_HISTORY {
                 sync.truncations.pop_front();
             }
@@ -162,6 +169,7 @@ impl PartitionLog {
         }
         // Offsets from here on may be written again: damage found in the cut part is gone.
         self.forget_damage_from(new_hw);
+        inner.debug_check_chain();
         self.high_watermark.store(new_hw, Ordering::Release);
         info!(partition = %self.tp, requested = offset, high_watermark = new_hw, "truncated log");
         Ok(new_hw)
@@ -194,7 +202,7 @@ impl PartitionLog {
             }
         }
         fsync_dir(&self.dir)?;
-        std::fs::rename(tmp, path)
+        sys::rename(tmp, path)
             .map_err(|e| StorageError::io("replacing truncated segment", path, e))?;
         remove_if_exists(&segment_path(&self.dir, base, INDEX_SUFFIX))?;
         remove_if_exists(&segment_path(&self.dir, base, TIME_INDEX_SUFFIX))?;
@@ -257,7 +265,16 @@ impl PartitionLog {
         let Some(oldest) = inner.sealed.pop_front() else {
             return;
         };
+        // The log start only moves forward, to the base of what is now the oldest segment.
+        debug_assert!(oldest.next_offset >= inner.log_start_offset);
         inner.log_start_offset = oldest.next_offset;
+        debug_assert_eq!(
+            inner
+                .sealed
+                .front()
+                .map_or(inner.active.base_offset, |s| s.base_offset),
+            inner.log_start_offset
+        );
         let recovery_point = inner.recovery_point.max(oldest.next_offset);
         self.set_recovery_point(inner, recovery_point);
         inner

@@ -24,6 +24,7 @@ use std::thread::Thread;
 use super::{PartitionLog, SyncTicket, lock};
 use crate::config::{FlushPolicy, duration_ms};
 use crate::error::{Result, StorageError};
+use crate::sys;
 
 pub(super) struct SyncState {
     pub(super) in_progress: bool,
@@ -201,9 +202,9 @@ impl PartitionLog {
         // full fsync: their trim (a size change) must be durable too.
         for (file, path, sealed) in &files {
             let result = if *sealed {
-                file.sync_all()
+                sys::fsync(file)
             } else {
-                file.sync_data()
+                sys::fdatasync(file)
             };
             result.map_err(|e| StorageError::io("syncing segment", path, e))?;
         }
@@ -227,6 +228,14 @@ impl PartitionLog {
         }
         let mut state = lock(&self.sync);
         state.durable_offset = state.durable_offset.max(through);
+        // Nothing is reported durable that the recovery point (what a restart trusts) does not
+        // cover.
+        debug_assert!(
+            state.durable_offset <= inner.recovery_point,
+            "durable offset {} above the recovery point {}",
+            state.durable_offset,
+            inner.recovery_point
+        );
         Ok(())
     }
 
@@ -257,60 +266,5 @@ impl PartitionLog {
             self.flush()?;
         }
         Ok(due)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::AppendConditions;
-    use super::*;
-    use crate::{LogDir, LogDirConfig, TopicPartition};
-    use bytes::Bytes;
-    use weir_proto::batch::{BatchBuilder, RecordInput};
-
-    fn one_record() -> Bytes {
-        let mut b = BatchBuilder::new();
-        b.push(RecordInput {
-            value: Some(b"v"),
-            ..Default::default()
-        })
-        .unwrap();
-        b.build().unwrap()
-    }
-
-    /// What a failed fdatasync (EIO) leaves behind, without a failing disk: the recorded
-    /// failure. (The disk-level path, `run_sync` returning an I/O error, records exactly this.)
-    #[test]
-    fn after_a_failed_sync_the_partition_is_read_only_and_nothing_is_acknowledged_durable() {
-        let dir = tempfile::tempdir().unwrap();
-        let (logs, _) = LogDir::open(dir.path(), LogDirConfig::default()).unwrap();
-        let log = logs
-            .create_partition(TopicPartition::validated("t", 0).unwrap(), None)
-            .unwrap();
-        let (_, ticket) = log
-            .append_for_sync(&one_record(), AppendConditions::default())
-            .unwrap();
-        lock(&log.sync).failure = Some("Input/output error (os error 5)".into());
-        assert!(
-            matches!(
-                log.wait_durable(ticket),
-                Err(StorageError::SyncFailed { .. })
-            ),
-            "a waiting append learns its batch may not be on disk"
-        );
-        assert!(matches!(
-            log.append(&one_record()),
-            Err(StorageError::SyncFailed { .. })
-        ));
-        assert!(matches!(
-            log.append_durable(&one_record()),
-            Err(StorageError::SyncFailed { .. })
-        ));
-        assert_eq!(
-            log.high_watermark(),
-            1,
-            "nothing appended after the failure"
-        );
-        assert!(log.read(0, 1 << 20).is_ok(), "reads still work");
     }
 }
