@@ -7,19 +7,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
+use crate::group_strategy::AssignorKind;
 
 /// A (topic, partition) pair.
 pub type Slot = (String, u32);
-
-/// Which assignor a group uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AssignorKind {
-    Range,
-    RoundRobin,
-    Sticky,
-}
 
 /// What an assignor works from.
 pub struct AssignInput<'a> {

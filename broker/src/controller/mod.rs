@@ -52,9 +52,10 @@ use weir_proto::v1::{
     RegisterBrokerRequest, ResetOffsetsRequest, TopicDescription, TopicPartitions,
 };
 
-use crate::topics::{NewTopic, TopicSettings, random_u64};
+use crate::group_strategy::AssignorKind;
+use crate::topics::{NewTopic, PlacementKind, TopicSettings, random_u64};
 use crate::wire;
-use assignor::{AssignInput, AssignorKind, Slot};
+use assignor::{AssignInput, Slot};
 use journal::Journal;
 use state::{CommitRecord, ControllerState, Event, GroupRecord, MemberRecord, TopicRecord};
 use weir_storage::fs::now_ms;
@@ -322,7 +323,7 @@ impl Controller {
                         info!(topic = %d.name, broker = req.broker_id, "adopting a topic the broker holds");
                         events.push(Event::TopicCreated(TopicRecord {
                             meta,
-                            placement: placement::PlacementKind::Hash,
+                            placement: PlacementKind::Hash,
                             leaders: vec![req.broker_id; d.partition_count as usize],
                         }));
                     }
@@ -507,7 +508,7 @@ impl Controller {
         };
         let meta = new
             .into_meta(&self.config.topic_defaults)
-            .map_err(|e| crate::server::errors::wire_error(&e))?;
+            .map_err(|e| crate::wire::errors::wire_error(&e))?;
         let (version, description) = self
             .change(move |this, inner| {
                 if inner.state.topics.contains_key(&meta.name) {

@@ -5,7 +5,11 @@
 //! - [`produce`] and [`fetch`]: the two data paths; [`data_port`]: fetches over sendfile on a
 //!   second port.
 //! - [`limits`]: in-flight byte budgets per connection and broker-wide.
-//! - [`errors`]: the single mapping from internal errors to the wire's reasons.
+//! - [`cluster`]: this node's copy of the controller's metadata; [`listener`]: which
+//!   addresses a client on each listener is told about.
+//!
+//! Every error a handler returns is made by [`crate::wire::errors`], the one mapping from
+//! internal errors to the wire's reasons.
 //!
 //! Shutdown order (SIGTERM/SIGINT): stop accepting connections and new requests; let in-flight
 //! appends finish and answer (durable ones after their sync); end follow fetches with
@@ -15,7 +19,6 @@
 pub mod cluster;
 pub mod controller_service;
 pub mod data_port;
-pub mod errors;
 pub mod fetch;
 pub mod limits;
 pub mod listener;

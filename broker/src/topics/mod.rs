@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 use weir_proto::topic::{InvalidTopicName, validate_topic_name};
 
-pub use meta::{FlushKind, PartitionerKind, TopicMeta, TopicSettings};
+pub use meta::{FlushKind, PartitionerKind, PlacementKind, TopicMeta, TopicSettings};
 use weir_storage::fs::{SyncMode, atomic_write, fsync_dir, is_tmp_file, now_ms};
 use weir_storage::{
     LogConfig, LogDir, LogDirConfig, OpenReport, PartitionLog, StorageError, TopicPartition,
