@@ -9,7 +9,8 @@
 //!   before the log segments it covers are deleted; recovery is therefore the snapshot (if any)
 //!   plus every event from `through` on. A log whose start is past the snapshot's `through`
 //!   (events lost in between) is refused as corrupt rather than silently skipped.
-//! - Every record is one JSON-encoded [`Event`] in the record's value, one record per batch.
+//! - Every record is one JSON-encoded [`Event`] in the record's value; the events of one
+//!   [`Journal::append`] are one batch, so a crash keeps all of them or none.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
