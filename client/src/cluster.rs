@@ -22,7 +22,7 @@ use tonic::transport::Channel;
 use weir_proto::v1::{self, ErrorCode, weir_client::WeirClient};
 
 use crate::ClientError;
-use crate::client::{ConnectOptions, lazy_connection};
+use crate::connection::{self, ConnectOptions};
 
 /// How long a metadata refresh may take per broker tried.
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -298,7 +298,7 @@ impl Cluster {
         if let Some(c) = connections.get(address) {
             return Ok(c.clone());
         }
-        let c = lazy_connection(address, &self.options)?;
+        let c = connection::lazy(address, &self.options)?;
         connections.insert(address.to_owned(), c.clone());
         Ok(c)
     }

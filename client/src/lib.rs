@@ -52,6 +52,7 @@ pub mod admin;
 mod backoff;
 mod client;
 mod cluster;
+mod connection;
 pub mod consumer;
 mod error;
 pub mod partitioner;
@@ -65,7 +66,8 @@ pub use admin::{
     GroupDescription, GroupMemberDescription, GroupSummary, NewTopic, OffsetSpec,
     PartitionDescription, PartitionLag, Placement, ResetTo, TopicConfig, TopicDescription,
 };
-pub use client::{Client, ConnectOptions, DEFAULT_BROKER, MAX_MESSAGE_BYTES};
+pub use client::{Client, DEFAULT_BROKER};
+pub use connection::{ConnectOptions, MAX_MESSAGE_BYTES};
 pub use consumer::{
     AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, GroupConfig, GroupConsumer,
     RecordStream, Seek, Transport,
