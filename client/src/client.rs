@@ -12,7 +12,7 @@ use crate::ClientError;
 use crate::admin::Admin;
 use crate::cluster::Cluster;
 use crate::connection::{self, ConnectOptions};
-use crate::consumer::{Consumer, ConsumerConfig};
+use crate::consumer::{Consumer, ConsumerConfig, GroupConfig, GroupConsumer};
 use crate::producer::{Producer, ProducerConfig};
 
 /// The broker's default gRPC address (what `weir-broker` listens on when not told otherwise).
@@ -67,6 +67,11 @@ impl Client {
     /// A new consumer with nothing assigned yet.
     pub fn consumer(&self, config: ConsumerConfig) -> Consumer {
         Consumer::new(self.cluster.clone(), config)
+    }
+
+    /// Joins a consumer group (see [`GroupConsumer::join`]).
+    pub async fn group_consumer(&self, config: GroupConfig) -> Result<GroupConsumer, ClientError> {
+        GroupConsumer::join(self, config).await
     }
 }
 

@@ -48,6 +48,11 @@
 
 #![warn(missing_docs)]
 
+// Layering, bottom up (each imports only from those before it): error, partitioner, backoff;
+// connection (making tuned channels); cluster (the one shared picture: topics, owners, a
+// connection per broker); admin, producer, consumer; client (which hands them the picture).
+// One exception, public API: `GroupConsumer::join` takes the `Client` it joins through.
+
 pub mod admin;
 mod backoff;
 mod client;
