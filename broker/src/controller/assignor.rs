@@ -1,5 +1,6 @@
 //! Group assignors: which member of a consumer group reads which partition. The controller
-//! runs them (members never see each other's subscriptions).
+//! runs them (members never see each other's subscriptions). Their names, as journaled and
+//! on the wire, are [`AssignorKind`] ([`crate::group_strategy`]).
 //!
 //! Invariants (each assignor, checked by the tests): every partition of every subscribed topic
 //! goes to exactly one member subscribed to its topic, and members subscribed to the same topics

@@ -8,6 +8,9 @@
 //! - `range`: contiguous blocks of partitions per broker, in broker-id order; the first
 //!   `partitions % brokers` blocks hold one extra.
 //! - `round-robin`: partition i on the (i mod N)-th broker in broker-id order.
+//!
+//! The names are [`PlacementKind`], a topic's own kind (`crate::topics`), so the wire
+//! translation and the journal name a placement without depending on this module.
 
 use crate::topics::PlacementKind;
 

@@ -8,8 +8,9 @@
 //! - [`cluster`]: this node's copy of the controller's metadata; [`listener`]: which
 //!   addresses a client on each listener is told about.
 //!
-//! Every error a handler returns is made by [`crate::wire::errors`], the one mapping from
-//! internal errors to the wire's reasons.
+//! Internal errors (storage, topics) reach the wire only through [`crate::wire::errors`], the
+//! one mapping from them to the wire's reasons; handlers add only refusals that need what the
+//! request was about (NOT_LEADER naming the owner, a partition closed under a request).
 //!
 //! Shutdown order (SIGTERM/SIGINT): stop accepting connections and new requests; let in-flight
 //! appends finish and answer (durable ones after their sync); end follow fetches with
