@@ -9,6 +9,7 @@
 //!   producer-ids          the end of the last block of idempotent producer ids handed out
 //!   controller/           a controller node only (roles combined and controller):
 //!     log/                its metadata journal: a weir-storage data dir of one partition
+//!     snapshot.json       its whole state at some journal offset; a restart replays after it
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -23,6 +24,8 @@ pub const PRODUCER_IDS_FILE: &str = "producer-ids";
 pub const CONTROLLER_DIR: &str = "controller";
 /// The controller's journal: a storage-engine data dir inside [`CONTROLLER_DIR`].
 pub const CONTROLLER_LOG_DIR: &str = "log";
+/// The controller's state snapshot, inside [`CONTROLLER_DIR`].
+pub const CONTROLLER_SNAPSHOT_FILE: &str = "snapshot.json";
 
 /// The storage-engine data dirs under `data_dir` that exist: the topic logs and, on a
 /// controller node, the controller journal.

@@ -13,7 +13,6 @@ use std::sync::Mutex;
 use weir_storage::StorageError;
 use weir_storage::fs::{SyncMode, atomic_write};
 
-const FILE: &str = "producer-ids";
 /// Ids reserved per durable write.
 const BLOCK: i64 = 1000;
 
@@ -30,7 +29,7 @@ pub struct ProducerIds {
 
 impl ProducerIds {
     pub fn open(data_dir: &Path, node_id: u32) -> Result<Self, StorageError> {
-        let path = data_dir.join(FILE);
+        let path = data_dir.join(crate::layout::PRODUCER_IDS_FILE);
         let reserved_end = match std::fs::read_to_string(&path) {
             Ok(text) => text
                 .trim()

@@ -1,56 +1,22 @@
 //! [`Client`]: a connection to a weir cluster through one bootstrap broker, shared by every
 //! admin call, producer and consumer made from it.
 //!
-//! Invariants: each broker is reached over one tuned tonic `Channel` (which reconnects by
-//! itself after the broker restarts): the bootstrap one, and one per partition owner the
-//! [`Cluster`] picture routes to; the generated stub always has its message size limits set
-//! explicitly ([`MAX_MESSAGE_BYTES`]) rather than tonic's 4 MiB default, which a full fetch
-//! response would exceed.
+//! Invariants: a client holds one bootstrap connection and one [`Cluster`] picture; every
+//! admin, producer and consumer made from it shares both (so a client's connections to a
+//! broker are one, whoever uses them). Connections themselves are made by
+//! [`crate::connection`].
 
 use std::sync::Arc;
-use std::time::Duration;
-
-use tonic::transport::{Channel, Endpoint};
-use weir_proto::v1::weir_client::WeirClient;
 
 use crate::ClientError;
 use crate::admin::Admin;
 use crate::cluster::Cluster;
-use crate::consumer::{Consumer, ConsumerConfig};
+use crate::connection::{self, ConnectOptions};
+use crate::consumer::{Consumer, ConsumerConfig, GroupConfig, GroupConsumer};
 use crate::producer::{Producer, ProducerConfig};
 
 /// The broker's default gRPC address (what `weir-broker` listens on when not told otherwise).
 pub const DEFAULT_BROKER: &str = "127.0.0.1:7070";
-
-/// The largest gRPC message the client sends or accepts (64 MiB): above the broker's 16 MiB
-/// fetch cap and 8 MiB default batch limit, so only a misbehaving peer reaches it.
-pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
-
-/// HTTP/2 flow-control windows and frame size. tonic's defaults (1-2 MiB windows, 16 KiB frames)
-/// cost ~40% of throughput on bulk transfers measured on these machines (see DESIGN.md).
-const STREAM_WINDOW_BYTES: u32 = 16 << 20;
-const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
-const MAX_FRAME_BYTES: u32 = 1 << 20;
-
-/// How [`Client::connect_with`] connects.
-#[derive(Debug, Clone)]
-pub struct ConnectOptions {
-    /// How long one connection attempt may take (also each later reconnect). Default 5 s.
-    pub connect_timeout: Duration,
-    /// Interval of HTTP/2 pings on a busy connection, so a dead broker (a host gone, not just a
-    /// process) is noticed by long-lived fetch streams. Default 30 s; the connection is
-    /// declared dead when a ping is not answered within another 20 s.
-    pub keep_alive_interval: Duration,
-}
-
-impl Default for ConnectOptions {
-    fn default() -> Self {
-        ConnectOptions {
-            connect_timeout: Duration::from_secs(5),
-            keep_alive_interval: Duration::from_secs(30),
-        }
-    }
-}
 
 /// A connection to one broker. Cheap to clone; clones share the connection.
 ///
@@ -58,8 +24,8 @@ impl Default for ConnectOptions {
 /// consumers spawn Tokio tasks, so they must be created inside a Tokio runtime.
 #[derive(Debug, Clone)]
 pub struct Client {
-    grpc: WeirClient<Channel>,
     addr: Arc<str>,
+    /// Holds the bootstrap connection too.
     cluster: Arc<Cluster>,
 }
 
@@ -73,21 +39,10 @@ impl Client {
 
     /// Connects to the broker at `addr` with `options`.
     pub async fn connect_with(addr: &str, options: ConnectOptions) -> Result<Client, ClientError> {
-        let endpoint = endpoint(addr, &options)?;
-        // The endpoint's timeout covers the TCP connect; this one also covers name resolution
-        // and the HTTP/2 handshake.
-        let channel = tokio::time::timeout(options.connect_timeout, endpoint.connect())
-            .await
-            .map_err(|_| ClientError::Connect {
-                addr: addr.to_owned(),
-                reason: format!("no answer within {:?}", options.connect_timeout),
-            })?
-            .map_err(|e| ClientError::connect(addr, &e))?;
-        let grpc = stub(channel);
-        let host = host_of(addr);
-        let cluster = Arc::new(Cluster::new(grpc.clone(), addr, host, options));
+        let grpc = connection::connect(addr, &options).await?;
+        let host = connection::host_of(addr);
+        let cluster = Arc::new(Cluster::new(grpc, addr, host, options));
         Ok(Client {
-            grpc,
             addr: addr.into(),
             cluster,
         })
@@ -100,7 +55,7 @@ impl Client {
 
     /// Topic administration and offset look-ups.
     pub fn admin(&self) -> Admin {
-        Admin::new(self.grpc(), self.cluster.clone())
+        Admin::new(self.cluster.clone())
     }
 
     /// A new producer with its own buffer and background task. Fails only for an invalid
@@ -114,96 +69,17 @@ impl Client {
         Consumer::new(self.cluster.clone(), config)
     }
 
-    /// The generated gRPC stub on this client's connection.
-    pub(crate) fn grpc(&self) -> WeirClient<Channel> {
-        self.grpc.clone()
-    }
-}
-
-/// The host part of a broker address (no brackets for IPv6).
-fn host_of(addr: &str) -> String {
-    let authority = addr.trim_start_matches("http://").trim_end_matches('/');
-    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
-    host.trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned()
-}
-
-/// The tuned endpoint for `addr`.
-fn endpoint(addr: &str, options: &ConnectOptions) -> Result<Endpoint, ClientError> {
-    let uri = endpoint_uri(addr)?;
-    Ok(Endpoint::from_shared(uri)
-        .map_err(|e| ClientError::InvalidAddress {
-            addr: addr.to_owned(),
-            reason: e.to_string(),
-        })?
-        .connect_timeout(options.connect_timeout)
-        .tcp_nodelay(true)
-        .initial_stream_window_size(STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-        .max_frame_size(MAX_FRAME_BYTES)
-        .http2_keep_alive_interval(options.keep_alive_interval)
-        .keep_alive_timeout(Duration::from_secs(20)))
-}
-
-fn stub(channel: Channel) -> WeirClient<Channel> {
-    WeirClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES)
-}
-
-/// A connection to another broker of the cluster, made on first use.
-pub(crate) fn lazy_connection(
-    addr: &str,
-    options: &ConnectOptions,
-) -> Result<WeirClient<Channel>, ClientError> {
-    Ok(stub(endpoint(addr, options)?.connect_lazy()))
-}
-
-/// `HOST:PORT` -> `http://HOST:PORT`; `http://...` as is. TLS is not offered by the broker yet.
-fn endpoint_uri(addr: &str) -> Result<String, ClientError> {
-    let invalid = |reason: &str| ClientError::InvalidAddress {
-        addr: addr.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let authority = match addr.split_once("://") {
-        Some(("http", rest)) => rest,
-        Some((scheme, _)) => {
-            return Err(invalid(&format!(
-                "scheme {scheme:?} is not supported (only http)"
-            )));
-        }
-        None => addr,
-    };
-    let authority = authority.trim_end_matches('/');
-    match authority.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
-            Ok(format!("http://{authority}"))
-        }
-        _ => Err(invalid("missing host or port")),
+    /// Joins a consumer group (see [`GroupConsumer::join`]).
+    pub async fn group_consumer(&self, config: GroupConfig) -> Result<GroupConsumer, ClientError> {
+        GroupConsumer::join(self, config).await
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
 
-    #[test]
-    fn addresses_become_http_uris() {
-        assert_eq!(
-            endpoint_uri("127.0.0.1:7070").unwrap(),
-            "http://127.0.0.1:7070"
-        );
-        assert_eq!(
-            endpoint_uri("http://localhost:7070/").unwrap(),
-            "http://localhost:7070"
-        );
-        assert_eq!(endpoint_uri("[::1]:7070").unwrap(), "http://[::1]:7070");
-        assert!(endpoint_uri("localhost").is_err());
-        assert!(endpoint_uri(":7070").is_err());
-        assert!(endpoint_uri("https://localhost:7070").is_err());
-        assert!(endpoint_uri("localhost:http").is_err());
-    }
+    use super::*;
 
     #[tokio::test]
     async fn an_unreachable_broker_is_a_connect_error() {

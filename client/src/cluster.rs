@@ -1,5 +1,7 @@
-//! The client's picture of the cluster: which broker owns each partition, and one connection
-//! per broker, so produce and fetch go straight to a partition's owner.
+//! The client's picture of the cluster, the one its admin, producers and consumers share:
+//! every topic as routing needs it (partition count, partitioner, split keys, batch limit),
+//! which broker owns each partition, and one connection per broker, so produce and fetch go
+//! straight to a partition's owner.
 //!
 //! The picture comes from the `Metadata` RPC of the bootstrap broker (any node answers it, from
 //! its copy of the controller's metadata). It is refreshed when a topic is not in it, and after
@@ -10,19 +12,29 @@
 //! ([`invalidate_if_older`](Cluster::invalidate_if_older)), however many partitions wait on
 //! that owner.
 //!
-//! Invariants: connections are made lazily and reused per address; an advertised address with
-//! an unspecified host (`0.0.0.0`, `::`) is dialled at the host the bootstrap broker was
-//! reached at.
+//! Invariants:
+//! - Connections are made lazily and reused per address; an advertised address with an
+//!   unspecified host (`0.0.0.0`, `::`) is dialled at the host the bootstrap broker was
+//!   reached at.
+//! - Owners to send to ([`Cluster::cached_leader`], [`Cluster::leader`]) are only taken from a
+//!   picture that is not stale: a stale one is refreshed first. A topic's routing ([`Cluster::topic`]) is read from the
+//!   picture as it is, stale or not, since partitions and partitioner do not change with
+//!   brokers' liveness; a topic the broker called unknown is dropped from the picture
+//!   ([`Cluster::forget_topic`]) so the next look-up fetches it again.
+//! - Look-ups take the picture's read lock only and allocate nothing (a topic is shared as an
+//!   `Arc`): the producer makes one per record and one per batch.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tonic::transport::Channel;
+use weir_proto::topic::validate_topic_name;
 use weir_proto::v1::{self, ErrorCode, weir_client::WeirClient};
 
 use crate::ClientError;
-use crate::client::{ConnectOptions, lazy_connection};
+use crate::connection::{self, ConnectOptions};
+use crate::partitioner::{Partitioner, PartitionerKind, Route};
 
 /// How long a metadata refresh may take per broker tried.
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,6 +53,61 @@ pub(crate) struct Leader {
     pub grpc: WeirClient<Channel>,
 }
 
+/// A topic as the picture knows it: what routes its records, and who owns each partition.
+/// Shared (`Arc`) so a look-up copies a pointer, not the topic.
+#[derive(Debug)]
+pub(crate) struct TopicInfo {
+    /// The topic's name, shared by its batches and delivery results.
+    pub name: Arc<str>,
+    /// What its records are spread over (sticky routing cycles through all of them).
+    pub partition_count: u32,
+    /// The topic's own partitioner, or why this client cannot route the topic (a partitioner
+    /// it does not know, no partitions): kept so that sending to it says so.
+    partitioner: Result<Partitioner, ClientError>,
+    /// The largest batch the topic accepts, if the broker says.
+    pub max_batch_bytes: Option<u32>,
+    /// The owner (broker id) of each partition.
+    owners: Vec<u32>,
+}
+
+impl TopicInfo {
+    fn from_proto(t: v1::TopicDescription) -> Self {
+        let partitioner = PartitionerKind::from_proto(t.partitioner)
+            .and_then(|kind| Partitioner::new(kind, t.partition_count, t.split_keys));
+        TopicInfo {
+            owners: t.partitions.iter().map(|p| p.leader_id).collect(),
+            name: t.name.into(),
+            partition_count: t.partition_count,
+            partitioner,
+            max_batch_bytes: t.config.and_then(|c| c.max_batch_bytes),
+        }
+    }
+
+    /// Where a record with `key` and optional explicit `partition` goes: by `kind` (a
+    /// producer's override) over the topic's partitions and split keys, or by the topic's own
+    /// partitioner. Fails with UNKNOWN_PARTITION for a partition the topic does not have.
+    pub fn route(
+        &self,
+        kind: Option<PartitionerKind>,
+        key: Option<&[u8]>,
+        partition: Option<u32>,
+    ) -> Result<Route, ClientError> {
+        let partitioner = self.partitioner.as_ref().map_err(Clone::clone)?;
+        match partition {
+            Some(p) if p >= partitioner.partitions() => Err(ClientError::refused(
+                ErrorCode::UnknownPartition,
+                format!(
+                    "topic {} has partitions 0..{}; there is no partition {p}",
+                    self.name,
+                    partitioner.partitions()
+                ),
+            )),
+            Some(p) => Ok(Route::Partition(p)),
+            None => Ok(partitioner.route_as(kind.unwrap_or(partitioner.kind()), key)),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Broker {
     address: Arc<str>,
@@ -54,8 +121,7 @@ struct Broker {
 #[derive(Debug, Default)]
 struct View {
     brokers: BTreeMap<u32, Broker>,
-    /// topic -> owner of each partition.
-    leaders: HashMap<String, Vec<u32>>,
+    topics: HashMap<String, Arc<TopicInfo>>,
     stale: bool,
     /// When it was fetched (`None`: never).
     fetched_at: Option<std::time::Instant>,
@@ -119,9 +185,9 @@ impl Cluster {
     /// lapsed), as opposed to an owner that is up but not answering as expected.
     pub fn owner_known_down(&self, topic: &str, partition: u32) -> bool {
         let view = self.view.read().unwrap_or_else(|e| e.into_inner());
-        view.leaders
+        view.topics
             .get(topic)
-            .and_then(|owners| owners.get(partition as usize))
+            .and_then(|t| t.owners.get(partition as usize))
             .and_then(|id| view.brokers.get(id))
             .is_some_and(|broker| !broker.alive)
     }
@@ -188,17 +254,14 @@ impl Cluster {
                 (b.id, broker)
             })
             .collect();
-        let leaders = metadata
+        let topics = metadata
             .topics
             .into_iter()
-            .map(|t| {
-                let owners = t.partitions.iter().map(|p| p.leader_id).collect();
-                (t.name, owners)
-            })
+            .map(|t| (t.name.clone(), Arc::new(TopicInfo::from_proto(t))))
             .collect();
         *self.view.write().unwrap_or_else(|e| e.into_inner()) = View {
             brokers,
-            leaders,
+            topics,
             stale: false,
             fetched_at: Some(std::time::Instant::now()),
         };
@@ -215,7 +278,7 @@ impl Cluster {
         if view.stale {
             return None;
         }
-        let owners = view.leaders.get(topic)?;
+        let owners = &view.topics.get(topic)?.owners;
         let Some(&id) = owners.get(partition as usize) else {
             return Some(Err(ClientError::refused(
                 ErrorCode::UnknownPartition,
@@ -256,17 +319,41 @@ impl Cluster {
             return found;
         }
         self.refresh().await?;
-        self.cached_leader(topic, partition).unwrap_or_else(|| {
-            Err(ClientError::refused(
-                ErrorCode::UnknownTopic,
-                format!("unknown topic {topic:?}; create it with `weir topic create {topic} --partitions N`"),
-            ))
-        })
+        self.cached_leader(topic, partition)
+            .unwrap_or_else(|| Err(unknown_topic(topic)))
+    }
+
+    /// `topic` as the picture knows it (stale or not, see the module docs), fetching the
+    /// picture first when it does not know the topic. Fails with
+    /// [`ClientError::InvalidTopicName`] before asking anyone, or UNKNOWN_TOPIC for a topic the
+    /// cluster does not have.
+    pub async fn topic(&self, topic: &str) -> Result<Arc<TopicInfo>, ClientError> {
+        if let Some(known) = self.known_topic(topic) {
+            return Ok(known);
+        }
+        validate_topic_name(topic)?;
+        self.refresh().await?;
+        self.known_topic(topic).ok_or_else(|| unknown_topic(topic))
+    }
+
+    fn known_topic(&self, topic: &str) -> Option<Arc<TopicInfo>> {
+        let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+        view.topics.get(topic).cloned()
+    }
+
+    /// Drops `topic` from the picture, so the next look-up fetches it again: a broker said it
+    /// (or a partition of it) is unknown, so it was deleted or recreated with another layout.
+    pub fn forget_topic(&self, topic: &str) {
+        self.view
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .topics
+            .remove(topic);
     }
 
     /// The partition count of `topic` in the picture (refreshing when unknown).
     pub async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
-        let known = |view: &View| view.leaders.get(topic).map(|l| l.len() as u32);
+        let known = |view: &View| view.topics.get(topic).map(|t| t.owners.len() as u32);
         {
             let view = self.view.read().unwrap_or_else(|e| e.into_inner());
             if !view.stale
@@ -298,10 +385,19 @@ impl Cluster {
         if let Some(c) = connections.get(address) {
             return Ok(c.clone());
         }
-        let c = lazy_connection(address, &self.options)?;
+        let c = connection::lazy(address, &self.options)?;
         connections.insert(address.to_owned(), c.clone());
         Ok(c)
     }
+}
+
+fn unknown_topic(topic: &str) -> ClientError {
+    ClientError::refused(
+        ErrorCode::UnknownTopic,
+        format!(
+            "unknown topic {topic:?}; create it with `weir topic create {topic} --partitions N`"
+        ),
+    )
 }
 
 /// Where to dial an advertised address: as is, or with an unspecified host (`0.0.0.0`, `::`)
@@ -327,6 +423,68 @@ pub(crate) fn resolve_advertised(advertised: &str, reached_host: &str) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn topic(partitioner: v1::Partitioner) -> TopicInfo {
+        TopicInfo::from_proto(v1::TopicDescription {
+            name: "orders".into(),
+            partition_count: 4,
+            partitioner: partitioner as i32,
+            config: Some(v1::TopicConfig {
+                max_batch_bytes: Some(1 << 20),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn explicit_partitions_override_and_are_checked() {
+        let routing = topic(v1::Partitioner::Hash);
+        assert_eq!(routing.max_batch_bytes, Some(1 << 20));
+        assert_eq!(
+            routing.route(None, Some(b"k"), Some(3)).unwrap(),
+            Route::Partition(3)
+        );
+        let err = routing.route(None, None, Some(4)).unwrap_err();
+        assert_eq!(err.code(), Some(v1::ErrorCode::UnknownPartition));
+    }
+
+    #[test]
+    fn the_producer_may_override_the_partitioner() {
+        let routing = topic(v1::Partitioner::Hash);
+        assert!(matches!(
+            routing.route(None, Some(b"k"), None).unwrap(),
+            Route::Partition(_)
+        ));
+        assert_eq!(
+            routing
+                .route(Some(PartitionerKind::RoundRobin), Some(b"k"), None)
+                .unwrap(),
+            Route::Sticky
+        );
+    }
+
+    #[test]
+    fn a_topic_this_client_cannot_route_says_why_on_send() {
+        let mut description = v1::TopicDescription {
+            name: "orders".into(),
+            partition_count: 2,
+            partitioner: 99,
+            ..Default::default()
+        };
+        let unknown = TopicInfo::from_proto(description.clone());
+        assert!(matches!(
+            unknown.route(None, None, Some(0)),
+            Err(ClientError::InvalidArgument(_))
+        ));
+        description.partitioner = v1::Partitioner::Hash as i32;
+        description.partition_count = 0;
+        assert!(
+            TopicInfo::from_proto(description)
+                .route(None, None, None)
+                .is_err()
+        );
+    }
 
     #[test]
     fn unspecified_hosts_take_the_grpc_host() {

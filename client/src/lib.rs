@@ -48,10 +48,16 @@
 
 #![warn(missing_docs)]
 
+// Layering, bottom up (each imports only from those before it): error, partitioner, backoff;
+// connection (making tuned channels); cluster (the one shared picture: topics, owners, a
+// connection per broker); admin, producer, consumer; client (which hands them the picture).
+// One exception, public API: `GroupConsumer::join` takes the `Client` it joins through.
+
 pub mod admin;
 mod backoff;
 mod client;
 mod cluster;
+mod connection;
 pub mod consumer;
 mod error;
 pub mod partitioner;
@@ -65,7 +71,8 @@ pub use admin::{
     GroupDescription, GroupMemberDescription, GroupSummary, NewTopic, OffsetSpec,
     PartitionDescription, PartitionLag, Placement, ResetTo, TopicConfig, TopicDescription,
 };
-pub use client::{Client, ConnectOptions, DEFAULT_BROKER, MAX_MESSAGE_BYTES};
+pub use client::{Client, DEFAULT_BROKER};
+pub use connection::{ConnectOptions, MAX_MESSAGE_BYTES};
 pub use consumer::{
     AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, GroupConfig, GroupConsumer,
     RecordStream, Seek, Transport,

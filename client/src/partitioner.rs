@@ -156,7 +156,14 @@ impl Partitioner {
 
     /// Where a record with `key` goes.
     pub fn route(&self, key: Option<&[u8]>) -> Route {
-        match (self.kind, key) {
+        self.route_as(self.kind, key)
+    }
+
+    /// Where a record with `key` goes under rule `kind` over this topic's partitions and split
+    /// keys: a producer's partitioner override, without building (and allocating) another
+    /// partitioner per record.
+    pub(crate) fn route_as(&self, kind: PartitionerKind, key: Option<&[u8]>) -> Route {
+        match (kind, key) {
             (PartitionerKind::Hash, Some(key)) => {
                 Route::Partition(hash_partition(key, self.partitions))
             }

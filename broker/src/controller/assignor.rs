@@ -1,5 +1,6 @@
 //! Group assignors: which member of a consumer group reads which partition. The controller
-//! runs them (members never see each other's subscriptions).
+//! runs them (members never see each other's subscriptions). Their names, as journaled and
+//! on the wire, are [`AssignorKind`] ([`crate::group_strategy`]).
 //!
 //! Invariants (each assignor, checked by the tests): every partition of every subscribed topic
 //! goes to exactly one member subscribed to its topic, and members subscribed to the same topics
@@ -7,19 +8,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
+use crate::group_strategy::AssignorKind;
 
 /// A (topic, partition) pair.
 pub type Slot = (String, u32);
-
-/// Which assignor a group uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AssignorKind {
-    Range,
-    RoundRobin,
-    Sticky,
-}
 
 /// What an assignor works from.
 pub struct AssignInput<'a> {

@@ -9,7 +9,8 @@
 //!   before the log segments it covers are deleted; recovery is therefore the snapshot (if any)
 //!   plus every event from `through` on. A log whose start is past the snapshot's `through`
 //!   (events lost in between) is refused as corrupt rather than silently skipped.
-//! - Every record is one JSON-encoded [`Event`] in the record's value, one record per batch.
+//! - Every record is one JSON-encoded [`Event`] in the record's value; the events of one
+//!   [`Journal::append`] are one batch, so a crash keeps all of them or none.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,13 +21,12 @@ use tracing::info;
 use weir_proto::batch::{BatchBuilder, RecordInput, split_batches};
 
 use super::state::{ControllerState, Event};
+use crate::layout;
 use weir_storage::fs::{SyncMode, atomic_write, now_ms};
 use weir_storage::{
     FlushPolicy, LogConfig, LogDir, LogDirConfig, PartitionLog, StorageError, TopicPartition,
 };
 
-const LOG_DIR: &str = "log";
-const SNAPSHOT_FILE: &str = "snapshot.json";
 const TOPIC: &str = "__metadata";
 const SNAPSHOT_FORMAT: u32 = 1;
 /// Events between snapshots (each snapshot lets the covered segments go).
@@ -70,13 +70,13 @@ impl Journal {
             checkpoint_interval: Duration::from_secs(10),
             ..LogDirConfig::default()
         };
-        let (log_dir, _) = LogDir::open(dir.join(LOG_DIR), config)?;
+        let (log_dir, _) = LogDir::open(dir.join(layout::CONTROLLER_LOG_DIR), config)?;
         let tp = TopicPartition::validated(TOPIC, 0)?;
         let log = match log_dir.partition(&tp) {
             Some(log) => log,
             None => log_dir.create_partition(tp, None)?,
         };
-        let snapshot_path = dir.join(SNAPSHOT_FILE);
+        let snapshot_path = dir.join(layout::CONTROLLER_SNAPSHOT_FILE);
         let (mut state, through) = match std::fs::read(&snapshot_path) {
             Ok(bytes) => {
                 let snapshot: Snapshot =
@@ -182,7 +182,7 @@ impl Journal {
             through,
             state: state.clone(),
         };
-        let path = self.dir.join(SNAPSHOT_FILE);
+        let path = self.dir.join(layout::CONTROLLER_SNAPSHOT_FILE);
         let bytes = serde_json::to_vec(&snapshot).map_err(|e| corrupt(&path, e))?;
         atomic_write(&path, &bytes, SyncMode::Now)?;
         self.events_since_snapshot = 0;

@@ -8,17 +8,11 @@
 //! - `range`: contiguous blocks of partitions per broker, in broker-id order; the first
 //!   `partitions % brokers` blocks hold one extra.
 //! - `round-robin`: partition i on the (i mod N)-th broker in broker-id order.
+//!
+//! The names are [`PlacementKind`], a topic's own kind (`crate::topics`), so the wire
+//! translation and the journal name a placement without depending on this module.
 
-use serde::{Deserialize, Serialize};
-
-/// How a topic's partitions are spread over the brokers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PlacementKind {
-    Hash,
-    Range,
-    RoundRobin,
-}
+use crate::topics::PlacementKind;
 
 /// The owner of each partition `0..partitions` of `topic` over `brokers` (ids, any order; must
 /// not be empty).

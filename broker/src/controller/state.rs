@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::assignor::{AssignorKind, Slot};
-use super::placement::PlacementKind;
-use crate::topics::TopicMeta;
+use super::assignor::Slot;
+use crate::group_strategy::AssignorKind;
+use crate::topics::{PlacementKind, TopicMeta};
 
 /// A registered broker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

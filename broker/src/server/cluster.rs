@@ -25,8 +25,7 @@ use weir_proto::v1::{
 };
 
 use crate::controller::link::ControllerLink;
-use crate::controller::placement::PlacementKind;
-use crate::topics::{TopicError, TopicMeta, Topics};
+use crate::topics::{PlacementKind, TopicError, TopicMeta, Topics};
 use crate::wire;
 
 /// How long a heartbeat long poll waits for news (a third of the default lease).
@@ -88,7 +87,7 @@ impl ClusterView {
     /// naming the owner, or what `local` said when the view does not know better.
     pub fn not_here(&self, topic: &str, partition: u32, local: TopicError) -> Error {
         let Some(placed) = self.topic(topic) else {
-            return crate::server::errors::wire_error(&local);
+            return crate::wire::errors::wire_error(&local);
         };
         let Some(&leader) = placed.leaders.get(partition as usize) else {
             return status::error(

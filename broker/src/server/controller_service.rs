@@ -7,8 +7,8 @@ use tonic::{Request, Response, Status};
 use weir_proto::v1::controller_server::Controller as ControllerRpc;
 use weir_proto::v1::{BrokerHeartbeatRequest, BrokerHeartbeatResponse, RegisterBrokerRequest};
 
-use super::errors::to_status;
 use crate::controller::Controller;
+use crate::wire::errors::to_status;
 
 pub struct ControllerService {
     pub controller: Arc<Controller>,

@@ -35,8 +35,8 @@ use weir_proto::data_port::{FetchFrame, FrameKind, RESPONSE_HEADER_LEN, Response
 use weir_proto::v1::{Error, ErrorCode};
 
 use super::BrokerState;
-use super::errors::{invalid_request, storage_error};
 use super::fetch::{FetchEvent, FetchParams, FetchSession, Marks, check_start};
+use crate::wire::errors::{invalid_request, storage_error};
 
 /// How long a client may take to send a request body once its length arrived.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

@@ -19,8 +19,8 @@ use tonic::Status;
 use weir_proto::v1::{ErrorCode, FetchRequest, FetchResponse};
 
 use super::BrokerState;
-use super::errors::{in_partition, shutting_down, storage_error, to_status};
 use crate::topics::Partition;
+use crate::wire::errors::{in_partition, shutting_down, storage_error, to_status};
 use weir_storage::{PartitionLog, ReadChunk, StorageError};
 
 /// The default and the cap of a fetch's `max_bytes`.
@@ -153,9 +153,9 @@ impl FetchSession {
                 Ok(Ok(read)) => read,
                 Ok(Err(e)) => return Some(self.fail_with(&e)),
                 Err(e) => {
-                    return Some(
-                        self.fail(super::errors::internal(format!("read task failed: {e}"))),
-                    );
+                    return Some(self.fail(crate::wire::errors::internal(format!(
+                        "read task failed: {e}"
+                    ))));
                 }
             };
             if !read.chunks.is_empty() {

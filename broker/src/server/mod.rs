@@ -5,7 +5,12 @@
 //! - [`produce`] and [`fetch`]: the two data paths; [`data_port`]: fetches over sendfile on a
 //!   second port.
 //! - [`limits`]: in-flight byte budgets per connection and broker-wide.
-//! - [`errors`]: the single mapping from internal errors to the wire's reasons.
+//! - [`cluster`]: this node's copy of the controller's metadata; [`listener`]: which
+//!   addresses a client on each listener is told about.
+//!
+//! Internal errors (storage, topics) reach the wire only through [`crate::wire::errors`], the
+//! one mapping from them to the wire's reasons; handlers add only refusals that need what the
+//! request was about (NOT_LEADER naming the owner, a partition closed under a request).
 //!
 //! Shutdown order (SIGTERM/SIGINT): stop accepting connections and new requests; let in-flight
 //! appends finish and answer (durable ones after their sync); end follow fetches with
@@ -15,7 +20,6 @@
 pub mod cluster;
 pub mod controller_service;
 pub mod data_port;
-pub mod errors;
 pub mod fetch;
 pub mod limits;
 pub mod listener;
@@ -220,7 +224,7 @@ impl Broker {
         };
         let local_controller = match config.role {
             Role::Combined | Role::Controller => {
-                let dir = config.data_dir.join("controller");
+                let dir = config.data_dir.join(crate::layout::CONTROLLER_DIR);
                 let controller_config = ControllerConfig {
                     broker_lease: std::time::Duration::from_millis(config.broker_lease_ms),
                     topic_defaults: config.log_dir_config()?.default_log,

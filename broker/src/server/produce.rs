@@ -21,10 +21,10 @@ use weir_proto::status;
 use weir_proto::v1::{Acks, Error, ErrorCode, ProduceRequest, ProduceResponse};
 
 use super::BrokerState;
-use super::errors::{
+use crate::topics::Partition;
+use crate::wire::errors::{
     in_partition, internal, invalid_request, shutting_down, storage_error, to_status,
 };
-use crate::topics::Partition;
 use weir_storage::{
     AppendConditions, AppendInfo, FlushPolicy, PartitionLog, StorageError, SyncTicket,
 };

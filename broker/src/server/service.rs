@@ -25,9 +25,9 @@ use weir_proto::v1::{
 };
 
 use super::BrokerState;
-use super::errors::{internal, invalid_request, shutting_down, storage_status, to_status};
 use super::listener::Listener;
 use super::{fetch, produce};
+use crate::wire::errors::{internal, invalid_request, shutting_down, storage_status, to_status};
 
 /// Responses a stream can have queued before the handler waits for the client to read.
 const STREAM_QUEUE: usize = 4;

@@ -4,6 +4,10 @@
 //! topic is created, and renamed to `{name}.deleting` before any partition is deleted, so a
 //! crash in either leaves a state [`super::Topics::open`] can finish: missing partitions of a
 //! described topic are created, a `.deleting` topic's partitions are deleted.
+//!
+//! It also holds the named kinds that describe a topic ([`PartitionerKind`], [`PlacementKind`],
+//! [`FlushKind`]). Their serde names are a stored format (topic files, the controller's
+//! journal): renaming a variant breaks existing data dirs.
 
 use std::time::Duration;
 
@@ -15,6 +19,18 @@ use weir_storage::{FlushPolicy, LogConfig};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PartitionerKind {
+    Hash,
+    Range,
+    RoundRobin,
+}
+
+/// How a topic's partitions are spread over the brokers (see the .proto's `Placement`; the
+/// controller's `placement` module computes it). Kept here, beside [`PartitionerKind`], because
+/// it is part of what a topic *is*: the controller journals it by these names (`hash`,
+/// `range`, `round-robin`) and the wire translation maps it, neither owning the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlacementKind {
     Hash,
     Range,
     RoundRobin,
@@ -150,6 +166,25 @@ mod tests {
         let config = settings.log_config(&base);
         assert_eq!(config.index_interval_bytes, base.index_interval_bytes);
         assert_eq!(TopicSettings::from_log_config(&config), settings);
+    }
+
+    #[test]
+    fn stored_kind_names_do_not_change() {
+        for (kind, name) in [
+            (PlacementKind::Hash, "\"hash\""),
+            (PlacementKind::Range, "\"range\""),
+            (PlacementKind::RoundRobin, "\"round-robin\""),
+        ] {
+            assert_eq!(serde_json::to_string(&kind).unwrap(), name);
+            assert_eq!(serde_json::from_str::<PlacementKind>(name).unwrap(), kind);
+        }
+        for (kind, name) in [
+            (PartitionerKind::Hash, "\"hash\""),
+            (PartitionerKind::Range, "\"range\""),
+            (PartitionerKind::RoundRobin, "\"round-robin\""),
+        ] {
+            assert_eq!(serde_json::to_string(&kind).unwrap(), name);
+        }
     }
 
     #[test]

@@ -23,7 +23,9 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 use weir_proto::topic::{InvalidTopicName, validate_topic_name};
 
-pub use meta::{FlushKind, PartitionerKind, TopicMeta, TopicSettings};
+use crate::layout;
+
+pub use meta::{FlushKind, PartitionerKind, PlacementKind, TopicMeta, TopicSettings};
 use weir_storage::fs::{SyncMode, atomic_write, fsync_dir, is_tmp_file, now_ms};
 use weir_storage::{
     LogConfig, LogDir, LogDirConfig, OpenReport, PartitionLog, StorageError, TopicPartition,
@@ -33,8 +35,6 @@ use weir_storage::{
 /// preallocated extent).
 pub const MAX_PARTITIONS: u32 = 10_000;
 
-const LOGS_DIR: &str = "logs";
-const TOPICS_DIR: &str = "topics";
 const META_SUFFIX: &str = ".json";
 const DELETING_SUFFIX: &str = ".deleting";
 
@@ -160,8 +160,8 @@ impl Topics {
     /// finishes interrupted creates and deletes.
     pub fn open(data_dir: &Path, config: LogDirConfig) -> Result<(Topics, OpenReport)> {
         let defaults = config.default_log.clone();
-        let (log_dir, report) = LogDir::open(data_dir.join(LOGS_DIR), config)?;
-        let meta_dir = data_dir.join(TOPICS_DIR);
+        let (log_dir, report) = LogDir::open(data_dir.join(layout::LOGS_DIR), config)?;
+        let meta_dir = data_dir.join(layout::TOPICS_DIR);
         fs::create_dir_all(&meta_dir)
             .map_err(|e| StorageError::io("creating topics directory", &meta_dir, e))?;
 

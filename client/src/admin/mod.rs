@@ -66,8 +66,11 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub(crate) fn new(grpc: WeirClient<Channel>, cluster: Arc<Cluster>) -> Self {
-        Admin { grpc, cluster }
+    pub(crate) fn new(cluster: Arc<Cluster>) -> Self {
+        Admin {
+            grpc: cluster.bootstrap(),
+            cluster,
+        }
     }
 
     /// Creates a topic. Fails with `TOPIC_EXISTS` if the name is taken, `INVALID_NAME` or

@@ -107,13 +107,6 @@ impl GroupConfig {
     }
 }
 
-impl Client {
-    /// Joins a consumer group (see [`GroupConsumer::join`]).
-    pub async fn group_consumer(&self, config: GroupConfig) -> Result<GroupConsumer, ClientError> {
-        GroupConsumer::join(self, config).await
-    }
-}
-
 /// One member of a consumer group; see the [module docs](self).
 #[derive(Debug)]
 pub struct GroupConsumer {

@@ -130,7 +130,7 @@ pub struct Consumer {
 impl Consumer {
     pub(crate) fn new(cluster: Arc<Cluster>, config: ConsumerConfig) -> Self {
         Consumer {
-            admin: Admin::new(cluster.bootstrap(), cluster.clone()),
+            admin: Admin::new(cluster.clone()),
             cluster,
             config: Arc::new(config),
             assignment: BTreeMap::new(),

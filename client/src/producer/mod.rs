@@ -4,7 +4,9 @@
 //! How a record travels:
 //!
 //! 1. [`Producer::send`] looks up the topic's routing (partition count, partitioner, batch
-//!    limit; described once per topic and cached), picks the partition, and takes the record's
+//!    limit) in the client's cluster picture, the same one the sender finds each partition's
+//!    owner in (fetched when it does not know the topic), picks the partition (by the
+//!    producer's [`ProducerConfig::partitioner`] override, if set), and takes the record's
 //!    size from the producer's buffer budget, **waiting while the buffer is full**: that wait is
 //!    the back-pressure, and it is why the producer's memory is bounded by
 //!    [`ProducerConfig::buffer_bytes`].
@@ -26,7 +28,6 @@
 mod accumulator;
 mod config;
 mod delivery;
-mod metadata;
 mod record;
 mod sender;
 
@@ -38,10 +39,9 @@ use tokio::sync::{Notify, Semaphore, watch};
 use weir_proto::batch::HEADER_LEN;
 
 use crate::ClientError;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, TopicInfo};
 use crate::partitioner::Route;
 use accumulator::{Accumulator, Target};
-use metadata::MetadataCache;
 use sender::SenderTask;
 
 pub use config::{Acks, BROKER_MAX_BATCH_BYTES, ProducerConfig};
@@ -100,11 +100,11 @@ struct Shared {
     /// Tells the sender task that a batch opened or closed (new deadline or work).
     wake: Notify,
     closing: AtomicBool,
-    metadata: MetadataCache,
     /// Counts settled batches; `flush` waits on its changes. Its sender is the task's, so a
     /// task that stopped reads as closed.
     settled: watch::Receiver<u64>,
-    /// Where each partition lives (the sender task and `send_batch` route by it).
+    /// The topics (`send` routes records by it) and where each partition lives (the sender
+    /// task and `send_batch` send by it).
     cluster: Arc<Cluster>,
 }
 
@@ -113,6 +113,16 @@ impl Shared {
         // No code panics while holding the lock; if one did, the data is still consistent
         // enough to settle every batch, which beats losing them all.
         self.accumulator.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Where a record goes in `topic`: by this producer's partitioner override, if it has one.
+    fn route(
+        &self,
+        topic: &TopicInfo,
+        key: Option<&[u8]>,
+        partition: Option<u32>,
+    ) -> Result<Route, ClientError> {
+        topic.route(self.config.partitioner, key, partition)
     }
 
     fn is_closing(&self) -> bool {
@@ -198,7 +208,6 @@ impl Producer {
             buffer: Semaphore::new(config.buffer_bytes),
             wake: Notify::new(),
             closing: AtomicBool::new(false),
-            metadata: MetadataCache::new(cluster.bootstrap(), config.partitioner),
             settled,
             config,
             cluster: cluster.clone(),
@@ -221,18 +230,19 @@ impl Producer {
         if shared.is_closing() {
             return Err(ClientError::Closed);
         }
-        let routing = shared.metadata.routing(&record.topic).await?;
-        let target = match routing.route(record.key.as_deref(), record.partition)? {
+        let topic = shared.cluster.topic(&record.topic).await?;
+        let target = match shared.route(&topic, record.key.as_deref(), record.partition)? {
             Route::Partition(partition) => Target::Partition(partition),
             Route::Sticky => Target::Sticky {
-                partitions: routing.partitioner.partitions(),
+                partitions: topic.partition_count,
             },
         };
+        let max_batch_bytes = batch_limit(&topic);
         let size = record.encoded_size_bound();
-        if HEADER_LEN + size > routing.max_batch_bytes {
+        if HEADER_LEN + size > max_batch_bytes {
             return Err(ClientError::RecordTooLarge {
                 size: HEADER_LEN + size,
-                limit: routing.max_batch_bytes,
+                limit: max_batch_bytes,
                 what: "batch limit of the topic",
             });
         }
@@ -250,7 +260,7 @@ impl Producer {
             .await
             .map_err(|_| ClientError::Closed)?;
         let timestamp = record.timestamp.unwrap_or_else(record::now_ms);
-        let limit = shared.config.batch_bytes.min(routing.max_batch_bytes);
+        let limit = shared.config.batch_bytes.min(max_batch_bytes);
         let appended = {
             let mut accumulator = shared.lock_accumulator();
             // Checked under the lock: the sender decides it is finished under the same lock.
@@ -258,7 +268,7 @@ impl Producer {
                 return Err(ClientError::Closed);
             }
             record.with_input(timestamp, |input| {
-                accumulator.append(&routing.topic, target, input, size, limit, Instant::now())
+                accumulator.append(&topic.name, target, input, size, limit, Instant::now())
             })
         }
         .map_err(|e| ClientError::InvalidArgument(format!("the record cannot be encoded: {e}")))?;
@@ -269,7 +279,7 @@ impl Producer {
         }
         Ok(DeliveryFuture::new(
             appended.outcome,
-            routing.topic.clone(),
+            topic.name.clone(),
             appended.partition,
             appended.index,
             timestamp,
@@ -298,7 +308,7 @@ impl Producer {
                 "send_batch needs at least one record".into(),
             ));
         };
-        let routing = shared.metadata.routing(&first.topic).await?;
+        let topic = shared.cluster.topic(&first.topic).await?;
         let mut partition = None;
         for record in &records {
             if record.topic != first.topic {
@@ -306,7 +316,7 @@ impl Producer {
                     "send_batch: every record must be for the same topic".into(),
                 ));
             }
-            let p = match routing.route(record.key.as_deref(), record.partition)? {
+            let p = match shared.route(&topic, record.key.as_deref(), record.partition)? {
                 Route::Partition(p) => p,
                 Route::Sticky => {
                     return Err(ClientError::InvalidArgument(
@@ -335,16 +345,17 @@ impl Producer {
         let batch = builder.build().map_err(|e| {
             ClientError::InvalidArgument(format!("the batch cannot be encoded: {e}"))
         })?;
-        if batch.len() > routing.max_batch_bytes {
+        let max_batch_bytes = batch_limit(&topic);
+        if batch.len() > max_batch_bytes {
             return Err(ClientError::RecordTooLarge {
                 size: batch.len(),
-                limit: routing.max_batch_bytes,
+                limit: max_batch_bytes,
                 what: "batch limit of the topic",
             });
         }
         let request = weir_proto::v1::ProduceRequest {
             correlation_id: 0,
-            topic: routing.topic.to_string(),
+            topic: topic.name.to_string(),
             partition,
             batch,
             acks: shared.config.acks.to_proto() as i32,
@@ -355,7 +366,7 @@ impl Producer {
                 .map(|(key, offset)| weir_proto::v1::KeyExpectation { key, offset })
                 .collect(),
         };
-        let leader = shared.cluster.leader(&routing.topic, partition).await?;
+        let leader = shared.cluster.leader(&topic.name, partition).await?;
         let response = leader
             .grpc
             .clone()
@@ -364,7 +375,7 @@ impl Producer {
             .inspect_err(|_| shared.cluster.invalidate())?
             .into_inner();
         Ok(BatchMetadata {
-            topic: routing.topic.clone(),
+            topic: topic.name.clone(),
             partition,
             base_offset: response.base_offset,
             last_offset: response.last_offset,
@@ -392,4 +403,11 @@ impl Producer {
         shared.begin_close();
         shared.wait_until_settled(u64::MAX).await
     }
+}
+
+/// The largest batch `topic` accepts (the broker's default when the picture does not say).
+fn batch_limit(topic: &TopicInfo) -> usize {
+    topic
+        .max_batch_bytes
+        .map_or(BROKER_MAX_BATCH_BYTES, |limit| limit as usize)
 }

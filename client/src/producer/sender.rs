@@ -502,8 +502,8 @@ impl SenderTask {
                     error.code(),
                     Some(ErrorCode::UnknownTopic | ErrorCode::UnknownPartition)
                 ) {
-                    // Deleted or recreated: the next send describes the topic again.
-                    self.shared.metadata.invalidate(&batch.tp.topic);
+                    // Deleted or recreated: the next send looks the topic up again.
+                    self.cluster.forget_topic(&batch.tp.topic);
                 }
                 if matches!(
                     error.code(),

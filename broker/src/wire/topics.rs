@@ -1,17 +1,16 @@
-//! Translation between the broker's own types (topic metadata, placement, assignors) and the
-//! wire's (`weir.v1`), in one place for the gRPC service and the controller.
+//! Topics on the wire: partitioner and placement names, and a topic's metadata to and from
+//! `TopicDescription`.
+//!
+//! A description carries no offsets: the node that holds a partition fills those in. An
+//! unknown enum value from the wire is refused with a message, never mapped to a default.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use bytes::Bytes;
-use weir_proto::v1::{
-    self, BrokerInfo, PartitionDescription, TopicConfig, TopicDescription, flush_policy,
-};
+use weir_proto::v1::{self, BrokerInfo, PartitionDescription, TopicDescription};
 
-use crate::controller::assignor::AssignorKind;
-use crate::controller::placement::PlacementKind;
-use crate::topics::{FlushKind, PartitionerKind, TopicMeta, TopicSettings};
+use super::config::{settings_from_wire, settings_to_wire};
+use crate::topics::{PartitionerKind, PlacementKind, TopicMeta, TopicSettings};
 
 pub fn partitioner_from_wire(value: i32) -> Result<PartitionerKind, String> {
     match v1::Partitioner::try_from(value) {
@@ -45,80 +44,6 @@ pub fn placement_to_wire(kind: PlacementKind) -> v1::Placement {
         PlacementKind::Range => v1::Placement::Range,
         PlacementKind::RoundRobin => v1::Placement::RoundRobin,
     }
-}
-
-pub fn assignor_from_wire(value: i32) -> Result<AssignorKind, String> {
-    match v1::Assignor::try_from(value) {
-        Ok(v1::Assignor::Range) => Ok(AssignorKind::Range),
-        Ok(v1::Assignor::RoundRobin) => Ok(AssignorKind::RoundRobin),
-        Ok(v1::Assignor::Sticky) => Ok(AssignorKind::Sticky),
-        Err(_) => Err(format!("unknown assignor {value}")),
-    }
-}
-
-pub fn assignor_to_wire(kind: AssignorKind) -> v1::Assignor {
-    match kind {
-        AssignorKind::Range => v1::Assignor::Range,
-        AssignorKind::RoundRobin => v1::Assignor::RoundRobin,
-        AssignorKind::Sticky => v1::Assignor::Sticky,
-    }
-}
-
-pub fn settings_to_wire(s: &TopicSettings) -> TopicConfig {
-    let kind = match s.flush {
-        FlushKind::Interval => flush_policy::Kind::FlushInterval,
-        FlushKind::Never => flush_policy::Kind::FlushNever,
-        FlushKind::Always => flush_policy::Kind::FlushAlways,
-    };
-    TopicConfig {
-        retention_bytes: s.retention_bytes,
-        retention_ms: s.retention_ms,
-        segment_bytes: Some(s.segment_bytes),
-        flush: Some(v1::FlushPolicy {
-            kind: kind as i32,
-            interval_ms: s.flush_interval_ms,
-        }),
-        max_batch_bytes: Some(s.max_batch_bytes),
-        key_index: Some(s.key_index),
-    }
-}
-
-/// `defaults` with the request's choices laid over them.
-pub fn settings_from_wire(
-    defaults: TopicSettings,
-    c: TopicConfig,
-) -> Result<TopicSettings, String> {
-    let mut s = defaults;
-    if c.retention_bytes.is_some() {
-        s.retention_bytes = c.retention_bytes;
-    }
-    if c.retention_ms.is_some() {
-        s.retention_ms = c.retention_ms;
-    }
-    if let Some(n) = c.segment_bytes {
-        s.segment_bytes = n;
-    }
-    if let Some(n) = c.max_batch_bytes {
-        s.max_batch_bytes = n;
-    }
-    if let Some(on) = c.key_index {
-        s.key_index = on;
-    }
-    if let Some(flush) = c.flush {
-        s.flush = match flush_policy::Kind::try_from(flush.kind) {
-            Ok(flush_policy::Kind::FlushInterval) => FlushKind::Interval,
-            Ok(flush_policy::Kind::FlushNever) => FlushKind::Never,
-            Ok(flush_policy::Kind::FlushAlways) => FlushKind::Always,
-            Err(_) => return Err(format!("unknown flush policy {}", flush.kind)),
-        };
-        if s.flush == FlushKind::Interval {
-            s.flush_interval_ms = match flush.interval_ms {
-                0 => Duration::from_secs(1).as_millis() as u64,
-                ms => ms,
-            };
-        }
-    }
-    Ok(s)
 }
 
 /// A topic as the wire describes it, with each partition's leader (offsets left for the

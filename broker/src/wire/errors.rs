@@ -1,7 +1,10 @@
-//! The one mapping from the broker's internal errors to the wire's [`ErrorCode`]s.
+//! The one mapping from the broker's internal errors to the wire's [`ErrorCode`]s, and the
+//! few refusals every layer needs (shutting down, internal, invalid request).
 //!
-//! Every refusal a client can meet passes through [`wire_error`], so a reason name means the
-//! same thing on every RPC. Internal details (paths) stay in the message, which is for humans.
+//! Every refusal a client can meet passes through [`wire_error`] or [`storage_error`], so a
+//! reason name means the same thing on every RPC, whether the gRPC service or the controller
+//! refused. Internal details (paths) stay in the message, which is for humans; the code and
+//! `retriable` are what programs act on.
 
 use tonic::Status;
 use weir_proto::status;
