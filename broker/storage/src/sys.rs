@@ -6,8 +6,8 @@
 //! give, no context added: callers wrap errors in [`StorageError::io`](crate::StorageError::io)
 //! with what they were doing) behind a named failpoint of the `fail` crate. The failpoints are
 //! compiled in only with the crate feature `failpoints` (`cargo test -p weir-storage --features
-//! failpoints`); without it the `fail_point!` macros expand to nothing, so a release build
-//! pays nothing for them.
+//! failpoints`); without it they expand to nothing and `fail` is not a dependency, so a release
+//! build pays nothing for them.
 //!
 //! | failpoint | syscall | what `return(arg)` injects |
 //! |---|---|---|
@@ -63,10 +63,19 @@ fn injected(name: &str, arg: Option<String>) -> io::Error {
     io::Error::from(errno)
 }
 
+/// `fail::fail_point!` when the `failpoints` feature is on; nothing at all otherwise (the
+/// `fail` crate is then not even a dependency).
+macro_rules! failpoint {
+    ($name:literal, $on_return:expr) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name, $on_return);
+    };
+}
+
 /// Declares the failpoint `$name` for an `io::Result` function: `return(errno)` makes it fail.
 macro_rules! errno_point {
     ($name:literal) => {
-        fail::fail_point!($name, |arg| Err(injected($name, arg)));
+        failpoint!($name, |arg| Err(injected($name, arg)));
     };
 }
 
@@ -83,13 +92,13 @@ pub(crate) fn open_read(path: &Path) -> io::Result<File> {
 
 /// One `pwrite(2)` of `buf` at `at`; may write fewer bytes than asked.
 pub(crate) fn pwrite(file: &File, buf: &[u8], at: u64) -> io::Result<usize> {
-    fail::fail_point!("storage::pwrite", |arg| short_or_error(file, buf, at, arg));
+    failpoint!("storage::pwrite", |arg| short_or_error(file, buf, at, arg));
     rustix::io::pwrite(file, buf, at).map_err(io::Error::from)
 }
 
 /// One `pwritev(2)` of `bufs` at `at`; may write fewer bytes than asked.
 pub(crate) fn pwritev(file: &File, bufs: &[IoSlice<'_>], at: u64) -> io::Result<usize> {
-    fail::fail_point!("storage::pwrite", |arg| {
+    failpoint!("storage::pwrite", |arg| {
         let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
         short_or_error(file, &joined, at, arg)
     });
