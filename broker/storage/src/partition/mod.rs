@@ -6,9 +6,10 @@
 //! - Offsets are dense and never move: the batch appended after offset `n-1` gets base offset
 //!   `n`, and a read of offset `n` returns the same bytes until retention deletes or
 //!   `truncate_to` cuts them.
-//! - `log_start_offset <= recovery_point <= high_watermark`; every byte below the recovery
-//!   point has been synced, and the checkpointed recovery point is never above the in-memory
-//!   one; nothing at or past the high watermark is ever served.
+//! - `log_start_offset <= recovery_point <= high_watermark`; every byte in `[log start,
+//!   recovery point)` has been synced (retention may raise the recovery point to a new log start
+//!   without a sync: nothing below the log start counts), and the checkpointed recovery point is
+//!   never above the in-memory one; nothing at or past the high watermark is ever served.
 //! - An append is validated completely, and its disk blocks reserved, before the first byte is
 //!   written; a refused append publishes nothing (offsets, reads and the high watermark are
 //!   unchanged; one refused for a full disk may still have rolled the active segment).
