@@ -17,6 +17,10 @@
 
 pub mod batch;
 pub mod data_port;
+/// Property checks of the parsers for the fuzz targets in `fuzz/` and the bounded runs in
+/// `tests/fuzz_parsers.rs`; not an API.
+#[doc(hidden)]
+pub mod fuzz_checks;
 #[cfg(feature = "grpc")]
 pub mod status;
 pub mod topic;

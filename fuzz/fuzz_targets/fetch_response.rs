@@ -1,0 +1,7 @@
+//! Fuzz target `fetch_response`: runs `weir_proto::fuzz_checks::check_fetch_response` (the parser and its properties;
+//! see that function's docs) on every input libFuzzer generates.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    weir_proto::fuzz_checks::check_fetch_response(data);
+});
