@@ -44,6 +44,9 @@ pub struct Target {
     /// (position, width in bytes) of fixed big-endian length and count fields in a seed, which
     /// mutations set to huge or negative values.
     pub length_fields: &'static [(usize, usize)],
+    /// Tokens of the format (separators, signs, numbers just past a type's range) that
+    /// mutations insert or write over the input: what a libFuzzer dictionary would hold.
+    pub tokens: &'static [&'static [u8]],
 }
 
 /// weir-proto's targets.
@@ -56,6 +59,7 @@ pub const TARGETS: &[Target] = &[
         fix_checksums: fix_batch,
         // batch_length, last_offset_delta, record_count.
         length_fields: &[(8, 4), (19, 4), (53, 4)],
+        tokens: &[],
     },
     Target {
         name: "fetch_request",
@@ -65,6 +69,8 @@ pub const TARGETS: &[Target] = &[
         fix_checksums: no_checksums,
         // The length prefix and topic_len.
         length_fields: &[(0, 4), (6, 2)],
+        // Topic bytes that are not UTF-8, or not a valid name.
+        tokens: &[b"\xff", b"\xc3\x28", b"..", b"/"],
     },
     Target {
         name: "fetch_response",
@@ -74,6 +80,7 @@ pub const TARGETS: &[Target] = &[
         fix_checksums: fix_response_crcs,
         // The first frame's length, and its first batch's batch_length and record_count.
         length_fields: &[(4, 4), (32 + 8, 4), (32 + 53, 4)],
+        tokens: &[],
     },
 ];
 

@@ -337,6 +337,7 @@ fn a_parser_that_trusts_a_length_field_fails_the_allocation_bound() {
         check: |_| {},
         fix_checksums: |_| {},
         length_fields: &[],
+        tokens: &[],
     };
     fuzz_harness::run_case(&target, vec![0x10, 0, 0, 0]); // claims 256 MiB
 }

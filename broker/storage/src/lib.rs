@@ -22,6 +22,10 @@ pub mod config;
 pub mod derived_snapshot;
 pub mod error;
 pub mod fs;
+/// Property checks of the on-disk parsers for the fuzz targets in `fuzz/` and the bounded runs
+/// in `tests/storage_fuzz_parsers.rs`; not an API.
+#[doc(hidden)]
+pub mod fuzz_checks;
 pub mod index;
 pub mod key_index;
 pub mod log_dir;

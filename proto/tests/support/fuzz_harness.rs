@@ -254,6 +254,14 @@ enum Mutation {
         from: Index,
         len: usize,
     },
+    /// Inserts (or writes over the input) one of the target's tokens, anywhere or at the
+    /// start of a word of a text format (after a space or a line end).
+    Token {
+        at: Index,
+        token: Index,
+        over: bool,
+        word_start: bool,
+    },
 }
 
 const VARINTS: &[&[u8]] = &[
@@ -315,6 +323,27 @@ fn apply(buf: &mut Vec<u8>, m: &Mutation, target: &Target) {
             let at = at.index(len);
             buf.drain(at..(at + n).min(len));
         }
+        Mutation::Token {
+            at,
+            token,
+            over,
+            word_start,
+        } if !target.tokens.is_empty() => {
+            let token = target.tokens[token.index(target.tokens.len())];
+            let at = if *word_start {
+                let starts: Vec<usize> = (0..=len)
+                    .filter(|&i| i == 0 || matches!(buf[i - 1], b' ' | b'\n'))
+                    .collect();
+                starts[at.index(starts.len())]
+            } else {
+                at.index(len + 1)
+            };
+            if *over && at < len {
+                overwrite(buf, at, token);
+            } else {
+                buf.splice(at..at, token.iter().copied());
+            }
+        }
         Mutation::Repeat { from, len: n } if len > 0 => {
             let from = from.index(len);
             let slice = buf[from..(from + n).min(len)].to_vec();
@@ -337,6 +366,9 @@ fn mutation() -> impl Strategy<Value = Mutation> {
             .prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
         1 => (any::<Index>(), 1usize..64).prop_map(|(at, len)| Mutation::Remove { at, len }),
         1 => (any::<Index>(), 1usize..4096).prop_map(|(from, len)| Mutation::Repeat { from, len }),
+        3 => (any::<Index>(), any::<Index>(), any::<bool>(), any::<bool>()).prop_map(
+            |(at, token, over, word_start)| Mutation::Token { at, token, over, word_start }
+        ),
     ]
 }
 
@@ -413,11 +445,46 @@ macro_rules! fuzz_target_tests {
     };
 }
 
+/// A libFuzzer dictionary of `tokens`: one quoted token a line, bytes outside printable ASCII
+/// (and `"` and `\\`) as `\\xNN`.
+pub fn dictionary(tokens: &[&[u8]]) -> String {
+    let mut out = String::from(
+        "# Generated from the target's tokens (weir fuzz_checks); see fuzz/README.md.\n",
+    );
+    for token in tokens {
+        out.push('"');
+        for &b in *token {
+            if b.is_ascii_graphic() && b != b'"' && b != b'\\' || b == b' ' {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("\\x{b:02x}"));
+            }
+        }
+        out.push_str("\"\n");
+    }
+    out
+}
+
 /// Checks that `fuzz/fuzz_targets/{name}.rs` exists, calls the named check, and is declared
-/// in `fuzz/Cargo.toml`, for every target: the fuzz crate is outside the workspace (it needs
-/// nightly), so this is what keeps it in step with the checks.
+/// in `fuzz/Cargo.toml`, and that targets with tokens have them as `fuzz/dicts/{name}.dict`
+/// (written when `WEIR_REGENERATE_CORPUS=1`), for every target: the fuzz crate is outside the
+/// workspace (it needs nightly), so this is what keeps it in step with the checks.
 pub fn fuzz_crate_declares(targets: &[Target], module: &str) {
     let fuzz = repo_root().join("fuzz");
+    for t in targets.iter().filter(|t| !t.tokens.is_empty()) {
+        let path = fuzz.join("dicts").join(format!("{}.dict", t.name));
+        let want = dictionary(t.tokens);
+        if regenerate() {
+            std::fs::create_dir_all(fuzz.join("dicts")).expect("create fuzz/dicts");
+            std::fs::write(&path, &want).expect("write a dictionary");
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            have == want,
+            "{} is not the target's tokens; rerun with WEIR_REGENERATE_CORPUS=1",
+            path.display()
+        );
+    }
     let manifest = std::fs::read_to_string(fuzz.join("Cargo.toml")).expect("fuzz/Cargo.toml");
     for t in targets {
         let path = fuzz.join("fuzz_targets").join(format!("{}.rs", t.name));

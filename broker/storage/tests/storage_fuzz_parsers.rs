@@ -1,0 +1,272 @@
+//! Bounded runs, on stable, of the storage engine's fuzz targets (`fuzz/fuzz_targets/`, which run
+//! the same checks unbounded under cargo-fuzz): the checkpoint reader, the derived-state
+//! snapshot decoder, the segment scan and the index files' checks and lookups. Each target runs
+//! over its committed seed corpus (files of a real data directory) and cuts of it, over
+//! arbitrary bytes, and over mutated seeds; every case must not panic, must finish, and must
+//! allocate within its declared bound (see `proto/tests/support/fuzz_harness.rs`).
+//!
+//! `PROPTEST_CASES=100000 cargo test -p weir-storage --test storage_fuzz_parsers` searches
+//! longer. `WEIR_REGENERATE_CORPUS=1 cargo test -p weir-storage --test storage_fuzz_parsers
+//! corpus` rewrites the seeds from a data directory written by the engine itself.
+
+mod common;
+#[macro_use]
+#[path = "../../../proto/tests/support/fuzz_harness.rs"]
+mod fuzz_harness;
+
+use std::fs;
+use std::path::Path;
+
+use common::*;
+use weir_proto::batch::{BatchBuilder, RecordInput};
+use weir_storage::fuzz_checks::TARGETS;
+use weir_storage::{LogConfig, LogDir, PartitionLog};
+
+fuzz_target_tests!(TARGETS; checkpoint, derived_snapshot, segment_scan, segment_index);
+
+type Seeds = Vec<(String, Vec<u8>)>;
+
+/// A batch of `count` records keyed `acct-{n % 5}`, from an idempotent producer if `producer`
+/// is given as (id, epoch, first sequence).
+fn keyed_batch(first: u64, count: usize, producer: Option<(i64, i16, i32)>) -> Vec<u8> {
+    let mut b = match producer {
+        Some((id, epoch, seq)) => BatchBuilder::new().producer(id, epoch, seq),
+        None => BatchBuilder::new(),
+    };
+    for i in 0..count as u64 {
+        let key = format!("acct-{}", (first + i) % 5);
+        let value = format!("{}:event", first + i);
+        b.push(RecordInput {
+            key: Some(key.as_bytes()),
+            value: Some(value.as_bytes()),
+            timestamp: 1_700_000_000_000 + (first + i) as i64,
+            headers: &[],
+        })
+        .unwrap();
+    }
+    b.build().unwrap().to_vec()
+}
+
+fn fill(log: &PartitionLog, batches: u64, producer: Option<(i64, i16)>) {
+    let mut seq = 0;
+    for i in 0..batches {
+        let count = 1 + (i % 3) as usize;
+        let p = producer.map(|(id, epoch)| (id, epoch, seq));
+        log.append(&keyed_batch(i * 3, count, p)).unwrap();
+        seq += count as i32;
+    }
+}
+
+fn container(base: u64, parts: &[&[u8]], log: &[u8]) -> Vec<u8> {
+    let mut out = base.to_be_bytes().to_vec();
+    for part in parts {
+        out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        out.extend_from_slice(part);
+    }
+    out.extend_from_slice(log);
+    out
+}
+
+fn segment_bases(dir: &Path) -> Vec<u64> {
+    let mut bases: Vec<u64> = fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().ok()?;
+            name.strip_suffix(".log")?.parse().ok()
+        })
+        .collect();
+    bases.sort_unstable();
+    bases
+}
+
+/// Seeds from a data directory the engine wrote: three partitions (one with a key index and
+/// an idempotent producer, one with an idempotent producer only), several segments each, a
+/// clean close; then one more append and a crash, for an active segment with its
+/// preallocated tail.
+fn generated_corpus() -> Vec<(&'static str, Seeds)> {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 2 << 10,
+        max_batch_bytes: 1 << 10,
+        preallocate_min_bytes: 1 << 10,
+        preallocate_max_bytes: 2 << 10,
+        index_interval_bytes: 128,
+        key_index: true,
+        ..small_config()
+    };
+    let logs = open(dir.path(), config.clone());
+    let (keyed, plain, other) = (tp("orders", 2), tp("payments-eu", 0), tp("orders", 10));
+    fill(
+        &logs.create_partition(keyed.clone(), None).unwrap(),
+        100,
+        Some((7, 0)),
+    );
+    let plain_config = LogConfig {
+        key_index: false,
+        ..config.clone()
+    };
+    fill(
+        &logs
+            .create_partition(plain.clone(), Some(plain_config))
+            .unwrap(),
+        12,
+        Some((3, 2)),
+    );
+    fill(&logs.create_partition(other, None).unwrap(), 3, None);
+    logs.close().unwrap();
+
+    let read = |p: &Path| fs::read(p).unwrap();
+    let keyed_dir = dir.path().join(keyed.dir_name());
+    let snapshot = |tp: &weir_storage::TopicPartition| {
+        read(
+            &dir.path()
+                .join(tp.dir_name())
+                .join("derived-state.snapshot"),
+        )
+    };
+    let checkpoints: Seeds = vec![
+        (
+            "recovery-point".into(),
+            read(&dir.path().join("recovery-point-offset-checkpoint")),
+        ),
+        (
+            "log-start".into(),
+            read(&dir.path().join("log-start-offset-checkpoint")),
+        ),
+        ("empty".into(), b"0\n0\n".to_vec()),
+    ];
+    let snapshots: Seeds = vec![
+        ("with-keys".into(), snapshot(&keyed)),
+        ("producers-only".into(), snapshot(&plain)),
+    ];
+    let bases = segment_bases(&keyed_dir);
+    assert!(bases.len() >= 3, "several segments: {bases:?}");
+    let files = |base: u64| {
+        let f = |suffix: &str| read(&keyed_dir.join(format!("{base:020}.{suffix}")));
+        (f("log"), f("index"), f("timeindex"))
+    };
+    let (first_log, first_index, first_times) = files(bases[0]);
+    let (second_log, second_index, second_times) = files(bases[1]);
+    assert!(
+        !second_index.is_empty() && !second_times.is_empty(),
+        "seed indexes have entries"
+    );
+    let mut scans: Seeds = vec![
+        ("first-segment".into(), container(bases[0], &[], &first_log)),
+        (
+            "second-segment".into(),
+            container(bases[1], &[], &second_log),
+        ),
+    ];
+    let indexes: Seeds = vec![
+        (
+            "first-segment".into(),
+            container(bases[0], &[&first_index, &first_times], &first_log),
+        ),
+        (
+            "second-segment".into(),
+            container(bases[1], &[&second_index, &second_times], &second_log),
+        ),
+    ];
+
+    // An unclean stop: the active segment keeps its zero-filled preallocated tail.
+    let (logs, _) = LogDir::open(dir.path(), quiet_dir_config(config)).unwrap();
+    let log = logs.partition(&keyed).unwrap();
+    log.append(&keyed_batch(500, 2, None)).unwrap();
+    let active = *segment_bases(&keyed_dir).last().unwrap();
+    drop(log);
+    drop(logs);
+    let tail = read(&keyed_dir.join(format!("{active:020}.log")));
+    assert!(
+        tail.ends_with(&[0; 64]),
+        "the active segment has a zero tail"
+    );
+    scans.push(("active-with-tail".into(), container(active, &[], &tail)));
+
+    use fuzz_harness::with_truncations;
+    let scan_cuts = [8, 65, 100, 200, first_log.len() / 2];
+    vec![
+        (
+            "checkpoint",
+            with_truncations(checkpoints, &[0, 1, 2, 3, 20]),
+        ),
+        (
+            "derived_snapshot",
+            with_truncations(snapshots, &[4, 8, 17, 29, 60]),
+        ),
+        ("segment_scan", with_truncations(scans, &scan_cuts)),
+        ("segment_index", with_truncations(indexes, &[8, 16, 30, 60])),
+    ]
+}
+
+/// With `WEIR_REGENERATE_CORPUS=1`, rewrites the committed corpus from a fresh data directory
+/// (snapshots list producers in hash order, so regenerated bytes differ run to run; the
+/// committed files are one such run).
+#[test]
+fn regenerate_seed_corpus() {
+    if fuzz_harness::regenerate() {
+        for (target, seeds) in generated_corpus() {
+            fuzz_harness::write_corpus(target, &seeds);
+        }
+    }
+}
+
+/// The uncut committed seeds are what they claim to be, so mutations start deep in each parser:
+/// checkpoints with entries, snapshots with producers (and keys), whole segments whose scans
+/// end at their end or at their zero tail, index files that pass the reopen checks.
+#[test]
+fn committed_seeds_are_valid_inputs() {
+    let whole = |target: &str| {
+        fuzz_harness::load_corpus(target)
+            .into_iter()
+            .filter(|(name, _)| !name.contains(".cut"))
+            .collect::<Vec<_>>()
+    };
+    for (name, bytes) in whole("checkpoint") {
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.starts_with("0\n"), "{name}");
+    }
+    for (name, bytes) in whole("derived_snapshot") {
+        let s = weir_storage::derived_snapshot::decode(&bytes).expect("snapshot seed decodes");
+        assert!(!s.producers.is_empty(), "{name}");
+        assert_eq!(s.keys.is_some(), name == "with-keys", "{name}");
+    }
+    assert!(whole("segment_scan").len() >= 3);
+    assert!(whole("segment_index").len() >= 2);
+    for target in [
+        "segment_scan",
+        "segment_index",
+        "checkpoint",
+        "derived_snapshot",
+    ] {
+        for (_, bytes) in whole(target) {
+            fuzz_harness::run_case(TARGETS.iter().find(|t| t.name == target).unwrap(), bytes);
+        }
+    }
+}
+
+#[test]
+fn the_fuzz_crate_runs_these_checks() {
+    fuzz_harness::fuzz_crate_declares(TARGETS, "weir_storage::fuzz_checks");
+}
+
+/// Found while writing the checkpoint target: a checkpoint file that is not UTF-8 made opening
+/// the data directory fail with an I/O error; the spec says a malformed checkpoint counts as
+/// empty (recovery then scans whole logs, and nothing is lost).
+#[test]
+fn a_data_dir_opens_when_a_checkpoint_is_not_utf8() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = tp("t", 0);
+    let logs = open(dir.path(), small_config());
+    fill(&logs.create_partition(t.clone(), None).unwrap(), 5, None);
+    drop(logs); // unclean: recovery reads the checkpoint
+    fs::write(
+        dir.path().join("recovery-point-offset-checkpoint"),
+        b"0\n1\nt 0 \xff\n",
+    )
+    .unwrap();
+    fs::write(dir.path().join("log-start-offset-checkpoint"), b"\xfe\xff").unwrap();
+    let (logs, report) = LogDir::open(dir.path(), quiet_dir_config(small_config())).unwrap();
+    assert!(!report.clean);
+    assert_eq!(logs.partition(&t).unwrap().high_watermark(), 9);
+}

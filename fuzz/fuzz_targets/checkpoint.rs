@@ -1,0 +1,7 @@
+//! Fuzz target `checkpoint`: runs `weir_storage::fuzz_checks::check_checkpoint` (the parser and its
+//! properties; see that function's docs) on every input libFuzzer generates.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    weir_storage::fuzz_checks::check_checkpoint(data);
+});
