@@ -176,6 +176,9 @@ pub(crate) struct IndexBuilder {
     /// The offset after the latest batch seen: a time entry made now covers every record
     /// before it.
     next_offset: u64,
+    /// The entries so far came from files (`resume`), so they are only as good as the files:
+    /// the caller checks the resumed index against the segment once it has scanned the rest.
+    from_files: bool,
 }
 
 impl IndexBuilder {
@@ -189,6 +192,7 @@ impl IndexBuilder {
             bytes_since_time_entry: 0,
             max_timestamp: i64::MIN,
             next_offset: base_offset,
+            from_files: false,
         }
     }
 
@@ -209,7 +213,17 @@ impl IndexBuilder {
         }
         b.offsets = offsets;
         b.times = times;
+        b.from_files = true;
         b
+    }
+
+    /// Whether a batch at `position` of `len` bytes can be indexed in this segment: a segment
+    /// holds at most 2^32 - 1 offsets and bytes (entries are relative `u32`s; the log rolls
+    /// before a segment would pass either), so a batch past that is not one of its batches.
+    pub(crate) fn fits(&self, header: &BatchHeader, position: u64, len: u64) -> bool {
+        header.base_offset >= self.base_offset
+            && header.next_offset() - self.base_offset <= u64::from(u32::MAX)
+            && position.saturating_add(len) <= u64::from(u32::MAX)
     }
 
     /// Records one batch of `len` bytes stored at `position`.
@@ -258,12 +272,19 @@ impl IndexBuilder {
         let last = time_entry_count(&self.times)
             .checked_sub(1)
             .map(|i| time_entry(&self.times, i));
-        if last.is_none_or(|e| self.max_timestamp > e.timestamp) && self.max_timestamp != i64::MIN {
-            let rel = (self.next_offset - self.base_offset) as u32;
-            debug_assert!(
-                last.is_none_or(|e| e.relative_offset <= rel),
-                "time index entry at {rel} goes back"
-            );
+        let rel = (self.next_offset - self.base_offset) as u32;
+        // A builder's own entries never go back. Entries resumed from a file can lie ahead of
+        // the batches (a stale or garbled `.timeindex`): then nothing is added, and the caller's
+        // check of the resumed index against the segment's extent fails and rebuilds it.
+        let goes_back = last.is_some_and(|e| e.relative_offset > rel);
+        debug_assert!(
+            !goes_back || self.from_files,
+            "time index entry at {rel} goes back"
+        );
+        if !goes_back
+            && last.is_none_or(|e| self.max_timestamp > e.timestamp)
+            && self.max_timestamp != i64::MIN
+        {
             self.times
                 .extend_from_slice(&self.max_timestamp.to_be_bytes());
             self.times.extend_from_slice(&rel.to_be_bytes());

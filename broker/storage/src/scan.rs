@@ -3,7 +3,8 @@
 //!
 //! A batch is accepted only if its header parses (right magic), its declared length fits in the
 //! bytes left, its base offset is exactly the next expected offset (offsets are dense), its
-//! record count agrees with its last offset delta, and (when asked) its CRC matches. The scan
+//! record count agrees with its last offset delta, (when asked) its CRC matches, and (when an
+//! index is built) it lies within the 2^32 - 1 offsets and bytes a segment can hold. The scan
 //! stops at the first batch that fails, and reports why; everything before it is the valid
 //! prefix.
 
@@ -115,6 +116,11 @@ pub(crate) fn scan_batches(
             )));
         }
         if let Some(index) = index.as_deref_mut() {
+            if !index.fits(&header, pos as u64, total as u64) {
+                break Some(ScanStop::BadHeader(BatchError::Inconsistent(
+                    "batch runs past the 2^32 - 1 offsets or bytes of a segment",
+                )));
+            }
             index.on_batch(&header, pos as u64, total as u64);
         }
         pos += total;

@@ -182,6 +182,12 @@ fn generated_corpus() -> Vec<(&'static str, Seeds)> {
         "the active segment has a zero tail"
     );
     scans.push(("active-with-tail".into(), container(active, &[], &tail)));
+    // Batches with the largest record count: the fourth passes the 2^32 - 1 offsets a segment
+    // holds.
+    let huge: Vec<u8> = (0..4u64)
+        .flat_map(|i| crafted_batch(i * i32::MAX as u64, i32::MAX))
+        .collect();
+    scans.push(("huge-record-counts".into(), container(0, &[], &huge)));
 
     use fuzz_harness::with_truncations;
     let scan_cuts = [8, 65, 100, 200, first_log.len() / 2];
@@ -269,4 +275,111 @@ fn a_data_dir_opens_when_a_checkpoint_is_not_utf8() {
     let (logs, report) = LogDir::open(dir.path(), quiet_dir_config(small_config())).unwrap();
     assert!(!report.clean);
     assert_eq!(logs.partition(&t).unwrap().high_watermark(), 9);
+}
+
+/// Found by the `segment_index` target (after main asserted index invariants in debug builds):
+/// a clean reopen resumes the active segment's `.timeindex` from its file, and one whose last
+/// entry claims a later relative offset than the log reaches, with an older timestamp than the
+/// tail's batches, made the resumed builder push an entry that goes back: a debug build
+/// panicked. The reopen must instead notice the stale index and rebuild it.
+#[test]
+fn a_clean_reopen_survives_an_active_time_index_that_runs_past_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = tp("t", 0);
+    let config = LogConfig {
+        index_interval_bytes: 1,
+        ..small_config()
+    };
+    let logs = open(dir.path(), config.clone());
+    let log = logs.create_partition(t.clone(), None).unwrap();
+    for i in 0..6u64 {
+        // Timestamps 10 apart, so an entry can be slipped in below the last batch's.
+        let b = weir_proto::batch::BatchBuilder::new();
+        let mut b = b;
+        b.push(RecordInput {
+            key: None,
+            value: Some(b"v"),
+            timestamp: 1000 + 10 * i as i64,
+            headers: &[],
+        })
+        .unwrap();
+        log.append(&b.build().unwrap()).unwrap();
+    }
+    drop(log);
+    logs.close().unwrap();
+    let times_path = dir
+        .path()
+        .join(t.dir_name())
+        .join(format!("{:020}.timeindex", 0));
+    let mut times = fs::read(&times_path).unwrap();
+    assert!(times.len() >= 24, "time entries per batch");
+    // The last entry: a timestamp just above the one before it, a relative offset past the log.
+    let last = times.len() - 12;
+    let prev_ts = i64::from_be_bytes(times[last - 12..last - 4].try_into().unwrap());
+    times[last..last + 8].copy_from_slice(&(prev_ts + 1).to_be_bytes());
+    times[last + 8..].copy_from_slice(&100u32.to_be_bytes());
+    fs::write(&times_path, &times).unwrap();
+
+    let (logs, report) = LogDir::open(dir.path(), quiet_dir_config(config)).unwrap();
+    assert!(report.clean);
+    let log = logs.partition(&t).unwrap();
+    assert_eq!(log.high_watermark(), 6);
+    assert_eq!(log.offset_for_time(1055).unwrap(), None);
+    assert_eq!(log.offset_for_time(1050).unwrap(), Some(5));
+}
+
+/// A batch of `count` records' header with a single record (scan checks headers and CRCs,
+/// not records): what a crafted or garbled segment can hold.
+fn crafted_batch(base_offset: u64, count: i32) -> Vec<u8> {
+    let mut b = BatchBuilder::new();
+    b.push(RecordInput {
+        value: Some(b"v"),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut bytes = b.build().unwrap().to_vec();
+    bytes[0..8].copy_from_slice(&base_offset.to_be_bytes());
+    bytes[19..23].copy_from_slice(&(count - 1).to_be_bytes());
+    bytes[53..57].copy_from_slice(&count.to_be_bytes());
+    let crc = crc32fast::hash(&bytes[17..]);
+    bytes[13..17].copy_from_slice(&crc.to_be_bytes());
+    bytes
+}
+
+/// Found writing the `segment_scan` target: a segment holds at most 2^32 - 1 offsets (index
+/// entries are relative u32s, and the log rolls before a segment would pass that), but recovery's
+/// scan accepted dense batches past it, so the index builder got entries that do not fit 32 bits
+/// (a debug build panicked; a release build wrapped them). Recovery must cut there instead.
+#[test]
+fn recovery_cuts_a_segment_whose_batches_pass_u32_relative_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = tp("t", 0);
+    let config = LogConfig {
+        index_interval_bytes: 1,
+        ..small_config()
+    };
+    drop(
+        open(dir.path(), config.clone())
+            .create_partition(t.clone(), None)
+            .unwrap(),
+    );
+    let count = i32::MAX;
+    let mut log = Vec::new();
+    let mut next = 0u64;
+    for _ in 0..4 {
+        log.extend(crafted_batch(next, count));
+        next += count as u64;
+    }
+    let partition = dir.path().join(t.dir_name());
+    for e in fs::read_dir(&partition).unwrap() {
+        fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    fs::write(partition.join(format!("{:020}.log", 0)), &log).unwrap();
+
+    let (logs, report) = LogDir::open(dir.path(), quiet_dir_config(config)).unwrap();
+    assert!(!report.clean);
+    let log = logs.partition(&t).unwrap();
+    // Two batches end at 2^32 - 2 offsets; the third would end past 2^32 - 1.
+    assert_eq!(log.high_watermark(), 2 * count as u64);
+    assert_eq!(report.truncations.len(), 1, "{:?}", report.truncations);
 }
