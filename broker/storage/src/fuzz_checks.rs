@@ -275,8 +275,9 @@ pub fn segment_scan_max_alloc(len: usize) -> usize {
 /// - the valid prefix alone scans to its end, and a scan resumed at any offset-index entry (as a
 ///   clean reopen resumes) stops at the same place for the same reason;
 /// - with CRC checks the valid prefix is a prefix of the one without;
-/// - the indexes built on the way pass the checks a reopen applies to index files, and their
-///   offset entries point at batch starts.
+/// - it stops before a batch past the 2^32 - 1 offsets or bytes a segment holds, so the indexes
+///   built on the way pass the checks a reopen applies to index files, and their offset
+///   entries point at batch starts.
 pub fn check_segment_scan(input: &[u8]) {
     parse_segment_scan(input);
     let Some((base, log)) = split_base(input) else {
