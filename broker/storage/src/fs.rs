@@ -35,7 +35,10 @@ pub(crate) fn parse_segment_file_name(name: &str) -> Option<(u64, &str)> {
     if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some((stem.parse().ok()?, suffix))
+    let base: u64 = stem.parse().ok()?;
+    // Offsets never pass i64::MAX (the wire's and Kafka's limit), so neither does a base; a
+    // larger one would overflow `base + relative offset` in recovery.
+    (base <= i64::MAX as u64).then_some((base, suffix))
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
@@ -190,6 +193,11 @@ mod tests {
             Some((42, "log.tmp"))
         );
         assert_eq!(parse_segment_file_name("42.log"), None);
+        assert_eq!(
+            parse_segment_file_name("09223372036854775807.log"),
+            Some((i64::MAX as u64, "log"))
+        );
+        assert_eq!(parse_segment_file_name("09223372036854775808.log"), None);
         assert_eq!(parse_segment_file_name("0000000000000000004x.log"), None);
         assert!(segment_path(dir, 9, LOG_SUFFIX) < segment_path(dir, 10, LOG_SUFFIX));
     }

@@ -20,6 +20,8 @@ use crate::ClientError;
 /// The largest payload the client accepts in one frame: a fetch is capped at 16 MiB by the
 /// broker, but one batch is sent whole even when larger, so leave room for big batches.
 pub(crate) const MAX_FRAME_BYTES: u32 = 256 << 20;
+/// What a frame's announced length may make this side reserve before its bytes arrive.
+const EAGER_FRAME_BYTES: usize = 32 << 20;
 
 /// One fetch over its own data-port connection.
 pub(crate) struct DataPortFetch {
@@ -74,11 +76,18 @@ impl DataPortFetch {
             });
         }
         // Read straight into uninitialized capacity (no zeroing pass over up to 16 MiB), and
-        // no further than this frame.
+        // no further than this frame. Up to EAGER_FRAME_BYTES (more than any frame an honest
+        // broker sends: 16 MiB of fetch plus one whole batch) is reserved at once, so the bytes
+        // land without a copy; past it the buffer grows as bytes arrive, so a length that lies
+        // costs memory only for bytes really sent.
         let len = header.length as usize;
-        let mut payload = BytesMut::with_capacity(len);
+        let mut payload = BytesMut::with_capacity(len.min(EAGER_FRAME_BYTES));
         let mut frame = (&mut self.stream).take(len as u64);
         while payload.len() < len {
+            if payload.capacity() == payload.len() {
+                let grow = payload.len().max(EAGER_FRAME_BYTES);
+                payload.reserve(grow.min(len - payload.len()));
+            }
             let n = frame
                 .read_buf(&mut payload)
                 .await
