@@ -4,7 +4,8 @@
 //! - [`service`]: the `weir.v1.Weir` service (request checks, wire translation).
 //! - [`produce`] and [`fetch`]: the two data paths; [`data_port`]: fetches over sendfile on a
 //!   second port.
-//! - [`limits`]: in-flight byte budgets per connection and broker-wide.
+//! - [`limits`]: in-flight byte budgets per connection and broker-wide; [`request_limit`]:
+//!   the size limit of one request message, refused with a weir reason.
 //! - [`cluster`]: this node's copy of the controller's metadata; [`listener`]: which
 //!   addresses a client on each listener is told about.
 //!
@@ -24,6 +25,7 @@ pub mod fetch;
 pub mod limits;
 pub mod listener;
 pub mod produce;
+pub mod request_limit;
 pub mod service;
 
 use std::future::Future;
@@ -45,6 +47,7 @@ use cluster::{BrokerAddresses, ClusterView, SyncRole};
 use controller_service::ControllerService;
 use limits::InFlightLimits;
 use listener::Listener;
+use request_limit::RequestLimit;
 use service::WeirService;
 use weir_proto::v1::Error;
 use weir_proto::v1::controller_server::ControllerServer;
@@ -154,12 +157,15 @@ impl Broker {
             state: Arc::clone(state),
             listener: kind,
         })
+        // The backstop only: RequestLimit (below) refuses an oversized message first, with
+        // BATCH_TOO_LARGE instead of tonic's OUT_OF_RANGE.
         .max_decoding_message_size(config.max_request_bytes as usize)
         // A fetch response holds up to MAX_FETCH_BYTES, or one batch larger than that (at most
         // a topic's max_batch_bytes, which fits in max_request_bytes).
         .max_encoding_message_size(
             (u64::from(fetch::MAX_FETCH_BYTES).max(config.max_request_bytes) + (1 << 20)) as usize,
         );
+        let service = RequestLimit::new(service, config.max_request_bytes);
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let mut shutdown = state.shutdown_signal();
         // Windows and frames sized for bulk batches: tonic's defaults cost ~40% throughput here.
