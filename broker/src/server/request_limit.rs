@@ -77,6 +77,7 @@ where
                 inner: body,
                 framing: Framing::new(limit),
                 produce,
+                refusal: None,
                 refused: false,
             })
         }))
@@ -104,26 +105,29 @@ impl Framing {
         }
     }
 
-    /// Follows the framing through `chunk`; the length of the first message it announces over
-    /// the limit, if any.
-    fn scan(&mut self, mut chunk: &[u8]) -> Result<(), usize> {
-        while !chunk.is_empty() {
+    /// Follows the framing through `chunk`. Finding a message announced over the limit, returns
+    /// its length and where in `chunk` its prefix begins (0 if it began in an earlier chunk):
+    /// the bytes before that are whole or partial earlier messages, to be passed on.
+    fn scan(&mut self, chunk: &[u8]) -> Result<(), TooLarge> {
+        let mut at = 0;
+        while at < chunk.len() {
             if self.remaining > 0 {
-                let n = self.remaining.min(chunk.len());
+                let n = self.remaining.min(chunk.len() - at);
                 self.remaining -= n;
-                chunk = &chunk[n..];
+                at += n;
                 continue;
             }
-            let n = (PREFIX - self.prefix_len).min(chunk.len());
-            self.prefix[self.prefix_len..self.prefix_len + n].copy_from_slice(&chunk[..n]);
+            let prefix_start = at.saturating_sub(self.prefix_len);
+            let n = (PREFIX - self.prefix_len).min(chunk.len() - at);
+            self.prefix[self.prefix_len..self.prefix_len + n].copy_from_slice(&chunk[at..at + n]);
             self.prefix_len += n;
-            chunk = &chunk[n..];
+            at += n;
             if self.prefix_len == PREFIX {
                 self.prefix_len = 0;
                 let [_, a, b, c, d] = self.prefix;
                 let len = u32::from_be_bytes([a, b, c, d]) as usize;
                 if len > self.limit {
-                    return Err(len);
+                    return Err(TooLarge { len, prefix_start });
                 }
                 self.remaining = len;
             }
@@ -132,12 +136,21 @@ impl Framing {
     }
 }
 
+/// A message over the limit, found by [`Framing::scan`].
+#[derive(Debug, PartialEq, Eq)]
+struct TooLarge {
+    len: usize,
+    prefix_start: usize,
+}
+
 /// A request body that ends with the refusal at the first message over the limit.
 struct LimitedBody {
     inner: Body,
     framing: Framing,
     /// Whether the call is Produce or ProduceStream, which decides the refusal's reason.
     produce: bool,
+    /// The refusal, once found; sent after the bytes of the messages before it.
+    refusal: Option<Status>,
     refused: bool,
 }
 
@@ -149,26 +162,42 @@ impl http_body::Body for LimitedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        if self.refused {
+        let this = &mut *self;
+        if let Some(refusal) = this.refusal.take() {
+            this.refused = true;
+            return Poll::Ready(Some(Err(refusal)));
+        }
+        if this.refused {
             return Poll::Ready(None);
         }
-        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => frame,
             other => return other,
         };
-        if let Some(data) = frame.data_ref() {
-            let this = &mut *self;
-            if let Err(size) = this.framing.scan(data) {
-                this.refused = true;
-                let refusal = request_too_large(this.produce, size, this.framing.limit);
-                return Poll::Ready(Some(Err(to_status(refusal))));
-            }
+        let Some(data) = frame.data_ref() else {
+            return Poll::Ready(Some(Ok(frame)));
+        };
+        let Err(too_large) = this.framing.scan(data) else {
+            return Poll::Ready(Some(Ok(frame)));
+        };
+        let refusal = to_status(request_too_large(
+            this.produce,
+            too_large.len,
+            this.framing.limit,
+        ));
+        if too_large.prefix_start == 0 {
+            this.refused = true;
+            return Poll::Ready(Some(Err(refusal)));
         }
-        Poll::Ready(Some(Ok(frame)))
+        // The messages before it in this chunk are answered as usual (a ProduceStream's
+        // earlier batches are appended and acknowledged); the refusal comes next.
+        let before = data.slice(..too_large.prefix_start);
+        this.refusal = Some(refusal);
+        Poll::Ready(Some(Ok(Frame::data(before))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.refused || self.inner.is_end_stream()
+        self.refusal.is_none() && (self.refused || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -197,12 +226,34 @@ mod tests {
         for chunk in [&bytes[..3], &bytes[3..9], &bytes[9..15], &bytes[15..22]] {
             assert_eq!(framing.scan(chunk), Ok(()));
         }
-        assert_eq!(framing.scan(&bytes[22..]), Err(11));
+        // The oversized prefix began 2 bytes before this chunk.
+        let too_large = TooLarge {
+            len: 11,
+            prefix_start: 0,
+        };
+        assert_eq!(framing.scan(&bytes[22..]), Err(too_large));
+    }
+
+    #[test]
+    fn the_messages_before_a_too_large_one_in_the_same_chunk_are_passed_on() {
+        let mut framing = Framing::new(10);
+        let mut bytes = prefix(3);
+        bytes.extend_from_slice(b"abc");
+        bytes.extend(prefix(11));
+        let too_large = TooLarge {
+            len: 11,
+            prefix_start: 8,
+        };
+        assert_eq!(framing.scan(&bytes), Err(too_large));
     }
 
     #[test]
     fn a_prefix_over_the_limit_is_refused_before_its_message_arrives() {
         let mut framing = Framing::new(1 << 20);
-        assert_eq!(framing.scan(&prefix(u32::MAX)), Err(u32::MAX as usize));
+        let too_large = TooLarge {
+            len: u32::MAX as usize,
+            prefix_start: 0,
+        };
+        assert_eq!(framing.scan(&prefix(u32::MAX)), Err(too_large));
     }
 }
