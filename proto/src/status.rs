@@ -172,6 +172,26 @@ mod tests {
     }
 
     #[test]
+    fn every_reason_has_standard_details_with_its_grpc_code() {
+        // The codes no request can provoke on demand (DISK_FULL, STORAGE_FAILED, NOT_DURABLE,
+        // CORRUPT_LOG, INTERNAL...) travel through this same function; server_grpc_conventions.rs
+        // checks the reachable ones against a real broker.
+        let codes: Vec<ErrorCode> = (1..100)
+            .filter_map(|n| ErrorCode::try_from(n).ok())
+            .collect();
+        assert_eq!(codes.len(), 25, "a new reason: check its gRPC code");
+        for code in codes {
+            let status = to_status(&error(code, "m"));
+            let details = tonic_types::Status::decode(status.details()).unwrap();
+            assert_eq!(details.code, status.code() as i32, "{code:?}");
+            assert_eq!(status.code(), grpc_code(code), "{code:?}");
+            assert_eq!(details.details[0].type_url, ERROR_TYPE_URL);
+            let packed = Error::decode(details.details[0].value.as_slice()).unwrap();
+            assert_eq!(packed.code, code as i32);
+        }
+    }
+
+    #[test]
     fn a_bare_error_from_an_older_broker_is_still_read() {
         for (code, retriable) in [
             (ErrorCode::UnknownTopic, false),
