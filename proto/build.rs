@@ -5,6 +5,11 @@
 //! The .proto is parsed by protox (pure Rust), so the build needs no system `protoc`.
 //! Neither prost-build nor tonic-prost-build tells cargo to rerun when a .proto changes, so
 //! the rerun-if-changed lines below are what keep an edited .proto from being silently ignored.
+//!
+//! It also writes the parsed descriptors, encoded as a `google.protobuf.FileDescriptorSet`, to
+//! `$OUT_DIR/weir_v1_descriptor.bin`: the broker's server reflection serves them, so `grpcurl`
+//! and the like can call weir without the .proto. protox keeps the source comments in them, so
+//! `grpcurl describe` shows the contract's documentation too.
 
 const PROTO: &str = "weir/v1/weir.proto";
 
@@ -18,7 +23,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 #[cfg(feature = "grpc")]
 fn generate() -> Result<(), Box<dyn std::error::Error>> {
+    use protox::prost::Message as _;
+
     let descriptors = protox::compile([PROTO], ["."])?;
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("weir_v1_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
     tonic_prost_build::configure()
         // `bytes` fields decode as `bytes::Bytes`: a fetched batch is a slice of the receive
         // buffer, not a copy.

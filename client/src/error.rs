@@ -254,6 +254,28 @@ mod tests {
     }
 
     #[test]
+    fn a_status_from_an_older_broker_is_read_too() {
+        use prost::Message as _;
+        // Brokers before the google.rpc.Status layout sent a bare weir.v1.Error as the
+        // details, with the reason's name in the metadata.
+        let mut sent = error(ErrorCode::Conflict, "expected offset 3, the log is at 5");
+        sent.actual_offset = Some(5);
+        let mut status = tonic::Status::with_details(
+            tonic::Code::FailedPrecondition,
+            sent.message.clone(),
+            sent.encode_to_vec().into(),
+        );
+        status.metadata_mut().insert(
+            weir_proto::status::REASON_METADATA_KEY,
+            "CONFLICT".parse().unwrap(),
+        );
+        match ClientError::from(status) {
+            ClientError::Conflict { actual_offset, .. } => assert_eq!(actual_offset, Some(5)),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn a_status_without_a_reason_is_a_transport_error() {
         let err = ClientError::from(tonic::Status::unavailable("connection refused"));
         assert_eq!(err.code(), None);

@@ -13,7 +13,8 @@
 //!   is in its tree):
 //!   - [`status`]: how a weir error travels in a gRPC status (the `weir-reason` metadata entry
 //!     and the status details), for both sides.
-//!   - [`v1`]: the gRPC service (package `weir.v1`), generated from `proto/weir/v1/weir.proto`.
+//!   - [`v1`]: the gRPC service (package `weir.v1`), generated from `proto/weir/v1/weir.proto`,
+//!     and its encoded descriptors ([`v1::FILE_DESCRIPTOR_SET`], for server reflection).
 
 pub mod batch;
 pub mod data_port;
@@ -31,4 +32,9 @@ pub mod topic;
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("weir.v1");
+
+    /// `proto/weir/v1/weir.proto` as an encoded `google.protobuf.FileDescriptorSet` (with its
+    /// comments), written by build.rs: what the broker's server reflection serves.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/weir_v1_descriptor.bin"));
 }

@@ -4,9 +4,12 @@
 //! - [`service`]: the `weir.v1.Weir` service (request checks, wire translation).
 //! - [`produce`] and [`fetch`]: the two data paths; [`data_port`]: fetches over sendfile on a
 //!   second port.
-//! - [`limits`]: in-flight byte budgets per connection and broker-wide.
+//! - [`limits`]: in-flight byte budgets per connection and broker-wide; [`request_limit`]:
+//!   the size limit of one request message, refused with a weir reason.
 //! - [`cluster`]: this node's copy of the controller's metadata; [`listener`]: which
 //!   addresses a client on each listener is told about.
+//! - [`health`] and [`reflection`]: the standard gRPC health checking protocol and server
+//!   reflection, served beside `weir.v1.Weir` on every gRPC listener.
 //!
 //! Internal errors (storage, topics) reach the wire only through [`crate::wire::errors`], the
 //! one mapping from them to the wire's reasons; handlers add only refusals that need what the
@@ -21,9 +24,12 @@ pub mod cluster;
 pub mod controller_service;
 pub mod data_port;
 pub mod fetch;
+pub mod health;
 pub mod limits;
 pub mod listener;
 pub mod produce;
+pub mod reflection;
+pub mod request_limit;
 pub mod service;
 
 use std::future::Future;
@@ -43,8 +49,10 @@ use crate::producer_ids::ProducerIds;
 use crate::topics::{Partition, TopicError, Topics};
 use cluster::{BrokerAddresses, ClusterView, SyncRole};
 use controller_service::ControllerService;
+use health::NodeHealth;
 use limits::InFlightLimits;
 use listener::Listener;
+use request_limit::RequestLimit;
 use service::WeirService;
 use weir_proto::v1::Error;
 use weir_proto::v1::controller_server::ControllerServer;
@@ -68,6 +76,8 @@ pub struct BrokerState {
     pub data_address: String,
     /// The largest gRPC message accepted (a topic's max_batch_bytes must fit in it).
     pub max_request_bytes: u64,
+    /// What the gRPC health service reports.
+    pub health: NodeHealth,
     shutdown: watch::Sender<bool>,
 }
 
@@ -90,6 +100,7 @@ impl BrokerState {
     }
 
     fn begin_shutdown(&self) {
+        self.health.set_stopping();
         self.shutdown.send_replace(true);
     }
 }
@@ -114,6 +125,8 @@ pub enum ServerError {
     },
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("server reflection cannot read the compiled-in descriptors: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
     #[error("opening the controller's metadata: {0}")]
     Controller(weir_storage::StorageError),
     #[error("internal error: {0}")]
@@ -142,28 +155,37 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// A gRPC server on `listener` answering as `kind`, serving until shutdown begins.
+    /// A gRPC server on `listener` answering as `kind`, serving until shutdown begins: the
+    /// weir service, the controller's where given, health checking and reflection.
     fn grpc_server(
         state: &Arc<BrokerState>,
         config: &BrokerConfig,
         listener: TcpListener,
         kind: Listener,
         controller_service: Option<ControllerServer<ControllerService>>,
-    ) -> impl Future<Output = Result<(), tonic::transport::Error>> + use<> {
+    ) -> Result<impl Future<Output = Result<(), tonic::transport::Error>> + use<>, ServerError>
+    {
+        let reflection = reflection::builder(controller_service.is_some());
+        let reflection_v1 = reflection.build_v1()?;
+        let reflection = reflection::builder(controller_service.is_some());
+        let reflection_v1alpha = reflection.build_v1alpha()?;
         let service = WeirServer::new(WeirService {
             state: Arc::clone(state),
             listener: kind,
         })
+        // The backstop only: RequestLimit (below) refuses an oversized message first, with
+        // BATCH_TOO_LARGE instead of tonic's OUT_OF_RANGE.
         .max_decoding_message_size(config.max_request_bytes as usize)
         // A fetch response holds up to MAX_FETCH_BYTES, or one batch larger than that (at most
         // a topic's max_batch_bytes, which fits in max_request_bytes).
         .max_encoding_message_size(
             (u64::from(fetch::MAX_FETCH_BYTES).max(config.max_request_bytes) + (1 << 20)) as usize,
         );
+        let service = RequestLimit::new(service, config.max_request_bytes);
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let mut shutdown = state.shutdown_signal();
         // Windows and frames sized for bulk batches: tonic's defaults cost ~40% throughput here.
-        tonic::transport::Server::builder()
+        Ok(tonic::transport::Server::builder()
             .initial_stream_window_size(16 << 20)
             .initial_connection_window_size(32 << 20)
             .max_frame_size(1 << 20)
@@ -172,9 +194,12 @@ impl Broker {
             .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .add_service(service)
             .add_optional_service(controller_service)
+            .add_service(state.health.service())
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(incoming, async move {
                 stopped(&mut shutdown).await;
-            })
+            }))
     }
 
     /// Opens the data dir (recovering it if needed) and binds the gRPC address.
@@ -277,6 +302,7 @@ impl Broker {
             ),
             data_address,
             max_request_bytes: config.max_request_bytes,
+            health: NodeHealth::default(),
             shutdown,
         });
         Ok(Broker {
@@ -320,6 +346,27 @@ impl Broker {
                 controller: Arc::clone(c),
             })
         });
+        // Built first: nothing is running yet if one cannot be.
+        let internal = Broker::grpc_server(
+            &self.state,
+            &self.config,
+            self.listener,
+            Listener::Internal,
+            controller_service,
+        )?;
+        // Brokers reach the controller on the internal listener only.
+        let external = self
+            .external_listener
+            .map(|(listener, _)| {
+                Broker::grpc_server(
+                    &self.state,
+                    &self.config,
+                    listener,
+                    Listener::External,
+                    None,
+                )
+            })
+            .transpose()?;
         let ticker = self.local_controller.as_ref().map(|c| {
             let controller = Arc::clone(c);
             let mut stop = self.state.shutdown_signal();
@@ -338,23 +385,8 @@ impl Broker {
             self.data_listener,
             Arc::clone(&self.state),
         ));
-        let internal = Broker::grpc_server(
-            &self.state,
-            &self.config,
-            self.listener,
-            Listener::Internal,
-            controller_service,
-        );
-        // Brokers reach the controller on the internal listener only.
-        let external = self.external_listener.map(|(listener, _)| {
-            Broker::grpc_server(
-                &self.state,
-                &self.config,
-                listener,
-                Listener::External,
-                None,
-            )
-        });
+        // Both servers are built; they read their listeners from the first poll below.
+        self.state.health.set_serving();
         // Either server ending (shutdown, or an error) ends the other: shutdown begins and it
         // drains its in-flight requests; the first error is the one reported.
         let state = Arc::clone(&self.state);

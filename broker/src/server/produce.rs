@@ -135,6 +135,9 @@ pub async fn produce_stream(
 ) {
     let mut shutdown = state.shutdown_signal();
     let mut durable_waits = JoinSet::new();
+    // Why the request stream ended early, sent as the stream's status once every accepted
+    // request has its answer.
+    let mut ended_by = None;
     loop {
         // Reap finished waits so the set does not grow on a long-lived, busy stream.
         while durable_waits.try_join_next().is_some() {}
@@ -144,9 +147,10 @@ pub async fn produce_stream(
             next = requests.next() => match next {
                 Some(Ok(req)) => req,
                 Some(Err(status)) => {
-                    // A request tonic could not decode (over the size limit, say): tell the
-                    // client why its stream ends instead of ending it silently.
-                    let _ = responses.send(Err(undecodable(status))).await;
+                    // A request over the size limit (BATCH_TOO_LARGE, from RequestLimit) or
+                    // that tonic could not decode: tell the client why its stream ends
+                    // instead of ending it silently.
+                    ended_by = Some(status);
                     break;
                 }
                 None => break,
@@ -204,7 +208,9 @@ pub async fn produce_stream(
     }
     // Every accepted batch gets its answer before the stream ends.
     while durable_waits.join_next().await.is_some() {}
-    if state.is_shutting_down() {
+    if let Some(status) = ended_by {
+        let _ = responses.send(Err(status)).await;
+    } else if state.is_shutting_down() {
         let _ = responses.send(Err(to_status(shutting_down()))).await;
     }
 }
@@ -229,19 +235,5 @@ async fn wait_synced(
             ),
         )),
         Err(e) => Err(in_partition(topic, partition, storage_error(&e))),
-    }
-}
-
-/// The status for a request the stream could not decode.
-fn undecodable(status: Status) -> Status {
-    match status.code() {
-        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => to_status(status::error(
-            ErrorCode::BatchTooLarge,
-            format!(
-                "{}; the broker's max_request_bytes limits one produce request",
-                status.message()
-            ),
-        )),
-        _ => status,
     }
 }

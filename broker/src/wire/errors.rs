@@ -1,5 +1,6 @@
 //! The one mapping from the broker's internal errors to the wire's [`ErrorCode`]s, and the
-//! few refusals every layer needs (shutting down, internal, invalid request).
+//! few refusals every layer needs (shutting down, internal, invalid request, a request over
+//! the size limit).
 //!
 //! Every refusal a client can meet passes through [`wire_error`] or [`storage_error`], so a
 //! reason name means the same thing on every RPC, whether the gRPC service or the controller
@@ -93,6 +94,27 @@ pub fn invalid_request(message: impl Into<String>) -> Error {
     status::error(ErrorCode::InvalidRequest, message)
 }
 
+/// A request message over the broker's `max_request_bytes`, refused before it was read (see
+/// [`crate::server::request_limit`]). On Produce and ProduceStream (`produce`) the batch is
+/// what makes a request that large: BATCH_TOO_LARGE, as for a batch over its topic's
+/// max_batch_bytes. Any other request that large is malformed: INVALID_REQUEST.
+pub fn request_too_large(produce: bool, size: usize, limit: usize) -> Error {
+    if produce {
+        status::error(
+            ErrorCode::BatchTooLarge,
+            format!(
+                "produce request of {size} bytes exceeds the broker's max_request_bytes \
+                 ({limit} bytes); nothing was written: send smaller batches"
+            ),
+        )
+    } else {
+        invalid_request(format!(
+            "request message of {size} bytes exceeds the broker's max_request_bytes \
+             ({limit} bytes)"
+        ))
+    }
+}
+
 /// Sugar: the status for any wire error.
 pub fn to_status(e: Error) -> Status {
     status::to_status(&e)
@@ -123,6 +145,21 @@ mod tests {
         }));
         assert_eq!(e.code, ErrorCode::CorruptBatch as i32);
         assert!(!e.retriable);
+    }
+
+    #[test]
+    fn oversized_produce_requests_are_batch_too_large_with_the_limit() {
+        let e = request_too_large(true, 5 << 20, 4 << 20);
+        assert_eq!(e.code, ErrorCode::BatchTooLarge as i32);
+        assert!(e.message.contains("4194304"), "{}", e.message);
+        assert_eq!(
+            to_status(e).code(),
+            tonic::Code::InvalidArgument,
+            "not OUT_OF_RANGE, OFFSET_OUT_OF_RANGE's code"
+        );
+        let e = request_too_large(false, 5 << 20, 4 << 20);
+        assert_eq!(e.code, ErrorCode::InvalidRequest as i32);
+        assert!(e.message.contains("4194304"), "{}", e.message);
     }
 
     #[test]
