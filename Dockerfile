@@ -2,7 +2,7 @@
 #
 # The binaries are built on the host, not in the image:
 #
-#   cargo build --release -p weir-broker -p weir-client --bins
+#   cargo build --release -p weir-broker -p weir-cli --bins
 #   docker build -t weir:local .                        # BASE defaults to debian:bookworm-slim
 #
 # The base must have a glibc at least as new as the host that built them (bookworm: 2.36; pass

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the weir image (default tag weir:local) from the repository, with or without a registry.
 #
-#   1. cargo build --release -p weir-broker -p weir-client --bins   (a no-op when up to date)
+#   1. cargo build --release -p weir-broker -p weir-cli --bins   (a no-op when up to date)
 #   2. the base image: $WEIR_BASE_IMAGE (default debian:bookworm-slim) if present or pullable;
 #      otherwise weir-base:local, made here in seconds without network: a `docker import` of the
 #      exact shared libraries the two binaries load (ldd), the dynamic loader, /etc/passwd and
@@ -52,8 +52,8 @@ started=$SECONDS
 if [[ ${WEIR_SKIP_CARGO:-0} == 1 ]]; then
     log "using the binaries in $BIN as built (WEIR_SKIP_CARGO=1)"
 else
-    log "cargo build ${CARGO_PROFILE[*]} -p weir-broker -p weir-client --bins"
-    (cd "$ROOT" && cargo build "${CARGO_PROFILE[@]}" -p weir-broker -p weir-client --bins) ||
+    log "cargo build ${CARGO_PROFILE[*]} -p weir-broker -p weir-cli --bins"
+    (cd "$ROOT" && cargo build "${CARGO_PROFILE[@]}" -p weir-broker -p weir-cli --bins) ||
         die "cargo build failed"
 fi
 for b in weir-broker weir; do
