@@ -5,7 +5,7 @@
 //! batch (the consumer checks every batch's CRC). It prints one summary line.
 //!
 //! `cargo test --test server_crash_kill9` runs 5 kill cycles; the soak runs 50:
-//! `cargo test --release --test crash_suite -- --ignored --nocapture`.
+//! `cargo test --release --test server_crash_kill9 -- --ignored --nocapture`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
