@@ -20,7 +20,7 @@ use crate::rules::Rules;
 use crate::{BrokerEpoch, BrokerId, LeaderEpoch, PartitionEpoch};
 
 /// One partition's replication state at the controller.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PartitionState {
     /// The assigned replicas, preferred leader first. Distinct brokers.
     pub replicas: Vec<BrokerId>,

@@ -11,7 +11,7 @@
 use crate::{LeaderEpoch, Offset};
 
 /// Leader epoch -> start offset, in epoch order.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EpochHistory {
     entries: Vec<(LeaderEpoch, Offset)>,
 }

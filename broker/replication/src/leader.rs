@@ -47,7 +47,7 @@ pub fn record_fetch(
 
 /// The leader's picture of the ISR: the last one it learned from the controller, and its own
 /// outstanding proposal, if any.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct IsrView {
     committed: Vec<BrokerId>,
     committed_epoch: PartitionEpoch,
@@ -322,18 +322,19 @@ pub fn check_fetch(
 }
 
 /// Whether a follower has dropped out of sync: it has not reached the leader's log end in this
-/// epoch within `replica_lag_time_max_ms` (`lag_expired`, the broker's clock decides).
+/// epoch within `replica_lag_time_max_ms` (`lag_expired`, the broker's clock decides). A
+/// follower that has not fetched in this epoch counts as holding nothing, so it is out of sync
+/// once the leader holds a record.
 pub fn out_of_sync(
     progress: Option<FollowerProgress>,
     leader_epoch: LeaderEpoch,
     leader_log_end: Offset,
     lag_expired: bool,
 ) -> bool {
-    lag_expired
-        && match progress {
-            Some(p) => p.leader_epoch != leader_epoch || p.log_end < leader_log_end,
-            None => true,
-        }
+    let reached = progress
+        .filter(|p| p.leader_epoch == leader_epoch)
+        .map_or(0, |p| p.log_end);
+    lag_expired && reached < leader_log_end
 }
 
 /// Why a follower may not be added to the ISR yet.

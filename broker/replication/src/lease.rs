@@ -11,6 +11,8 @@
 //! counts ticks since the heartbeat for each broker; only its rule-off run builds a config with
 //! [`LeaseConfig::unchecked`].
 
+use crate::rules::Rules;
+
 /// Lease and grace, in ticks of a monotonic clock (milliseconds in the broker).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct LeaseConfig {
@@ -52,6 +54,17 @@ impl LeaseConfig {
         since_sent < self.lease
     }
 
+    /// At the controller: whether a heartbeat may grant (or renew) a lease, and unfence the
+    /// broker. Only if the broker has applied the controller's current metadata
+    /// (`applied >= current`, the version each heartbeat carries, KRaft's metadata offset; for one
+    /// partition its partition epoch). Otherwise a leader deposed while it was cut off would come
+    /// back with a fresh lease, still believing it leads, and serve reads the new leader has
+    /// overtaken. The model found this with every other rule on (`COUNTEREXAMPLES.md`).
+    /// Without `rules.lease_after_metadata`, any heartbeat grants a lease.
+    pub fn may_grant_lease<V: Ord>(&self, applied: Option<V>, current: V, rules: &Rules) -> bool {
+        !rules.lease_after_metadata || applied.is_some_and(|a| a >= current)
+    }
+
     /// At the controller: whether it may fence a broker `since_received` ticks after receiving
     /// its last heartbeat (and then elect other leaders for its partitions).
     pub fn controller_may_fence(&self, since_received: u64) -> bool {
@@ -75,5 +88,8 @@ mod tests {
         }
         let bad = LeaseConfig::unchecked(2, 1);
         assert!(bad.broker_lease_valid(1) && bad.controller_may_fence(1));
+        assert!(!c.may_grant_lease(Some(2), 3, &Rules::ALL));
+        assert!(!c.may_grant_lease(None, 3, &Rules::ALL));
+        assert!(c.may_grant_lease(Some(3), 3, &Rules::ALL));
     }
 }

@@ -38,6 +38,11 @@ pub struct Rules {
     /// stopped acknowledging and serving before the controller may fence it. Off: the model runs
     /// with a grace shorter than the lease ([`crate::lease::LeaseConfig::unchecked`]).
     pub fence_after_lease: bool,
+    /// Rule 12, second half (found by the model): a heartbeat grants a lease only to a broker
+    /// that has applied the current metadata, so a deposed leader's lease is never renewed while
+    /// it still believes it leads ([`crate::lease::LeaseConfig::may_grant_lease`]). Off: any
+    /// heartbeat of a registered broker grants one.
+    pub lease_after_metadata: bool,
 }
 
 impl Rules {
@@ -51,6 +56,7 @@ impl Rules {
         truncate_by_epoch: true,
         hw_final_at_epoch_start: true,
         fence_after_lease: true,
+        lease_after_metadata: true,
     };
 }
 
