@@ -1,0 +1,1108 @@
+//! The replication protocol, checked exhaustively with stateright.
+//!
+//! Owns the model: one controller, three replicas of one partition (RF=3, min ISR=2), a producer
+//! writing `Bounds::records` records with acks=all (one in flight), one consumer, follower fetches
+//! and their answers and the leader's ISR requests and their answers as messages in a network
+//! that loses, delays and reorders them (at most `Bounds::network` in flight), leases that lapse
+//! (a per-broker clock of ticks since the last answered heartbeat), fencing, elections, ISR shrinks
+//! and expansions, and crashes that lose a broker's unsynced suffix (any suffix; the broker comes
+//! back with a new broker epoch, rule 7). Every decision the model makes is one of the crate's
+//! functions, called as the broker and the controller will call them; the model only moves bytes
+//! (appends, cuts) and messages.
+//!
+//! What is abstract: time (a broker's clock advances by `Tick` actions, and both the broker's lease
+//! and the controller's grace are read from it through `LeaseConfig`, which is what "the lease
+//! lapses at the broker before the controller may fence it" means here); the lag timer (a leader
+//! may deem any follower that has not reached its log end out of sync); metadata propagation (a
+//! registered broker may at any time learn the controller's current partition state; stale
+//! notifications are refused by epoch anyway, so only the latest one matters, and a lost one is a
+//! `Learn` that never happens). A crash is a crash and restart in one step: the new start knows
+//! nothing until it registers.
+//!
+//! Ghost state (not part of the protocol, for the properties): the committed log (the longest
+//! prefix any leader's high watermark has covered), the acknowledged records, what the consumer
+//! saw, and flags set when a step violates a property at the moment it happens (an election of a
+//! replica missing committed records; a consumer's high watermark going back).
+//!
+//! The invariants checked (`always`) and the `sometimes` properties that show the model is not
+//! vacuous are the `P_*` and `S_*` constants. `tests` at the bottom: the full check with every rule
+//! on, then one check per rule turned off, asserting the property the checker breaks. Larger bounds
+//! run with `cargo test -p weir-replication --release --test model -- --ignored --nocapture`.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use stateright::{Checker, HasDiscoveries, Model, Path, Property};
+use weir_replication::controller::{AlterError, AlterIsrRequest, IsrMember, LiveBrokers, PartitionState};
+use weir_replication::epochs::EpochHistory;
+use weir_replication::follower;
+use weir_replication::leader::{self, FetchDecision, FetchRequest, FollowerProgress, HwInput, IsrView};
+use weir_replication::lease::LeaseConfig;
+use weir_replication::{BrokerEpoch, BrokerId, LeaderEpoch, Offset, Rules};
+
+/// Replicas of the one partition.
+const BROKERS: usize = 3;
+/// The topic's `min_insync_replicas`.
+const MIN_INSYNC: usize = 2;
+
+/// How far the model explores.
+#[derive(Clone, Copy, Debug)]
+struct Bounds {
+    /// Records the producer writes (values 1..=records).
+    records: u8,
+    /// Crashes (each may lose any unsynced suffix). Rule 11: one survives with min ISR 2.
+    crashes: u8,
+    /// Lease lapses, over all brokers (a broker's clock leaving 0).
+    lapses: u8,
+    /// ISR proposals by leaders (shrinks and expansions; retries are free).
+    isr_changes: u8,
+    /// Messages in flight at once; a send into a full network is a loss.
+    network: usize,
+}
+
+/// The default test's bounds.
+const SMALL: Bounds = Bounds {
+    records: 1,
+    crashes: 1,
+    lapses: 2,
+    isr_changes: 2,
+    network: 2,
+};
+
+#[derive(Clone, Debug)]
+struct ReplicationModel {
+    rules: Rules,
+    bounds: Bounds,
+    lease: LeaseConfig,
+    /// The topic setting (rule 3); off unless a test turns it on.
+    unclean_election: bool,
+}
+
+impl ReplicationModel {
+    fn new(rules: Rules, bounds: Bounds) -> Self {
+        // Lease 1 tick, grace 2 (rule 12). Without the rule: lease 2, grace 1.
+        let lease = if rules.fence_after_lease {
+            LeaseConfig::new(1, 2).expect("grace longer than lease")
+        } else {
+            LeaseConfig::unchecked(2, 1)
+        };
+        ReplicationModel {
+            rules,
+            bounds,
+            lease,
+            unclean_election: false,
+        }
+    }
+}
+
+/// One record in a replica's log: the leader epoch that appended it and the producer's value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Entry {
+    epoch: u32,
+    value: u8,
+}
+
+/// What a broker holds while it believes it leads.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Leading {
+    epoch: LeaderEpoch,
+    /// Its log end when it took the epoch.
+    epoch_start: Offset,
+    isr: IsrView,
+    progress: Vec<(BrokerId, Option<FollowerProgress>)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Broker {
+    /// The broker epoch of this start (registered or about to be).
+    start: BrokerEpoch,
+    log: Vec<Entry>,
+    history: EpochHistory,
+    /// The local high watermark (checkpointed: it survives a crash, capped by the log).
+    hw: Offset,
+    /// The partition state it last learned; `None` after a restart until it learns again.
+    known: Option<PartitionState>,
+    leading: Option<Leading>,
+    /// Ticks since its last answered heartbeat (of the previous start, until it registers).
+    clock: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Registration {
+    start: BrokerEpoch,
+    fenced: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Body {
+    Data { entries: Vec<Entry>, hw: Offset },
+    Diverging { epoch: Option<LeaderEpoch>, end_offset: Offset },
+    OutOfRange { log_end: Offset },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Msg {
+    Fetch {
+        from: BrokerId,
+        to: BrokerId,
+        leader_epoch: LeaderEpoch,
+        broker_epoch: BrokerEpoch,
+        offset: Offset,
+        last_epoch: Option<LeaderEpoch>,
+    },
+    FetchAnswer {
+        to: BrokerId,
+        from: BrokerId,
+        leader_epoch: LeaderEpoch,
+        offset: Offset,
+        body: Body,
+    },
+    Alter(AlterIsrRequest),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct InFlight {
+    value: u8,
+    offset: Offset,
+    broker: usize,
+    epoch: LeaderEpoch,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Ghost {
+    /// The longest log prefix any leader's high watermark has covered.
+    committed: Vec<Entry>,
+    /// Two leaders' high watermarks covered different records at one offset.
+    committed_conflict: bool,
+    /// A replica missing committed records was elected.
+    bad_election: bool,
+    /// The consumer read a lower high watermark than before.
+    consumer_hw_back: bool,
+    /// The consumer read a record that differs from one it read before at that offset.
+    consumer_conflict: bool,
+    failover_after_ack: bool,
+    shrunk: bool,
+    expanded: bool,
+    lossy_crash: bool,
+    diverged: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct State {
+    controller: PartitionState,
+    registry: Vec<Registration>,
+    brokers: Vec<Broker>,
+    /// Sorted and without duplicates: a set.
+    network: Vec<Msg>,
+    next_value: u8,
+    in_flight: Option<InFlight>,
+    /// (offset, value) of every acknowledged record.
+    acked: Vec<(Offset, u8)>,
+    consumer_hw: Offset,
+    consumer_seen: Vec<Entry>,
+    crashes: u8,
+    lapses: u8,
+    isr_changes: u8,
+    ghost: Ghost,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Action {
+    Produce(usize),
+    Ack,
+    Fetch(usize),
+    Deliver(Msg),
+    Lose(Msg),
+    Learn(usize),
+    Shrink(usize, usize),
+    Expand(usize, usize),
+    Retry(usize),
+    Tick(usize),
+    Heartbeat(usize),
+    Fence(usize),
+    Elect,
+    Crash(usize, Offset),
+    Register(usize),
+    Consume(usize),
+}
+
+fn id(b: usize) -> BrokerId {
+    BrokerId(b as u32)
+}
+
+fn ix(b: BrokerId) -> usize {
+    b.0 as usize
+}
+
+fn prefix_conflict(a: &[Entry], b: &[Entry]) -> bool {
+    a.iter().zip(b).any(|(x, y)| x != y)
+}
+
+impl State {
+    fn live(&self) -> LiveBrokers {
+        LiveBrokers::new(
+            self.registry
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| !r.fenced)
+                .map(|(b, r)| (id(b), r.start))
+                .collect(),
+        )
+    }
+
+    /// Whether the broker's current start is the one the controller has registered.
+    fn registered(&self, b: usize) -> bool {
+        self.brokers[b].start == self.registry[b].start
+    }
+
+    fn lease_valid(&self, m: &ReplicationModel, b: usize) -> bool {
+        self.registered(b) && m.lease.broker_lease_valid(self.brokers[b].clock)
+    }
+
+    /// The (leader, epoch) a broker follows, as it believes.
+    fn following(&self, b: usize) -> Option<(BrokerId, LeaderEpoch)> {
+        let known = self.brokers[b].known.as_ref()?;
+        match known.leader {
+            Some(l) if l != id(b) => Some((l, known.leader_epoch)),
+            _ => None,
+        }
+    }
+
+    fn hw_final(&self, m: &ReplicationModel, b: usize) -> bool {
+        let br = &self.brokers[b];
+        br.leading
+            .as_ref()
+            .is_some_and(|l| leader::hw_is_final(br.hw, l.epoch_start, &m.rules))
+    }
+
+    /// The controller's leader, if that broker has learned it leads this epoch.
+    fn acting_leader(&self) -> Option<usize> {
+        let l = ix(self.controller.leader?);
+        let leading = self.brokers[l].leading.as_ref()?;
+        (self.registered(l) && leading.epoch == self.controller.leader_epoch).then_some(l)
+    }
+
+    fn send(&mut self, m: &ReplicationModel, msg: Msg) {
+        if self.network.len() < m.bounds.network {
+            if let Err(at) = self.network.binary_search(&msg) {
+                self.network.insert(at, msg);
+            }
+        }
+    }
+
+    fn remove(&mut self, msg: &Msg) {
+        if let Ok(at) = self.network.binary_search(msg) {
+            self.network.remove(at);
+        }
+    }
+
+    fn merge_committed(&mut self, prefix: Vec<Entry>) {
+        let committed = &self.ghost.committed;
+        if prefix_conflict(committed, &prefix) {
+            self.ghost.committed_conflict = true;
+        } else if prefix.len() > committed.len() {
+            self.ghost.committed = prefix;
+        }
+    }
+
+    /// The controller journals a new partition state; elections are checked against the ghost.
+    fn set_partition(&mut self, next: PartitionState) {
+        if next.leader_epoch != self.controller.leader_epoch {
+            if let Some(l) = next.leader {
+                let l = ix(l);
+                // A start that crashed before the controller noticed is elected as a dead one:
+                // it never acts on it (it re-registers first), so only a live start is checked.
+                if self.registered(l) && !self.brokers[l].log.starts_with(&self.ghost.committed) {
+                    self.ghost.bad_election = true;
+                }
+                if !self.acked.is_empty() {
+                    self.ghost.failover_after_ack = true;
+                }
+            }
+        }
+        self.controller = next;
+    }
+
+    fn truncate(&mut self, b: usize, to: Offset) {
+        let br = &mut self.brokers[b];
+        br.log.truncate(to as usize);
+        br.history.truncate_from_end(to);
+        br.hw = br.hw.min(to);
+    }
+
+    /// The leader recomputes its high watermark (rules 4, 5).
+    fn recompute_hw(&mut self, m: &ReplicationModel, b: usize) {
+        let br = &self.brokers[b];
+        let Some(l) = &br.leading else { return };
+        let counted = l.isr.counted(&m.rules);
+        let hw = leader::high_watermark(
+            &HwInput {
+                current: br.hw,
+                leader: id(b),
+                leader_epoch: l.epoch,
+                leader_log_end: br.log.len() as Offset,
+                counted: &counted,
+                committed_isr_len: l.isr.committed().len(),
+                min_insync: MIN_INSYNC,
+                progress: &l.progress,
+            },
+            &m.rules,
+        );
+        let prefix = br.log[..hw as usize].to_vec();
+        self.brokers[b].hw = hw;
+        self.merge_committed(prefix);
+    }
+
+    /// A broker learns a partition state (metadata, or the controller's answer to its request).
+    fn learn(&mut self, m: &ReplicationModel, b: usize, state: PartitionState) {
+        let br = &mut self.brokers[b];
+        let new_epoch = match &br.known {
+            Some(k) if state.partition_epoch <= k.partition_epoch => return,
+            Some(k) => state.leader_epoch != k.leader_epoch,
+            None => true,
+        };
+        if new_epoch {
+            if state.leader == Some(id(b)) {
+                let leo = br.log.len() as Offset;
+                br.history
+                    .assign(state.leader_epoch, leo)
+                    .expect("leader epochs only grow");
+                br.leading = Some(Leading {
+                    epoch: state.leader_epoch,
+                    epoch_start: leo,
+                    isr: IsrView::new(&state),
+                    progress: (0..BROKERS).filter(|&f| f != b).map(|f| (id(f), None)).collect(),
+                });
+            } else {
+                br.leading = None;
+                let cut = follower::on_leader_epoch_change(&m.rules, br.hw, br.log.len() as Offset);
+                br.known = Some(state);
+                if let Some(to) = cut {
+                    self.truncate(b, to);
+                }
+                return;
+            }
+        } else if let Some(l) = &mut br.leading {
+            l.isr.on_state(&state);
+        }
+        br.known = Some(state);
+        self.recompute_hw(m, b);
+    }
+
+    /// A member of the leader's proposal: the broker epoch it knows for it.
+    fn member(&self, leader: usize, b: usize) -> IsrMember {
+        let broker_epoch = if b == leader {
+            self.brokers[b].start
+        } else {
+            self.brokers[leader]
+                .leading
+                .as_ref()
+                .and_then(|l| l.progress.iter().find(|(f, _)| *f == id(b)))
+                .and_then(|(_, p)| p.map(|p| p.broker_epoch))
+                .unwrap_or(BrokerEpoch(0))
+        };
+        IsrMember { broker: id(b), broker_epoch }
+    }
+
+    fn progress_of(&self, leader: usize, f: usize) -> Option<FollowerProgress> {
+        self.brokers[leader]
+            .leading
+            .as_ref()?
+            .progress
+            .iter()
+            .find(|(b, _)| *b == id(f))?
+            .1
+    }
+
+    fn deliver(&mut self, m: &ReplicationModel, msg: Msg) {
+        self.remove(&msg);
+        match msg {
+            Msg::Fetch {
+                from,
+                to,
+                leader_epoch,
+                broker_epoch,
+                offset,
+                last_epoch,
+            } => {
+                let l = ix(to);
+                let br = &self.brokers[l];
+                let Some(leading) = &br.leading else { return };
+                let my_epoch = leading.epoch;
+                let request = FetchRequest {
+                    leader_epoch,
+                    offset,
+                    last_epoch,
+                };
+                let body = match leader::check_fetch(
+                    my_epoch,
+                    &br.history,
+                    br.log.len() as Offset,
+                    &request,
+                    &m.rules,
+                ) {
+                    FetchDecision::FencedLeaderEpoch | FetchDecision::UnknownLeaderEpoch => return,
+                    FetchDecision::Diverging { epoch, end_offset } => Body::Diverging { epoch, end_offset },
+                    FetchDecision::OutOfRange { log_end } => Body::OutOfRange { log_end },
+                    FetchDecision::Serve => {
+                        let fetch = FollowerProgress {
+                            log_end: offset,
+                            leader_epoch,
+                            broker_epoch,
+                        };
+                        let previous = self.progress_of(l, ix(from));
+                        if let Some(p) = leader::record_fetch(previous, fetch) {
+                            let leading = self.brokers[l].leading.as_mut().expect("leading");
+                            let slot = leading.progress.iter_mut().find(|(f, _)| *f == from).expect("a replica");
+                            slot.1 = Some(p);
+                            self.recompute_hw(m, l);
+                        }
+                        let br = &self.brokers[l];
+                        let entries = br.log[offset as usize..].to_vec();
+                        let f = &self.brokers[ix(from)];
+                        if entries.is_empty() && follower::follower_hw(br.hw, offset) == f.hw {
+                            // An answer that would change nothing is as good as a lost one.
+                            return;
+                        }
+                        Body::Data { entries, hw: br.hw }
+                    }
+                };
+                self.send(
+                    m,
+                    Msg::FetchAnswer {
+                        to: from,
+                        from: to,
+                        leader_epoch: my_epoch,
+                        offset,
+                        body,
+                    },
+                );
+            }
+            Msg::FetchAnswer {
+                to,
+                from,
+                leader_epoch,
+                offset,
+                body,
+            } => {
+                let f = ix(to);
+                let leo = self.brokers[f].log.len() as Offset;
+                if !follower::accepts_response(self.following(f), leo, from, leader_epoch, offset) {
+                    return;
+                }
+                match body {
+                    Body::Data { entries, hw } => {
+                        let br = &mut self.brokers[f];
+                        for e in entries {
+                            let epoch = LeaderEpoch(e.epoch);
+                            if br.history.latest_epoch() != Some(epoch) {
+                                br.history
+                                    .assign(epoch, br.log.len() as Offset)
+                                    .expect("a leader's records come in epoch order");
+                            }
+                            br.log.push(e);
+                        }
+                        br.hw = follower::follower_hw(hw, br.log.len() as Offset);
+                    }
+                    Body::Diverging { epoch, end_offset } => {
+                        let to = follower::truncation_offset(&self.brokers[f].history, leo, epoch, end_offset);
+                        if to < leo {
+                            self.ghost.diverged = true;
+                            self.truncate(f, to);
+                        }
+                    }
+                    Body::OutOfRange { log_end } => self.truncate(f, log_end.min(leo)),
+                }
+            }
+            Msg::Alter(request) => {
+                let result = self
+                    .controller
+                    .alter_isr(&request, &self.live(), MIN_INSYNC, &m.rules);
+                if let Ok(next) = &result {
+                    if next.isr.len() < self.controller.isr.len() {
+                        self.ghost.shrunk = true;
+                    } else {
+                        self.ghost.expanded = true;
+                    }
+                    self.set_partition(next.clone());
+                }
+                // The answer reaches the leader at once: its delay is a `Learn` that comes late,
+                // its loss a retry.
+                self.answer_alter(m, request, result);
+            }
+        }
+    }
+
+    /// The controller's answer reaches the leader that asked (rule 4: accepted or stale, it waits
+    /// for the state; refused for good, it rolls back).
+    fn answer_alter(&mut self, m: &ReplicationModel, request: AlterIsrRequest, result: Result<PartitionState, AlterError>) {
+        let l = ix(request.leader);
+        let Some(leading) = &mut self.brokers[l].leading else { return };
+        if leading.epoch != request.leader_epoch {
+            return;
+        }
+        match result {
+            Ok(state) => self.learn(m, l, state),
+            Err(_) => {
+                leading.isr.on_response(&request, &result);
+                self.recompute_hw(m, l);
+            }
+        }
+    }
+}
+
+impl Model for ReplicationModel {
+    type State = State;
+    type Action = Action;
+
+    fn init_states(&self) -> Vec<State> {
+        let controller = PartitionState::new((0..BROKERS).map(id).collect());
+        let brokers = (0..BROKERS)
+            .map(|b| {
+                let mut history = EpochHistory::new();
+                let leading = (b == 0).then(|| {
+                    history.assign(controller.leader_epoch, 0).expect("empty history");
+                    Leading {
+                        epoch: controller.leader_epoch,
+                        epoch_start: 0,
+                        isr: IsrView::new(&controller),
+                        progress: (1..BROKERS).map(|f| (id(f), None)).collect(),
+                    }
+                });
+                Broker {
+                    start: BrokerEpoch(1),
+                    log: Vec::new(),
+                    history,
+                    hw: 0,
+                    known: Some(controller.clone()),
+                    leading,
+                    clock: 0,
+                }
+            })
+            .collect();
+        vec![State {
+            controller,
+            registry: vec![Registration { start: BrokerEpoch(1), fenced: false }; BROKERS],
+            brokers,
+            network: Vec::new(),
+            next_value: 1,
+            in_flight: None,
+            acked: Vec::new(),
+            consumer_hw: 0,
+            consumer_seen: Vec::new(),
+            crashes: self.bounds.crashes,
+            lapses: self.bounds.lapses,
+            isr_changes: self.bounds.isr_changes,
+            ghost: Ghost {
+                committed: Vec::new(),
+                committed_conflict: false,
+                bad_election: false,
+                consumer_hw_back: false,
+                consumer_conflict: false,
+                failover_after_ack: false,
+                shrunk: false,
+                expanded: false,
+                lossy_crash: false,
+                diverged: false,
+            },
+        }]
+    }
+
+    fn actions(&self, s: &State, actions: &mut Vec<Action>) {
+        let room = s.network.len() < self.bounds.network;
+        for b in 0..BROKERS {
+            let br = &s.brokers[b];
+            if let Some(l) = &br.leading {
+                let leo = br.log.len() as Offset;
+                if s.in_flight.is_none()
+                    && s.next_value <= self.bounds.records
+                    && leader::may_accept_produce(l.isr.committed().len(), MIN_INSYNC, s.lease_valid(self, b)).is_ok()
+                {
+                    actions.push(Action::Produce(b));
+                }
+                if leader::may_serve_reads(s.hw_final(self, b), s.lease_valid(self, b)) {
+                    actions.push(Action::Consume(b));
+                }
+                if room && s.lease_valid(self, b) {
+                    match l.isr.pending() {
+                        None if s.isr_changes > 0 => {
+                            let committed = l.isr.committed();
+                            for f in (0..BROKERS).filter(|&f| f != b) {
+                                let progress = s.progress_of(b, f);
+                                if committed.contains(&id(f)) {
+                                    if leader::out_of_sync(progress, l.epoch, leo, true)
+                                        && weir_replication::controller::isr_floor_allows(
+                                            committed.len() - 1,
+                                            committed.len(),
+                                            MIN_INSYNC,
+                                        )
+                                    {
+                                        actions.push(Action::Shrink(b, f));
+                                    }
+                                } else if leader::expansion_member(id(f), &l.isr, progress, l.epoch, br.hw, l.epoch_start, &self.rules)
+                                    .is_ok()
+                                {
+                                    actions.push(Action::Expand(b, f));
+                                }
+                            }
+                        }
+                        Some(p) => {
+                            let outstanding = s.network.iter().any(|msg| match msg {
+                                Msg::Alter(r) => r == p,
+                                _ => false,
+                            });
+                            if !outstanding {
+                                actions.push(Action::Retry(b));
+                            }
+                        }
+                        None => {}
+                    }
+                }
+            }
+            // One fetch at a time per follower and leader epoch (its answer may be in flight).
+            if let Some((leader, epoch)) = s.following(b).filter(|_| s.registered(b))
+                && !s.network.iter().any(|msg| {
+                    matches!(msg, Msg::FetchAnswer { to, from, leader_epoch, .. }
+                        if *to == id(b) && *from == leader && *leader_epoch == epoch)
+                })
+            {
+                actions.push(Action::Fetch(b));
+            }
+            if s.registered(b)
+                && br
+                    .known
+                    .as_ref()
+                    .is_none_or(|k| k.partition_epoch < s.controller.partition_epoch)
+            {
+                actions.push(Action::Learn(b));
+            }
+            if br.clock < self.lease.horizon() && (br.clock > 0 || s.lapses > 0) {
+                actions.push(Action::Tick(b));
+            }
+            if s.registered(b)
+                && s.registry[b].fenced
+                && self.lease.may_grant_lease(
+                    br.known.as_ref().map(|k| k.partition_epoch),
+                    s.controller.partition_epoch,
+                    &self.rules,
+                )
+            {
+                actions.push(Action::Heartbeat(b));
+            }
+            if !s.registry[b].fenced && self.lease.controller_may_fence(br.clock) {
+                actions.push(Action::Fence(b));
+            }
+            if s.crashes > 0 {
+                for keep in 0..=br.log.len() as Offset {
+                    actions.push(Action::Crash(b, keep));
+                }
+            }
+            if !s.registered(b) {
+                actions.push(Action::Register(b));
+            }
+        }
+        if s.controller.elect(&s.live(), self.unclean_election).is_some() {
+            actions.push(Action::Elect);
+        }
+        if let Some(p) = s.in_flight {
+            let br = &s.brokers[p.broker];
+            let same_epoch = br.leading.as_ref().is_some_and(|l| l.epoch == p.epoch);
+            if same_epoch && leader::may_acknowledge(p.offset, br.hw, s.lease_valid(self, p.broker)) {
+                actions.push(Action::Ack);
+            }
+
+        }
+        for msg in &s.network {
+            actions.push(Action::Deliver(msg.clone()));
+            actions.push(Action::Lose(msg.clone()));
+        }
+    }
+
+    fn next_state(&self, last: &State, action: Action) -> Option<State> {
+        let mut s = last.clone();
+        match action {
+            Action::Produce(b) => {
+                let br = &mut s.brokers[b];
+                let epoch = br.leading.as_ref()?.epoch;
+                let offset = br.log.len() as Offset;
+                br.log.push(Entry {
+                    epoch: epoch.0,
+                    value: s.next_value,
+                });
+                s.in_flight = Some(InFlight {
+                    value: s.next_value,
+                    offset,
+                    broker: b,
+                    epoch,
+                });
+                s.next_value += 1;
+                s.recompute_hw(self, b);
+            }
+            Action::Ack => {
+                let p = s.in_flight.take()?;
+                s.acked.push((p.offset, p.value));
+            }
+            Action::Fetch(f) => {
+                let (leader, leader_epoch) = s.following(f)?;
+                let br = &s.brokers[f];
+                let msg = Msg::Fetch {
+                    from: id(f),
+                    to: leader,
+                    leader_epoch,
+                    broker_epoch: br.start,
+                    offset: br.log.len() as Offset,
+                    last_epoch: br.history.latest_epoch(),
+                };
+                // The request reaches the leader at once (see the module docs); the answer travels.
+                s.deliver(self, msg);
+            }
+            Action::Deliver(msg) => s.deliver(self, msg),
+            Action::Lose(msg) => s.remove(&msg),
+            Action::Learn(b) => {
+                let state = s.controller.clone();
+                s.learn(self, b, state);
+            }
+            Action::Shrink(b, f) | Action::Expand(b, f) => {
+                let l = s.brokers[b].leading.as_ref()?;
+                let mut members: BTreeSet<usize> = l.isr.committed().iter().map(|&m| ix(m)).collect();
+                if !members.remove(&f) {
+                    members.insert(f);
+                }
+                let mut new_isr: Vec<IsrMember> = members.iter().map(|&m| s.member(b, m)).collect();
+                if let Action::Expand(..) = action {
+                    let progress = s.progress_of(b, f);
+                    let br = &s.brokers[b];
+                    let added = leader::expansion_member(id(f), &l.isr, progress, l.epoch, br.hw, l.epoch_start, &self.rules).ok()?;
+                    for m in &mut new_isr {
+                        if m.broker == added.broker {
+                            *m = added;
+                        }
+                    }
+                }
+                let epoch = l.epoch;
+                let request = s.brokers[b]
+                    .leading
+                    .as_mut()?
+                    .isr
+                    .propose(id(b), epoch, new_isr, MIN_INSYNC)
+                    .ok()?;
+                s.isr_changes -= 1;
+                s.send(self, Msg::Alter(request));
+                s.recompute_hw(self, b);
+            }
+            Action::Retry(b) => {
+                let request = s.brokers[b].leading.as_ref()?.isr.pending()?.clone();
+                s.send(self, Msg::Alter(request));
+            }
+            Action::Tick(b) => {
+                if s.brokers[b].clock == 0 {
+                    s.lapses -= 1;
+                }
+                s.brokers[b].clock += 1;
+            }
+            Action::Heartbeat(b) => {
+                s.registry[b].fenced = false;
+                s.brokers[b].clock = 0;
+            }
+            Action::Fence(b) => {
+                s.registry[b].fenced = true;
+                if let Some(next) = s.controller.fence(id(b), &s.live(), self.unclean_election) {
+                    s.set_partition(next);
+                }
+            }
+            Action::Elect => {
+                let next = s.controller.elect(&s.live(), self.unclean_election)?;
+                s.set_partition(next);
+            }
+            Action::Crash(b, keep) => {
+                s.crashes -= 1;
+                if keep < s.brokers[b].log.len() as Offset {
+                    s.ghost.lossy_crash = true;
+                }
+                s.truncate(b, keep);
+                let br = &mut s.brokers[b];
+                br.start = BrokerEpoch(br.start.0 + 1);
+                br.known = None;
+                br.leading = None;
+            }
+            Action::Register(b) => {
+                s.registry[b] = Registration {
+                    start: s.brokers[b].start,
+                    fenced: false,
+                };
+                s.brokers[b].clock = 0;
+                if let Some(next) = s
+                    .controller
+                    .on_unclean_restart(id(b), &s.live(), &self.rules, self.unclean_election)
+                {
+                    s.set_partition(next);
+                }
+            }
+            Action::Consume(b) => {
+                let br = &s.brokers[b];
+                let seen = br.log[..br.hw as usize].to_vec();
+                if br.hw < s.consumer_hw {
+                    s.ghost.consumer_hw_back = true;
+                }
+                if prefix_conflict(&seen, &s.consumer_seen) {
+                    s.ghost.consumer_conflict = true;
+                }
+                if br.hw > s.consumer_hw {
+                    s.consumer_hw = br.hw;
+                    s.consumer_seen = seen;
+                }
+            }
+        }
+        // The producer learns at once that its leader is gone (NOT_LEADER): it gives the record up.
+        if let Some(p) = s.in_flight {
+            if s.brokers[p.broker].leading.as_ref().is_none_or(|l| l.epoch != p.epoch) {
+                s.in_flight = None;
+            }
+        }
+        (s != *last).then_some(s)
+    }
+
+    fn properties(&self) -> Vec<Property<Self>> {
+        vec![
+            Property::always(P_ACKED, |_, s: &State| acked_survive(s)),
+            Property::always(P_AGREE, |_, s: &State| isr_agrees(s)),
+            Property::always(P_ELECTION, |_, s: &State| !s.ghost.bad_election),
+            Property::always(P_HW_MONOTONE, |_, s: &State| !s.ghost.consumer_hw_back),
+            Property::always(P_NO_VANISH, |_, s: &State| seen_survives(s)),
+            Property::sometimes(S_ACKED, |_, s: &State| !s.acked.is_empty()),
+            Property::sometimes(S_FAILOVER, |_, s: &State| s.ghost.failover_after_ack && s.acting_leader().is_some()),
+            Property::sometimes(S_SHRINK, |_, s: &State| s.ghost.shrunk),
+            Property::sometimes(S_EXPAND, |_, s: &State| s.ghost.expanded),
+            Property::sometimes(S_LOSSY, |_, s: &State| s.ghost.lossy_crash),
+            Property::sometimes(S_DIVERGED, |_, s: &State| s.ghost.diverged),
+            Property::sometimes(S_CONSUMED, |_, s: &State| s.consumer_hw > 0),
+        ]
+    }
+}
+
+const P_ACKED: &str = "no acknowledged record is lost";
+const P_AGREE: &str = "ISR members agree with the leader below its HW";
+const P_ELECTION: &str = "a leader is elected only from replicas holding the committed log";
+const P_HW_MONOTONE: &str = "the HW a consumer sees never goes back";
+const P_NO_VANISH: &str = "no consumer sees a record that later vanishes";
+const S_ACKED: &str = "a record is acknowledged";
+const S_FAILOVER: &str = "a new leader serves after an acknowledged record";
+const S_SHRINK: &str = "an ISR shrink is committed";
+const S_EXPAND: &str = "an ISR expansion is committed";
+const S_LOSSY: &str = "a crash loses an unsynced suffix";
+const S_DIVERGED: &str = "a follower truncates a divergent suffix";
+const S_CONSUMED: &str = "a consumer reads a record";
+
+fn holds_acked(log: &[Entry], acked: &[(Offset, u8)]) -> bool {
+    acked
+        .iter()
+        .all(|&(o, v)| log.get(o as usize).is_some_and(|e| e.value == v))
+}
+
+/// Whenever a leader exists, has learned it leads and has a final HW, every acknowledged record
+/// is in its log at its offset, and in the log of every ISR member (of a start the controller
+/// knows: a crash the controller has not noticed is not in anyone's ISR yet, in effect).
+fn acked_survive(s: &State) -> bool {
+    if let Some(l) = s.acting_leader() {
+        let br = &s.brokers[l];
+        let final_hw = br.leading.as_ref().is_some_and(|x| br.hw >= x.epoch_start);
+        if final_hw && !holds_acked(&br.log, &s.acked) {
+            return false;
+        }
+    }
+    s.controller
+        .isr
+        .iter()
+        .map(|&m| ix(m))
+        .filter(|&m| s.registered(m))
+        .all(|m| holds_acked(&s.brokers[m].log, &s.acked))
+}
+
+/// The acting leader's log below its HW is in every registered ISR member's log; and no two
+/// leaders ever covered different records with their HWs.
+fn isr_agrees(s: &State) -> bool {
+    if s.ghost.committed_conflict {
+        return false;
+    }
+    let Some(l) = s.acting_leader() else { return true };
+    let leader = &s.brokers[l];
+    let below = &leader.log[..leader.hw as usize];
+    s.controller
+        .isr
+        .iter()
+        .map(|&m| ix(m))
+        .filter(|&m| m != l && s.registered(m))
+        .all(|m| s.brokers[m].log.starts_with(below))
+}
+
+/// What the consumer saw stays in the acting leader's log.
+fn seen_survives(s: &State) -> bool {
+    if s.ghost.consumer_conflict {
+        return false;
+    }
+    match s.acting_leader() {
+        Some(l) => s.brokers[l].log.starts_with(&s.consumer_seen),
+        None => true,
+    }
+}
+
+/// One line per broker and the controller: enough to follow a trace.
+fn summary(s: &State) -> String {
+    let c = &s.controller;
+    let mut out = format!(
+        "controller: leader {:?} epoch {} isr {:?} pe {}",
+        c.leader.map(|b| b.0),
+        c.leader_epoch.0,
+        c.isr.iter().map(|b| b.0).collect::<Vec<_>>(),
+        c.partition_epoch.0
+    );
+    for (b, br) in s.brokers.iter().enumerate() {
+        let log: Vec<String> = br.log.iter().map(|e| format!("v{}@e{}", e.value, e.epoch)).collect();
+        let role = match (&br.leading, &br.known) {
+            (Some(l), _) => format!("leads e{} (start {})", l.epoch.0, l.epoch_start),
+            (None, Some(k)) => format!("follows {:?} e{}", k.leader.map(|b| b.0), k.leader_epoch.0),
+            (None, None) => "restarted".to_string(),
+        };
+        out += &format!(
+            "\n      b{b}: [{}] hw {} {role}, start {}{}",
+            log.join(" "),
+            br.hw,
+            br.start.0,
+            if s.registry[b].fenced { ", fenced" } else { "" }
+        );
+    }
+    out += &format!("\n      acked {:?}, consumer hw {}", s.acked, s.consumer_hw);
+    out
+}
+
+fn describe(action: &Action) -> String {
+    match action {
+        Action::Deliver(msg) => format!("deliver {}", describe_msg(msg)),
+        Action::Lose(msg) => format!("lose {}", describe_msg(msg)),
+        other => format!("{other:?}"),
+    }
+}
+
+fn describe_msg(msg: &Msg) -> String {
+    match msg {
+        Msg::Fetch { from, to, leader_epoch, broker_epoch, offset, last_epoch } => format!(
+            "Fetch b{}->b{} e{} start {} offset {offset} last epoch {:?}",
+            from.0,
+            to.0,
+            leader_epoch.0,
+            broker_epoch.0,
+            last_epoch.map(|e| e.0)
+        ),
+        Msg::FetchAnswer { to, from, leader_epoch, offset, body } => {
+            format!("FetchAnswer b{}->b{} e{} offset {offset} {body:?}", from.0, to.0, leader_epoch.0)
+        }
+        Msg::Alter(r) => format!(
+            "AlterIsr from b{} e{} pe {} isr {:?}",
+            r.leader.0,
+            r.leader_epoch.0,
+            r.partition_epoch.0,
+            r.new_isr.iter().map(|m| m.broker.0).collect::<Vec<_>>()
+        ),
+    }
+}
+
+fn trace(path: &Path<State, Action>) -> String {
+    let steps = path.clone().into_vec();
+    let mut out = format!("   0. init\n      {}\n", summary(&steps[0].0));
+    for (i, window) in steps.windows(2).enumerate() {
+        let action = window[0].1.as_ref().expect("every step but the last has an action");
+        out += &format!("  {:>2}. {}\n      {}\n", i + 1, describe(action), summary(&window[1].0));
+    }
+    out
+}
+
+/// Checks `model` exhaustively (or until `stop_at` fails) and reports.
+fn check(model: ReplicationModel, stop_at: Option<&'static str>, threads: usize) -> impl Checker<ReplicationModel> {
+    let started = Instant::now();
+    let rules = model.rules;
+    let bounds = model.bounds;
+    let mut builder = model.checker().threads(threads);
+    if let Some(name) = stop_at {
+        builder = builder.finish_when(HasDiscoveries::AnyOf([name].into_iter().collect()));
+    }
+    let checker = builder.spawn_bfs().join();
+    println!(
+        "{bounds:?} {rules:?}: {} unique states ({} generated), depth {}, {:.1?}",
+        checker.unique_state_count(),
+        checker.state_count(),
+        checker.max_depth(),
+        started.elapsed()
+    );
+    checker
+}
+
+/// Turns one rule off and asserts the checker breaks `property`; prints the shortest trace.
+fn counterexample(rules: Rules, bounds: Bounds, property: &'static str) {
+    counterexample_of(ReplicationModel::new(rules, bounds), property);
+}
+
+fn counterexample_of(model: ReplicationModel, property: &'static str) {
+    let checker = check(model, Some(property), 1);
+    let failed: Vec<&str> = checker
+        .discoveries()
+        .keys()
+        .copied()
+        .filter(|name| name.starts_with(|c: char| c.is_lowercase()) && ALWAYS.contains(name))
+        .collect();
+    let path = checker
+        .discovery(property)
+        .unwrap_or_else(|| panic!("no counterexample to {property:?}; failed: {failed:?}"));
+    println!("counterexample to {property:?} ({} steps):\n{}", path.clone().into_actions().len(), trace(&path));
+}
+
+const ALWAYS: [&str; 5] = [P_ACKED, P_AGREE, P_ELECTION, P_HW_MONOTONE, P_NO_VANISH];
+
+#[test]
+fn every_rule_on_no_property_fails() {
+    let checker = check(ReplicationModel::new(Rules::ALL, SMALL), None, 2);
+    checker.assert_properties();
+}
+
+#[test]
+fn without_epoch_truncation_an_acked_record_is_lost() {
+    counterexample(Rules { truncate_by_epoch: false, ..Rules::ALL }, SMALL, P_ACKED);
+}
+
+#[test]
+#[ignore]
+fn probe() {
+    let env = |k: &str, d: u64| std::env::var(k).map(|v| v.parse().unwrap()).unwrap_or(d);
+    let bounds = Bounds {
+        records: env("RECORDS", 1) as u8,
+        crashes: env("CRASHES", 1) as u8,
+        lapses: env("LAPSES", 2) as u8,
+        isr_changes: env("ISR", 2) as u8,
+        network: env("NET", 2) as usize,
+    };
+    let started = Instant::now();
+    let c = ReplicationModel::new(Rules::ALL, bounds)
+        .checker()
+        .threads(2)
+        .target_state_count(env("CAP", 3_000_000) as usize)
+        .spawn_bfs()
+        .join();
+    println!("{bounds:?}: {} unique, depth {}, {:.1?}, done {}", c.unique_state_count(), c.max_depth(), started.elapsed(), c.is_done());
+    for (name, path) in c.discoveries() {
+        println!("  {name}: {} steps", path.into_actions().len());
+    }
+}
+
+#[test]
+#[ignore]
+fn probe_trace() {
+    let env = |k: &str, d: u64| std::env::var(k).map(|v| v.parse().unwrap()).unwrap_or(d);
+    let bounds = Bounds {
+        records: env("RECORDS", 1) as u8,
+        crashes: env("CRASHES", 1) as u8,
+        lapses: env("LAPSES", 2) as u8,
+        isr_changes: env("ISR", 2) as u8,
+        network: env("NET", 2) as usize,
+    };
+    let property = ALWAYS[env("PROP", 3) as usize];
+    counterexample(Rules::ALL, bounds, property);
+}
