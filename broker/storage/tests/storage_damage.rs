@@ -204,24 +204,7 @@ fn reads_serve_every_batch_before_a_zeroed_batch_in_a_sealed_segment_then_name_i
     // From the start of the log (an intact segment), in reads of any size: exactly the records
     // before the damage, then the error at it.
     for max_bytes in [1, 4096, 1 << 20] {
-        let mut at = 0;
-        let mut ids = Vec::new();
-        let error = loop {
-            match log.read(at, max_bytes) {
-                Ok(r) => {
-                    assert!(
-                        !r.chunks.is_empty(),
-                        "an empty answer below the high watermark"
-                    );
-                    ids.extend(records_of(&r).into_iter().map(|(o, id, _)| {
-                        assert_eq!(o, id, "offsets are the ids written");
-                        o
-                    }));
-                    at = r.next_offset().unwrap();
-                }
-                Err(e) => break e,
-            }
-        };
+        let (ids, error) = read_until_error(&log, max_bytes);
         assert_eq!(
             ids,
             (0..bad_offset).collect::<Vec<_>>(),
@@ -295,18 +278,8 @@ fn the_scrub_finds_a_flipped_bit_and_reads_stop_before_it() {
     );
 
     // Reads now end before it and name it, as for damage a read finds itself.
-    let mut at = 0;
-    let mut last = None;
-    let error = loop {
-        match log.read(at, 1 << 20) {
-            Ok(r) => {
-                last = records_of(&r).last().map(|r| r.0);
-                at = r.next_offset().unwrap();
-            }
-            Err(e) => break e,
-        }
-    };
-    assert_eq!(last, Some(bad_offset - 1));
+    let (offsets, error) = read_until_error(&log, 1 << 20);
+    assert_eq!(offsets.last().copied(), Some(bad_offset - 1));
     assert!(
         matches!(error, StorageError::CorruptLog { offset, .. } if offset == bad_offset),
         "{error:?}"
@@ -319,4 +292,30 @@ fn the_scrub_finds_a_flipped_bit_and_reads_stop_before_it() {
     let r = log.read(bad_offset, 1 << 20).unwrap();
     assert_eq!(records_of(&r)[0].0, bad_offset);
     logs.close().unwrap();
+}
+
+/// Reads from offset 0 in `max_bytes` steps until a read fails: the offsets read (each checked
+/// to be the id written there, and no answer below the high watermark empty) and the error.
+fn read_until_error(
+    log: &weir_storage::PartitionLog,
+    max_bytes: usize,
+) -> (Vec<u64>, StorageError) {
+    let mut at = 0;
+    let mut offsets = Vec::new();
+    loop {
+        match log.read(at, max_bytes) {
+            Ok(r) => {
+                assert!(
+                    !r.chunks.is_empty(),
+                    "an empty answer below the high watermark"
+                );
+                offsets.extend(records_of(&r).into_iter().map(|(o, id, _)| {
+                    assert_eq!(o, id, "offsets are the ids written");
+                    o
+                }));
+                at = r.next_offset().unwrap();
+            }
+            Err(e) => return (offsets, e),
+        }
+    }
 }
