@@ -101,6 +101,7 @@ fn send_fetch(stream: &mut TcpStream, topic: &str, offset: u64, max_bytes: u32, 
         max_bytes,
         max_wait_ms: 0,
         follow,
+        replica: None,
     };
     stream.write_all(&frame.encode()).expect("send request");
 }
@@ -124,6 +125,7 @@ fn data_port_bytes(stream: &mut TcpStream, topic: &str, offset: u64, max_bytes: 
             FrameKind::Data => out.extend_from_slice(&payload),
             FrameKind::End => return out,
             FrameKind::Error => panic!("error frame: {}", String::from_utf8_lossy(&payload)),
+            kind => panic!("a consumer's fetch got a {kind:?} frame"),
         }
     }
 }

@@ -10,6 +10,18 @@
 //! - `End`: a non-follow fetch is complete; the client may send its next request;
 //! - `Error`: a UTF-8 message; the broker closes the connection after it.
 //!
+//! A follower replicating a partition sends the same request with [`FLAG_REPLICA`] and a
+//! [`ReplicaFetch`] after the fixed fields (who asks, in which epochs, how far it has synced).
+//! Its answer may also hold:
+//! - `Epoch`: 12 bytes, a leader epoch (`u32`) and the offset it starts at (`u64`): the
+//!   follower records it in its epoch history before appending the batches that follow;
+//! - `Diverging`: 12 bytes, the leader's largest epoch (`u32`, 0 for none) not newer than the
+//!   follower's last one and the offset (`u64`) where that epoch ends in the leader's log; the
+//!   follower truncates (by epoch, KIP-101) and fetches again. It ends the fetch like `End`.
+//!
+//! In the answer to a replica fetch, `high_watermark` is the partition's committed high
+//! watermark (the follower keeps it, capped by its own log end), not the leader's log end.
+//!
 //! All integers are big-endian, as in the record batch format.
 
 /// Protocol version in every request; a broker refuses versions it does not speak.
@@ -20,6 +32,12 @@ pub const MAX_REQUEST_LEN: usize = 1024;
 pub const RESPONSE_HEADER_LEN: usize = 32;
 /// Request flag: keep the fetch open and push new batches as they are appended.
 pub const FLAG_FOLLOW: u8 = 0b1;
+/// Request flag: a follower's fetch; a [`ReplicaFetch`] follows the fixed fields.
+pub const FLAG_REPLICA: u8 = 0b10;
+/// Bytes of a [`ReplicaFetch`] in a request.
+const REPLICA_FETCH_LEN: usize = 4 + 8 + 4 + 4 + 8;
+/// Bytes of the payload of an `Epoch` or `Diverging` frame.
+pub const EPOCH_PAYLOAD_LEN: usize = 12;
 
 /// A malformed frame. The broker answers a malformed request with an `Error` frame
 /// (INVALID_REQUEST) and closes the connection; a client treats a malformed response as a
@@ -40,6 +58,8 @@ pub enum FrameError {
     Trailing(usize),
     #[error("unknown response frame kind {0}")]
     Kind(u8),
+    #[error("an Epoch or Diverging frame carries 12 bytes, not {0}")]
+    EpochPayload(usize),
 }
 
 /// A fetch request.
@@ -54,6 +74,54 @@ pub struct FetchFrame {
     /// data; with follow, the keep-alive interval (0: none).
     pub max_wait_ms: u32,
     pub follow: bool,
+    /// Set on a follower's fetch ([`FLAG_REPLICA`]).
+    pub replica: Option<ReplicaFetch>,
+}
+
+/// What a follower adds to its fetch. The fetch offset is its log end: the leader counts it
+/// as the follower's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaFetch {
+    /// The follower's broker id.
+    pub replica_id: u32,
+    /// The broker epoch of the follower's current start (KIP-903).
+    pub broker_epoch: u64,
+    /// The leader epoch the follower follows; an older one is refused FENCED_LEADER_EPOCH.
+    pub leader_epoch: u32,
+    /// The newest epoch in the follower's epoch history (0: none), for the divergence check.
+    pub last_fetched_epoch: u32,
+    /// The follower's log is synced (fdatasync) below this offset: the durable watermark.
+    pub durable_offset: u64,
+}
+
+/// An `Epoch` frame's payload, and (with `epoch` 0 for none) a `Diverging` frame's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochEntry {
+    pub epoch: u32,
+    /// `Epoch`: the epoch's start offset; `Diverging`: where it ends in the leader's log.
+    pub offset: u64,
+}
+
+impl EpochEntry {
+    pub fn encode(&self) -> [u8; EPOCH_PAYLOAD_LEN] {
+        let mut out = [0u8; EPOCH_PAYLOAD_LEN];
+        out[..4].copy_from_slice(&self.epoch.to_be_bytes());
+        out[4..].copy_from_slice(&self.offset.to_be_bytes());
+        out
+    }
+
+    /// Decodes a payload; anything but exactly 12 bytes is malformed.
+    pub fn decode(bytes: &[u8]) -> Result<Self, FrameError> {
+        if bytes.len() != EPOCH_PAYLOAD_LEN {
+            return Err(FrameError::EpochPayload(bytes.len()));
+        }
+        let mut offset = [0u8; 8];
+        offset.copy_from_slice(&bytes[4..]);
+        Ok(EpochEntry {
+            epoch: u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+            offset: u64::from_be_bytes(offset),
+        })
+    }
 }
 
 /// Fixed part of a request body: version, flags, topic length, partition, offset, max bytes,
@@ -64,17 +132,33 @@ impl FetchFrame {
     /// The whole request: a `u32` length prefix, then the body.
     pub fn encode(&self) -> Vec<u8> {
         let topic = self.topic.as_bytes();
-        let body_len = REQUEST_FIXED_LEN + topic.len();
+        let replica_len = if self.replica.is_some() {
+            REPLICA_FETCH_LEN
+        } else {
+            0
+        };
+        let body_len = REQUEST_FIXED_LEN + topic.len() + replica_len;
         let mut out = Vec::with_capacity(4 + body_len);
         out.extend_from_slice(&(body_len as u32).to_be_bytes());
         out.push(VERSION);
-        out.push(if self.follow { FLAG_FOLLOW } else { 0 });
+        let mut flags = if self.follow { FLAG_FOLLOW } else { 0 };
+        if self.replica.is_some() {
+            flags |= FLAG_REPLICA;
+        }
+        out.push(flags);
         out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
         out.extend_from_slice(topic);
         out.extend_from_slice(&self.partition.to_be_bytes());
         out.extend_from_slice(&self.offset.to_be_bytes());
         out.extend_from_slice(&self.max_bytes.to_be_bytes());
         out.extend_from_slice(&self.max_wait_ms.to_be_bytes());
+        if let Some(r) = &self.replica {
+            out.extend_from_slice(&r.replica_id.to_be_bytes());
+            out.extend_from_slice(&r.broker_epoch.to_be_bytes());
+            out.extend_from_slice(&r.leader_epoch.to_be_bytes());
+            out.extend_from_slice(&r.last_fetched_epoch.to_be_bytes());
+            out.extend_from_slice(&r.durable_offset.to_be_bytes());
+        }
         out
     }
 
@@ -103,11 +187,12 @@ impl FetchFrame {
             return Err(FrameError::Version(version));
         }
         let flags = body[1];
-        if flags & !FLAG_FOLLOW != 0 {
+        if flags & !(FLAG_FOLLOW | FLAG_REPLICA) != 0 {
             return Err(FrameError::Flags(flags));
         }
+        let is_replica = flags & FLAG_REPLICA != 0;
         let topic_len = u16::from_be_bytes([body[2], body[3]]) as usize;
-        let needed = REQUEST_FIXED_LEN + topic_len;
+        let needed = REQUEST_FIXED_LEN + topic_len + if is_replica { REPLICA_FETCH_LEN } else { 0 };
         if body.len() < needed {
             return Err(FrameError::TooShort {
                 len: body.len(),
@@ -123,15 +208,26 @@ impl FetchFrame {
         let rest = &body[4 + topic_len..];
         let u32_at =
             |i: usize| u32::from_be_bytes([rest[i], rest[i + 1], rest[i + 2], rest[i + 3]]);
-        let mut offset = [0u8; 8];
-        offset.copy_from_slice(&rest[4..12]);
+        let u64_at = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&rest[i..i + 8]);
+            u64::from_be_bytes(b)
+        };
+        let replica = is_replica.then(|| ReplicaFetch {
+            replica_id: u32_at(20),
+            broker_epoch: u64_at(24),
+            leader_epoch: u32_at(32),
+            last_fetched_epoch: u32_at(36),
+            durable_offset: u64_at(40),
+        });
         Ok(FetchFrame {
             topic,
             partition: u32_at(0),
-            offset: u64::from_be_bytes(offset),
+            offset: u64_at(4),
             max_bytes: u32_at(12),
             max_wait_ms: u32_at(16),
             follow: flags & FLAG_FOLLOW != 0,
+            replica,
         })
     }
 }
@@ -142,6 +238,8 @@ pub enum FrameKind {
     Data = 0,
     End = 1,
     Error = 2,
+    Epoch = 3,
+    Diverging = 4,
 }
 
 /// The fixed header of every response frame.
@@ -150,7 +248,8 @@ pub struct ResponseHeader {
     pub kind: FrameKind,
     /// An `ErrorCode` number of package weir.v1 for `Error` frames; 0 otherwise.
     pub error_code: u16,
-    /// Bytes following the header: batches (`Data`), a UTF-8 message (`Error`), 0 (`End`).
+    /// Bytes following the header: batches (`Data`), a UTF-8 message (`Error`), 0 (`End`),
+    /// an [`EpochEntry`] (`Epoch`, `Diverging`).
     pub length: u32,
     pub high_watermark: u64,
     pub log_start_offset: u64,
@@ -176,6 +275,8 @@ impl ResponseHeader {
             0 => FrameKind::Data,
             1 => FrameKind::End,
             2 => FrameKind::Error,
+            3 => FrameKind::Epoch,
+            4 => FrameKind::Diverging,
             k => return Err(FrameError::Kind(k)),
         };
         let u64_at = |i: usize| {
@@ -208,6 +309,7 @@ mod tests {
             max_bytes: 1 << 20,
             max_wait_ms: 500,
             follow: true,
+            replica: None,
         };
         let bytes = frame.encode();
         assert_eq!(
@@ -228,6 +330,7 @@ mod tests {
             max_bytes: 0,
             max_wait_ms: 0,
             follow: false,
+            replica: None,
         }
         .encode()[4..]
             .to_vec();
@@ -269,9 +372,24 @@ mod tests {
 
         #[test]
         fn requests_round_trip(topic in "[a-z]{1,40}", partition: u32, offset: u64, max_bytes: u32, max_wait_ms: u32, follow: bool) {
-            let frame = FetchFrame { topic, partition, offset, max_bytes, max_wait_ms, follow };
+            let frame = FetchFrame { topic, partition, offset, max_bytes, max_wait_ms, follow, replica: None };
             let bytes = frame.encode();
             prop_assert_eq!(FetchFrame::decode(&bytes[4..]).unwrap(), frame);
+        }
+
+        #[test]
+        fn replica_requests_round_trip(topic in "[a-z]{1,40}", offset: u64, replica_id: u32, broker_epoch: u64, leader_epoch: u32, last_fetched_epoch: u32, durable_offset: u64) {
+            let replica = Some(ReplicaFetch { replica_id, broker_epoch, leader_epoch, last_fetched_epoch, durable_offset });
+            let frame = FetchFrame { topic, partition: 1, offset, max_bytes: 0, max_wait_ms: 10, follow: false, replica };
+            let bytes = frame.encode();
+            prop_assert_eq!(bytes[5], FLAG_REPLICA);
+            prop_assert_eq!(FetchFrame::decode(&bytes[4..]).unwrap(), frame);
+        }
+
+        #[test]
+        fn epoch_entries_round_trip(epoch: u32, offset: u64) {
+            let entry = EpochEntry { epoch, offset };
+            prop_assert_eq!(EpochEntry::decode(&entry.encode()).unwrap(), entry);
         }
     }
 }

@@ -382,6 +382,9 @@ pub fn parse_fetch_response(bytes: &[u8]) {
                 }
             }
             FrameKind::End => {}
+            FrameKind::Epoch | FrameKind::Diverging => {
+                let _ = std::hint::black_box(crate::data_port::EpochEntry::decode(&payload));
+            }
             FrameKind::Error => {
                 std::hint::black_box(String::from_utf8_lossy(&payload));
             }

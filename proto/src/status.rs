@@ -34,13 +34,16 @@ pub fn grpc_code(code: ErrorCode) -> Code {
         ErrorCode::CorruptBatch
         | ErrorCode::BatchTooLarge
         | ErrorCode::InvalidName
-        | ErrorCode::InvalidRequest => Code::InvalidArgument,
+        | ErrorCode::InvalidRequest
+        | ErrorCode::InvalidReplicationFactor => Code::InvalidArgument,
         ErrorCode::TopicExists => Code::AlreadyExists,
         ErrorCode::DiskFull | ErrorCode::Throttled => Code::ResourceExhausted,
         ErrorCode::StorageFailed
         | ErrorCode::ShuttingDown
         | ErrorCode::PartitionUnavailable
-        | ErrorCode::ControllerUnavailable => Code::Unavailable,
+        | ErrorCode::ControllerUnavailable
+        | ErrorCode::NotEnoughReplicas
+        | ErrorCode::UnknownLeaderEpoch => Code::Unavailable,
         ErrorCode::NotDurable => Code::Aborted,
         ErrorCode::OutOfOrderSequence
         | ErrorCode::ProducerFenced
@@ -48,7 +51,10 @@ pub fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::NotLeader
         | ErrorCode::UnknownMember
         | ErrorCode::StaleGeneration
-        | ErrorCode::GroupNotEmpty => Code::FailedPrecondition,
+        | ErrorCode::GroupNotEmpty
+        | ErrorCode::FencedLeaderEpoch
+        | ErrorCode::StalePartitionEpoch
+        | ErrorCode::IneligibleReplica => Code::FailedPrecondition,
         ErrorCode::CorruptLog => Code::DataLoss,
         ErrorCode::Internal | ErrorCode::Unspecified => Code::Internal,
     }
@@ -65,6 +71,8 @@ pub fn is_retriable(code: ErrorCode) -> bool {
             | ErrorCode::NotLeader
             | ErrorCode::PartitionUnavailable
             | ErrorCode::ControllerUnavailable
+            | ErrorCode::NotEnoughReplicas
+            | ErrorCode::UnknownLeaderEpoch
     )
 }
 

@@ -192,6 +192,7 @@ fn fetch_request_seeds() -> Seeds {
             max_bytes,
             max_wait_ms,
             follow,
+            replica: None,
         }
         .encode()
     };

@@ -50,6 +50,7 @@ impl Controller {
                 )),
                 topic_id: t.meta.id(),
                 leaders: t.leaders.clone(),
+                partitions: Vec::new(),
             })
             .collect();
         ClusterMetadata {
@@ -86,6 +87,7 @@ impl Controller {
             metadata: with_metadata.then(|| self.metadata_locked(inner)),
             reregister: false,
             lease_ms: self.config.broker_lease.as_millis() as u32,
+            broker_epoch: 0,
         }
     }
 

@@ -15,12 +15,12 @@ use weir_proto::status;
 use weir_proto::v1::controller_client::ControllerClient;
 use weir_proto::v1::weir_client::WeirClient;
 use weir_proto::v1::{
-    BrokerHeartbeatRequest, BrokerHeartbeatResponse, CommitOffsetsRequest, CommitOffsetsResponse,
-    CreateTopicRequest, DeleteTopicRequest, DeleteTopicResponse, DescribeGroupRequest, Error,
-    ErrorCode, FetchOffsetsRequest, FetchOffsetsResponse, GroupAssignment, GroupDescription,
-    GroupHeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, LeaveGroupResponse,
-    ListGroupsRequest, ListGroupsResponse, RegisterBrokerRequest, ResetOffsetsRequest,
-    TopicDescription,
+    AlterPartitionRequest, AlterPartitionResponse, BrokerHeartbeatRequest, BrokerHeartbeatResponse,
+    CommitOffsetsRequest, CommitOffsetsResponse, CreateTopicRequest, DeleteTopicRequest,
+    DeleteTopicResponse, DescribeGroupRequest, Error, ErrorCode, FetchOffsetsRequest,
+    FetchOffsetsResponse, GroupAssignment, GroupDescription, GroupHeartbeatRequest,
+    JoinGroupRequest, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
+    RegisterBrokerRequest, ResetOffsetsRequest, TopicDescription,
 };
 
 use super::{ACK_WAIT, Controller};
@@ -127,6 +127,19 @@ impl ControllerLink {
             ControllerLink::Local(c) => c.register_broker(req).await,
             ControllerLink::Remote(r) => {
                 r.call(CALL_TIMEOUT, r.control.clone().register_broker(req))
+                    .await
+            }
+        }
+    }
+
+    pub async fn alter_partition(
+        &self,
+        req: AlterPartitionRequest,
+    ) -> Result<AlterPartitionResponse, Error> {
+        match self {
+            ControllerLink::Local(c) => c.alter_partition(req).await,
+            ControllerLink::Remote(r) => {
+                r.call(CALL_TIMEOUT, r.control.clone().alter_partition(req))
                     .await
             }
         }

@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 use weir_proto::v1::{
-    CreateTopicRequest, DeleteTopicRequest, DeleteTopicResponse, ErrorCode, LocalTopic,
-    TopicDescription,
+    AlterPartitionRequest, AlterPartitionResponse, CreateTopicRequest, DeleteTopicRequest,
+    DeleteTopicResponse, ErrorCode, LocalTopic, TopicDescription,
 };
 
 use super::state::{ControllerState, Event, TopicRecord};
@@ -86,6 +86,20 @@ impl Controller {
             .await?;
         self.wait_for_acks(version).await;
         Ok(description)
+    }
+
+    /// The leader's in-sync set change (compare-and-set on the partition epoch).
+    pub async fn alter_partition(
+        self: &Arc<Self>,
+        req: AlterPartitionRequest,
+    ) -> Result<AlterPartitionResponse> {
+        Err(refuse(
+            ErrorCode::UnknownPartition,
+            format!(
+                "{}-{} is not replicated: it has no in-sync set to change",
+                req.topic, req.partition
+            ),
+        ))
     }
 
     pub async fn delete_topic(

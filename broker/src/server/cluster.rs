@@ -174,6 +174,7 @@ pub async fn run_sync(
                     external_address: addresses.external_address.clone(),
                     external_data_address: addresses.external_data_address.clone(),
                     local_topics: local_topics(topics),
+                    clean_start: true,
                 };
                 tokio::select! {
                     r = link.register_broker(request) => r,
@@ -185,6 +186,7 @@ pub async fn run_sync(
                     broker_id: view.node_id,
                     known_version,
                     wait_ms: wait.as_millis() as u32,
+                    broker_epoch: 0,
                 };
                 let call = async {
                     match (&role, &link) {

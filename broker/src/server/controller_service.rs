@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 use weir_proto::v1::controller_server::Controller as ControllerRpc;
-use weir_proto::v1::{BrokerHeartbeatRequest, BrokerHeartbeatResponse, RegisterBrokerRequest};
+use weir_proto::v1::{
+    AlterPartitionRequest, AlterPartitionResponse, BrokerHeartbeatRequest, BrokerHeartbeatResponse,
+    RegisterBrokerRequest,
+};
 
 use crate::controller::Controller;
 use crate::wire::errors::to_status;
@@ -29,6 +32,14 @@ impl ControllerRpc for ControllerService {
         request: Request<BrokerHeartbeatRequest>,
     ) -> Result<Response<BrokerHeartbeatResponse>, Status> {
         let answer = self.controller.broker_heartbeat(request.into_inner()).await;
+        answer.map(Response::new).map_err(to_status)
+    }
+
+    async fn alter_partition(
+        &self,
+        request: Request<AlterPartitionRequest>,
+    ) -> Result<Response<AlterPartitionResponse>, Status> {
+        let answer = self.controller.alter_partition(request.into_inner()).await;
         answer.map(Response::new).map_err(to_status)
     }
 }

@@ -25,6 +25,9 @@ pub fn settings_to_wire(s: &TopicSettings) -> TopicConfig {
         }),
         max_batch_bytes: Some(s.max_batch_bytes),
         key_index: Some(s.key_index),
+        replication_factor: None,
+        min_insync_replicas: None,
+        unclean_leader_election: None,
     }
 }
 

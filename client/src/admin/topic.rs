@@ -59,6 +59,12 @@ pub struct TopicConfig {
     pub max_batch_bytes: Option<u32>,
     /// Whether the broker indexes each key's last offset (for appends conditional on it).
     pub key_index: Option<bool>,
+    /// Copies of each partition, on distinct brokers (at creation only).
+    pub replication_factor: Option<u32>,
+    /// In-sync replicas needed for `acks=all`/`durable` produce and for the high watermark to move.
+    pub min_insync_replicas: Option<u32>,
+    /// Elect a replica outside the in-sync set when none in it is alive (loses data).
+    pub unclean_leader_election: Option<bool>,
 }
 
 impl TopicConfig {
@@ -70,6 +76,9 @@ impl TopicConfig {
             flush: self.flush.map(FlushPolicy::to_proto),
             max_batch_bytes: self.max_batch_bytes,
             key_index: self.key_index,
+            replication_factor: self.replication_factor,
+            min_insync_replicas: self.min_insync_replicas,
+            unclean_leader_election: self.unclean_leader_election,
         }
     }
 
@@ -81,6 +90,9 @@ impl TopicConfig {
             flush: config.flush.and_then(FlushPolicy::from_proto),
             max_batch_bytes: config.max_batch_bytes,
             key_index: config.key_index,
+            replication_factor: config.replication_factor,
+            min_insync_replicas: config.min_insync_replicas,
+            unclean_leader_election: config.unclean_leader_election,
         }
     }
 }

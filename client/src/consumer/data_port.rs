@@ -43,6 +43,7 @@ impl DataPortFetch {
             max_bytes: request.max_bytes,
             max_wait_ms: request.max_wait_ms,
             follow: request.follow,
+            replica: None,
         };
         stream.write_all(&frame.encode()).await.map_err(broken)?;
         Ok(DataPortFetch {
@@ -116,6 +117,16 @@ impl DataPortFetch {
                     code,
                     String::from_utf8_lossy(&payload).into_owned(),
                 ))
+            }
+            // Only a replica fetch is answered with these; a broker that sends one to a
+            // consumer breaks the protocol.
+            FrameKind::Epoch | FrameKind::Diverging => {
+                self.done = true;
+                let error = std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("the broker sent a {:?} frame to a consumer", header.kind),
+                );
+                Err(unavailable(&self.addr, &error))
             }
         }
     }
