@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use weir_proto::batch::BatchError;
 use weir_proto::topic::InvalidTopicName;
+use weir_replication::LeaderEpoch;
 
 /// Everything the storage engine can refuse or fail at. A refused append wrote nothing.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +106,45 @@ pub enum StorageError {
         key: String,
         expected: Option<u64>,
         actual: Option<u64>,
+    },
+    /// A follower's `append_replica` got a batch that does not start at its log end: it
+    /// must truncate or fetch from `expected` first. Nothing was written.
+    #[error(
+        "{partition}: replicated batch starts at offset {actual}, the log ends at {expected}; nothing was written"
+    )]
+    ReplicaOffsetMismatch {
+        partition: String,
+        expected: u64,
+        actual: u64,
+    },
+    /// `assign_epoch` with an epoch older than (or equal to, at another start) the latest one
+    /// in the partition's epoch history. Nothing was written.
+    #[error(
+        "{partition}: leader epoch {} is not newer than the latest epoch {} in the epoch history",
+        given.0,
+        latest.0
+    )]
+    EpochNotNewer {
+        partition: String,
+        latest: LeaderEpoch,
+        given: LeaderEpoch,
+    },
+    /// `assign_epoch` with a start offset below the latest epoch's start. Nothing was written.
+    #[error(
+        "{partition}: leader epoch start offset {given} is below the latest epoch's start {latest_start}"
+    )]
+    EpochStartBeforeLatest {
+        partition: String,
+        latest_start: u64,
+        given: u64,
+    },
+    /// `assign_epoch` with a start offset past the log end: an epoch starts at a record the log
+    /// holds or at the next one. Nothing was written.
+    #[error("{partition}: leader epoch start offset {start_offset} is past the log end {log_end}")]
+    EpochStartPastLogEnd {
+        partition: String,
+        start_offset: u64,
+        log_end: u64,
     },
     #[error("the log is closed")]
     Closed,

@@ -10,7 +10,8 @@
 //!   handing out slices of them sound), [`index`] (sparse offset and time indexes), [`scan`]
 //!   (batch validation walking), [`recovery`] (opening, crash recovery), [`checkpoint`], [`fs`]
 //!   (atomic file creation, fallocate), [`sys`] (the one seam every file-system syscall goes
-//!   through, with the named failpoints the `failpoints` feature compiles in).
+//!   through, with the named failpoints the `failpoints` feature compiles in), [`leader_epoch`]
+//!   (the epoch history file beside each partition's segments, for replication).
 //! - [`verify`]: every CRC of a data directory checked from outside, read-only
 //!   (`weir-broker --verify`); [`scrub`]: the background thread that CRC-checks sealed
 //!   segments at a bounded rate, so reads stop before damage a consumer would otherwise meet.
@@ -28,6 +29,7 @@ pub mod fs;
 pub mod fuzz_checks;
 pub mod index;
 pub mod key_index;
+pub mod leader_epoch;
 pub mod log_dir;
 pub mod mmap;
 pub mod partition;
@@ -48,5 +50,5 @@ pub use partition::{
 };
 pub use recovery::TruncationReport;
 pub use scan::ScanStop;
-pub use verify::{Damage, VerifyReport, verify_log_dir};
+pub use verify::{Damage, EpochFileIssue, VerifyReport, verify_log_dir};
 pub use weir_proto::topic::TopicPartition;

@@ -6,7 +6,9 @@
 //! recovery point on is scanned (length, version, dense offsets, CRC); the log is cut at the
 //! first invalid batch, later segments are deleted, the scanned segments' indexes are rebuilt,
 //! and the cut is logged and reported. Files are truncated here, before anything maps them.
-//! Either way, nothing past the last valid batch is ever served or counted.
+//! Either way, nothing past the last valid batch is ever served or counted. The epoch history
+//! (`leader-epoch`) is loaded last and fitted to the recovered log: entries at or past the
+//! log end, and wholly below the log start, are dropped (and the file rewritten).
 
 use std::collections::VecDeque;
 use std::fs::OpenOptions;
@@ -22,12 +24,14 @@ use super::fs::{
     parse_segment_file_name, remove_if_exists, segment_path,
 };
 use super::index::{self, IndexBuilder};
+use super::leader_epoch;
 use super::mmap::{map_read_only, region_slice};
 use super::partition::{Inner, PartitionLog};
 use super::scan::{ScanOutcome, ScanStop, scan_batches};
 use super::segment::{ActiveSegment, SealedSegment, rebuild_indexes, write_index_files};
 use super::sys;
 use weir_proto::topic::TopicPartition;
+use weir_replication::EpochHistory;
 
 /// How the previous process left the data directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +89,8 @@ pub(crate) fn open_partition(
             config.preallocate_min_bytes,
             interval,
         )?;
-        let inner = Inner::new(VecDeque::new(), active, base);
+        let mut inner = Inner::new(VecDeque::new(), active, base);
+        inner.epochs = load_epochs(dir, base, base)?;
         return Ok((
             PartitionLog::from_parts(tp, dir.to_owned(), config, inner),
             None,
@@ -254,11 +259,28 @@ pub(crate) fn open_partition(
     if let Some(s) = sealed.front() {
         log_start = log_start.max(s.base_offset);
     }
-    let inner = Inner::new(sealed, active, log_start);
+    let mut inner = Inner::new(sealed, active, log_start);
+    inner.epochs = load_epochs(dir, log_start, high_watermark)?;
     Ok((
         PartitionLog::from_parts(tp, dir.to_owned(), config, inner),
         report,
     ))
+}
+
+/// The partition's epoch history, fitted to the recovered log `[log_start, log_end)` and
+/// stored again if that changed it: recovery may have cut a tail (its epochs own no record
+/// now), a crash may have come between a truncation's cut and its history write (the cut is
+/// made first, so the stale entries are exactly those at or past the log end), or between
+/// retention's deletion and its history write (entries below the log start). A file that does
+/// not decode keeps the partition from opening (`Corrupt`): it cannot be rebuilt from the log.
+fn load_epochs(dir: &Path, log_start: u64, log_end: u64) -> Result<EpochHistory> {
+    let stored = leader_epoch::load(dir)?;
+    let fitted = leader_epoch::fit_to_log(&stored, log_start, log_end);
+    if fitted != stored {
+        debug!(dir = %dir.display(), stored = ?stored.entries(), fitted = ?fitted.entries(), "fitted the epoch history to the recovered log");
+        leader_epoch::store(dir, &fitted)?;
+    }
+    Ok(fitted)
 }
 
 /// Segment base offsets in `dir`, sorted; removes leftovers of interrupted writes and index

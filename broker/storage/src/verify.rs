@@ -14,6 +14,10 @@
 //!   recovery point of an unclean stop it may also end in a torn batch: that tail was never
 //!   acknowledged as durable and the next start cuts it; it is reported as a tail, not damage.
 //!
+//! - A partition's `leader-epoch` file decodes (CRC, layout, ordered entries) and its entries
+//!   start within the log; one that does not decode is damage (the partition would not open),
+//!   entries outside the log are listed (the next open drops or clamps them).
+//!
 //! Read-only: no lock is taken and no file is opened for writing, so it may run beside a broker
 //! (a segment that changes under it may then be reported torn at its end).
 
@@ -21,9 +25,10 @@ use std::path::{Path, PathBuf};
 
 use weir_proto::topic::TopicPartition;
 
-use super::checkpoint::{CLEAN_SHUTDOWN_FILE, RECOVERY_POINT_FILE, read_offsets};
+use super::checkpoint::{CLEAN_SHUTDOWN_FILE, LOG_START_FILE, RECOVERY_POINT_FILE, read_offsets};
 use super::error::{Result, StorageError};
 use super::fs::{LOG_SUFFIX, parse_segment_file_name};
+use super::leader_epoch;
 use super::mmap::map_read_only;
 use super::scan::{ScanStop, scan_batches};
 use super::sys;
@@ -55,6 +60,18 @@ pub struct UnflushedTail {
     pub reason: ScanStop,
 }
 
+/// A partition's `leader-epoch` file that does not describe its log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochFileIssue {
+    pub partition: TopicPartition,
+    pub path: PathBuf,
+    pub detail: String,
+    /// The next open repairs it by itself (entries past the log end, left by a crash during a
+    /// truncation, or below the log start, left by one during retention): listed, not damage.
+    /// `false` for a file that does not decode: the partition does not open.
+    pub repaired_at_open: bool,
+}
+
 /// What [`verify_log_dir`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VerifyReport {
@@ -64,11 +81,13 @@ pub struct VerifyReport {
     pub bytes_checked: u64,
     pub damage: Vec<Damage>,
     pub unflushed_tails: Vec<UnflushedTail>,
+    /// `leader-epoch` files that fail to decode, or whose entries lie outside the log.
+    pub epoch_files: Vec<EpochFileIssue>,
 }
 
 impl VerifyReport {
     pub fn is_clean(&self) -> bool {
-        self.damage.is_empty()
+        self.damage.is_empty() && self.epoch_files.iter().all(|e| e.repaired_at_open)
     }
 }
 
@@ -89,12 +108,16 @@ pub fn log_bytes(dir: &Path) -> Result<u64> {
 pub fn verify_log_dir(dir: &Path, mut progress: impl FnMut(u64)) -> Result<VerifyReport> {
     let clean = sys::exists(&dir.join(CLEAN_SHUTDOWN_FILE));
     let recovery_points = read_offsets(&dir.join(RECOVERY_POINT_FILE))?;
+    let log_starts = read_offsets(&dir.join(LOG_START_FILE))?;
     let mut report = VerifyReport::default();
     for (tp, part_dir) in partition_dirs(dir)? {
         report.partitions += 1;
         let segments = segment_logs(&part_dir)?;
         let last = segments.len().saturating_sub(1);
         let mut expected: Option<u64> = None;
+        // The log's extent as walked: the first segment's base and the end of valid batches.
+        let first_base = segments.first().map(|(base, _)| *base);
+        let mut log_end = first_base.unwrap_or(0);
         for (k, (base, path)) in segments.into_iter().enumerate() {
             report.segments += 1;
             let len = sys::path_len(&path)
@@ -116,6 +139,7 @@ pub fn verify_log_dir(dir: &Path, mut progress: impl FnMut(u64)) -> Result<Verif
             }
             let checked = verify_segment(&path, base, len)?;
             report.bytes_checked += checked.valid_len;
+            log_end = checked.next_offset;
             // Past damage the segment's true end is unknown: the next one is checked on its own.
             expected = checked.stop.is_none().then_some(checked.next_offset);
             progress(len);
@@ -146,8 +170,54 @@ pub fn verify_log_dir(dir: &Path, mut progress: impl FnMut(u64)) -> Result<Verif
                 bytes_lost: len - checked.valid_len,
             });
         }
+        let log_start = log_starts
+            .get(&tp)
+            .copied()
+            .unwrap_or(0)
+            .max(first_base.unwrap_or(0));
+        report
+            .epoch_files
+            .extend(check_epoch_file(&tp, &part_dir, log_start, log_end));
     }
     Ok(report)
+}
+
+/// Checks a partition's `leader-epoch` file: it decodes, and its entries start within
+/// `[log_start, log_end]` (an entry at the log end is a leader's epoch that has not written
+/// yet). No file is fine: an empty history.
+fn check_epoch_file(
+    tp: &TopicPartition,
+    part_dir: &Path,
+    log_start: u64,
+    log_end: u64,
+) -> Option<EpochFileIssue> {
+    let path = part_dir.join(leader_epoch::FILE_NAME);
+    let issue = |detail: String, repaired_at_open| EpochFileIssue {
+        partition: tp.clone(),
+        path: path.clone(),
+        detail,
+        repaired_at_open,
+    };
+    let history = match leader_epoch::load(part_dir) {
+        Ok(history) => history,
+        Err(StorageError::Corrupt { detail, .. }) => return Some(issue(detail, false)),
+        Err(e) => return Some(issue(e.to_string(), false)),
+    };
+    let outside: Vec<String> = history
+        .entries()
+        .iter()
+        .filter(|&&(_, start)| start > log_end || start < log_start)
+        .map(|&(epoch, start)| format!("epoch {} at {start}", epoch.0))
+        .collect();
+    (!outside.is_empty()).then(|| {
+        issue(
+            format!(
+                "entries outside the log [{log_start}, {log_end}]: {}; the next open drops or clamps them",
+                outside.join(", ")
+            ),
+            true,
+        )
+    })
 }
 
 /// Where one segment's walk ended.

@@ -1,7 +1,8 @@
 //! The append path: validate, check conditions, roll if due, reserve, copy, publish.
 //!
-//! Owns `append`, `append_durable`, `append_for_sync` (and `append_unsynced`, which they all
-//! share), the idempotent-producer and conditional-append checks, and rolling a segment.
+//! Owns `append`, `append_durable`, `append_for_sync`, a follower's `append_replica` (and
+//! `append_unsynced`, which they all share, told by `AppendMode` whose batch it is), the
+//! idempotent-producer and conditional-append checks, and rolling a segment.
 //!
 //! Invariants enforced here:
 //! - Everything that can refuse a batch (size, CRC and header validation, sync failure,
@@ -10,6 +11,9 @@
 //! - Offsets are dense: a batch's base offset is stamped as the active segment's next offset,
 //!   under the partition lock, and the high watermark is published (Release) only after the
 //!   bytes, the index entry and the derived state are in place.
+//! - A replica's batch is written byte for byte at its own base offset, which must be the log
+//!   end; producer and condition checks are skipped (the leader ran them), the derived state
+//!   is still updated from it.
 //! - A duplicate from an idempotent producer writes nothing and returns the original offsets;
 //!   it is checked before the conditions, so a retried conditional batch is not a conflict with
 //!   itself.
@@ -28,6 +32,17 @@ use crate::error::{Result, StorageError};
 use crate::fs::{LOG_SUFFIX, SyncMode, now_ms, remove_if_exists, segment_path};
 use crate::producer_state::SequenceCheck;
 use crate::segment::{ActiveSegment, SealedSegment};
+
+/// Whose batch `append_unsynced` appends.
+#[derive(Clone, Copy)]
+enum AppendMode<'a> {
+    /// A producer's, on the leader: offsets are stamped here; idempotent-producer checks and
+    /// these conditions run first.
+    Leader(&'a AppendConditions),
+    /// The leader's, on a follower: the batch's own base offset must be the log end; no
+    /// producer check or condition runs (the leader ran them), the derived state still learns it.
+    Replica,
+}
 
 impl PartitionLog {
     /// Appends one batch, syncing first if the flush policy is `Always`.
@@ -51,7 +66,28 @@ impl PartitionLog {
         batch: &[u8],
         conditions: AppendConditions,
     ) -> Result<(AppendInfo, SyncTicket)> {
-        let (info, epoch) = self.append_unsynced(batch, &conditions)?;
+        let (info, epoch) = self.append_unsynced(batch, AppendMode::Leader(&conditions))?;
+        Ok((
+            info,
+            SyncTicket {
+                through: info.last_offset + 1,
+                epoch,
+            },
+        ))
+    }
+
+    /// A follower's append of a batch the leader wrote: the same bytes at the same offsets.
+    /// The batch is validated as `append` validates (size, header, CRC, records) and its
+    /// stamped base offset must be this log's end (`ReplicaOffsetMismatch` otherwise, nothing
+    /// written); the bytes written are exactly `batch`. No idempotent-producer check and no
+    /// condition runs (the leader ran them: a follower must never refuse what its leader
+    /// committed), but producer states and the key index learn the batch, so after a failover
+    /// this log recognizes retries and checks conditions against what was replicated. Like
+    /// [`PartitionLog::append_for_sync`], it waits for no sync: [`PartitionLog::wait_durable`]
+    /// on the ticket does. A batch of a newer leader epoch is preceded by
+    /// [`PartitionLog::assign_epoch`] with its base offset.
+    pub fn append_replica(&self, batch: &[u8]) -> Result<(AppendInfo, SyncTicket)> {
+        let (info, epoch) = self.append_unsynced(batch, AppendMode::Replica)?;
         Ok((
             info,
             SyncTicket {
@@ -62,7 +98,8 @@ impl PartitionLog {
     }
 
     fn append_with(&self, batch: &[u8], durable: bool) -> Result<AppendInfo> {
-        let (info, epoch) = self.append_unsynced(batch, &AppendConditions::default())?;
+        let (info, epoch) =
+            self.append_unsynced(batch, AppendMode::Leader(&AppendConditions::default()))?;
         if durable {
             self.sync_appended(info.last_offset + 1, Some(epoch))?;
         }
@@ -71,11 +108,12 @@ impl PartitionLog {
 
     /// The append itself: validate, roll if due, copy into the active segment, publish the new
     /// high watermark. Returns the truncation epoch the batch was appended in.
-    fn append_unsynced(
-        &self,
-        batch: &[u8],
-        conditions: &AppendConditions,
-    ) -> Result<(AppendInfo, u64)> {
+    fn append_unsynced(&self, batch: &[u8], mode: AppendMode<'_>) -> Result<(AppendInfo, u64)> {
+        let no_conditions = AppendConditions::default();
+        let (conditions, replica) = match mode {
+            AppendMode::Leader(conditions) => (conditions, false),
+            AppendMode::Replica => (&no_conditions, true),
+        };
         let config = self.config();
         if batch.len() > config.max_batch_bytes as usize {
             return Err(StorageError::BatchTooLarge {
@@ -90,8 +128,11 @@ impl PartitionLog {
                 self.tp
             )));
         }
-        // Derived state (producer states, key index) must be built before these appends.
-        let idempotent = header.producer_id >= 0 || !conditions.expected_keys.is_empty();
+        // Derived state (producer states, key index) must be built before these appends. A
+        // replica's append checks nothing against it: it only updates what is built (a rebuild
+        // later reads the batch from the log like any other).
+        let idempotent =
+            !replica && (header.producer_id >= 0 || !conditions.expected_keys.is_empty());
         let epoch;
         let info = {
             let mut inner = loop {
@@ -112,7 +153,15 @@ impl PartitionLog {
                 });
             }
             epoch = inner.epoch;
-            if let Some(states) = &inner.producers
+            if replica && header.base_offset != inner.active.next_offset {
+                return Err(StorageError::ReplicaOffsetMismatch {
+                    partition: self.tp.to_string(),
+                    expected: inner.active.next_offset,
+                    actual: header.base_offset,
+                });
+            }
+            if !replica
+                && let Some(states) = &inner.producers
                 && let SequenceCheck::Duplicate {
                     base_offset,
                     last_offset,
@@ -178,6 +227,8 @@ impl PartitionLog {
             {
                 self.roll_locked(&mut inner, &config)?;
             }
+            // A replica's batch already carries this offset (checked above), so the stamp
+            // rewrites the same eight bytes: what lands is byte-identical to the leader's.
             header.base_offset = inner.active.next_offset;
             // Dense offsets: the batch starts exactly where the published log ends (the atomic
             // mirrors `active.next_offset` under this lock).

@@ -39,6 +39,8 @@
 //!   `wait_durable`, the flush policy);
 //! - `read.rs`: `read` (`read_once`, `select_batches`) and `offset_for_time`;
 //! - `derived.rs`: producer states and the key index, their snapshots and rebuilds;
+//! - `epochs.rs`: the epoch history (`epoch_history`, `assign_epoch`) and fitting it to the
+//!   log when truncation or retention moves the log's ends;
 //! - `retention.rs`: everything that removes data: `truncate_to`, retention,
 //!   `delete_segments_before`, and closing idle files;
 //! - `scrub.rs`: CRC-checking a sealed segment for the background scrub, and the damage it
@@ -46,6 +48,7 @@
 
 mod append;
 mod derived;
+mod epochs;
 mod read;
 mod retention;
 mod scrub;
@@ -69,6 +72,7 @@ use super::producer_state::ProducerStates;
 use super::segment::{ActiveSegment, SealedSegment};
 use sync::SyncState;
 use weir_proto::topic::TopicPartition;
+use weir_replication::EpochHistory;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -180,6 +184,9 @@ pub(crate) struct Inner {
     /// (base offset, CRC) of the last batch appended or scanned: a snapshot names it so a log
     /// that lost its tail and grew back past the snapshot is not mistaken for the same log.
     pub last_batch: Option<(u64, u32)>,
+    /// Leader epoch -> start offset, as the `leader-epoch` file holds it (every change is
+    /// stored before the lock is released). Every start lies in `[log start, high watermark]`.
+    pub epochs: EpochHistory,
 }
 
 impl Inner {
@@ -202,6 +209,7 @@ impl Inner {
             keys: None,
             derived_dirty: false,
             last_batch: None,
+            epochs: EpochHistory::new(),
         }
     }
 

@@ -1,4 +1,5 @@
-//! The read path: `read` (whole batches as file ranges and zero-copy `Bytes`) and
+//! The read path: `read` and `read_bounded` (whole batches as file ranges and zero-copy
+//! `Bytes`, the latter only up to a limit such as the committed high watermark) and
 //! `offset_for_time`.
 //!
 //! Owns `read_once` (the handles a read needs, cloned under the partition lock, then walked
@@ -16,11 +17,14 @@
 //!   served from this copy, and the batches before it stay readable. (CRCs are not read here:
 //!   sendfile never touches the bytes. `verify` and the scrub check them.)
 //! - The first batch of a read is returned whole even past `max_bytes`, so a consumer always
-//!   makes progress; an offset below the high watermark never gets an empty answer.
+//!   makes progress; an offset below the high watermark never gets an empty answer, unless
+//!   the batch holding it ends past the read's limit (`read_bounded`: batches are never split,
+//!   and nothing ending past the limit is served).
 //! - A read holds its own `Arc`s of the maps and files it returns, so retention or truncation
 //!   meanwhile never invalidates it (a segment removed before it was opened is retried).
 
 use std::fs::File;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -54,11 +58,21 @@ impl PartitionLog {
     /// Reading at the high watermark returns no chunks; outside `[log start, high watermark]`
     /// is `OffsetOutOfRange`.
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadResult> {
-        retry_if_segment_removed(|| self.read_once(offset, max_bytes))
+        self.read_bounded(offset, max_bytes, u64::MAX)
     }
 
-    fn read_once(&self, offset: u64, max_bytes: usize) -> Result<ReadResult> {
-        let (sources, high_watermark, log_start_offset) = {
+    /// [`PartitionLog::read`], returning only whole batches that end at or before `limit` (a
+    /// leader serving consumers passes its committed high watermark): a batch straddling
+    /// `limit` is not split, so it and everything after it are left out, and a read at or past
+    /// `limit` (within the log) returns no chunks. A `limit` past the log end is the log end.
+    /// Outside `[log start, log end]` is `OffsetOutOfRange`, as for `read`;
+    /// [`ReadResult::high_watermark`] is still the log end.
+    pub fn read_bounded(&self, offset: u64, max_bytes: usize, limit: u64) -> Result<ReadResult> {
+        retry_if_segment_removed(|| self.read_once(offset, max_bytes, limit))
+    }
+
+    fn read_once(&self, offset: u64, max_bytes: usize, limit: u64) -> Result<ReadResult> {
+        let (sources, high_watermark, log_start_offset, limit) = {
             let mut inner = lock(&self.inner);
             self.check_open(&inner)?;
             let hw = inner.active.next_offset;
@@ -70,8 +84,9 @@ impl PartitionLog {
                     high_watermark: hw,
                 });
             }
+            let limit = limit.min(hw);
             let mut sources = Vec::new();
-            if offset < hw {
+            if offset < limit {
                 // Sealed segments from the one holding `offset`, until they hold enough bytes.
                 let mut reached_active = true;
                 if offset < inner.active.base_offset {
@@ -81,6 +96,11 @@ impl PartitionLog {
                         .saturating_sub(1);
                     let mut after_first = 0u64;
                     for (k, s) in inner.sealed.iter().enumerate().skip(first) {
+                        if s.base_offset >= limit {
+                            // Every batch from here on ends past the limit.
+                            reached_active = false;
+                            break;
+                        }
                         sources.push(ReadSource::Sealed(Arc::clone(s)));
                         if k > first {
                             after_first += s.size;
@@ -91,7 +111,7 @@ impl PartitionLog {
                         }
                     }
                 }
-                if reached_active && inner.active.size > 0 {
+                if reached_active && inner.active.size > 0 && inner.active.base_offset < limit {
                     let hint = if offset >= inner.active.base_offset {
                         index::lookup_offset(
                             &inner.active.index.offsets,
@@ -114,7 +134,7 @@ impl PartitionLog {
                     });
                 }
             }
-            (sources, hw, start)
+            (sources, hw, start, limit)
         };
         let known_damage = self
             .known_damage()
@@ -125,6 +145,7 @@ impl PartitionLog {
             log_start_offset,
         };
         let mut used = 0usize;
+        let mut reached_limit = false;
         for source in sources {
             let (map, file, base_offset, size, hint) = match source {
                 ReadSource::Sealed(segment) => {
@@ -179,7 +200,7 @@ impl PartitionLog {
                 log,
                 u64::from(hint.position),
                 base_offset + u64::from(hint.relative_offset),
-                offset,
+                offset..limit,
                 budget,
                 must_take_one,
                 damage_here,
@@ -190,18 +211,20 @@ impl PartitionLog {
                     log,
                     0,
                     base_offset,
-                    offset,
+                    offset..limit,
                     budget,
                     must_take_one,
                     damage_here,
                 );
             }
-            let stop = match &walk.selection {
-                Some(sel) => {
-                    used + (sel.end - sel.start) as usize >= max_bytes || sel.stopped_for_budget
-                }
-                None => true,
-            };
+            reached_limit |= walk.reached_limit;
+            let stop = walk.reached_limit
+                || match &walk.selection {
+                    Some(sel) => {
+                        used + (sel.end - sel.start) as usize >= max_bytes || sel.stopped_for_budget
+                    }
+                    None => true,
+                };
             if let Some(sel) = walk.selection {
                 used += (sel.end - sel.start) as usize;
                 result.chunks.push(ReadChunk {
@@ -225,10 +248,10 @@ impl PartitionLog {
                 break;
             }
         }
-        if result.chunks.is_empty() && offset < high_watermark {
-            // Below the high watermark there is always a batch; finding none means the segment
-            // does not hold what its neighbours promise. An error beats an empty answer a
-            // consumer would poll forever.
+        if result.chunks.is_empty() && offset < limit && !reached_limit {
+            // Below the high watermark there is always a batch (unless it straddles the limit);
+            // finding none means the segment does not hold what its neighbours promise. An
+            // error beats an empty answer a consumer would poll forever.
             let damage = WalkDamage {
                 position: 0,
                 offset,
@@ -368,11 +391,14 @@ pub(super) struct WalkDamage {
 pub(super) struct Walk {
     pub(super) selection: Option<Selection>,
     pub(super) damage: Option<WalkDamage>,
+    /// The walk stopped at a batch ending past the read's limit: nothing after it may be read.
+    pub(super) reached_limit: bool,
 }
 
 /// Walks `log` from `position` (where the batch with base `expected` starts) and selects the
-/// whole batches from the one holding `target` on, within `budget` bytes (`must_take_one`: the
-/// first selected batch is taken even if larger). An inconsistent header ends the walk with
+/// whole batches from the one holding `wanted.start` on that end at or before `wanted.end`
+/// (the read's limit; the first batch past it ends the walk, [`Walk::reached_limit`]), within
+/// `budget` bytes (`must_take_one`: the first selected batch is taken even if larger). An inconsistent header ends the walk with
 /// [`Walk::damage`] (a caller that started from an index hint retries from the segment start,
 /// in case the hint was wrong), and so does the batch starting at `known_damage`'s offset (one
 /// the scrub found failing its CRC, which this walk does not compute).
@@ -380,11 +406,12 @@ pub(super) fn select_batches(
     log: &[u8],
     position: u64,
     expected: u64,
-    target: u64,
+    wanted: Range<u64>,
     budget: usize,
     must_take_one: bool,
     known_damage: Option<(u64, &str)>,
 ) -> Walk {
+    let (target, limit) = (wanted.start, wanted.end);
     let mut pos = position as usize;
     let mut expected = expected;
     let mut selected: Option<Selection> = None;
@@ -403,6 +430,7 @@ pub(super) fn select_batches(
                 return Walk {
                     selection: selected,
                     damage: Some(damage(pos, expected, e.to_string())),
+                    reached_limit: false,
                 };
             }
         };
@@ -413,6 +441,7 @@ pub(super) fn select_batches(
             return Walk {
                 selection: selected,
                 damage: Some(damage(pos, expected, detail)),
+                reached_limit: false,
             };
         }
         if header.base_offset != expected {
@@ -423,6 +452,7 @@ pub(super) fn select_batches(
             return Walk {
                 selection: selected,
                 damage: Some(damage(pos, expected, detail)),
+                reached_limit: false,
             };
         }
         let Some(total) = header.total_len().filter(|&n| n <= rest.len()) else {
@@ -430,15 +460,24 @@ pub(super) fn select_batches(
             return Walk {
                 selection: selected,
                 damage: Some(damage(pos, expected, detail)),
+                reached_limit: false,
             };
         };
         if header.next_offset() > target {
+            if header.next_offset() > limit {
+                return Walk {
+                    selection: selected,
+                    damage: None,
+                    reached_limit: true,
+                };
+            }
             match &mut selected {
                 None => {
                     if total > budget && !must_take_one {
                         return Walk {
                             selection: None,
                             damage: None,
+                            reached_limit: false,
                         };
                     }
                     selected = Some(Selection {
@@ -465,6 +504,7 @@ pub(super) fn select_batches(
     Walk {
         selection: selected,
         damage: None,
+        reached_limit: false,
     }
 }
 

@@ -12,6 +12,9 @@
 //! - Retention deletes whole sealed segments, oldest first, and moves the log start (and the
 //!   recovery point, never below it) before unlinking: a file that fails to unlink is leaked
 //!   space, never a hole in the log. The active segment is never deleted.
+//! - The epoch history follows the log: a truncation stores it after the cut (the next open
+//!   drops entries at or past the log end, so a crash in between is repaired), retention
+//!   collapses the entries below the new log start after deleting (an open collapses them too).
 //! - Bytes of a mapped file below its published length are never rewritten (see `mmap`): the
 //!   truncated copy is a new inode, and readers keep the old one through their `Arc`s.
 
@@ -48,7 +51,9 @@ impl PartitionLog {
     /// unlinked newest first and the prefix is renamed over the cut segment, so the files on
     /// disk always hold a prefix of the old log. A failure in (3) leaves the partition
     /// read-only until a restart recovers that prefix. Readers of the old bytes keep them (the
-    /// old inode lives on in their maps).
+    /// old inode lives on in their maps). (4) The epoch history drops the entries starting at
+    /// or past the new high watermark and is stored, before this returns; see
+    /// `fit_epochs_or_fail` for why after the cut.
     pub fn truncate_to(&self, offset: u64) -> Result<u64> {
         let config = self.config();
         // The derived-state snapshot may describe batches about to be cut: gone first.
@@ -58,6 +63,12 @@ impl PartitionLog {
         self.check_open(&inner)?;
         let hw = inner.active.next_offset;
         if offset >= hw {
+            // Nothing to cut, but an epoch starting exactly at the cut owns nothing past it: a
+            // follower told to truncate at its log end drops such an entry (else its next,
+            // older-epoch batch could not be assigned).
+            if offset == hw {
+                self.fit_epochs_or_fail(&mut inner)?;
+            }
             return Ok(hw);
         }
         if offset < inner.log_start_offset {
@@ -91,7 +102,15 @@ impl PartitionLog {
         };
         let path = segment_path(&self.dir, base, LOG_SUFFIX);
         // Damage past the cut does not matter: the cut removes it.
-        let walk = select_batches(&log_bytes, 0, base, offset, usize::MAX, true, None);
+        let walk = select_batches(
+            &log_bytes,
+            0,
+            base,
+            offset..u64::MAX,
+            usize::MAX,
+            true,
+            None,
+        );
         let cut = match (walk.selection, walk.damage) {
             (Some(sel), _) => sel.start,
             (None, None) => log_bytes.len() as u64,
@@ -172,7 +191,24 @@ impl PartitionLog {
         inner.debug_check_chain();
         self.high_watermark.store(new_hw, Ordering::Release);
         info!(partition = %self.tp, requested = offset, high_watermark = new_hw, "truncated log");
+        // (4) The epochs that started at or past the cut own no record now. Stored after the
+        // cut, never before: a crash in between leaves exactly those entries at or past the
+        // recovered log end, which the next open drops. (Stored first, a crash would leave
+        // records past the cut attributed to an older epoch, which no open can tell.)
+        self.fit_epochs_or_fail(&mut inner)?;
         Ok(new_hw)
+    }
+
+    /// Step (4) of `truncate_to`: fit the epoch history to the cut log and store it. If the
+    /// store fails, the partition turns read-only (as for a failure in step (3)) until a restart
+    /// fits the file to the log: appending on top of a history that lists epochs past the log
+    /// end could refuse the next epoch's assignment.
+    fn fit_epochs_or_fail(&self, inner: &mut Inner) -> Result<()> {
+        if let Err(e) = self.fit_epochs_locked(inner) {
+            lock(&self.sync).failure = Some(format!("storing the epoch history failed: {e}"));
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Step (3) of `truncate_to`: drop every segment after `base` (newest first), then put the
@@ -237,6 +273,9 @@ impl PartitionLog {
             info!(partition = %self.tp, base_offset = oldest.base_offset, bytes = oldest.size, by_size, "retention deleted segment");
             deleted += 1;
         }
+        if deleted > 0 {
+            self.collapse_epochs_after_retention(&mut inner);
+        }
         Ok(deleted)
     }
 
@@ -254,6 +293,9 @@ impl PartitionLog {
         {
             self.delete_oldest_segment(&mut inner);
             deleted += 1;
+        }
+        if deleted > 0 {
+            self.collapse_epochs_after_retention(&mut inner);
         }
         Ok(deleted)
     }
