@@ -66,6 +66,9 @@ pub struct BrokerConfig {
     /// A broker not heard from by the controller for this long is marked down (its
     /// partitions report unavailable).
     pub broker_lease_ms: u64,
+    /// A follower that has not caught up with its leader's log end for this long leaves the
+    /// partition's in-sync set (Kafka's `replica.lag.time.max.ms`).
+    pub replica_lag_time_max_ms: u64,
     /// Where logs and topic metadata live.
     pub data_dir: PathBuf,
     /// The gRPC address.
@@ -133,6 +136,7 @@ impl Default for BrokerConfig {
             external_advertised: None,
             external_data_advertised: None,
             broker_lease_ms: 6_000,
+            replica_lag_time_max_ms: 10_000,
             data_dir: PathBuf::from("./weir-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             data_listen: SocketAddr::from(([127, 0, 0, 1], 7071)),

@@ -20,7 +20,8 @@
 //!   follower truncates (by epoch, KIP-101) and fetches again. It ends the fetch like `End`.
 //!
 //! In the answer to a replica fetch, `high_watermark` is the partition's committed high
-//! watermark (the follower keeps it, capped by its own log end), not the leader's log end.
+//! watermark (the follower keeps it, capped by its own log end), not the leader's log end, and
+//! the `End` frame's flags byte may ask the follower to sync ([`RESPONSE_FLAG_SYNC_WANTED`]).
 //!
 //! All integers are big-endian, as in the record batch format.
 
@@ -36,6 +37,10 @@ pub const FLAG_FOLLOW: u8 = 0b1;
 pub const FLAG_REPLICA: u8 = 0b10;
 /// Bytes of a [`ReplicaFetch`] in a request.
 const REPLICA_FETCH_LEN: usize = 4 + 8 + 4 + 4 + 8;
+/// Response flag (in the `End` frame of a replica fetch): a produce waits for the in-sync
+/// replicas to sync (acks=durable); the follower syncs its log before its next fetch, which
+/// reports the new durable offset.
+pub const RESPONSE_FLAG_SYNC_WANTED: u8 = 0b1;
 /// Bytes of the payload of an `Epoch` or `Diverging` frame.
 pub const EPOCH_PAYLOAD_LEN: usize = 12;
 
@@ -246,6 +251,8 @@ pub enum FrameKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResponseHeader {
     pub kind: FrameKind,
+    /// [`RESPONSE_FLAG_SYNC_WANTED`]; 0 otherwise (and always 0 to consumers).
+    pub flags: u8,
     /// An `ErrorCode` number of package weir.v1 for `Error` frames; 0 otherwise.
     pub error_code: u16,
     /// Bytes following the header: batches (`Data`), a UTF-8 message (`Error`), 0 (`End`),
@@ -261,7 +268,7 @@ impl ResponseHeader {
     pub fn encode(&self) -> [u8; RESPONSE_HEADER_LEN] {
         let mut out = [0u8; RESPONSE_HEADER_LEN];
         out[0] = self.kind as u8;
-        // out[1] is reserved, 0.
+        out[1] = self.flags;
         out[2..4].copy_from_slice(&self.error_code.to_be_bytes());
         out[4..8].copy_from_slice(&self.length.to_be_bytes());
         out[8..16].copy_from_slice(&self.high_watermark.to_be_bytes());
@@ -286,6 +293,7 @@ impl ResponseHeader {
         };
         Ok(ResponseHeader {
             kind,
+            flags: bytes[1],
             error_code: u16::from_be_bytes([bytes[2], bytes[3]]),
             length: u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
             high_watermark: u64_at(8),
@@ -352,6 +360,7 @@ mod tests {
     fn response_headers_round_trip() {
         let header = ResponseHeader {
             kind: FrameKind::Error,
+            flags: 0,
             error_code: 3,
             length: 17,
             high_watermark: 9,

@@ -43,6 +43,7 @@ pub fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::PartitionUnavailable
         | ErrorCode::ControllerUnavailable
         | ErrorCode::NotEnoughReplicas
+        | ErrorCode::NotEnoughReplicasAfterAppend
         | ErrorCode::UnknownLeaderEpoch => Code::Unavailable,
         ErrorCode::NotDurable => Code::Aborted,
         ErrorCode::OutOfOrderSequence
@@ -72,6 +73,7 @@ pub fn is_retriable(code: ErrorCode) -> bool {
             | ErrorCode::PartitionUnavailable
             | ErrorCode::ControllerUnavailable
             | ErrorCode::NotEnoughReplicas
+            | ErrorCode::NotEnoughReplicasAfterAppend
             | ErrorCode::UnknownLeaderEpoch
     )
 }

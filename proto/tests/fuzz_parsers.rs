@@ -226,6 +226,7 @@ fn response_frame(
 ) -> Vec<u8> {
     let header = ResponseHeader {
         kind,
+        flags: 0,
         error_code,
         length: payload.len() as u32,
         high_watermark,

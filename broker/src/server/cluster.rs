@@ -25,6 +25,7 @@ use weir_proto::v1::{
 };
 
 use crate::controller::link::ControllerLink;
+use crate::replica::ReplicaManager;
 use crate::topics::{PlacementKind, TopicError, TopicMeta, Topics};
 use crate::wire;
 
@@ -59,6 +60,11 @@ impl ClusterView {
 
     pub fn controller_reachable(&self) -> bool {
         self.controller_reachable.load(Ordering::Relaxed)
+    }
+
+    /// Whether this broker's lease with the controller is valid (rule 12).
+    pub fn lease_valid(&self) -> bool {
+        self.controller_reachable()
     }
 
     fn replace(&self, metadata: Arc<ClusterMetadata>) {
@@ -144,6 +150,7 @@ pub enum SyncRole {
     Broker {
         addresses: BrokerAddresses,
         topics: Arc<Topics>,
+        replicas: Arc<ReplicaManager>,
     },
     /// The controller-only node: mirrors the metadata, holds nothing.
     Observer,
@@ -166,7 +173,12 @@ pub async fn run_sync(
             return;
         }
         let answer = match (&role, registered) {
-            (SyncRole::Broker { addresses, topics }, false) => {
+            (
+                SyncRole::Broker {
+                    addresses, topics, ..
+                },
+                false,
+            ) => {
                 let request = RegisterBrokerRequest {
                     broker_id: view.node_id,
                     address: addresses.address.clone(),
@@ -223,16 +235,26 @@ pub async fn run_sync(
                         continue;
                     }
                     registered = true;
+                    if let SyncRole::Broker { replicas, .. } = &role
+                        && answer.broker_epoch > 0
+                    {
+                        replicas.set_broker_epoch(answer.broker_epoch);
+                    }
                 }
                 if let Some(metadata) = answer.metadata {
                     known_version = metadata.version;
                     let metadata = Arc::new(metadata);
-                    if let SyncRole::Broker { topics, .. } = &role {
-                        let topics = Arc::clone(topics);
+                    if let SyncRole::Broker {
+                        topics, replicas, ..
+                    } = &role
+                    {
                         let node = view.node_id;
                         let applied = Arc::clone(&metadata);
-                        let _ = tokio::task::spawn_blocking(move || apply(&topics, &applied, node))
+                        let local = Arc::clone(topics);
+                        let _ = tokio::task::spawn_blocking(move || apply(&local, &applied, node))
                             .await;
+                        // Roles follow the partitions just created.
+                        replicas.reconcile(topics, &metadata);
                     }
                     view.replace(metadata);
                 }

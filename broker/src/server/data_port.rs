@@ -31,11 +31,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
-use weir_proto::data_port::{FetchFrame, FrameKind, RESPONSE_HEADER_LEN, ResponseHeader};
+use weir_proto::data_port::{
+    EPOCH_PAYLOAD_LEN, EpochEntry, FetchFrame, FrameKind, RESPONSE_FLAG_SYNC_WANTED, ReplicaFetch,
+    ResponseHeader,
+};
 use weir_proto::v1::{Error, ErrorCode};
 
 use super::BrokerState;
-use super::fetch::{FetchEvent, FetchParams, FetchSession, Marks, check_start};
+use super::fetch::{FetchEvent, FetchParams, FetchSession, Marks, Reader, check_start};
+use crate::replica::leader::{self, ReplicaFetchAnswer};
 use crate::wire::errors::{invalid_request, storage_error};
 
 /// How long a client may take to send a request body once its length arrived.
@@ -112,13 +116,47 @@ async fn serve_fetch(
     state: &BrokerState,
     frame: FetchFrame,
 ) -> io::Result<bool> {
-    let partition = match state.partition(&frame.topic, frame.partition) {
+    let looked_up = match frame.replica {
+        None => state.leader_partition(&frame.topic, frame.partition),
+        Some(_) => state.partition(&frame.topic, frame.partition),
+    };
+    let partition = match looked_up {
         Ok(p) => p,
         Err(e) => {
             send_error(stream, e).await;
             return Ok(false);
         }
     };
+    let mut replica_fetch = None;
+    if let Some(fetch) = frame.replica {
+        let Some(replica) = state.replicas.get(&frame.topic, frame.partition) else {
+            let error = weir_proto::status::error(
+                ErrorCode::NotLeader,
+                format!(
+                    "{}-{} is not replicated on broker {}",
+                    frame.topic, frame.partition, state.cluster.node_id
+                ),
+            );
+            send_error(stream, error).await;
+            return Ok(false);
+        };
+        match leader::on_replica_fetch(&replica, &state.replicas, &frame, &fetch) {
+            ReplicaFetchAnswer::Refuse(error) => {
+                send_error(stream, error).await;
+                return Ok(false);
+            }
+            ReplicaFetchAnswer::Diverging(entry) => {
+                send_epoch(stream, FrameKind::Diverging, entry, &partition).await?;
+                return Ok(true);
+            }
+            ReplicaFetchAnswer::Serve { epochs } => {
+                for entry in epochs {
+                    send_epoch(stream, FrameKind::Epoch, entry, &partition).await?;
+                }
+            }
+        }
+        replica_fetch = Some((replica, fetch));
+    }
     if let Err(e) = check_start(&partition.log, frame.offset) {
         send_error(stream, storage_error(&e)).await;
         return Ok(false);
@@ -129,7 +167,12 @@ async fn serve_fetch(
         max_wait_ms: frame.max_wait_ms,
         follow: frame.follow,
     };
-    let mut session = FetchSession::new(state, &partition, params);
+    let reader = if replica_fetch.is_some() {
+        Reader::Replica
+    } else {
+        Reader::Consumer
+    };
+    let mut session = FetchSession::new(state, &partition, params, reader);
     loop {
         let event = if frame.follow {
             // While following, the client sends nothing; readability means it hung up (or
@@ -145,18 +188,26 @@ async fn serve_fetch(
             None => return Ok(false),
             Some(FetchEvent::Chunk { chunk, marks }) => {
                 let len = chunk.bytes.len();
-                send_more(stream, &frame_header(FrameKind::Data, len as u32, marks)).await?;
+                send_more(
+                    stream,
+                    &frame_header(FrameKind::Data, len as u32, marks).encode(),
+                )
+                .await?;
                 send_file_range(stream, &chunk.file, chunk.position, len).await?;
             }
             Some(FetchEvent::Idle(marks)) => {
                 stream
-                    .write_all(&frame_header(FrameKind::Data, 0, marks))
+                    .write_all(&frame_header(FrameKind::Data, 0, marks).encode())
                     .await?;
             }
             Some(FetchEvent::End(marks)) => {
-                stream
-                    .write_all(&frame_header(FrameKind::End, 0, marks))
-                    .await?;
+                let flags = match &replica_fetch {
+                    Some((replica, fetch)) => sync_request(replica, fetch),
+                    None => 0,
+                };
+                let mut header = frame_header(FrameKind::End, 0, marks);
+                header.flags = flags;
+                stream.write_all(&header.encode()).await?;
                 return Ok(true);
             }
             Some(FetchEvent::Failed(error)) => {
@@ -167,17 +218,48 @@ async fn serve_fetch(
     }
 }
 
+/// Asks a follower to sync before its next fetch when an acks=durable produce waits past what
+/// it reported synced.
+fn sync_request(replica: &crate::replica::Replica, fetch: &ReplicaFetch) -> u8 {
+    if leader::sync_wanted(replica, fetch.durable_offset) {
+        RESPONSE_FLAG_SYNC_WANTED
+    } else {
+        0
+    }
+}
+
+/// Sends an `Epoch` or `Diverging` frame.
+async fn send_epoch(
+    stream: &mut TcpStream,
+    kind: FrameKind,
+    entry: EpochEntry,
+    partition: &crate::topics::Partition,
+) -> io::Result<()> {
+    let header = ResponseHeader {
+        kind,
+        flags: 0,
+        error_code: 0,
+        length: EPOCH_PAYLOAD_LEN as u32,
+        high_watermark: partition.high_watermark(),
+        log_start_offset: partition.log.log_start_offset(),
+        next_offset: entry.offset,
+    };
+    let mut frame = header.encode().to_vec();
+    frame.extend_from_slice(&entry.encode());
+    stream.write_all(&frame).await
+}
+
 /// The header of a `Data` or `End` frame of `length` payload bytes.
-fn frame_header(kind: FrameKind, length: u32, marks: Marks) -> [u8; RESPONSE_HEADER_LEN] {
+fn frame_header(kind: FrameKind, length: u32, marks: Marks) -> ResponseHeader {
     ResponseHeader {
         kind,
+        flags: 0,
         error_code: 0,
         length,
         high_watermark: marks.high_watermark,
         log_start_offset: marks.log_start_offset,
         next_offset: marks.next_offset,
     }
-    .encode()
 }
 
 /// Completes when the client closed its side or sent bytes it should not have (readiness can
@@ -245,6 +327,7 @@ async fn send_error(stream: &mut TcpStream, error: Error) {
     let message = error.message.as_bytes();
     let header = ResponseHeader {
         kind: FrameKind::Error,
+        flags: 0,
         error_code: u16::try_from(error.code).unwrap_or(ErrorCode::Internal as u16),
         length: message.len() as u32,
         high_watermark: 0,

@@ -7,9 +7,12 @@
 //! once into its encode buffer). Reads never go past the high watermark, so a chunk never
 //! holds a torn or unpublished batch.
 //!
-//! Waiting is a notification, not a poll: the session subscribes to the partition's append
-//! signal *before* reading, so an append that lands between an empty read and the wait still
-//! wakes it.
+//! Waiting is a notification, not a poll: the session subscribes to the partition's signal
+//! *before* reading, so an append that lands between an empty read and the wait still wakes it.
+//!
+//! Two readers ([`Reader`]): a consumer reads below the partition's high watermark (on a
+//! replicated partition, only what the in-sync replicas hold) and waits for it to move; a
+//! follower replicating the partition reads up to the log end and waits for appends.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +39,13 @@ pub struct FetchParams {
     pub follow: bool,
 }
 
+/// Who reads, and so how far (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reader {
+    Consumer,
+    Replica,
+}
+
 /// Where a fetch stands, as every response of either transport reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Marks {
@@ -59,7 +69,9 @@ pub enum FetchEvent {
 }
 
 /// Checks a fetch's start before any response is sent: the partition exists (the caller looked
-/// it up) and the offset is inside `[log start, high watermark]`.
+/// it up) and the offset is inside `[log start, log end]`. (A consumer between the high
+/// watermark and the log end of a replicated partition waits for the high watermark, as in
+/// Kafka: a new leader's high watermark may lag the one its predecessor had announced.)
 pub fn check_start(log: &PartitionLog, offset: u64) -> Result<(), StorageError> {
     let (start, end) = (log.log_start_offset(), log.high_watermark());
     if offset < start || offset > end {
@@ -74,8 +86,11 @@ pub fn check_start(log: &PartitionLog, offset: u64) -> Result<(), StorageError> 
 
 /// The state of one fetch: where it is, what it waits on.
 pub struct FetchSession {
+    partition: Arc<Partition>,
     log: Arc<PartitionLog>,
-    appended: watch::Receiver<u64>,
+    reader: Reader,
+    /// The mark this reader reads below: the high watermark or the log end.
+    moved: watch::Receiver<u64>,
     shutdown: watch::Receiver<bool>,
     max_bytes: usize,
     max_wait: Duration,
@@ -93,14 +108,24 @@ pub struct FetchSession {
 }
 
 impl FetchSession {
-    pub fn new(state: &BrokerState, partition: &Partition, params: FetchParams) -> Self {
+    pub fn new(
+        state: &BrokerState,
+        partition: &Arc<Partition>,
+        params: FetchParams,
+        reader: Reader,
+    ) -> Self {
         // Subscribe before the first read (see the module docs).
-        let appended = partition.subscribe();
+        let moved = match reader {
+            Reader::Consumer => partition.subscribe_committed(),
+            Reader::Replica => partition.subscribe(),
+        };
         let log = Arc::clone(&partition.log);
         FetchSession {
-            end: (!params.follow).then(|| log.high_watermark()),
+            end: (!params.follow).then(|| limit(partition, reader)),
+            partition: Arc::clone(partition),
             log,
-            appended,
+            reader,
+            moved,
             shutdown: state.shutdown_signal(),
             max_bytes: match params.max_bytes {
                 0 => DEFAULT_FETCH_BYTES,
@@ -148,7 +173,11 @@ impl FetchSession {
             // Off the runtime threads: a read takes the partition lock (which an append holds
             // while it copies or rolls a segment) and may open and map an idle segment.
             let (log, offset, max_bytes) = (Arc::clone(&self.log), self.offset, self.max_bytes);
-            let read = match tokio::task::spawn_blocking(move || log.read(offset, max_bytes)).await
+            let until = limit(&self.partition, self.reader);
+            let read = match tokio::task::spawn_blocking(move || {
+                log.read_bounded(offset, max_bytes, until)
+            })
+            .await
             {
                 Ok(Ok(read)) => read,
                 Ok(Err(e)) => return Some(self.fail_with(&e)),
@@ -159,7 +188,7 @@ impl FetchSession {
                 }
             };
             if !read.chunks.is_empty() {
-                self.pending_marks = (read.high_watermark, read.log_start_offset);
+                self.pending_marks = (self.partition.high_watermark(), read.log_start_offset);
                 self.pending = read.chunks.into_iter();
                 continue;
             }
@@ -179,7 +208,7 @@ impl FetchSession {
             };
             tokio::select! {
                 // Appends, and the deletion of the topic (whose read then fails), wake us.
-                _ = self.appended.changed() => {}
+                _ = self.moved.changed() => {}
                 () = super::stopped(&mut self.shutdown) => {
                     return Some(self.fail(shutting_down()));
                 }
@@ -193,7 +222,7 @@ impl FetchSession {
     /// The partition's marks now, and where this fetch stands.
     fn marks(&self) -> Marks {
         Marks {
-            high_watermark: self.log.high_watermark(),
+            high_watermark: self.partition.high_watermark(),
             log_start_offset: self.log.log_start_offset(),
             next_offset: self.offset,
         }
@@ -225,6 +254,14 @@ impl FetchSession {
     }
 }
 
+/// How far `reader` may read `partition` now.
+fn limit(partition: &Partition, reader: Reader) -> u64 {
+    match reader {
+        Reader::Consumer => partition.high_watermark(),
+        Reader::Replica => partition.log_end(),
+    }
+}
+
 type Responses = mpsc::Sender<Result<FetchResponse, Status>>;
 
 /// gRPC `Fetch`: streams a session's events as `FetchResponse`s until done, the client leaves,
@@ -241,7 +278,7 @@ pub async fn grpc_fetch(
         max_wait_ms: req.max_wait_ms,
         follow: req.follow,
     };
-    let mut session = FetchSession::new(&state, &partition, params);
+    let mut session = FetchSession::new(&state, &partition, params, Reader::Consumer);
     let mut shutdown = session.shutdown_signal();
     loop {
         let event = tokio::select! {

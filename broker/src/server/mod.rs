@@ -46,6 +46,7 @@ use crate::config::{BrokerConfig, ConfigError, Role};
 use crate::controller::link::{ControllerLink, RemoteController};
 use crate::controller::{Controller, ControllerConfig};
 use crate::producer_ids::ProducerIds;
+use crate::replica::{ReplicaConfig, ReplicaManager};
 use crate::topics::{Partition, TopicError, Topics};
 use cluster::{BrokerAddresses, ClusterView, SyncRole};
 use controller_service::ControllerService;
@@ -78,6 +79,8 @@ pub struct BrokerState {
     pub max_request_bytes: u64,
     /// What the gRPC health service reports.
     pub health: NodeHealth,
+    /// The replicated partitions held here and this broker's role for each.
+    pub replicas: Arc<ReplicaManager>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -93,6 +96,23 @@ impl BrokerState {
         self.topics
             .partition(topic, partition)
             .map_err(|e| self.cluster.not_here(topic, partition, e))
+    }
+
+    /// A partition held here that this broker may serve clients from: not one it only
+    /// follows (NOT_LEADER naming the leader), nor one it is still taking the lead of.
+    pub fn leader_partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, Error> {
+        let held = self.partition(topic, partition)?;
+        match self.replicas.get(topic, partition) {
+            Some(replica) if replica.leading().is_none() => Err(self.cluster.not_here(
+                topic,
+                partition,
+                TopicError::NotLocal {
+                    topic: topic.to_owned(),
+                    partition,
+                },
+            )),
+            _ => Ok(held),
+        }
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -277,12 +297,21 @@ impl Broker {
         };
         let topics = Arc::new(topics);
         let cluster = Arc::new(ClusterView::new(config.node_id));
+        let replicas = ReplicaManager::new(
+            config.node_id,
+            ReplicaConfig {
+                lag_time_max: std::time::Duration::from_millis(config.replica_lag_time_max_ms),
+                ..ReplicaConfig::default()
+            },
+            link.clone(),
+        );
         let (shutdown, _) = watch::channel(false);
         let role = match config.role {
             Role::Controller => SyncRole::Observer,
             Role::Combined | Role::Broker => SyncRole::Broker {
                 addresses,
                 topics: Arc::clone(&topics),
+                replicas: Arc::clone(&replicas),
             },
         };
         let sync = tokio::spawn(cluster::run_sync(
@@ -303,6 +332,7 @@ impl Broker {
             data_address,
             max_request_bytes: config.max_request_bytes,
             health: NodeHealth::default(),
+            replicas,
             shutdown,
         });
         Ok(Broker {
@@ -381,6 +411,10 @@ impl Broker {
                 }
             })
         });
+        let isr_checks = tokio::spawn(crate::replica::leader::maintain(
+            Arc::clone(&self.state.replicas),
+            self.state.shutdown_signal(),
+        ));
         let data_port = tokio::spawn(data_port::serve(
             self.data_listener,
             Arc::clone(&self.state),
@@ -431,6 +465,8 @@ impl Broker {
             warn!("data-port connections did not end in time; closing anyway");
         }
         let _ = self.sync.await;
+        let _ = isr_checks.await;
+        self.state.replicas.stop();
         if let Some(ticker) = ticker {
             let _ = ticker.await;
         }

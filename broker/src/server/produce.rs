@@ -5,10 +5,14 @@
 //! (they may fallocate, roll a segment or wait for a sync) so a slow disk never stalls the
 //! runtime's threads.
 //!
+//! On a replicated partition only the leader admits a produce, and `acks=all`/`acks=durable`
+//! answers wait, after the append, for the in-sync replicas ([`crate::replica::leader`]): the
+//! high watermark, or the durable watermark, must pass the batch.
+//!
 //! Ordering: a produce stream's requests are appended one after another in arrival order, so
 //! batches sent on one stream to one partition land in the order they were sent. With
-//! acks=durable only the wait for the sync runs concurrently (that is what lets group commit
-//! share one fdatasync among many batches of one stream).
+//! acks=durable or acks=all only the wait (for the sync, for the replicas) runs concurrently
+//! (that is what lets group commit share one fdatasync among many batches of one stream).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,10 +25,13 @@ use weir_proto::status;
 use weir_proto::v1::{Acks, Error, ErrorCode, ProduceRequest, ProduceResponse};
 
 use super::BrokerState;
-use crate::topics::Partition;
+use crate::replica::Replica;
+use crate::replica::leader::{self, AckLevel, ProduceRefusal};
+use crate::topics::{Partition, TopicError};
 use crate::wire::errors::{
     in_partition, internal, invalid_request, shutting_down, storage_error, to_status,
 };
+use weir_replication::LeaderEpoch;
 use weir_storage::{
     AppendConditions, AppendInfo, FlushPolicy, PartitionLog, StorageError, SyncTicket,
 };
@@ -49,13 +56,23 @@ fn error_response(correlation_id: u64, error: Error) -> ProduceResponse {
     }
 }
 
-/// The checks that need no disk: a known partition, a known acks value, and a size under the
-/// request limit. Returns the partition and whether the answer waits for a sync (acks=durable,
-/// or a topic whose flush policy is `always`).
-fn admit(state: &BrokerState, req: &ProduceRequest) -> Result<(Arc<Partition>, bool), Error> {
+/// A produce that passed the checks that need no disk.
+struct Admitted {
+    partition: Arc<Partition>,
+    acks: Acks,
+    /// The answer waits for a local sync (acks=durable, or a topic whose flush policy is
+    /// `always`).
+    sync: bool,
+    /// On a replicated partition: its replica and the leader epoch the produce was admitted in.
+    replicated: Option<(Arc<Replica>, LeaderEpoch)>,
+}
+
+/// The checks that need no disk: a known partition led here, a known acks value, a size under
+/// the request limit, and on a replicated partition enough in-sync replicas and a valid lease.
+fn admit(state: &BrokerState, req: &ProduceRequest) -> Result<Admitted, Error> {
     let acks = Acks::try_from(req.acks)
         .map_err(|_| invalid_request(format!("unknown acks value {}", req.acks)))?;
-    let partition = state.partition(&req.topic, req.partition)?;
+    let partition = state.leader_partition(&req.topic, req.partition)?;
     // Refused here too, not only by the engine, so an oversized batch never waits for (or
     // holds) in-flight budget.
     let config = partition.log.config();
@@ -65,8 +82,89 @@ fn admit(state: &BrokerState, req: &ProduceRequest) -> Result<(Arc<Partition>, b
             max: config.max_batch_bytes,
         }));
     }
+    let replicated = match state.replicas.get(&req.topic, req.partition) {
+        None => None,
+        Some(replica) => {
+            let needs_isr = acks != Acks::Leader;
+            match leader::admit_produce(&replica, needs_isr, state.cluster.lease_valid()) {
+                Ok(epoch) => Some((replica, epoch)),
+                Err(ProduceRefusal::NotLeading) => {
+                    let not_local = TopicError::NotLocal {
+                        topic: req.topic.clone(),
+                        partition: req.partition,
+                    };
+                    return Err(state.cluster.not_here(&req.topic, req.partition, not_local));
+                }
+                Err(ProduceRefusal::Refused(e)) => return Err(e),
+            }
+        }
+    };
     let sync = acks == Acks::Durable || config.flush == FlushPolicy::Always;
-    Ok((partition, sync))
+    Ok(Admitted {
+        partition,
+        acks,
+        sync,
+        replicated,
+    })
+}
+
+/// After an append attempt: an acks=durable batch asks the followers to sync, fetches wake,
+/// and a leader's high watermark may move at once.
+fn after_append(state: &BrokerState, admitted: &Admitted, appended: Option<&AppendInfo>) {
+    if let (Some((replica, _)), Some(info)) = (&admitted.replicated, appended)
+        && admitted.acks == Acks::Durable
+    {
+        leader::want_sync(replica, info.last_offset + 1);
+    }
+    admitted.partition.notify_appended();
+    if let Some((replica, _)) = &admitted.replicated {
+        leader::on_leader_append(replica, &state.replicas);
+    }
+}
+
+/// Waits for what the produce's acks promise, once the batch is appended: the local sync,
+/// then on a replicated partition the in-sync replicas (acks=all: in their logs; acks=durable:
+/// synced by them).
+async fn acknowledge(
+    state: &BrokerState,
+    admitted: &Admitted,
+    info: &AppendInfo,
+    ticket: Option<SyncTicket>,
+    topic: &str,
+    partition: u32,
+) -> Result<(), Error> {
+    if let Some(ticket) = ticket {
+        wait_synced(
+            Arc::clone(&admitted.partition.log),
+            ticket,
+            topic,
+            partition,
+        )
+        .await?;
+    }
+    let Some((replica, epoch)) = &admitted.replicated else {
+        return Ok(());
+    };
+    let level = match admitted.acks {
+        Acks::Leader => return Ok(()),
+        Acks::All => AckLevel::Replicated,
+        Acks::Durable => {
+            // The leader's own sync moved its part of the durable watermark.
+            leader::recompute(replica, &state.replicas);
+            AckLevel::Durable
+        }
+    };
+    let cluster = Arc::clone(&state.cluster);
+    let lease_valid = move || cluster.lease_valid();
+    leader::wait_acknowledgeable(
+        replica,
+        &state.replicas,
+        *epoch,
+        info.last_offset + 1,
+        level,
+        &lease_valid,
+    )
+    .await
 }
 
 fn conditions(req: &ProduceRequest) -> AppendConditions {
@@ -98,23 +196,28 @@ pub async fn produce(
     if state.is_shutting_down() {
         return Err(shutting_down());
     }
-    let (partition, sync) = admit(state, &req)?;
+    let admitted = admit(state, &req)?;
     let in_flight = state.limits.acquire(peer, req.batch.len()).await;
-    let log = Arc::clone(&partition.log);
+    let log = Arc::clone(&admitted.partition.log);
     let (batch, conditions) = (req.batch.clone(), conditions(&req));
     let (topic, index) = (req.topic, req.partition);
     // The append and the wait for its sync fail differently: a wait that fails (the partition
     // closed, the sync failed) comes after the batch was written.
-    let appended =
-        blocking(move || log.append_for_sync(&batch, conditions).map(|r| (r, log))).await;
+    let appended = blocking(move || log.append_for_sync(&batch, conditions)).await;
     // Followers see the batch now, as with ProduceStream, not after its sync.
-    partition.notify_appended();
+    after_append(
+        state,
+        &admitted,
+        appended.as_ref().ok().map(|(info, _)| info),
+    );
     let result = match appended {
         Err(e) => Err(in_partition(&topic, index, e)),
-        Ok(((info, ticket), log)) if sync => {
-            wait_synced(log, ticket, &topic, index).await.map(|()| info)
+        Ok((info, ticket)) => {
+            let ticket = admitted.sync.then_some(ticket);
+            acknowledge(state, &admitted, &info, ticket, &topic, index)
+                .await
+                .map(|()| info)
         }
-        Ok(((info, _), _)) => Ok(info),
     };
     drop(in_flight);
     result.map(|info| response(req.correlation_id, info))
@@ -157,8 +260,8 @@ pub async fn produce_stream(
             },
         };
         let id = req.correlation_id;
-        let (partition, sync) = match admit(&state, &req) {
-            Ok(admitted) => admitted,
+        let admitted = match admit(&state, &req) {
+            Ok(admitted) => Arc::new(admitted),
             Err(e) => {
                 let _ = responses.send(Ok(error_response(id, e))).await;
                 continue;
@@ -172,32 +275,41 @@ pub async fn produce_stream(
                 break;
             }
         };
-        let log = Arc::clone(&partition.log);
+        let log = Arc::clone(&admitted.partition.log);
         let (batch, conditions) = (req.batch.clone(), conditions(&req));
+        let sync = admitted.sync;
         let appended = blocking(move || {
             let (info, ticket) = log.append_for_sync(&batch, conditions)?;
             Ok((info, sync.then_some(ticket)))
         })
         .await;
-        partition.notify_appended();
+        after_append(
+            &state,
+            &admitted,
+            appended.as_ref().ok().map(|(info, _)| info),
+        );
         let (topic, index) = (req.topic, req.partition);
+        let waits = |admitted: &Admitted| {
+            admitted.sync || (admitted.replicated.is_some() && admitted.acks != Acks::Leader)
+        };
         match appended {
             Err(e) => {
                 drop(in_flight);
                 let e = in_partition(&topic, index, e);
                 let _ = responses.send(Ok(error_response(id, e))).await;
             }
-            Ok((info, None)) => {
+            Ok((info, _)) if !waits(&admitted) => {
                 drop(in_flight);
                 let _ = responses.send(Ok(response(id, info))).await;
             }
-            Ok((info, Some(ticket))) => {
+            Ok((info, ticket)) => {
                 let responses = responses.clone();
-                let log = Arc::clone(&partition.log);
+                let state = Arc::clone(&state);
                 durable_waits.spawn(async move {
-                    let synced = wait_synced(log, ticket, &topic, index).await;
+                    let acknowledged =
+                        acknowledge(&state, &admitted, &info, ticket, &topic, index).await;
                     drop(in_flight);
-                    let answer = match synced {
+                    let answer = match acknowledged {
                         Ok(()) => response(id, info),
                         Err(e) => error_response(id, e),
                     };

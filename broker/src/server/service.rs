@@ -112,7 +112,7 @@ impl Weir for WeirService {
         }
         let partition = self
             .state
-            .partition(&req.topic, req.partition)
+            .leader_partition(&req.topic, req.partition)
             .map_err(to_status)?;
         fetch::check_start(&partition.log, req.offset).map_err(storage_status)?;
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
@@ -145,19 +145,25 @@ impl Weir for WeirService {
         };
         let mut logs = Vec::with_capacity(wanted.len());
         for p in wanted {
-            let partition = self.state.partition(&req.topic, p).map_err(to_status)?;
-            logs.push((p, Arc::clone(&partition.log)));
+            let partition = self
+                .state
+                .leader_partition(&req.topic, p)
+                .map_err(to_status)?;
+            logs.push((p, partition));
         }
         // Off the runtime threads: a time lookup takes partition locks and may open segments.
         let offsets = tokio::task::spawn_blocking(move || {
             logs.into_iter()
-                .map(|(partition, log)| {
+                .map(|(partition, held)| {
+                    let log = &held.log;
+                    // Consumers' offsets: never past the high watermark.
                     let offset = match spec {
                         OffsetSpec::Earliest => log.log_start_offset(),
-                        OffsetSpec::Latest => log.high_watermark(),
+                        OffsetSpec::Latest => held.high_watermark(),
                         OffsetSpec::Timestamp => log
                             .offset_for_time(req.timestamp_ms)?
-                            .unwrap_or_else(|| log.high_watermark()),
+                            .filter(|&o| o < held.high_watermark())
+                            .unwrap_or_else(|| held.high_watermark()),
                     };
                     Ok(PartitionOffset { partition, offset })
                 })
@@ -361,7 +367,7 @@ impl WeirService {
         for p in &mut description.partitions {
             if let Ok(held) = local.partition(p.partition) {
                 p.log_start_offset = held.log.log_start_offset();
-                p.high_watermark = held.log.high_watermark();
+                p.high_watermark = held.high_watermark();
                 p.size_bytes = held.log.size_bytes();
                 p.offsets_known = true;
             }

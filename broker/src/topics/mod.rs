@@ -17,6 +17,7 @@ pub mod meta;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::watch;
@@ -68,39 +69,110 @@ pub enum TopicError {
 
 pub type Result<T, E = TopicError> = std::result::Result<T, E>;
 
-/// One partition as the network layers see it: its log, and a signal raised after appends so
-/// followers wait for data instead of polling.
+/// One partition as the network layers see it: its log, its high watermark, and the signals
+/// fetches wait on instead of polling.
+///
+/// Two marks, two signals:
+/// - the log end (`log.high_watermark()` in the engine's words: the offset the next appended
+///   record gets), raised after appends: what a follower replicating the partition reads up to;
+/// - the high watermark (committed offset): what consumers read below. Without replication it
+///   follows the log end at every append; on a replicated partition the replication layer
+///   (`crate::replica`) moves it, once the in-sync replicas hold the records.
+///
+/// Invariant: `high_watermark() <= log end`, except for the moment between a follower's
+/// truncation and [`Partition::clamp_to_log_end`].
 pub struct Partition {
     pub log: Arc<PartitionLog>,
     appended: watch::Sender<u64>,
+    committed: watch::Sender<u64>,
+    /// Whether replication owns the high watermark.
+    replicated: AtomicBool,
 }
 
 impl Partition {
     fn new(log: Arc<PartitionLog>) -> Self {
         let (appended, _) = watch::channel(log.high_watermark());
-        Partition { log, appended }
+        let (committed, _) = watch::channel(log.high_watermark());
+        Partition {
+            log,
+            appended,
+            committed,
+            replicated: AtomicBool::new(false),
+        }
     }
 
-    /// Tells followers the high watermark moved. Called after every append attempt: a refused
-    /// or duplicate batch moves nothing and wakes nobody.
+    /// The offset consumers read below (see the type's docs).
+    pub fn high_watermark(&self) -> u64 {
+        *self.committed.borrow()
+    }
+
+    /// The offset the next appended record gets.
+    pub fn log_end(&self) -> u64 {
+        self.log.high_watermark()
+    }
+
+    /// Tells fetches the log end moved (and, without replication, the high watermark with
+    /// it). Called after every append attempt: a refused or duplicate batch moves nothing and
+    /// wakes nobody.
     pub fn notify_appended(&self) {
-        let high_watermark = self.log.high_watermark();
+        let log_end = self.log.high_watermark();
         self.appended.send_if_modified(|seen| {
+            let moved = *seen != log_end;
+            *seen = log_end;
+            moved
+        });
+        if !self.replicated.load(Ordering::Acquire) {
+            self.set_high_watermark(log_end);
+        }
+    }
+
+    /// Hands the high watermark to replication (`true`) or back to the log end (`false`).
+    pub fn set_replicated(&self, replicated: bool) {
+        self.replicated.store(replicated, Ordering::Release);
+        if !replicated {
+            self.set_high_watermark(self.log.high_watermark());
+        }
+    }
+
+    pub fn is_replicated(&self) -> bool {
+        self.replicated.load(Ordering::Acquire)
+    }
+
+    /// Sets the high watermark (capped by the log end) and wakes the consumers waiting on it.
+    pub fn set_high_watermark(&self, high_watermark: u64) {
+        let high_watermark = high_watermark.min(self.log.high_watermark());
+        self.committed.send_if_modified(|seen| {
             let moved = *seen != high_watermark;
             *seen = high_watermark;
             moved
         });
     }
 
-    /// Wakes every follower: the partition is gone, and their next read says so.
-    fn notify_gone(&self) {
-        self.appended.send_modify(|_| {});
+    /// After a truncation: the high watermark never stays above the log end, and fetches
+    /// waiting on the log end learn it moved.
+    pub fn clamp_to_log_end(&self) {
+        let log_end = self.log.high_watermark();
+        if self.high_watermark() > log_end {
+            self.set_high_watermark(log_end);
+        }
+        self.appended.send_replace(log_end);
     }
 
-    /// A receiver that wakes on appends after this call (subscribe before reading, then a
-    /// `changed()` after an empty read cannot miss an append).
+    /// Wakes every fetch: the partition is gone, and their next read says so.
+    fn notify_gone(&self) {
+        self.appended.send_modify(|_| {});
+        self.committed.send_modify(|_| {});
+    }
+
+    /// A receiver that wakes when the log end moves after this call (subscribe before reading,
+    /// then a `changed()` after an empty read cannot miss an append).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.appended.subscribe()
+    }
+
+    /// A receiver that wakes when the high watermark moves after this call.
+    pub fn subscribe_committed(&self) -> watch::Receiver<u64> {
+        self.committed.subscribe()
     }
 }
 

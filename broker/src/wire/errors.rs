@@ -46,7 +46,13 @@ pub fn storage_error(e: &StorageError) -> Error {
             error.actual_offset = *actual;
             return error;
         }
-        StorageError::Io { .. }
+        // Replication's own misuse of the log (a follower out of step with its leader): never
+        // a client's request.
+        StorageError::ReplicaOffsetMismatch { .. }
+        | StorageError::EpochNotNewer { .. }
+        | StorageError::EpochStartBeforeLatest { .. }
+        | StorageError::EpochStartPastLogEnd { .. }
+        | StorageError::Io { .. }
         | StorageError::PartitionExists(_)
         | StorageError::DirLocked(_)
         | StorageError::Corrupt { .. } => ErrorCode::Internal,

@@ -57,6 +57,10 @@ struct Args {
     /// [default: 6000].
     #[arg(long, env = "WEIR_BROKER_LEASE_MS")]
     broker_lease_ms: Option<u64>,
+    /// Milliseconds a follower may lag its leader's log end before it leaves the in-sync set
+    /// [default: 10000].
+    #[arg(long, env = "WEIR_REPLICA_LAG_TIME_MAX_MS")]
+    replica_lag_time_max_ms: Option<u64>,
     /// Data directory [default: ./weir-data].
     #[arg(long, env = "WEIR_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -146,6 +150,7 @@ impl Args {
         set!(external_advertised = self.external_advertised.map(Some));
         set!(external_data_advertised = self.external_data_advertised.map(Some));
         set!(broker_lease_ms = self.broker_lease_ms);
+        set!(replica_lag_time_max_ms = self.replica_lag_time_max_ms);
         set!(data_dir = self.data_dir);
         set!(listen = self.listen);
         set!(data_listen = self.data_listen);

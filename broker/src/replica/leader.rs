@@ -1,0 +1,661 @@
+//! The leader's side of replication: taking an epoch, answering followers' fetches, moving the
+//! high watermark and the durable watermark, admitting and acknowledging produce, and keeping
+//! the in-sync set (ISR) honest by proposals to the controller.
+//!
+//! Every decision is weir-replication's (`weir_replication::leader`, `Rules::ALL`):
+//! - a fetch is checked against the leader's epoch and epoch history (`check_fetch`, rules 2
+//!   and 8), and counts as the follower's progress only when it is served (`record_fetch`);
+//! - the high watermark is `high_watermark` over the maximal ISR (rule 4), frozen while the
+//!   confirmed ISR is below `min_insync_replicas` (rule 5);
+//! - a follower joins only through `expansion_member` (rule 6, with the broker epoch of its
+//!   fetch for the controller to check, KIP-903; rule 9: not before the high watermark is
+//!   final) and leaves through `out_of_sync` after `replica_lag_time_max`;
+//! - produce with `acks=all`/`durable` is admitted by `may_accept_produce` (NOT_ENOUGH_REPLICAS
+//!   while the ISR is too small, rule 5; refused once the lease lapsed, rule 12).
+//!
+//! The durable watermark (for `acks=durable` on a replicated topic) is the lowest synced offset
+//! over the same counted members: the leader's recovery point and each follower's
+//! `durable_offset` from its latest fetch in this epoch, never above the high watermark.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+use weir_proto::data_port::{EpochEntry, FetchFrame, ReplicaFetch};
+use weir_proto::status;
+use weir_proto::v1::{AlterPartitionRequest, Error, ErrorCode, IsrMember as WireIsrMember};
+use weir_replication::leader::{
+    FetchDecision, FetchRequest, FollowerProgress, HwInput, IsrView, ProduceError, check_fetch,
+    expansion_member, high_watermark, may_accept_produce, out_of_sync, record_fetch,
+};
+use weir_replication::{
+    AlterError, BrokerEpoch, BrokerId, EpochHistory, IsrMember, LeaderEpoch, PartitionState, Rules,
+};
+
+use super::{Replica, ReplicaManager, Role, lock};
+
+/// How often leaders check their followers' lag and eligibility.
+const ISR_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+/// How long an ISR proposal waits for its outcome before it is sent again.
+const PROPOSAL_RESEND: Duration = Duration::from_secs(2);
+/// How often a produce waiting for the replicas rechecks that this broker still leads.
+const LEADERSHIP_RECHECK: Duration = Duration::from_millis(100);
+
+/// What a leader keeps about one follower.
+#[derive(Debug, Clone)]
+pub(crate) struct FollowerInfo {
+    progress: Option<FollowerProgress>,
+    /// The last time the follower's fetch reached the leader's log end (Kafka's
+    /// lastCaughtUpTimeMs): the fetch offset was at or past the log end the leader had when it
+    /// answered the follower's previous fetch.
+    caught_up_at: Instant,
+    /// The leader's log end when it answered this follower's last fetch.
+    log_end_at_last_fetch: u64,
+    last_fetch_at: Instant,
+    /// The follower's log is synced below this (from its latest fetch in this epoch).
+    durable: u64,
+}
+
+/// The leader's state for one partition.
+pub(crate) struct LeaderState {
+    pub(crate) epoch: LeaderEpoch,
+    /// The log end when this broker took the epoch: the epoch's first offset.
+    epoch_start: u64,
+    /// The partition state as last learned from the controller.
+    state: PartitionState,
+    isr: IsrView,
+    followers: BTreeMap<BrokerId, FollowerInfo>,
+    /// The epoch history as of taking the epoch (a leader never truncates).
+    history: EpochHistory,
+    /// When the outstanding ISR proposal was last sent (it is sent again after
+    /// [`PROPOSAL_RESEND`] without an outcome: an answer may have been lost).
+    proposal_sent_at: Option<Instant>,
+}
+
+impl LeaderState {
+    /// A newer partition state from the controller (same leader epoch).
+    pub(crate) fn on_state(&mut self, state: &PartitionState) {
+        self.isr.on_state(state);
+        if state.partition_epoch >= self.state.partition_epoch {
+            self.state = state.clone();
+        }
+        let now = Instant::now();
+        for &replica in &state.replicas {
+            self.followers
+                .entry(replica)
+                .or_insert_with(|| new_follower(now));
+        }
+    }
+}
+
+fn new_follower(now: Instant) -> FollowerInfo {
+    FollowerInfo {
+        progress: None,
+        caught_up_at: now,
+        log_end_at_last_fetch: 0,
+        last_fetch_at: now,
+        durable: 0,
+    }
+}
+
+fn name(replica: &Replica) -> String {
+    format!("{}-{}", replica.topic, replica.index)
+}
+
+/// Takes leadership of `replica` in `state.leader_epoch`: records the epoch at the log end
+/// (durably, rule 2) once no follower write can still be running, then starts leading.
+pub(crate) fn become_leader(
+    manager: Arc<ReplicaManager>,
+    replica: Arc<Replica>,
+    state: PartitionState,
+) {
+    tokio::spawn(async move {
+        let _writer = replica.writer.lock().await;
+        let log = Arc::clone(&replica.partition.log);
+        let epoch = state.leader_epoch;
+        let taken = tokio::task::spawn_blocking(move || {
+            let start = log.high_watermark();
+            log.assign_epoch(epoch, start)?;
+            Ok::<_, weir_storage::StorageError>((start, log.epoch_history()))
+        })
+        .await;
+        let (start, history) = match taken {
+            Ok(Ok(taken)) => taken,
+            Ok(Err(e)) => {
+                warn!(partition = %name(&replica), error = %e, "cannot record the new leader epoch; not leading");
+                return;
+            }
+            Err(e) => {
+                warn!(partition = %name(&replica), error = %e, "epoch task failed; not leading");
+                return;
+            }
+        };
+        {
+            let mut role = lock(&replica.role);
+            match &mut *role {
+                Role::Offline { epoch: e } if *e == epoch => {}
+                // A newer picture of the same epoch arrived meanwhile and took the lead first.
+                Role::Leader(l) if l.epoch == epoch => {
+                    l.on_state(&state);
+                    return;
+                }
+                _ => return, // the epoch moved on while the epoch was recorded
+            }
+            let now = Instant::now();
+            let followers = state
+                .replicas
+                .iter()
+                .filter(|&&b| b != BrokerId(manager.node_id()))
+                .map(|&b| (b, new_follower(now)))
+                .collect();
+            info!(partition = %name(&replica), epoch = epoch.0, epoch_start = start, high_watermark = replica.partition.high_watermark(), "took the leader epoch");
+            *role = Role::Leader(Box::new(LeaderState {
+                epoch,
+                epoch_start: start,
+                isr: IsrView::new(&state),
+                state,
+                followers,
+                history,
+                proposal_sent_at: None,
+            }));
+        }
+        recompute(&replica, &manager);
+    });
+}
+
+/// Recomputes the high watermark and the durable watermark of a partition this broker leads
+/// (after an append, a follower's fetch, or a new ISR).
+pub(crate) fn recompute(replica: &Replica, manager: &ReplicaManager) {
+    let role = lock(&replica.role);
+    let Role::Leader(l) = &*role else {
+        return;
+    };
+    let me = BrokerId(manager.node_id());
+    let log_end = replica.partition.log_end();
+    let counted = l.isr.counted(&Rules::ALL);
+    let progress: Vec<(BrokerId, Option<FollowerProgress>)> = counted
+        .iter()
+        .filter(|&&b| b != me)
+        .map(|&b| (b, l.followers.get(&b).and_then(|f| f.progress)))
+        .collect();
+    let min_insync = *lock(&replica.min_insync);
+    let hw = high_watermark(
+        &HwInput {
+            current: replica.partition.high_watermark(),
+            leader: me,
+            leader_epoch: l.epoch,
+            leader_log_end: log_end,
+            counted: &counted,
+            committed_isr_len: l.isr.committed().len(),
+            min_insync,
+            progress: &progress,
+        },
+        &Rules::ALL,
+    );
+    debug_assert!(hw >= replica.partition.high_watermark().min(log_end));
+    // The lowest synced offset over the counted members, never above the high watermark.
+    let mut durable = replica.partition.log.recovery_point().min(hw);
+    for (b, p) in &progress {
+        let synced = match (p, l.followers.get(b)) {
+            (Some(p), Some(f)) if p.leader_epoch == l.epoch => f.durable,
+            _ => 0,
+        };
+        durable = durable.min(synced);
+    }
+    drop(role);
+    replica.partition.set_high_watermark(hw);
+    replica.durable.send_if_modified(|seen| {
+        let moved = durable > *seen;
+        if moved {
+            *seen = durable;
+        }
+        moved
+    });
+}
+
+/// How a leader answers a follower's fetch.
+pub enum ReplicaFetchAnswer {
+    /// Serve from the fetch offset; first send these epochs the follower lacks.
+    Serve {
+        epochs: Vec<EpochEntry>,
+    },
+    /// The follower's log diverges: the leader's end of the follower's last epoch.
+    Diverging(EpochEntry),
+    Refuse(Error),
+}
+
+/// Checks a follower's fetch and, when it is served, counts it as the follower's progress.
+pub fn on_replica_fetch(
+    replica: &Replica,
+    manager: &ReplicaManager,
+    frame: &FetchFrame,
+    fetch: &ReplicaFetch,
+) -> ReplicaFetchAnswer {
+    let follower = BrokerId(fetch.replica_id);
+    let answer = {
+        let mut role = lock(&replica.role);
+        let Role::Leader(l) = &mut *role else {
+            let code = if role.epoch().0 < fetch.leader_epoch {
+                ErrorCode::UnknownLeaderEpoch
+            } else {
+                ErrorCode::NotLeader
+            };
+            return ReplicaFetchAnswer::Refuse(status::error(
+                code,
+                format!(
+                    "{}: broker {} does not lead epoch {}",
+                    name(replica),
+                    manager.node_id(),
+                    fetch.leader_epoch
+                ),
+            ));
+        };
+        if follower.0 == manager.node_id() || !l.state.replicas.contains(&follower) {
+            return ReplicaFetchAnswer::Refuse(status::error(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "{}: broker {} is not one of its followers",
+                    name(replica),
+                    follower.0
+                ),
+            ));
+        }
+        let log_end = replica.partition.log_end();
+        let request = FetchRequest {
+            leader_epoch: LeaderEpoch(fetch.leader_epoch),
+            offset: frame.offset,
+            last_epoch: (fetch.last_fetched_epoch > 0)
+                .then_some(LeaderEpoch(fetch.last_fetched_epoch)),
+        };
+        match check_fetch(l.epoch, &l.history, log_end, &request, &Rules::ALL) {
+            FetchDecision::FencedLeaderEpoch => ReplicaFetchAnswer::Refuse(status::error(
+                ErrorCode::FencedLeaderEpoch,
+                format!(
+                    "{}: the follower fetches in epoch {}, the leader is in {}",
+                    name(replica),
+                    fetch.leader_epoch,
+                    l.epoch.0
+                ),
+            )),
+            FetchDecision::UnknownLeaderEpoch => ReplicaFetchAnswer::Refuse(status::error(
+                ErrorCode::UnknownLeaderEpoch,
+                format!(
+                    "{}: the follower fetches in epoch {}, this leader knows only {}",
+                    name(replica),
+                    fetch.leader_epoch,
+                    l.epoch.0
+                ),
+            )),
+            FetchDecision::Diverging { epoch, end_offset } => {
+                ReplicaFetchAnswer::Diverging(EpochEntry {
+                    epoch: epoch.map_or(0, |e| e.0),
+                    offset: end_offset,
+                })
+            }
+            // Only without the epoch check (a rule the model turns off): cut to the log end.
+            FetchDecision::OutOfRange { log_end } => ReplicaFetchAnswer::Diverging(EpochEntry {
+                epoch: l.epoch.0,
+                offset: log_end,
+            }),
+            FetchDecision::Serve => {
+                let now = Instant::now();
+                let epoch = l.epoch;
+                let info = l
+                    .followers
+                    .entry(follower)
+                    .or_insert_with(|| new_follower(now));
+                let progress = FollowerProgress {
+                    log_end: frame.offset,
+                    leader_epoch: epoch,
+                    broker_epoch: BrokerEpoch(fetch.broker_epoch),
+                };
+                let stale_start = info
+                    .progress
+                    .is_some_and(|p| p.broker_epoch > progress.broker_epoch);
+                if !stale_start {
+                    if let Some(p) = record_fetch(info.progress, progress) {
+                        info.progress = Some(p);
+                    }
+                    info.durable = fetch.durable_offset.min(frame.offset);
+                    if frame.offset >= info.log_end_at_last_fetch || frame.offset >= log_end {
+                        info.caught_up_at = if frame.offset >= log_end {
+                            now
+                        } else {
+                            info.last_fetch_at
+                        };
+                    }
+                    info.log_end_at_last_fetch = log_end;
+                    info.last_fetch_at = now;
+                }
+                let epochs = l
+                    .history
+                    .entries()
+                    .iter()
+                    .filter(|&&(e, _)| e.0 > fetch.last_fetched_epoch)
+                    .map(|&(e, start)| EpochEntry {
+                        epoch: e.0,
+                        offset: start,
+                    })
+                    .collect();
+                ReplicaFetchAnswer::Serve { epochs }
+            }
+        }
+    };
+    if matches!(answer, ReplicaFetchAnswer::Serve { .. }) {
+        recompute(replica, manager);
+    }
+    answer
+}
+
+/// Why a produce is not admitted on a replicated partition.
+pub enum ProduceRefusal {
+    /// This broker does not lead the partition (the caller names the leader).
+    NotLeading,
+    Refused(Error),
+}
+
+/// Admits a produce on a partition this broker leads: `needs_isr` for `acks=all` and
+/// `acks=durable` (NOT_ENOUGH_REPLICAS while the confirmed ISR is below the minimum, rule 5),
+/// and never once the lease lapsed (rule 12: the controller may have elected another leader).
+/// Returns the epoch the produce is admitted in.
+pub fn admit_produce(
+    replica: &Replica,
+    needs_isr: bool,
+    lease_valid: bool,
+) -> Result<LeaderEpoch, ProduceRefusal> {
+    let role = lock(&replica.role);
+    let Role::Leader(l) = &*role else {
+        return Err(ProduceRefusal::NotLeading);
+    };
+    let min_insync = *lock(&replica.min_insync);
+    let isr_len = if needs_isr {
+        l.isr.committed().len()
+    } else {
+        usize::MAX
+    };
+    match may_accept_produce(isr_len, min_insync, lease_valid) {
+        Ok(()) => Ok(l.epoch),
+        Err(ProduceError::NotEnoughReplicas) => Err(ProduceRefusal::Refused(status::error(
+            ErrorCode::NotEnoughReplicas,
+            format!(
+                "{}: {} in-sync replica(s) {:?}, the topic needs {min_insync}; nothing was appended",
+                name(replica),
+                l.isr.committed().len(),
+                l.isr.committed().iter().map(|b| b.0).collect::<Vec<_>>()
+            ),
+        ))),
+        Err(ProduceError::LeaseExpired) => Err(ProduceRefusal::Refused(status::error(
+            ErrorCode::PartitionUnavailable,
+            format!(
+                "{}: this leader cannot reach the controller and its lease lapsed, so another \
+                 replica may lead by now; nothing was appended. Retry (clients refresh metadata)",
+                name(replica)
+            ),
+        ))),
+    }
+}
+
+/// After a leader's append: the high watermark may move at once (an ISR of one).
+pub fn on_leader_append(replica: &Replica, manager: &ReplicaManager) {
+    recompute(replica, manager);
+}
+
+/// Which watermark an acknowledgement waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckLevel {
+    /// `acks=all`: the high watermark (in every counted replica's log).
+    Replicated,
+    /// `acks=durable`: the durable watermark (synced by every counted replica).
+    Durable,
+}
+
+/// Waits until the batch ending before `offset_after`, appended in `epoch`, may be
+/// acknowledged at `level`: the watermark passed it while this broker still led that epoch
+/// with a valid lease (`may_acknowledge`, rule 12). Fails with
+/// NOT_ENOUGH_REPLICAS_AFTER_APPEND when leadership or the lease is lost first, or after the
+/// produce timeout.
+pub async fn wait_acknowledgeable(
+    replica: &Replica,
+    manager: &ReplicaManager,
+    epoch: LeaderEpoch,
+    offset_after: u64,
+    level: AckLevel,
+    lease_valid: &(dyn Fn() -> bool + Send + Sync),
+) -> Result<(), Error> {
+    let mut moved = match level {
+        AckLevel::Replicated => replica.partition.subscribe_committed(),
+        AckLevel::Durable => {
+            want_sync(replica, offset_after);
+            replica.durable.subscribe()
+        }
+    };
+    let deadline = tokio::time::Instant::now() + manager.config().produce_timeout;
+    let failed = |why: String| {
+        status::error(
+            ErrorCode::NotEnoughReplicasAfterAppend,
+            format!(
+                "{}: the batch ending at offset {} was appended but {why}; it may or may not be \
+                 committed (an idempotent producer's retry is stored once)",
+                name(replica),
+                offset_after.saturating_sub(1)
+            ),
+        )
+    };
+    loop {
+        let mark = match level {
+            AckLevel::Replicated => replica.partition.high_watermark(),
+            AckLevel::Durable => *replica.durable.borrow(),
+        };
+        if replica.leading() != Some(epoch) {
+            return Err(failed(format!(
+                "this broker stopped leading epoch {} before the in-sync replicas confirmed it",
+                epoch.0
+            )));
+        }
+        if !lease_valid() {
+            return Err(failed(
+                "this leader's lease with the controller lapsed before the in-sync replicas confirmed it".into(),
+            ));
+        }
+        if weir_replication::leader::may_acknowledge(offset_after - 1, mark, true) {
+            return Ok(());
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(failed(format!(
+                "the in-sync replicas did not confirm it within {:?}",
+                manager.config().produce_timeout
+            )));
+        }
+        let wake = deadline.min(now + LEADERSHIP_RECHECK);
+        let _ = tokio::time::timeout_at(wake, moved.changed()).await;
+    }
+}
+
+/// Records that an `acks=durable` produce waits for the replicas to sync below
+/// `offset_after`. Called right after the append, before fetches are woken, so the answer that
+/// carries the batch to a follower also asks it to sync.
+pub fn want_sync(replica: &Replica, offset_after: u64) {
+    replica
+        .sync_wanted
+        .fetch_max(offset_after, Ordering::AcqRel);
+}
+
+/// Whether a follower whose log is synced below `durable_offset` should sync now: an
+/// `acks=durable` produce waits past it.
+pub fn sync_wanted(replica: &Replica, durable_offset: u64) -> bool {
+    replica.sync_wanted.load(Ordering::Acquire) > durable_offset
+}
+
+/// Runs the leaders' ISR checks until shutdown: every [`ISR_CHECK_INTERVAL`], each partition
+/// led here proposes dropping followers that lag past `replica_lag_time_max` or adding one
+/// that caught up (one proposal in flight per partition).
+pub async fn maintain(manager: Arc<ReplicaManager>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(ISR_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|&s| s) => return,
+        }
+        for replica in manager.all() {
+            if let Some(request) = proposal(&replica, &manager) {
+                let manager = Arc::clone(&manager);
+                tokio::spawn(async move { send_proposal(&manager, &replica, request).await });
+            }
+        }
+    }
+}
+
+/// The ISR change `replica`'s leader should propose now, if any (or the outstanding one, to
+/// send again).
+fn proposal(
+    replica: &Replica,
+    manager: &ReplicaManager,
+) -> Option<weir_replication::AlterIsrRequest> {
+    let mut role = lock(&replica.role);
+    let Role::Leader(l) = &mut *role else {
+        return None;
+    };
+    let now = Instant::now();
+    if let Some(pending) = l.isr.pending() {
+        let due = l
+            .proposal_sent_at
+            .is_none_or(|t| now.duration_since(t) >= PROPOSAL_RESEND);
+        if !due {
+            return None;
+        }
+        let pending = pending.clone();
+        l.proposal_sent_at = Some(now);
+        return Some(pending);
+    }
+    let me = BrokerId(manager.node_id());
+    let log_end = replica.partition.log_end();
+    let hw = replica.partition.high_watermark();
+    let lag_max = manager.config().lag_time_max;
+    let maximal = l.isr.maximal();
+    let lagging: Vec<BrokerId> = maximal
+        .iter()
+        .copied()
+        .filter(|&b| b != me)
+        .filter(|b| {
+            let (progress, caught_up_at) = l
+                .followers
+                .get(b)
+                .map_or((None, now), |f| (f.progress, f.caught_up_at));
+            out_of_sync(
+                progress,
+                l.epoch,
+                log_end,
+                now.duration_since(caught_up_at) > lag_max,
+            )
+        })
+        .collect();
+    let new_isr: Vec<BrokerId> = if !lagging.is_empty() {
+        maximal
+            .iter()
+            .copied()
+            .filter(|b| !lagging.contains(b))
+            .collect()
+    } else {
+        let joining = l.state.replicas.iter().copied().find_map(|b| {
+            let progress = l.followers.get(&b).and_then(|f| f.progress);
+            expansion_member(b, &l.isr, progress, l.epoch, hw, l.epoch_start, &Rules::ALL).ok()
+        })?;
+        let mut isr = maximal.clone();
+        isr.push(joining.broker);
+        isr.sort();
+        isr
+    };
+    let members: Vec<IsrMember> = new_isr
+        .iter()
+        .map(|&b| IsrMember {
+            broker: b,
+            broker_epoch: if b == me {
+                BrokerEpoch(manager.broker_epoch())
+            } else {
+                l.followers
+                    .get(&b)
+                    .and_then(|f| f.progress)
+                    .map_or(BrokerEpoch(0), |p| p.broker_epoch)
+            },
+        })
+        .collect();
+    let min_insync = *lock(&replica.min_insync);
+    let request = l.isr.propose(me, l.epoch, members, min_insync).ok()?;
+    l.proposal_sent_at = Some(now);
+    if lagging.is_empty() {
+        info!(partition = %name(replica), isr = ?new_isr, "proposing to add a caught-up follower to the in-sync set");
+    } else {
+        warn!(partition = %name(replica), ?lagging, lag_max = ?lag_max, "proposing to drop lagging followers from the in-sync set");
+    }
+    Some(request)
+}
+
+/// Sends an ISR proposal to the controller and settles it with the answer (rule 4: rolled
+/// back only on a definite refusal; a lost or stale answer leaves it counting until a newer
+/// partition state arrives).
+async fn send_proposal(
+    manager: &ReplicaManager,
+    replica: &Replica,
+    request: weir_replication::AlterIsrRequest,
+) {
+    let wire = AlterPartitionRequest {
+        topic: replica.topic.to_string(),
+        topic_id: replica.topic_id.clone(),
+        partition: replica.index,
+        leader: request.leader.0,
+        leader_epoch: request.leader_epoch.0,
+        partition_epoch: request.partition_epoch.0,
+        new_isr: request
+            .new_isr
+            .iter()
+            .map(|m| WireIsrMember {
+                broker: m.broker.0,
+                broker_epoch: m.broker_epoch.0,
+            })
+            .collect(),
+    };
+    let result: Result<PartitionState, AlterError> = match manager
+        .controller()
+        .alter_partition(wire)
+        .await
+    {
+        Ok(answer) => match answer.state {
+            Some(state) => Ok(super::partition_state(&state)),
+            None => return,
+        },
+        Err(e) => match ErrorCode::try_from(e.code) {
+            Ok(ErrorCode::FencedLeaderEpoch) => Err(AlterError::FencedLeaderEpoch),
+            Ok(ErrorCode::NotLeader) => Err(AlterError::NotLeader),
+            Ok(ErrorCode::StalePartitionEpoch) => Err(AlterError::StalePartitionEpoch),
+            Ok(ErrorCode::IneligibleReplica | ErrorCode::InvalidRequest) => {
+                debug!(partition = %name(replica), error = %e.message, "the controller refused the in-sync set change");
+                Err(AlterError::Malformed)
+            }
+            // Unreachable controller, or a refusal that says nothing of the proposal:
+            // keep it outstanding; it is sent again.
+            _ => {
+                debug!(partition = %name(replica), error = %e.message, "in-sync set change not answered");
+                return;
+            }
+        },
+    };
+    {
+        let mut role = lock(&replica.role);
+        let Role::Leader(l) = &mut *role else {
+            return;
+        };
+        l.isr.on_response(&request, &result);
+        if let Ok(state) = &result {
+            l.on_state(state);
+            info!(partition = %name(replica), isr = ?state.isr.iter().map(|b| b.0).collect::<Vec<_>>(), partition_epoch = state.partition_epoch.0, "in-sync set changed");
+        }
+        if l.isr.pending().is_none() {
+            l.proposal_sent_at = None;
+        }
+    }
+    recompute(replica, manager);
+}
