@@ -191,6 +191,10 @@ impl BrokerConfig {
             flush_interval_ms: d.flush_interval_ms,
             max_batch_bytes: d.max_batch_bytes,
             key_index: false,
+            // Not storage settings: the log config built here does not read them.
+            replication_factor: 1,
+            min_insync_replicas: 1,
+            unclean_leader_election: false,
         };
         let default_log = settings.log_config(&LogConfig::default());
         default_log

@@ -2,9 +2,25 @@
 //! they learn (its version and the long poll that delivers it).
 //!
 //! Invariants:
-//! - A broker is alive while its lease runs: registration and every heartbeat renew it, and
-//!   [`Controller::tick`] marks down a broker whose lease lapsed. Going down and coming back
-//!   both bump the metadata version, since clients route by liveness.
+//! - A broker is alive (unfenced) from its first heartbeat that carries the current metadata
+//!   version until its grace lapses: every registration and heartbeat restarts the grace, and
+//!   [`Controller::tick`] fences a broker not heard from for `broker_lease`
+//!   ([`LeaseConfig::controller_may_fence`](weir_replication::lease::LeaseConfig)). Going down
+//!   and coming back both bump the metadata version, since clients route by liveness.
+//! - Fencing a broker `fence`s it in every partition it replicates (KIP-841: out of the ISR
+//!   except as its last member; a new leader from the live ISR if it led), and a broker coming
+//!   back (unfenced) triggers `elect` in every leaderless partition it replicates; both are
+//!   journaled before they take effect (rules 2, 3, 12).
+//! - Rule 12b: a heartbeat grants a lease (`lease_ms > 0`) only when the broker holds the
+//!   current metadata version ([`LeaseConfig::may_grant_lease`]); otherwise it is answered with
+//!   the metadata and `lease_ms` 0, and an unfenced broker stays fenced until it applied it.
+//!   A registration never grants a lease: the new start has applied nothing yet.
+//! - Every registration is a new broker start with a journaled broker epoch larger than every
+//!   earlier one (KIP-380, KIP-903); a heartbeat of another start of the broker is answered
+//!   `reregister`. A start after an unclean stop (`clean_start` false) leaves every ISR it was
+//!   in (rule 7, [`PartitionState::on_unclean_restart`]), except of partitions it is the only
+//!   replica of: there no other copy exists for it to be measured against, and leaving would
+//!   make the partition unavailable for good.
 //! - A heartbeat records the version its broker holds (what a topic change waits on, see
 //!   `topics`) and is answered with the whole picture whenever that version is not current:
 //!   at once, or as soon as it changes within the broker's wait (at most `MAX_HEARTBEAT_WAIT`).
@@ -21,8 +37,10 @@ use weir_proto::v1::{
     PlacedTopic, RegisterBrokerRequest,
 };
 
+use weir_replication::PartitionState;
+
 use super::state::{self, Event};
-use super::{Controller, Inner, Result, refuse};
+use super::{Controller, Inner, RULES, Result, partition_changes, refuse};
 use crate::wire;
 
 /// The longest a broker heartbeat is held open.
@@ -41,16 +59,24 @@ impl Controller {
             .state
             .topics
             .values()
-            .map(|t| PlacedTopic {
-                description: Some(wire::describe_topic(
-                    &t.meta,
-                    t.placement,
-                    &t.leaders,
-                    &brokers,
-                )),
-                topic_id: t.meta.id(),
-                leaders: t.leaders.clone(),
-                partitions: Vec::new(),
+            .map(|t| {
+                let states: Vec<PartitionState> =
+                    t.partitions.iter().map(PartitionState::from).collect();
+                let min_insync = t.meta.settings.min_insync_replicas;
+                PlacedTopic {
+                    description: Some(wire::describe_topic(
+                        &t.meta,
+                        t.placement,
+                        &states,
+                        &brokers,
+                    )),
+                    topic_id: t.meta.id(),
+                    leaders: t.leaders.clone(),
+                    partitions: states
+                        .iter()
+                        .map(|s| wire::partition_state_to_wire(s, min_insync))
+                        .collect(),
+                }
             })
             .collect();
         ClusterMetadata {
@@ -82,17 +108,38 @@ impl Controller {
             .collect()
     }
 
-    fn heartbeat_answer(&self, inner: &Inner, with_metadata: bool) -> BrokerHeartbeatResponse {
+    /// Whether a broker holding metadata `known` may get a lease now (rule 12b). A version of
+    /// another controller incarnation was never this one's, so it counts as nothing applied.
+    fn may_grant_lease(&self, inner: &Inner, known: u64) -> bool {
+        let applied = (known >> 32 == self.incarnation).then_some(known);
+        self.lease
+            .may_grant_lease(applied, self.current_version(inner.live.counter), &RULES)
+    }
+
+    /// The answer to `broker`'s registration or heartbeat. It grants a lease only with `grant`
+    /// (the caller checked rule 12b).
+    fn heartbeat_answer(
+        &self,
+        inner: &Inner,
+        broker: u32,
+        with_metadata: bool,
+        grant: bool,
+    ) -> BrokerHeartbeatResponse {
         BrokerHeartbeatResponse {
             metadata: with_metadata.then(|| self.metadata_locked(inner)),
             reregister: false,
-            lease_ms: self.config.broker_lease.as_millis() as u32,
-            broker_epoch: 0,
+            lease_ms: if grant {
+                self.config.broker_lease.as_millis() as u32
+            } else {
+                0
+            },
+            broker_epoch: inner.state.broker_epochs.get(&broker).copied().unwrap_or(0),
         }
     }
 
-    /// A broker (re)announces itself; topics it holds that the controller does not know (and
-    /// that were not deleted) are adopted as placed on it.
+    /// A broker (re)announces itself: a new start, with a new broker epoch (see the module
+    /// docs). Topics it holds that the controller does not know (and that were not deleted)
+    /// are adopted as placed on it.
     pub async fn register_broker(
         self: &Arc<Self>,
         req: RegisterBrokerRequest,
@@ -104,71 +151,144 @@ impl Controller {
             ));
         }
         self.change(move |this, inner| {
+            let id = req.broker_id;
             let mut events = Vec::new();
             let record = state::BrokerRecord {
-                id: req.broker_id,
+                id,
                 address: req.address.clone(),
                 data_address: req.data_address.clone(),
                 external_address: req.external_address.clone(),
                 external_data_address: req.external_data_address.clone(),
             };
-            if inner.state.brokers.get(&req.broker_id) != Some(&record) {
+            if inner.state.brokers.get(&id) != Some(&record) {
                 events.push(Event::BrokerRegistered(record));
             }
-            this.adopt_local_topics(&inner.state, req.broker_id, &req.local_topics, &mut events);
-            let changed = !events.is_empty();
+            this.adopt_local_topics(&inner.state, id, &req.local_topics, &mut events);
+            let epoch = inner.state.next_broker_epoch();
+            debug_assert!(inner.state.broker_epochs.values().all(|&e| e < epoch));
+            if !req.clean_start {
+                // `on_unclean_restart` leaves the broker's new start out of the picture
+                // anyway (it must not be elected in place of the one that left).
+                let live = inner.live_brokers(Some(id));
+                let broker = weir_replication::BrokerId(id);
+                events.extend(partition_changes(&inner.state, id, |topic, s| {
+                    if s.replicas.len() < 2 {
+                        return None;
+                    }
+                    s.on_unclean_restart(
+                        broker,
+                        &live,
+                        &RULES,
+                        topic.meta.settings.unclean_leader_election,
+                    )
+                }));
+            }
+            let visible = !events.is_empty();
+            events.push(Event::BrokerStarted {
+                broker: id,
+                broker_epoch: epoch,
+            });
             inner.record(events)?;
-            let newly_alive = inner.live.alive.insert(req.broker_id);
-            inner
-                .live
-                .lease_until
-                .insert(req.broker_id, Instant::now() + this.config.broker_lease);
-            if changed || newly_alive {
-                info!(broker = req.broker_id, address = %req.address, "broker registered");
+            debug_assert_eq!(inner.state.broker_epochs.get(&id), Some(&epoch));
+            inner.live.heard_at.insert(id, Instant::now());
+            info!(
+                broker = id,
+                address = %req.address,
+                broker_epoch = epoch,
+                clean_start = req.clean_start,
+                "broker registered"
+            );
+            if visible {
                 this.bump(&mut inner.live);
             }
-            Ok(this.heartbeat_answer(inner, true))
+            Ok(this.heartbeat_answer(inner, id, true, false))
         })
         .await
     }
 
     /// A broker's lease renewal and metadata long poll (see the module docs).
     pub async fn broker_heartbeat(
-        &self,
+        self: &Arc<Self>,
         req: BrokerHeartbeatRequest,
     ) -> Result<BrokerHeartbeatResponse> {
         let mut version = self.version.subscribe();
-        {
-            let mut inner = self.lock()?;
-            if !inner.state.brokers.contains_key(&req.broker_id) {
-                return Ok(BrokerHeartbeatResponse {
-                    reregister: true,
-                    ..BrokerHeartbeatResponse::default()
-                });
-            }
-            let inner = &mut *inner;
-            inner
-                .live
-                .lease_until
-                .insert(req.broker_id, Instant::now() + self.config.broker_lease);
-            inner
-                .live
-                .acked_version
-                .insert(req.broker_id, req.known_version);
-            if inner.live.alive.insert(req.broker_id) {
-                info!(broker = req.broker_id, "broker is back");
-                self.bump(&mut inner.live);
-            }
-            self.acked.notify_waiters();
-            if req.known_version != self.current_version(inner.live.counter) {
-                return Ok(self.heartbeat_answer(inner, true));
-            }
+        let immediate = self
+            .change(move |this, inner| this.heartbeat_received(inner, &req))
+            .await?;
+        if let Some(answer) = immediate {
+            return Ok(answer);
         }
         let wait = Duration::from_millis(u64::from(req.wait_ms)).min(MAX_HEARTBEAT_WAIT);
         let _ = tokio::time::timeout(wait, version.wait_for(|&v| v != req.known_version)).await;
         let inner = self.lock()?;
+        if inner.state.broker_epochs.get(&req.broker_id) != Some(&req.broker_epoch) {
+            // Another start registered meanwhile.
+            return Ok(BrokerHeartbeatResponse {
+                reregister: true,
+                ..BrokerHeartbeatResponse::default()
+            });
+        }
         let changed = req.known_version != self.current_version(inner.live.counter);
-        Ok(self.heartbeat_answer(&inner, changed))
+        // Rule 12b again at answer time: after a change the broker has not applied it.
+        let grant = self.may_grant_lease(&inner, req.known_version)
+            && inner.live.alive.contains(&req.broker_id);
+        Ok(self.heartbeat_answer(&inner, req.broker_id, changed, grant))
+    }
+
+    /// The heartbeat's effect, under the lock: the grace restarts; a broker that holds the
+    /// current metadata is unfenced (electing leaders where it lets partitions have one).
+    /// Returns the answer when it is due at once, `None` to long-poll.
+    fn heartbeat_received(
+        &self,
+        inner: &mut Inner,
+        req: &BrokerHeartbeatRequest,
+    ) -> Result<Option<BrokerHeartbeatResponse>> {
+        let id = req.broker_id;
+        let current_epoch = inner.state.broker_epochs.get(&id).copied();
+        if !inner.state.brokers.contains_key(&id) || current_epoch != Some(req.broker_epoch) {
+            // Unknown (a controller that lost its journal), or another start of the broker
+            // (an older one, or a journal that lost the newer registration): a registration
+            // gives it a consistent epoch.
+            return Ok(Some(BrokerHeartbeatResponse {
+                reregister: true,
+                ..BrokerHeartbeatResponse::default()
+            }));
+        }
+        inner.live.heard_at.insert(id, Instant::now());
+        inner.live.acked_version.insert(id, req.known_version);
+        self.acked.notify_waiters();
+        if !self.may_grant_lease(inner, req.known_version) {
+            // Rule 12b: the metadata first; the lease (and unfencing) once it is applied.
+            return Ok(Some(self.heartbeat_answer(inner, id, true, false)));
+        }
+        if !inner.live.alive.contains(&id) {
+            self.unfence(inner, id)?;
+            // The broker's view is now behind (its liveness changed): it learns that, and
+            // gets its lease with its next heartbeat.
+            return Ok(Some(self.heartbeat_answer(inner, id, true, false)));
+        }
+        Ok(None)
+    }
+
+    /// `id` is unfenced: alive again, and the leader of every leaderless partition it may lead
+    /// (`elect`, rule 3), journaled before it takes effect.
+    fn unfence(&self, inner: &mut Inner, id: u32) -> Result<()> {
+        let newly = inner.live.alive.insert(id);
+        let picture = inner.live_brokers(None);
+        let events = partition_changes(&inner.state, id, |topic, s| {
+            s.elect(&picture, topic.meta.settings.unclean_leader_election)
+        });
+        let elected = events.len();
+        if let Err(e) = inner.record(events) {
+            // Fenced as it was: nothing of this took effect.
+            if newly {
+                inner.live.alive.remove(&id);
+            }
+            return Err(e);
+        }
+        info!(broker = id, elected, "broker is back");
+        self.bump(&mut inner.live);
+        Ok(())
     }
 
     /// The metadata once its version differs from `known` (at once if it already does), or
@@ -180,23 +300,45 @@ impl Controller {
         (metadata.version != known).then_some(metadata)
     }
 
-    /// Marks down every broker whose lease lapsed by `now` (part of [`Controller::tick`]).
+    /// Fences every broker whose grace lapsed by `now` (part of [`Controller::tick`]): it
+    /// leaves the ISRs and leaderships it held (journaled first), then the unfenced set.
     pub(super) fn expire_leases(&self, inner: &mut Inner, now: Instant) {
         let lapsed: Vec<u32> = inner
             .live
             .alive
             .iter()
             .copied()
-            .filter(|id| inner.live.lease_until.get(id).is_none_or(|&t| t <= now))
+            .filter(|id| {
+                inner.live.heard_at.get(id).is_none_or(|&t| {
+                    self.lease
+                        .controller_may_fence(now.saturating_duration_since(t).as_millis() as u64)
+                })
+            })
             .collect();
-        for id in &lapsed {
+        let mut fenced = false;
+        for &id in &lapsed {
+            // Fenced one at a time, each decision over the picture without it and without
+            // those fenced before it.
+            let live = inner.live_brokers(Some(id));
+            let broker = weir_replication::BrokerId(id);
+            let events = partition_changes(&inner.state, id, |topic, s| {
+                s.fence(broker, &live, topic.meta.settings.unclean_leader_election)
+            });
+            let moved = events.len();
+            if let Err(e) = inner.record(events) {
+                // It stays unfenced (so still in every ISR); the next tick tries again.
+                warn!(broker = id, error = %e.message, "could not journal fencing a broker");
+                continue;
+            }
             warn!(
                 broker = id,
-                "broker lease lapsed; its partitions are unavailable"
+                partitions_changed = moved,
+                "broker lease lapsed; fenced"
             );
-            inner.live.alive.remove(id);
+            inner.live.alive.remove(&id);
+            fenced = true;
         }
-        if !lapsed.is_empty() {
+        if fenced {
             self.bump(&mut inner.live);
         }
     }

@@ -87,7 +87,10 @@ impl Journal {
                         format!("snapshot format {} is not supported", snapshot.format),
                     ));
                 }
-                (snapshot.state, snapshot.through)
+                let mut state = snapshot.state;
+                // A snapshot from before replication: its topics get their partition states.
+                state.upgrade();
+                (state, snapshot.through)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (ControllerState::default(), 0),
             Err(e) => {

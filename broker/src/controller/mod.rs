@@ -74,11 +74,30 @@ use weir_proto::v1::{Error, ErrorCode};
 
 use crate::topics::random_u64;
 use journal::Journal;
-use state::{ControllerState, Event};
+use state::{ControllerState, Event, PartitionRecord, TopicRecord};
+use weir_replication::lease::LeaseConfig;
+use weir_replication::{BrokerEpoch, BrokerId, LiveBrokers, PartitionState, Rules};
 use weir_storage::{LogConfig, StorageError};
 
 /// How long a metadata change waits for live brokers to acknowledge it.
 pub const ACK_WAIT: Duration = Duration::from_secs(5);
+
+/// The share of the controller's grace (`broker_lease`, the `lease_ms` of a heartbeat answer)
+/// for which a broker holds its lease, from when it sent the answered heartbeat: 2/3. The
+/// other third covers the heartbeat's time on the wire and in the controller's queue (the
+/// grace starts at receipt, the lease at sending), clock rate differences, and the broker's
+/// own scheduling delay before it stops acknowledging; a broker renews several times per
+/// lease (its long poll waits a sixth of the grace), so the lease does not lapse in normal
+/// operation.
+pub const LEASE_RATIO: (u64, u64) = (2, 3);
+
+/// The lease and grace for a controller grace of `lease_ms` (see [`LEASE_RATIO`]).
+pub fn lease_config(lease_ms: u64) -> LeaseConfig {
+    let grace = lease_ms.max(1);
+    let lease = grace * LEASE_RATIO.0 / LEASE_RATIO.1;
+    // 2/3 of a grace of at least one tick is always shorter than it.
+    LeaseConfig::new(lease, grace).expect("the lease is shorter than the grace")
+}
 
 /// The controller's settings.
 #[derive(Debug, Clone)]
@@ -93,7 +112,10 @@ pub struct ControllerConfig {
 
 /// What is not journaled: leases, liveness, heartbeat times, acknowledged versions.
 struct Liveness {
-    lease_until: HashMap<u32, Instant>,
+    /// When each broker was last heard from (registration or heartbeat received): the
+    /// controller's grace runs from here.
+    heard_at: HashMap<u32, Instant>,
+    /// The unfenced brokers.
     alive: BTreeSet<u32>,
     acked_version: HashMap<u32, u64>,
     /// (group, member) -> last heard from.
@@ -119,12 +141,66 @@ impl Inner {
             .append(&mut self.state, events)
             .map_err(|e| storage_failed(&e))
     }
+
+    /// The unfenced brokers at their current broker epochs, as the replication decisions take
+    /// them; `except` is left out (a broker being fenced).
+    fn live_brokers(&self, except: Option<u32>) -> LiveBrokers {
+        LiveBrokers::new(
+            self.live
+                .alive
+                .iter()
+                .copied()
+                .filter(|&id| Some(id) != except)
+                .map(|id| {
+                    let epoch = self.state.broker_epochs.get(&id).copied().unwrap_or(0);
+                    (BrokerId(id), BrokerEpoch(epoch))
+                })
+                .collect(),
+        )
+    }
 }
+
+/// The `PartitionChanged` events of applying `decide` to every partition of every topic (in
+/// `state`) that `broker` replicates; `decide` gets the topic and the partition's state and
+/// returns its next state, or `None` for no change.
+fn partition_changes(
+    state: &ControllerState,
+    broker: u32,
+    mut decide: impl FnMut(&TopicRecord, &PartitionState) -> Option<PartitionState>,
+) -> Vec<Event> {
+    let mut events = Vec::new();
+    for topic in state.topics.values() {
+        for (p, record) in topic.partitions.iter().enumerate() {
+            if !record.replicas.contains(&broker) {
+                continue;
+            }
+            let current = PartitionState::from(record);
+            if let Some(next) = decide(topic, &current) {
+                debug_assert!(
+                    next.partition_epoch > current.partition_epoch,
+                    "every change bumps the partition epoch (rule 1)"
+                );
+                events.push(Event::PartitionChanged {
+                    topic: topic.meta.name.clone(),
+                    topic_id: topic.meta.id(),
+                    partition: p as u32,
+                    state: PartitionRecord::from(&next),
+                });
+            }
+        }
+    }
+    events
+}
+
+/// Every production decision runs with every rule on.
+const RULES: Rules = Rules::ALL;
 
 /// The controller (see the module docs).
 pub struct Controller {
     inner: Mutex<Inner>,
     config: ControllerConfig,
+    /// `config.broker_lease` as the broker's lease and the controller's grace.
+    lease: LeaseConfig,
     /// The high half of every metadata version this process hands out (random per start).
     incarnation: u64,
     /// The current metadata version, for long polls to wait on.
@@ -153,7 +229,7 @@ impl Controller {
         let (journal, state) = Journal::open(dir)?;
         let now = Instant::now();
         let mut live = Liveness {
-            lease_until: HashMap::new(),
+            heard_at: HashMap::new(),
             alive: BTreeSet::new(),
             acked_version: HashMap::new(),
             member_seen: HashMap::new(),
@@ -161,7 +237,7 @@ impl Controller {
             counter: 1,
         };
         for &id in state.brokers.keys() {
-            live.lease_until.insert(id, now + config.broker_lease);
+            live.heard_at.insert(id, now);
             live.alive.insert(id);
         }
         for (group, record) in &state.groups {
@@ -180,6 +256,7 @@ impl Controller {
                 live,
                 closed: false,
             }),
+            lease: lease_config(config.broker_lease.as_millis() as u64),
             config,
             incarnation,
             version,

@@ -1,5 +1,10 @@
-//! Placement: which broker owns each partition of a new topic. Chosen once, at creation, over
-//! the brokers alive then; a partition never moves afterwards (its data lives on its broker).
+//! Placement: which brokers hold each partition of a new topic, and which of them is its
+//! preferred leader. Chosen once, at creation, over the brokers alive then; a partition's
+//! replicas never move afterwards (their data lives on their brokers).
+//!
+//! [`place`] gives each partition's owner (the preferred leader); [`place_replicas`] extends it
+//! to `replication_factor` distinct brokers, the owner first, so a topic with one replica has
+//! exactly the layout [`place`] gives (topics and data dirs from before replication stay valid).
 //!
 //! - `hash`: rendezvous (highest-random-weight) hashing of (topic, partition) over broker ids.
 //!   Each partition goes to the broker with the highest score, so adding a broker changes only
@@ -42,6 +47,59 @@ pub fn place(kind: PlacementKind, topic: &str, partitions: u32, brokers: &[u32])
         }
         PlacementKind::RoundRobin => (0..partitions).map(|p| brokers[(p % n) as usize]).collect(),
     }
+}
+
+/// The replicas of each partition `0..partitions` of `topic` over `brokers` (ids, any order;
+/// must not be empty, and hold at least `replication_factor` distinct ids, which the caller
+/// checked): `replication_factor` distinct brokers, the preferred leader (that of [`place`])
+/// first.
+///
+/// - `hash`: the top `replication_factor` of the rendezvous ranking, so adding a broker still
+///   changes only the slots the new broker wins.
+/// - `range`, `round-robin`: the owner, then the brokers after it in id order (wrapping), so
+///   each broker follows the partitions of its predecessors and replicas spread as evenly as
+///   leaders do.
+pub fn place_replicas(
+    kind: PlacementKind,
+    topic: &str,
+    partitions: u32,
+    brokers: &[u32],
+    replication_factor: u32,
+) -> Vec<Vec<u32>> {
+    let mut brokers = brokers.to_vec();
+    brokers.sort_unstable();
+    brokers.dedup();
+    let rf = (replication_factor as usize).clamp(1, brokers.len().max(1));
+    let owners = place(kind, topic, partitions, &brokers);
+    let replicas: Vec<Vec<u32>> = match kind {
+        PlacementKind::Hash => (0..partitions)
+            .map(|p| {
+                let mut ranked = brokers.clone();
+                // Highest score first; ties (never seen in practice) by the larger id, as in
+                // `place`, so the first is always `place`'s owner.
+                ranked.sort_unstable_by_key(|&b| {
+                    std::cmp::Reverse((rendezvous_score(topic, p, b), b))
+                });
+                ranked.truncate(rf);
+                ranked
+            })
+            .collect(),
+        PlacementKind::Range | PlacementKind::RoundRobin => owners
+            .iter()
+            .map(|owner| {
+                let at = brokers.iter().position(|b| b == owner).unwrap_or(0);
+                (0..rf).map(|i| brokers[(at + i) % brokers.len()]).collect()
+            })
+            .collect(),
+    };
+    debug_assert!(
+        replicas
+            .iter()
+            .zip(&owners)
+            .all(|(r, o)| r.first() == Some(o)),
+        "the preferred leader is the owner `place` gives"
+    );
+    replicas
 }
 
 /// A well-mixed 64-bit score of (topic, partition, broker): FNV-1a over the three, then the
@@ -97,6 +155,61 @@ mod tests {
         for (_, n) in counts(&a) {
             assert!((300..=500).contains(&n), "{:?}", counts(&a));
         }
+    }
+
+    #[test]
+    fn one_replica_is_the_unreplicated_layout() {
+        for kind in [
+            PlacementKind::Hash,
+            PlacementKind::Range,
+            PlacementKind::RoundRobin,
+        ] {
+            let owners = place(kind, "orders", 12, &[1, 2, 3]);
+            let replicas = place_replicas(kind, "orders", 12, &[1, 2, 3], 1);
+            let firsts: Vec<u32> = replicas.iter().map(|r| r[0]).collect();
+            assert_eq!(firsts, owners, "{kind:?}");
+            assert!(replicas.iter().all(|r| r.len() == 1));
+        }
+    }
+
+    #[test]
+    fn replicas_are_distinct_led_by_the_owner_and_spread() {
+        let brokers = [4, 1, 3, 2, 5];
+        for kind in [
+            PlacementKind::Hash,
+            PlacementKind::Range,
+            PlacementKind::RoundRobin,
+        ] {
+            let partitions = 600;
+            let replicas = place_replicas(kind, "orders", partitions, &brokers, 3);
+            let owners = place(kind, "orders", partitions, &brokers);
+            let mut held = std::collections::BTreeMap::new();
+            for (r, owner) in replicas.iter().zip(&owners) {
+                assert_eq!(r.len(), 3);
+                assert_eq!(r[0], *owner, "{kind:?}: preferred leader first");
+                let distinct: std::collections::BTreeSet<_> = r.iter().collect();
+                assert_eq!(distinct.len(), 3, "{kind:?}: {r:?}");
+                for &b in r {
+                    *held.entry(b).or_insert(0usize) += 1;
+                }
+            }
+            // Leaders: 120 each on average; replicas: 360 each.
+            for (_, n) in counts(&owners) {
+                assert!(
+                    (90..=150).contains(&n),
+                    "{kind:?} leaders {:?}",
+                    counts(&owners)
+                );
+            }
+            assert_eq!(held.len(), 5);
+            for (_, n) in &held {
+                assert!((300..=420).contains(n), "{kind:?} replicas {held:?}");
+            }
+        }
+        assert_eq!(
+            place_replicas(PlacementKind::RoundRobin, "t", 4, &[1, 2, 3], 2),
+            [vec![1, 2], vec![2, 3], vec![3, 1], vec![1, 2]]
+        );
     }
 
     #[test]

@@ -5,10 +5,22 @@
 //! struct serialized. What is *not* here is ephemeral by design and rebuilt after a restart:
 //! broker leases and members' last heartbeats (both restart their clocks, so a restarted
 //! controller gives everyone one full lease or session before expiring them).
+//!
+//! Replication adds each partition's [`PartitionRecord`] (a serde mirror of
+//! [`weir_replication::PartitionState`]) to its [`TopicRecord`], and each broker start's epoch.
+//! Invariants kept by `apply`:
+//! - a topic's `partitions` has one record per partition, and `leaders[p]` is always partition
+//!   `p`'s leader, or its first replica while it has none (the pre-replication readers of
+//!   `leaders` keep working); records journaled before replication are upgraded on load
+//!   ([`TopicRecord::upgrade`]) to one replica, the owner, leading in epoch 1;
+//! - broker epochs only grow: `last_broker_epoch` is the largest ever assigned, so a restarted
+//!   controller hands out larger ones (KIP-380).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
+
+use weir_replication::{BrokerId, LeaderEpoch, PartitionEpoch, PartitionState};
 
 use super::assignor::Slot;
 use crate::group_strategy::AssignorKind;
@@ -34,8 +46,79 @@ pub struct TopicRecord {
     /// `meta.topic_id` tells this topic from a later one of the same name.
     pub meta: TopicMeta,
     pub placement: PlacementKind,
-    /// `leaders[p]` is the broker id that owns partition `p`.
+    /// `leaders[p]` is partition `p`'s leader, or its first replica while it has none.
     pub leaders: Vec<u32>,
+    /// `partitions[p]` is partition `p`'s replication state. Absent in records journaled
+    /// before replication: [`TopicRecord::upgrade`] derives it from `leaders`.
+    #[serde(default)]
+    pub partitions: Vec<PartitionRecord>,
+}
+
+impl TopicRecord {
+    /// Fills `partitions` of a record from before replication: each partition on its owner
+    /// alone, leading in epoch 1 (what such a partition has been all along).
+    pub fn upgrade(&mut self) {
+        if self.partitions.len() != self.leaders.len() {
+            self.partitions = self
+                .leaders
+                .iter()
+                .map(|&leader| PartitionRecord::from(&PartitionState::new(vec![BrokerId(leader)])))
+                .collect();
+        }
+    }
+
+    /// Partition `p`'s state, if the topic has it.
+    pub fn partition_state(&self, p: u32) -> Option<PartitionState> {
+        self.partitions.get(p as usize).map(PartitionState::from)
+    }
+
+    /// Replaces partition `p`'s state, keeping `leaders` consistent with it.
+    fn set_partition(&mut self, p: u32, state: PartitionRecord) {
+        let p = p as usize;
+        if p >= self.partitions.len() || p >= self.leaders.len() {
+            return;
+        }
+        if let Some(leader) = state.leader.or_else(|| state.replicas.first().copied()) {
+            self.leaders[p] = leader;
+        }
+        self.partitions[p] = state;
+    }
+}
+
+/// A partition's replication state as journaled: [`PartitionState`] in serde form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionRecord {
+    /// Preferred leader first.
+    pub replicas: Vec<u32>,
+    pub leader: Option<u32>,
+    pub leader_epoch: u32,
+    /// Sorted.
+    pub isr: Vec<u32>,
+    pub partition_epoch: u32,
+}
+
+impl From<&PartitionState> for PartitionRecord {
+    fn from(s: &PartitionState) -> Self {
+        PartitionRecord {
+            replicas: s.replicas.iter().map(|b| b.0).collect(),
+            leader: s.leader.map(|b| b.0),
+            leader_epoch: s.leader_epoch.0,
+            isr: s.isr.iter().map(|b| b.0).collect(),
+            partition_epoch: s.partition_epoch.0,
+        }
+    }
+}
+
+impl From<&PartitionRecord> for PartitionState {
+    fn from(r: &PartitionRecord) -> Self {
+        PartitionState {
+            replicas: r.replicas.iter().copied().map(BrokerId).collect(),
+            leader: r.leader.map(BrokerId),
+            leader_epoch: LeaderEpoch(r.leader_epoch),
+            isr: r.isr.iter().copied().map(BrokerId).collect(),
+            partition_epoch: PartitionEpoch(r.partition_epoch),
+        }
+    }
 }
 
 /// A consumer group member as the controller remembers it.
@@ -85,6 +168,19 @@ pub enum Event {
         group: String,
         offsets: Vec<(String, u32, CommitRecord)>,
     },
+    /// A broker registered: this start's broker epoch (larger than every earlier one).
+    BrokerStarted {
+        broker: u32,
+        broker_epoch: u64,
+    },
+    /// A partition's new replication state (an election, a fencing, an ISR change, an unclean
+    /// restart), for the topic of that id.
+    PartitionChanged {
+        topic: String,
+        topic_id: String,
+        partition: u32,
+        state: PartitionRecord,
+    },
 }
 
 /// Deleted topic ids remembered (so a broker that was down during a delete drops the data).
@@ -100,6 +196,12 @@ pub struct ControllerState {
     pub groups: BTreeMap<String, GroupRecord>,
     /// group -> topic -> partition -> commit.
     pub offsets: BTreeMap<String, BTreeMap<String, BTreeMap<u32, CommitRecord>>>,
+    /// broker -> the epoch of its current start. (Defaulted: journals from before epochs.)
+    #[serde(default)]
+    pub broker_epochs: BTreeMap<u32, u64>,
+    /// The largest broker epoch ever assigned.
+    #[serde(default)]
+    pub last_broker_epoch: u64,
 }
 
 impl ControllerState {
@@ -110,8 +212,28 @@ impl ControllerState {
             Event::BrokerRegistered(broker) => {
                 self.brokers.insert(broker.id, broker);
             }
-            Event::TopicCreated(topic) => {
+            Event::TopicCreated(mut topic) => {
+                topic.upgrade();
                 self.topics.insert(topic.meta.name.clone(), topic);
+            }
+            Event::BrokerStarted {
+                broker,
+                broker_epoch,
+            } => {
+                self.broker_epochs.insert(broker, broker_epoch);
+                self.last_broker_epoch = self.last_broker_epoch.max(broker_epoch);
+            }
+            Event::PartitionChanged {
+                topic,
+                topic_id,
+                partition,
+                state,
+            } => {
+                if let Some(t) = self.topics.get_mut(&topic)
+                    && t.meta.id() == topic_id
+                {
+                    t.set_partition(partition, state);
+                }
             }
             Event::TopicDeleted { name, topic_id } => {
                 if self
@@ -150,6 +272,18 @@ impl ControllerState {
                 }
             }
         }
+    }
+
+    /// Upgrades what a snapshot from before replication lacks (see [`TopicRecord::upgrade`]).
+    pub fn upgrade(&mut self) {
+        for topic in self.topics.values_mut() {
+            topic.upgrade();
+        }
+    }
+
+    /// The epoch the next broker start gets.
+    pub fn next_broker_epoch(&self) -> u64 {
+        self.last_broker_epoch + 1
     }
 
     /// The partition count of every existing topic.

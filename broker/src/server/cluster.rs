@@ -10,11 +10,28 @@
 //! The view is what Metadata, ListTopics and DescribeTopic answer from and what turns a
 //! request for a partition held elsewhere into NOT_LEADER naming the owner, so all of that
 //! keeps working while the controller is down.
+//!
+//! Replication: every broker that is one of a partition's replicas holds it locally (the
+//! leader and its followers alike); the view gives each partition's [`PartitionState`] and its
+//! topic's min ISR ([`ClusterView::partition_state`], [`ClusterView::replication`]), this start's
+//! broker epoch ([`ClusterView::broker_epoch`]) and whether the broker's lease holds
+//! ([`ClusterView::lease_valid`]).
+//!
+//! Invariants:
+//! - The lease (rule 12) runs from when the broker *sent* the heartbeat whose answer granted it
+//!   (`lease_ms > 0`), for [`crate::controller::LEASE_RATIO`] of `lease_ms`; the controller's
+//!   grace runs the whole `lease_ms` from when it *received* it, so the lease lapses first. It
+//!   is set only after the metadata that came before it is applied; registering again drops it.
+//! - A broker without a valid lease heartbeats without waiting, so it gets one as soon as the
+//!   controller grants it.
+//! - `clean_start` is what the storage reported at this process's open for its first
+//!   registration; later registrations of the same process report a clean start (its logs
+//!   have not been cut since, and a start that was unclean already left the ISRs).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -24,13 +41,18 @@ use weir_proto::v1::{
     RegisterBrokerRequest,
 };
 
+use weir_replication::PartitionState;
+use weir_replication::lease::LeaseConfig;
+
+use crate::controller::lease_config;
 use crate::controller::link::ControllerLink;
 use crate::replica::ReplicaManager;
 use crate::topics::{PlacementKind, TopicError, TopicMeta, Topics};
 use crate::wire;
 
-/// How long a heartbeat long poll waits for news (a third of the default lease).
-const HEARTBEAT_WAIT: Duration = Duration::from_millis(2000);
+/// How long a heartbeat long poll waits for news before the first answer says the lease
+/// (then a sixth of it, see `run_sync`).
+const HEARTBEAT_WAIT: Duration = Duration::from_millis(1000);
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// The node's copy of the cluster metadata.
@@ -39,6 +61,21 @@ pub struct ClusterView {
     metadata: RwLock<Arc<ClusterMetadata>>,
     controller_reachable: AtomicBool,
     updates: watch::Sender<u64>,
+    /// When the heartbeat that granted the current lease was sent, and the lease's length.
+    lease: Mutex<Option<(Instant, LeaseConfig)>>,
+    /// This start's broker epoch (0 until registered).
+    broker_epoch: AtomicU64,
+    /// True once the node is in service: a broker holds its first lease, an observer its
+    /// first picture.
+    ready: watch::Sender<bool>,
+}
+
+/// A topic's replication settings as the view knows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replication {
+    pub replication_factor: u32,
+    pub min_insync_replicas: u32,
+    pub unclean_leader_election: bool,
 }
 
 impl ClusterView {
@@ -48,7 +85,60 @@ impl ClusterView {
             metadata: RwLock::new(Arc::new(ClusterMetadata::default())),
             controller_reachable: AtomicBool::new(false),
             updates: watch::channel(0).0,
+            lease: Mutex::new(None),
+            broker_epoch: AtomicU64::new(0),
+            ready: watch::channel(false).0,
         }
+    }
+
+    /// Whether this broker's lease with the controller holds now (rule 12): without it, it
+    /// neither accepts, acknowledges nor serves as a partition's leader.
+    pub fn lease_valid(&self) -> bool {
+        let lease = *self.lease.lock().unwrap_or_else(|e| e.into_inner());
+        lease.is_some_and(|(sent, config)| {
+            config.broker_lease_valid(sent.elapsed().as_millis() as u64)
+        })
+    }
+
+    /// The broker epoch the controller gave this start (0 before the first registration):
+    /// what a follower's fetch carries (KIP-903).
+    pub fn broker_epoch(&self) -> u64 {
+        self.broker_epoch.load(Ordering::Relaxed)
+    }
+
+    /// Partition `partition` of `topic`: its replicas, leader, ISR and epochs, as the
+    /// controller last said.
+    pub fn partition_state(&self, topic: &str, partition: u32) -> Option<PartitionState> {
+        let placed = self.topic(topic)?;
+        let wire = placed.partitions.get(partition as usize)?;
+        match wire::partition_state_from_wire(wire) {
+            Ok(state) => Some(state),
+            Err(e) => {
+                warn!(topic, partition, error = %e, "ignoring a partition state from the controller");
+                None
+            }
+        }
+    }
+
+    /// `topic`'s replication settings (replication factor, min ISR, unclean election).
+    pub fn replication(&self, topic: &str) -> Option<Replication> {
+        let placed = self.topic(topic)?;
+        let config = placed.description?.config.unwrap_or_default();
+        Some(Replication {
+            replication_factor: config.replication_factor.unwrap_or(1),
+            min_insync_replicas: config.min_insync_replicas.unwrap_or(1),
+            unclean_leader_election: config.unclean_leader_election.unwrap_or(false),
+        })
+    }
+
+    fn grant_lease(&self, sent: Instant, lease_ms: u32) {
+        let config = lease_config(u64::from(lease_ms));
+        *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some((sent, config));
+        self.ready.send_replace(true);
+    }
+
+    fn drop_lease(&self) {
+        *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     pub fn current(&self) -> Arc<ClusterMetadata> {
@@ -62,21 +152,17 @@ impl ClusterView {
         self.controller_reachable.load(Ordering::Relaxed)
     }
 
-    /// Whether this broker's lease with the controller is valid (rule 12).
-    pub fn lease_valid(&self) -> bool {
-        self.controller_reachable()
-    }
-
     fn replace(&self, metadata: Arc<ClusterMetadata>) {
         let version = metadata.version;
         *self.metadata.write().unwrap_or_else(|e| e.into_inner()) = metadata;
         self.updates.send_replace(version);
     }
 
-    /// Waits until the view holds a picture (the node's first sync), up to `timeout`.
+    /// Waits until the node is in service (a broker: registered, its metadata applied and its
+    /// first lease granted; an observer: it holds a picture), up to `timeout`.
     pub async fn wait_for_first(&self, timeout: Duration) -> bool {
-        let mut updates = self.updates.subscribe();
-        tokio::time::timeout(timeout, updates.wait_for(|&v| v != 0))
+        let mut ready = self.ready.subscribe();
+        tokio::time::timeout(timeout, ready.wait_for(|&r| r))
             .await
             .is_ok()
     }
@@ -95,6 +181,18 @@ impl ClusterView {
         let Some(placed) = self.topic(topic) else {
             return crate::wire::errors::wire_error(&local);
         };
+        if let Some(state) = placed.partitions.get(partition as usize)
+            && state.leader.is_none()
+        {
+            return status::error(
+                ErrorCode::PartitionUnavailable,
+                format!(
+                    "{topic}-{partition} has no leader: none of its in-sync replicas {:?} is alive; retry once one is back",
+                    state.isr
+                ),
+            );
+        }
+        // The current leader (`leaders` follows it).
         let Some(&leader) = placed.leaders.get(partition as usize) else {
             return status::error(
                 ErrorCode::UnknownPartition,
@@ -151,6 +249,8 @@ pub enum SyncRole {
         addresses: BrokerAddresses,
         topics: Arc<Topics>,
         replicas: Arc<ReplicaManager>,
+        /// Whether the logs were closed cleanly before this start (the storage's open report).
+        clean_start: bool,
     },
     /// The controller-only node: mirrors the metadata, holds nothing.
     Observer,
@@ -164,6 +264,10 @@ pub async fn run_sync(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut registered = false;
+    let mut clean_start = match &role {
+        SyncRole::Broker { clean_start, .. } => *clean_start,
+        SyncRole::Observer => true,
+    };
     let mut known_version = 0;
     let mut failures = 0u32;
     // A third of the lease, so a broker renews it about three times per lease.
@@ -172,6 +276,7 @@ pub async fn run_sync(
         if *stop.borrow() {
             return;
         }
+        let sent = Instant::now();
         let answer = match (&role, registered) {
             (
                 SyncRole::Broker {
@@ -186,7 +291,7 @@ pub async fn run_sync(
                     external_address: addresses.external_address.clone(),
                     external_data_address: addresses.external_data_address.clone(),
                     local_topics: local_topics(topics),
-                    clean_start: true,
+                    clean_start,
                 };
                 tokio::select! {
                     r = link.register_broker(request) => r,
@@ -194,11 +299,16 @@ pub async fn run_sync(
                 }
             }
             _ => {
+                // Without a lease, ask for one at once rather than after a long poll.
+                let wait = match role {
+                    SyncRole::Broker { .. } if !view.lease_valid() => Duration::ZERO,
+                    _ => wait,
+                };
                 let request = BrokerHeartbeatRequest {
                     broker_id: view.node_id,
                     known_version,
                     wait_ms: wait.as_millis() as u32,
-                    broker_epoch: 0,
+                    broker_epoch: view.broker_epoch(),
                 };
                 let call = async {
                     match (&role, &link) {
@@ -225,14 +335,28 @@ pub async fn run_sync(
                 }
                 failures = 0;
                 if answer.lease_ms > 0 {
-                    wait = Duration::from_millis(u64::from(answer.lease_ms / 3));
+                    // About four renewals per lease (2/3 of lease_ms): one late answer still
+                    // leaves time for the next.
+                    wait = Duration::from_millis(u64::from(answer.lease_ms / 6));
                 }
                 view.controller_reachable.store(true, Ordering::Relaxed);
                 if matches!(role, SyncRole::Broker { .. }) {
                     if answer.reregister {
-                        info!("the controller does not know this broker; registering again");
+                        info!(
+                            "the controller does not know this start of the broker; registering again"
+                        );
+                        view.drop_lease();
                         registered = false;
                         continue;
+                    }
+                    if !registered {
+                        info!(
+                            broker_epoch = answer.broker_epoch,
+                            "registered with the controller"
+                        );
+                        view.broker_epoch
+                            .store(answer.broker_epoch, Ordering::Relaxed);
+                        clean_start = true;
                     }
                     registered = true;
                     if let SyncRole::Broker { replicas, .. } = &role
@@ -257,6 +381,12 @@ pub async fn run_sync(
                         replicas.reconcile(topics, &metadata);
                     }
                     view.replace(metadata);
+                    if matches!(role, SyncRole::Observer) {
+                        view.ready.send_replace(true);
+                    }
+                }
+                if answer.lease_ms > 0 && matches!(role, SyncRole::Broker { .. }) {
+                    view.grant_lease(sent, answer.lease_ms);
                 }
             }
             Err(error) => {
@@ -266,6 +396,7 @@ pub async fn run_sync(
                     warn!(error = %error.message, "cannot reach the controller; serving the partitions held here meanwhile");
                 }
                 if error.code == ErrorCode::UnknownMember as i32 {
+                    view.drop_lease();
                     registered = false;
                 }
                 tokio::select! {
@@ -321,13 +452,22 @@ fn apply(topics: &Topics, metadata: &ClusterMetadata, node_id: u32) {
         }
     }
     for (name, t) in placed {
-        let here: Vec<u32> = t
-            .leaders
-            .iter()
-            .enumerate()
-            .filter(|&(_, &leader)| leader == node_id)
-            .map(|(p, _)| p as u32)
-            .collect();
+        // Every replica holds its partition, the leader and the followers alike.
+        let here: Vec<u32> = if t.partitions.is_empty() {
+            t.leaders
+                .iter()
+                .enumerate()
+                .filter(|&(_, &leader)| leader == node_id)
+                .map(|(p, _)| p as u32)
+                .collect()
+        } else {
+            t.partitions
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.replicas.contains(&node_id))
+                .map(|(p, _)| p as u32)
+                .collect()
+        };
         if here.is_empty() || topics.get(name).is_ok() {
             continue;
         }

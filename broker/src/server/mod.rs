@@ -312,6 +312,9 @@ impl Broker {
                 addresses,
                 topics: Arc::clone(&topics),
                 replicas: Arc::clone(&replicas),
+                // A start that recovered unclosed logs may have lost their unsynced tails: the
+                // controller keeps it out of the ISRs until it caught up (rule 7).
+                clean_start: report.clean,
             },
         };
         let sync = tokio::spawn(cluster::run_sync(

@@ -61,6 +61,23 @@ pub struct TopicSettings {
     /// before it existed: off.
     #[serde(default)]
     pub key_index: bool,
+    /// Copies of each partition, on distinct brokers (chosen at creation, never changed).
+    /// Absent in files and journals written before replication: 1.
+    #[serde(default = "one")]
+    pub replication_factor: u32,
+    /// The in-sync replicas a partition needs to advance its high watermark and accept
+    /// `acks=all`/`durable` (rule 5). Absent before replication: 1.
+    #[serde(default = "one")]
+    pub min_insync_replicas: u32,
+    /// Whether a replica outside the ISR may be elected when none in it is alive (rule 3:
+    /// loses acknowledged records). Absent before replication: off.
+    #[serde(default)]
+    pub unclean_leader_election: bool,
+}
+
+/// The serde default of the replication counts (an unreplicated topic).
+fn one() -> u32 {
+    1
 }
 
 impl TopicSettings {
@@ -79,6 +96,11 @@ impl TopicSettings {
             flush_interval_ms,
             max_batch_bytes: config.max_batch_bytes,
             key_index: config.key_index,
+            // The storage config knows nothing of replication; the controller fills these in
+            // at creation from the cluster's size (see `controller::topics`).
+            replication_factor: 1,
+            min_insync_replicas: 1,
+            unclean_leader_election: false,
         }
     }
 
@@ -162,6 +184,9 @@ mod tests {
             flush_interval_ms: 250,
             max_batch_bytes: 1 << 20,
             key_index: true,
+            replication_factor: 1,
+            min_insync_replicas: 1,
+            unclean_leader_election: false,
         };
         let config = settings.log_config(&base);
         assert_eq!(config.index_interval_bytes, base.index_interval_bytes);
@@ -185,6 +210,21 @@ mod tests {
         ] {
             assert_eq!(serde_json::to_string(&kind).unwrap(), name);
         }
+    }
+
+    #[test]
+    fn settings_written_before_replication_load_unreplicated() {
+        let json = r#"{"retention_bytes":null,"retention_ms":null,"segment_bytes":1,"flush":"never",
+            "flush_interval_ms":0,"max_batch_bytes":1}"#;
+        let s: TopicSettings = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            (
+                s.replication_factor,
+                s.min_insync_replicas,
+                s.unclean_leader_election
+            ),
+            (1, 1, false)
+        );
     }
 
     #[test]

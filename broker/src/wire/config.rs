@@ -25,9 +25,9 @@ pub fn settings_to_wire(s: &TopicSettings) -> TopicConfig {
         }),
         max_batch_bytes: Some(s.max_batch_bytes),
         key_index: Some(s.key_index),
-        replication_factor: None,
-        min_insync_replicas: None,
-        unclean_leader_election: None,
+        replication_factor: Some(s.replication_factor),
+        min_insync_replicas: Some(s.min_insync_replicas),
+        unclean_leader_election: Some(s.unclean_leader_election),
     }
 }
 
@@ -51,6 +51,16 @@ pub fn settings_from_wire(
     }
     if let Some(on) = c.key_index {
         s.key_index = on;
+    }
+    // Checked against the cluster by the controller at creation (it knows the live brokers).
+    if let Some(n) = c.replication_factor {
+        s.replication_factor = n;
+    }
+    if let Some(n) = c.min_insync_replicas {
+        s.min_insync_replicas = n;
+    }
+    if let Some(on) = c.unclean_leader_election {
+        s.unclean_leader_election = on;
     }
     if let Some(flush) = c.flush {
         s.flush = match flush_policy::Kind::try_from(flush.kind) {

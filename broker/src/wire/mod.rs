@@ -21,6 +21,7 @@ pub mod topics;
 pub use config::{settings_from_wire, settings_to_wire};
 pub use groups::{assignor_from_wire, assignor_to_wire};
 pub use topics::{
-    describe_topic, meta_from_description, partitioner_from_wire, partitioner_to_wire,
-    placement_from_wire, placement_to_wire,
+    describe_topic, leader_or_first, meta_from_description, partition_state_from_wire,
+    partition_state_to_wire, partitioner_from_wire, partitioner_to_wire, placement_from_wire,
+    placement_to_wire,
 };

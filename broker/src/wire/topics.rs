@@ -3,11 +3,16 @@
 //!
 //! A description carries no offsets: the node that holds a partition fills those in. An
 //! unknown enum value from the wire is refused with a message, never mapped to a default.
+//!
+//! A partition's replication state ([`PartitionState`]) goes to the wire's `PartitionState`
+//! (in metadata) and into its `PartitionDescription`; while a partition has no leader its
+//! description names the first replica, with `leader_alive` false.
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use weir_proto::v1::{self, BrokerInfo, PartitionDescription, TopicDescription};
+use weir_replication::PartitionState;
 
 use super::config::{settings_from_wire, settings_to_wire};
 use crate::topics::{PartitionerKind, PlacementKind, TopicMeta, TopicSettings};
@@ -46,25 +51,75 @@ pub fn placement_to_wire(kind: PlacementKind) -> v1::Placement {
     }
 }
 
-/// A topic as the wire describes it, with each partition's leader (offsets left for the
-/// caller that holds the partition to fill in).
+/// The broker a partition's requests go to: its leader, or its first replica while it has
+/// none (the `leaders` of `PlacedTopic`).
+pub fn leader_or_first(state: &PartitionState) -> u32 {
+    state
+        .leader
+        .or_else(|| state.replicas.first().copied())
+        .map_or(0, |b| b.0)
+}
+
+/// A partition's state as the metadata carries it.
+pub fn partition_state_to_wire(
+    state: &PartitionState,
+    min_insync_replicas: u32,
+) -> v1::PartitionState {
+    v1::PartitionState {
+        replicas: state.replicas.iter().map(|b| b.0).collect(),
+        leader: state.leader.map(|b| b.0),
+        leader_epoch: state.leader_epoch.0,
+        isr: state.isr.iter().map(|b| b.0).collect(),
+        partition_epoch: state.partition_epoch.0,
+        min_insync_replicas,
+    }
+}
+
+/// A partition's state from the metadata. The wire is the controller's, but a broker checks
+/// the invariants it relies on anyway: the ISR sorted and within the replicas, the leader in
+/// it.
+pub fn partition_state_from_wire(s: &v1::PartitionState) -> Result<PartitionState, String> {
+    use weir_replication::{BrokerId, LeaderEpoch, PartitionEpoch};
+    let state = PartitionState {
+        replicas: s.replicas.iter().copied().map(BrokerId).collect(),
+        leader: s.leader.map(BrokerId),
+        leader_epoch: LeaderEpoch(s.leader_epoch),
+        isr: s.isr.iter().copied().map(BrokerId).collect(),
+        partition_epoch: PartitionEpoch(s.partition_epoch),
+    };
+    let sorted = state.isr.windows(2).all(|w| w[0] < w[1]);
+    let within = state.isr.iter().all(|b| state.replicas.contains(b));
+    let led = state.leader.is_none_or(|l| state.in_isr(l));
+    if state.replicas.is_empty() || !sorted || !within || !led {
+        return Err(format!("inconsistent partition state {s:?}"));
+    }
+    Ok(state)
+}
+
+/// A topic as the wire describes it, with each partition's leader, replicas, ISR and epochs
+/// (offsets left for the caller that holds the partition to fill in).
 pub fn describe_topic(
     meta: &TopicMeta,
     placement: PlacementKind,
-    leaders: &[u32],
+    partitions: &[PartitionState],
     brokers: &BTreeMap<u32, BrokerInfo>,
 ) -> TopicDescription {
-    let partitions = leaders
+    let partitions = partitions
         .iter()
         .enumerate()
-        .map(|(p, &leader)| {
+        .map(|(p, state)| {
+            let leader = leader_or_first(state);
             let broker = brokers.get(&leader);
             PartitionDescription {
                 partition: p as u32,
                 leader_id: leader,
                 leader_address: broker.map(|b| b.address.clone()).unwrap_or_default(),
                 data_address: broker.map(|b| b.data_address.clone()).unwrap_or_default(),
-                leader_alive: broker.is_some_and(|b| b.alive),
+                leader_alive: state.leader.is_some() && broker.is_some_and(|b| b.alive),
+                replicas: state.replicas.iter().map(|b| b.0).collect(),
+                isr: state.isr.iter().map(|b| b.0).collect(),
+                leader_epoch: state.leader_epoch.0,
+                partition_epoch: state.partition_epoch.0,
                 ..PartitionDescription::default()
             }
         })
