@@ -47,6 +47,7 @@ enum Mode {
 enum AcksArg {
     Leader,
     Durable,
+    All,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -151,6 +152,7 @@ async fn main() -> anyhow::Result<()> {
         acks: match args.acks {
             AcksArg::Leader => Acks::Leader,
             AcksArg::Durable => Acks::Durable,
+            AcksArg::All => Acks::All,
         },
         transport: match args.transport {
             TransportArg::DataPort => Transport::DataPort,

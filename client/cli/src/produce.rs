@@ -39,8 +39,10 @@ pub struct ProduceArgs {
 enum AcksArg {
     /// Once in the partition's log (survives the broker process dying, not a power loss)
     Leader,
-    /// Once synced to disk (survives power loss)
+    /// Once synced to disk (survives power loss); on a replicated topic, by every in-sync replica
     Durable,
+    /// Once in the log of every in-sync replica (survives losing min-insync-replicas - 1 brokers)
+    All,
 }
 
 /// What happened to the records so far.
@@ -73,6 +75,7 @@ pub async fn run(broker: &str, args: ProduceArgs) -> anyhow::Result<ExitCode> {
     let acks = match args.acks {
         AcksArg::Leader => Acks::Leader,
         AcksArg::Durable => Acks::Durable,
+        AcksArg::All => Acks::All,
     };
     let producer = client.producer(ProducerConfig {
         acks,

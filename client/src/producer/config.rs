@@ -19,8 +19,13 @@ pub enum Acks {
     /// killed, not a power loss before the next flush.
     #[default]
     Leader,
-    /// Once the batch is synced to disk: survives power loss.
+    /// Once the batch is synced to disk: survives power loss. On a replicated topic: synced by
+    /// every in-sync replica.
     Durable,
+    /// Once every in-sync replica has the batch in its log (the high watermark passed it):
+    /// survives the loss of `min_insync_replicas - 1` brokers. [`Acks::Leader`] on a topic
+    /// without replication.
+    All,
 }
 
 impl Acks {
@@ -28,6 +33,7 @@ impl Acks {
         match self {
             Acks::Leader => v1::Acks::Leader,
             Acks::Durable => v1::Acks::Durable,
+            Acks::All => v1::Acks::All,
         }
     }
 }

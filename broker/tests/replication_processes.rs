@@ -1,0 +1,268 @@
+//! Replication over real processes: a controller and three brokers on loopback, a topic with
+//! replication factor 3 and `min_insync_replicas` 2, produced to with `acks=all`.
+//!
+//! What it proves: every acknowledged record is in all three logs, byte for byte; killing the
+//! leader moves the leadership (new leader epoch) with no manual step, and producing goes on
+//! through the new leader with nothing acknowledged lost or stored twice; the killed broker
+//! comes back, truncates what it must, catches up and rejoins the in-sync set, and the three
+//! logs are identical again; with two brokers down the partition refuses `acks=all`
+//! (NOT_ENOUGH_REPLICAS) instead of acknowledging what one copy holds.
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures::StreamExt;
+use weir_client::{
+    Acks, Client, ConsumerConfig, ErrorCode, NewTopic, ProducerConfig, ProducerRecord,
+    TopicDescription,
+};
+use weir_proto::batch::split_batches;
+use weir_testkit::{BrokerProcess, temp_data_dir, wait_until};
+
+const BROKER: &str = env!("CARGO_BIN_EXE_weir-broker");
+const LEASE_MS: &str = "2000";
+const LAG_MS: &str = "2000";
+/// A watchdog for conditions, not a timing assertion.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Fields drop in order: brokers before the controller.
+struct Cluster {
+    brokers: Vec<BrokerProcess>,
+    controller: BrokerProcess,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let mut dirs = vec![temp_data_dir()];
+        let controller = BrokerProcess::start(
+            Path::new(BROKER),
+            dirs[0].path(),
+            &[
+                "--role",
+                "controller",
+                "--node-id",
+                "100",
+                "--broker-lease-ms",
+                LEASE_MS,
+            ],
+        );
+        let controller_addr = controller.host_port();
+        let brokers = (1..=3)
+            .map(|id| {
+                dirs.push(temp_data_dir());
+                let node = id.to_string();
+                BrokerProcess::start(
+                    Path::new(BROKER),
+                    dirs[id].path(),
+                    &[
+                        "--role",
+                        "broker",
+                        "--node-id",
+                        &node,
+                        "--controller",
+                        &controller_addr,
+                        "--replica-lag-time-max-ms",
+                        LAG_MS,
+                    ],
+                )
+            })
+            .collect();
+        Cluster {
+            brokers,
+            controller,
+            _dirs: dirs,
+        }
+    }
+
+    /// Broker `id` (1-based, as its node id).
+    fn broker(&mut self, id: u32) -> &mut BrokerProcess {
+        &mut self.brokers[id as usize - 1]
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect(&self.controller.host_port()).await.unwrap()
+    }
+}
+
+async fn describe(client: &Client, topic: &str) -> Option<TopicDescription> {
+    client.admin().describe_topic(topic).await.ok()
+}
+
+/// The whole valid batches in partition 0 of `topic` on a broker's disk, in offset order:
+/// the bytes every replica must agree on.
+fn log_bytes(data_dir: &Path, topic: &str) -> Vec<u8> {
+    let dir = data_dir.join("logs").join(format!("{topic}-0"));
+    let mut segments: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    segments.sort();
+    let mut out = Vec::new();
+    for segment in segments {
+        let bytes = bytes::Bytes::from(std::fs::read(&segment).unwrap());
+        // The active segment's preallocated tail is zeros: the batches end where they fail.
+        for batch in split_batches(bytes).map_while(Result::ok) {
+            out.extend_from_slice(batch.as_bytes());
+        }
+    }
+    out
+}
+
+/// Sends `values` to partition 0 with `acks`, returning how many were acknowledged.
+async fn produce(client: &Client, topic: &str, values: std::ops::Range<u32>, acks: Acks) -> usize {
+    let producer = client
+        .producer(ProducerConfig {
+            acks,
+            linger: Duration::from_millis(1),
+            batch_bytes: 16 << 10,
+            delivery_timeout: Duration::from_secs(60),
+            ..ProducerConfig::default()
+        })
+        .unwrap();
+    let mut deliveries = Vec::new();
+    for v in values {
+        let record = ProducerRecord::new(topic).partition(0).value(v.to_string());
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    producer.flush().await.unwrap();
+    let mut acknowledged = 0;
+    for d in deliveries {
+        d.await.expect("every record acknowledged");
+        acknowledged += 1;
+    }
+    acknowledged
+}
+
+/// Every record of partition 0, read from the leader, as numbers.
+async fn consume(client: &Client, topic: &str) -> Vec<u32> {
+    let mut consumer = client.consumer(ConsumerConfig {
+        follow: false,
+        ..Default::default()
+    });
+    consumer.assign_topic(topic).await.expect("assign");
+    let mut stream = consumer.stream();
+    let mut out = Vec::new();
+    while let Some(record) = stream.next().await {
+        let record = record.expect("a valid record");
+        let value =
+            String::from_utf8_lossy(record.value.as_deref().unwrap_or_default()).into_owned();
+        out.push(value.parse().expect("a number"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_all_survives_losing_the_leader_and_the_logs_agree() {
+    let mut cluster = Cluster::start();
+    let client = cluster.client().await;
+    wait_until("three brokers are alive", WAIT, || async {
+        client
+            .admin()
+            .describe_cluster()
+            .await
+            .is_ok_and(|c| c.brokers.iter().filter(|b| b.alive).count() == 3)
+    })
+    .await;
+    let created = client
+        .admin()
+        .create_topic(
+            NewTopic::new("ledger")
+                .partitions(1)
+                .replication_factor(3)
+                .min_insync_replicas(2),
+        )
+        .await
+        .unwrap();
+    let p = &created.partitions[0];
+    assert_eq!(p.replicas.len(), 3, "{p:?}");
+    assert_eq!(p.isr.len(), 3, "{p:?}");
+    assert_eq!(p.leader_epoch, 1, "{p:?}");
+    let first_leader = p.leader_id;
+
+    assert_eq!(produce(&client, "ledger", 0..2000, Acks::All).await, 2000);
+    // Acknowledged with acks=all: in every in-sync replica's log. The followers' copies are the
+    // leader's bytes (compared once the last fetch round landed).
+    let dirs: Vec<_> = cluster
+        .brokers
+        .iter()
+        .map(|b| b.data_dir().to_path_buf())
+        .collect();
+    wait_until("the three logs hold the same bytes", WAIT, || async {
+        let leader = log_bytes(&dirs[first_leader as usize - 1], "ledger");
+        dirs.iter().all(|d| log_bytes(d, "ledger") == leader)
+    })
+    .await;
+
+    // The leader dies; the controller moves the leadership once its lease lapses.
+    cluster.broker(first_leader).kill();
+    wait_until("a new leader in a new epoch", WAIT, || async {
+        describe(&client, "ledger").await.is_some_and(|t| {
+            let p = &t.partitions[0];
+            p.leader_id != first_leader && p.leader_epoch >= 2 && p.leader_alive
+        })
+    })
+    .await;
+    let after = describe(&client, "ledger").await.unwrap();
+    let p = &after.partitions[0];
+    assert!(
+        !p.isr.contains(&first_leader),
+        "the dead leader left the ISR: {p:?}"
+    );
+    let second_leader = p.leader_id;
+    assert_eq!(
+        produce(&client, "ledger", 2000..3000, Acks::All).await,
+        1000
+    );
+    let values = consume(&client, "ledger").await;
+    assert_eq!(
+        values,
+        (0..3000).collect::<Vec<_>>(),
+        "every record once, in order"
+    );
+
+    // The old leader returns: it catches up and rejoins the ISR; the logs agree again.
+    cluster.broker(first_leader).restart();
+    wait_until("the old leader is back in sync", WAIT, || async {
+        describe(&client, "ledger")
+            .await
+            .is_some_and(|t| t.partitions[0].isr.len() == 3)
+    })
+    .await;
+    wait_until("the three logs hold the same bytes again", WAIT, || async {
+        let leader = log_bytes(&dirs[second_leader as usize - 1], "ledger");
+        dirs.iter().all(|d| log_bytes(d, "ledger") == leader)
+    })
+    .await;
+
+    // Two of three down: the ISR falls below min_insync_replicas and acks=all is refused.
+    let survivors: Vec<u32> = (1..=3).filter(|&b| b != second_leader).collect();
+    cluster.broker(survivors[0]).kill();
+    cluster.broker(survivors[1]).kill();
+    wait_until("the ISR shrinks to the leader", WAIT, || async {
+        describe(&client, "ledger")
+            .await
+            .is_some_and(|t| t.partitions[0].isr == [second_leader])
+    })
+    .await;
+    let producer = client
+        .producer(ProducerConfig {
+            acks: Acks::All,
+            retries: 0,
+            delivery_timeout: Duration::from_secs(5),
+            ..ProducerConfig::default()
+        })
+        .unwrap();
+    let delivery = producer
+        .send(ProducerRecord::new("ledger").partition(0).value("lonely"))
+        .await
+        .unwrap();
+    let err = delivery.await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotEnoughReplicas), "{err}");
+    assert_eq!(
+        consume(&client, "ledger").await.len(),
+        3000,
+        "nothing was appended for the refused batch"
+    );
+}
