@@ -109,6 +109,27 @@ impl NewTopic {
         self
     }
 
+    /// Copies of each partition, on distinct brokers. Default: 3 with 3 or more brokers alive,
+    /// else as many as are alive.
+    pub fn replication_factor(mut self, replicas: u32) -> Self {
+        self.config.replication_factor = Some(replicas);
+        self
+    }
+
+    /// In-sync replicas a partition needs for `acks=all`/`durable` and for its high watermark
+    /// to advance. Default: 2 with a replication factor of 3 or more, else 1.
+    pub fn min_insync_replicas(mut self, replicas: u32) -> Self {
+        self.config.min_insync_replicas = Some(replicas);
+        self
+    }
+
+    /// Elect a replica outside the in-sync set when none in it is alive: available again, at
+    /// the price of acknowledged records the new leader lacks. Default off.
+    pub fn unclean_leader_election(mut self, on: bool) -> Self {
+        self.config.unclean_leader_election = Some(on);
+        self
+    }
+
     /// The request, after the checks that need no broker.
     pub(crate) fn into_request(self) -> Result<v1::CreateTopicRequest, ClientError> {
         validate_topic_name(&self.name)?;
