@@ -87,12 +87,24 @@ impl BrokerState {
         self.shutdown.subscribe()
     }
 
-    /// A partition held here, or the error that says where it is (NOT_LEADER naming its
-    /// owner) or that it does not exist.
+    /// A partition this node leads, or the error that says where it is (NOT_LEADER naming its
+    /// current leader) or that it does not exist. A follower's copy is not served to clients:
+    /// the replication data path reaches it through `topics` directly.
     pub fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, Error> {
-        self.topics
+        let held = self
+            .topics
             .partition(topic, partition)
-            .map_err(|e| self.cluster.not_here(topic, partition, e))
+            .map_err(|e| self.cluster.not_here(topic, partition, e))?;
+        if let Some(state) = self.cluster.partition_state(topic, partition)
+            && state.leader.map(|b| b.0) != Some(self.cluster.node_id)
+        {
+            let follower = TopicError::NotLocal {
+                topic: topic.to_owned(),
+                partition,
+            };
+            return Err(self.cluster.not_here(topic, partition, follower));
+        }
+        Ok(held)
     }
 
     pub fn is_shutting_down(&self) -> bool {
