@@ -108,7 +108,9 @@ async fn a_controller_and_three_brokers() {
         .create_topic(
             NewTopic::new("by-range")
                 .partitions(12)
-                .placement(Placement::Range),
+                .placement(Placement::Range)
+                // Unreplicated: this test shows a dead owner's partitions unavailable.
+                .replication_factor(1),
         )
         .await
         .unwrap();
@@ -616,6 +618,81 @@ async fn group_commits_resume_and_replay_from_a_time_across_brokers() {
     let mut values: Vec<u64> = replay.iter().map(|r| r.2).collect();
     values.sort_unstable();
     assert_eq!(values, (600..1000).collect::<Vec<_>>());
+}
+
+/// Replication's controller side over real processes: an RF 3, min ISR 2 topic is placed on
+/// three distinct brokers, all in sync, epoch 1, and every replica holds its partition; the
+/// leader's broker is SIGKILLed, and once its lease lapsed a surviving broker describes
+/// another leader in epoch 2 with an ISR without the dead broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_leader_is_fenced_and_replaced_from_the_isr() {
+    let mut cluster = start_cluster().await;
+    let b1 = cluster.client_of(0).await;
+    let admin = b1.admin();
+    let created = admin
+        .create_topic(
+            NewTopic::new("replicated")
+                .partitions(3)
+                .replication_factor(3)
+                .min_insync_replicas(2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.config.replication_factor, Some(3));
+    assert_eq!(created.config.min_insync_replicas, Some(2));
+    let described = admin.describe_topic("replicated").await.unwrap();
+    for p in &described.partitions {
+        let mut replicas = p.replicas.clone();
+        replicas.sort();
+        assert_eq!(replicas, [1, 2, 3], "{p:?}");
+        assert_eq!(p.isr, [1, 2, 3], "{p:?}");
+        assert_eq!((p.leader_epoch, p.leader_id), (1, p.replicas[0]), "{p:?}");
+        assert!(p.leader_alive, "{p:?}");
+    }
+    // Every replica holds a local partition directory, followers too.
+    for (i, dir) in cluster.dirs[1..].iter().enumerate() {
+        let node = i as u32 + 1;
+        for p in &described.partitions {
+            let path = dir
+                .path()
+                .join("logs")
+                .join(format!("replicated-{}", p.partition));
+            wait_until("the replica's partition exists", WAIT, || {
+                let path = path.clone();
+                async move { path.is_dir() }
+            })
+            .await;
+            assert!(p.replicas.contains(&node));
+        }
+    }
+
+    let dead = described.partitions[0].leader_id;
+    cluster.brokers[dead as usize - 1].kill();
+    let survivor = if dead == 1 { 1 } else { 0 };
+    let via_survivor = cluster.client_of(survivor).await;
+    wait_until("another replica leads partition 0", WAIT, || async {
+        match via_survivor.admin().describe_topic("replicated").await {
+            Ok(t) => t.partitions[0].leader_id != dead && t.partitions[0].leader_epoch == 2,
+            Err(_) => false,
+        }
+    })
+    .await;
+    let after = via_survivor
+        .admin()
+        .describe_topic("replicated")
+        .await
+        .unwrap();
+    for p in &after.partitions {
+        assert!(!p.isr.contains(&dead), "{p:?}");
+        assert_eq!(p.isr.len(), 2, "{p:?}");
+        assert_ne!(p.leader_id, dead, "{p:?}");
+        assert!(p.isr.contains(&p.leader_id), "{p:?}");
+        assert!(p.leader_alive, "{p:?}");
+        let before = &described.partitions[p.partition as usize];
+        let moved = before.leader_id == dead;
+        assert_eq!(p.leader_epoch, if moved { 2 } else { 1 }, "{p:?}");
+        assert_eq!(p.replicas, before.replicas, "replicas never move");
+    }
 }
 
 /// Rendezvous placement: with a fourth broker, the same topics' partitions either stay where

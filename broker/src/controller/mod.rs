@@ -59,6 +59,8 @@ pub mod journal;
 pub mod link;
 mod offsets;
 pub mod placement;
+#[cfg(test)]
+mod replication_tests;
 pub mod state;
 mod topics;
 

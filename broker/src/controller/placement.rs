@@ -202,7 +202,7 @@ mod tests {
                 );
             }
             assert_eq!(held.len(), 5);
-            for (_, n) in &held {
+            for n in held.values() {
                 assert!((300..=420).contains(n), "{kind:?} replicas {held:?}");
             }
         }

@@ -327,4 +327,69 @@ mod tests {
             state
         );
     }
+
+    #[test]
+    fn records_from_before_replication_replay_as_one_replica_per_partition() {
+        // A TopicCreated event as journaled before replication: no `partitions`, and settings
+        // without the replication fields.
+        let json = r#"{"event":"topic_created","meta":{"version":1,"name":"t","partitions":2,
+            "partitioner":"hash","split_keys":[],"settings":{"retention_bytes":null,
+            "retention_ms":null,"segment_bytes":1048576,"flush":"never","flush_interval_ms":0,
+            "max_batch_bytes":1024},"created_ms":0,"topic_id":"t-1"},"placement":"hash",
+            "leaders":[2,3]}"#;
+        let event: Event = serde_json::from_str(json).unwrap();
+        let mut state = ControllerState::default();
+        state.apply(event);
+        let t = &state.topics["t"];
+        assert_eq!(t.meta.settings.replication_factor, 1);
+        for (p, leader) in [(0, 2), (1, 3)] {
+            let s = t.partition_state(p).unwrap();
+            assert_eq!(s, PartitionState::new(vec![BrokerId(leader)]));
+            assert_eq!(s.leader_epoch, LeaderEpoch(1));
+        }
+        // A snapshot from then: the same upgrade on load.
+        let mut old = state.clone();
+        old.topics.get_mut("t").unwrap().partitions.clear();
+        let mut value = serde_json::to_value(&old).unwrap();
+        value["topics"]["t"]
+            .as_object_mut()
+            .unwrap()
+            .remove("partitions");
+        value.as_object_mut().unwrap().remove("broker_epochs");
+        let mut loaded: ControllerState = serde_json::from_value(value).unwrap();
+        loaded.upgrade();
+        assert_eq!(loaded, state);
+
+        // A change keeps `leaders` on the leader, or the first replica while there is none.
+        let mut leaderless =
+            PartitionRecord::from(&PartitionState::new(vec![BrokerId(3), BrokerId(1)]));
+        leaderless.leader = None;
+        state.apply(Event::PartitionChanged {
+            topic: "t".into(),
+            topic_id: "t-1".into(),
+            partition: 1,
+            state: leaderless.clone(),
+        });
+        assert_eq!(state.topics["t"].leaders, [2, 3]);
+        state.apply(Event::PartitionChanged {
+            topic: "t".into(),
+            topic_id: "another".into(),
+            partition: 0,
+            state: leaderless,
+        });
+        assert_eq!(
+            state.topics["t"].partitions[0].leader,
+            Some(2),
+            "another topic's change"
+        );
+        state.apply(Event::BrokerStarted {
+            broker: 2,
+            broker_epoch: 7,
+        });
+        state.apply(Event::BrokerStarted {
+            broker: 3,
+            broker_epoch: 5,
+        });
+        assert_eq!(state.next_broker_epoch(), 8);
+    }
 }

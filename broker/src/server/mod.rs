@@ -90,29 +90,36 @@ impl BrokerState {
         self.shutdown.subscribe()
     }
 
-    /// A partition held here, or the error that says where it is (NOT_LEADER naming its
-    /// owner) or that it does not exist.
+    /// A partition held here, whatever this broker's role for it (a follower's replica fetch
+    /// reaches its leader through this), or the error that says where it is (NOT_LEADER
+    /// naming its owner) or that it does not exist.
     pub fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, Error> {
         self.topics
             .partition(topic, partition)
             .map_err(|e| self.cluster.not_here(topic, partition, e))
     }
 
-    /// A partition held here that this broker may serve clients from: not one it only
-    /// follows (NOT_LEADER naming the leader), nor one it is still taking the lead of.
+    /// A partition this broker serves clients from: held here and led here. A follower's copy
+    /// answers NOT_LEADER naming the leader (PARTITION_UNAVAILABLE while there is none), and so
+    /// does a partition this broker is still taking the lead of.
     pub fn leader_partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, Error> {
         let held = self.partition(topic, partition)?;
-        match self.replicas.get(topic, partition) {
-            Some(replica) if replica.leading().is_none() => Err(self.cluster.not_here(
-                topic,
+        let led_in_view = self
+            .cluster
+            .partition_state(topic, partition)
+            .is_none_or(|state| state.leader.map(|b| b.0) == Some(self.cluster.node_id));
+        let taking_the_lead = self
+            .replicas
+            .get(topic, partition)
+            .is_some_and(|replica| replica.leading().is_none());
+        if !led_in_view || taking_the_lead {
+            let not_local = TopicError::NotLocal {
+                topic: topic.to_owned(),
                 partition,
-                TopicError::NotLocal {
-                    topic: topic.to_owned(),
-                    partition,
-                },
-            )),
-            _ => Ok(held),
+            };
+            return Err(self.cluster.not_here(topic, partition, not_local));
         }
+        Ok(held)
     }
 
     pub fn is_shutting_down(&self) -> bool {

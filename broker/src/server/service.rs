@@ -365,6 +365,10 @@ impl WeirService {
             return description;
         };
         for p in &mut description.partitions {
+            // Only the leader's offsets are the partition's: a follower's copy may lag.
+            if p.leader_id != self.state.cluster.node_id {
+                continue;
+            }
             if let Ok(held) = local.partition(p.partition) {
                 p.log_start_offset = held.log.log_start_offset();
                 p.high_watermark = held.high_watermark();

@@ -56,6 +56,18 @@ pub struct CreateArgs {
     /// Index each key's last offset, for appends conditional on it (costs broker memory per key)
     #[arg(long)]
     key_index: bool,
+    /// Copies of each partition, on distinct brokers (default: 3 with 3 or more brokers, else
+    /// all of them)
+    #[arg(long, value_name = "R")]
+    replication_factor: Option<u32>,
+    /// In-sync replicas needed for acks=all/durable and for the high watermark to advance
+    /// (default: 2 with a replication factor of 3 or more, else 1)
+    #[arg(long, value_name = "M")]
+    min_insync_replicas: Option<u32>,
+    /// When no in-sync replica is alive, elect one outside the in-sync set (LOSES acknowledged
+    /// records)
+    #[arg(long)]
+    unclean_leader_election: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -119,6 +131,15 @@ pub async fn run(broker: &str, command: TopicCommand) -> anyhow::Result<ExitCode
             }
             if args.key_index {
                 topic = topic.key_index(true);
+            }
+            if let Some(replicas) = args.replication_factor {
+                topic = topic.replication_factor(replicas);
+            }
+            if let Some(replicas) = args.min_insync_replicas {
+                topic = topic.min_insync_replicas(replicas);
+            }
+            if args.unclean_leader_election {
+                topic = topic.unclean_leader_election(true);
             }
             let created = admin.create_topic(topic).await?;
             println!(
@@ -237,6 +258,27 @@ fn describe(topic: &TopicDescription) -> String {
             .to_owned(),
         ],
         vec![
+            "replication".to_owned(),
+            optional(topic.config.replication_factor.map(u64::from), |n| {
+                n.to_string()
+            }),
+        ],
+        vec![
+            "min in-sync".to_owned(),
+            optional(topic.config.min_insync_replicas.map(u64::from), |n| {
+                n.to_string()
+            }),
+        ],
+        vec![
+            "unclean leaders".to_owned(),
+            if topic.config.unclean_leader_election == Some(true) {
+                "on (may lose acknowledged records)"
+            } else {
+                "off"
+            }
+            .to_owned(),
+        ],
+        vec![
             "flush".to_owned(),
             match topic.config.flush {
                 None => "-".to_owned(),
@@ -253,8 +295,19 @@ fn describe(topic: &TopicDescription) -> String {
         "RECORDS".to_owned(),
         "SIZE".to_owned(),
         "LEADER".to_owned(),
+        "EPOCH".to_owned(),
+        "REPLICAS".to_owned(),
+        "ISR".to_owned(),
     ]];
+    let list = |ids: &[u32]| {
+        if ids.is_empty() {
+            "-".to_owned()
+        } else {
+            ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+        }
+    };
     partitions.extend(topic.partitions.iter().map(|p| {
+        let replication = [p.leader_epoch.to_string(), list(&p.replicas), list(&p.isr)];
         let leader = format!(
             "{} ({}){}",
             p.leader_id,
@@ -267,7 +320,7 @@ fn describe(topic: &TopicDescription) -> String {
         );
         if !p.offsets_known {
             let unknown = "-".to_owned();
-            return vec![
+            let mut row = vec![
                 p.partition.to_string(),
                 unknown.clone(),
                 unknown.clone(),
@@ -275,8 +328,10 @@ fn describe(topic: &TopicDescription) -> String {
                 unknown,
                 leader,
             ];
+            row.extend(replication);
+            return row;
         }
-        vec![
+        let mut row = vec![
             p.partition.to_string(),
             p.log_start_offset.to_string(),
             p.high_watermark.to_string(),
@@ -285,7 +340,9 @@ fn describe(topic: &TopicDescription) -> String {
                 .to_string(),
             human_bytes(p.size_bytes),
             leader,
-        ]
+        ];
+        row.extend(replication);
+        row
     }));
     format!("{}\n{}", table(&summary), table(&partitions))
 }
@@ -334,9 +391,10 @@ mod tests {
                 leader_address: "b1:7070".into(),
                 leader_alive: true,
                 offsets_known: true,
-                replicas: vec![1],
-                isr: vec![1],
-                leader_epoch: 1,
+                replicas: vec![1, 3, 2],
+                isr: vec![1, 2],
+                leader_epoch: 4,
+                partition_epoch: 9,
             }],
             created_ms: 1_714_564_800_000,
             placement: Placement::Range,
@@ -349,7 +407,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("0          5          15              10       2.0 KiB  1 (b1:7070)\n"),
+            text.contains(
+                "0          5          15              10       2.0 KiB  1 (b1:7070)  4      1,3,2     1,2\n"
+            ),
             "{text}"
         );
     }

@@ -109,22 +109,22 @@ impl NewTopic {
         self
     }
 
-    /// Copies of each partition, on distinct brokers (default: 3 with 3 or more brokers alive,
-    /// else as many as are alive).
+    /// Copies of each partition, on distinct brokers. Default: 3 with 3 or more brokers alive,
+    /// else as many as are alive.
     pub fn replication_factor(mut self, replicas: u32) -> Self {
         self.config.replication_factor = Some(replicas);
         self
     }
 
-    /// In-sync replicas a partition needs to accept `acks=all`/`durable` produce (default: 2
-    /// with 3 or more replicas, else 1).
+    /// In-sync replicas a partition needs for `acks=all`/`durable` and for its high watermark
+    /// to advance. Default: 2 with a replication factor of 3 or more, else 1.
     pub fn min_insync_replicas(mut self, replicas: u32) -> Self {
         self.config.min_insync_replicas = Some(replicas);
         self
     }
 
-    /// Whether a replica outside the in-sync set may be elected when none in it is alive
-    /// (loses acknowledged records; default false).
+    /// Elect a replica outside the in-sync set when none in it is alive: available again, at
+    /// the price of acknowledged records the new leader lacks. Default off.
     pub fn unclean_leader_election(mut self, on: bool) -> Self {
         self.config.unclean_leader_election = Some(on);
         self

@@ -157,12 +157,14 @@ pub struct PartitionDescription {
     /// Whether the offsets and size above were read from the owner (false: unknown, e.g. the
     /// owner is down).
     pub offsets_known: bool,
-    /// The brokers holding a copy, preferred leader first.
+    /// The brokers holding a copy, preferred leader first (one without replication).
     pub replicas: Vec<u32>,
-    /// The in-sync replicas (sorted).
+    /// The in-sync replicas, sorted.
     pub isr: Vec<u32>,
     /// Bumped by every leadership change.
     pub leader_epoch: u32,
+    /// Bumped by every change of the partition's leader or in-sync set.
+    pub partition_epoch: u32,
 }
 
 /// A topic as the broker describes it.
@@ -213,6 +215,7 @@ impl TopicDescription {
                     replicas: p.replicas,
                     isr: p.isr,
                     leader_epoch: p.leader_epoch,
+                    partition_epoch: p.partition_epoch,
                 })
                 .collect(),
             created_ms: topic.created_ms,

@@ -1,0 +1,406 @@
+//! The controller's replication decisions end to end, in process: topic replication settings,
+//! broker epochs, AlterPartition's compare-and-set and each refusal, fencing on lease expiry
+//! and election when a broker comes back, unclean restarts, and rule 12b's lease grants.
+//! Brokers are played by calls (register, heartbeat) with short leases.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use weir_proto::v1::{
+    AlterPartitionRequest, BrokerHeartbeatRequest, BrokerHeartbeatResponse, CreateTopicRequest,
+    ErrorCode, IsrMember, RegisterBrokerRequest, TopicConfig,
+};
+use weir_storage::LogConfig;
+
+use super::{Controller, ControllerConfig};
+
+const LEASE: Duration = Duration::from_millis(300);
+
+fn open(dir: &std::path::Path) -> Arc<Controller> {
+    Controller::open(
+        dir,
+        ControllerConfig {
+            broker_lease: LEASE,
+            topic_defaults: LogConfig::default(),
+            max_request_bytes: 64 << 20,
+        },
+    )
+    .unwrap()
+}
+
+async fn register(c: &Arc<Controller>, id: u32, clean_start: bool) -> BrokerHeartbeatResponse {
+    c.register_broker(RegisterBrokerRequest {
+        broker_id: id,
+        address: format!("127.0.0.1:{}", 9000 + id),
+        data_address: format!("127.0.0.1:{}", 9100 + id),
+        clean_start,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// A heartbeat that has applied the current metadata, without waiting.
+async fn heartbeat(c: &Arc<Controller>, id: u32, epoch: u64) -> BrokerHeartbeatResponse {
+    c.broker_heartbeat(BrokerHeartbeatRequest {
+        broker_id: id,
+        known_version: c.metadata().version,
+        wait_ms: 0,
+        broker_epoch: epoch,
+    })
+    .await
+    .unwrap()
+}
+
+/// Registers broker `id` and heartbeats until it holds a lease; its broker epoch.
+async fn join(c: &Arc<Controller>, id: u32, clean_start: bool) -> u64 {
+    let epoch = register(c, id, clean_start).await.broker_epoch;
+    for _ in 0..10 {
+        if heartbeat(c, id, epoch).await.lease_ms > 0 {
+            return epoch;
+        }
+    }
+    panic!("broker {id} got no lease");
+}
+
+/// Creates a topic while `brokers` keep acknowledging (so the create does not wait out
+/// ACK_WAIT).
+async fn create(
+    c: &Arc<Controller>,
+    brokers: &[(u32, u64)],
+    name: &str,
+    partitions: u32,
+    config: TopicConfig,
+) -> Result<weir_proto::v1::TopicDescription, weir_proto::v1::Error> {
+    let task = {
+        let c = Arc::clone(c);
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            c.create_topic(CreateTopicRequest {
+                name,
+                partitions,
+                config: Some(config),
+                ..Default::default()
+            })
+            .await
+        })
+    };
+    while !task.is_finished() {
+        for &(id, epoch) in brokers {
+            heartbeat(c, id, epoch).await;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    task.await.unwrap()
+}
+
+fn rf(replication_factor: u32, min_insync_replicas: u32) -> TopicConfig {
+    TopicConfig {
+        replication_factor: Some(replication_factor),
+        min_insync_replicas: Some(min_insync_replicas),
+        ..Default::default()
+    }
+}
+
+fn state(c: &Controller, topic: &str, p: u32) -> weir_replication::PartitionState {
+    let inner = c.inner.lock().unwrap();
+    inner.state.topics[topic].partition_state(p).unwrap()
+}
+
+fn ids(brokers: &[weir_replication::BrokerId]) -> Vec<u32> {
+    brokers.iter().map(|b| b.0).collect()
+}
+
+async fn three(c: &Arc<Controller>) -> Vec<(u32, u64)> {
+    let mut brokers = Vec::new();
+    for id in 1..=3 {
+        brokers.push((id, join(c, id, true).await));
+    }
+    brokers
+}
+
+#[tokio::test]
+async fn replication_settings_default_from_the_live_brokers_and_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path());
+    let one = vec![(1, join(&c, 1, true).await)];
+    let t = create(&c, &one, "single", 2, TopicConfig::default())
+        .await
+        .unwrap();
+    let config = t.config.unwrap();
+    assert_eq!(
+        (config.replication_factor, config.min_insync_replicas),
+        (Some(1), Some(1))
+    );
+    assert_eq!(t.partitions[0].replicas, [1]);
+
+    let brokers = three(&c).await;
+    let t = create(&c, &brokers, "triple", 4, TopicConfig::default())
+        .await
+        .unwrap();
+    let config = t.config.unwrap();
+    assert_eq!(
+        (config.replication_factor, config.min_insync_replicas),
+        (Some(3), Some(2))
+    );
+    for p in &t.partitions {
+        let mut r = p.replicas.clone();
+        r.sort();
+        assert_eq!(r, [1, 2, 3]);
+        assert_eq!(
+            (p.isr.clone(), p.leader_epoch, p.partition_epoch),
+            (vec![1, 2, 3], 1, 1)
+        );
+        assert_eq!(p.leader_id, p.replicas[0]);
+    }
+    let t = create(&c, &brokers, "double", 1, rf(2, 1)).await.unwrap();
+    assert_eq!(t.partitions[0].replicas.len(), 2);
+
+    for (config, why) in [
+        (rf(4, 1), "needs 4 live brokers"),
+        (rf(0, 1), "at least 1"),
+        (rf(3, 0), "at least 1"),
+        (rf(2, 3), "exceeds replication_factor"),
+    ] {
+        let e = create(&c, &brokers, "bad", 1, config).await.unwrap_err();
+        assert_eq!(
+            e.code,
+            ErrorCode::InvalidReplicationFactor as i32,
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains(why), "{}", e.message);
+    }
+    assert!(!c.inner.lock().unwrap().state.topics.contains_key("bad"));
+}
+
+#[tokio::test]
+async fn broker_epochs_grow_with_every_start_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path());
+    let first = join(&c, 1, true).await;
+    let second = join(&c, 1, true).await;
+    assert!(second > first);
+    // The older start is told to register again.
+    assert!(heartbeat(&c, 1, first).await.reregister);
+    assert!(!heartbeat(&c, 1, second).await.reregister);
+    c.close().unwrap();
+    drop(c);
+    let c = open(dir.path());
+    assert!(
+        !heartbeat(&c, 1, second).await.reregister,
+        "the epoch is journaled"
+    );
+    assert!(join(&c, 1, true).await > second);
+}
+
+#[tokio::test]
+async fn a_lease_is_granted_only_with_the_current_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path());
+    let registered = register(&c, 1, true).await;
+    assert_eq!(registered.lease_ms, 0, "a registration grants no lease");
+    let epoch = registered.broker_epoch;
+    let stale = c
+        .broker_heartbeat(BrokerHeartbeatRequest {
+            broker_id: 1,
+            known_version: 0,
+            wait_ms: 0,
+            broker_epoch: epoch,
+        })
+        .await
+        .unwrap();
+    assert_eq!(stale.lease_ms, 0);
+    assert!(stale.metadata.is_some());
+    assert!(
+        !c.metadata().brokers[0].alive,
+        "not unfenced before it applied the metadata"
+    );
+    join(&c, 1, true).await;
+    assert!(c.metadata().brokers[0].alive);
+}
+
+#[tokio::test]
+async fn alter_partition_is_a_compare_and_set_with_typed_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path());
+    let brokers = three(&c).await;
+    let epoch_of = |id: u32| brokers.iter().find(|b| b.0 == id).map_or(1, |b| b.1);
+    create(&c, &brokers, "t", 1, rf(3, 2)).await.unwrap();
+    let s = state(&c, "t", 0);
+    let leader = s.leader.unwrap().0;
+    let others: Vec<u32> = ids(&s.isr).into_iter().filter(|&b| b != leader).collect();
+    let member = |b: u32| IsrMember {
+        broker: b,
+        broker_epoch: epoch_of(b),
+    };
+    let request = |isr: &[u32]| AlterPartitionRequest {
+        topic: "t".into(),
+        topic_id: String::new(),
+        partition: 0,
+        leader,
+        leader_epoch: 1,
+        partition_epoch: 1,
+        new_isr: isr.iter().map(|&b| member(b)).collect(),
+    };
+    let mut shrunk: Vec<u32> = vec![leader, others[0]];
+    shrunk.sort();
+    let answer = c.alter_partition(request(&shrunk)).await.unwrap();
+    let new = answer.state.unwrap();
+    assert_eq!(
+        (new.isr.clone(), new.partition_epoch, new.leader_epoch),
+        (shrunk.clone(), 2, 1)
+    );
+    assert_eq!(new.min_insync_replicas, 2);
+    assert_eq!(ids(&state(&c, "t", 0).isr), shrunk, "journaled and applied");
+
+    let refused = |code: ErrorCode, r: AlterPartitionRequest| {
+        let c = Arc::clone(&c);
+        async move {
+            let e = c.alter_partition(r).await.unwrap_err();
+            assert_eq!(e.code, code as i32, "{}", e.message);
+            e.message
+        }
+    };
+    // The retry of an applied request is stale.
+    refused(ErrorCode::StalePartitionEpoch, request(&shrunk)).await;
+    let current = |isr: &[u32]| AlterPartitionRequest {
+        partition_epoch: 2,
+        ..request(isr)
+    };
+    refused(
+        ErrorCode::FencedLeaderEpoch,
+        AlterPartitionRequest {
+            leader_epoch: 0,
+            ..current(&shrunk)
+        },
+    )
+    .await;
+    refused(
+        ErrorCode::NotLeader,
+        AlterPartitionRequest {
+            leader: others[0],
+            ..current(&shrunk)
+        },
+    )
+    .await;
+    let msg = refused(ErrorCode::IneligibleReplica, current(&[leader])).await;
+    assert!(msg.contains("min_insync_replicas 2"), "{msg}");
+    let mut with_stranger = vec![leader, 9];
+    with_stranger.sort();
+    refused(ErrorCode::IneligibleReplica, current(&with_stranger)).await;
+    let mut stale_epoch = current(&[1, 2, 3]);
+    for m in &mut stale_epoch.new_isr {
+        if m.broker == others[1] {
+            m.broker_epoch -= 1;
+        }
+    }
+    refused(ErrorCode::IneligibleReplica, stale_epoch).await;
+    refused(ErrorCode::InvalidRequest, current(&[3, 2, 1])).await;
+    refused(ErrorCode::InvalidRequest, current(&shrunk)).await;
+    refused(
+        ErrorCode::UnknownPartition,
+        AlterPartitionRequest {
+            partition: 1,
+            ..current(&shrunk)
+        },
+    )
+    .await;
+    refused(
+        ErrorCode::UnknownTopic,
+        AlterPartitionRequest {
+            topic_id: "another".into(),
+            ..current(&shrunk)
+        },
+    )
+    .await;
+    refused(
+        ErrorCode::UnknownTopic,
+        AlterPartitionRequest {
+            topic: "nope".into(),
+            ..current(&shrunk)
+        },
+    )
+    .await;
+    // Growing back with every member at its current epoch.
+    let grown = c.alter_partition(current(&[1, 2, 3])).await.unwrap();
+    assert_eq!(grown.state.unwrap().isr, [1, 2, 3]);
+}
+
+#[tokio::test]
+async fn a_lapsed_lease_fences_and_a_returning_broker_is_elected() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path());
+    let brokers = three(&c).await;
+    create(&c, &brokers, "t", 1, rf(3, 2)).await.unwrap();
+    create(&c, &brokers, "solo", 1, rf(1, 1)).await.unwrap();
+    let before = state(&c, "t", 0);
+    let dead = before.leader.unwrap().0;
+    let solo_owner = state(&c, "solo", 0).leader.unwrap().0;
+    let survivors: Vec<(u32, u64)> = brokers.iter().copied().filter(|b| b.0 != dead).collect();
+
+    // The others keep heartbeating; the leader falls silent past the grace.
+    let deadline = tokio::time::Instant::now() + LEASE + Duration::from_millis(100);
+    while tokio::time::Instant::now() < deadline {
+        for &(id, epoch) in &survivors {
+            heartbeat(&c, id, epoch).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.tick().await;
+    let after = state(&c, "t", 0);
+    assert_ne!(after.leader.map(|b| b.0), Some(dead));
+    assert!(after.leader.is_some());
+    assert_eq!(after.leader_epoch.0, 2);
+    assert_eq!(after.isr.len(), 2);
+    assert!(!ids(&after.isr).contains(&dead));
+    assert!(!c.metadata().brokers.iter().any(|b| b.id == dead && b.alive));
+    let described = c.metadata();
+    let t = described
+        .topics
+        .iter()
+        .find(|t| t.description.as_ref().unwrap().name == "t")
+        .unwrap();
+    assert_eq!(t.leaders[0], after.leader.unwrap().0);
+
+    // A partition whose only replica was fenced keeps it in its ISR, without a leader.
+    if solo_owner == dead {
+        let solo = state(&c, "solo", 0);
+        assert_eq!((solo.leader, ids(&solo.isr)), (None, vec![dead]));
+    }
+    // The broker returns (same start): unfenced once it holds the current metadata, and
+    // elected where it is the only candidate.
+    let dead_epoch = brokers.iter().find(|b| b.0 == dead).unwrap().1;
+    for _ in 0..3 {
+        heartbeat(&c, dead, dead_epoch).await;
+    }
+    assert!(c.metadata().brokers.iter().any(|b| b.id == dead && b.alive));
+    let solo = state(&c, "solo", 0);
+    assert_eq!(solo.leader.map(|b| b.0), Some(solo_owner));
+    if solo_owner == dead {
+        assert_eq!(solo.leader_epoch.0, 3, "fenced (2), elected (3)");
+    }
+    // It does not take leadership back, nor the ISR: that is the leader's expansion.
+    assert_eq!(state(&c, "t", 0), after);
+}
+
+#[tokio::test]
+async fn an_unclean_restart_leaves_the_isr() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path());
+    let brokers = three(&c).await;
+    create(&c, &brokers, "t", 1, rf(3, 2)).await.unwrap();
+    create(&c, &brokers, "solo", 3, rf(1, 1)).await.unwrap();
+    let leader = state(&c, "t", 0).leader.unwrap().0;
+    let epoch = join(&c, leader, false).await;
+    assert!(epoch > brokers.iter().map(|b| b.1).max().unwrap());
+    let after = state(&c, "t", 0);
+    assert!(!ids(&after.isr).contains(&leader), "{after:?}");
+    assert!(after.leader.is_some_and(|l| l.0 != leader));
+    assert_eq!(after.leader_epoch.0, 2);
+    // Partitions it is the only replica of keep it: there is no other copy.
+    for p in 0..3 {
+        let solo = state(&c, "solo", p);
+        assert!(solo.leader.is_some() && solo.isr.len() == 1, "{solo:?}");
+    }
+}
