@@ -543,7 +543,14 @@ async fn group_read(
 }
 
 async fn produce_numbered(client: &Client, topic: &str, numbers: std::ops::Range<u64>) {
-    let producer = client.producer(ProducerConfig::default()).unwrap();
+    // acks=all: on a replicated topic (the default with three brokers) a record is readable
+    // once the in-sync replicas hold it; acknowledged then, it is readable at once.
+    let producer = client
+        .producer(ProducerConfig {
+            acks: weir_client::Acks::All,
+            ..ProducerConfig::default()
+        })
+        .unwrap();
     let mut deliveries = Vec::new();
     for i in numbers {
         let record = ProducerRecord::new(topic)
