@@ -266,3 +266,69 @@ async fn acks_all_survives_losing_the_leader_and_the_logs_agree() {
         "nothing was appended for the refused batch"
     );
 }
+
+/// Self-healing: a bit flipped on a follower's disk, in a sealed segment, is found by the
+/// scrub when the follower restarts; the follower cuts its log there, fetches the rest again
+/// from the leader and ends up byte-identical to it, back in the ISR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_heals_a_damaged_segment_from_the_leader() {
+    let mut cluster = Cluster::start();
+    let client = cluster.client().await;
+    wait_until("three brokers are alive", WAIT, || async {
+        client
+            .admin()
+            .describe_cluster()
+            .await
+            .is_ok_and(|c| c.brokers.iter().filter(|b| b.alive).count() == 3)
+    })
+    .await;
+    let created = client
+        .admin()
+        .create_topic(
+            NewTopic::new("rot")
+                .partitions(1)
+                .replication_factor(3)
+                .min_insync_replicas(2)
+                .segment_bytes(64 << 10),
+        )
+        .await
+        .unwrap();
+    let leader = created.partitions[0].leader_id;
+    let follower = (1..=3).find(|&b| b != leader).unwrap();
+    assert_eq!(produce(&client, "rot", 0..5000, Acks::All).await, 5000);
+    let dirs: Vec<_> = cluster
+        .brokers
+        .iter()
+        .map(|b| b.data_dir().to_path_buf())
+        .collect();
+    let same_as_leader = |dirs: &[std::path::PathBuf]| {
+        let theirs = log_bytes(&dirs[leader as usize - 1], "rot");
+        log_bytes(&dirs[follower as usize - 1], "rot") == theirs
+    };
+    wait_until("the follower holds the leader's bytes", WAIT, || async {
+        same_as_leader(&dirs)
+    })
+    .await;
+
+    // Rot one byte in the follower's first (sealed) segment, inside its first batch's records.
+    cluster.broker(follower).terminate();
+    let dir = dirs[follower as usize - 1].join("logs").join("rot-0");
+    let first = dir.join(format!("{:020}.log", 0));
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes[200] ^= 0x10;
+    std::fs::write(&first, &bytes).unwrap();
+    assert!(!same_as_leader(&dirs), "the damage is on disk");
+
+    cluster.broker(follower).restart();
+    wait_until("the follower repaired its copy from the leader", WAIT, || async {
+        same_as_leader(&dirs)
+    })
+    .await;
+    wait_until("and is back in the ISR", WAIT, || async {
+        describe(&client, "rot")
+            .await
+            .is_some_and(|t| t.partitions[0].isr.len() == 3)
+    })
+    .await;
+    assert_eq!(consume(&client, "rot").await, (0..5000).collect::<Vec<_>>());
+}

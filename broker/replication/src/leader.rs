@@ -354,6 +354,14 @@ pub enum NotEligible {
 /// in the leader's epoch reached the high watermark and the epoch's start offset, while the
 /// leader's high watermark is final (rule 9). The member carries the broker epoch of that fetch,
 /// for the controller to check (KIP-903).
+///
+/// One exception to "final" keeps a partition live: while the confirmed ISR is below
+/// `min_insync` (with `rules.strict_min_isr`), the high watermark cannot move, so a leader
+/// elected with a stale one could never make it final and never grow the ISR back. A follower
+/// that reached the epoch's start holds everything the leader held when it took the epoch, so
+/// every committed record (the leader was elected from the ISR, rule 3): it may join. (The
+/// model checks this with every rule on.)
+#[allow(clippy::too_many_arguments)]
 pub fn expansion_member(
     follower: BrokerId,
     view: &IsrView,
@@ -361,6 +369,7 @@ pub fn expansion_member(
     leader_epoch: LeaderEpoch,
     hw: Offset,
     epoch_start: Offset,
+    min_insync: usize,
     rules: &Rules,
 ) -> Result<IsrMember, NotEligible> {
     if view.maximal().contains(&follower) {
@@ -369,7 +378,8 @@ pub fn expansion_member(
     let p = progress
         .filter(|p| p.leader_epoch == leader_epoch)
         .ok_or(NotEligible::NoFetchThisEpoch)?;
-    if !hw_is_final(hw, epoch_start, rules) {
+    let hw_frozen = rules.strict_min_isr && view.committed().len() < min_insync;
+    if !hw_is_final(hw, epoch_start, rules) && !hw_frozen {
         return Err(NotEligible::HwNotFinal);
     }
     if p.log_end < hw || p.log_end < epoch_start {
@@ -561,28 +571,51 @@ mod tests {
         let view = IsrView::new(&state);
         let e1 = LeaderEpoch(1);
         assert_eq!(
-            expansion_member(b(1), &view, fetched(5), e1, 5, 0, &Rules::ALL),
+            expansion_member(b(1), &view, fetched(5), e1, 5, 0, 1, &Rules::ALL),
             Err(NotEligible::AlreadyInIsr)
         );
         assert_eq!(
-            expansion_member(b(2), &view, None, e1, 5, 0, &Rules::ALL),
+            expansion_member(b(2), &view, None, e1, 5, 0, 1, &Rules::ALL),
             Err(NotEligible::NoFetchThisEpoch)
         );
         assert_eq!(
-            expansion_member(b(2), &view, fetched(4), e1, 5, 0, &Rules::ALL),
+            expansion_member(b(2), &view, fetched(4), e1, 5, 0, 1, &Rules::ALL),
             Err(NotEligible::NotCaughtUp)
         );
         assert_eq!(
-            expansion_member(b(2), &view, fetched(6), e1, 5, 6, &Rules::ALL),
+            expansion_member(b(2), &view, fetched(6), e1, 5, 6, 1, &Rules::ALL),
             Err(NotEligible::HwNotFinal)
         );
-        let m = expansion_member(b(2), &view, fetched(5), e1, 5, 3, &Rules::ALL).unwrap();
+        let m = expansion_member(b(2), &view, fetched(5), e1, 5, 3, 1, &Rules::ALL).unwrap();
         assert_eq!(
             m,
             IsrMember {
                 broker: b(2),
                 broker_epoch: BrokerEpoch(1)
             }
+        );
+    }
+
+    #[test]
+    fn a_frozen_hw_does_not_keep_a_caught_up_follower_out() {
+        // A leader elected alone (ISR {0}, min ISR 2) with a stale HW 2 below its epoch start 6:
+        // strict min ISR holds the HW, so it can never become final on its own.
+        let state = PartitionState {
+            isr: vec![b(0)],
+            ..PartitionState::new(vec![b(0), b(1), b(2)])
+        };
+        let view = IsrView::new(&state);
+        let e1 = LeaderEpoch(1);
+        assert!(expansion_member(b(1), &view, fetched(6), e1, 2, 6, 2, &Rules::ALL).is_ok());
+        assert_eq!(
+            expansion_member(b(1), &view, fetched(5), e1, 2, 6, 2, &Rules::ALL),
+            Err(NotEligible::NotCaughtUp),
+            "it must still have reached the epoch's start"
+        );
+        assert_eq!(
+            expansion_member(b(1), &view, fetched(6), e1, 2, 6, 1, &Rules::ALL),
+            Err(NotEligible::HwNotFinal),
+            "with the ISR at its minimum the HW can move, and must be final first"
         );
     }
 }

@@ -742,6 +742,7 @@ impl Model for ReplicationModel {
                                     l.epoch,
                                     br.hw,
                                     l.epoch_start,
+                                    MIN_INSYNC,
                                     &self.rules,
                                 )
                                 .is_ok()
@@ -887,6 +888,7 @@ impl Model for ReplicationModel {
                         l.epoch,
                         br.hw,
                         l.epoch_start,
+                        MIN_INSYNC,
                         &self.rules,
                     )
                     .ok()?;

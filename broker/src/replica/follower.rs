@@ -93,6 +93,9 @@ async fn rounds(
     stream.set_nodelay(true)?;
     let config = manager.config();
     loop {
+        if let Some(damage) = replica.partition.log.known_damage() {
+            cut_damage(replica, damage).await?;
+        }
         let log = &replica.partition.log;
         let history = log.epoch_history();
         let offset = log.high_watermark();
@@ -204,6 +207,28 @@ async fn append_chunk(
     .await;
     replica.partition.notify_appended();
     *epochs = rest?;
+    Ok(())
+}
+
+/// Self-healing: the scrub found a damaged batch in this follower's log. The follower cuts the
+/// log at it and fetches the range again from the leader (whose copy passed its CRCs when it
+/// was sent: a follower validates every batch it appends). Its next fetch, below the high
+/// watermark, takes it out of the ISR at once (see `leader`), and it rejoins once caught up.
+async fn cut_damage(
+    replica: &Replica,
+    damage: weir_storage::KnownDamage,
+) -> Result<(), FollowError> {
+    let _writer = replica.writer.lock().await;
+    let log = Arc::clone(&replica.partition.log);
+    let offset = damage.offset;
+    let end = blocking(move || {
+        let end = log.high_watermark();
+        log.truncate_to(offset)?;
+        Ok(end)
+    })
+    .await?;
+    replica.partition.clamp_to_log_end();
+    warn!(partition = %format!("{}-{}", replica.topic, replica.index), offset, log_end = end, segment = %damage.segment.display(), reason = ?damage.reason, "damaged batch found by the scrub: cut the log there to fetch the rest again from the leader");
     Ok(())
 }
 

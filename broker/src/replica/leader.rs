@@ -356,10 +356,13 @@ pub enum ProduceRefusal {
     Refused(Error),
 }
 
-/// Admits a produce on a partition this broker leads: `needs_isr` for `acks=all` and
-/// `acks=durable` (NOT_ENOUGH_REPLICAS while the confirmed ISR is below the minimum, rule 5),
-/// and never once the lease lapsed (rule 12: the controller may have elected another leader).
-/// Returns the epoch the produce is admitted in.
+/// Admits a produce on a partition this broker leads. With `needs_isr` (`acks=all`,
+/// `acks=durable`): NOT_ENOUGH_REPLICAS while the confirmed ISR is below the minimum (rule 5);
+/// such a batch is acknowledged only once every counted replica has it, so a deposed leader
+/// cannot acknowledge it (the model: no acknowledged record is lost without rule 12), and it
+/// goes on while the controller is unreachable. Without (`acks=leader`): refused once the lease
+/// lapsed (rule 12: the controller may have elected another leader, and the batch would be
+/// acknowledged into a log that is about to be cut). Returns the epoch it is admitted in.
 pub fn admit_produce(
     replica: &Replica,
     needs_isr: bool,
@@ -375,7 +378,7 @@ pub fn admit_produce(
     } else {
         usize::MAX
     };
-    match may_accept_produce(isr_len, min_insync, lease_valid) {
+    match may_accept_produce(isr_len, min_insync, lease_valid || needs_isr) {
         Ok(()) => Ok(l.epoch),
         Err(ProduceError::NotEnoughReplicas) => Err(ProduceRefusal::Refused(status::error(
             ErrorCode::NotEnoughReplicas,
@@ -397,6 +400,36 @@ pub fn admit_produce(
     }
 }
 
+/// Whether the leader may answer consumers now: its high watermark is final (rule 9: a new
+/// leader's carried-over one may be lower than what its predecessor announced). Refused with
+/// PARTITION_UNAVAILABLE, retriable; a new leader's high watermark is final after its
+/// followers' first fetch round.
+///
+/// Decision: reads are not refused when the lease lapsed (which `may_serve_reads` would do):
+/// a leader cut off from the controller, perhaps deposed, serves only records below its own
+/// high watermark, which are committed, so a consumer may read a stale view for up to a lease
+/// but never a record that vanishes; refusing would make every replicated partition unreadable
+/// while the controller is down.
+pub fn check_reads(replica: &Replica) -> Result<(), Error> {
+    let role = lock(&replica.role);
+    let Role::Leader(l) = &*role else {
+        return Ok(()); // the caller refuses non-leaders with NOT_LEADER
+    };
+    let hw = replica.partition.high_watermark();
+    let hw_final = weir_replication::leader::hw_is_final(hw, l.epoch_start, &Rules::ALL);
+    if weir_replication::leader::may_serve_reads(hw_final, true) {
+        return Ok(());
+    }
+    let why = format!(
+        "the leader of epoch {} is confirming its high watermark ({hw}, below the epoch's start {})",
+        l.epoch.0, l.epoch_start
+    );
+    Err(status::error(
+        ErrorCode::PartitionUnavailable,
+        format!("{}: {why}; retry", name(replica)),
+    ))
+}
+
 /// After a leader's append: the high watermark may move at once (an ISR of one).
 pub fn on_leader_append(replica: &Replica, manager: &ReplicaManager) {
     recompute(replica, manager);
@@ -413,16 +446,15 @@ pub enum AckLevel {
 
 /// Waits until the batch ending before `offset_after`, appended in `epoch`, may be
 /// acknowledged at `level`: the watermark passed it while this broker still led that epoch
-/// with a valid lease (`may_acknowledge`, rule 12). Fails with
-/// NOT_ENOUGH_REPLICAS_AFTER_APPEND when leadership or the lease is lost first, or after the
-/// produce timeout.
+/// (`may_acknowledge`; the watermark counts every ISR member, so no lease is needed, see
+/// [`admit_produce`]). Fails with NOT_ENOUGH_REPLICAS_AFTER_APPEND when leadership is lost
+/// first, or after the produce timeout.
 pub async fn wait_acknowledgeable(
     replica: &Replica,
     manager: &ReplicaManager,
     epoch: LeaderEpoch,
     offset_after: u64,
     level: AckLevel,
-    lease_valid: &(dyn Fn() -> bool + Send + Sync),
 ) -> Result<(), Error> {
     let mut moved = match level {
         AckLevel::Replicated => replica.partition.subscribe_committed(),
@@ -453,11 +485,6 @@ pub async fn wait_acknowledgeable(
                 "this broker stopped leading epoch {} before the in-sync replicas confirmed it",
                 epoch.0
             )));
-        }
-        if !lease_valid() {
-            return Err(failed(
-                "this leader's lease with the controller lapsed before the in-sync replicas confirmed it".into(),
-            ));
         }
         if weir_replication::leader::may_acknowledge(offset_after - 1, mark, true) {
             return Ok(());
@@ -535,7 +562,12 @@ fn proposal(
     let log_end = replica.partition.log_end();
     let hw = replica.partition.high_watermark();
     let lag_max = manager.config().lag_time_max;
+    let min_insync = *lock(&replica.min_insync);
     let maximal = l.isr.maximal();
+    // Out: a follower lagging past lag_max, and at once one whose fetch in this epoch is below
+    // the high watermark. An ISR member's log end never falls below it unless the member lost
+    // committed records (its disk was damaged and it cut the damaged range to fetch it again):
+    // electable, it would lose them.
     let lagging: Vec<BrokerId> = maximal
         .iter()
         .copied()
@@ -545,12 +577,15 @@ fn proposal(
                 .followers
                 .get(b)
                 .map_or((None, now), |f| (f.progress, f.caught_up_at));
-            out_of_sync(
-                progress,
-                l.epoch,
-                log_end,
-                now.duration_since(caught_up_at) > lag_max,
-            )
+            let lost_committed =
+                progress.is_some_and(|p| p.leader_epoch == l.epoch && p.log_end < hw);
+            lost_committed
+                || out_of_sync(
+                    progress,
+                    l.epoch,
+                    log_end,
+                    now.duration_since(caught_up_at) > lag_max,
+                )
         })
         .collect();
     let new_isr: Vec<BrokerId> = if !lagging.is_empty() {
@@ -562,7 +597,17 @@ fn proposal(
     } else {
         let joining = l.state.replicas.iter().copied().find_map(|b| {
             let progress = l.followers.get(&b).and_then(|f| f.progress);
-            expansion_member(b, &l.isr, progress, l.epoch, hw, l.epoch_start, &Rules::ALL).ok()
+            expansion_member(
+                b,
+                &l.isr,
+                progress,
+                l.epoch,
+                hw,
+                l.epoch_start,
+                min_insync,
+                &Rules::ALL,
+            )
+            .ok()
         })?;
         let mut isr = maximal.clone();
         isr.push(joining.broker);
@@ -583,7 +628,6 @@ fn proposal(
             },
         })
         .collect();
-    let min_insync = *lock(&replica.min_insync);
     let request = l.isr.propose(me, l.epoch, members, min_insync).ok()?;
     l.proposal_sent_at = Some(now);
     if lagging.is_empty() {

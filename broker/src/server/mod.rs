@@ -122,6 +122,16 @@ impl BrokerState {
         Ok(held)
     }
 
+    /// A partition consumers may read now: [`Self::leader_partition`], and on a replicated
+    /// partition a leader whose high watermark is final ([`crate::replica::leader::check_reads`]).
+    pub fn readable_partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, Error> {
+        let held = self.leader_partition(topic, partition)?;
+        if let Some(replica) = self.replicas.get(topic, partition) {
+            crate::replica::leader::check_reads(&replica)?;
+        }
+        Ok(held)
+    }
+
     pub fn is_shutting_down(&self) -> bool {
         *self.shutdown.borrow()
     }

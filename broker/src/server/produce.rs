@@ -154,17 +154,8 @@ async fn acknowledge(
             AckLevel::Durable
         }
     };
-    let cluster = Arc::clone(&state.cluster);
-    let lease_valid = move || cluster.lease_valid();
-    leader::wait_acknowledgeable(
-        replica,
-        &state.replicas,
-        *epoch,
-        info.last_offset + 1,
-        level,
-        &lease_valid,
-    )
-    .await
+    leader::wait_acknowledgeable(replica, &state.replicas, *epoch, info.last_offset + 1, level)
+        .await
 }
 
 fn conditions(req: &ProduceRequest) -> AppendConditions {

@@ -112,7 +112,7 @@ impl Weir for WeirService {
         }
         let partition = self
             .state
-            .leader_partition(&req.topic, req.partition)
+            .readable_partition(&req.topic, req.partition)
             .map_err(to_status)?;
         fetch::check_start(&partition.log, req.offset).map_err(storage_status)?;
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
@@ -147,7 +147,7 @@ impl Weir for WeirService {
         for p in wanted {
             let partition = self
                 .state
-                .leader_partition(&req.topic, p)
+                .readable_partition(&req.topic, p)
                 .map_err(to_status)?;
             logs.push((p, partition));
         }
