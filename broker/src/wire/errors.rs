@@ -46,6 +46,12 @@ pub fn storage_error(e: &StorageError) -> Error {
             error.actual_offset = *actual;
             return error;
         }
+        // An epoch older than one the partition's log already has: the caller was deposed.
+        StorageError::EpochNotNewer { .. } => ErrorCode::FencedLeaderEpoch,
+        // A follower's own bookkeeping (it truncates or refetches first); not a client's fault.
+        StorageError::ReplicaOffsetMismatch { .. }
+        | StorageError::EpochStartBeforeLatest { .. }
+        | StorageError::EpochStartPastLogEnd { .. } => ErrorCode::Internal,
         StorageError::Io { .. }
         | StorageError::PartitionExists(_)
         | StorageError::DirLocked(_)
