@@ -46,13 +46,13 @@ pub fn storage_error(e: &StorageError) -> Error {
             error.actual_offset = *actual;
             return error;
         }
-        // Replication's own misuse of the log (a follower out of step with its leader): never
-        // a client's request.
+        // An epoch older than one the partition's log already has: the caller was deposed.
+        StorageError::EpochNotNewer { .. } => ErrorCode::FencedLeaderEpoch,
+        // A follower's own bookkeeping (it truncates or refetches first); not a client's fault.
         StorageError::ReplicaOffsetMismatch { .. }
-        | StorageError::EpochNotNewer { .. }
         | StorageError::EpochStartBeforeLatest { .. }
-        | StorageError::EpochStartPastLogEnd { .. }
-        | StorageError::Io { .. }
+        | StorageError::EpochStartPastLogEnd { .. } => ErrorCode::Internal,
+        StorageError::Io { .. }
         | StorageError::PartitionExists(_)
         | StorageError::DirLocked(_)
         | StorageError::Corrupt { .. } => ErrorCode::Internal,

@@ -12,8 +12,8 @@
 //! - `segment_index`: the base offset, then a `u32` length and the `.index` bytes, a `u32` length
 //!   and the `.timeindex` bytes, then the `.log` (lengths past the end are clamped).
 //!
-//! The epoch-history file that replication adds gets a target here too (`epoch_history`, see
-//! `fuzz/README.md`).
+//! `epoch_history` is the `leader-epoch` file (the epoch history replication keeps beside each
+//! partition), as opening a partition decodes it.
 
 use std::hint::black_box;
 
@@ -28,6 +28,7 @@ use crate::index::{
     IndexBuilder, OffsetEntry, check_offset_index, check_time_index, lookup_offset, lookup_time,
     offset_entry, offset_entry_count, time_entry, time_entry_count,
 };
+use crate::leader_epoch;
 use crate::scan::{ScanOutcome, ScanStop, scan_batches};
 
 /// The storage engine's targets.
@@ -93,6 +94,16 @@ pub const TARGETS: &[Target] = &[
         fix_checksums: fix_segment_container_crcs,
         // The base offset, the two length prefixes, the first offset-index entry.
         length_fields: &[(0, 8), (8, 4), (12, 4), (16, 4)],
+        tokens: &[],
+    },
+    Target {
+        name: "epoch_history",
+        parse: parse_epoch_history,
+        max_alloc: epoch_history_max_alloc,
+        check: check_epoch_history,
+        fix_checksums: fix_snapshot_crc,
+        // The entry count; the first entry's epoch and start offset.
+        length_fields: &[(8, 4), (12, 4), (16, 8)],
         tokens: &[],
     },
 ];
@@ -556,6 +567,82 @@ pub fn check_segment_index(input: &[u8]) {
                 .find(|e| e.timestamp < ts)
                 .map_or(0, |e| e.relative_offset);
             assert_eq!(lookup_time(f.times, ts), want, "time lookup of {ts}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// epoch_history: the `leader-epoch` file (leader epoch -> start offset).
+
+/// What opening a partition runs on its `leader-epoch` file's bytes.
+pub fn parse_epoch_history(bytes: &[u8]) {
+    let _ = black_box(leader_epoch::decode(bytes));
+}
+
+/// The history grows one 16-byte entry per 12 input bytes (a doubling `Vec`), never by what the
+/// count field claims; error messages are short.
+pub fn epoch_history_max_alloc(len: usize) -> usize {
+    4 * len + ALLOC_SLACK
+}
+
+/// Properties of the epoch-history decoder:
+/// - what it accepts has strictly increasing epochs and start offsets (at most `i64::MAX`) and
+///   encodes back to exactly its bytes (the format has one encoding);
+/// - the epoch lookups a leader answers followers with (`end_offset_for`) agree with the
+///   entries: each epoch ends where the next starts (the latest at the log end), an epoch the
+///   history lacks resolves to the last older one, one older than all to none;
+/// - fitting it to a log (what recovery, truncation and retention do) keeps the invariants,
+///   leaves every start within the log, and is idempotent.
+pub fn check_epoch_history(bytes: &[u8]) {
+    parse_epoch_history(bytes);
+    let Ok(history) = leader_epoch::decode(bytes) else {
+        return;
+    };
+    let entries = history.entries();
+    for pair in entries.windows(2) {
+        let ((e0, s0), (e1, s1)) = (pair[0], pair[1]);
+        assert!(
+            e0 < e1 && s0 < s1,
+            "accepted entries out of order: {pair:?}"
+        );
+    }
+    assert!(entries.iter().all(|&(_, s)| s <= i64::MAX as u64));
+    assert_eq!(
+        leader_epoch::encode(&history),
+        bytes,
+        "not the one encoding"
+    );
+
+    let log_end = entries.last().map_or(0, |&(_, s)| s.saturating_add(10));
+    for (k, &(epoch, _)) in entries.iter().enumerate() {
+        let end = entries.get(k + 1).map_or(log_end, |&(_, next)| next);
+        assert_eq!(history.end_offset_for(epoch, log_end), (Some(epoch), end));
+        if epoch.0 > 0 && (k == 0 || entries[k - 1].0.0 < epoch.0 - 1) {
+            let older = weir_replication::LeaderEpoch(epoch.0 - 1);
+            let expected = match k {
+                0 => (None, 0),
+                _ => (Some(entries[k - 1].0), entries[k].1),
+            };
+            assert_eq!(history.end_offset_for(older, log_end), expected);
+        }
+    }
+
+    let mut bounds: Vec<u64> = entries.iter().flat_map(|&(_, s)| [s, s + 1]).collect();
+    bounds.extend([0, log_end]);
+    bounds.sort_unstable();
+    bounds.dedup();
+    for &start in bounds.iter().take(8) {
+        for &end in bounds.iter().rev().take(8).filter(|&&e| e >= start) {
+            let fitted = leader_epoch::fit_to_log(&history, start, end);
+            let f = fitted.entries();
+            assert!(
+                f.iter().all(|&(_, s)| start <= s && s < end),
+                "fitted to [{start}, {end}): {f:?}"
+            );
+            assert!(f.windows(2).all(|p| p[0].0 < p[1].0 && p[0].1 < p[1].1));
+            assert_eq!(leader_epoch::fit_to_log(&fitted, start, end), fitted);
+            let again = leader_epoch::decode(&leader_epoch::encode(&fitted));
+            assert_eq!(again.as_ref(), Ok(&fitted));
         }
     }
 }

@@ -134,38 +134,41 @@ pub fn store(dir: &Path, history: &EpochHistory) -> Result<()> {
 }
 
 /// `history` made to describe the log `[log_start, log_end)`:
-/// - entries starting at or past `log_end` own no record and are dropped
+/// - entries wholly below `log_start` collapse into the last one starting at or below it, its
+///   start raised to `log_start` (what Kafka's `truncateFromStart` does after retention);
+/// - then entries starting at or past `log_end` own no record and are dropped
 ///   ([`EpochHistory::truncate_from_end`]): after a truncation, or after recovery cut a tail
 ///   (or after a crash between a truncation's cut and its history write, which is why the log
-///   is cut first);
-/// - entries wholly below `log_start` collapse into the last one starting at or below it, its
-///   start raised to `log_start` (what Kafka's `truncateFromStart` does after retention).
+///   is cut first). In this order, so an empty log (`log_start == log_end`) keeps no entry.
 ///
-/// Idempotent; the result keeps [`EpochHistory`]'s invariants.
+/// Idempotent; the result keeps [`EpochHistory`]'s invariants, and with `log_start <= log_end`
+/// every start lies in `[log_start, log_end)`. Retention passes `u64::MAX` as the end (it
+/// moves only the start).
 pub fn fit_to_log(history: &EpochHistory, log_start: Offset, log_end: Offset) -> EpochHistory {
-    let mut fitted = history.clone();
-    fitted.truncate_from_end(log_end);
-    let entries = fitted.entries();
+    let entries = history.entries();
     // Index of the last entry starting at or below the log start: everything before it is
     // wholly below the log start.
     let keep_from = entries
         .partition_point(|&(_, start)| start <= log_start)
         .saturating_sub(1);
-    if keep_from == 0 && entries.first().is_none_or(|&(_, s)| s >= log_start) {
-        return fitted;
-    }
-    let mut collapsed = EpochHistory::new();
-    for (k, &(epoch, start)) in entries.iter().enumerate().skip(keep_from) {
-        let start = if k == keep_from {
-            start.max(log_start)
-        } else {
-            start
-        };
-        // Epochs still increase and starts after the first stay above `log_start`, so this
-        // cannot refuse; if it ever did, dropping the entry is the conservative answer.
-        let _ = collapsed.assign(epoch, start);
-    }
-    collapsed
+    let mut fitted = if keep_from == 0 && entries.first().is_none_or(|&(_, s)| s >= log_start) {
+        history.clone()
+    } else {
+        let mut collapsed = EpochHistory::new();
+        for (k, &(epoch, start)) in entries.iter().enumerate().skip(keep_from) {
+            let start = if k == keep_from {
+                start.max(log_start)
+            } else {
+                start
+            };
+            // Epochs still increase and starts after the first stay above `log_start`, so
+            // this cannot refuse; if it ever did, dropping the entry is the conservative answer.
+            let _ = collapsed.assign(epoch, start);
+        }
+        collapsed
+    };
+    fitted.truncate_from_end(log_end);
+    fitted
 }
 
 #[cfg(test)]
@@ -272,5 +275,8 @@ mod tests {
         assert_eq!(pairs(&fitted), [(3, 12), (4, 20)]);
         assert_eq!(fit_to_log(&fitted, 12, 30), fitted);
         assert!(fit_to_log(&history, 0, 0).entries().is_empty());
+        // Retention deleted everything but an empty active segment: nothing is left to own.
+        assert!(fit_to_log(&history, 40, 40).entries().is_empty());
+        assert_eq!(pairs(&fit_to_log(&history, 40, u64::MAX)), [(6, 40)]);
     }
 }

@@ -14,7 +14,7 @@
 //! | `storage::open` | `open(2)` of a file or directory (every open, create and lock-file open) | an errno (below) |
 //! | `storage::pwrite` | `pwrite(2)` / `pwritev(2)` (segment appends, atomic file writes, zero-fill preallocation, truncated copies) | an errno, or `short`: writes the first half of the bytes and returns that count (configure e.g. `1*return(short)->return(eio)` for "a short write, then the rest fails") |
 //! | `storage::pread` | `pread(2)` (recovery's check of a segment's tail) | an errno |
-//! | `storage::read` | whole-file `read(2)` (index files at a clean open, checkpoints, derived-state snapshots) | an errno |
+//! | `storage::read` | whole-file `read(2)` (index files at a clean open, checkpoints, derived-state snapshots, leader-epoch files) | an errno |
 //! | `storage::fdatasync` | `fdatasync(2)` (the active segment's group commit, atomic file writes, truncated copies) | an errno |
 //! | `storage::fsync` | `fsync(2)` of a file (sealed segments, new preallocated files, recovered segments) | an errno |
 //! | `storage::fsync_dir` | `fsync(2)` of a directory (after creating, renaming or unlinking in it) | an errno |

@@ -1,6 +1,6 @@
 //! Disk faults injected through the engine's syscall seam (`weir_storage::sys`, whose module
 //! docs list the failpoints): a failed fdatasync, a full disk while rolling, a failed rename
-//! while checkpointing, a short write. Each checks what a user of the engine sees (the typed
+//! while checkpointing, a short write, a failed epoch-history write after a truncation's cut. Each checks what a user of the engine sees (the typed
 //! error, what still works) and that nothing acknowledged is lost across a reopen.
 //!
 //! Run with `cargo test -p weir-storage --features failpoints`; without the feature this file
@@ -333,5 +333,68 @@ fn a_short_write_then_a_failure_publishes_nothing_and_recovery_keeps_the_valid_p
         offsets_and_ids(&logs.partition(&tp("torn", 0)).unwrap()),
         dense(hw + 3)
     );
+    logs.close().unwrap();
+}
+
+/// A crash between `truncate_to`'s cut of the log and its write of the epoch history (here: the
+/// history file's rename fails, and the process then dies): the file still lists the epoch
+/// that started in the cut part, and the next open drops it, so log and history agree again.
+#[test]
+fn a_crash_between_the_truncation_and_the_history_write_recovers_consistently() {
+    use weir_replication::LeaderEpoch;
+    use weir_storage::leader_epoch;
+
+    let _faults = faults();
+    let dir = tempfile::tempdir().unwrap();
+    let logs = open(dir.path(), small_config());
+    let log = logs.create_partition(tp("epochs", 0), None).unwrap();
+    let epochs_of = |log: &PartitionLog| -> Vec<(u32, u64)> {
+        log.epoch_history()
+            .entries()
+            .iter()
+            .map(|&(e, s)| (e.0, s))
+            .collect()
+    };
+    let file = log.dir().join(leader_epoch::FILE_NAME);
+    let on_disk = || -> Vec<(u32, u64)> {
+        let h = leader_epoch::decode(&std::fs::read(&file).unwrap()).unwrap();
+        h.entries().iter().map(|&(e, s)| (e.0, s)).collect()
+    };
+    log.assign_epoch(LeaderEpoch(1), 0).unwrap();
+    for i in 0..60 {
+        log.append(&batch(i * 2, 2, 200, 0)).unwrap();
+    }
+    log.assign_epoch(LeaderEpoch(2), 120).unwrap();
+    for i in 60..70 {
+        log.append(&batch(i * 2, 2, 200, 0)).unwrap();
+    }
+    log.flush().unwrap();
+    assert!(log.segment_count() > 1);
+
+    // truncate_to renames the two checkpoints (its recovery-point step), then the truncated
+    // segment copy; the fifth rename is the epoch history's.
+    set("storage::rename", "4*off->return(eio)");
+    let err = log.truncate_to(120).unwrap_err();
+    fail::remove("storage::rename");
+    assert!(matches!(err, StorageError::Io { .. }), "{err}");
+    // The window: the log is cut, the file still names epoch 2.
+    assert_eq!(log.high_watermark(), 120);
+    assert_eq!(on_disk(), [(1, 0), (2, 120)]);
+    assert_eq!(epochs_of(&log), [(1, 0)]);
+    // Read-only until a restart fits the file to the log.
+    assert!(is_sync_failed(&log.append(&batch(120, 1, 10, 0))));
+    drop(log);
+    drop(logs); // the crash
+
+    let (logs, _) = reopen(dir.path());
+    let log = logs.partition(&tp("epochs", 0)).unwrap();
+    assert_eq!(log.high_watermark(), 120);
+    assert_eq!(offsets_and_ids(&log), dense(120));
+    assert_eq!(epochs_of(&log), [(1, 0)]);
+    assert_eq!(on_disk(), [(1, 0)], "the open rewrote the file");
+    // And the follower goes on: an epoch newer than 1 starts at the log end.
+    log.assign_epoch(LeaderEpoch(3), 120).unwrap();
+    log.append(&batch(120, 1, 10, 0)).unwrap();
+    assert_eq!(epochs_of(&log), [(1, 0), (3, 120)]);
     logs.close().unwrap();
 }

@@ -1,6 +1,7 @@
 //! Bounded runs, on stable, of the storage engine's fuzz targets (`fuzz/fuzz_targets/`, which run
 //! the same checks unbounded under cargo-fuzz): the checkpoint reader, the derived-state
-//! snapshot decoder, the segment scan and the index files' checks and lookups. Each target runs
+//! snapshot decoder, the segment scan, the index files' checks and lookups, and the
+//! leader-epoch file's decoder. Each target runs
 //! over its committed seed corpus (files of a real data directory) and cuts of it, over
 //! arbitrary bytes, and over mutated seeds; every case must not panic, must finish, and must
 //! allocate within its declared bound (see `proto/tests/support/fuzz_harness.rs`).
@@ -22,7 +23,7 @@ use weir_proto::batch::{BatchBuilder, RecordInput};
 use weir_storage::fuzz_checks::TARGETS;
 use weir_storage::{LogConfig, LogDir, PartitionLog};
 
-fuzz_target_tests!(TARGETS; checkpoint, derived_snapshot, segment_scan, segment_index);
+fuzz_target_tests!(TARGETS; checkpoint, derived_snapshot, segment_scan, segment_index, epoch_history);
 
 type Seeds = Vec<(String, Vec<u8>)>;
 
@@ -112,7 +113,18 @@ fn generated_corpus() -> Vec<(&'static str, Seeds)> {
         12,
         Some((3, 2)),
     );
-    fill(&logs.create_partition(other, None).unwrap(), 3, None);
+    // Leadership changed a few times on `other` (epochs 1, 2 and 5; 3 and 4 never wrote).
+    let other_log = logs.create_partition(other.clone(), None).unwrap();
+    for (epoch, batches) in [(1, 3), (2, 2), (5, 4)] {
+        let at = other_log.high_watermark();
+        other_log
+            .assign_epoch(weir_replication::LeaderEpoch(epoch), at)
+            .unwrap();
+        for i in 0..batches {
+            other_log.append(&keyed_batch(at + i * 3, 2, None)).unwrap();
+        }
+    }
+    drop(other_log);
     logs.close().unwrap();
 
     let read = |p: &Path| fs::read(p).unwrap();
@@ -134,6 +146,24 @@ fn generated_corpus() -> Vec<(&'static str, Seeds)> {
             read(&dir.path().join("log-start-offset-checkpoint")),
         ),
         ("empty".into(), b"0\n0\n".to_vec()),
+    ];
+    let epochs: Seeds = vec![
+        (
+            "three-leaders".into(),
+            read(&dir.path().join(other.dir_name()).join("leader-epoch")),
+        ),
+        (
+            "one-leader".into(),
+            weir_storage::leader_epoch::encode(&{
+                let mut h = weir_replication::EpochHistory::new();
+                h.assign(weir_replication::LeaderEpoch(0), 0).unwrap();
+                h
+            }),
+        ),
+        (
+            "empty".into(),
+            weir_storage::leader_epoch::encode(&weir_replication::EpochHistory::new()),
+        ),
     ];
     let snapshots: Seeds = vec![
         ("with-keys".into(), snapshot(&keyed)),
@@ -202,6 +232,7 @@ fn generated_corpus() -> Vec<(&'static str, Seeds)> {
         ),
         ("segment_scan", with_truncations(scans, &scan_cuts)),
         ("segment_index", with_truncations(indexes, &[8, 16, 30, 60])),
+        ("epoch_history", with_truncations(epochs, &[4, 8, 12, 30])),
     ]
 }
 
@@ -237,6 +268,15 @@ fn committed_seeds_are_valid_inputs() {
         assert!(!s.producers.is_empty(), "{name}");
         assert_eq!(s.keys.is_some(), name == "with-keys", "{name}");
     }
+    for (name, bytes) in whole("epoch_history") {
+        let h = weir_storage::leader_epoch::decode(&bytes).expect("epoch seed decodes");
+        let expected = match name.as_str() {
+            "three-leaders" => 3,
+            "one-leader" => 1,
+            _ => 0,
+        };
+        assert_eq!(h.entries().len(), expected, "{name}");
+    }
     assert!(whole("segment_scan").len() >= 3);
     assert!(whole("segment_index").len() >= 2);
     for target in [
@@ -244,6 +284,7 @@ fn committed_seeds_are_valid_inputs() {
         "segment_index",
         "checkpoint",
         "derived_snapshot",
+        "epoch_history",
     ] {
         for (_, bytes) in whole(target) {
             fuzz_harness::run_case(TARGETS.iter().find(|t| t.name == target).unwrap(), bytes);

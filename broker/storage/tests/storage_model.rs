@@ -13,6 +13,10 @@
 //! offsets (right, wrong, must be new; and refused on a partition without a key index). Every
 //! refused append must change nothing.
 //!
+//! The model also holds the epoch history (`leader-epoch`): epochs assigned at the log end, at
+//! the latest start, anywhere in the log and past its end, newer, the same and older; cut by
+//! truncation, collapsed by retention, fitted to the log by every reopen.
+//!
 //! `PROPTEST_CASES=1000 cargo test -p weir-storage --test storage_model` runs a longer search.
 
 mod common;
@@ -67,6 +71,25 @@ enum Op {
     CloseIdle,
     CloseReopen,
     CrashReopen,
+    /// `assign_epoch` with the latest epoch plus `step` (-1: an older one, 0: the latest) at
+    /// the start `at` picks.
+    AssignEpoch {
+        step: i64,
+        at: EpochAt,
+    },
+}
+
+/// Where an assigned epoch starts.
+#[derive(Debug, Clone)]
+enum EpochAt {
+    /// The log end (a new leader, or a follower before a newer epoch's first batch).
+    End,
+    /// The latest entry's start (the repeat no-op, or the replacement of an empty epoch).
+    LatestStart,
+    /// Anywhere in `[log start, log end]`.
+    Pick(Index),
+    /// One past the log end: refused.
+    PastEnd,
 }
 
 /// What an idempotent producer sends. The model decides the broker's answer; these only choose
@@ -152,6 +175,12 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::CloseIdle),
         1 => Just(Op::CloseReopen),
         1 => Just(Op::CrashReopen),
+        3 => (-1i64..3, prop_oneof![
+            4 => Just(EpochAt::End),
+            1 => Just(EpochAt::LatestStart),
+            2 => any::<Index>().prop_map(EpochAt::Pick),
+            1 => Just(EpochAt::PastEnd),
+        ]).prop_map(|(step, at)| Op::AssignEpoch { step, at }),
     ]
 }
 
@@ -275,6 +304,8 @@ struct Model {
     /// Offsets scanned by rebuilds since the log was opened (what
     /// `derived_state_scanned_offsets` counts): a usable snapshot keeps this to the log after it.
     scanned: u64,
+    /// The epoch history (`leader-epoch`, segments-format.md section 7) as (epoch, start).
+    epochs: Vec<(u32, u64)>,
 }
 
 impl Model {
@@ -336,6 +367,44 @@ impl Model {
         self.derived = None;
         self.dirty = false;
         self.scanned = 0;
+        // An open drops the epochs that own no record (at or past the log end); retention
+        // already collapsed those below the log start.
+        let end = self.high_watermark;
+        self.epochs.retain(|&(_, start)| start < end);
+    }
+
+    /// Retention (or an assignment below the log start): the entries wholly below the log start
+    /// collapse into the last one starting at or below it, which then starts at the log start.
+    fn collapse_epochs(&mut self) {
+        let start = self.log_start;
+        if let Some(last_below) = self.epochs.iter().rposition(|&(_, s)| s <= start) {
+            self.epochs.drain(..last_below);
+            self.epochs[0].1 = start;
+        }
+    }
+
+    /// What `assign_epoch(epoch, start)` must answer: the spec's rules, in their order.
+    fn assign_epoch(&mut self, epoch: u32, start: u64) -> Result<(), &'static str> {
+        if start > self.high_watermark {
+            return Err("past the log end");
+        }
+        if let Some(&(latest, latest_start)) = self.epochs.last() {
+            if (latest, latest_start) == (epoch, start) {
+                return Ok(());
+            }
+            if epoch <= latest {
+                return Err("not newer");
+            }
+            if start < latest_start {
+                return Err("before the latest start");
+            }
+            if start == latest_start {
+                self.epochs.pop();
+            }
+        }
+        self.epochs.push((epoch, start));
+        self.collapse_epochs();
+        Ok(())
     }
 }
 
@@ -745,7 +814,7 @@ fn run(key_index: bool, ops: Vec<Op>) {
         next_producer_id: 100 + PRODUCERS as i64,
     };
     for op in ops {
-        match op {
+        match op.clone() {
             Op::Append {
                 count,
                 value_len,
@@ -840,6 +909,7 @@ fn run(key_index: bool, ops: Vec<Op>) {
                 // only a rebuild from the log start forgets them.
                 model.batches.retain(|b| b.base >= start);
                 model.log_start = start;
+                model.collapse_epochs();
             }
             Op::Truncate { pick } => {
                 if model.high_watermark == model.log_start {
@@ -856,6 +926,7 @@ fn run(key_index: bool, ops: Vec<Op>) {
                 assert_eq!(log.truncate_to(offset).unwrap(), cut);
                 model.batches.truncate(holding);
                 model.high_watermark = cut;
+                model.epochs.retain(|&(_, start)| start < cut);
                 // The snapshot may describe cut batches: deleted; the state is rebuilt when next
                 // needed.
                 model.snapshot = None;
@@ -886,7 +957,46 @@ fn run(key_index: bool, ops: Vec<Op>) {
                 log = reopened.partition(&t).unwrap();
                 logs = Some(reopened);
             }
+            Op::AssignEpoch { step, at } => {
+                let (latest, latest_start) = model.epochs.last().copied().unwrap_or((0, 0));
+                let Some(epoch) = latest.checked_add_signed(step as i32) else {
+                    continue;
+                };
+                let start = match at {
+                    EpochAt::End => model.high_watermark,
+                    EpochAt::LatestStart => latest_start.max(model.log_start),
+                    EpochAt::Pick(pick) => {
+                        model.log_start
+                            + pick.index((model.high_watermark - model.log_start + 1) as usize)
+                                as u64
+                    }
+                    EpochAt::PastEnd => model.high_watermark + 1,
+                };
+                let before = model.epochs.clone();
+                let want = model.assign_epoch(epoch, start);
+                let got = log.assign_epoch(weir_replication::LeaderEpoch(epoch), start);
+                match (&want, &got) {
+                    (Ok(()), Ok(()))
+                    | (Err("past the log end"), Err(StorageError::EpochStartPastLogEnd { .. }))
+                    | (Err("not newer"), Err(StorageError::EpochNotNewer { .. }))
+                    | (
+                        Err("before the latest start"),
+                        Err(StorageError::EpochStartBeforeLatest { .. }),
+                    ) => {}
+                    _ => panic!("assign_epoch({epoch}, {start}): model {want:?}, log {got:?}"),
+                }
+                if want.is_err() {
+                    assert_eq!(model.epochs, before, "a refusal changes nothing");
+                }
+            }
         }
+        let history: Vec<(u32, u64)> = log
+            .epoch_history()
+            .entries()
+            .iter()
+            .map(|&(e, s)| (e.0, s))
+            .collect();
+        assert_eq!(history, model.epochs, "epoch history after {op:?}");
         assert_eq!(log.high_watermark(), model.high_watermark);
         assert_eq!(log.log_start_offset(), model.log_start);
         assert_eq!(

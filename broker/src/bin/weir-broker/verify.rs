@@ -54,6 +54,26 @@ pub fn run(data_dir: &Path) -> anyhow::Result<()> {
             });
             error!(partition = %d.partition, offset = d.offset, segment = %d.segment.display(), position = d.position, reason = %d.reason, "damaged log");
         }
+        for e in &report.epoch_files {
+            // A `leader-epoch` file that does not decode keeps its partition from opening;
+            // entries outside the log are fitted by the next open.
+            if !e.repaired_at_open {
+                damaged += 1;
+                error!(partition = %e.partition, file = %e.path.display(), detail = %e.detail, "damaged leader-epoch file");
+            }
+            bar.suspend(|| {
+                if e.repaired_at_open {
+                    println!("epochs {} ({}): {}", e.partition, e.path.display(), e.detail);
+                } else {
+                    println!(
+                        "DAMAGED {} ({}): {}; the partition does not open until the file is restored or removed (removing it forgets the epoch history)",
+                        e.partition,
+                        e.path.display(),
+                        e.detail
+                    );
+                }
+            });
+        }
         for t in &report.unflushed_tails {
             bar.suspend(|| {
                 println!(

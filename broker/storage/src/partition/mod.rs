@@ -18,6 +18,10 @@
 //!   readable, just not known durable): a non-idempotent producer that retries may duplicate
 //!   it (an idempotent one is recognized as a retry). A batch cut by `truncate_to` before its sync gets
 //!   `TruncatedBeforeSync`, never `Ok`, even if a newer batch reuses its offsets.
+//! - The epoch history (`leader-epoch`) describes the log: every entry starts in `[log start,
+//!   high watermark]`, and every change is stored durably before the call making it returns
+//!   (`epochs.rs`; a truncation stores it after its cut, so a crash in between leaves entries at
+//!   or past the log end, which the next open drops).
 //! - A closed, deleted or dropped log's handles fail with `Closed` and never open a file by
 //!   path again (the path may name another log's file by then).
 //!
@@ -33,11 +37,11 @@
 //! Where each concern lives (one `impl PartitionLog` block per file of `partition/`):
 //! - `mod.rs`: the struct, the state behind its lock (`Inner`), the public result types,
 //!   construction, accessors, clean close and retirement;
-//! - `append.rs`: validate, check conditions and idempotent producers, roll, reserve, copy,
-//!   publish the high watermark;
+//! - `append.rs`: validate, check conditions and idempotent producers (not for a follower's
+//!   `append_replica`), roll, reserve, copy, publish the high watermark;
 //! - `sync.rs`: group commit, where an append becomes durable (`sync_through`, `run_sync`,
 //!   `wait_durable`, the flush policy);
-//! - `read.rs`: `read` (`read_once`, `select_batches`) and `offset_for_time`;
+//! - `read.rs`: `read` and `read_bounded` (`read_once`, `select_batches`) and `offset_for_time`;
 //! - `derived.rs`: producer states and the key index, their snapshots and rebuilds;
 //! - `epochs.rs`: the epoch history (`epoch_history`, `assign_epoch`) and fitting it to the
 //!   log when truncation or retention moves the log's ends;
