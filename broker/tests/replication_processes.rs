@@ -289,7 +289,8 @@ async fn a_follower_heals_a_damaged_segment_from_the_leader() {
                 .partitions(1)
                 .replication_factor(3)
                 .min_insync_replicas(2)
-                .segment_bytes(64 << 10),
+                .segment_bytes(16 << 10)
+                .max_batch_bytes(8 << 10),
         )
         .await
         .unwrap();
@@ -314,15 +315,21 @@ async fn a_follower_heals_a_damaged_segment_from_the_leader() {
     cluster.broker(follower).terminate();
     let dir = dirs[follower as usize - 1].join("logs").join("rot-0");
     let first = dir.join(format!("{:020}.log", 0));
+    assert!(
+        std::fs::read_dir(&dir).unwrap().count() > 8,
+        "several segments, so the first is sealed"
+    );
     let mut bytes = std::fs::read(&first).unwrap();
     bytes[200] ^= 0x10;
     std::fs::write(&first, &bytes).unwrap();
     assert!(!same_as_leader(&dirs), "the damage is on disk");
 
     cluster.broker(follower).restart();
-    wait_until("the follower repaired its copy from the leader", WAIT, || async {
-        same_as_leader(&dirs)
-    })
+    wait_until(
+        "the follower repaired its copy from the leader",
+        WAIT,
+        || async { same_as_leader(&dirs) },
+    )
     .await;
     wait_until("and is back in the ISR", WAIT, || async {
         describe(&client, "rot")

@@ -154,8 +154,14 @@ async fn acknowledge(
             AckLevel::Durable
         }
     };
-    leader::wait_acknowledgeable(replica, &state.replicas, *epoch, info.last_offset + 1, level)
-        .await
+    leader::wait_acknowledgeable(
+        replica,
+        &state.replicas,
+        *epoch,
+        info.last_offset + 1,
+        level,
+    )
+    .await
 }
 
 fn conditions(req: &ProduceRequest) -> AppendConditions {
