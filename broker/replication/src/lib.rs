@@ -1,8 +1,8 @@
 //! weir's replication protocol as pure decisions: no network, no files, no clock.
 //!
-//! The broker and the controller will call these functions for every replication decision;
-//! today the exhaustive model in `tests/model.rs` calls the same ones, so what the checker proves
-//! about them is what the broker will run. The design is Kafka's since KIP-497 and PacificA's:
+//! The broker (`weir-broker`'s `replica` module) and the controller call these functions for
+//! every replication decision, and the exhaustive model in `tests/model.rs` calls the same ones,
+//! so what the checker proves about them is what the broker runs. The design is Kafka's since KIP-497 and PacificA's:
 //! consensus stays out of the data path; one controller is the only writer of each partition's
 //! leader, in-sync set (ISR) and epochs; records flow leader -> followers.
 //!

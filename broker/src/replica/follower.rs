@@ -187,10 +187,11 @@ async fn append_chunk(
     payload: Bytes,
     epochs: &mut Vec<EpochEntry>,
 ) -> Result<(), FollowError> {
-    let _writer = replica.writer.lock().await;
+    let writer = Arc::clone(&replica.writer).lock_owned().await;
     let log = Arc::clone(&replica.partition.log);
     let mut pending = std::mem::take(epochs);
     let rest = blocking(move || {
+        let _writer = writer;
         for batch in split_batches(payload) {
             let batch = batch.map_err(weir_storage::StorageError::InvalidBatch)?;
             let base = batch.base_offset();
@@ -218,10 +219,11 @@ async fn cut_damage(
     replica: &Replica,
     damage: weir_storage::KnownDamage,
 ) -> Result<(), FollowError> {
-    let _writer = replica.writer.lock().await;
+    let writer = Arc::clone(&replica.writer).lock_owned().await;
     let log = Arc::clone(&replica.partition.log);
     let offset = damage.offset;
     let end = blocking(move || {
+        let _writer = writer;
         let end = log.high_watermark();
         log.truncate_to(offset)?;
         Ok(end)
@@ -234,9 +236,10 @@ async fn cut_damage(
 
 /// Cuts the log where the leader's answer says the epochs diverge (KIP-101, KIP-279).
 async fn truncate_diverging(replica: &Replica, entry: EpochEntry) -> Result<(), FollowError> {
-    let _writer = replica.writer.lock().await;
+    let writer = Arc::clone(&replica.writer).lock_owned().await;
     let log = Arc::clone(&replica.partition.log);
     let (from, to) = blocking(move || {
+        let _writer = writer;
         let end = log.high_watermark();
         let epoch = (entry.epoch > 0).then_some(LeaderEpoch(entry.epoch));
         let to = truncation_offset(&log.epoch_history(), end, epoch, entry.offset);

@@ -112,10 +112,11 @@ pub(crate) fn become_leader(
     state: PartitionState,
 ) {
     tokio::spawn(async move {
-        let _writer = replica.writer.lock().await;
+        let writer = Arc::clone(&replica.writer).lock_owned().await;
         let log = Arc::clone(&replica.partition.log);
         let epoch = state.leader_epoch;
         let taken = tokio::task::spawn_blocking(move || {
+            let _writer = writer;
             let start = log.high_watermark();
             log.assign_epoch(epoch, start)?;
             Ok::<_, weir_storage::StorageError>((start, log.epoch_history()))

@@ -115,8 +115,10 @@ pub struct Replica {
     pub index: u32,
     pub topic_id: String,
     pub(crate) role: Mutex<Role>,
-    /// Held by every write replication makes to the log (see the module docs).
-    pub(crate) writer: tokio::sync::Mutex<()>,
+    /// Held by every write replication makes to the log (see the module docs), for as long as
+    /// the write runs: the guard moves into the blocking task that writes, so aborting the task
+    /// that asked for it does not release it early.
+    pub(crate) writer: Arc<tokio::sync::Mutex<()>>,
     /// The durable watermark: below it every counted in-sync replica has synced (leader only).
     pub(crate) durable: watch::Sender<u64>,
     /// The topic's `min_insync_replicas`, as the controller's metadata last said.
@@ -217,7 +219,7 @@ impl ReplicaManager {
                                 role: Mutex::new(Role::Offline {
                                     epoch: LeaderEpoch(0),
                                 }),
-                                writer: tokio::sync::Mutex::new(()),
+                                writer: Arc::new(tokio::sync::Mutex::new(())),
                                 durable: watch::channel(0).0,
                                 min_insync: Mutex::new(1),
                                 sync_wanted: std::sync::atomic::AtomicU64::new(0),

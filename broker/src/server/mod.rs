@@ -104,10 +104,15 @@ impl BrokerState {
     /// does a partition this broker is still taking the lead of.
     pub fn leader_partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, Error> {
         let held = self.partition(topic, partition)?;
-        let led_in_view = self
-            .cluster
-            .partition_state(topic, partition)
-            .is_none_or(|state| state.leader.map(|b| b.0) == Some(self.cluster.node_id));
+        // Without the controller's picture yet (just started), only an unreplicated partition
+        // is served: a replicated one may hold a suffix no other replica has.
+        let led_in_view = match self.cluster.partition_state(topic, partition) {
+            Some(state) => state.leader.map(|b| b.0) == Some(self.cluster.node_id),
+            None => self
+                .topics
+                .get(topic)
+                .is_ok_and(|t| t.meta.settings.replication_factor <= 1),
+        };
         let taking_the_lead = self
             .replicas
             .get(topic, partition)

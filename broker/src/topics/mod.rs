@@ -127,10 +127,16 @@ impl Partition {
     }
 
     /// Hands the high watermark to replication (`true`) or back to the log end (`false`).
+    /// Handed to replication, it starts again from the log start: the high watermark is not
+    /// persisted, and the log end may hold records no other replica has (a leader's suffix
+    /// before a crash). The leader's first fetch rounds bring it back (rule 9: until then a
+    /// new leader serves no reads).
     pub fn set_replicated(&self, replicated: bool) {
-        self.replicated.store(replicated, Ordering::Release);
+        let was = self.replicated.swap(replicated, Ordering::AcqRel);
         if !replicated {
             self.set_high_watermark(self.log.high_watermark());
+        } else if !was {
+            self.committed.send_replace(self.log.log_start_offset());
         }
     }
 
