@@ -453,7 +453,7 @@ async fn a_controlled_shutdown_hands_leaderships_over_and_keeps_the_broker_out()
         broker_id: x,
         broker_epoch: epoch_of(x),
     };
-    let answer = c.controlled_shutdown(ask.clone()).await.unwrap();
+    let answer = c.controlled_shutdown(ask).await.unwrap();
     assert_eq!(
         answer.remaining,
         [TopicPartitions {
