@@ -87,6 +87,10 @@ pub struct BrokerConfig {
     pub max_in_flight_bytes: u64,
     /// How long a shutdown waits for in-flight requests before closing the logs anyway.
     pub shutdown_timeout_ms: u64,
+    /// How long a stopping broker waits for the controller to move its leaderships of
+    /// replicated partitions to in-sync followers (controlled shutdown) before it stops anyway
+    /// (0: it does not ask).
+    pub controlled_shutdown_timeout_ms: u64,
     /// How often retention deletes expired segments.
     pub retention_check_interval_ms: u64,
     /// How often recovery points and derived-state snapshots (producer states, key indexes)
@@ -145,6 +149,7 @@ impl Default for BrokerConfig {
             max_in_flight_bytes_per_connection: 64 << 20,
             max_in_flight_bytes: 512 << 20,
             shutdown_timeout_ms: 10_000,
+            controlled_shutdown_timeout_ms: 10_000,
             retention_check_interval_ms: 30_000,
             checkpoint_interval_ms: 10_000,
             scrub_bytes_per_sec: LogDirConfig::default().scrub_bytes_per_sec,
@@ -245,6 +250,10 @@ impl BrokerConfig {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    pub fn controlled_shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.controlled_shutdown_timeout_ms)
     }
 }
 

@@ -55,7 +55,8 @@ pub fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::GroupNotEmpty
         | ErrorCode::FencedLeaderEpoch
         | ErrorCode::StalePartitionEpoch
-        | ErrorCode::IneligibleReplica => Code::FailedPrecondition,
+        | ErrorCode::IneligibleReplica
+        | ErrorCode::StaleBrokerEpoch => Code::FailedPrecondition,
         ErrorCode::CorruptLog => Code::DataLoss,
         ErrorCode::Internal | ErrorCode::Unspecified => Code::Internal,
     }

@@ -2,9 +2,10 @@
 //!
 //! Owns: [`PartitionState`] (leader, leader epoch, ISR, replicas, partition epoch), the ISR
 //! compare-and-set ([`PartitionState::alter_isr`]), elections ([`PartitionState::elect`]),
-//! fencing ([`PartitionState::fence`], KIP-841) and unclean restarts
-//! ([`PartitionState::on_unclean_restart`], rule 7); [`LiveBrokers`], the controller's picture of
-//! which broker starts are registered and unfenced.
+//! fencing ([`PartitionState::fence`], KIP-841), controlled shutdown
+//! ([`PartitionState::shut_down`]) and unclean restarts ([`PartitionState::on_unclean_restart`],
+//! rule 7); [`LiveBrokers`], the controller's picture of which broker starts are registered,
+//! unfenced and not shutting down.
 //!
 //! Invariants kept by every transition (the controller journals the returned state before it
 //! takes effect; nothing here mutates in place):
@@ -302,6 +303,23 @@ impl PartitionState {
         self.remove(broker, true, live, unclean)
     }
 
+    /// `broker` is shutting down under control (Kafka's ControlledShutdown): it is still alive
+    /// and serving, and asks to be relieved before it stops. If it leads and another ISR member
+    /// is alive, the leadership moves to that member (preferred order, a new leader epoch) and
+    /// `broker` leaves the ISR; if it leads and no other live ISR member exists, nothing
+    /// changes (handing over would leave the partition leaderless, or need an unclean election,
+    /// while the broker can still serve it: it stays leader until it stops, then fencing
+    /// decides). If it follows, it leaves the ISR, except as the last member, like
+    /// [`PartitionState::fence`]: the controller's own removals do not obey the min-ISR floor
+    /// (see [`isr_floor_allows`]). Never an unclean election. `live` excludes the broker.
+    /// `None` if nothing changes.
+    pub fn shut_down(&self, broker: BrokerId, live: &LiveBrokers) -> Option<PartitionState> {
+        if self.leader == Some(broker) && self.candidate(live, false).is_none() {
+            return None;
+        }
+        self.remove(broker, true, live, false)
+    }
+
     /// `broker` registered with a new broker epoch after an unclean stop: whatever it held past
     /// its last sync may be gone (rule 7). With `rules.unclean_restart_leaves_isr` it leaves the
     /// ISR even as the last member (the partition then has no clean candidate at all: unclean
@@ -445,6 +463,46 @@ mod tests {
         );
         let unclean = f.elect(&live(&[(0, 1)]), true).unwrap();
         assert_eq!((unclean.leader, unclean.isr), (Some(b(0)), vec![b(0)]));
+    }
+
+    #[test]
+    fn a_controlled_shutdown_hands_the_leadership_to_a_live_isr_member() {
+        let s = PartitionState::new(vec![b(0), b(1), b(2)]);
+        let others = live(&[(1, 1), (2, 1)]);
+        let moved = s.shut_down(b(0), &others).unwrap();
+        assert_eq!(
+            (moved.leader, moved.leader_epoch, moved.isr.clone()),
+            (Some(b(1)), LeaderEpoch(2), vec![b(1), b(2)])
+        );
+        assert_eq!(moved.partition_epoch, PartitionEpoch(2));
+        // Asked again: nothing left to do.
+        assert_eq!(moved.shut_down(b(0), &others), None);
+        // The preferred live ISR member, skipping one that is down.
+        let moved = s.shut_down(b(0), &live(&[(2, 1)])).unwrap();
+        assert_eq!((moved.leader, moved.isr), (Some(b(2)), vec![b(1), b(2)]));
+
+        // A follower leaves the ISR; leader and leader epoch stay.
+        let followed = s.shut_down(b(2), &live(&[(0, 1), (1, 1)])).unwrap();
+        assert_eq!(
+            (followed.leader, followed.leader_epoch, followed.isr),
+            (Some(b(0)), LeaderEpoch(1), vec![b(0), b(1)])
+        );
+
+        // The only live ISR member keeps leading: there is no one to hand to, and no unclean
+        // election happens while it can still serve.
+        let alone = s.fence(b(1), &live(&[(0, 1), (2, 1)]), false).unwrap();
+        let alone = alone.fence(b(2), &live(&[(0, 1)]), false).unwrap();
+        assert_eq!(alone.isr, vec![b(0)]);
+        assert_eq!(alone.shut_down(b(0), &live(&[(1, 1), (2, 1)])), None);
+        // ISR members that are down do not count either.
+        assert_eq!(s.shut_down(b(0), &live(&[])), None);
+        // A broker that is not a replica, or out of the ISR and not leading: no change.
+        assert_eq!(s.shut_down(b(3), &others), None);
+        assert_eq!(moved_out_of_isr(&s).shut_down(b(2), &others), None);
+    }
+
+    fn moved_out_of_isr(s: &PartitionState) -> PartitionState {
+        s.fence(b(2), &live(&[(0, 1), (1, 1)]), false).unwrap()
     }
 
     #[test]

@@ -21,6 +21,14 @@
 //!   in (rule 7, [`PartitionState::on_unclean_restart`]), except of partitions it is the only
 //!   replica of: there no other copy exists for it to be measured against, and leaving would
 //!   make the partition unavailable for good.
+//! - Controlled shutdown ([`Controller::controlled_shutdown`]) marks the broker's current start
+//!   as shutting down (in `Liveness`, not journaled) and `shut_down`s it in every replicated
+//!   partition it replicates: its leaderships move to live ISR members where there are any, and
+//!   it leaves the ISRs (journaled before it takes effect, then the version bumps). While
+//!   marked, the replication decisions do not see it as live (`Inner::live_brokers`) and new
+//!   topics are not placed on it, so it is never elected nor added to an ISR; it stays alive
+//!   (it serves until it stops, and its lease lapses as usual once it has). Registering again
+//!   clears the mark: that is a new start.
 //! - A heartbeat records the version its broker holds (what a topic change waits on, see
 //!   `topics`) and is answered with the whole picture whenever that version is not current:
 //!   at once, or as soon as it changes within the broker's wait (at most `MAX_HEARTBEAT_WAIT`).
@@ -33,8 +41,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 use weir_proto::v1::{
-    BrokerHeartbeatRequest, BrokerHeartbeatResponse, BrokerInfo, ClusterMetadata, ErrorCode,
-    PlacedTopic, RegisterBrokerRequest,
+    BrokerHeartbeatRequest, BrokerHeartbeatResponse, BrokerInfo, ClusterMetadata,
+    ControlledShutdownRequest, ControlledShutdownResponse, ErrorCode, PlacedTopic,
+    RegisterBrokerRequest, TopicPartitions,
 };
 
 use weir_replication::PartitionState;
@@ -191,6 +200,8 @@ impl Controller {
             inner.record(events)?;
             debug_assert_eq!(inner.state.broker_epochs.get(&id), Some(&epoch));
             inner.live.heard_at.insert(id, Instant::now());
+            // A new start: whatever an earlier one asked at its shutdown no longer holds.
+            inner.live.shutting_down.remove(&id);
             info!(
                 broker = id,
                 address = %req.address,
@@ -291,6 +302,58 @@ impl Controller {
         Ok(())
     }
 
+    /// A stopping broker's request to be relieved of its leaderships (see the module docs and
+    /// the .proto). Answers with the replicated partitions it still leads.
+    pub async fn controlled_shutdown(
+        self: &Arc<Self>,
+        req: ControlledShutdownRequest,
+    ) -> Result<ControlledShutdownResponse> {
+        self.change(move |this, inner| {
+            let id = req.broker_id;
+            let current = inner.state.broker_epochs.get(&id).copied();
+            if !inner.state.brokers.contains_key(&id) || current != Some(req.broker_epoch) {
+                return Err(refuse(
+                    ErrorCode::StaleBrokerEpoch,
+                    format!(
+                        "broker {id} asked for a controlled shutdown with broker epoch {}, but its current start has {}; nothing was changed",
+                        req.broker_epoch,
+                        current.map_or_else(|| "none (not registered)".to_owned(), |e| e.to_string())
+                    ),
+                ));
+            }
+            let newly = inner.live.shutting_down.insert(id);
+            // The picture without it (and without any other broker shutting down).
+            let live = inner.live_brokers(None);
+            let broker = weir_replication::BrokerId(id);
+            let events = partition_changes(&inner.state, id, |_, s| {
+                if s.replicas.len() < 2 {
+                    return None;
+                }
+                s.shut_down(broker, &live)
+            });
+            let moved = events.len();
+            if let Err(e) = inner.record(events) {
+                // Nothing took effect: not shutting down either, so a retry starts afresh.
+                if newly {
+                    inner.live.shutting_down.remove(&id);
+                }
+                return Err(e);
+            }
+            if moved > 0 {
+                this.bump(&mut inner.live);
+            }
+            let remaining = still_leads(&inner.state, id);
+            info!(
+                broker = id,
+                partitions_changed = moved,
+                remaining = remaining.iter().map(|t| t.partitions.len()).sum::<usize>(),
+                "controlled shutdown"
+            );
+            Ok(ControlledShutdownResponse { remaining })
+        })
+        .await
+    }
+
     /// The metadata once its version differs from `known` (at once if it already does), or
     /// `None` after `wait` without a change.
     pub async fn wait_for_change(&self, known: u64, wait: Duration) -> Option<ClusterMetadata> {
@@ -342,4 +405,25 @@ impl Controller {
             self.bump(&mut inner.live);
         }
     }
+}
+
+/// The replicated partitions `broker` leads in `state`, by topic.
+fn still_leads(state: &state::ControllerState, broker: u32) -> Vec<TopicPartitions> {
+    state
+        .topics
+        .values()
+        .filter_map(|t| {
+            let partitions: Vec<u32> = t
+                .partitions
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.replicas.len() >= 2 && p.leader == Some(broker))
+                .map(|(i, _)| i as u32)
+                .collect();
+            (!partitions.is_empty()).then(|| TopicPartitions {
+                topic: t.meta.name.clone(),
+                partitions,
+            })
+        })
+        .collect()
 }

@@ -16,11 +16,12 @@ use weir_proto::v1::controller_client::ControllerClient;
 use weir_proto::v1::weir_client::WeirClient;
 use weir_proto::v1::{
     AlterPartitionRequest, AlterPartitionResponse, BrokerHeartbeatRequest, BrokerHeartbeatResponse,
-    CommitOffsetsRequest, CommitOffsetsResponse, CreateTopicRequest, DeleteTopicRequest,
-    DeleteTopicResponse, DescribeGroupRequest, Error, ErrorCode, FetchOffsetsRequest,
-    FetchOffsetsResponse, GroupAssignment, GroupDescription, GroupHeartbeatRequest,
-    JoinGroupRequest, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
-    RegisterBrokerRequest, ResetOffsetsRequest, TopicDescription,
+    CommitOffsetsRequest, CommitOffsetsResponse, ControlledShutdownRequest,
+    ControlledShutdownResponse, CreateTopicRequest, DeleteTopicRequest, DeleteTopicResponse,
+    DescribeGroupRequest, Error, ErrorCode, FetchOffsetsRequest, FetchOffsetsResponse,
+    GroupAssignment, GroupDescription, GroupHeartbeatRequest, JoinGroupRequest, LeaveGroupRequest,
+    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, RegisterBrokerRequest,
+    ResetOffsetsRequest, TopicDescription,
 };
 
 use super::{ACK_WAIT, Controller};
@@ -140,6 +141,19 @@ impl ControllerLink {
             ControllerLink::Local(c) => c.alter_partition(req).await,
             ControllerLink::Remote(r) => {
                 r.call(CALL_TIMEOUT, r.control.clone().alter_partition(req))
+                    .await
+            }
+        }
+    }
+
+    pub async fn controlled_shutdown(
+        &self,
+        req: ControlledShutdownRequest,
+    ) -> Result<ControlledShutdownResponse, Error> {
+        match self {
+            ControllerLink::Local(c) => c.controlled_shutdown(req).await,
+            ControllerLink::Remote(r) => {
+                r.call(CALL_TIMEOUT, r.control.clone().controlled_shutdown(req))
                     .await
             }
         }

@@ -8,8 +8,8 @@
 //! controller recovers it all.
 //!
 //! The requests, by concern (each file adds an `impl Controller` block):
-//! - `brokers`: registration, heartbeat leases and liveness, the metadata version and its
-//!   long poll.
+//! - `brokers`: registration, heartbeat leases and liveness, controlled shutdown, the metadata
+//!   version and its long poll.
 //! - `topics`: create and delete, placement, and the wait for brokers to acknowledge.
 //! - `groups`: join, heartbeat, leave, assignment (through [`handover`]), list and describe.
 //! - `offsets`: commit, reset and fetch committed offsets.
@@ -35,8 +35,8 @@
 //!   one durable journal append, applied to the state only once it succeeded. A refused or
 //!   failed request therefore changes nothing that survives, and the state never shows what
 //!   a crash could take back.
-//! - What is not journaled (`Liveness`: leases, liveness, acknowledged versions, heartbeat
-//!   times, what members hold) is rebuilt on open so as to refuse nothing too early: every
+//! - What is not journaled (`Liveness`: leases, liveness, which brokers are shutting down,
+//!   acknowledged versions, heartbeat times, what members hold) is rebuilt on open so as to refuse nothing too early: every
 //!   registered broker starts alive with a full lease, every recovered member with a full
 //!   session and unknown holdings.
 //! - The metadata version is `(incarnation << 32) | counter`: it changes with every change of
@@ -119,6 +119,10 @@ struct Liveness {
     heard_at: HashMap<u32, Instant>,
     /// The unfenced brokers.
     alive: BTreeSet<u32>,
+    /// Brokers whose current start asked for a controlled shutdown: still alive (they serve
+    /// until they stop), but never elected, placed or added to an ISR; registering again (a
+    /// new start) clears it. Forgotten by a restarted controller: the broker asks again.
+    shutting_down: BTreeSet<u32>,
     acked_version: HashMap<u32, u64>,
     /// (group, member) -> last heard from.
     member_seen: HashMap<(String, String), Instant>,
@@ -145,14 +149,15 @@ impl Inner {
     }
 
     /// The unfenced brokers at their current broker epochs, as the replication decisions take
-    /// them; `except` is left out (a broker being fenced).
+    /// them; `except` is left out (a broker being fenced), and so is every broker shutting
+    /// down: no decision may elect one or add it to an ISR.
     fn live_brokers(&self, except: Option<u32>) -> LiveBrokers {
         LiveBrokers::new(
             self.live
                 .alive
                 .iter()
                 .copied()
-                .filter(|&id| Some(id) != except)
+                .filter(|&id| Some(id) != except && !self.live.shutting_down.contains(&id))
                 .map(|id| {
                     let epoch = self.state.broker_epochs.get(&id).copied().unwrap_or(0);
                     (BrokerId(id), BrokerEpoch(epoch))
@@ -233,6 +238,7 @@ impl Controller {
         let mut live = Liveness {
             heard_at: HashMap::new(),
             alive: BTreeSet::new(),
+            shutting_down: BTreeSet::new(),
             acked_version: HashMap::new(),
             member_seen: HashMap::new(),
             holdings: handover::Holdings::default(),

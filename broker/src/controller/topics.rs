@@ -74,7 +74,14 @@ impl Controller {
                         format!("topic {:?} already exists", meta.name),
                     ));
                 }
-                let live: Vec<u32> = inner.live.alive.iter().copied().collect();
+                // A broker shutting down would lead the new partitions it is placed on first.
+                let live: Vec<u32> = inner
+                    .live
+                    .alive
+                    .iter()
+                    .copied()
+                    .filter(|id| !inner.live.shutting_down.contains(id))
+                    .collect();
                 if live.is_empty() {
                     return Err(refuse(
                         ErrorCode::PartitionUnavailable,

@@ -131,6 +131,29 @@ impl ClusterView {
         })
     }
 
+    /// The replicated partitions (several replicas) the metadata names this broker the leader
+    /// of: what a controlled shutdown hands over.
+    pub fn led_replicated(&self) -> BTreeSet<(String, u32)> {
+        let me = self.node_id;
+        self.current()
+            .topics
+            .iter()
+            .filter_map(|t| Some((t.description.as_ref()?.name.clone(), t)))
+            .flat_map(|(name, t)| {
+                t.partitions
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.replicas.len() >= 2 && s.leader == Some(me))
+                    .map(move |(p, _)| (name.clone(), p as u32))
+            })
+            .collect()
+    }
+
+    /// A receiver that sees every newer picture's version (the view has been replaced).
+    pub fn updates(&self) -> watch::Receiver<u64> {
+        self.updates.subscribe()
+    }
+
     fn grant_lease(&self, sent: Instant, lease_ms: u32) {
         let config = lease_config(u64::from(lease_ms));
         *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some((sent, config));

@@ -1,5 +1,5 @@
-//! The `weir.v1.Controller` gRPC service: how brokers in other processes register and
-//! heartbeat. Served only by a node that runs the controller.
+//! The `weir.v1.Controller` gRPC service: how brokers in other processes register, heartbeat,
+//! change in-sync sets and hand their leaderships over before they stop. Served only by a node that runs the controller.
 
 use std::sync::Arc;
 
@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use weir_proto::v1::controller_server::Controller as ControllerRpc;
 use weir_proto::v1::{
     AlterPartitionRequest, AlterPartitionResponse, BrokerHeartbeatRequest, BrokerHeartbeatResponse,
-    RegisterBrokerRequest,
+    ControlledShutdownRequest, ControlledShutdownResponse, RegisterBrokerRequest,
 };
 
 use crate::controller::Controller;
@@ -40,6 +40,17 @@ impl ControllerRpc for ControllerService {
         request: Request<AlterPartitionRequest>,
     ) -> Result<Response<AlterPartitionResponse>, Status> {
         let answer = self.controller.alter_partition(request.into_inner()).await;
+        answer.map(Response::new).map_err(to_status)
+    }
+
+    async fn controlled_shutdown(
+        &self,
+        request: Request<ControlledShutdownRequest>,
+    ) -> Result<Response<ControlledShutdownResponse>, Status> {
+        let answer = self
+            .controller
+            .controlled_shutdown(request.into_inner())
+            .await;
         answer.map(Response::new).map_err(to_status)
     }
 }

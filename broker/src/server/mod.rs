@@ -15,12 +15,15 @@
 //! one mapping from them to the wire's reasons; handlers add only refusals that need what the
 //! request was about (NOT_LEADER naming the owner, a partition closed under a request).
 //!
-//! Shutdown order (SIGTERM/SIGINT): stop accepting connections and new requests; let in-flight
+//! Shutdown order (SIGTERM/SIGINT): a broker that leads replicated partitions first hands those
+//! leaderships to in-sync followers ([`controlled_shutdown`]), still serving everything; then
+//! stop accepting connections and new requests; let in-flight
 //! appends finish and answer (durable ones after their sync); end follow fetches with
 //! SHUTTING_DOWN; then close the logs cleanly (sync, checkpoint, clean-shutdown marker). An
 //! acknowledged batch is therefore always in the closed log.
 
 pub mod cluster;
+pub mod controlled_shutdown;
 pub mod controller_service;
 pub mod data_port;
 pub mod fetch;
@@ -466,17 +469,36 @@ impl Broker {
             }
         };
         tokio::pin!(serve);
+        let hands_over = self.config.role != Role::Controller;
+        let handover_timeout = self.config.controlled_shutdown_timeout();
         let result = tokio::select! {
             result = &mut serve => result,
             () = stop => {
-                info!("shutting down: no new requests; finishing in-flight ones");
-                // Both gRPC servers stop accepting on this signal and drain.
-                self.state.begin_shutdown();
-                match tokio::time::timeout(self.config.shutdown_timeout(), &mut serve).await {
-                    Ok(result) => result,
-                    Err(_) => {
-                        warn!(timeout_ms = self.config.shutdown_timeout_ms, "in-flight requests did not finish in time; closing anyway");
-                        Ok(())
+                // Still serving (the servers are polled meanwhile): followers keep fetching
+                // from here until they lead, in-flight produces finish.
+                let handover = async {
+                    if hands_over {
+                        controlled_shutdown::hand_over(&self.state, handover_timeout).await;
+                    }
+                };
+                let ended = tokio::select! {
+                    result = &mut serve => Some(result),
+                    () = handover => None,
+                };
+                match ended {
+                    // A server ended during the handover (it failed): nothing left to drain.
+                    Some(result) => result,
+                    None => {
+                        info!("shutting down: no new requests; finishing in-flight ones");
+                        // Both gRPC servers stop accepting on this signal and drain.
+                        self.state.begin_shutdown();
+                        match tokio::time::timeout(self.config.shutdown_timeout(), &mut serve).await {
+                            Ok(result) => result,
+                            Err(_) => {
+                                warn!(timeout_ms = self.config.shutdown_timeout_ms, "in-flight requests did not finish in time; closing anyway");
+                                Ok(())
+                            }
+                        }
                     }
                 }
             }

@@ -85,6 +85,10 @@ struct Args {
     /// Milliseconds a shutdown waits for in-flight requests [default: 10000].
     #[arg(long, env = "WEIR_SHUTDOWN_TIMEOUT_MS")]
     shutdown_timeout_ms: Option<u64>,
+    /// Milliseconds a stopping broker waits for its leaderships of replicated partitions to
+    /// move to in-sync followers (controlled shutdown); 0 skips it [default: 10000].
+    #[arg(long, env = "WEIR_CONTROLLED_SHUTDOWN_TIMEOUT_MS")]
+    controlled_shutdown_timeout_ms: Option<u64>,
     /// How often retention deletes expired segments, ms [default: 30000].
     #[arg(long, env = "WEIR_RETENTION_CHECK_INTERVAL_MS")]
     retention_check_interval_ms: Option<u64>,
@@ -159,6 +163,7 @@ impl Args {
         set!(max_in_flight_bytes_per_connection = self.max_in_flight_bytes_per_connection);
         set!(max_in_flight_bytes = self.max_in_flight_bytes);
         set!(shutdown_timeout_ms = self.shutdown_timeout_ms);
+        set!(controlled_shutdown_timeout_ms = self.controlled_shutdown_timeout_ms);
         set!(retention_check_interval_ms = self.retention_check_interval_ms);
         set!(checkpoint_interval_ms = self.checkpoint_interval_ms);
         set!(scrub_bytes_per_sec = self.scrub_bytes_per_sec);

@@ -1,0 +1,236 @@
+//! Controlled shutdown over real processes: a controller and three brokers on loopback, a topic
+//! with replication factor 3 and `min_insync_replicas` 2 over several partitions, an `acks=all`
+//! producer running through a rolling restart of one broker.
+//!
+//! What it proves: SIGTERM on a broker moves every leadership it held to an in-sync follower
+//! (new leader epochs) before the process exits, so the handover is visible the moment it has
+//! exited although the controller would take 30 s (the broker lease) to notice a dead broker;
+//! the producer sees every record acknowledged, with no NOT_LEADER (or any other failure)
+//! surfacing; the restarted broker rejoins every in-sync set; and every acknowledged record is
+//! readable afterwards.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use weir_client::{Acks, Client, ConsumerConfig, NewTopic, ProducerConfig, ProducerRecord};
+use weir_testkit::{BrokerProcess, temp_data_dir, wait_until};
+
+const BROKER: &str = env!("CARGO_BIN_EXE_weir-broker");
+/// Long enough that only controlled shutdown can explain a quick handover.
+const LEASE_MS: &str = "30000";
+const PARTITIONS: u32 = 6;
+/// A watchdog for conditions, not a timing assertion.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Fields drop in order: brokers before the controller.
+struct Cluster {
+    brokers: Vec<BrokerProcess>,
+    controller: BrokerProcess,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let mut dirs = vec![temp_data_dir()];
+        let controller = BrokerProcess::start(
+            Path::new(BROKER),
+            dirs[0].path(),
+            &[
+                "--role",
+                "controller",
+                "--node-id",
+                "100",
+                "--broker-lease-ms",
+                LEASE_MS,
+            ],
+        );
+        let controller_addr = controller.host_port();
+        let brokers = (1..=3)
+            .map(|id| {
+                dirs.push(temp_data_dir());
+                let node = id.to_string();
+                BrokerProcess::start(
+                    Path::new(BROKER),
+                    dirs[id].path(),
+                    &[
+                        "--role",
+                        "broker",
+                        "--node-id",
+                        &node,
+                        "--controller",
+                        &controller_addr,
+                        "--replica-lag-time-max-ms",
+                        "2000",
+                    ],
+                )
+            })
+            .collect();
+        Cluster {
+            brokers,
+            controller,
+            _dirs: dirs,
+        }
+    }
+}
+
+/// (leader, leader epoch, ISR) of every partition of `topic`.
+async fn partitions(client: &Client, topic: &str) -> Vec<(u32, u32, Vec<u32>)> {
+    let t = client
+        .admin()
+        .describe_topic(topic)
+        .await
+        .expect("describe");
+    t.partitions
+        .iter()
+        .map(|p| (p.leader_id, p.leader_epoch, p.isr.clone()))
+        .collect()
+}
+
+/// Every record of `topic`, read from the leaders, as numbers.
+async fn consume(client: &Client, topic: &str) -> Vec<u32> {
+    let mut consumer = client.consumer(ConsumerConfig {
+        follow: false,
+        ..Default::default()
+    });
+    consumer.assign_topic(topic).await.expect("assign");
+    let mut stream = consumer.stream();
+    let mut out = Vec::new();
+    while let Some(record) = stream.next().await {
+        let record = record.expect("a valid record");
+        let value =
+            String::from_utf8_lossy(record.value.as_deref().unwrap_or_default()).into_owned();
+        out.push(value.parse().expect("a number"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_hands_leaderships_over_and_loses_no_acks_all_record() {
+    let mut cluster = Cluster::start();
+    let client = Client::connect(&cluster.controller.host_port())
+        .await
+        .unwrap();
+    wait_until("three brokers are alive", WAIT, || async {
+        client
+            .admin()
+            .describe_cluster()
+            .await
+            .is_ok_and(|c| c.brokers.iter().filter(|b| b.alive).count() == 3)
+    })
+    .await;
+    client
+        .admin()
+        .create_topic(
+            NewTopic::new("rolling")
+                .partitions(PARTITIONS)
+                .replication_factor(3)
+                .min_insync_replicas(2),
+        )
+        .await
+        .unwrap();
+    let before = partitions(&client, "rolling").await;
+    // The broker leading the most partitions restarts.
+    let x = (1..=3u32)
+        .max_by_key(|&b| before.iter().filter(|p| p.0 == b).count())
+        .unwrap();
+    let led: Vec<usize> = (0..before.len()).filter(|&p| before[p].0 == x).collect();
+    assert!(!led.is_empty(), "{before:?}");
+
+    // An acks=all producer runs through the whole restart.
+    let stop = Arc::new(AtomicBool::new(false));
+    let producing = {
+        let client = client.clone();
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            let producer = client
+                .producer(ProducerConfig {
+                    acks: Acks::All,
+                    linger: Duration::from_millis(2),
+                    delivery_timeout: Duration::from_secs(90),
+                    ..ProducerConfig::default()
+                })
+                .unwrap();
+            let mut deliveries = Vec::new();
+            let mut next = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..20 {
+                    let record = ProducerRecord::new("rolling")
+                        .partition(next % PARTITIONS)
+                        .value(next.to_string());
+                    deliveries.push((next, producer.send(record).await.expect("send")));
+                    next += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            producer.flush().await.expect("flush");
+            let mut failed = Vec::new();
+            for (value, delivery) in deliveries {
+                if let Err(e) = delivery.await {
+                    failed.push(format!("{value}: {e}"));
+                }
+            }
+            (next, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // SIGTERM: the broker hands its leaderships over, then exits.
+    let status = tokio::task::block_in_place(|| {
+        cluster.brokers[x as usize - 1].terminate_within(Duration::from_secs(60))
+    });
+    assert!(status.success(), "{status:?}");
+    // Right after the exit, far inside the 30 s lease: only controlled shutdown moved them.
+    let after = partitions(&client, "rolling").await;
+    for &p in &led {
+        let (leader, epoch, isr) = &after[p];
+        assert_ne!(
+            *leader, x,
+            "rolling-{p} is still led by the stopped broker: {after:?}"
+        );
+        assert!(
+            *epoch > before[p].1,
+            "rolling-{p}: no new leader epoch: {after:?}"
+        );
+        assert!(!isr.contains(&x), "rolling-{p}: {after:?}");
+    }
+    for (p, (_, _, isr)) in after.iter().enumerate() {
+        assert!(
+            !isr.contains(&x),
+            "rolling-{p} kept the stopped broker in its ISR: {after:?}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The broker comes back and rejoins every in-sync set.
+    tokio::task::block_in_place(|| cluster.brokers[x as usize - 1].restart());
+    wait_until(
+        "the restarted broker is back in every ISR",
+        WAIT,
+        || async {
+            partitions(&client, "rolling")
+                .await
+                .iter()
+                .all(|p| p.2.contains(&x))
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (sent, failed) = producing.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} failed: {failed:?}",
+        failed.len()
+    );
+
+    let values: BTreeSet<u32> = consume(&client, "rolling").await.into_iter().collect();
+    let missing: Vec<u32> = (0..sent).filter(|v| !values.contains(v)).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not readable: {missing:?}"
+    );
+}
