@@ -1,5 +1,6 @@
 //! Running the real `weir-broker` binary as a child process on an ephemeral loopback port, the
-//! way a user would, and stopping it gracefully (SIGTERM) or brutally (SIGKILL).
+//! way a user would, and stopping it gracefully (SIGTERM) or brutally (SIGKILL), or freezing
+//! and thawing it (SIGSTOP, SIGCONT).
 //!
 //! The broker announces itself with one stdout line, `weir-broker ready grpc=ADDR data=ADDR ...`;
 //! [`BrokerProcess::start`] waits for it, so a test never races the broker's startup.
@@ -129,6 +130,19 @@ impl BrokerProcess {
         self.child.wait().expect("waiting for weir-broker")
     }
 
+    /// SIGSTOP: the broker freezes where it is (a long GC pause, a VM stall, a laptop lid),
+    /// its sockets stay open and nothing answers; its leases lapse if it stays frozen longer.
+    /// Undo with [`BrokerProcess::resume`]. A stopped broker can still be killed or dropped.
+    pub fn pause(&self) {
+        self.signal(rustix::process::Signal::STOP);
+    }
+
+    /// SIGCONT: a broker frozen by [`BrokerProcess::pause`] runs on from where it stopped
+    /// (with clocks that jumped and requests that timed out meanwhile).
+    pub fn resume(&self) {
+        self.signal(rustix::process::Signal::CONT);
+    }
+
     fn signal(&self, signal: rustix::process::Signal) {
         if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
             let _ = rustix::process::kill_process(pid, signal);
@@ -217,6 +231,16 @@ pub fn wait_for_ready(stdout: ChildStdout, timeout: Duration) -> Option<ReadyLin
         for _ in lines {}
     });
     rx.recv_timeout(timeout).ok()
+}
+
+/// A loopback address with a port that was free a moment ago, for a test that must know a
+/// broker's address before it starts (to put a [`LinkProxy`](crate::LinkProxy) in front of it
+/// and advertise the proxy). Another process may take the port meanwhile: rare on a test
+/// machine, and the broker then fails to start, loudly.
+pub fn free_loopback_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
 }
 
 /// The `weir-broker` binary for tests outside the broker crate (which use

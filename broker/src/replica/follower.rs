@@ -38,6 +38,9 @@ use super::{Replica, ReplicaManager};
 const MAX_FRAME_BYTES: usize = 64 << 20;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// A fetch answer may come this much later than the leader's max wait (a busy leader, a large
+/// frame on a slow link) before the follower gives up on the connection.
+const MIN_SILENCE_MARGIN: Duration = Duration::from_secs(2);
 
 /// Why a round of fetching stopped.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +95,14 @@ async fn rounds(
     let mut stream = TcpStream::connect(address).await?;
     stream.set_nodelay(true)?;
     let config = manager.config();
+    // The leader answers every fetch within its max wait. A connection silent for longer is
+    // dead even if it looks open (a partition that swallowed the request or the answer, a
+    // leader host gone without a reset): waiting on it would leave this follower stuck, out of
+    // the ISR for good, while the leader stays leader. Past the lag limit it is out of the ISR
+    // anyway, so reconnecting then costs nothing.
+    let silence = config
+        .lag_time_max
+        .max(config.fetch_max_wait + MIN_SILENCE_MARGIN);
     loop {
         if let Some(damage) = replica.partition.log.known_damage() {
             cut_damage(replica, damage).await?;
@@ -117,7 +128,14 @@ async fn rounds(
         stream.write_all(&frame.encode()).await?;
         let mut epochs: Vec<EpochEntry> = Vec::new();
         loop {
-            let (header, payload) = read_frame(&mut stream).await?;
+            let (header, payload) = tokio::time::timeout(silence, read_frame(&mut stream))
+                .await
+                .map_err(|_| {
+                    FollowError::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer from the leader within {silence:?}"),
+                    ))
+                })??;
             match header.kind {
                 FrameKind::Epoch => epochs.push(decode_epoch(&payload)?),
                 FrameKind::Data if payload.is_empty() => {}

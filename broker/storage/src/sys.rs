@@ -35,6 +35,9 @@
 //! usual `fail` actions combine with these: `off`, `N*return(...)`, `pct%return(...)`, `->`
 //! chains, `panic`, `sleep(ms)`, `pause`. Failpoints are process-global: tests that configure
 //! them hold a `fail::FailScenario` for their whole run, which serializes them.
+//!
+//! The same feature compiles in a journal of writes and syncs (`journal`, switched on by
+//! `WEIR_SYNC_JOURNAL_DIR`), from which a test can drop what a power loss would.
 
 use std::fs::{self, File, OpenOptions, ReadDir};
 use std::io::{self, IoSlice};
@@ -79,6 +82,108 @@ macro_rules! errno_point {
     };
 }
 
+/// A journal of writes and syncs for the fault suite's power-loss simulation, compiled in
+/// only with `failpoints` and active only when `WEIR_SYNC_JOURNAL_DIR` names a directory: the
+/// process then appends to `DIR/PID.journal`, one line per event, each numbered:
+/// `W SEQ DEV INO OFFSET LEN` before every `pwrite`/`pwritev` (so a write the process died in
+/// is counted as not synced), `S SEQ DEV INO` after every `fdatasync`/`fsync` of a file
+/// returned (SEQ is the number taken when it began: it covers the writes numbered below it),
+/// and `A SEQ` after a `syncfs`. Dropping, per file, the writes no sync covers is what a power
+/// loss can do to that file's data (`broker/tests/replication_faults.rs`).
+#[cfg(feature = "failpoints")]
+mod journal {
+    use std::fs::File;
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Mutex, OnceLock};
+
+    static JOURNAL: OnceLock<Option<Mutex<File>>> = OnceLock::new();
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+
+    fn journal() -> Option<&'static Mutex<File>> {
+        JOURNAL
+            .get_or_init(|| {
+                let dir = std::env::var_os("WEIR_SYNC_JOURNAL_DIR")?;
+                let path =
+                    std::path::Path::new(&dir).join(format!("{}.journal", std::process::id()));
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .unwrap_or_else(|e| panic!("sync journal {}: {e}", path.display()));
+                Some(Mutex::new(file))
+            })
+            .as_ref()
+    }
+
+    fn id(file: &File) -> Option<(u64, u64)> {
+        file.metadata().ok().map(|m| (m.dev(), m.ino()))
+    }
+
+    /// One line, in one `write(2)` (a SIGKILL leaves whole lines, at most one cut short).
+    fn line(journal: &Mutex<File>, text: String) {
+        let mut file = journal.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = file.write_all(text.as_bytes());
+    }
+
+    /// Before a write of `len` bytes at `at`.
+    pub(super) fn write(file: &File, at: u64, len: usize) {
+        if let Some(journal) = journal()
+            && let Some((dev, ino)) = id(file)
+        {
+            // Numbered under the lock, so the lines are in number order.
+            let mut f = journal.lock().unwrap_or_else(|e| e.into_inner());
+            let seq = SEQ.fetch_add(1, Ordering::SeqCst);
+            let _ = f.write_all(format!("W {seq} {dev} {ino} {at} {len}\n").as_bytes());
+        }
+    }
+
+    /// Before a sync: the number it will cover up to.
+    pub(super) fn sync_begins() -> u64 {
+        let _guard = journal().map(|j| j.lock().unwrap_or_else(|e| e.into_inner()));
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// After a sync of `file` that began at `seq` returned.
+    pub(super) fn synced(file: &File, seq: u64) {
+        if let Some(journal) = journal()
+            && let Some((dev, ino)) = id(file)
+        {
+            line(journal, format!("S {seq} {dev} {ino}\n"));
+        }
+    }
+
+    /// After a `syncfs` that began at `seq` returned.
+    pub(super) fn synced_all(seq: u64) {
+        if let Some(journal) = journal() {
+            line(journal, format!("A {seq}\n"));
+        }
+    }
+}
+
+/// [`journal::write`] with `failpoints`; nothing otherwise.
+macro_rules! journal_write {
+    ($file:expr, $at:expr, $len:expr) => {
+        #[cfg(feature = "failpoints")]
+        journal::write($file, $at, $len);
+    };
+}
+
+/// Runs `sync` of `file`, journaled (see [`journal`]).
+#[cfg(feature = "failpoints")]
+fn journaled_sync(file: &File, sync: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+    let seq = journal::sync_begins();
+    sync()?;
+    journal::synced(file, seq);
+    Ok(())
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn journaled_sync(_: &File, sync: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+    sync()
+}
+
 /// `open(2)` with `options`.
 pub(crate) fn open(path: &Path, options: &OpenOptions) -> io::Result<File> {
     errno_point!("storage::open");
@@ -92,12 +197,14 @@ pub(crate) fn open_read(path: &Path) -> io::Result<File> {
 
 /// One `pwrite(2)` of `buf` at `at`; may write fewer bytes than asked.
 pub(crate) fn pwrite(file: &File, buf: &[u8], at: u64) -> io::Result<usize> {
+    journal_write!(file, at, buf.len());
     failpoint!("storage::pwrite", |arg| short_or_error(file, buf, at, arg));
     rustix::io::pwrite(file, buf, at).map_err(io::Error::from)
 }
 
 /// One `pwritev(2)` of `bufs` at `at`; may write fewer bytes than asked.
 pub(crate) fn pwritev(file: &File, bufs: &[IoSlice<'_>], at: u64) -> io::Result<usize> {
+    journal_write!(file, at, bufs.iter().map(|b| b.len()).sum());
     failpoint!("storage::pwrite", |arg| {
         let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
         short_or_error(file, &joined, at, arg)
@@ -158,13 +265,13 @@ pub(crate) fn read_to_string(path: &Path) -> io::Result<String> {
 /// `fdatasync(2)`: the file's data, and the metadata needed to read it back.
 pub(crate) fn fdatasync(file: &File) -> io::Result<()> {
     errno_point!("storage::fdatasync");
-    file.sync_data()
+    journaled_sync(file, || file.sync_data())
 }
 
 /// `fsync(2)`: the file's data and all its metadata (a changed length included).
 pub(crate) fn fsync(file: &File) -> io::Result<()> {
     errno_point!("storage::fsync");
-    file.sync_all()
+    journaled_sync(file, || file.sync_all())
 }
 
 /// `fsync(2)` of a directory, making creations, renames and unlinks in it durable.
@@ -177,7 +284,12 @@ pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
 /// `syncfs(2)`: every dirty page and metadata change of the file system holding `dir`.
 pub(crate) fn syncfs(dir: &File) -> io::Result<()> {
     errno_point!("storage::syncfs");
-    rustix::fs::syncfs(dir).map_err(io::Error::from)
+    #[cfg(feature = "failpoints")]
+    let seq = journal::sync_begins();
+    rustix::fs::syncfs(dir).map_err(io::Error::from)?;
+    #[cfg(feature = "failpoints")]
+    journal::synced_all(seq);
+    Ok(())
 }
 
 /// `fallocate(2)` (mode 0) of `[offset, offset + len)`, extending the file. A file system
