@@ -6,9 +6,12 @@
 # Skips (exit 0, with a message) where no Docker engine answers or no compose tool exists.
 # Otherwise: builds the images (docker/build-images.sh), `compose up -d`, waits for health, and
 # from the host (external listeners) and inside the network (internal addresses):
-#   - a 6-partition topic, 50,000 keyed records produced and consumed back, per-key order checked;
-#   - a broker killed: its partitions reported DOWN with the owner named, the rest still work;
-#     started again: its data intact (volume) and its partitions consumed again;
+#   - a 6-partition topic (replication factor 3, min in-sync 2: the cluster's defaults), 50,000
+#     keyed records produced and consumed back, per-key order checked;
+#   - a partition's leader killed while a producer (acks=all, numbered records) and a following
+#     consumer run from the host: a new leader with a bumped epoch takes over from the ISR, the
+#     dead broker leaves the ISR, both clients go on, and every number acknowledged is consumed
+#     exactly once, in order per partition; started again, the broker rejoins every ISR;
 #   - a consumer group's commits and the topic survive a controller restart; the group goes on
 #     after its commit without repeating a record.
 # `compose down -v` always runs at exit (logs dumped first on failure), so a rerun starts clean.
@@ -71,7 +74,14 @@ WORK=$(mktemp -d)
 on_exit() {
     local rc=$?
     set +e
+    # The failover's producer and consumer, if the stage failed while they ran.
+    [[ -n ${PRODUCER:-} ]] && kill "$PRODUCER" 2>/dev/null
+    [[ -n ${CONSUMER:-} ]] && kill "$CONSUMER" 2>/dev/null
     if [[ $rc -ne 0 ]]; then
+        local f
+        for f in producer.err consumer.err; do
+            [[ -s $WORK/$f ]] && say "the failover's $f:" && tail -20 "$WORK/$f"
+        done
         say "the stage failed (exit $rc); containers and their last logs:"
         compose ps
         compose logs --no-color --tail=100
@@ -110,23 +120,53 @@ wait_healthy() {
     say "healthy: $*"
 }
 
-# `topic describe` as "PARTITION LEADER-ID ADDRESS STATE" lines (STATE: up or DOWN).
-leaders() {
-    weir topic describe "$TOPIC" | awk '
-        /^PARTITION/ { t = 1; next }
+# `topic describe TOPIC` as "PARTITION LEADER-ID ADDRESS STATE EPOCH REPLICAS ISR" lines (STATE:
+# up or DOWN; REPLICAS and ISR as the CLI prints them, comma-separated ids). The header must be
+# the one this parses: the leader column, then EPOCH, REPLICAS and ISR last.
+partitions() {
+    weir topic describe "$1" | awk '
+        /^PARTITION/ {
+            if ($(NF - 2) != "EPOCH" || $(NF - 1) != "REPLICAS" || $NF != "ISR") {
+                print "unexpected topic describe header: " $0 > "/dev/stderr"; exit 2
+            }
+            t = 1; next
+        }
         t && NF && match($0, /[0-9]+ \([^)]*\)/) {
             l = substr($0, RSTART, RLENGTH); split(l, f, " ")
             gsub(/[()]/, "", f[2])
-            print $1, f[1], f[2], (index($0, "DOWN") ? "DOWN" : "up")
+            print $1, f[1], f[2], (index($0, "DOWN") ? "DOWN" : "up"), $(NF - 2), $(NF - 1), $NF
         }'
 }
+leaders() { partitions "$TOPIC"; }
 
-# Waits until no partition is reported DOWN.
-wait_all_up() {
-    local deadline=$((SECONDS + 30))
-    while leaders | grep -q DOWN; do
-        ((SECONDS < deadline)) || fail "partitions still DOWN after 30 s: $(leaders | grep DOWN | tr '\n' ';')"
-        sleep 1
+# Polls COMMAND... every half second until it succeeds; fails with WHAT after LIMIT seconds.
+wait_until() {
+    local limit=$1 what=$2
+    shift 2
+    local deadline=$((SECONDS + limit))
+    until "$@"; do
+        ((SECONDS < deadline)) || fail "$what: not so after $limit s"
+        sleep 0.5
+    done
+}
+
+# Whether no partition of the topics is DOWN.
+none_down() {
+    local t
+    for t in "$@"; do
+        ! partitions "$t" | grep -q DOWN || return 1
+    done
+}
+wait_all_up() { wait_until 30 "every partition of $* led by a live broker" none_down "$@"; }
+
+# Whether every partition of the topics has its full replica set in sync.
+isr_full() {
+    local t
+    for t in "$@"; do
+        partitions "$t" | awk '{
+            n = split($6, r, ","); m = split($7, i, ",")
+            if ($4 != "up" || n != 3 || m != n) exit 1
+        }' || return 1
     done
 }
 
@@ -159,21 +199,27 @@ compose up -d
 wait_healthy controller broker1 broker2 broker3
 
 # --- 50,000 keyed records from the host ----------------------------------------------------
-say "topic $TOPIC: 6 partitions over the three brokers (placement round-robin)"
+say "topic $TOPIC: 6 partitions over the three brokers (placement round-robin, replication by default)"
 weir topic create "$TOPIC" --partitions 6 --placement round-robin
+weir topic describe "$TOPIC" >"$WORK/describe"
+cat "$WORK/describe"
+grep -Eq '^replication +3$' "$WORK/describe" || fail "topic $TOPIC is not replicated 3 ways by default"
+grep -Eq '^min in-sync +2$' "$WORK/describe" || fail "topic $TOPIC's min in-sync replicas is not 2 by default"
 leaders >"$WORK/leaders"
-cat "$WORK/leaders"
 [[ $(wc -l <"$WORK/leaders") -eq 6 ]] || fail "describe shows $(wc -l <"$WORK/leaders") partitions, not 6"
 for b in 1 2 3; do
-    grep -q "^[0-9]* $b localhost:${b}9092 up$" "$WORK/leaders" ||
+    grep -q "^[0-9]* $b localhost:${b}9092 up " "$WORK/leaders" ||
         fail "broker $b leads no partition, or not at its external address localhost:${b}9092"
 done
+isr_full "$TOPIC" || fail "not every partition of $TOPIC has 3 replicas, all in sync"
 
-say "producing $TOTAL keyed records ($KEYS keys x $PER_KEY) from the host"
+say "producing $TOTAL keyed records ($KEYS keys x $PER_KEY) from the host, acks=all"
 # Record i: key k(i mod KEYS), value <key>-<n> with n counting that key's records from 1.
+# acks=all: a record is acknowledged once every in-sync replica has it, so it is below the high
+# watermark, and the consume that follows (which stops at the high watermark) sees it.
 awk -v keys=$KEYS -v total=$TOTAL 'BEGIN {
     for (i = 0; i < total; i++) { k = "k" (i % keys); printf "%s:%s-%d\n", k, k, int(i / keys) + 1 }
-}' | weir produce "$TOPIC" --key-separator :
+}' | weir produce "$TOPIC" --key-separator : --acks all
 
 say "consuming them back from the host"
 weir consume "$TOPIC" --format '%k %v\n' >"$WORK/all.txt"
@@ -193,50 +239,118 @@ n=$(weir_in broker3 consume "$TOPIC" --format '%k\n' | wc -l)
 [[ $n -eq $TOTAL ]] || fail "consumed $n records inside the network, expected $TOTAL"
 say "consumed $n records inside the network (internal gRPC and data-port addresses)"
 
-# --- a broker killed and started again -----------------------------------------------------
-mapfile -t B2 < <(awk '$2 == 2 { print $1 }' "$WORK/leaders")
-OTHER=$(awk '$2 == 1 { print $1; exit }' "$WORK/leaders")
-((${#B2[@]} > 0)) || fail "broker 2 owns no partition"
-declare -A HW
-for p in "${B2[@]}"; do
-    HW[$p]=$(weir consume "$TOPIC" --partition "$p" --format '%o\n' | wc -l)
-done
-say "compose kill broker2 (partitions ${B2[*]})"
-compose kill broker2
-deadline=$((SECONDS + 30))
-until [[ $(leaders | awk '$2 == 2 && $4 == "DOWN"' | wc -l) -eq ${#B2[@]} ]]; do
-    ((SECONDS < deadline)) || fail "broker 2's partitions not reported DOWN 30 s after the kill"
-    sleep 1
-done
-weir topic describe "$TOPIC" | sed -n '/^PARTITION/,$p'
-leaders | awk '$4 == "DOWN"' | while read -r p id addr _; do
-    [[ $id == 2 && $addr == localhost:29092 ]] || fail "partition $p DOWN but not broker 2's ($id $addr)"
-done
-weir cluster
-weir cluster | awk '$1 == 2 { exit !($4 == "DOWN") }' || fail "weir cluster does not show broker 2 DOWN"
-say "broker 2's partitions are DOWN with the owner named; the others still work:"
-seq 1 100 | sed 's/^/after-kill:after-kill-/' | weir produce "$TOPIC" --key-separator : --partition "$OTHER"
-if out=$(weir consume "$TOPIC" --partition "${B2[0]}" 2>&1); then
-    fail "consuming partition ${B2[0]} of the killed broker succeeded: $out"
-fi
-echo "$out"
-[[ $out == *"broker 2"* && $out == *"localhost:29092"* ]] ||
-    fail "the error for partition ${B2[0]} does not name broker 2 (localhost:29092)"
+# --- a partition's leader killed under a producer and a consumer ---------------------------
+# A second topic, 3 partitions led one per broker, takes numbered records 1, 2, 3... (keyed, so
+# the hash partitioner spreads them) from a paced producer with acks=all while a following
+# consumer reads them, both from the host. The leader of partition 1 is killed mid-stream (not
+# broker 1: the host's CLI calls below bootstrap through broker 1's listener). The producer runs
+# until the broker is back in every ISR (however slowly compose v1 kills and starts it here),
+# then its input ends: N, the last number, is what the consumer must have printed, once each.
+LEDGER=ledger
+PACE=200 # records per 0.1 s: about 2000 a second
+say "topic $LEDGER: 3 partitions, replication by default"
+weir topic create "$LEDGER" --partitions 3 --placement round-robin
+partitions "$LEDGER" >"$WORK/ledger-before"
+cat "$WORK/ledger-before"
+isr_full "$LEDGER" || fail "not every partition of $LEDGER has 3 replicas, all in sync"
+read -r _ VICTIM _ _ EPOCH0 _ _ < <(awk '$1 == 1' "$WORK/ledger-before") || true
+[[ -n ${VICTIM:-} && $VICTIM != 1 ]] || fail "partition 1 of $LEDGER is led by broker '${VICTIM:-}', not broker 2 or 3"
+mapfile -t LED < <(awk -v v="$VICTIM" '$2 == v { print $1 }' "$WORK/ledger-before")
 
-say "compose start broker2"
-compose start broker2
-wait_healthy broker2
-wait_all_up
-for p in "${B2[@]}"; do
-    n=$(weir consume "$TOPIC" --partition "$p" --format '%o\n' | wc -l)
-    [[ $n -eq ${HW[$p]} ]] || fail "partition $p holds $n records after the restart, ${HW[$p]} before"
-done
-weir consume "$TOPIC" --format '%k %v\n' >"$WORK/all2.txt"
-res=$(check_keyed "$WORK/all2.txt") || fail "records out of order or damaged (above)"
-read -r n k <<<"$res"
-TOTAL2=$((TOTAL + 100))
-[[ $n -eq $TOTAL2 && $k -eq $((KEYS + 1)) ]] || fail "consumed $n records of $k keys, expected $TOTAL2"
-say "broker 2 is back with its data: $n records, every key in order"
+# Numbers 1, 2, 3... until $WORK/stop exists (at most a million); the last one goes to
+# $WORK/last.
+numbered() {
+    local i
+    for ((i = 1; i <= 1000000; i++)); do
+        printf 'n%d:%d\n' $((i % 30)) "$i"
+        if ((i % PACE == 0)); then
+            [[ -e $WORK/stop ]] && break
+            sleep 0.1
+        fi
+    done
+    echo "$((i > 1000000 ? 1000000 : i))" >"$WORK/last"
+}
+say "a consumer following $LEDGER and a producer of numbered records (acks=all), from the host"
+timeout 600 "$WEIR_BIN" --broker "$EXT" consume "$LEDGER" --follow --format '%p %o %v\n' \
+    >"$WORK/ledger.txt" 2>"$WORK/consumer.err" &
+CONSUMER=$!
+numbered | timeout 600 "$WEIR_BIN" --broker "$EXT" produce "$LEDGER" --key-separator : --acks all \
+    2>"$WORK/producer.err" &
+PRODUCER=$!
+consumed() { wc -l <"$WORK/ledger.txt"; }
+consumed_over() { (($(consumed) >= $1)); }
+wait_until 60 "the consumer printing the first 3000 records" consumed_over 3000
+
+say "compose kill broker$VICTIM (leader of $LEDGER partitions ${LED[*]}, epoch $EPOCH0 for partition 1) after $(consumed) records"
+KILLED=$SECONDS # before the command: compose v1 itself takes seconds to start
+compose kill "broker$VICTIM"
+# Partition 1 led by another broker at a higher epoch; in both topics, every partition led by a
+# live broker and the dead one in no ISR.
+failed_over() {
+    partitions "$LEDGER" >"$WORK/ledger-after" && partitions "$TOPIC" >"$WORK/orders-after" || return 1
+    awk -v v="$VICTIM" -v e0="$EPOCH0" '
+        FILENAME == ARGV[1] && $1 == 1 && !($2 != v && $5 > e0) { exit 1 }
+        $4 != "up" || ("," $7 ",") ~ ("," v ",") { exit 1 }' "$WORK/ledger-after" "$WORK/orders-after"
+}
+wait_until 60 "a new leader for partition 1 and broker $VICTIM out of every ISR" failed_over
+# Timed from the container's death (docker's clock), not the command (compose v1 starts
+# slowly): to the controller fencing it (its log) and to describe showing the new leader.
+seen=$(date +%s%3N)
+died=$(docker inspect --format '{{.State.FinishedAt}}' "$(compose ps -a -q "broker$VICTIM")")
+fenced=$(docker logs "$(compose ps -q controller)" 2>&1 |
+    awk -v b="broker=$VICTIM " '/broker lease lapsed; fenced/ && index($0, b) { t = $1 } END { print t }')
+since() { awk -v ms=$(($2 - $1)) 'BEGIN { printf "%.1f s", ms / 1000 }'; }
+if died=$(date -d "$died" +%s%3N 2>/dev/null); then
+    f=
+    if [[ -n $fenced ]] && fenced=$(date -d "$fenced" +%s%3N 2>/dev/null); then
+        f="fenced by the controller $(since "$died" "$fenced") after it died, "
+    fi
+    say "failed over: broker $VICTIM ${f}the new leader seen in describe $(since "$died" "$seen") after (lease 3 s):"
+else
+    say "failed over within $((SECONDS - KILLED)) s of the kill command:"
+fi
+weir topic describe "$LEDGER" | sed -n '/^PARTITION/,$p'
+weir cluster
+weir cluster | awk -v v="$VICTIM" '$1 == v { exit !($4 == "DOWN") }' || fail "weir cluster does not show broker $VICTIM DOWN"
+at_failover=$(consumed)
+wait_until 60 "the consumer going on past the failover" consumed_over $((at_failover + 3000))
+say "both go on: $(consumed) records consumed"
+
+say "compose start broker$VICTIM"
+STARTED=$SECONDS
+compose start "broker$VICTIM"
+wait_healthy "broker$VICTIM"
+wait_until 60 "broker $VICTIM back in every ISR" isr_full "$TOPIC" "$LEDGER"
+say "broker $VICTIM is back in every ISR within $((SECONDS - STARTED)) s of the start command:"
+weir topic describe "$LEDGER" | sed -n '/^PARTITION/,$p'
+
+say "the producer's input ends"
+touch "$WORK/stop"
+rc=0
+wait "$PRODUCER" || rc=$?
+PRODUCER=
+cat "$WORK/producer.err"
+((rc == 0)) || fail "the producer exited with status $rc"
+N=$(cat "$WORK/last")
+grep -q "^produced $N record(s)" "$WORK/producer.err" || fail "the producer did not acknowledge all $N records"
+wait_until 60 "the consumer printing all $N records" consumed_over "$N"
+sleep 1 # time to print a record twice, if it would
+kill "$CONSUMER"
+wait "$CONSUMER" 2>/dev/null || true
+CONSUMER=
+cat "$WORK/consumer.err"
+# Every number 1..N once, increasing within each partition (one key's records stay in one).
+awk -v n="$N" '
+    { if ($3 <= last[$1]) { printf "partition %s: %s after %s\n", $1, $3, last[$1] > "/dev/stderr"; bad = 1 }
+      last[$1] = $3; if (seen[$3]++) { printf "%s consumed twice\n", $3 > "/dev/stderr"; bad = 1 }
+      per[$1]++ }
+    END {
+        for (i = 1; i <= n; i++) if (!(i in seen)) { if (missing++ < 10) printf "%d never consumed\n", i > "/dev/stderr" }
+        if (missing) { printf "%d numbers never consumed\n", missing > "/dev/stderr"; bad = 1 }
+        for (p in per) printf "partition %s: %d records\n", p, per[p]
+        exit bad
+    }' "$WORK/ledger.txt" || fail "the numbered records were lost, repeated or reordered (above)"
+say "all $N numbers consumed once, in order per partition, across the failover and the rejoin"
 
 # --- a consumer group across a controller restart ------------------------------------------
 committed() { weir group describe ci | awk '$1 == "'"$TOPIC"'" { print $2, $3 }'; }
@@ -256,11 +370,11 @@ grep -Eq "^$TOPIC +6 " "$WORK/topics" || fail "topic $TOPIC with 6 partitions is
 committed >"$WORK/committed2"
 diff "$WORK/committed1" "$WORK/committed2" || fail "group ci's committed offsets changed across the controller restart"
 say "topic and committed offsets survived the controller restart"
-wait_all_up
+wait_all_up "$TOPIC"
 
 weir consume "$TOPIC" --group ci --format '%p %o\n' >"$WORK/g2.txt"
 n=$(wc -l <"$WORK/g2.txt")
-[[ $n -eq $((TOTAL2 - 1000)) ]] || fail "the group went on with $n records, expected $((TOTAL2 - 1000))"
+[[ $n -eq $((TOTAL - 1000)) ]] || fail "the group went on with $n records, expected $((TOTAL - 1000))"
 dups=$(sort "$WORK/g1.txt" "$WORK/g2.txt" | uniq -d | wc -l)
 [[ $dups -eq 0 ]] || fail "$dups records delivered twice to group ci"
 weir group describe ci
