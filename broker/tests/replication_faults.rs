@@ -37,10 +37,12 @@ use futures::StreamExt;
 use weir_client::{
     Acks, Client, ConsumerConfig, NewTopic, ProducerConfig, ProducerRecord, TopicDescription,
 };
-use weir_proto::batch::split_batches;
 use weir_testkit::{BrokerProcess, LinkMode, LinkProxy, free_loopback_addr, temp_data_dir};
 
-const BROKER: &str = env!("CARGO_BIN_EXE_weir-broker");
+#[path = "support/replicated.rs"]
+mod replicated;
+use replicated::BROKER;
+
 const TOPIC: &str = "faults";
 const LEASE_MS: u64 = 2000;
 const LAG_MS: u64 = 2000;
@@ -447,33 +449,12 @@ fn print_timeline(changes: &[Change], end: Duration) {
     }
 }
 
-/// The whole valid batches of partition `p` on a broker's disk, in offset order, as
-/// (last offset, bytes): the active segment's preallocated tail is zeros, the batches end where
-/// they fail to parse.
-fn batches(data_dir: &Path, p: u32) -> Vec<(u64, bytes::Bytes)> {
-    let dir = data_dir.join("logs").join(format!("{TOPIC}-{p}"));
-    let mut segments: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    segments.sort();
-    let mut out = Vec::new();
-    for segment in segments {
-        let bytes = bytes::Bytes::from(std::fs::read(&segment).unwrap());
-        for batch in split_batches(bytes).map_while(Result::ok) {
-            out.push((batch.last_offset(), batch.as_bytes().clone()));
-        }
-    }
-    out
-}
-
 /// The bytes of the batches of partition `p` wholly below `hw`.
 fn log_below(data_dir: &Path, p: u32, hw: u64) -> Vec<u8> {
     let mut out = Vec::new();
-    for (last, bytes) in batches(data_dir, p) {
-        if last < hw {
-            out.extend_from_slice(&bytes);
+    for batch in replicated::disk_batches(data_dir, TOPIC, p) {
+        if batch.last_offset() < hw {
+            out.extend_from_slice(batch.as_bytes());
         }
     }
     out

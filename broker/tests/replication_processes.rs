@@ -8,106 +8,28 @@
 //! logs are identical again; with two brokers down the partition refuses `acks=all`
 //! (NOT_ENOUGH_REPLICAS) instead of acknowledging what one copy holds.
 
-use std::path::Path;
 use std::time::Duration;
 
-use futures::StreamExt;
 use weir_client::{
-    Acks, Client, ConsumerConfig, ErrorCode, NewTopic, ProducerConfig, ProducerRecord,
-    TopicDescription,
+    Acks, Client, ErrorCode, NewTopic, ProducerConfig, ProducerRecord, TopicDescription,
 };
-use weir_proto::batch::split_batches;
-use weir_testkit::{BrokerProcess, temp_data_dir, wait_until};
 
-const BROKER: &str = env!("CARGO_BIN_EXE_weir-broker");
+#[path = "support/replicated.rs"]
+mod replicated;
+use replicated::{Cluster, consume_numbers as consume, log_bytes};
+use weir_testkit::wait_until;
+
 const LEASE_MS: &str = "2000";
 const LAG_MS: &str = "2000";
 /// A watchdog for conditions, not a timing assertion.
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Fields drop in order: brokers before the controller.
-struct Cluster {
-    brokers: Vec<BrokerProcess>,
-    controller: BrokerProcess,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        let mut dirs = vec![temp_data_dir()];
-        let controller = BrokerProcess::start(
-            Path::new(BROKER),
-            dirs[0].path(),
-            &[
-                "--role",
-                "controller",
-                "--node-id",
-                "100",
-                "--broker-lease-ms",
-                LEASE_MS,
-            ],
-        );
-        let controller_addr = controller.host_port();
-        let brokers = (1..=3)
-            .map(|id| {
-                dirs.push(temp_data_dir());
-                let node = id.to_string();
-                BrokerProcess::start(
-                    Path::new(BROKER),
-                    dirs[id].path(),
-                    &[
-                        "--role",
-                        "broker",
-                        "--node-id",
-                        &node,
-                        "--controller",
-                        &controller_addr,
-                        "--replica-lag-time-max-ms",
-                        LAG_MS,
-                    ],
-                )
-            })
-            .collect();
-        Cluster {
-            brokers,
-            controller,
-            _dirs: dirs,
-        }
-    }
-
-    /// Broker `id` (1-based, as its node id).
-    fn broker(&mut self, id: u32) -> &mut BrokerProcess {
-        &mut self.brokers[id as usize - 1]
-    }
-
-    async fn client(&self) -> Client {
-        Client::connect(&self.controller.host_port()).await.unwrap()
-    }
+fn start_cluster() -> Cluster {
+    Cluster::start(LEASE_MS, &["--replica-lag-time-max-ms", LAG_MS])
 }
 
 async fn describe(client: &Client, topic: &str) -> Option<TopicDescription> {
     client.admin().describe_topic(topic).await.ok()
-}
-
-/// The whole valid batches in partition 0 of `topic` on a broker's disk, in offset order:
-/// the bytes every replica must agree on.
-fn log_bytes(data_dir: &Path, topic: &str) -> Vec<u8> {
-    let dir = data_dir.join("logs").join(format!("{topic}-0"));
-    let mut segments: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    segments.sort();
-    let mut out = Vec::new();
-    for segment in segments {
-        let bytes = bytes::Bytes::from(std::fs::read(&segment).unwrap());
-        // The active segment's preallocated tail is zeros: the batches end where they fail.
-        for batch in split_batches(bytes).map_while(Result::ok) {
-            out.extend_from_slice(batch.as_bytes());
-        }
-    }
-    out
 }
 
 /// Sends `values` to partition 0 with `acks`, returning how many were acknowledged.
@@ -135,36 +57,10 @@ async fn produce(client: &Client, topic: &str, values: std::ops::Range<u32>, ack
     acknowledged
 }
 
-/// Every record of partition 0, read from the leader, as numbers.
-async fn consume(client: &Client, topic: &str) -> Vec<u32> {
-    let mut consumer = client.consumer(ConsumerConfig {
-        follow: false,
-        ..Default::default()
-    });
-    consumer.assign_topic(topic).await.expect("assign");
-    let mut stream = consumer.stream();
-    let mut out = Vec::new();
-    while let Some(record) = stream.next().await {
-        let record = record.expect("a valid record");
-        let value =
-            String::from_utf8_lossy(record.value.as_deref().unwrap_or_default()).into_owned();
-        out.push(value.parse().expect("a number"));
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_all_survives_losing_the_leader_and_the_logs_agree() {
-    let mut cluster = Cluster::start();
-    let client = cluster.client().await;
-    wait_until("three brokers are alive", WAIT, || async {
-        client
-            .admin()
-            .describe_cluster()
-            .await
-            .is_ok_and(|c| c.brokers.iter().filter(|b| b.alive).count() == 3)
-    })
-    .await;
+    let mut cluster = start_cluster();
+    let client = cluster.client(WAIT).await;
     let created = client
         .admin()
         .create_topic(
@@ -283,16 +179,8 @@ async fn acks_all_survives_losing_the_leader_and_the_logs_agree() {
 /// from the leader and ends up byte-identical to it, back in the ISR.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_heals_a_damaged_segment_from_the_leader() {
-    let mut cluster = Cluster::start();
-    let client = cluster.client().await;
-    wait_until("three brokers are alive", WAIT, || async {
-        client
-            .admin()
-            .describe_cluster()
-            .await
-            .is_ok_and(|c| c.brokers.iter().filter(|b| b.alive).count() == 3)
-    })
-    .await;
+    let mut cluster = start_cluster();
+    let client = cluster.client(WAIT).await;
     let created = client
         .admin()
         .create_topic(

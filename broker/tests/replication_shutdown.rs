@@ -10,72 +10,22 @@
 //! readable afterwards.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
-use weir_client::{Acks, Client, ConsumerConfig, NewTopic, ProducerConfig, ProducerRecord};
-use weir_testkit::{BrokerProcess, temp_data_dir, wait_until};
+use weir_client::{Acks, Client, NewTopic, ProducerConfig, ProducerRecord};
+use weir_testkit::wait_until;
 
-const BROKER: &str = env!("CARGO_BIN_EXE_weir-broker");
+#[path = "support/replicated.rs"]
+mod replicated;
+use replicated::{Cluster, consume_numbers as consume};
+
 /// Long enough that only controlled shutdown can explain a quick handover.
 const LEASE_MS: &str = "30000";
 const PARTITIONS: u32 = 6;
 /// A watchdog for conditions, not a timing assertion.
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Fields drop in order: brokers before the controller.
-struct Cluster {
-    brokers: Vec<BrokerProcess>,
-    controller: BrokerProcess,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        let mut dirs = vec![temp_data_dir()];
-        let controller = BrokerProcess::start(
-            Path::new(BROKER),
-            dirs[0].path(),
-            &[
-                "--role",
-                "controller",
-                "--node-id",
-                "100",
-                "--broker-lease-ms",
-                LEASE_MS,
-            ],
-        );
-        let controller_addr = controller.host_port();
-        let brokers = (1..=3)
-            .map(|id| {
-                dirs.push(temp_data_dir());
-                let node = id.to_string();
-                BrokerProcess::start(
-                    Path::new(BROKER),
-                    dirs[id].path(),
-                    &[
-                        "--role",
-                        "broker",
-                        "--node-id",
-                        &node,
-                        "--controller",
-                        &controller_addr,
-                        "--replica-lag-time-max-ms",
-                        "2000",
-                    ],
-                )
-            })
-            .collect();
-        Cluster {
-            brokers,
-            controller,
-            _dirs: dirs,
-        }
-    }
-}
 
 /// (leader, leader epoch, ISR) of every partition of `topic`.
 async fn partitions(client: &Client, topic: &str) -> Vec<(u32, u32, Vec<u32>)> {
@@ -90,38 +40,10 @@ async fn partitions(client: &Client, topic: &str) -> Vec<(u32, u32, Vec<u32>)> {
         .collect()
 }
 
-/// Every record of `topic`, read from the leaders, as numbers.
-async fn consume(client: &Client, topic: &str) -> Vec<u32> {
-    let mut consumer = client.consumer(ConsumerConfig {
-        follow: false,
-        ..Default::default()
-    });
-    consumer.assign_topic(topic).await.expect("assign");
-    let mut stream = consumer.stream();
-    let mut out = Vec::new();
-    while let Some(record) = stream.next().await {
-        let record = record.expect("a valid record");
-        let value =
-            String::from_utf8_lossy(record.value.as_deref().unwrap_or_default()).into_owned();
-        out.push(value.parse().expect("a number"));
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_hands_leaderships_over_and_loses_no_acks_all_record() {
-    let mut cluster = Cluster::start();
-    let client = Client::connect(&cluster.controller.host_port())
-        .await
-        .unwrap();
-    wait_until("three brokers are alive", WAIT, || async {
-        client
-            .admin()
-            .describe_cluster()
-            .await
-            .is_ok_and(|c| c.brokers.iter().filter(|b| b.alive).count() == 3)
-    })
-    .await;
+    let mut cluster = Cluster::start(LEASE_MS, &["--replica-lag-time-max-ms", "2000"]);
+    let client = cluster.client(WAIT).await;
     client
         .admin()
         .create_topic(

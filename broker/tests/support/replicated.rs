@@ -1,0 +1,135 @@
+//! What the replication tests over real processes share: a controller and three brokers on
+//! loopback, started as a user would; the whole valid batches of a partition read off a
+//! broker's disk (what every replica must agree on); a topic read back as numbers.
+//!
+//! Each test file includes it with `#[path = "support/replicated.rs"] mod replicated;` and
+//! uses what it needs.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures::StreamExt;
+use weir_client::{Client, ConsumerConfig};
+use weir_proto::batch::{RecordBatch, split_batches};
+use weir_testkit::{BrokerProcess, temp_data_dir, wait_until};
+
+pub const BROKER: &str = env!("CARGO_BIN_EXE_weir-broker");
+
+/// A controller (node 100) and brokers 1..=3. Fields drop in order: brokers before the
+/// controller, so none logs a lost controller.
+pub struct Cluster {
+    pub brokers: Vec<BrokerProcess>,
+    pub controller: BrokerProcess,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Cluster {
+    /// Starts the controller with `--broker-lease-ms lease_ms` and three brokers with
+    /// `broker_args` added.
+    pub fn start(lease_ms: &str, broker_args: &[&str]) -> Cluster {
+        let mut dirs = vec![temp_data_dir()];
+        let controller = BrokerProcess::start(
+            Path::new(BROKER),
+            dirs[0].path(),
+            &[
+                "--role",
+                "controller",
+                "--node-id",
+                "100",
+                "--broker-lease-ms",
+                lease_ms,
+            ],
+        );
+        let controller_addr = controller.host_port();
+        let brokers = (1..=3)
+            .map(|id| {
+                dirs.push(temp_data_dir());
+                let node = id.to_string();
+                let mut args = vec![
+                    "--role",
+                    "broker",
+                    "--node-id",
+                    &node,
+                    "--controller",
+                    &controller_addr,
+                ];
+                args.extend_from_slice(broker_args);
+                BrokerProcess::start(Path::new(BROKER), dirs[id].path(), &args)
+            })
+            .collect();
+        Cluster {
+            brokers,
+            controller,
+            _dirs: dirs,
+        }
+    }
+
+    /// Broker `id` (1-based, as its node id).
+    pub fn broker(&mut self, id: u32) -> &mut BrokerProcess {
+        &mut self.brokers[id as usize - 1]
+    }
+
+    /// A client bootstrapped from the controller, once all three brokers are alive.
+    pub async fn client(&self, wait: Duration) -> Client {
+        let client = Client::connect(&self.controller.host_port()).await.unwrap();
+        wait_until("three brokers are alive", wait, || async {
+            client
+                .admin()
+                .describe_cluster()
+                .await
+                .is_ok_and(|c| c.brokers.iter().filter(|b| b.alive).count() == 3)
+        })
+        .await;
+        client
+    }
+}
+
+/// The whole valid batches of `topic`-`partition` on a broker's disk, in offset order (the
+/// active segment's preallocated tail is zeros: the batches end where they fail to parse).
+pub fn disk_batches(data_dir: &Path, topic: &str, partition: u32) -> Vec<RecordBatch> {
+    let dir = data_dir.join("logs").join(format!("{topic}-{partition}"));
+    let mut segments: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    segments.sort();
+    let mut out = Vec::new();
+    for segment in segments {
+        // A segment the broker removed meanwhile (a truncation, retention): the caller reads
+        // again (these reads sit in `wait_until`s) or the batches stop short and do not match.
+        let Ok(bytes) = std::fs::read(&segment) else {
+            break;
+        };
+        out.extend(split_batches(bytes::Bytes::from(bytes)).map_while(Result::ok));
+    }
+    out
+}
+
+/// [`disk_batches`] of partition 0 as one byte string: what the replicas' copies must equal.
+pub fn log_bytes(data_dir: &Path, topic: &str) -> Vec<u8> {
+    disk_batches(data_dir, topic, 0)
+        .iter()
+        .flat_map(|b| b.as_bytes().to_vec())
+        .collect()
+}
+
+/// Every record of `topic`, read from the leaders to their high watermarks, as numbers.
+pub async fn consume_numbers(client: &Client, topic: &str) -> Vec<u32> {
+    let mut consumer = client.consumer(ConsumerConfig {
+        follow: false,
+        ..Default::default()
+    });
+    consumer.assign_topic(topic).await.expect("assign");
+    let mut stream = consumer.stream();
+    let mut out = Vec::new();
+    while let Some(record) = stream.next().await {
+        let record = record.expect("a valid record");
+        let value =
+            String::from_utf8_lossy(record.value.as_deref().unwrap_or_default()).into_owned();
+        out.push(value.parse().expect("a number"));
+    }
+    out
+}
