@@ -71,7 +71,19 @@ pub(crate) async fn follow(
         match rounds(&manager, &replica, &address, epoch, &mut backoff).await {
             Ok(()) => {}
             Err(e) => {
-                if !reported {
+                // The leader not (yet, or no longer) leading this epoch is the normal moment
+                // of a leadership change: the metadata settles it. Anything else is worth a
+                // warning once.
+                let transient = matches!(
+                    &e,
+                    FollowError::Refused {
+                        code: ErrorCode::NotLeader
+                            | ErrorCode::UnknownLeaderEpoch
+                            | ErrorCode::FencedLeaderEpoch,
+                        ..
+                    }
+                );
+                if !reported && !transient {
                     warn!(partition = %format!("{}-{}", replica.topic, replica.index), leader, error = %e, "replication from the leader stopped; retrying");
                     reported = true;
                 } else {
