@@ -130,6 +130,14 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         })
         .await?;
         to_rejoin.push(restarted.elapsed());
+        tracing::info!(
+            kill = to_ack.len(),
+            killed = leader,
+            new_leader_ms = new_leader.map(|d| d.as_millis() as u64),
+            first_ack_ms = first_ack.duration_since(killed).as_millis() as u64,
+            back_in_sync_ms = restarted.elapsed().as_millis() as u64,
+            "leader killed"
+        );
         bar.inc(1);
         tokio::time::sleep(s.settle).await;
     }
