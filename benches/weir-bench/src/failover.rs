@@ -53,7 +53,6 @@ struct Acked {
 }
 
 pub async fn run(s: Settings) -> anyhow::Result<()> {
-    anyhow::ensure!(s.workload.record_bytes >= 1, "records of at least one byte");
     let mut cluster =
         Cluster::start(&s.bin, s.brokers, s.lease, s.replica_lag, &s.broker_args).await?;
     let mut w = s.workload.clone();
