@@ -148,6 +148,10 @@ struct Args {
     /// The cluster brokers' --replica-lag-time-max-ms.
     #[arg(long, default_value_t = 2000)]
     replica_lag_ms: u64,
+    /// With --cluster and a replicated produce: run the replication-factor-1 baseline before
+    /// the replicated run instead of after it (to see the order's effect).
+    #[arg(long)]
+    rf1_first: bool,
     /// failover: how many times to kill the leader.
     #[arg(long, default_value_t = 20)]
     kills: u32,
@@ -248,6 +252,21 @@ async fn main() -> anyhow::Result<()> {
         weir_run::produce(&grpc, &workload, &fill).await?;
         fill.finish_and_clear();
     }
+    // On a cluster, a produce run's own baseline: the same workload on a topic of replication
+    // factor 1 on the same brokers (led by the same broker where the placement allows), after
+    // the replicated run or (--rf1-first) before it.
+    let rf1 = match &target {
+        Target::Cluster(cluster)
+            if args.mode == Mode::Produce && workload.replication_factor.unwrap_or(1) > 1 =>
+        {
+            Some(cluster)
+        }
+        _ => None,
+    };
+    let mut rf1_result = match rf1 {
+        Some(cluster) if args.rf1_first => Some(rf1_baseline(cluster, &workload, &roles).await),
+        _ => None,
+    };
     let bar = progress(expected, &format!("{:?}", args.mode).to_lowercase());
     let cpu_before = target.sample();
     let measured = match args.mode {
@@ -267,13 +286,12 @@ async fn main() -> anyhow::Result<()> {
 
     let mut baseline_figures = serde_json::Map::new();
     let mut ratios = serde_json::Map::new();
-    // On a cluster, a produce run's own baseline: the same workload on a topic of replication
-    // factor 1 on the same brokers (led by the same broker where the placement allows).
-    if let Target::Cluster(cluster) = &target
-        && args.mode == Mode::Produce
-        && workload.replication_factor.unwrap_or(1) > 1
-    {
-        let value = match rf1_baseline(cluster, &workload, &roles).await {
+    if let Some(cluster) = rf1 {
+        let result = match rf1_result.take() {
+            Some(result) => result,
+            None => rf1_baseline(cluster, &workload, &roles).await,
+        };
+        let value = match result {
             Ok(value) => {
                 for (name, field) in [
                     ("weir/rf1", "mb_per_s"),
@@ -333,6 +351,7 @@ async fn main() -> anyhow::Result<()> {
             "cluster": args.cluster,
             "replication_factor": args.replication_factor,
             "min_insync_replicas": args.min_insync_replicas,
+            "rf1_first": args.rf1_first.then_some(true),
             "broker_lease_ms": match &target { Target::Cluster(c) => Some(c.lease.as_millis() as u64), Target::Single(_) => None },
         },
         "weir": weir,
