@@ -9,12 +9,22 @@
 //! target/release/weir-bench produce --records 1000000 --compare
 //! target/release/weir-bench consume --records 1000000 --transport grpc --compare
 //! target/release/weir-bench e2e --rate 10000 --duration-secs 10
+//! target/release/weir-bench produce --cluster 3 --replication-factor 3 --acks all
+//! target/release/weir-bench failover --kills 20
 //! ```
+//!
+//! `--cluster N` starts a controller and N brokers (processes on loopback, a temp data dir
+//! each) instead of one broker; a produce run there is measured beside the same workload on a
+//! replication-factor-1 topic of the same cluster, and the CPU is reported per broker (leader,
+//! followers, controller). `failover` SIGKILLs the partition leader repeatedly under an
+//! `acks=all` producer and reports the time to the next acknowledgment (see `failover.rs`).
 //!
 //! Throughput counts record payload bytes (MB = 10^6 bytes); the broker's CPU is read from
 //! /proc before and after the timed part. See `benches/compare.sh` for the standard set.
 
 mod broker;
+mod cluster;
+mod failover;
 mod nats;
 mod raw_tcp;
 mod weir_run;
@@ -31,6 +41,7 @@ use serde_json::{Value, json};
 use weir_client::{Acks, Transport};
 
 use broker::{Broker, CpuClock};
+use cluster::Cluster;
 use weir_run::{Measured, Workload};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -41,6 +52,9 @@ enum Mode {
     Consume,
     /// Records at a fixed rate; latency from send to receipt by a following consumer.
     E2e,
+    /// A local cluster (RF 3, min ISR 2), an acks=all producer at `--rate`; the leader's broker
+    /// is SIGKILLed `--kills` times: time from each kill to the next acknowledgment.
+    Failover,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -117,6 +131,34 @@ struct Args {
     /// Run the baselines too (raw-tcp and nats).
     #[arg(long)]
     compare: bool,
+    /// Start a local cluster of this many brokers and a controller (each a process on
+    /// loopback over its own temp data dir) instead of one broker [failover: 3].
+    #[arg(long)]
+    cluster: Option<u32>,
+    /// Replication factor of the bench topic (with --cluster) [failover: 3].
+    #[arg(long)]
+    replication_factor: Option<u32>,
+    /// min_insync_replicas of the bench topic [default: the broker's; failover: 2].
+    #[arg(long)]
+    min_insync_replicas: Option<u32>,
+    /// The cluster's broker lease (--broker-lease-ms of its controller) [default: 2000 in
+    /// failover mode, else the broker's default, 6000].
+    #[arg(long)]
+    broker_lease_ms: Option<u64>,
+    /// The cluster brokers' --replica-lag-time-max-ms.
+    #[arg(long, default_value_t = 2000)]
+    replica_lag_ms: u64,
+    /// With --cluster and a replicated produce: run the replication-factor-1 baseline before
+    /// the replicated run instead of after it (to see the order's effect).
+    #[arg(long)]
+    rf1_first: bool,
+    /// failover: how many times to kill the leader.
+    #[arg(long, default_value_t = 20)]
+    kills: u32,
+    /// failover: milliseconds of steady acks=all traffic between a broker's return to the ISR
+    /// and the next kill.
+    #[arg(long, default_value_t = 1000)]
+    settle_ms: u64,
     /// Baselines to run, comma-separated (implies --compare for those).
     #[arg(long, value_enum, value_delimiter = ',')]
     baselines: Vec<Baseline>,
@@ -146,7 +188,7 @@ async fn main() -> anyhow::Result<()> {
         partitions: args.partitions.max(1),
         batch_bytes: args.batch_bytes,
         linger: Duration::from_millis(args.linger_ms.unwrap_or(match args.mode {
-            Mode::E2e => 0,
+            Mode::E2e | Mode::Failover => 0,
             _ => 5,
         })),
         acks: match args.acks {
@@ -161,40 +203,113 @@ async fn main() -> anyhow::Result<()> {
         rate: args.rate,
         duration: Duration::from_secs(args.duration_secs),
         idempotent: !args.no_idempotence,
+        replication_factor: args.replication_factor,
+        min_insync_replicas: args.min_insync_replicas,
     };
 
-    let broker = match &args.broker {
-        Some(addr) => Broker::external(addr.clone(), args.broker_pid),
-        None => Broker::start(args.broker_bin.clone(), &args.broker_args)?,
+    if args.mode == Mode::Failover {
+        return failover::run(failover::Settings {
+            bin: cluster::broker_bin(args.broker_bin.clone())?,
+            brokers: args.cluster.unwrap_or(3),
+            replication_factor: args.replication_factor.unwrap_or(3),
+            min_insync_replicas: args.min_insync_replicas.unwrap_or(2),
+            lease: Duration::from_millis(args.broker_lease_ms.unwrap_or(2000)),
+            replica_lag: Duration::from_millis(args.replica_lag_ms),
+            broker_args: args.broker_args.clone(),
+            kills: args.kills,
+            settle: Duration::from_millis(args.settle_ms),
+            workload,
+        })
+        .await;
+    }
+
+    let target = match (&args.broker, args.cluster) {
+        (Some(_), Some(_)) => anyhow::bail!("--broker and --cluster exclude each other"),
+        (Some(addr), None) => Target::Single(Broker::external(addr.clone(), args.broker_pid)),
+        (None, Some(n)) => {
+            let bin = cluster::broker_bin(args.broker_bin.clone())?;
+            let lease = Duration::from_millis(args.broker_lease_ms.unwrap_or(6000));
+            let lag = Duration::from_millis(args.replica_lag_ms);
+            Target::Cluster(Cluster::start(&bin, n, lease, lag, &args.broker_args).await?)
+        }
+        (None, None) => {
+            anyhow::ensure!(
+                args.replication_factor.unwrap_or(1) == 1,
+                "--replication-factor above 1 needs --cluster"
+            );
+            Target::Single(Broker::start(args.broker_bin.clone(), &args.broker_args)?)
+        }
     };
-    weir_run::create_topic(&broker.grpc, &workload).await?;
+    let grpc = target.grpc();
+    weir_run::create_topic(&grpc, &workload).await?;
+    let roles = target.roles(&workload.topic).await?;
     let expected = match args.mode {
         Mode::E2e => workload.rate * workload.duration.as_secs().max(1),
         _ => workload.records,
     };
     if args.mode == Mode::Consume {
         let fill = progress(expected, "filling");
-        weir_run::produce(&broker.grpc, &workload, &fill).await?;
+        weir_run::produce(&grpc, &workload, &fill).await?;
         fill.finish_and_clear();
     }
-    let bar = progress(expected, &format!("{:?}", args.mode).to_lowercase());
-    let cpu_before = sample(broker.cpu);
-    let measured = match args.mode {
-        Mode::Produce => weir_run::produce(&broker.grpc, &workload, &bar).await?,
-        Mode::Consume => weir_run::consume(&broker.grpc, &workload, &bar).await?,
-        Mode::E2e => weir_run::e2e(&broker.grpc, &workload, &bar).await?,
+    // On a cluster, a produce run's own baseline: the same workload on a topic of replication
+    // factor 1 on the same brokers (led by the same broker where the placement allows), after
+    // the replicated run or (--rf1-first) before it.
+    let rf1 = match &target {
+        Target::Cluster(cluster)
+            if args.mode == Mode::Produce && workload.replication_factor.unwrap_or(1) > 1 =>
+        {
+            Some(cluster)
+        }
+        _ => None,
     };
-    let cpu_after = sample(broker.cpu);
+    let mut rf1_result = match rf1 {
+        Some(cluster) if args.rf1_first => Some(rf1_baseline(cluster, &workload, &roles).await),
+        _ => None,
+    };
+    let bar = progress(expected, &format!("{:?}", args.mode).to_lowercase());
+    let cpu_before = target.sample();
+    let measured = match args.mode {
+        Mode::Produce => weir_run::produce(&grpc, &workload, &bar).await?,
+        Mode::Consume => weir_run::consume(&grpc, &workload, &bar).await?,
+        Mode::E2e => weir_run::e2e(&grpc, &workload, &bar).await?,
+        Mode::Failover => unreachable!("run above"),
+    };
+    let cpu_after = target.sample();
     bar.finish_and_clear();
     anyhow::ensure!(
         measured.records >= expected,
         "only {} of {expected} records were moved",
         measured.records
     );
-    let weir = figures(&measured, cpu_delta(cpu_before, cpu_after));
+    let weir = target.figures(&measured, &roles, &cpu_before, &cpu_after);
 
     let mut baseline_figures = serde_json::Map::new();
     let mut ratios = serde_json::Map::new();
+    if let Some(cluster) = rf1 {
+        let result = match rf1_result.take() {
+            Some(result) => result,
+            None => rf1_baseline(cluster, &workload, &roles).await,
+        };
+        let value = match result {
+            Ok(value) => {
+                for (name, field) in [
+                    ("weir/rf1", "mb_per_s"),
+                    ("leader_cpu/rf1", "cpu_s_per_gib"),
+                ] {
+                    if let (Some(ours), Some(theirs)) =
+                        (weir[field].as_f64(), value[field].as_f64())
+                        && theirs > 0.0
+                    {
+                        ratios.insert(name.into(), json!(round(ours / theirs)));
+                    }
+                }
+                value
+            }
+            Err(e) => json!({ "failed": format!("{e:#}") }),
+        };
+        baseline_figures.insert("rf1".into(), value);
+    }
     for baseline in baselines {
         let (name, result) = match baseline {
             Baseline::RawTcp => ("raw-tcp", raw_tcp_baseline(&workload)),
@@ -233,6 +348,11 @@ async fn main() -> anyhow::Result<()> {
             "idempotent": !args.no_idempotence,
             "transport": match args.transport { TransportArg::DataPort => "data-port", TransportArg::Grpc => "grpc" },
             "rate": (args.mode == Mode::E2e).then_some(workload.rate),
+            "cluster": args.cluster,
+            "replication_factor": args.replication_factor,
+            "min_insync_replicas": args.min_insync_replicas,
+            "rf1_first": args.rf1_first.then_some(true),
+            "broker_lease_ms": match &target { Target::Cluster(c) => Some(c.lease.as_millis() as u64), Target::Single(_) => None },
         },
         "weir": weir,
         "baselines": baseline_figures,
@@ -256,6 +376,174 @@ fn progress(total: u64, label: &str) -> ProgressBar {
     bar
 }
 
+/// The brokers under test: one (started here or external) or a local cluster.
+enum Target {
+    Single(Broker),
+    Cluster(Cluster),
+}
+
+/// CPU seconds so far: per broker (by node id; 0 for a single broker), and the controller's.
+struct CpuSample {
+    brokers: Vec<(u32, Option<f64>)>,
+    controller: Option<f64>,
+}
+
+/// What each broker does for the bench topic, by node id.
+type Roles = Vec<(u32, &'static str)>;
+
+impl Target {
+    fn grpc(&self) -> String {
+        match self {
+            Target::Single(b) => b.grpc.clone(),
+            Target::Cluster(c) => c.bootstrap(),
+        }
+    }
+
+    fn sample(&self) -> CpuSample {
+        match self {
+            Target::Single(b) => CpuSample {
+                brokers: vec![(0, sample(b.cpu))],
+                controller: None,
+            },
+            Target::Cluster(c) => sample_cluster(c),
+        }
+    }
+
+    async fn roles(&self, topic: &str) -> anyhow::Result<Roles> {
+        match self {
+            Target::Single(_) => Ok(vec![(0, "leader")]),
+            Target::Cluster(c) => cluster_roles(c, topic).await,
+        }
+    }
+
+    fn figures(&self, m: &Measured, roles: &Roles, before: &CpuSample, after: &CpuSample) -> Value {
+        let cluster = matches!(self, Target::Cluster(_));
+        run_figures(cluster, m, roles, before, after)
+    }
+}
+
+fn sample_cluster(c: &Cluster) -> CpuSample {
+    CpuSample {
+        brokers: c.ids().map(|id| (id, sample(Some(c.cpu(id))))).collect(),
+        controller: sample(Some(c.controller_cpu())),
+    }
+}
+
+async fn cluster_roles(c: &Cluster, topic: &str) -> anyhow::Result<Roles> {
+    let client = c.client().await?;
+    let described = cluster::describe(&client, topic)
+        .await
+        .context("describing the bench topic")?;
+    Ok(roles(c, &described))
+}
+
+/// `m`'s figures; on a cluster `cpu_s_per_gib` is the leader's (the leaders' together), and
+/// `broker_cpu_s_per_gib` has the followers', the controller's and each broker's.
+fn run_figures(
+    cluster: bool,
+    m: &Measured,
+    roles: &Roles,
+    before: &CpuSample,
+    after: &CpuSample,
+) -> Value {
+    let deltas: Vec<(u32, Option<f64>)> = before
+        .brokers
+        .iter()
+        .zip(&after.brokers)
+        .map(|((id, b), (_, a))| (*id, cpu_delta(*b, *a)))
+        .collect();
+    let role_of = |id: u32| {
+        roles
+            .iter()
+            .find(|(r, _)| *r == id)
+            .map_or("none", |(_, role)| *role)
+    };
+    let total = |wanted: &[&str]| -> Option<f64> {
+        let mut sum = 0.0;
+        for (id, delta) in &deltas {
+            if wanted.contains(&role_of(*id)) {
+                sum += (*delta)?;
+            }
+        }
+        Some(sum)
+    };
+    let mut value = figures(m, total(&["leader", "leader+follower"]));
+    if cluster {
+        let per_gib = |cpu: Option<f64>| cpu.map(|c| round(c / gib(m.payload_bytes)));
+        value["broker_cpu_s_per_gib"] = json!({
+            "leader": per_gib(total(&["leader", "leader+follower"])),
+            "followers": per_gib(total(&["follower"])),
+            "controller": per_gib(cpu_delta(before.controller, after.controller)),
+            "by_broker": deltas.iter().map(|(id, delta)| json!({
+                "id": id,
+                "role": role_of(*id),
+                "cpu_s_per_gib": per_gib(*delta),
+            })).collect::<Vec<_>>(),
+        });
+    }
+    value
+}
+
+/// Each broker's part in `topic`: `leader` of some partition, `follower` (a replica of some,
+/// leader of none), both, or `none`.
+fn roles(c: &Cluster, topic: &weir_client::TopicDescription) -> Roles {
+    c.ids()
+        .map(|id| {
+            let leads = topic.partitions.iter().any(|p| p.leader_id == id);
+            let follows = topic
+                .partitions
+                .iter()
+                .any(|p| p.leader_id != id && p.replicas.contains(&id));
+            let role = match (leads, follows) {
+                (true, false) => "leader",
+                (false, true) => "follower",
+                (true, true) => "leader+follower",
+                (false, false) => "none",
+            };
+            (id, role)
+        })
+        .collect()
+}
+
+/// The produce workload again on a replication-factor-1 topic of the same cluster. With one
+/// partition, topic names are tried until the placement puts it on the replicated topic's
+/// leader, so the leader CPU figures are the same broker's.
+async fn rf1_baseline(c: &Cluster, w: &Workload, roles: &Roles) -> anyhow::Result<Value> {
+    let leader = roles
+        .iter()
+        .find(|(_, role)| *role == "leader")
+        .map(|(id, _)| *id);
+    let client = c.client().await?;
+    let mut rf1 = w.clone();
+    rf1.replication_factor = Some(1);
+    rf1.min_insync_replicas = Some(1);
+    for attempt in 0..32 {
+        rf1.topic = match attempt {
+            0 => format!("{}-rf1", w.topic),
+            n => format!("{}-rf1-{n}", w.topic),
+        };
+        weir_run::create_topic(&c.bootstrap(), &rf1).await?;
+        let described = cluster::describe(&client, &rf1.topic)
+            .await
+            .context("describing the rf1 topic")?;
+        if w.partitions > 1
+            || leader.is_none()
+            || described.partitions[0].leader_id == leader.unwrap_or(0)
+        {
+            break;
+        }
+    }
+    let rf1_roles = cluster_roles(c, &rf1.topic).await?;
+    let bar = progress(rf1.records, "rf1");
+    let before = sample_cluster(c);
+    let measured = weir_run::produce(&c.bootstrap(), &rf1, &bar).await?;
+    let after = sample_cluster(c);
+    bar.finish_and_clear();
+    let mut value = run_figures(true, &measured, &rf1_roles, &before, &after);
+    value["topic"] = json!(rf1.topic);
+    Ok(value)
+}
+
 fn sample(cpu: Option<CpuClock>) -> Option<f64> {
     cpu.and_then(|c| c.seconds().ok())
 }
@@ -268,15 +556,19 @@ fn round(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
+fn gib(bytes: u64) -> f64 {
+    (bytes as f64 / (1u64 << 30) as f64).max(1e-12)
+}
+
 /// Throughput, CPU per GiB and latency percentiles of one measured run.
 fn figures(m: &Measured, cpu_seconds: Option<f64>) -> Value {
     let secs = m.elapsed.as_secs_f64().max(1e-9);
-    let gib = m.payload_bytes as f64 / (1u64 << 30) as f64;
+    let gib = gib(m.payload_bytes);
     json!({
         "seconds": round(secs),
         "mb_per_s": round(m.payload_bytes as f64 / secs / 1e6),
         "records_per_s": round(m.records as f64 / secs),
-        "cpu_s_per_gib": cpu_seconds.map(|c| round(c / gib.max(1e-12))),
+        "cpu_s_per_gib": cpu_seconds.map(|c| round(c / gib)),
         "latency_us": m.latency_us.as_ref().map(latency),
     })
 }

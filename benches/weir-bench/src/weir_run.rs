@@ -36,6 +36,9 @@ pub struct Workload {
     pub rate: u64,
     pub duration: Duration,
     pub idempotent: bool,
+    /// The topic's replication factor and min in-sync replicas (`None`: the broker's default).
+    pub replication_factor: Option<u32>,
+    pub min_insync_replicas: Option<u32>,
 }
 
 /// What one run measured.
@@ -56,22 +59,23 @@ fn histogram() -> Histogram<u64> {
 
 pub async fn create_topic(grpc: &str, w: &Workload) -> anyhow::Result<()> {
     let client = Client::connect(grpc).await?;
-    match client
-        .admin()
-        .create_topic(
-            NewTopic::new(w.topic.clone())
-                .partitions(w.partitions)
-                .partitioner(PartitionerKind::RoundRobin),
-        )
-        .await
-    {
+    let mut topic = NewTopic::new(w.topic.clone())
+        .partitions(w.partitions)
+        .partitioner(PartitionerKind::RoundRobin);
+    if let Some(replicas) = w.replication_factor {
+        topic = topic.replication_factor(replicas);
+    }
+    if let Some(replicas) = w.min_insync_replicas {
+        topic = topic.min_insync_replicas(replicas);
+    }
+    match client.admin().create_topic(topic).await {
         Ok(_) => Ok(()),
         Err(e) if e.code() == Some(ErrorCode::TopicExists) => Ok(()),
         Err(e) => Err(e).context("creating the bench topic"),
     }
 }
 
-fn producer_config(w: &Workload) -> ProducerConfig {
+pub fn producer_config(w: &Workload) -> ProducerConfig {
     ProducerConfig {
         acks: w.acks,
         batch_bytes: w.batch_bytes,
