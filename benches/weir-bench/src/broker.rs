@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 /// A process whose CPU time can be sampled.
 #[derive(Debug, Clone, Copy)]
@@ -71,19 +71,7 @@ impl Broker {
 
     /// Starts `bin` (default: `weir-broker` next to this executable) on free loopback ports.
     pub fn start(bin: Option<PathBuf>, extra_args: &[String]) -> anyhow::Result<Self> {
-        let bin = match bin {
-            Some(bin) => bin,
-            None => std::env::current_exe()?
-                .parent()
-                .context("the bench's directory")?
-                .join("weir-broker"),
-        };
-        if !bin.exists() {
-            bail!(
-                "{} not found: build it (`cargo build --release -p weir-broker`) or pass --broker-bin / --broker",
-                bin.display()
-            );
-        }
+        let bin = crate::cluster::broker_bin(bin)?;
         let data_dir = tempfile::Builder::new().prefix("weir-bench-").tempdir()?;
         let loopback = ("127.0.0.1:0", "127.0.0.1:0");
         let mut child = weir_testkit::spawn_broker(&bin, data_dir.path(), loopback, extra_args)
