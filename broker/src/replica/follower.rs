@@ -115,28 +115,29 @@ async fn rounds(
     let silence = config
         .lag_time_max
         .max(config.fetch_max_wait + MIN_SILENCE_MARGIN);
+    // Built once per connection; each round sets where it stands.
+    let mut frame = FetchFrame {
+        topic: replica.topic.to_string(),
+        partition: replica.index,
+        offset: 0,
+        max_bytes: config.fetch_max_bytes,
+        max_wait_ms: config.fetch_max_wait.as_millis() as u32,
+        follow: false,
+        replica: None,
+    };
     loop {
         if let Some(damage) = replica.partition.log.known_damage() {
             cut_damage(replica, damage).await?;
         }
         let log = &replica.partition.log;
-        let history = log.epoch_history();
-        let offset = log.high_watermark();
-        let frame = FetchFrame {
-            topic: replica.topic.to_string(),
-            partition: replica.index,
-            offset,
-            max_bytes: config.fetch_max_bytes,
-            max_wait_ms: config.fetch_max_wait.as_millis() as u32,
-            follow: false,
-            replica: Some(ReplicaFetch {
-                replica_id: manager.node_id(),
-                broker_epoch: manager.broker_epoch(),
-                leader_epoch: epoch.0,
-                last_fetched_epoch: history.latest_epoch().map_or(0, |e| e.0),
-                durable_offset: log.recovery_point(),
-            }),
-        };
+        frame.offset = log.high_watermark();
+        frame.replica = Some(ReplicaFetch {
+            replica_id: manager.node_id(),
+            broker_epoch: manager.broker_epoch(),
+            leader_epoch: epoch.0,
+            last_fetched_epoch: log.latest_epoch().map_or(0, |e| e.0),
+            durable_offset: log.recovery_point(),
+        });
         stream.write_all(&frame.encode()).await?;
         let mut epochs: Vec<EpochEntry> = Vec::new();
         loop {

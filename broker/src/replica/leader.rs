@@ -668,9 +668,14 @@ async fn send_proposal(
         .alter_partition(wire)
         .await
     {
-        Ok(answer) => match answer.state {
-            Some(state) => Ok(super::partition_state(&state)),
-            None => return,
+        Ok(answer) => match answer
+            .state
+            .as_ref()
+            .map(crate::wire::partition_state_from_wire)
+        {
+            Some(Ok(state)) => Ok(state),
+            // No state, or one that breaks its invariants: learn it from the metadata.
+            _ => return,
         },
         Err(e) => match ErrorCode::try_from(e.code) {
             Ok(ErrorCode::FencedLeaderEpoch) => Err(AlterError::FencedLeaderEpoch),

@@ -29,7 +29,7 @@
 pub mod follower;
 pub mod leader;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -37,7 +37,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 use weir_proto::v1::{BrokerInfo, ClusterMetadata, PartitionState as WirePartitionState};
-use weir_replication::{BrokerId, LeaderEpoch, PartitionEpoch, PartitionState};
+use weir_replication::{BrokerId, LeaderEpoch};
 
 use crate::controller::link::ControllerLink;
 use crate::topics::{Partition, Topics};
@@ -72,15 +72,16 @@ impl Default for ReplicaConfig {
     }
 }
 
-/// A partition's identity in the registry: topic, partition.
-type Key = (Arc<str>, u32);
+/// The registry: topic -> partition -> replica. Keyed by `Arc<str>` so a lookup by `&str`
+/// (every produce and fetch on a replicated partition makes one) allocates nothing.
+type Registry = HashMap<Arc<str>, BTreeMap<u32, Arc<Replica>>>;
 
 /// The replicated partitions held here and their roles.
 pub struct ReplicaManager {
     node_id: u32,
     config: ReplicaConfig,
     controller: ControllerLink,
-    replicas: Mutex<HashMap<Key, Arc<Replica>>>,
+    replicas: Mutex<Registry>,
     /// This start's broker epoch (from the controller's registration answer).
     broker_epoch: watch::Sender<u64>,
 }
@@ -172,15 +173,17 @@ impl ReplicaManager {
 
     /// The replicated partition `topic`-`partition`, if it is replicated and held here.
     pub fn get(&self, topic: &str, partition: u32) -> Option<Arc<Replica>> {
-        let key: Key = (Arc::from(topic), partition);
-        lock(&self.replicas).get(&key).cloned()
+        lock(&self.replicas)
+            .get(topic)
+            .and_then(|partitions| partitions.get(&partition))
+            .cloned()
     }
 
     /// Makes the roles match `metadata` (called with every newer picture, after the local
     /// partitions were created): a partition with several replicas gets a [`Replica`], led or
     /// followed as the controller says; one that is no longer replicated here loses it.
     pub fn reconcile(self: &Arc<Self>, topics: &Topics, metadata: &ClusterMetadata) {
-        let mut seen = Vec::new();
+        let mut seen: HashSet<(Arc<str>, u32)> = HashSet::new();
         for placed in &metadata.topics {
             let Some(description) = &placed.description else {
                 continue;
@@ -191,6 +194,7 @@ impl ReplicaManager {
             if topic.meta.id() != placed.topic_id {
                 continue;
             }
+            let name: Arc<str> = Arc::from(description.name.as_str());
             for (index, wire) in placed.partitions.iter().enumerate() {
                 let index = index as u32;
                 if wire.replicas.len() < 2 || !wire.replicas.contains(&self.node_id) {
@@ -199,12 +203,12 @@ impl ReplicaManager {
                 let Ok(partition) = topic.partition(index) else {
                     continue;
                 };
-                let key: Key = (Arc::from(description.name.as_str()), index);
-                seen.push(key.clone());
+                seen.insert((Arc::clone(&name), index));
                 let replica = {
                     let mut replicas = lock(&self.replicas);
-                    let existing = replicas
-                        .get(&key)
+                    let partitions = replicas.entry(Arc::clone(&name)).or_default();
+                    let existing = partitions
+                        .get(&index)
                         .filter(|r| Arc::ptr_eq(&r.partition, partition))
                         .cloned();
                     match existing {
@@ -213,7 +217,7 @@ impl ReplicaManager {
                             partition.set_replicated(true);
                             let r = Arc::new(Replica {
                                 partition: Arc::clone(partition),
-                                topic: Arc::clone(&key.0),
+                                topic: Arc::clone(&name),
                                 index,
                                 topic_id: placed.topic_id.clone(),
                                 role: Mutex::new(Role::Offline {
@@ -224,7 +228,7 @@ impl ReplicaManager {
                                 min_insync: Mutex::new(1),
                                 sync_wanted: std::sync::atomic::AtomicU64::new(0),
                             });
-                            replicas.insert(key.clone(), Arc::clone(&r));
+                            partitions.insert(index, Arc::clone(&r));
                             r
                         }
                     }
@@ -233,15 +237,18 @@ impl ReplicaManager {
             }
         }
         let mut replicas = lock(&self.replicas);
-        replicas.retain(|key, replica| {
-            let keep = seen.contains(key);
-            if !keep {
-                info!(partition = %format!("{}-{}", key.0, key.1), "no longer replicated here");
-                stop_role(&mut lock(&replica.role));
-                replica.partition.set_replicated(false);
-            }
-            keep
-        });
+        for (topic, partitions) in replicas.iter_mut() {
+            partitions.retain(|&index, replica| {
+                let keep = seen.contains(&(Arc::clone(topic), index));
+                if !keep {
+                    info!(partition = %format!("{topic}-{index}"), "no longer replicated here");
+                    stop_role(&mut lock(&replica.role));
+                    replica.partition.set_replicated(false);
+                }
+                keep
+            });
+        }
+        replicas.retain(|_, partitions| !partitions.is_empty());
     }
 
     /// Applies one partition's state from the controller to its replica.
@@ -251,7 +258,13 @@ impl ReplicaManager {
         wire: &WirePartitionState,
         brokers: &[BrokerInfo],
     ) {
-        let state = partition_state(wire);
+        let state = match crate::wire::partition_state_from_wire(wire) {
+            Ok(state) => state,
+            Err(e) => {
+                warn!(partition = %format!("{}-{}", replica.topic, replica.index), error = %e, "ignoring a partition state from the controller");
+                return;
+            }
+        };
         *lock(&replica.min_insync) = (wire.min_insync_replicas as usize).max(1);
         let me = BrokerId(self.node_id);
         let mut role = lock(&replica.role);
@@ -327,7 +340,10 @@ impl ReplicaManager {
 
     /// Every replica held here (for the leaders' periodic in-sync set checks).
     pub(crate) fn all(&self) -> Vec<Arc<Replica>> {
-        lock(&self.replicas).values().cloned().collect()
+        lock(&self.replicas)
+            .values()
+            .flat_map(|partitions| partitions.values().cloned())
+            .collect()
     }
 
     /// Stops every role (shutdown): followers stop fetching.
@@ -345,17 +361,4 @@ fn stop_role(role: &mut Role) {
     }
     let epoch = role.epoch();
     *role = Role::Offline { epoch };
-}
-
-/// The controller's partition state as weir-replication's type.
-pub(crate) fn partition_state(wire: &WirePartitionState) -> PartitionState {
-    let mut isr: Vec<BrokerId> = wire.isr.iter().copied().map(BrokerId).collect();
-    isr.sort();
-    PartitionState {
-        replicas: wire.replicas.iter().copied().map(BrokerId).collect(),
-        leader: wire.leader.map(BrokerId),
-        leader_epoch: LeaderEpoch(wire.leader_epoch),
-        isr,
-        partition_epoch: PartitionEpoch(wire.partition_epoch),
-    }
 }

@@ -12,9 +12,9 @@
 //! keeps working while the controller is down.
 //!
 //! Replication: every broker that is one of a partition's replicas holds it locally (the
-//! leader and its followers alike); the view gives each partition's [`PartitionState`] and its
-//! topic's min ISR ([`ClusterView::partition_state`], [`ClusterView::replication`]), this start's
-//! broker epoch ([`ClusterView::broker_epoch`]) and whether the broker's lease holds
+//! leader and its followers alike); each new picture is handed to the replica roles
+//! (`crate::replica::ReplicaManager::reconcile`), and the view keeps this start's broker epoch
+//! ([`ClusterView::broker_epoch`]) and whether the broker's lease holds
 //! ([`ClusterView::lease_valid`]).
 //!
 //! Invariants:
@@ -41,7 +41,6 @@ use weir_proto::v1::{
     RegisterBrokerRequest,
 };
 
-use weir_replication::PartitionState;
 use weir_replication::lease::LeaseConfig;
 
 use crate::controller::lease_config;
@@ -70,14 +69,6 @@ pub struct ClusterView {
     ready: watch::Sender<bool>,
 }
 
-/// A topic's replication settings as the view knows them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Replication {
-    pub replication_factor: u32,
-    pub min_insync_replicas: u32,
-    pub unclean_leader_election: bool,
-}
-
 impl ClusterView {
     pub fn new(node_id: u32) -> Self {
         ClusterView {
@@ -104,31 +95,6 @@ impl ClusterView {
     /// what a follower's fetch carries (KIP-903).
     pub fn broker_epoch(&self) -> u64 {
         self.broker_epoch.load(Ordering::Relaxed)
-    }
-
-    /// Partition `partition` of `topic`: its replicas, leader, ISR and epochs, as the
-    /// controller last said.
-    pub fn partition_state(&self, topic: &str, partition: u32) -> Option<PartitionState> {
-        let placed = self.topic(topic)?;
-        let wire = placed.partitions.get(partition as usize)?;
-        match wire::partition_state_from_wire(wire) {
-            Ok(state) => Some(state),
-            Err(e) => {
-                warn!(topic, partition, error = %e, "ignoring a partition state from the controller");
-                None
-            }
-        }
-    }
-
-    /// `topic`'s replication settings (replication factor, min ISR, unclean election).
-    pub fn replication(&self, topic: &str) -> Option<Replication> {
-        let placed = self.topic(topic)?;
-        let config = placed.description?.config.unwrap_or_default();
-        Some(Replication {
-            replication_factor: config.replication_factor.unwrap_or(1),
-            min_insync_replicas: config.min_insync_replicas.unwrap_or(1),
-            unclean_leader_election: config.unclean_leader_election.unwrap_or(false),
-        })
     }
 
     /// The replicated partitions (several replicas) the metadata names this broker the leader

@@ -102,42 +102,42 @@ impl BrokerState {
             .map_err(|e| self.cluster.not_here(topic, partition, e))
     }
 
-    /// A partition this broker serves clients from: held here and led here. A follower's copy
-    /// answers NOT_LEADER naming the leader (PARTITION_UNAVAILABLE while there is none), and so
-    /// does a partition this broker is still taking the lead of.
-    pub fn leader_partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, Error> {
-        let held = self.partition(topic, partition)?;
-        // Without the controller's picture yet (just started), only an unreplicated partition
-        // is served: a replicated one may hold a suffix no other replica has.
-        let led_in_view = match self.cluster.partition_state(topic, partition) {
-            Some(state) => state.leader.map(|b| b.0) == Some(self.cluster.node_id),
-            None => self
-                .topics
-                .get(topic)
-                .is_ok_and(|t| t.meta.settings.replication_factor <= 1),
+    /// A partition this broker serves clients from: held here and led here, with its replica
+    /// when it is replicated. A follower's copy answers NOT_LEADER naming the leader
+    /// (PARTITION_UNAVAILABLE while there is none), and so does a partition this broker is still
+    /// taking the lead of. The replica's role is the one authority (it follows the controller's
+    /// picture); an unreplicated partition is served wherever it is held.
+    pub fn leader_partition(&self, topic: &str, partition: u32) -> Result<Led, Error> {
+        let not_here = |e| self.cluster.not_here(topic, partition, e);
+        let held_topic = self.topics.get(topic).map_err(not_here)?;
+        let held = Arc::clone(held_topic.partition(partition).map_err(not_here)?);
+        let replica = self.replicas.get(topic, partition);
+        let served = match &replica {
+            Some(replica) => replica.leading().is_some(),
+            // A replicated partition without its role yet (just started, before the
+            // controller's picture) may hold a suffix no other replica has.
+            None => held_topic.meta.settings.replication_factor <= 1,
         };
-        let taking_the_lead = self
-            .replicas
-            .get(topic, partition)
-            .is_some_and(|replica| replica.leading().is_none());
-        if !led_in_view || taking_the_lead {
-            let not_local = TopicError::NotLocal {
+        if !served {
+            return Err(not_here(TopicError::NotLocal {
                 topic: topic.to_owned(),
                 partition,
-            };
-            return Err(self.cluster.not_here(topic, partition, not_local));
+            }));
         }
-        Ok(held)
+        Ok(Led {
+            partition: held,
+            replica,
+        })
     }
 
     /// A partition consumers may read now: [`Self::leader_partition`], and on a replicated
     /// partition a leader whose high watermark is final ([`crate::replica::leader::check_reads`]).
     pub fn readable_partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, Error> {
-        let held = self.leader_partition(topic, partition)?;
-        if let Some(replica) = self.replicas.get(topic, partition) {
-            crate::replica::leader::check_reads(&replica)?;
+        let led = self.leader_partition(topic, partition)?;
+        if let Some(replica) = &led.replica {
+            crate::replica::leader::check_reads(replica)?;
         }
-        Ok(held)
+        Ok(led.partition)
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -148,6 +148,13 @@ impl BrokerState {
         self.health.set_stopping();
         self.shutdown.send_replace(true);
     }
+}
+
+/// A partition led here ([`BrokerState::leader_partition`]).
+pub struct Led {
+    pub partition: Arc<Partition>,
+    /// Its replica, when it is replicated.
+    pub replica: Option<Arc<crate::replica::Replica>>,
 }
 
 /// Completes once shutdown has begun. (Takes the watch guard and drops it at once: a guard

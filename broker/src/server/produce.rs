@@ -72,7 +72,8 @@ struct Admitted {
 fn admit(state: &BrokerState, req: &ProduceRequest) -> Result<Admitted, Error> {
     let acks = Acks::try_from(req.acks)
         .map_err(|_| invalid_request(format!("unknown acks value {}", req.acks)))?;
-    let partition = state.leader_partition(&req.topic, req.partition)?;
+    let led = state.leader_partition(&req.topic, req.partition)?;
+    let partition = led.partition;
     // Refused here too, not only by the engine, so an oversized batch never waits for (or
     // holds) in-flight budget.
     let config = partition.log.config();
@@ -82,7 +83,7 @@ fn admit(state: &BrokerState, req: &ProduceRequest) -> Result<Admitted, Error> {
             max: config.max_batch_bytes,
         }));
     }
-    let replicated = match state.replicas.get(&req.topic, req.partition) {
+    let replicated = match led.replica {
         None => None,
         Some(replica) => {
             let needs_isr = acks != Acks::Leader;

@@ -27,6 +27,12 @@ impl PartitionLog {
         lock(&self.inner).epochs.clone()
     }
 
+    /// The newest epoch in the history (what a follower's fetch names as its last), without
+    /// copying the history.
+    pub fn latest_epoch(&self) -> Option<LeaderEpoch> {
+        lock(&self.inner).epochs.latest_epoch()
+    }
+
     /// Records that `epoch` starts at `start_offset` ([`EpochHistory::assign`]), durably before
     /// returning. A new leader calls it with its log end when it takes the epoch; a follower
     /// just before appending the first batch of a newer epoch (with its log end, the batch's
