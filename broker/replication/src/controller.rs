@@ -3,8 +3,9 @@
 //! Owns: [`PartitionState`] (leader, leader epoch, ISR, replicas, partition epoch), the ISR
 //! compare-and-set ([`PartitionState::alter_isr`]), elections ([`PartitionState::elect`]),
 //! fencing ([`PartitionState::fence`], KIP-841), controlled shutdown
-//! ([`PartitionState::shut_down`]) and unclean restarts ([`PartitionState::on_unclean_restart`],
-//! rule 7); [`LiveBrokers`], the controller's picture of which broker starts are registered,
+//! ([`PartitionState::shut_down`]), unclean restarts ([`PartitionState::on_unclean_restart`],
+//! rule 7), reassignment ([`PartitionState::reassign`], [`PartitionState::complete_reassignment`],
+//! rule 10) and the preferred leader's return ([`PartitionState::elect_preferred`]); [`LiveBrokers`], the controller's picture of which broker starts are registered,
 //! unfenced and not shutting down.
 //!
 //! Invariants kept by every transition (the controller journals the returned state before it
@@ -15,7 +16,11 @@
 //!   one, is in it;
 //! - a leader is chosen only from the ISR and only among live brokers, unless the topic allows
 //!   unclean election (rule 3);
-//! - an ISR addition names a live broker at its current broker epoch (rule 6, KIP-903).
+//! - an ISR addition names a live broker at its current broker epoch (rule 6, KIP-903);
+//! - `removing` is a subset of the replicas and never all of them; the replicas not being
+//!   removed (the reassignment's target) come first, in the target's order (rule 10);
+//! - a reassignment removes replicas only once every target replica is in the ISR, so the ISR
+//!   never drops below the target's size, which is at least the topic's min ISR (rule 10).
 
 use crate::rules::Rules;
 use crate::{BrokerEpoch, BrokerId, LeaderEpoch, PartitionEpoch};
@@ -33,6 +38,9 @@ pub struct PartitionState {
     pub isr: Vec<BrokerId>,
     /// Bumped by every change of this record.
     pub partition_epoch: PartitionEpoch,
+    /// The replicas a reassignment in progress removes once every other replica (the target)
+    /// is in the ISR (Kafka's `removingReplicas`, KIP-455); empty otherwise. Sorted.
+    pub removing: Vec<BrokerId>,
 }
 
 /// The broker starts the controller considers alive: registered and not fenced, each with its
@@ -148,7 +156,24 @@ impl PartitionState {
             leader_epoch: LeaderEpoch(1),
             isr,
             partition_epoch: PartitionEpoch(1),
+            removing: Vec::new(),
         }
+    }
+
+    /// The replicas the partition keeps once a reassignment in progress completes (all of
+    /// them when none is): preferred leader first.
+    pub fn target(&self) -> Vec<BrokerId> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|b| !self.removing.contains(b))
+            .collect()
+    }
+
+    /// Whether a reassignment is in progress: replicas wait to be removed, or target replicas
+    /// to join the ISR.
+    pub fn reassigning(&self) -> bool {
+        !self.removing.is_empty()
     }
 
     /// Whether `broker` is in the ISR.
@@ -255,6 +280,7 @@ impl PartitionState {
             },
             partition_epoch: self.partition_epoch.next(),
             replicas: self.replicas.clone(),
+            removing: self.removing.clone(),
         })
     }
 
@@ -343,6 +369,123 @@ impl PartitionState {
                 .collect(),
         );
         self.remove(broker, !rules.unclean_restart_leaves_isr, &others, unclean)
+    }
+}
+
+/// Why the controller refused a reassignment.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ReassignError {
+    /// The target names no broker, or a broker twice.
+    Malformed,
+    /// The target has fewer replicas than the topic's `min_insync_replicas`: completing it
+    /// would leave an ISR below the minimum (rule 10).
+    BelowMinIsr { target: usize, min_insync: usize },
+    /// The target equals the replicas and nothing is being removed.
+    NoChange,
+}
+
+impl PartitionState {
+    /// Starts moving the partition onto `target` (preferred leader first), Kafka's
+    /// AlterPartitionReassignments (KIP-455), rule 10: the replicas become the target followed
+    /// by the current replicas not in it, which are marked `removing`; the ISR and the leader
+    /// stay. New replicas start out of the ISR; the leader adds each one once it caught up
+    /// (rule 6), and [`PartitionState::complete_reassignment`] removes the others only once the
+    /// whole target is in sync. A reassignment given while one is in progress replaces it (to
+    /// cancel one, reassign to the replicas it started from). Bumps the partition epoch.
+    pub fn reassign(
+        &self,
+        target: &[BrokerId],
+        min_insync: usize,
+    ) -> Result<PartitionState, ReassignError> {
+        let mut seen = target.to_vec();
+        seen.sort();
+        seen.dedup();
+        if target.is_empty() || seen.len() != target.len() {
+            return Err(ReassignError::Malformed);
+        }
+        if target.len() < min_insync {
+            return Err(ReassignError::BelowMinIsr {
+                target: target.len(),
+                min_insync,
+            });
+        }
+        let mut replicas = target.to_vec();
+        let mut removing: Vec<BrokerId> = self
+            .replicas
+            .iter()
+            .copied()
+            .filter(|b| !target.contains(b))
+            .collect();
+        replicas.extend(removing.iter().copied());
+        removing.sort();
+        if replicas == self.replicas && removing == self.removing {
+            return Err(ReassignError::NoChange);
+        }
+        Ok(PartitionState {
+            replicas,
+            removing,
+            partition_epoch: self.partition_epoch.next(),
+            ..self.clone()
+        })
+    }
+
+    /// Finishes a reassignment once every target replica is in the ISR (rule 10): the
+    /// replicas become the target, the removed ones leave the ISR, and if the leader was one of
+    /// them the leadership moves to the first target replica that is alive (a new leader
+    /// epoch; it is in the ISR, so it holds the committed log, rule 3). `None` while a target
+    /// replica is out of the ISR, when no target replica is alive to take over a moving
+    /// leadership, or when nothing is in progress. `live` excludes brokers shutting down.
+    pub fn complete_reassignment(&self, live: &LiveBrokers) -> Option<PartitionState> {
+        if !self.reassigning() {
+            return None;
+        }
+        let target = self.target();
+        if !target.iter().all(|&b| self.in_isr(b)) {
+            return None;
+        }
+        let mut next = PartitionState {
+            isr: self
+                .isr
+                .iter()
+                .copied()
+                .filter(|b| target.contains(b))
+                .collect(),
+            replicas: target,
+            removing: Vec::new(),
+            partition_epoch: self.partition_epoch.next(),
+            ..self.clone()
+        };
+        if let Some(leader) = self.leader
+            && !next.replicas.contains(&leader)
+        {
+            let successor = next.replicas.iter().copied().find(|&b| live.is_alive(b))?;
+            next.leader = Some(successor);
+            next.leader_epoch = self.leader_epoch.next();
+        }
+        Some(next)
+    }
+
+    /// Moves the leadership back to the preferred replica (the first one) when it is in the
+    /// ISR, alive and not leading (Kafka's preferred leader election,
+    /// `auto.leader.rebalance.enable`): a new leader epoch, the ISR unchanged. A replica being
+    /// removed is never preferred. Safe for the same reason as a controlled shutdown's
+    /// handover: an ISR member holds every committed record (rules 3, 4). `None` if the
+    /// preferred replica already leads or may not.
+    pub fn elect_preferred(&self, live: &LiveBrokers) -> Option<PartitionState> {
+        let preferred = *self.replicas.first()?;
+        if self.leader == Some(preferred)
+            || self.removing.contains(&preferred)
+            || !self.in_isr(preferred)
+            || !live.is_alive(preferred)
+        {
+            return None;
+        }
+        Some(PartitionState {
+            leader: Some(preferred),
+            leader_epoch: self.leader_epoch.next(),
+            partition_epoch: self.partition_epoch.next(),
+            ..self.clone()
+        })
     }
 }
 
@@ -523,5 +666,131 @@ mod tests {
             .on_unclean_restart(b(0), &live(&[(0, 2), (1, 1), (2, 1)]), &lax, false)
             .unwrap();
         assert_eq!((r.leader, r.isr), (None, vec![b(0)]));
+    }
+
+    #[test]
+    fn a_reassignment_removes_replicas_only_once_the_whole_target_is_in_sync() {
+        let s = PartitionState::new(vec![b(0), b(1), b(2)]);
+        assert_eq!(
+            s.reassign(&[b(1), b(2)], 3),
+            Err(ReassignError::BelowMinIsr {
+                target: 2,
+                min_insync: 3
+            })
+        );
+        assert_eq!(
+            s.reassign(&[b(1), b(1), b(3)], 2),
+            Err(ReassignError::Malformed)
+        );
+        assert_eq!(s.reassign(&[], 1), Err(ReassignError::Malformed));
+        assert_eq!(
+            s.reassign(&[b(0), b(1), b(2)], 2),
+            Err(ReassignError::NoChange)
+        );
+        // Replace broker 0 (the leader) by broker 3.
+        let moving = s.reassign(&[b(3), b(1), b(2)], 2).unwrap();
+        assert_eq!(moving.replicas, vec![b(3), b(1), b(2), b(0)]);
+        assert_eq!(
+            (moving.removing.clone(), moving.target()),
+            (vec![b(0)], vec![b(3), b(1), b(2)])
+        );
+        assert_eq!(
+            (moving.leader, moving.isr.clone()),
+            (Some(b(0)), vec![b(0), b(1), b(2)])
+        );
+        assert_eq!(moving.partition_epoch, PartitionEpoch(2));
+        assert!(moving.reassigning());
+        let all = live(&[(0, 1), (1, 1), (2, 1), (3, 1)]);
+        // Broker 3 is not in sync yet: nothing is removed, and it may not lead.
+        assert_eq!(moving.complete_reassignment(&all), None);
+        assert_eq!(moving.elect_preferred(&all), None);
+        let caught_up = moving
+            .alter_isr(
+                &request(&moving, &[(0, 1), (1, 1), (2, 1), (3, 1)]),
+                &all,
+                2,
+                &Rules::ALL,
+            )
+            .unwrap();
+        let done = caught_up.complete_reassignment(&all).unwrap();
+        assert_eq!(done.replicas, vec![b(3), b(1), b(2)]);
+        assert_eq!(
+            (done.isr.clone(), done.removing.clone()),
+            (vec![b(1), b(2), b(3)], vec![])
+        );
+        assert_eq!(
+            (done.leader, done.leader_epoch),
+            (Some(b(3)), LeaderEpoch(2))
+        );
+        assert_eq!(done.partition_epoch, caught_up.partition_epoch.next());
+        assert_eq!(done.complete_reassignment(&all), None);
+        // A leader that stays keeps its epoch; the successor skips a target replica that is down.
+        let keep = s.reassign(&[b(0), b(1), b(3)], 2).unwrap();
+        let keep = PartitionState {
+            isr: vec![b(0), b(1), b(2), b(3)],
+            ..keep
+        };
+        let kept = keep.complete_reassignment(&all).unwrap();
+        assert_eq!(
+            (kept.leader, kept.leader_epoch, kept.isr),
+            (Some(b(0)), LeaderEpoch(1), vec![b(0), b(1), b(3)])
+        );
+        let down = PartitionState {
+            isr: vec![b(0), b(1), b(2), b(3)],
+            ..moving.clone()
+        };
+        let next = down
+            .complete_reassignment(&live(&[(0, 1), (1, 1), (2, 1)]))
+            .unwrap();
+        assert_eq!(next.leader, Some(b(1)));
+        assert_eq!(
+            down.complete_reassignment(&live(&[(0, 1)])),
+            None,
+            "no target replica is alive to lead"
+        );
+        // A second reassignment replaces the first; back to the start cancels it.
+        let cancelled = moving.reassign(&[b(0), b(1), b(2)], 2).unwrap();
+        assert_eq!(
+            (cancelled.replicas.clone(), cancelled.removing.clone()),
+            (vec![b(0), b(1), b(2), b(3)], vec![b(3)])
+        );
+        let cancelled = cancelled.complete_reassignment(&all).unwrap();
+        assert_eq!(
+            (cancelled.replicas, cancelled.leader),
+            (vec![b(0), b(1), b(2)], Some(b(0)))
+        );
+    }
+
+    #[test]
+    fn the_preferred_replica_takes_the_leadership_back_once_in_sync() {
+        let s = PartitionState::new(vec![b(0), b(1), b(2)]);
+        let all = live(&[(0, 1), (1, 1), (2, 1)]);
+        assert_eq!(s.elect_preferred(&all), None, "it already leads");
+        let failed_over = s.fence(b(0), &live(&[(1, 1), (2, 1)]), false).unwrap();
+        assert_eq!(failed_over.leader, Some(b(1)));
+        assert_eq!(failed_over.elect_preferred(&all), None, "out of the ISR");
+        let back = PartitionState {
+            isr: vec![b(0), b(1), b(2)],
+            ..failed_over.clone()
+        };
+        assert_eq!(
+            back.elect_preferred(&live(&[(1, 1), (2, 1)])),
+            None,
+            "not alive"
+        );
+        let preferred = back.elect_preferred(&all).unwrap();
+        assert_eq!(
+            (
+                preferred.leader,
+                preferred.leader_epoch,
+                preferred.isr.clone()
+            ),
+            (Some(b(0)), back.leader_epoch.next(), back.isr.clone())
+        );
+        assert_eq!(preferred.partition_epoch, back.partition_epoch.next());
+        // Reordering the replicas by reassignment changes who is preferred.
+        let reordered = s.reassign(&[b(2), b(0), b(1)], 2).unwrap();
+        assert!(!reordered.reassigning());
+        assert_eq!(reordered.elect_preferred(&all).unwrap().leader, Some(b(2)));
     }
 }

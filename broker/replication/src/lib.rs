@@ -32,7 +32,9 @@ pub mod leader;
 pub mod lease;
 pub mod rules;
 
-pub use controller::{AlterError, AlterIsrRequest, IsrMember, LiveBrokers, PartitionState};
+pub use controller::{
+    AlterError, AlterIsrRequest, IsrMember, LiveBrokers, PartitionState, ReassignError,
+};
 pub use epochs::EpochHistory;
 pub use rules::Rules;
 
