@@ -95,6 +95,10 @@ pub struct PartitionRecord {
     /// Sorted.
     pub isr: Vec<u32>,
     pub partition_epoch: u32,
+    /// A reassignment's replicas to remove, sorted; empty when none runs. (Defaulted: records
+    /// journaled before reassignment lack it.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removing: Vec<u32>,
 }
 
 impl From<&PartitionState> for PartitionRecord {
@@ -105,6 +109,7 @@ impl From<&PartitionState> for PartitionRecord {
             leader_epoch: s.leader_epoch.0,
             isr: s.isr.iter().map(|b| b.0).collect(),
             partition_epoch: s.partition_epoch.0,
+            removing: s.removing.iter().map(|b| b.0).collect(),
         }
     }
 }
@@ -117,6 +122,7 @@ impl From<&PartitionRecord> for PartitionState {
             leader_epoch: LeaderEpoch(r.leader_epoch),
             isr: r.isr.iter().copied().map(BrokerId).collect(),
             partition_epoch: PartitionEpoch(r.partition_epoch),
+            removing: r.removing.iter().copied().map(BrokerId).collect(),
         }
     }
 }

@@ -72,6 +72,7 @@ pub fn partition_state_to_wire(
         isr: state.isr.iter().map(|b| b.0).collect(),
         partition_epoch: state.partition_epoch.0,
         min_insync_replicas,
+        removing_replicas: state.removing.iter().map(|b| b.0).collect(),
     }
 }
 
@@ -86,11 +87,15 @@ pub fn partition_state_from_wire(s: &v1::PartitionState) -> Result<PartitionStat
         leader_epoch: LeaderEpoch(s.leader_epoch),
         isr: s.isr.iter().copied().map(BrokerId).collect(),
         partition_epoch: PartitionEpoch(s.partition_epoch),
+        removing: s.removing_replicas.iter().copied().map(BrokerId).collect(),
     };
     let sorted = state.isr.windows(2).all(|w| w[0] < w[1]);
     let within = state.isr.iter().all(|b| state.replicas.contains(b));
     let led = state.leader.is_none_or(|l| state.in_isr(l));
-    if state.replicas.is_empty() || !sorted || !within || !led {
+    let removing = state.removing.windows(2).all(|w| w[0] < w[1])
+        && state.removing.iter().all(|b| state.replicas.contains(b))
+        && state.removing.len() < state.replicas.len();
+    if state.replicas.is_empty() || !sorted || !within || !led || !removing {
         return Err(format!("inconsistent partition state {s:?}"));
     }
     Ok(state)
@@ -120,6 +125,7 @@ pub fn describe_topic(
                 isr: state.isr.iter().map(|b| b.0).collect(),
                 leader_epoch: state.leader_epoch.0,
                 partition_epoch: state.partition_epoch.0,
+                removing_replicas: state.removing.iter().map(|b| b.0).collect(),
                 ..PartitionDescription::default()
             }
         })
