@@ -91,6 +91,9 @@ pub struct BrokerConfig {
     /// replicated partitions to in-sync followers (controlled shutdown) before it stops anyway
     /// (0: it does not ask).
     pub controlled_shutdown_timeout_ms: u64,
+    /// How often the controller moves leaderships back to preferred replicas that are in sync
+    /// (0: never). Only the controller reads it.
+    pub leader_rebalance_interval_ms: u64,
     /// How often retention deletes expired segments.
     pub retention_check_interval_ms: u64,
     /// How often recovery points and derived-state snapshots (producer states, key indexes)
@@ -150,6 +153,7 @@ impl Default for BrokerConfig {
             max_in_flight_bytes: 512 << 20,
             shutdown_timeout_ms: 10_000,
             controlled_shutdown_timeout_ms: 10_000,
+            leader_rebalance_interval_ms: 30_000,
             retention_check_interval_ms: 30_000,
             checkpoint_interval_ms: 10_000,
             scrub_bytes_per_sec: LogDirConfig::default().scrub_bytes_per_sec,
@@ -250,6 +254,12 @@ impl BrokerConfig {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    /// The controller's preferred-leader interval, `None` when off.
+    pub fn leader_rebalance_interval(&self) -> Option<Duration> {
+        (self.leader_rebalance_interval_ms > 0)
+            .then(|| Duration::from_millis(self.leader_rebalance_interval_ms))
     }
 
     pub fn controlled_shutdown_timeout(&self) -> Duration {

@@ -306,6 +306,7 @@ impl Broker {
                     broker_lease: std::time::Duration::from_millis(config.broker_lease_ms),
                     topic_defaults: config.log_dir_config()?.default_log,
                     max_request_bytes: config.max_request_bytes,
+                    leader_rebalance_interval: config.leader_rebalance_interval(),
                 };
                 let controller =
                     tokio::task::spawn_blocking(move || Controller::open(&dir, controller_config))

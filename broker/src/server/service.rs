@@ -14,14 +14,14 @@ use tonic::transport::server::TcpConnectInfo;
 use tonic::{Request, Response, Status, Streaming};
 use weir_proto::v1::weir_server::Weir;
 use weir_proto::v1::{
-    CommitOffsetsRequest, CommitOffsetsResponse, CreateTopicRequest, DeleteTopicRequest,
-    DeleteTopicResponse, DescribeGroupRequest, DescribeTopicRequest, FetchOffsetsRequest,
-    FetchOffsetsResponse, FetchRequest, FetchResponse, GroupAssignment, GroupDescription,
-    GroupHeartbeatRequest, InitProducerRequest, InitProducerResponse, JoinGroupRequest,
-    LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
-    ListOffsetsRequest, ListOffsetsResponse, ListTopicsRequest, ListTopicsResponse,
-    MetadataRequest, MetadataResponse, OffsetSpec, PartitionOffset, ProduceRequest,
-    ProduceResponse, ResetOffsetsRequest, TopicDescription,
+    AlterPartitionReassignmentsRequest, CommitOffsetsRequest, CommitOffsetsResponse,
+    CreateTopicRequest, DeleteTopicRequest, DeleteTopicResponse, DescribeGroupRequest,
+    DescribeTopicRequest, FetchOffsetsRequest, FetchOffsetsResponse, FetchRequest, FetchResponse,
+    GroupAssignment, GroupDescription, GroupHeartbeatRequest, InitProducerRequest,
+    InitProducerResponse, JoinGroupRequest, LeaveGroupRequest, LeaveGroupResponse,
+    ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse,
+    ListTopicsRequest, ListTopicsResponse, MetadataRequest, MetadataResponse, OffsetSpec,
+    PartitionOffset, ProduceRequest, ProduceResponse, ResetOffsetsRequest, TopicDescription,
 };
 
 use super::BrokerState;
@@ -187,6 +187,19 @@ impl Weir for WeirService {
             .await
             .map_err(to_status)?;
         Ok(Response::new(self.describe(created)))
+    }
+
+    async fn alter_partition_reassignments(
+        &self,
+        request: Request<AlterPartitionReassignmentsRequest>,
+    ) -> Result<Response<TopicDescription>, Status> {
+        let changed = self
+            .state
+            .controller
+            .alter_partition_reassignments(request.into_inner())
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(self.describe(changed)))
     }
 
     async fn delete_topic(

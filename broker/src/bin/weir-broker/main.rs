@@ -89,6 +89,10 @@ struct Args {
     /// move to in-sync followers (controlled shutdown); 0 skips it [default: 10000].
     #[arg(long, env = "WEIR_CONTROLLED_SHUTDOWN_TIMEOUT_MS")]
     controlled_shutdown_timeout_ms: Option<u64>,
+    /// How often the controller moves each replicated partition's leadership back to its
+    /// preferred (first) replica once that one is in sync, ms; 0 turns it off [default: 30000].
+    #[arg(long, env = "WEIR_LEADER_REBALANCE_INTERVAL_MS")]
+    leader_rebalance_interval_ms: Option<u64>,
     /// How often retention deletes expired segments, ms [default: 30000].
     #[arg(long, env = "WEIR_RETENTION_CHECK_INTERVAL_MS")]
     retention_check_interval_ms: Option<u64>,
@@ -164,6 +168,7 @@ impl Args {
         set!(max_in_flight_bytes = self.max_in_flight_bytes);
         set!(shutdown_timeout_ms = self.shutdown_timeout_ms);
         set!(controlled_shutdown_timeout_ms = self.controlled_shutdown_timeout_ms);
+        set!(leader_rebalance_interval_ms = self.leader_rebalance_interval_ms);
         set!(retention_check_interval_ms = self.retention_check_interval_ms);
         set!(checkpoint_interval_ms = self.checkpoint_interval_ms);
         set!(scrub_bytes_per_sec = self.scrub_bytes_per_sec);
