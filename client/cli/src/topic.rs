@@ -80,8 +80,13 @@ pub struct ReassignArgs {
     name: String,
     /// Replace broker OLD by broker NEW in every partition of the topic that has OLD (same
     /// position in the replica list, so preferred leaders stay where they were)
-    #[arg(long, value_name = "OLD:NEW", conflicts_with_all = ["partition", "replicas"])]
+    #[arg(long, value_name = "OLD:NEW", conflicts_with_all = ["partition", "replicas", "drain"])]
     replace: Option<String>,
+    /// Move every replica of the topic off broker ID (decommissioning it): each goes to the
+    /// live broker without a replica of that partition that holds the fewest of the topic's
+    /// replicas, at the same position in the replica list
+    #[arg(long, value_name = "ID", conflicts_with_all = ["partition", "replicas"])]
+    drain: Option<u32>,
     /// The partition to give new replicas (with --replicas)
     #[arg(long, value_name = "P", requires = "replicas")]
     partition: Option<u32>,
@@ -209,18 +214,29 @@ async fn reassign(admin: &weir_client::Admin, args: ReassignArgs) -> anyhow::Res
         .describe_topic(&args.name)
         .await
         .map_err(|e| topic_error(e, &args.name))?;
-    let moves: Vec<(u32, Vec<u32>)> = match (&args.replace, args.partition) {
-        (Some(replace), _) => {
+    let moves: Vec<(u32, Vec<u32>)> = match (&args.replace, args.drain, args.partition) {
+        (Some(replace), _, _) => {
             let Some((old, new)) = replace.split_once(':') else {
                 bail!("--replace takes OLD:NEW broker ids, e.g. --replace 1:4");
             };
             let (old, new): (u32, u32) = (old.trim().parse()?, new.trim().parse()?);
             replacement_moves(&topic, old, new)?
         }
-        (None, Some(partition)) => vec![(partition, args.replicas.clone())],
-        (None, None) => {
-            bail!("say what to move: --replace OLD:NEW, or --partition P --replicas A,B,C")
+        (None, Some(old), _) => {
+            let live: Vec<u32> = admin
+                .describe_cluster()
+                .await?
+                .brokers
+                .iter()
+                .filter(|b| b.alive && b.id != old)
+                .map(|b| b.id)
+                .collect();
+            drain_moves(&topic, old, &live)?
         }
+        (None, None, Some(partition)) => vec![(partition, args.replicas.clone())],
+        (None, None, None) => bail!(
+            "say what to move: --replace OLD:NEW, --drain ID, or --partition P --replicas A,B,C"
+        ),
     };
     if moves.is_empty() {
         println!(
@@ -297,6 +313,52 @@ fn replacement_moves(
             .map(|&b| if b == old { new } else { b })
             .collect();
         moves.push((p.partition, replaced));
+    }
+    Ok(moves)
+}
+
+/// The moves that take every replica of `topic` off broker `old`: each to the broker of `live`
+/// without a replica of that partition holding the fewest of the topic's replicas (counting
+/// the moves already planned; ties to the lowest id), at the same position.
+fn drain_moves(
+    topic: &TopicDescription,
+    old: u32,
+    live: &[u32],
+) -> anyhow::Result<Vec<(u32, Vec<u32>)>> {
+    let mut load: std::collections::BTreeMap<u32, usize> = live.iter().map(|&b| (b, 0)).collect();
+    for p in &topic.partitions {
+        for b in p.target_replicas() {
+            if let Some(n) = load.get_mut(&b) {
+                *n += 1;
+            }
+        }
+    }
+    let mut moves = Vec::new();
+    for p in &topic.partitions {
+        let target = p.target_replicas();
+        if !target.contains(&old) {
+            continue;
+        }
+        let Some(new) = load
+            .iter()
+            .filter(|(b, _)| !target.contains(b))
+            .min_by_key(|&(&b, &n)| (n, b))
+            .map(|(&b, _)| b)
+        else {
+            bail!(
+                "partition {} has {} replicas and there is no other live broker to move broker {old}'s to",
+                p.partition,
+                target.len()
+            );
+        };
+        *load.entry(new).or_default() += 1;
+        moves.push((
+            p.partition,
+            target
+                .iter()
+                .map(|&b| if b == old { new } else { b })
+                .collect(),
+        ));
     }
     Ok(moves)
 }
@@ -600,5 +662,17 @@ mod tests {
             clash.contains("partition 0 already has a replica on broker 2"),
             "{clash}"
         );
+        // Draining broker 1 over brokers 2..=5 (loads 3, 3, 1, 0): partition 0 goes to 5, the
+        // least loaded; then 4 and 5 tie and partition 2 goes to the lower id.
+        assert_eq!(
+            drain_moves(&topic, 1, &[2, 3, 4, 5]).unwrap(),
+            vec![(0, vec![5, 2, 3]), (2, vec![3, 4, 2])]
+        );
+        assert_eq!(
+            drain_moves(&topic, 1, &[2, 3, 4]).unwrap(),
+            vec![(0, vec![4, 2, 3]), (2, vec![3, 4, 2])]
+        );
+        let stuck = drain_moves(&topic, 1, &[2, 3]).unwrap_err().to_string();
+        assert!(stuck.contains("no other live broker"), "{stuck}");
     }
 }
