@@ -230,7 +230,9 @@ async fn main() -> anyhow::Result<()> {
             let bin = cluster::broker_bin(args.broker_bin.clone())?;
             let lease = Duration::from_millis(args.broker_lease_ms.unwrap_or(6000));
             let lag = Duration::from_millis(args.replica_lag_ms);
-            Target::Cluster(Cluster::start(&bin, n, lease, lag, &args.broker_args).await?)
+            Target::Cluster(Box::new(
+                Cluster::start(&bin, n, lease, lag, &args.broker_args).await?,
+            ))
         }
         (None, None) => {
             anyhow::ensure!(
@@ -379,7 +381,7 @@ fn progress(total: u64, label: &str) -> ProgressBar {
 /// The brokers under test: one (started here or external) or a local cluster.
 enum Target {
     Single(Broker),
-    Cluster(Cluster),
+    Cluster(Box<Cluster>),
 }
 
 /// CPU seconds so far: per broker (by node id; 0 for a single broker), and the controller's.

@@ -10,6 +10,8 @@
 //!   addresses a client on each listener is told about.
 //! - [`health`] and [`reflection`]: the standard gRPC health checking protocol and server
 //!   reflection, served beside `weir.v1.Weir` on every gRPC listener.
+//! - [`scrape`]: the metrics listener (`--metrics-listen`): Prometheus metrics, `/healthz`,
+//!   `/readyz`.
 //!
 //! Internal errors (storage, topics) reach the wire only through [`crate::wire::errors`], the
 //! one mapping from them to the wire's reasons; handlers add only refusals that need what the
@@ -33,6 +35,7 @@ pub mod listener;
 pub mod produce;
 pub mod reflection;
 pub mod request_limit;
+pub mod scrape;
 pub mod service;
 
 use std::future::Future;
@@ -48,6 +51,8 @@ use weir_proto::v1::weir_server::WeirServer;
 use crate::config::{BrokerConfig, ConfigError, Role};
 use crate::controller::link::{ControllerLink, RemoteController};
 use crate::controller::{Controller, ControllerConfig};
+use crate::metrics::Metrics;
+use crate::metrics::Recovery;
 use crate::producer_ids::ProducerIds;
 use crate::replica::{ReplicaConfig, ReplicaManager};
 use crate::topics::{Partition, TopicError, Topics};
@@ -84,6 +89,10 @@ pub struct BrokerState {
     pub health: NodeHealth,
     /// The replicated partitions held here and this broker's role for each.
     pub replicas: Arc<ReplicaManager>,
+    /// The handles the data paths update (see [`crate::metrics`]).
+    pub metrics: Metrics,
+    /// What this start's open of the data dir found.
+    pub recovery: Recovery,
     shutdown: watch::Sender<bool>,
 }
 
@@ -201,6 +210,8 @@ pub struct Broker {
     external_listener: Option<(TcpListener, SocketAddr)>,
     data_listener: TcpListener,
     data_addr: SocketAddr,
+    /// The metrics listener, unless turned off.
+    metrics_listener: Option<(TcpListener, SocketAddr)>,
     config: BrokerConfig,
     local_controller: Option<Arc<Controller>>,
     sync: tokio::task::JoinHandle<()>,
@@ -277,6 +288,10 @@ impl Broker {
         let (listener, local_addr) = bind(config.listen).await?;
         let (data_listener, data_addr) = bind(config.data_listen).await?;
         let external_listener = match config.external_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let metrics_listener = match config.metrics_addr()? {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
@@ -369,6 +384,13 @@ impl Broker {
             max_request_bytes: config.max_request_bytes,
             health: NodeHealth::default(),
             replicas,
+            metrics: Metrics::new(),
+            recovery: Recovery {
+                clean: report.clean,
+                seconds: report.elapsed.as_secs_f64(),
+                truncated_bytes: report.truncations.iter().map(|t| t.cut_bytes).sum(),
+                truncated_partitions: report.truncations.len() as u64,
+            },
             shutdown,
         });
         Ok(Broker {
@@ -378,6 +400,7 @@ impl Broker {
             external_listener,
             data_listener,
             data_addr,
+            metrics_listener,
             config,
             local_controller,
             sync,
@@ -403,6 +426,11 @@ impl Broker {
     /// The bound data-port address.
     pub fn data_addr(&self) -> SocketAddr {
         self.data_addr
+    }
+
+    /// The bound metrics-listener address, unless it is off.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|(_, addr)| *addr)
     }
 
     /// Serves until `stop` completes, then shuts down gracefully (see the module docs).
@@ -455,6 +483,18 @@ impl Broker {
             self.data_listener,
             Arc::clone(&self.state),
         ));
+        // Answers until the logs are closed (see `scrape`): stopped last, below.
+        let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+        let metrics = self.metrics_listener.map(|(listener, _)| {
+            tokio::spawn(scrape::serve(
+                listener,
+                Arc::clone(&self.state),
+                self.local_controller.is_some(),
+                async move {
+                    let _ = metrics_stopped.await;
+                },
+            ))
+        });
         // Both servers are built; they read their listeners from the first poll below.
         self.state.health.set_serving();
         // Either server ending (shutdown, or an error) ends the other: shutdown begins and it
@@ -535,7 +575,12 @@ impl Broker {
             }
         }
         let state = Arc::clone(&self.state);
-        match tokio::task::spawn_blocking(move || state.topics.close()).await {
+        let closed = tokio::task::spawn_blocking(move || state.topics.close()).await;
+        let _ = stop_metrics.send(());
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
+        match closed {
             Ok(Ok(())) => info!("closed the logs cleanly"),
             Ok(Err(e)) => {
                 warn!(error = %e, "closing the logs failed; the next start recovers them");

@@ -87,6 +87,41 @@ pub struct Partition {
     committed: watch::Sender<u64>,
     /// Whether replication owns the high watermark.
     replicated: AtomicBool,
+    /// What produce and fetch moved through this partition since the broker started (the
+    /// metrics listener reads it at scrape time; the data paths pay one atomic add each).
+    pub traffic: Traffic,
+}
+
+/// Bytes and records through one partition since the process started. Relaxed atomics: each
+/// counter is monotonic on its own, and a scrape needs no consistency between them.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    pub bytes_in: std::sync::atomic::AtomicU64,
+    pub records_in: std::sync::atomic::AtomicU64,
+    /// To consumers (both transports).
+    pub bytes_out: std::sync::atomic::AtomicU64,
+    pub records_out: std::sync::atomic::AtomicU64,
+    /// To followers replicating the partition.
+    pub replica_bytes_out: std::sync::atomic::AtomicU64,
+}
+
+impl Traffic {
+    /// A batch of `records` records, `bytes` long, appended.
+    pub fn produced(&self, bytes: usize, records: u64) {
+        self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.records_in.fetch_add(records, Ordering::Relaxed);
+    }
+
+    /// Whole batches sent to a consumer (`records` by their offsets) or to a follower.
+    pub fn fetched(&self, bytes: usize, records: u64, by_replica: bool) {
+        if by_replica {
+            self.replica_bytes_out
+                .fetch_add(bytes as u64, Ordering::Relaxed);
+        } else {
+            self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+            self.records_out.fetch_add(records, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Partition {
@@ -98,6 +133,7 @@ impl Partition {
             appended,
             committed,
             replicated: AtomicBool::new(false),
+            traffic: Traffic::default(),
         }
     }
 
@@ -313,6 +349,14 @@ impl Topics {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// Whether the data dir is open (false once [`close`](Topics::close)d).
+    pub fn is_open(&self) -> bool {
+        self.admin
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 
     /// The broker's default settings for new topics.

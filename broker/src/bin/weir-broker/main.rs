@@ -70,6 +70,10 @@ struct Args {
     /// Data-port listen address (fetches over sendfile) [default: 127.0.0.1:7071].
     #[arg(long, env = "WEIR_DATA_LISTEN")]
     data_listen: Option<SocketAddr>,
+    /// Metrics listener (Prometheus /metrics, /healthz, /readyz), HOST:PORT or `off`
+    /// [default: 127.0.0.1:7072]; port 0 picks a free port.
+    #[arg(long, env = "WEIR_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     /// The data port's address as clients should dial it [default: the bound address].
     #[arg(long, env = "WEIR_DATA_ADVERTISED")]
     data_advertised: Option<String>,
@@ -162,6 +166,7 @@ impl Args {
         set!(data_dir = self.data_dir);
         set!(listen = self.listen);
         set!(data_listen = self.data_listen);
+        set!(metrics_listen = self.metrics_listen);
         set!(data_advertised = self.data_advertised.map(Some));
         set!(max_request_bytes = self.max_request_bytes);
         set!(max_in_flight_bytes_per_connection = self.max_in_flight_bytes_per_connection);
@@ -233,8 +238,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             .external_addr()
             .map(|a| format!(" external-grpc={a}"))
             .unwrap_or_default();
+        let metrics = broker
+            .metrics_addr()
+            .map(|a| format!(" metrics={a}"))
+            .unwrap_or_default();
         println!(
-            "weir-broker ready grpc={addr} data={data} data-dir={} role={role} node-id={}{external}",
+            "weir-broker ready grpc={addr} data={data} data-dir={} role={role} node-id={}{external}{metrics}",
             config.data_dir.display(),
             config.node_id
         );
