@@ -82,6 +82,15 @@ pub struct ProduceMetrics {
     pub replication: Timer,
 }
 
+/// What replication counts on this broker (its leaders' in-sync set changes).
+#[derive(Clone, Debug, Default)]
+pub struct ReplicationMetrics {
+    /// In-sync set changes the controller accepted from leaders here that removed members.
+    pub isr_shrinks: prometheus_client::metrics::counter::Counter,
+    /// ... that added members.
+    pub isr_expands: prometheus_client::metrics::counter::Counter,
+}
+
 /// Labels known when the process starts.
 type StaticLabels = Vec<(&'static str, &'static str)>;
 
@@ -99,6 +108,7 @@ pub struct Metrics {
     pub fetch_streams_data_port: Gauge,
     /// Open produce streams (gRPC ProduceStream).
     pub produce_streams: Gauge,
+    pub replication: ReplicationMetrics,
     request_durations: Family<StaticLabels, Histogram, fn() -> Histogram>,
     streams: Family<StaticLabels, Gauge>,
 }
@@ -139,6 +149,7 @@ impl Metrics {
             fetch_streams_grpc: stream("fetch", "grpc"),
             fetch_streams_data_port: stream("fetch", "data_port"),
             produce_streams: stream("produce_stream", "grpc"),
+            replication: ReplicationMetrics::default(),
             request_durations,
             streams,
         }
@@ -172,6 +183,16 @@ impl Metrics {
             "weir_data_port_connections_active",
             "Open connections on the data port",
             self.data_port_connections.clone(),
+        );
+        registry.register(
+            "weir_isr_shrinks",
+            "In-sync set changes proposed by leaders on this broker and accepted by the controller that removed replicas (Kafka's IsrShrinksPerSec)",
+            self.replication.isr_shrinks.clone(),
+        );
+        registry.register(
+            "weir_isr_expands",
+            "In-sync set changes proposed by leaders on this broker and accepted by the controller that added replicas (Kafka's IsrExpandsPerSec)",
+            self.replication.isr_expands.clone(),
         );
         registry.register(
             "weir_streams_active",

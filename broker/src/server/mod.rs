@@ -345,6 +345,7 @@ impl Broker {
         };
         let topics = Arc::new(topics);
         let cluster = Arc::new(ClusterView::new(config.node_id));
+        let metrics = Metrics::new();
         let replicas = ReplicaManager::new(
             config.node_id,
             ReplicaConfig {
@@ -352,6 +353,7 @@ impl Broker {
                 ..ReplicaConfig::default()
             },
             link.clone(),
+            metrics.replication.clone(),
         );
         let (shutdown, _) = watch::channel(false);
         let role = match config.role {
@@ -384,7 +386,7 @@ impl Broker {
             max_request_bytes: config.max_request_bytes,
             health: NodeHealth::default(),
             replicas,
-            metrics: Metrics::new(),
+            metrics,
             recovery: Recovery {
                 clean: report.clean,
                 seconds: report.elapsed.as_secs_f64(),

@@ -19,11 +19,13 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
+use super::lag::CommittedOffsets;
 use crate::server::BrokerState;
 
 /// The scrape-time part of the registry.
 pub struct StateCollector {
     state: Arc<BrokerState>,
+    commits: CommittedOffsets,
 }
 
 impl std::fmt::Debug for StateCollector {
@@ -33,8 +35,8 @@ impl std::fmt::Debug for StateCollector {
 }
 
 impl StateCollector {
-    pub fn new(state: Arc<BrokerState>) -> Self {
-        StateCollector { state }
+    pub fn new(state: Arc<BrokerState>, commits: CommittedOffsets) -> Self {
+        StateCollector { state, commits }
     }
 }
 
@@ -99,8 +101,10 @@ impl Collector for StateCollector {
         let mut traffic: BTreeMap<String, TopicTraffic> = BTreeMap::new();
         let (mut size, mut log_start, mut high_watermark, mut log_end) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut replicas, mut in_sync) = (Vec::new(), Vec::new());
+        let (mut replicas, mut in_sync, mut follower_lag) = (Vec::new(), Vec::new(), Vec::new());
         let (mut leading, mut under_replicated, mut under_min_isr) = (0u64, 0u64, 0u64);
+        // (topic, partition) -> high watermark, of the partitions led here.
+        let mut led: BTreeMap<(String, u32), u64> = BTreeMap::new();
         for topic in state.topics.list() {
             let name = topic.meta.name.clone();
             let sum = traffic.entry(name.clone()).or_default();
@@ -121,7 +125,17 @@ impl Collector for StateCollector {
                 size.push((labels.clone(), partition.log.size_bytes() as f64));
                 log_start.push((labels.clone(), partition.log.log_start_offset() as f64));
                 high_watermark.push((labels.clone(), partition.high_watermark() as f64));
+                led.insert((name.clone(), p), partition.high_watermark());
                 log_end.push((labels.clone(), partition.log.high_watermark() as f64));
+                if let Some(replica) = &replica {
+                    for (follower, behind) in
+                        crate::replica::leader::follower_lags(replica, state.cluster.node_id)
+                    {
+                        let mut labels = labels.clone();
+                        labels.push(("replica", follower.to_string()));
+                        follower_lag.push((labels, behind as f64));
+                    }
+                }
                 if let Some(wire) = placed
                     .get(name.as_str())
                     .filter(|t| t.topic_id == topic.meta.id())
@@ -137,6 +151,19 @@ impl Collector for StateCollector {
                     }
                 }
             }
+        }
+        let (mut committed, mut lag) = (Vec::new(), Vec::new());
+        for ((group, topic, p), &offset) in self.commits.snapshot().iter() {
+            let Some(&hw) = led.get(&(topic.clone(), *p)) else {
+                continue;
+            };
+            let labels: Labels = vec![
+                ("group", group.clone()),
+                ("topic", topic.clone()),
+                ("partition", p.to_string()),
+            ];
+            committed.push((labels.clone(), offset as f64));
+            lag.push((labels, hw.saturating_sub(offset) as f64));
         }
         let per_topic = |f: fn(&TopicTraffic) -> u64| -> Vec<(Labels, f64)> {
             traffic

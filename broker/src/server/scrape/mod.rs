@@ -2,7 +2,7 @@
 //! the data path, with
 //! - `GET /metrics`: every metric in the Prometheus text format 0.0.4: the handles the data
 //!   paths update ([`crate::metrics::Metrics`]) and what is read from the broker's state at
-//!   scrape time ([`collect`]);
+//!   scrape time ([`collect`]), consumer-group lag included ([`lag`]);
 //! - `GET /healthz`: 200 while the process answers at all (liveness);
 //! - `GET /readyz`: 200 when the node can do its job, else 503 with the reasons, one per line:
 //!   the data dir is open, the gRPC listeners are bound and serving (not starting, not
@@ -13,6 +13,7 @@
 //! moment shutdown begins and stays answerable while the broker drains.
 
 pub mod collect;
+pub mod lag;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,11 +30,14 @@ use tracing::warn;
 
 use super::BrokerState;
 
-/// Everything a scrape of this broker answers.
-pub fn registry(state: &Arc<BrokerState>) -> Registry {
+/// Everything a scrape of this broker answers, with group lag from `commits`.
+pub fn registry(state: &Arc<BrokerState>, commits: lag::CommittedOffsets) -> Registry {
     let mut registry = Registry::default();
     state.metrics.register(&mut registry);
-    registry.register_collector(Box::new(collect::StateCollector::new(Arc::clone(state))));
+    registry.register_collector(Box::new(collect::StateCollector::new(
+        Arc::clone(state),
+        commits,
+    )));
     registry
 }
 
@@ -52,8 +56,14 @@ pub async fn serve(
     is_controller: bool,
     stop: impl Future<Output = ()> + Send + 'static,
 ) {
+    let commits = lag::CommittedOffsets::default();
+    tokio::spawn(lag::refresh(
+        state.controller.clone(),
+        commits.clone(),
+        state.shutdown_signal(),
+    ));
     let scrape = Scrape {
-        registry: Arc::new(registry(&state)),
+        registry: Arc::new(registry(&state, commits)),
         state,
         is_controller,
     };
