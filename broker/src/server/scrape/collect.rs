@@ -19,6 +19,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
+use weir_storage::stats::HistogramSnapshot;
+
 use super::lag::CommittedOffsets;
 use crate::server::BrokerState;
 
@@ -65,6 +67,28 @@ fn family(
     Ok(())
 }
 
+/// Writes an engine histogram, its values and bounds scaled by `scale` (nanoseconds to seconds).
+fn histogram(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    snapshot: &HistogramSnapshot,
+    scale: f64,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    let buckets: Vec<(f64, u64)> = snapshot
+        .buckets
+        .iter()
+        .map(|&(bound, n)| (bound as f64 * scale, n))
+        .collect();
+    metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+        snapshot.sum as f64 * scale,
+        snapshot.count,
+        &buckets,
+        None,
+    )
+}
+
 fn gauge(
     encoder: &mut DescriptorEncoder,
     name: &str,
@@ -103,6 +127,8 @@ impl Collector for StateCollector {
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut replicas, mut in_sync, mut follower_lag) = (Vec::new(), Vec::new(), Vec::new());
         let (mut leading, mut under_replicated, mut under_min_isr) = (0u64, 0u64, 0u64);
+        let (mut sync_durations, mut group_sizes) =
+            (HistogramSnapshot::default(), HistogramSnapshot::default());
         // (topic, partition) -> high watermark, of the partitions led here.
         let mut led: BTreeMap<(String, u32), u64> = BTreeMap::new();
         for topic in state.topics.list() {
@@ -115,6 +141,9 @@ impl Collector for StateCollector {
                 sum.bytes_out += t.bytes_out.load(Ordering::Relaxed);
                 sum.records_out += t.records_out.load(Ordering::Relaxed);
                 sum.replica_bytes_out += t.replica_bytes_out.load(Ordering::Relaxed);
+                let syncs = partition.log.sync_stats();
+                sync_durations.merge(&syncs.duration_ns.snapshot());
+                group_sizes.merge(&syncs.group_size.snapshot());
                 let replica = state.replicas.get(&name, p);
                 // Partition gauges come from the leader, or the only copy.
                 if replica.as_ref().is_some_and(|r| r.leading().is_none()) {
@@ -249,6 +278,27 @@ impl Collector for StateCollector {
             Gauge,
             &in_sync,
         )?;
+        family(
+            &mut encoder,
+            "weir_replica_lag_records",
+            "Records each follower of a partition this broker leads was behind the leader's log end at its last fetch",
+            Gauge,
+            &follower_lag,
+        )?;
+        family(
+            &mut encoder,
+            "weir_consumer_group_committed_offset",
+            "A consumer group's committed offset, for each partition this broker leads (copied from the controller every 5 s)",
+            Gauge,
+            &committed,
+        )?;
+        family(
+            &mut encoder,
+            "weir_consumer_group_lag",
+            "Records between a consumer group's committed offset and the high watermark, for each partition this broker leads",
+            Gauge,
+            &lag,
+        )?;
         gauge(
             &mut encoder,
             "weir_leader_partitions",
@@ -266,6 +316,20 @@ impl Collector for StateCollector {
             "weir_under_min_isr_partitions",
             "Partitions this broker leads whose in-sync set is below min_insync_replicas (acks=all refused, high watermark frozen)",
             under_min_isr as f64,
+        )?;
+        histogram(
+            &mut encoder,
+            "weir_storage_fsync_duration_seconds",
+            "Time each group-commit sync of a partition log took (its fdatasyncs), all partitions held here",
+            &sync_durations,
+            1e-9,
+        )?;
+        histogram(
+            &mut encoder,
+            "weir_storage_group_commit_size",
+            "Callers each group-commit sync made durable (appends waiting for it, and the one that ran it)",
+            &group_sizes,
+            1.0,
         )?;
         let limits = &state.limits;
         gauge(
