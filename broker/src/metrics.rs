@@ -37,18 +37,20 @@ fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
-/// A latency histogram handle.
+/// A latency histogram handle; with metrics off, one that observes nothing.
 #[derive(Clone, Debug)]
-pub struct Timer(Histogram);
+pub struct Timer(Histogram, bool);
 
 impl Timer {
-    fn new() -> Self {
-        Timer(latency_histogram())
+    fn new(enabled: bool) -> Self {
+        Timer(latency_histogram(), enabled)
     }
 
     /// Observes the time since `started`.
     pub fn observe_since(&self, started: Instant) {
-        self.0.observe(started.elapsed().as_secs_f64());
+        if self.1 {
+            self.0.observe(started.elapsed().as_secs_f64());
+        }
     }
 }
 
@@ -115,12 +117,15 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics::new()
+        Metrics::new(true)
     }
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// The handles; with `enabled` false (the metrics listener is off) the latency histograms
+    /// observe nothing, so a broker without metrics pays for none of them (the per-batch
+    /// traffic atomics and the gauges stay: a relaxed add each).
+    pub fn new(enabled: bool) -> Self {
         let request_durations: Family<_, _, fn() -> Histogram> =
             Family::new_with_constructor(latency_histogram);
         let timer = |rpc: &'static str, transport: &'static str| {
@@ -128,6 +133,7 @@ impl Metrics {
                 request_durations
                     .get_or_create(&vec![("rpc", rpc), ("transport", transport)])
                     .clone(),
+                enabled,
             )
         };
         let streams: Family<StaticLabels, Gauge> = Family::default();
@@ -139,9 +145,9 @@ impl Metrics {
         Metrics {
             produce: ProduceMetrics {
                 request: timer("produce", "grpc"),
-                append: Timer::new(),
-                sync: Timer::new(),
-                replication: Timer::new(),
+                append: Timer::new(enabled),
+                sync: Timer::new(enabled),
+                replication: Timer::new(enabled),
             },
             fetch_grpc: timer("fetch", "grpc"),
             fetch_data_port: timer("fetch", "data_port"),

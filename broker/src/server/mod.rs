@@ -345,7 +345,7 @@ impl Broker {
         };
         let topics = Arc::new(topics);
         let cluster = Arc::new(ClusterView::new(config.node_id));
-        let metrics = Metrics::new();
+        let metrics = Metrics::new(metrics_listener.is_some());
         let replicas = ReplicaManager::new(
             config.node_id,
             ReplicaConfig {
