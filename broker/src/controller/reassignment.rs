@@ -25,7 +25,7 @@ use weir_proto::v1::{AlterPartitionReassignmentsRequest, ErrorCode, TopicDescrip
 use weir_replication::{BrokerId, PartitionState, ReassignError};
 
 use super::state::{Event, PartitionRecord};
-use super::{Controller, Inner, Result, changes_where, refuse};
+use super::{Controller, Inner, RULES, Result, changes_where, refuse};
 use crate::wire;
 
 impl Controller {
@@ -159,7 +159,7 @@ impl Controller {
             |topic, s| {
                 // One decision per partition per tick, so every change is one partition epoch
                 // step; the next tick takes the next decision.
-                s.complete_reassignment(&live)
+                s.complete_reassignment(&live, &RULES)
                     .or_else(|| s.elect(&live, topic.meta.settings.unclean_leader_election))
                     .or_else(|| rebalance.then(|| s.elect_preferred(&live)).flatten())
             },
