@@ -179,9 +179,11 @@ pub enum ServerError {
     Config(#[from] ConfigError),
     #[error("opening the data dir: {0}")]
     Topics(#[from] TopicError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} ({listener}): {source}")]
     Bind {
         addr: SocketAddr,
+        /// Which listener: the flag that set the address.
+        listener: &'static str,
         source: std::io::Error,
     },
     #[error("gRPC server failed: {0}")]
@@ -194,8 +196,15 @@ pub enum ServerError {
     Internal(String),
 }
 
-async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
-    let bind_error = |source| ServerError::Bind { addr, source };
+async fn bind(
+    addr: SocketAddr,
+    listener: &'static str,
+) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let bind_error = |source| ServerError::Bind {
+        addr,
+        listener,
+        source,
+    };
     let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
     let local = listener.local_addr().map_err(bind_error)?;
     Ok((listener, local))
@@ -285,14 +294,14 @@ impl Broker {
         );
         let producer_ids = ProducerIds::open(&config.data_dir, config.node_id)
             .map_err(|e| ServerError::Topics(TopicError::Storage(e)))?;
-        let (listener, local_addr) = bind(config.listen).await?;
-        let (data_listener, data_addr) = bind(config.data_listen).await?;
+        let (listener, local_addr) = bind(config.listen, "--listen").await?;
+        let (data_listener, data_addr) = bind(config.data_listen, "--data-listen").await?;
         let external_listener = match config.external_listen {
-            Some(addr) => Some(bind(addr).await?),
+            Some(addr) => Some(bind(addr, "--external-listen").await?),
             None => None,
         };
         let metrics_listener = match config.metrics_addr()? {
-            Some(addr) => Some(bind(addr).await?),
+            Some(addr) => Some(bind(addr, "--metrics-listen").await?),
             None => None,
         };
         let data_address = config
