@@ -113,6 +113,7 @@ pub struct Metrics {
     pub replication: ReplicationMetrics,
     request_durations: Family<StaticLabels, Histogram, fn() -> Histogram>,
     streams: Family<StaticLabels, Gauge>,
+    enabled: bool,
 }
 
 impl Default for Metrics {
@@ -158,7 +159,18 @@ impl Metrics {
             replication: ReplicationMetrics::default(),
             request_durations,
             streams,
+            enabled,
         }
+    }
+
+    /// The latency histogram of gRPC calls labelled `rpc`.
+    pub fn grpc_timer(&self, rpc: &'static str) -> Timer {
+        Timer(
+            self.request_durations
+                .get_or_create(&vec![("rpc", rpc), ("transport", "grpc")])
+                .clone(),
+            self.enabled,
+        )
     }
 }
 

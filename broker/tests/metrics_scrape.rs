@@ -62,7 +62,11 @@ async fn a_scrape_reports_what_was_produced_consumed_and_committed() {
         .metrics_addr
         .expect("the metrics listener is on by default");
     assert_eq!(get(metrics, "/healthz").0, 200);
-    assert_eq!(get(metrics, "/readyz"), (200, "ready\n".to_owned()));
+    // Ready once it serves (the ready line comes just before the servers start).
+    wait_until("the broker is ready", WAIT, || async {
+        get(metrics, "/readyz") == (200, "ready\n".to_owned())
+    })
+    .await;
 
     let client = Client::connect(&broker.host_port()).await.unwrap();
     client
@@ -158,6 +162,14 @@ async fn a_scrape_reports_what_was_produced_consumed_and_committed() {
         Some(produces)
     );
     assert!(value(&s, "weir_storage_fsync_duration_seconds_count").unwrap() >= 1.0);
+    assert_eq!(
+        value(
+            &s,
+            r#"weir_request_duration_seconds_count{rpc="create_topic",transport="grpc"}"#
+        ),
+        Some(1.0),
+        "every unary RPC is timed"
+    );
     assert_eq!(value(&s, "weir_leader_partitions"), Some(1.0));
     assert_eq!(value(&s, "weir_under_replicated_partitions"), Some(0.0));
     assert_eq!(value(&s, "weir_cluster_brokers_alive"), Some(1.0));

@@ -5,7 +5,8 @@
 //! - [`produce`] and [`fetch`]: the two data paths; [`data_port`]: fetches over sendfile on a
 //!   second port.
 //! - [`limits`]: in-flight byte budgets per connection and broker-wide; [`request_limit`]:
-//!   the size limit of one request message, refused with a weir reason.
+//!   the size limit of one request message, refused with a weir reason; [`rpc_timing`]: the
+//!   latency of every unary call.
 //! - [`cluster`]: this node's copy of the controller's metadata; [`listener`]: which
 //!   addresses a client on each listener is told about.
 //! - [`health`] and [`reflection`]: the standard gRPC health checking protocol and server
@@ -35,6 +36,7 @@ pub mod listener;
 pub mod produce;
 pub mod reflection;
 pub mod request_limit;
+pub mod rpc_timing;
 pub mod scrape;
 pub mod service;
 
@@ -62,6 +64,7 @@ use health::NodeHealth;
 use limits::InFlightLimits;
 use listener::Listener;
 use request_limit::RequestLimit;
+use rpc_timing::RpcTiming;
 use service::WeirService;
 use weir_proto::v1::Error;
 use weir_proto::v1::controller_server::ControllerServer;
@@ -254,6 +257,7 @@ impl Broker {
             (u64::from(fetch::MAX_FETCH_BYTES).max(config.max_request_bytes) + (1 << 20)) as usize,
         );
         let service = RequestLimit::new(service, config.max_request_bytes);
+        let service = RpcTiming::new(service, &state.metrics);
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let mut shutdown = state.shutdown_signal();
         // Windows and frames sized for bulk batches: tonic's defaults cost ~40% throughput here.
