@@ -11,7 +11,9 @@
 //!   fetch for the controller to check, KIP-903; rule 9: not before the high watermark is
 //!   final) and leaves through `out_of_sync` after `replica_lag_time_max`;
 //! - produce with `acks=all`/`durable` is admitted by `may_accept_produce` (NOT_ENOUGH_REPLICAS
-//!   while the ISR is too small, rule 5; refused once the lease lapsed, rule 12).
+//!   while the ISR is too small, rule 5; refused once the lease lapsed, rule 12);
+//! - a fetch below the leader's log start (or diverging below it) is answered `OutOfRange`
+//!   with the log start and its epoch: the follower starts over there.
 //!
 //! The durable watermark (for `acks=durable` on a replicated topic) is the lowest synced offset
 //! over the same counted members: the leader's recovery point and each follower's
@@ -224,7 +226,22 @@ pub enum ReplicaFetchAnswer {
     },
     /// The follower's log diverges: the leader's end of the follower's last epoch.
     Diverging(EpochEntry),
+    /// Nothing the follower holds can be kept: its fetch offset is below the leader's log
+    /// start, or the logs diverge below it. The leader's log start and the epoch it is in; the
+    /// follower empties its log and starts over there.
+    OutOfRange(EpochEntry),
     Refuse(Error),
+}
+
+/// The epoch of the leader's first kept offset, `log_start`: the newest entry of `history`
+/// starting at or below it (0: none, a log written before epochs were kept).
+fn epoch_at(history: &EpochHistory, log_start: u64) -> u32 {
+    history
+        .entries()
+        .iter()
+        .rev()
+        .find(|&&(_, start)| start <= log_start)
+        .map_or(0, |&(epoch, _)| epoch.0)
 }
 
 /// Checks a follower's fetch and, when it is served, counts it as the follower's progress.
@@ -270,7 +287,24 @@ pub fn on_replica_fetch(
             last_epoch: (fetch.last_fetched_epoch > 0)
                 .then_some(LeaderEpoch(fetch.last_fetched_epoch)),
         };
-        match check_fetch(l.epoch, &l.history, log_end, &request, &Rules::ALL) {
+        let log_start = replica.partition.log.log_start_offset();
+        let decision = check_fetch(l.epoch, &l.history, log_end, &request, &Rules::ALL);
+        // Retention deleted what the follower needs next (Kafka's OFFSET_OUT_OF_RANGE for a
+        // follower), or the last offset both logs agree on is gone here: the follower cannot
+        // keep anything it holds, nor fetch from where it is. Checked after the epochs, so a
+        // fenced follower still learns of its stale epoch first.
+        let unreachable = match decision {
+            FetchDecision::FencedLeaderEpoch | FetchDecision::UnknownLeaderEpoch => false,
+            FetchDecision::Diverging { end_offset, .. } => end_offset.min(frame.offset) < log_start,
+            _ => frame.offset < log_start,
+        };
+        if unreachable {
+            return ReplicaFetchAnswer::OutOfRange(EpochEntry {
+                epoch: epoch_at(&l.history, log_start),
+                offset: log_start,
+            });
+        }
+        match decision {
             FetchDecision::FencedLeaderEpoch => ReplicaFetchAnswer::Refuse(status::error(
                 ErrorCode::FencedLeaderEpoch,
                 format!(

@@ -1,0 +1,171 @@
+//! Replicas repairing themselves, over real processes (a controller and three brokers on
+//! loopback, a topic with replication factor 3 and `min_insync_replicas` 2, `acks=all`):
+//!
+//! - a follower that was stopped while the leader's retention deleted what it needs next: its
+//!   fetch is below the leader's log start, so it starts over, empty, at that log start
+//!   (`OutOfRange`, `PartitionLog::reset_to`), catches up and rejoins the in-sync set.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use weir_client::{Acks, Client, NewTopic, ProducerConfig, ProducerRecord, TopicDescription};
+
+#[path = "support/replicated.rs"]
+mod replicated;
+use replicated::{Cluster, consume_numbers as consume, disk_batches, log_bytes};
+use weir_testkit::wait_until;
+
+const LEASE_MS: &str = "2000";
+const LAG_MS: &str = "2000";
+/// A watchdog for conditions, not a timing assertion.
+const WAIT: Duration = Duration::from_secs(40);
+
+async fn describe(client: &Client, topic: &str) -> Option<TopicDescription> {
+    client.admin().describe_topic(topic).await.ok()
+}
+
+/// Sends `values` to partition 0 with acks=all; every one must be acknowledged.
+async fn produce(client: &Client, topic: &str, values: std::ops::Range<u32>) {
+    let producer = client
+        .producer(ProducerConfig {
+            acks: Acks::All,
+            linger: Duration::from_millis(1),
+            batch_bytes: 16 << 10,
+            delivery_timeout: Duration::from_secs(60),
+            ..ProducerConfig::default()
+        })
+        .unwrap();
+    let mut deliveries = Vec::new();
+    for v in values {
+        let record = ProducerRecord::new(topic).partition(0).value(v.to_string());
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    producer.flush().await.unwrap();
+    for d in deliveries {
+        d.await.expect("every record acknowledged");
+    }
+}
+
+fn data_dirs(cluster: &Cluster) -> Vec<PathBuf> {
+    cluster
+        .brokers
+        .iter()
+        .map(|b| b.data_dir().to_path_buf())
+        .collect()
+}
+
+fn dir_of(dirs: &[PathBuf], broker: u32) -> &Path {
+    &dirs[broker as usize - 1]
+}
+
+/// The base offsets of the `.log` files of `topic`-0 on a broker's disk.
+fn segment_bases(data_dir: &Path, topic: &str) -> Vec<u64> {
+    let dir = data_dir.join("logs").join(format!("{topic}-0"));
+    let mut bases: Vec<u64> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().into_string().ok()?;
+                    name.strip_suffix(".log")?.parse().ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    bases.sort_unstable();
+    bases
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_leaders_log_start_starts_over_there_and_rejoins() {
+    let mut cluster = Cluster::start(
+        LEASE_MS,
+        &[
+            "--replica-lag-time-max-ms",
+            LAG_MS,
+            "--retention-check-interval-ms",
+            "200",
+        ],
+    );
+    let client = cluster.client(WAIT).await;
+    let created = client
+        .admin()
+        .create_topic(
+            NewTopic::new("trim")
+                .partitions(1)
+                .replication_factor(3)
+                .min_insync_replicas(2)
+                .segment_bytes(16 << 10)
+                .max_batch_bytes(8 << 10)
+                .retention_bytes(64 << 10),
+        )
+        .await
+        .unwrap();
+    let leader = created.partitions[0].leader_id;
+    let follower = (1..=3).find(|&b| b != leader).unwrap();
+    produce(&client, "trim", 0..1000).await;
+    let dirs = data_dirs(&cluster);
+    wait_until("the follower holds the leader's bytes", WAIT, || async {
+        log_bytes(dir_of(&dirs, follower), "trim") == log_bytes(dir_of(&dirs, leader), "trim")
+    })
+    .await;
+
+    // The follower stops; the leader goes on, and its retention deletes far past where the
+    // follower's log ends.
+    cluster.broker(follower).terminate();
+    let follower_end = disk_batches(dir_of(&dirs, follower), "trim", 0)
+        .last()
+        .map_or(0, |b| b.header().next_offset());
+    assert_eq!(follower_end, 1000);
+    produce(&client, "trim", 1000..30000).await;
+    wait_until(
+        "the leader's log starts past the follower's end",
+        WAIT,
+        || async {
+            segment_bases(dir_of(&dirs, leader), "trim")
+                .first()
+                .is_some_and(|&start| start > follower_end)
+        },
+    )
+    .await;
+
+    cluster.broker(follower).restart();
+    wait_until("the follower is back in the ISR", WAIT, || async {
+        describe(&client, "trim")
+            .await
+            .is_some_and(|t| t.partitions[0].isr.len() == 3)
+    })
+    .await;
+    // It holds nothing from before: its log starts at (or, after its own retention, past)
+    // the leader's log start, and from there it is the leader's, byte for byte.
+    wait_until(
+        "the follower's copy is the leader's from where it starts",
+        WAIT,
+        || async {
+            let mine = disk_batches(dir_of(&dirs, follower), "trim", 0);
+            let theirs = disk_batches(dir_of(&dirs, leader), "trim", 0);
+            let (Some(first), Some(last)) = (mine.first(), theirs.last()) else {
+                return false;
+            };
+            let from = first.header().base_offset;
+            let tail: Vec<_> = theirs
+                .iter()
+                .filter(|b| b.header().base_offset >= from)
+                .map(|b| b.as_bytes())
+                .collect();
+            from > follower_end
+                && mine.last().map(|b| b.header().next_offset())
+                    == Some(last.header().next_offset())
+                && mine.iter().map(|b| b.as_bytes()).collect::<Vec<_>>() == tail
+        },
+    )
+    .await;
+    // What the leader keeps is readable, every acknowledged record in order up to the last.
+    let values = consume(&client, "trim").await;
+    let first = *values.first().expect("records remain");
+    assert!(first > 1000, "retention deleted the start: {first}");
+    assert_eq!(values, (first..30000).collect::<Vec<_>>());
+    // The follower counts for acks=all again: with the leader gone, it or the third replica
+    // takes over holding everything acknowledged.
+    produce(&client, "trim", 30000..30100).await;
+}
