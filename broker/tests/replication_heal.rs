@@ -1,10 +1,15 @@
 //! Replicas repairing themselves, over real processes (a controller and three brokers on
 //! loopback, a topic with replication factor 3 and `min_insync_replicas` 2, `acks=all`):
 //!
+//! - a bit rotted in a sealed segment of the LEADER's copy, found by its scrub while it leads:
+//!   the leader hands the partition to another in-sync replica (ResignLeadership), heals as a
+//!   follower (cuts its log at the damage, fetches the range again), ends up byte-identical to
+//!   the new leader and back in the in-sync set, with every acknowledged record readable;
 //! - a follower that was stopped while the leader's retention deleted what it needs next: its
 //!   fetch is below the leader's log start, so it starts over, empty, at that log start
 //!   (`OutOfRange`, `PartitionLog::reset_to`), catches up and rejoins the in-sync set.
 
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -56,6 +61,117 @@ fn data_dirs(cluster: &Cluster) -> Vec<PathBuf> {
 
 fn dir_of(dirs: &[PathBuf], broker: u32) -> &Path {
     &dirs[broker as usize - 1]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_hands_over_and_heals_a_damaged_segment_found_by_its_scrub() {
+    // A scrub pass every second at full speed, so damage made while the leader runs is found
+    // within a second or two.
+    let cluster = Cluster::start(
+        LEASE_MS,
+        &[
+            "--replica-lag-time-max-ms",
+            LAG_MS,
+            "--scrub-bytes-per-sec",
+            "1000000000",
+            "--scrub-pass-interval-ms",
+            "1000",
+        ],
+    );
+    let client = cluster.client(WAIT).await;
+    let created = client
+        .admin()
+        .create_topic(
+            NewTopic::new("rot")
+                .partitions(1)
+                .replication_factor(3)
+                .min_insync_replicas(2)
+                .segment_bytes(16 << 10)
+                .max_batch_bytes(8 << 10),
+        )
+        .await
+        .unwrap();
+    let leader = created.partitions[0].leader_id;
+    let epoch = created.partitions[0].leader_epoch;
+    produce(&client, "rot", 0..5000).await;
+    let dirs = data_dirs(&cluster);
+    wait_until("the three logs hold the same bytes", WAIT, || async {
+        let theirs = log_bytes(dir_of(&dirs, leader), "rot");
+        dirs.iter().all(|d| log_bytes(d, "rot") == theirs)
+    })
+    .await;
+
+    // Rot one byte of the leader's first (sealed) segment, inside its first batch's records,
+    // in place (the running broker has the file mapped: it must keep its length).
+    let segment = dir_of(&dirs, leader)
+        .join("logs")
+        .join("rot-0")
+        .join(format!("{:020}.log", 0));
+    assert!(
+        std::fs::read_dir(segment.parent().unwrap())
+            .unwrap()
+            .count()
+            > 8,
+        "several segments, so the first is sealed"
+    );
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, 200).unwrap();
+    byte[0] ^= 0x10;
+    file.write_all_at(&byte, 200).unwrap();
+    drop(file);
+    let healthy = log_bytes(
+        dir_of(&dirs, (1..=3).find(|&b| b != leader).unwrap()),
+        "rot",
+    );
+    assert_ne!(
+        log_bytes(dir_of(&dirs, leader), "rot"),
+        healthy,
+        "the damage is on disk"
+    );
+
+    // The scrub finds it; the leader steps down in favour of an in-sync replica.
+    wait_until(
+        "the leadership moved off the damaged copy",
+        WAIT,
+        || async {
+            describe(&client, "rot").await.is_some_and(|t| {
+                let p = &t.partitions[0];
+                p.leader_id != leader && p.leader_epoch > epoch && p.leader_alive
+            })
+        },
+    )
+    .await;
+    let new_leader = describe(&client, "rot").await.unwrap().partitions[0].leader_id;
+    // As a follower it cuts its log at the damage and fetches the range again.
+    wait_until(
+        "the old leader repaired its copy from the new one",
+        WAIT,
+        || async {
+            log_bytes(dir_of(&dirs, leader), "rot") == log_bytes(dir_of(&dirs, new_leader), "rot")
+        },
+    )
+    .await;
+    assert_eq!(log_bytes(dir_of(&dirs, leader), "rot"), healthy);
+    wait_until("and is back in the ISR", WAIT, || async {
+        describe(&client, "rot").await.is_some_and(|t| {
+            t.partitions[0].isr.contains(&leader) && t.partitions[0].isr.len() == 3
+        })
+    })
+    .await;
+    assert_eq!(consume(&client, "rot").await, (0..5000).collect::<Vec<_>>());
+    // And the partition goes on: more acks=all records, in every copy.
+    produce(&client, "rot", 5000..6000).await;
+    assert_eq!(consume(&client, "rot").await, (0..6000).collect::<Vec<_>>());
+    wait_until("the three logs agree again", WAIT, || async {
+        let theirs = log_bytes(dir_of(&dirs, new_leader), "rot");
+        dirs.iter().all(|d| log_bytes(d, "rot") == theirs)
+    })
+    .await;
 }
 
 /// The base offsets of the `.log` files of `topic`-0 on a broker's disk.

@@ -15,6 +15,14 @@
 //! - a fetch below the leader's log start (or diverging below it) is answered `OutOfRange`
 //!   with the log start and its epoch: the follower starts over there.
 //!
+//! Self-healing of the leader's own copy: once the scrub found damage in it (`known_damage`;
+//! reads stop before it, so neither a consumer nor a follower is ever served the damaged
+//! bytes), the leader asks the controller to hand the partition to another live in-sync
+//! replica and to take it out of the ISR (`resign`); as a follower it then cuts the damaged
+//! range and fetches it again, and rejoins the ISR like any follower catching up. With no
+//! other live in-sync replica it keeps leading (the partition stays available below the
+//! damage) and asks again every [`RESIGN_RETRY`].
+//!
 //! The durable watermark (for `acks=durable` on a replicated topic) is the lowest synced offset
 //! over the same counted members: the leader's recovery point and each follower's
 //! `durable_offset` from its latest fetch in this epoch, never above the high watermark.
@@ -44,6 +52,9 @@ const ISR_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 const PROPOSAL_RESEND: Duration = Duration::from_secs(2);
 /// How often a produce waiting for the replicas rechecks that this broker still leads.
 const LEADERSHIP_RECHECK: Duration = Duration::from_millis(100);
+/// How long a leader whose copy is damaged waits before asking the controller again to hand
+/// the partition over (no other in-sync replica was alive, or the answer was lost).
+const RESIGN_RETRY: Duration = Duration::from_secs(5);
 
 /// What a leader keeps about one follower.
 #[derive(Debug, Clone)]
@@ -74,6 +85,10 @@ pub(crate) struct LeaderState {
     /// When the outstanding ISR proposal was last sent (it is sent again after
     /// [`PROPOSAL_RESEND`] without an outcome: an answer may have been lost).
     proposal_sent_at: Option<Instant>,
+    /// When this leader last asked to resign because its copy is damaged (see
+    /// [`resignation`]), and whether it has warned that no one could take over.
+    resign_asked_at: Option<Instant>,
+    resign_warned: bool,
 }
 
 impl LeaderState {
@@ -162,6 +177,8 @@ pub(crate) fn become_leader(
                 followers,
                 history,
                 proposal_sent_at: None,
+                resign_asked_at: None,
+                resign_warned: false,
             }));
         }
         recompute(&replica, &manager);
@@ -565,8 +582,84 @@ pub async fn maintain(manager: Arc<ReplicaManager>, mut stop: tokio::sync::watch
         for replica in manager.all() {
             if let Some(request) = proposal(&replica, &manager) {
                 let manager = Arc::clone(&manager);
+                let replica = Arc::clone(&replica);
                 tokio::spawn(async move { send_proposal(&manager, &replica, request).await });
             }
+            if let Some((epoch, damage)) = resignation(&replica) {
+                let manager = Arc::clone(&manager);
+                tokio::spawn(async move { resign(&manager, &replica, epoch, damage).await });
+            }
+        }
+    }
+}
+
+/// Whether the leader of `replica` should ask now to hand it over, and in which epoch: its own
+/// copy is damaged (the scrub found a batch failing its checks; reads, followers' included,
+/// stop before it, so the damaged bytes are never served). Healing needs a copy that is not
+/// damaged, which only another replica has: this broker steps down, follows, cuts its log at
+/// the damage and fetches the range again (`follower::cut_damage`). Asked at most once per
+/// [`RESIGN_RETRY`].
+fn resignation(replica: &Replica) -> Option<(LeaderEpoch, weir_storage::KnownDamage)> {
+    let mut role = lock(&replica.role);
+    let Role::Leader(l) = &mut *role else {
+        return None;
+    };
+    let damage = replica.partition.log.known_damage()?;
+    let now = Instant::now();
+    if l.resign_asked_at
+        .is_some_and(|t| now.duration_since(t) < RESIGN_RETRY)
+    {
+        return None;
+    }
+    l.resign_asked_at = Some(now);
+    Some((l.epoch, damage))
+}
+
+/// Asks the controller to move the leadership of `replica` (led here in `epoch`) to another
+/// live in-sync replica and to take this broker out of the ISR (`ResignLeadership`). The new
+/// metadata then makes this broker a follower (`ReplicaManager::reconcile`); until it arrives
+/// it goes on leading. When no other in-sync replica is alive it keeps leading, warns once,
+/// and the next [`maintain`] round past [`RESIGN_RETRY`] asks again.
+async fn resign(
+    manager: &ReplicaManager,
+    replica: &Replica,
+    epoch: LeaderEpoch,
+    damage: weir_storage::KnownDamage,
+) {
+    let request = weir_proto::v1::ResignLeadershipRequest {
+        broker_id: manager.node_id(),
+        broker_epoch: manager.broker_epoch(),
+        topic: replica.topic.to_string(),
+        topic_id: replica.topic_id.clone(),
+        partition: replica.index,
+        leader_epoch: epoch.0,
+    };
+    let answer = manager.controller().resign_leadership(request).await;
+    let me = BrokerId(manager.node_id());
+    match answer.map(|a| a.state.as_ref().map(crate::wire::partition_state_from_wire)) {
+        Ok(Some(Ok(state))) if state.leader != Some(me) => {
+            info!(partition = %name(replica), offset = damage.offset, segment = %damage.segment.display(), new_leader = ?state.leader.map(|b| b.0), leader_epoch = state.leader_epoch.0, "this leader's copy is damaged: handed the leadership over, to fetch the damaged range again as a follower");
+        }
+        Ok(Some(Ok(_))) => {
+            let first = {
+                let mut role = lock(&replica.role);
+                match &mut *role {
+                    Role::Leader(l) if l.epoch == epoch => {
+                        !std::mem::replace(&mut l.resign_warned, true)
+                    }
+                    _ => false,
+                }
+            };
+            if first {
+                warn!(partition = %name(replica), offset = damage.offset, segment = %damage.segment.display(), reason = %damage.reason, retry = ?RESIGN_RETRY, "this leader's copy is damaged, but no other in-sync replica is alive to take over: it keeps leading, the damaged range cannot be repaired now (reads stop before it); asking again periodically");
+            } else {
+                debug!(partition = %name(replica), offset = damage.offset, "still no other in-sync replica to hand the damaged partition to");
+            }
+        }
+        // No state, or one that breaks its invariants: the metadata will tell.
+        Ok(_) => {}
+        Err(e) => {
+            debug!(partition = %name(replica), error = %e.message, "resigning the damaged partition's leadership failed; asking again later");
         }
     }
 }
