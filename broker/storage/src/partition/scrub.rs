@@ -1,5 +1,5 @@
-//! The scrub's part of a partition: CRC-checking one sealed segment at a time, and remembering
-//! damage it found so reads stop before it.
+//! The scrub's part of a partition: CRC-checking one sealed segment at a time (or one batch on
+//! demand, `verify_batch_at`), and remembering damage it found so reads stop before it.
 //!
 //! The fetch path never reads the bytes it sends (sendfile), so a batch whose payload rotted on
 //! disk (its header intact) would be served and only a consumer's CRC check would notice. The
@@ -92,6 +92,46 @@ impl PartitionLog {
             bytes: segment.size,
             damage,
         }))
+    }
+
+    /// CRC-checks the one batch holding `offset` (the scrub's check, for one batch), and
+    /// records what fails as the scrub's damage (reads then stop before it). Reads never look
+    /// at the bytes they send (sendfile), so a leader whose follower keeps refusing the batch
+    /// there (a follower checks every batch it appends) asks this before the scrub gets there.
+    /// `None` when the batch is intact or `offset` is the log end; a read's errors otherwise
+    /// (`OffsetOutOfRange`, `CorruptLog` for damage already known or met by the read).
+    pub fn verify_batch_at(&self, offset: u64) -> Result<Option<KnownDamage>> {
+        let read = self.read(offset, 1)?;
+        let Some(chunk) = read.chunks.first() else {
+            return Ok(None);
+        };
+        // `read` with a budget of one byte returns exactly the batch holding `offset`.
+        let outcome = scan_batches(&chunk.bytes, 0, chunk.first_offset, true, None);
+        let Some(reason) = outcome.stop else {
+            return Ok(None);
+        };
+        // The segment the batch came from, for the report (the newest one based at or below it).
+        let base = {
+            let inner = lock(&self.inner);
+            if chunk.first_offset >= inner.active.base_offset {
+                inner.active.base_offset
+            } else {
+                inner
+                    .sealed
+                    .iter()
+                    .rev()
+                    .find(|s| s.base_offset <= chunk.first_offset)
+                    .map_or(inner.active.base_offset, |s| s.base_offset)
+            }
+        };
+        let found = KnownDamage {
+            offset: outcome.next_offset,
+            segment: segment_path(&self.dir, base, LOG_SUFFIX),
+            position: chunk.position + outcome.valid_len,
+            reason,
+        };
+        self.record_damage(found.clone());
+        Ok(Some(found))
     }
 
     /// The damage the scrub found and reads now stop before, if it still applies.
