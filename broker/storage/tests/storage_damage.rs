@@ -5,7 +5,8 @@
 //!   a read that starts at it is `CorruptLog` naming the partition and the first unreadable
 //!   offset; nothing past it is served.
 //! - The scrub, and `verify_batch_at` (its check of one batch, on demand), find a flipped
-//!   payload bit, and reads stop before it from then on.
+//!   payload bit, and reads stop before it from then on; a truncation at or past damage cuts
+//!   where it starts (a follower healing), and the offsets are written again.
 //! - `verify_log_dir` checks every batch, CRC included: a clean log passes, and each kind of
 //!   damage (a flipped bit, a zeroed header, a torn batch) is reported at the right partition,
 //!   segment, position and offset, while an unflushed torn tail past the recovery point is
@@ -345,6 +346,42 @@ fn verifying_one_batch_finds_a_flipped_bit_and_reads_stop_before_it() {
         Err(StorageError::OffsetOutOfRange { .. })
     ));
     logs.close().unwrap();
+}
+
+/// A follower cutting its log at damage the scrub found: `truncate_to` the damaged batch's
+/// offset, or any offset past it in the same segment, cuts where the damaged batch starts (the
+/// batch holding the offset cannot be told), and the log takes the offsets again.
+#[test]
+fn a_truncation_at_or_past_a_zeroed_header_cuts_where_the_damage_starts() {
+    for past in [0, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = build(dir.path(), true);
+        let sealed = &paths[1];
+        let (pos, offset) = batches_of(sealed)[2];
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(sealed)
+            .unwrap();
+        f.write_all_at(&[0u8; HEADER_LEN], pos).unwrap();
+        let logs = open(dir.path(), config());
+        let log = logs.partition(&tp("v", 0)).unwrap();
+        assert_eq!(
+            log.truncate_to(offset + past).unwrap(),
+            offset,
+            "past {past}"
+        );
+        assert_eq!(log.high_watermark(), offset);
+        log.append(&batch(offset, 2, 300, 0)).unwrap();
+        let ids: Vec<u64> = read_all(&log, 0, 1 << 20).iter().map(|r| r.1).collect();
+        let mut expected: Vec<u64> = (0..offset).collect();
+        expected.extend([offset, offset + 1]);
+        assert_eq!(
+            ids, expected,
+            "dense, and the new batch where the damage was"
+        );
+        logs.close().unwrap();
+    }
 }
 
 /// Reads from offset 0 in `max_bytes` steps until a read fails: the offsets read (each checked

@@ -46,8 +46,9 @@ use crate::sys;
 
 impl PartitionLog {
     /// Removes every batch from the one holding `offset` on (Kafka's truncateTo: the cut falls
-    /// on a batch boundary, so the new high watermark may be below `offset`). Returns the new
-    /// high watermark.
+    /// on a batch boundary, so the new high watermark may be below `offset`; if a damaged batch
+    /// comes first in that segment, the cut falls where it starts). Returns the new high
+    /// watermark.
     ///
     /// Crash safety, step by step: (1) the recovery point is lowered and checkpointed, so it
     /// never claims cut-away bytes; (2) the kept prefix of the cut segment is written to a
@@ -105,7 +106,9 @@ impl PartitionLog {
             (segment.base_offset, bytes.unwrap_or_default())
         };
         let path = segment_path(&self.dir, base, LOG_SUFFIX);
-        // Damage past the cut does not matter: the cut removes it.
+        // Damage past the cut does not matter: the cut removes it. Damage before the batch
+        // holding `offset` (a follower cutting at what the scrub found) moves the cut there:
+        // nothing from it on can be read, and every batch before it is whole.
         let walk = select_batches(
             &log_bytes,
             0,
@@ -118,6 +121,7 @@ impl PartitionLog {
         let cut = match (walk.selection, walk.damage) {
             (Some(sel), _) => sel.start,
             (None, None) => log_bytes.len() as u64,
+            (None, Some(damage)) if damage.offset <= offset => damage.position,
             (None, Some(damage)) => {
                 return Err(StorageError::Corrupt {
                     what: "segment",

@@ -86,7 +86,7 @@ impl PartitionLog {
             reason,
         });
         if let Some(found) = &damage {
-            self.record_damage(found.clone());
+            self.record_damage(found.clone(), "the scrub");
         }
         Ok(Some(ScrubbedSegment {
             bytes: segment.size,
@@ -130,7 +130,7 @@ impl PartitionLog {
             position: chunk.position + outcome.valid_len,
             reason,
         };
-        self.record_damage(found.clone());
+        self.record_damage(found.clone(), "a check of the batch");
         Ok(Some(found))
     }
 
@@ -140,7 +140,8 @@ impl PartitionLog {
         (damage.offset >= self.log_start_offset()).then_some(damage)
     }
 
-    fn record_damage(&self, found: KnownDamage) {
+    /// Records `found` (by `found_by`, for the log line) unless damage at or below it is known.
+    fn record_damage(&self, found: KnownDamage, found_by: &str) {
         let mut known = lock(&self.known_damage);
         if known.as_ref().is_some_and(|k| k.offset <= found.offset) {
             return;
@@ -151,7 +152,8 @@ impl PartitionLog {
             segment = %found.segment.display(),
             position = found.position,
             reason = %found.reason,
-            "DAMAGED LOG found by the scrub: a sealed batch fails its checks; reads stop before it from now on. Run `weir-broker --verify` on the stopped broker to list all damage."
+            found_by,
+            "DAMAGED LOG: a stored batch fails its checks; reads stop before it from now on. Run `weir-broker --verify` on the stopped broker to list all damage."
         );
         *known = Some(found);
     }
