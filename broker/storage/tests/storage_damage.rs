@@ -348,6 +348,31 @@ fn verifying_one_batch_finds_a_flipped_bit_and_reads_stop_before_it() {
     logs.close().unwrap();
 }
 
+/// `verify_batch_at` where the read itself meets damage (a zeroed header): the walk of that
+/// sealed segment names it, as the scrub would, and records it.
+#[test]
+fn verifying_at_a_zeroed_header_finds_it_as_the_scrub_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = build(dir.path(), true);
+    let sealed = &paths[1];
+    let (pos, offset) = batches_of(sealed)[2];
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(sealed)
+        .unwrap();
+    f.write_all_at(&[0u8; HEADER_LEN], pos).unwrap();
+    let logs = open(dir.path(), config());
+    let log = logs.partition(&tp("v", 0)).unwrap();
+    assert_eq!(log.known_damage(), None);
+    let found = log.verify_batch_at(offset).unwrap().unwrap();
+    assert_eq!((found.offset, found.position), (offset, pos));
+    assert_eq!(found.reason, ScanStop::ZeroHeader);
+    assert_eq!(log.known_damage(), Some(found.clone()));
+    assert_eq!(log.verify_batch_at(offset).unwrap(), Some(found), "known");
+    logs.close().unwrap();
+}
+
 /// A follower cutting its log at damage the scrub found: `truncate_to` the damaged batch's
 /// offset, or any offset past it in the same segment, cuts where the damaged batch starts (the
 /// batch holding the offset cannot be told), and the log takes the offsets again.

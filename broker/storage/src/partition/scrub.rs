@@ -19,7 +19,7 @@ use std::sync::Arc;
 use tracing::error;
 
 use super::{PartitionLog, lock};
-use crate::error::Result;
+use crate::error::{Result, StorageError};
 use crate::fs::{LOG_SUFFIX, segment_path};
 use crate::mmap::region_slice;
 use crate::scan::{ScanStop, scan_batches};
@@ -68,7 +68,7 @@ impl PartitionLog {
         };
         let open = match segment.open() {
             Ok(open) => open,
-            Err(crate::StorageError::SegmentRemoved { .. }) => return Ok(None),
+            Err(StorageError::SegmentRemoved { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
         let Some(map) = open.map.clone() else {
@@ -98,10 +98,32 @@ impl PartitionLog {
     /// records what fails as the scrub's damage (reads then stop before it). Reads never look
     /// at the bytes they send (sendfile), so a leader whose follower keeps refusing the batch
     /// there (a follower checks every batch it appends) asks this before the scrub gets there.
-    /// `None` when the batch is intact or `offset` is the log end; a read's errors otherwise
-    /// (`OffsetOutOfRange`, `CorruptLog` for damage already known or met by the read).
+    /// A batch the read itself finds damaged (its header, its place in the chain) is found by
+    /// walking its sealed segment as the scrub does; damage already known is answered as is.
+    /// `None` when the batch is intact, `offset` is the log end, or the damage lies in the
+    /// active segment (recovery's, not the scrub's); a read's other errors otherwise
+    /// (`OffsetOutOfRange`, `Closed`).
     pub fn verify_batch_at(&self, offset: u64) -> Result<Option<KnownDamage>> {
-        let read = self.read(offset, 1)?;
+        let read = match self.read(offset, 1) {
+            Ok(read) => read,
+            // Damage the read met by itself (a batch that does not parse, or does not follow
+            // the one before): the scrub's walk of that sealed segment names and records it.
+            Err(StorageError::CorruptLog { offset: at, .. })
+                if self.known_damage().is_none_or(|k| k.offset > at) =>
+            {
+                let base = lock(&self.inner)
+                    .sealed
+                    .iter()
+                    .find(|s| s.base_offset <= at && at < s.next_offset)
+                    .map(|s| s.base_offset);
+                return match base {
+                    Some(base) => Ok(self.scrub_segment(base)?.and_then(|s| s.damage)),
+                    None => Ok(None),
+                };
+            }
+            Err(StorageError::CorruptLog { .. }) => return Ok(self.known_damage()),
+            Err(e) => return Err(e),
+        };
         let Some(chunk) = read.chunks.first() else {
             return Ok(None);
         };
