@@ -5,6 +5,9 @@
 //!   the leader hands the partition to another in-sync replica (ResignLeadership), heals as a
 //!   follower (cuts its log at the damage, fetches the range again), ends up byte-identical to
 //!   the new leader and back in the in-sync set, with every acknowledged record readable;
+//! - the same rot found without a scrub: a follower catching up refuses the leader's batch (it
+//!   CRC-checks every batch it appends), fetches from there again, and the leader, checking
+//!   that batch itself, finds the damage and steps down the same way;
 //! - a follower that was stopped while the leader's retention deleted what it needs next: its
 //!   fetch is below the leader's log start, so it starts over, empty, at that log start
 //!   (`OutOfRange`, `PartitionLog::reset_to`), catches up and rejoins the in-sync set.
@@ -101,29 +104,7 @@ async fn a_leader_hands_over_and_heals_a_damaged_segment_found_by_its_scrub() {
     })
     .await;
 
-    // Rot one byte of the leader's first (sealed) segment, inside its first batch's records,
-    // in place (the running broker has the file mapped: it must keep its length).
-    let segment = dir_of(&dirs, leader)
-        .join("logs")
-        .join("rot-0")
-        .join(format!("{:020}.log", 0));
-    assert!(
-        std::fs::read_dir(segment.parent().unwrap())
-            .unwrap()
-            .count()
-            > 8,
-        "several segments, so the first is sealed"
-    );
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&segment)
-        .unwrap();
-    let mut byte = [0u8; 1];
-    file.read_exact_at(&mut byte, 200).unwrap();
-    byte[0] ^= 0x10;
-    file.write_all_at(&byte, 200).unwrap();
-    drop(file);
+    rot_first_segment(dir_of(&dirs, leader), "rot");
     let healthy = log_bytes(
         dir_of(&dirs, (1..=3).find(|&b| b != leader).unwrap()),
         "rot",
@@ -172,6 +153,103 @@ async fn a_leader_hands_over_and_heals_a_damaged_segment_found_by_its_scrub() {
         dirs.iter().all(|d| log_bytes(d, "rot") == theirs)
     })
     .await;
+}
+
+/// Rots one byte of the first (sealed) segment of `topic`-0 on a broker's disk, inside its first
+/// batch's records, in place: a running broker has the file mapped, so it keeps its length.
+fn rot_first_segment(data_dir: &Path, topic: &str) {
+    let segment = data_dir
+        .join("logs")
+        .join(format!("{topic}-0"))
+        .join(format!("{:020}.log", 0));
+    assert!(
+        segment_bases(data_dir, topic).len() > 2,
+        "several segments, so the first is sealed"
+    );
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, 200).unwrap();
+    byte[0] ^= 0x10;
+    file.write_all_at(&byte, 200).unwrap();
+}
+
+/// Without a scrub: a follower catching up refuses the leader's rotted batch (it CRC-checks
+/// every batch it appends) and fetches from there again; the leader checks that batch itself,
+/// finds the damage, and hands over and heals as above. Nothing damaged reaches any copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_refusing_a_rotted_batch_makes_the_leader_find_it_and_step_down() {
+    let mut cluster = Cluster::start(
+        LEASE_MS,
+        &[
+            "--replica-lag-time-max-ms",
+            LAG_MS,
+            "--scrub-bytes-per-sec",
+            "0",
+        ],
+    );
+    let client = cluster.client(WAIT).await;
+    let created = client
+        .admin()
+        .create_topic(
+            NewTopic::new("refused")
+                .partitions(1)
+                .replication_factor(3)
+                .min_insync_replicas(2)
+                .segment_bytes(16 << 10)
+                .max_batch_bytes(8 << 10),
+        )
+        .await
+        .unwrap();
+    let leader = created.partitions[0].leader_id;
+    let epoch = created.partitions[0].leader_epoch;
+    let mut followers = (1..=3).filter(|&b| b != leader);
+    let (behind, in_sync) = (followers.next().unwrap(), followers.next().unwrap());
+    let dirs = data_dirs(&cluster);
+    // One follower is away while everything is produced; the other has it all.
+    cluster.broker(behind).terminate();
+    produce(&client, "refused", 0..5000).await;
+    wait_until(
+        "the in-sync follower holds the leader's bytes",
+        WAIT,
+        || async {
+            log_bytes(dir_of(&dirs, in_sync), "refused")
+                == log_bytes(dir_of(&dirs, leader), "refused")
+        },
+    )
+    .await;
+    let healthy = log_bytes(dir_of(&dirs, in_sync), "refused");
+    rot_first_segment(dir_of(&dirs, leader), "refused");
+
+    cluster.broker(behind).restart();
+    wait_until(
+        "the leadership moved off the damaged copy",
+        WAIT,
+        || async {
+            describe(&client, "refused").await.is_some_and(|t| {
+                let p = &t.partitions[0];
+                p.leader_id == in_sync && p.leader_epoch > epoch && p.leader_alive
+            })
+        },
+    )
+    .await;
+    wait_until("every copy is the healthy one", WAIT, || async {
+        dirs.iter().all(|d| log_bytes(d, "refused") == healthy)
+    })
+    .await;
+    wait_until("all three are in the ISR", WAIT, || async {
+        describe(&client, "refused")
+            .await
+            .is_some_and(|t| t.partitions[0].isr.len() == 3)
+    })
+    .await;
+    assert_eq!(
+        consume(&client, "refused").await,
+        (0..5000).collect::<Vec<_>>()
+    );
 }
 
 /// The base offsets of the `.log` files of `topic`-0 on a broker's disk.

@@ -274,7 +274,7 @@ async fn cut_damage(
     })
     .await?;
     replica.partition.clamp_to_log_end();
-    warn!(partition = %format!("{}-{}", replica.topic, replica.index), offset, log_end = end, segment = %damage.segment.display(), reason = ?damage.reason, "damaged batch found by the scrub: cut the log there to fetch the rest again from the leader");
+    warn!(partition = %format!("{}-{}", replica.topic, replica.index), offset, log_end = end, segment = %damage.segment.display(), reason = ?damage.reason, "damaged batch in this copy (found by the scrub or a check): cut the log there to fetch the rest again from the leader");
     Ok(())
 }
 

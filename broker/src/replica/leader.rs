@@ -15,9 +15,11 @@
 //! - a fetch below the leader's log start (or diverging below it) is answered `OutOfRange`
 //!   with the log start and its epoch: the follower starts over there.
 //!
-//! Self-healing of the leader's own copy: once the scrub found damage in it (`known_damage`;
+//! Self-healing of the leader's own copy: once damage in it is known (`known_damage`: found by
+//! the scrub, or by checking the batch a follower keeps fetching without appending, since a
+//! follower CRC-checks every batch it appends and the fetch path never reads what it sends),
 //! reads stop before it, so neither a consumer nor a follower is ever served the damaged
-//! bytes), the leader asks the controller to hand the partition to another live in-sync
+//! bytes again; the leader asks the controller to hand the partition to another live in-sync
 //! replica and to take it out of the ISR (`resign`); as a follower it then cuts the damaged
 //! range and fetches it again, and rejoins the ISR like any follower catching up. With no
 //! other live in-sync replica it keeps leading (the partition stays available below the
@@ -55,6 +57,12 @@ const LEADERSHIP_RECHECK: Duration = Duration::from_millis(100);
 /// How long a leader whose copy is damaged waits before asking the controller again to hand
 /// the partition over (no other in-sync replica was alive, or the answer was lost).
 const RESIGN_RETRY: Duration = Duration::from_secs(5);
+/// A follower that fetches from the same offset this many times in a row, each time after an
+/// answer that had data from there, did not append what it got; the leader then CRC-checks
+/// its own batch there (see [`on_replica_fetch`]).
+const REFETCHES_BEFORE_VERIFY: u32 = 2;
+/// The leader checks the same offset again only after this long.
+const VERIFY_AGAIN: Duration = Duration::from_secs(60);
 
 /// What a leader keeps about one follower.
 #[derive(Debug, Clone)]
@@ -69,6 +77,8 @@ pub(crate) struct FollowerInfo {
     last_fetch_at: Instant,
     /// The follower's log is synced below this (from its latest fetch in this epoch).
     durable: u64,
+    /// Consecutive fetches from the same offset after answers that had data from it.
+    refetches: u32,
 }
 
 /// The leader's state for one partition.
@@ -89,6 +99,8 @@ pub(crate) struct LeaderState {
     /// [`resignation`]), and whether it has warned that no one could take over.
     resign_asked_at: Option<Instant>,
     resign_warned: bool,
+    /// The offset whose batch this leader last CRC-checked for a stuck follower, and when.
+    verified: Option<(u64, Instant)>,
 }
 
 impl LeaderState {
@@ -114,6 +126,7 @@ fn new_follower(now: Instant) -> FollowerInfo {
         log_end_at_last_fetch: 0,
         last_fetch_at: now,
         durable: 0,
+        refetches: 0,
     }
 }
 
@@ -179,6 +192,7 @@ pub(crate) fn become_leader(
                 proposal_sent_at: None,
                 resign_asked_at: None,
                 resign_warned: false,
+                verified: None,
             }));
         }
         recompute(&replica, &manager);
@@ -269,6 +283,7 @@ pub fn on_replica_fetch(
     fetch: &ReplicaFetch,
 ) -> ReplicaFetchAnswer {
     let follower = BrokerId(fetch.replica_id);
+    let mut verify = None;
     let answer = {
         let mut role = lock(&replica.role);
         let Role::Leader(l) = &mut *role else {
@@ -367,6 +382,23 @@ pub fn on_replica_fetch(
                     .progress
                     .is_some_and(|p| p.broker_epoch > progress.broker_epoch);
                 if !stale_start {
+                    // The follower did not append what the last answer sent from here: it
+                    // refuses a batch that fails its CRC (the fetch path never reads the
+                    // bytes it sends, and the scrub may not have got there yet).
+                    let again = info.progress.is_some_and(|p| {
+                        p.leader_epoch == epoch
+                            && p.broker_epoch == progress.broker_epoch
+                            && p.log_end == frame.offset
+                    }) && frame.offset < info.log_end_at_last_fetch;
+                    info.refetches = if again { info.refetches + 1 } else { 0 };
+                    if info.refetches >= REFETCHES_BEFORE_VERIFY
+                        && l.verified.is_none_or(|(offset, at)| {
+                            offset != frame.offset || now.duration_since(at) >= VERIFY_AGAIN
+                        })
+                    {
+                        l.verified = Some((frame.offset, now));
+                        verify = Some(frame.offset);
+                    }
                     if let Some(p) = record_fetch(info.progress, progress) {
                         info.progress = Some(p);
                     }
@@ -398,7 +430,43 @@ pub fn on_replica_fetch(
     if matches!(answer, ReplicaFetchAnswer::Serve { .. }) {
         recompute(replica, manager);
     }
+    if let Some(offset) = verify {
+        let log = Arc::clone(&replica.partition.log);
+        let partition = name(replica);
+        tokio::spawn(verify_for_follower(log, partition, follower, offset));
+    }
     answer
+}
+
+/// CRC-checks this leader's batch at `offset`, which `follower` keeps fetching without
+/// appending it. Damage found is recorded as the scrub's would be: reads stop before it and
+/// the leader resigns the partition ([`resignation`]). An intact batch means the trouble is
+/// the follower's own (its disk, its connection); it sorts that out, or leaves the ISR.
+async fn verify_for_follower(
+    log: Arc<weir_storage::PartitionLog>,
+    partition: String,
+    follower: BrokerId,
+    offset: u64,
+) {
+    match tokio::task::spawn_blocking(move || log.verify_batch_at(offset)).await {
+        Ok(Ok(Some(damage))) => {
+            warn!(partition, follower = follower.0, offset = damage.offset, segment = %damage.segment.display(), reason = %damage.reason, "a follower keeps refusing this leader's batch: it fails its CRC here; handing the partition over to repair it");
+        }
+        Ok(Ok(None)) => {
+            debug!(
+                partition,
+                follower = follower.0,
+                offset,
+                "a follower keeps fetching from here, but this leader's batch is intact"
+            );
+        }
+        Ok(Err(e)) => {
+            debug!(partition, follower = follower.0, offset, error = %e, "could not check the batch a follower keeps fetching");
+        }
+        Err(e) => {
+            debug!(partition, error = %e, "batch check task failed");
+        }
+    }
 }
 
 /// Why a produce is not admitted on a replicated partition.
