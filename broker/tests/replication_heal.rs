@@ -8,6 +8,8 @@
 //! - the same rot found without a scrub: a follower catching up refuses the leader's batch (it
 //!   CRC-checks every batch it appends), fetches from there again, and the leader, checking
 //!   that batch itself, finds the damage and steps down the same way;
+//! - a damaged leader with no other in-sync replica alive keeps leading, serving everything
+//!   before the damage and nothing from it on;
 //! - a follower that was stopped while the leader's retention deleted what it needs next: its
 //!   fetch is below the leader's log start, so it starts over, empty, at that log start
 //!   (`OutOfRange`, `PartitionLog::reset_to`), catches up and rejoins the in-sync set.
@@ -16,7 +18,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use weir_client::{Acks, Client, NewTopic, ProducerConfig, ProducerRecord, TopicDescription};
+use futures::StreamExt;
+use weir_client::{
+    Acks, Client, ConsumerConfig, ErrorCode, NewTopic, ProducerConfig, ProducerRecord,
+    TopicDescription,
+};
 
 #[path = "support/replicated.rs"]
 mod replicated;
@@ -250,6 +256,109 @@ async fn a_follower_refusing_a_rotted_batch_makes_the_leader_find_it_and_step_do
         consume(&client, "refused").await,
         (0..5000).collect::<Vec<_>>()
     );
+}
+
+/// The numbers a consumer reads from `topic` before the first error, and that error's code.
+async fn consume_until_error(client: &Client, topic: &str) -> (Vec<u32>, Option<ErrorCode>) {
+    let mut consumer = client.consumer(ConsumerConfig {
+        follow: false,
+        ..Default::default()
+    });
+    consumer.assign_topic(topic).await.expect("assign");
+    let mut stream = consumer.stream();
+    let mut out = Vec::new();
+    while let Some(record) = stream.next().await {
+        match record {
+            Ok(record) => {
+                let value = String::from_utf8_lossy(record.value.as_deref().unwrap_or_default())
+                    .into_owned();
+                out.push(value.parse().expect("a number"));
+            }
+            Err(e) => return (out, e.code()),
+        }
+    }
+    (out, None)
+}
+
+/// With no other in-sync replica alive, a damaged leader keeps leading: it serves every record
+/// before the damage (never the damaged bytes), and the leadership does not move although it
+/// asks again and again (the controller has no one to hand it to).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_leader_alone_in_the_isr_keeps_leading() {
+    let mut cluster = Cluster::start(
+        LEASE_MS,
+        &[
+            "--replica-lag-time-max-ms",
+            LAG_MS,
+            "--scrub-bytes-per-sec",
+            "1000000000",
+            "--scrub-pass-interval-ms",
+            "1000",
+        ],
+    );
+    let client = cluster.client(WAIT).await;
+    let created = client
+        .admin()
+        .create_topic(
+            NewTopic::new("alone")
+                .partitions(1)
+                .replication_factor(3)
+                .min_insync_replicas(2)
+                .segment_bytes(16 << 10)
+                .max_batch_bytes(8 << 10),
+        )
+        .await
+        .unwrap();
+    let leader = created.partitions[0].leader_id;
+    produce(&client, "alone", 0..5000).await;
+    let dirs = data_dirs(&cluster);
+    for follower in (1..=3).filter(|&b| b != leader) {
+        cluster.broker(follower).kill();
+    }
+    wait_until("the ISR is the leader alone", WAIT, || async {
+        describe(&client, "alone")
+            .await
+            .is_some_and(|t| t.partitions[0].isr == [leader])
+    })
+    .await;
+    let before = describe(&client, "alone").await.unwrap().partitions[0].clone();
+
+    // Rot the first batch of the second segment: the first segment stays readable.
+    let bases = segment_bases(dir_of(&dirs, leader), "alone");
+    assert!(bases.len() > 2, "{bases:?}");
+    let damaged_at = bases[1];
+    let segment = dir_of(&dirs, leader)
+        .join("logs")
+        .join("alone-0")
+        .join(format!("{damaged_at:020}.log"));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, 200).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x10], 200).unwrap();
+
+    wait_until("the scrub found it: reads stop before it", WAIT, || async {
+        consume_until_error(&client, "alone").await.1 == Some(ErrorCode::CorruptLog)
+    })
+    .await;
+    let (values, _) = consume_until_error(&client, "alone").await;
+    assert_eq!(
+        values,
+        (0..damaged_at as u32).collect::<Vec<_>>(),
+        "every record before the damage, nothing from it on"
+    );
+    // Longer than the leader's retry interval (5 s): it asked at least twice.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let after = describe(&client, "alone").await.unwrap().partitions[0].clone();
+    assert_eq!(
+        (after.leader_id, after.leader_epoch, after.isr.clone()),
+        (leader, before.leader_epoch, vec![leader]),
+        "it keeps leading: {after:?}"
+    );
+    assert!(after.leader_alive);
 }
 
 /// The base offsets of the `.log` files of `topic`-0 on a broker's disk.

@@ -45,7 +45,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use weir_proto::v1::{
     BrokerHeartbeatRequest, BrokerHeartbeatResponse, BrokerInfo, ClusterMetadata,
     ControlledShutdownRequest, ControlledShutdownResponse, ErrorCode, PlacedTopic,
@@ -424,7 +424,8 @@ impl Controller {
                 current.shut_down(broker, &live)
             };
             let Some(next) = next else {
-                warn!(topic = %req.topic, partition = req.partition, broker = id, isr = ?current.isr, "a leader asked to resign (its copy is damaged), but no other in-sync replica is alive to take over; it keeps leading");
+                // The broker warns once and asks again every few seconds: no line per ask here.
+                debug!(topic = %req.topic, partition = req.partition, broker = id, isr = ?current.isr, "a leader asked to resign (its copy is damaged), but no other in-sync replica is alive to take over; it keeps leading");
                 return Ok(ResignLeadershipResponse {
                     state: Some(wire::partition_state_to_wire(&current, min_insync)),
                 });
