@@ -408,120 +408,6 @@ async fn an_unclean_restart_leaves_the_isr() {
 }
 
 #[tokio::test]
-async fn a_controlled_shutdown_hands_leaderships_over_and_keeps_the_broker_out() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = open(dir.path());
-    let brokers = three(&c).await;
-    let epoch_of = |id: u32| brokers.iter().find(|b| b.0 == id).unwrap().1;
-    create(&c, &brokers, "t", 6, rf(3, 2)).await.unwrap();
-    create(&c, &brokers, "u", 1, rf(3, 1)).await.unwrap();
-    create(&c, &brokers, "solo", 3, rf(1, 1)).await.unwrap();
-    let x = state(&c, "u", 0).leader.unwrap().0;
-    // u-0 is down to its leader alone: no one to hand it to.
-    let alone = AlterPartitionRequest {
-        topic: "u".into(),
-        topic_id: String::new(),
-        partition: 0,
-        leader: x,
-        leader_epoch: 1,
-        partition_epoch: 1,
-        new_isr: vec![IsrMember {
-            broker: x,
-            broker_epoch: epoch_of(x),
-        }],
-    };
-    c.alter_partition(alone).await.unwrap();
-    let before: Vec<_> = (0..6).map(|p| state(&c, "t", p)).collect();
-    let version = c.metadata().version;
-
-    let stale = c
-        .controlled_shutdown(ControlledShutdownRequest {
-            broker_id: x,
-            broker_epoch: epoch_of(x) - 1,
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(
-        stale.code,
-        ErrorCode::StaleBrokerEpoch as i32,
-        "{}",
-        stale.message
-    );
-    assert_eq!(c.metadata().version, version, "refused: nothing changed");
-
-    let ask = ControlledShutdownRequest {
-        broker_id: x,
-        broker_epoch: epoch_of(x),
-    };
-    let answer = c.controlled_shutdown(ask).await.unwrap();
-    assert_eq!(
-        answer.remaining,
-        [TopicPartitions {
-            topic: "u".into(),
-            partitions: vec![0],
-        }],
-        "only the partition with no other ISR member stays led (unreplicated ones are not counted)"
-    );
-    assert!(
-        c.metadata().version != version,
-        "brokers learn the handover"
-    );
-    for (p, old) in before.iter().enumerate() {
-        let new = state(&c, "t", p as u32);
-        assert!(!ids(&new.isr).contains(&x), "t-{p}: {new:?}");
-        assert_eq!(new.partition_epoch, old.partition_epoch.next(), "t-{p}");
-        if old.leader.map(|b| b.0) == Some(x) {
-            assert!(new.leader.is_some_and(|l| l.0 != x), "t-{p}: {new:?}");
-            assert_eq!(new.leader_epoch, old.leader_epoch.next(), "t-{p}");
-        } else {
-            assert_eq!(
-                (new.leader, new.leader_epoch),
-                (old.leader, old.leader_epoch)
-            );
-        }
-    }
-    let u = state(&c, "u", 0);
-    assert_eq!((u.leader.map(|b| b.0), ids(&u.isr)), (Some(x), vec![x]));
-    // Asking again changes nothing more.
-    let version = c.metadata().version;
-    let again = c.controlled_shutdown(ask).await.unwrap();
-    assert_eq!(again.remaining, answer.remaining);
-    assert_eq!(c.metadata().version, version);
-
-    // While it shuts down, no leader may add it back to an ISR.
-    let t0 = state(&c, "t", 0);
-    let mut back: Vec<u32> = ids(&t0.isr);
-    back.push(x);
-    back.sort();
-    let add = |t0: &weir_replication::PartitionState, epoch: u64| AlterPartitionRequest {
-        topic: "t".into(),
-        topic_id: String::new(),
-        partition: 0,
-        leader: t0.leader.unwrap().0,
-        leader_epoch: t0.leader_epoch.0,
-        partition_epoch: t0.partition_epoch.0,
-        new_isr: back
-            .iter()
-            .map(|&b| IsrMember {
-                broker: b,
-                broker_epoch: if b == x { epoch } else { epoch_of(b) },
-            })
-            .collect(),
-    };
-    let refused = c.alter_partition(add(&t0, epoch_of(x))).await.unwrap_err();
-    assert_eq!(
-        refused.code,
-        ErrorCode::IneligibleReplica as i32,
-        "{}",
-        refused.message
-    );
-    // A new start may rejoin.
-    let restarted = join(&c, x, true).await;
-    c.alter_partition(add(&t0, restarted)).await.unwrap();
-    assert!(ids(&state(&c, "t", 0).isr).contains(&x));
-}
-
-#[tokio::test]
 async fn a_damaged_leader_resigns_one_partition_and_may_rejoin() {
     use weir_proto::v1::ResignLeadershipRequest;
 
@@ -638,4 +524,118 @@ async fn a_damaged_leader_resigns_one_partition_and_may_rejoin() {
     assert_eq!(kept.state.unwrap().leader, Some(z), "it keeps leading");
     assert_eq!(state(&c, "u", 0), alone);
     assert_eq!(c.metadata().version, version);
+}
+
+#[tokio::test]
+async fn a_controlled_shutdown_hands_leaderships_over_and_keeps_the_broker_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path());
+    let brokers = three(&c).await;
+    let epoch_of = |id: u32| brokers.iter().find(|b| b.0 == id).unwrap().1;
+    create(&c, &brokers, "t", 6, rf(3, 2)).await.unwrap();
+    create(&c, &brokers, "u", 1, rf(3, 1)).await.unwrap();
+    create(&c, &brokers, "solo", 3, rf(1, 1)).await.unwrap();
+    let x = state(&c, "u", 0).leader.unwrap().0;
+    // u-0 is down to its leader alone: no one to hand it to.
+    let alone = AlterPartitionRequest {
+        topic: "u".into(),
+        topic_id: String::new(),
+        partition: 0,
+        leader: x,
+        leader_epoch: 1,
+        partition_epoch: 1,
+        new_isr: vec![IsrMember {
+            broker: x,
+            broker_epoch: epoch_of(x),
+        }],
+    };
+    c.alter_partition(alone).await.unwrap();
+    let before: Vec<_> = (0..6).map(|p| state(&c, "t", p)).collect();
+    let version = c.metadata().version;
+
+    let stale = c
+        .controlled_shutdown(ControlledShutdownRequest {
+            broker_id: x,
+            broker_epoch: epoch_of(x) - 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        stale.code,
+        ErrorCode::StaleBrokerEpoch as i32,
+        "{}",
+        stale.message
+    );
+    assert_eq!(c.metadata().version, version, "refused: nothing changed");
+
+    let ask = ControlledShutdownRequest {
+        broker_id: x,
+        broker_epoch: epoch_of(x),
+    };
+    let answer = c.controlled_shutdown(ask).await.unwrap();
+    assert_eq!(
+        answer.remaining,
+        [TopicPartitions {
+            topic: "u".into(),
+            partitions: vec![0],
+        }],
+        "only the partition with no other ISR member stays led (unreplicated ones are not counted)"
+    );
+    assert!(
+        c.metadata().version != version,
+        "brokers learn the handover"
+    );
+    for (p, old) in before.iter().enumerate() {
+        let new = state(&c, "t", p as u32);
+        assert!(!ids(&new.isr).contains(&x), "t-{p}: {new:?}");
+        assert_eq!(new.partition_epoch, old.partition_epoch.next(), "t-{p}");
+        if old.leader.map(|b| b.0) == Some(x) {
+            assert!(new.leader.is_some_and(|l| l.0 != x), "t-{p}: {new:?}");
+            assert_eq!(new.leader_epoch, old.leader_epoch.next(), "t-{p}");
+        } else {
+            assert_eq!(
+                (new.leader, new.leader_epoch),
+                (old.leader, old.leader_epoch)
+            );
+        }
+    }
+    let u = state(&c, "u", 0);
+    assert_eq!((u.leader.map(|b| b.0), ids(&u.isr)), (Some(x), vec![x]));
+    // Asking again changes nothing more.
+    let version = c.metadata().version;
+    let again = c.controlled_shutdown(ask).await.unwrap();
+    assert_eq!(again.remaining, answer.remaining);
+    assert_eq!(c.metadata().version, version);
+
+    // While it shuts down, no leader may add it back to an ISR.
+    let t0 = state(&c, "t", 0);
+    let mut back: Vec<u32> = ids(&t0.isr);
+    back.push(x);
+    back.sort();
+    let add = |t0: &weir_replication::PartitionState, epoch: u64| AlterPartitionRequest {
+        topic: "t".into(),
+        topic_id: String::new(),
+        partition: 0,
+        leader: t0.leader.unwrap().0,
+        leader_epoch: t0.leader_epoch.0,
+        partition_epoch: t0.partition_epoch.0,
+        new_isr: back
+            .iter()
+            .map(|&b| IsrMember {
+                broker: b,
+                broker_epoch: if b == x { epoch } else { epoch_of(b) },
+            })
+            .collect(),
+    };
+    let refused = c.alter_partition(add(&t0, epoch_of(x))).await.unwrap_err();
+    assert_eq!(
+        refused.code,
+        ErrorCode::IneligibleReplica as i32,
+        "{}",
+        refused.message
+    );
+    // A new start may rejoin.
+    let restarted = join(&c, x, true).await;
+    c.alter_partition(add(&t0, restarted)).await.unwrap();
+    assert!(ids(&state(&c, "t", 0).isr).contains(&x));
 }
