@@ -450,7 +450,7 @@ async fn verify_for_follower(
 ) {
     match tokio::task::spawn_blocking(move || log.verify_batch_at(offset)).await {
         Ok(Ok(Some(damage))) => {
-            warn!(partition, follower = follower.0, offset = damage.offset, segment = %damage.segment.display(), reason = %damage.reason, "a follower keeps refusing this leader's batch: it fails its CRC here; handing the partition over to repair it");
+            warn!(partition, follower = follower.0, offset = damage.offset, segment = %damage.segment.display(), reason = %damage.reason, "a follower keeps fetching this leader's batch without appending it: this copy is damaged there (reads stop before it; the leader hands the partition over once another in-sync replica can take it)");
         }
         Ok(Ok(None)) => {
             debug!(
