@@ -264,6 +264,19 @@ pub enum ReplicaFetchAnswer {
     Refuse(Error),
 }
 
+/// Whether a follower fetching from `offset`, as `decision` answers it, can keep nothing it
+/// holds: retention deleted what it needs next (Kafka's OFFSET_OUT_OF_RANGE for a follower),
+/// or the last offset both logs agree on is below the leader's log start. It is told to start
+/// over at the log start (`OutOfRange`). Never for a fenced or unknown epoch: the follower
+/// learns of its stale epoch first.
+fn below_log_start(decision: &FetchDecision, offset: u64, log_start: u64) -> bool {
+    match *decision {
+        FetchDecision::FencedLeaderEpoch | FetchDecision::UnknownLeaderEpoch => false,
+        FetchDecision::Diverging { end_offset, .. } => end_offset.min(offset) < log_start,
+        _ => offset < log_start,
+    }
+}
+
 /// The epoch of the leader's first kept offset, `log_start`: the newest entry of `history`
 /// starting at or below it (0: none, a log written before epochs were kept).
 fn epoch_at(history: &EpochHistory, log_start: u64) -> u32 {
@@ -321,16 +334,7 @@ pub fn on_replica_fetch(
         };
         let log_start = replica.partition.log.log_start_offset();
         let decision = check_fetch(l.epoch, &l.history, log_end, &request, &Rules::ALL);
-        // Retention deleted what the follower needs next (Kafka's OFFSET_OUT_OF_RANGE for a
-        // follower), or the last offset both logs agree on is gone here: the follower cannot
-        // keep anything it holds, nor fetch from where it is. Checked after the epochs, so a
-        // fenced follower still learns of its stale epoch first.
-        let unreachable = match decision {
-            FetchDecision::FencedLeaderEpoch | FetchDecision::UnknownLeaderEpoch => false,
-            FetchDecision::Diverging { end_offset, .. } => end_offset.min(frame.offset) < log_start,
-            _ => frame.offset < log_start,
-        };
-        if unreachable {
+        if below_log_start(&decision, frame.offset, log_start) {
             return ReplicaFetchAnswer::OutOfRange(EpochEntry {
                 epoch: epoch_at(&l.history, log_start),
                 offset: log_start,
@@ -903,4 +907,49 @@ async fn send_proposal(
         }
     }
     recompute(replica, manager);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_follower_is_told_to_start_over_only_when_it_can_keep_nothing() {
+        let serve = FetchDecision::Serve;
+        assert!(below_log_start(&serve, 99, 100), "retention passed it");
+        assert!(!below_log_start(&serve, 100, 100), "at the log start");
+        assert!(!below_log_start(&serve, 0, 0));
+        let diverging = |end_offset| FetchDecision::Diverging {
+            epoch: None,
+            end_offset,
+        };
+        // The logs agree only below the log start: cutting there would leave a fetch below it.
+        assert!(below_log_start(&diverging(0), 150, 100));
+        assert!(below_log_start(&diverging(120), 90, 100));
+        // A cut at or past the log start is an ordinary truncation.
+        assert!(!below_log_start(&diverging(100), 150, 100));
+        assert!(!below_log_start(&diverging(0), 0, 0), "an empty leader");
+        for fenced in [
+            FetchDecision::FencedLeaderEpoch,
+            FetchDecision::UnknownLeaderEpoch,
+        ] {
+            assert!(!below_log_start(&fenced, 5, 100));
+        }
+    }
+
+    #[test]
+    fn the_epoch_at_the_log_start_is_the_newest_starting_at_or_below_it() {
+        let mut history = EpochHistory::new();
+        history.assign(LeaderEpoch(1), 0).unwrap();
+        history.assign(LeaderEpoch(3), 40).unwrap();
+        history.assign(LeaderEpoch(4), 90).unwrap();
+        assert_eq!(epoch_at(&history, 0), 1);
+        assert_eq!(epoch_at(&history, 39), 1);
+        assert_eq!(epoch_at(&history, 40), 3);
+        assert_eq!(epoch_at(&history, 1000), 4);
+        let mut late = EpochHistory::new();
+        late.assign(LeaderEpoch(2), 50).unwrap();
+        assert_eq!(epoch_at(&late, 10), 0, "no epoch that old");
+        assert_eq!(epoch_at(&EpochHistory::new(), 10), 0);
+    }
 }
