@@ -24,23 +24,29 @@ COPY target/release/weir-broker target/release/weir /usr/local/bin/
 COPY --chown=10001:10001 docker/empty-dir/ /var/lib/weir/
 
 # Every flag of weir-broker has a WEIR_* variable (weir-broker --help); these are the container
-# defaults. WEIR_BROKER is the CLI's address: `docker exec <container> weir cluster` and the
-# health check dial this node. Change it with WEIR_LISTEN.
+# defaults. WEIR_BROKER is the CLI's address: `docker exec <container> weir cluster` dials this
+# node (change it with WEIR_LISTEN). The metrics listener (Prometheus /metrics, /healthz,
+# /readyz) listens on every interface so a published port reaches it; WEIR_METRICS is where
+# `weir health`, the health check, asks (change both together).
 ENV WEIR_DATA_DIR=/var/lib/weir \
     WEIR_LISTEN=0.0.0.0:9092 \
     WEIR_DATA_LISTEN=0.0.0.0:9093 \
-    WEIR_BROKER=127.0.0.1:9092
+    WEIR_METRICS_LISTEN=0.0.0.0:7072 \
+    WEIR_BROKER=127.0.0.1:9092 \
+    WEIR_METRICS=127.0.0.1:7072
 
 USER 10001:10001
 WORKDIR /var/lib/weir
 VOLUME ["/var/lib/weir"]
-# 9092 gRPC (clients and other nodes), 9093 the data port (fetches over sendfile). An external
-# listener (WEIR_EXTERNAL_LISTEN) is a third port, chosen per node: see docker-compose.yml.
-EXPOSE 9092 9093
+# 9092 gRPC (clients and other nodes), 9093 the data port (fetches over sendfile), 7072 the
+# metrics listener. An external listener (WEIR_EXTERNAL_LISTEN) is another port, chosen per
+# node: see docker-compose.yml.
+EXPOSE 9092 9093 7072
 
-# The node answers the client API (exec form: no shell needed).
+# The node is ready: serving, with its data dir open and its controller reachable (GET /readyz
+# on the metrics listener, by the CLI: exec form, no shell or curl needed).
 HEALTHCHECK --interval=5s --timeout=3s --start-period=30s --retries=3 \
-    CMD ["/usr/local/bin/weir", "cluster"]
+    CMD ["/usr/local/bin/weir", "health"]
 
 # SIGTERM (docker stop) shuts the node down cleanly.
 STOPSIGNAL SIGTERM

@@ -8,6 +8,9 @@
 # from the host (external listeners) and inside the network (internal addresses):
 #   - a 6-partition topic (replication factor 3, min in-sync 2: the cluster's defaults), 50,000
 #     keyed records produced and consumed back, per-key order checked;
+#   - every node's metrics listener through its published port: /readyz ready (the CLI's
+#     `weir health`, what the health checks run), and the brokers' /metrics counting the 50,000
+#     records produced, the controller's counting three brokers alive;
 #   - a partition's leader killed while a producer (acks=all, numbered records) and a following
 #     consumer run from the host: a new leader with a bumped epoch takes over from the ISR, the
 #     dead broker leaves the ISR, both clients go on, and every number acknowledged is consumed
@@ -150,6 +153,18 @@ wait_until() {
     done
 }
 
+# GET http://127.0.0.1:PORT/PATH from the host with bash's /dev/tcp (no curl needed); prints
+# the body, fails unless the answer is 200.
+http_get() (
+    exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+    printf 'GET %s HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n' "$2" >&3
+    response=$(timeout 10 cat <&3) || exit 1
+    [[ ${response%%$'\r'*} == HTTP/1.?" 200"* ]] || exit 1
+    printf '%s\n' "${response#*$'\r\n\r\n'}"
+)
+# A metric's value in a node's /metrics (the sample line named exactly SERIES), published on PORT.
+metric() { http_get "$1" /metrics | awk -v s="$2" '$1 == s { print $2 }'; }
+
 # Whether no partition of the topics is DOWN.
 none_down() {
     local t
@@ -188,7 +203,7 @@ bash "$ROOT/docker/build-images.sh"
 
 say "removing what an aborted run may have left (compose down -v)"
 compose down -v --remove-orphans >/dev/null 2>&1 || true
-for port in 19090 19092 19093 29092 29093 39092 39093; do
+for port in 19090 19092 19093 29092 29093 39092 39093 19644 19645 19646 19647; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         fail "host port $port is already in use (another weir cluster? docker compose ls / docker ps)"
     fi
@@ -227,6 +242,20 @@ res=$(check_keyed "$WORK/all.txt") || fail "records out of order or damaged (abo
 read -r n k <<<"$res"
 [[ $n -eq $TOTAL && $k -eq $KEYS ]] || fail "consumed $n records of $k keys, expected $TOTAL of $KEYS"
 say "consumed $n records, $k keys, every key in order"
+
+say "metrics from the host: each node's /readyz and /metrics on its published port"
+for port in 19644 19645 19646 19647; do
+    weir health --metrics "localhost:$port" >/dev/null || fail "the node on metrics port $port is not ready"
+done
+in=0
+for port in 19645 19646 19647; do
+    n=$(metric "$port" "weir_topic_records_in_total{topic=\"$TOPIC\"}") || fail "no /metrics on port $port"
+    in=$((in + ${n:-0}))
+done
+[[ $in -eq $TOTAL ]] || fail "the brokers' weir_topic_records_in_total for $TOPIC sums to $in, not $TOTAL"
+alive=$(metric 19644 weir_cluster_brokers_alive) || fail "no /metrics from the controller"
+[[ $alive == 3 ]] || fail "the controller's weir_cluster_brokers_alive is '$alive', not 3"
+say "every node ready; the brokers counted $in records in; the controller sees $alive brokers alive"
 
 say "inside the network: the CLI in broker3's container against controller:9092"
 weir_in broker3 topic describe "$TOPIC" >"$WORK/describe-internal"

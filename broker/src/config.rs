@@ -75,6 +75,8 @@ pub struct BrokerConfig {
     pub listen: SocketAddr,
     /// The data port's address (fetches served with sendfile).
     pub data_listen: SocketAddr,
+    /// The metrics listener's address (Prometheus `/metrics`, `/healthz`, `/readyz`), or `off`.
+    pub metrics_listen: String,
     /// The data port's address as clients should dial it, when it differs from `data_listen`
     /// (a container's published port, a host name). Default: the bound address.
     pub data_advertised: Option<String>,
@@ -91,6 +93,9 @@ pub struct BrokerConfig {
     /// replicated partitions to in-sync followers (controlled shutdown) before it stops anyway
     /// (0: it does not ask).
     pub controlled_shutdown_timeout_ms: u64,
+    /// How often the controller moves leaderships back to preferred replicas that are in sync
+    /// (0: never). Only the controller reads it.
+    pub leader_rebalance_interval_ms: u64,
     /// How often retention deletes expired segments.
     pub retention_check_interval_ms: u64,
     /// How often recovery points and derived-state snapshots (producer states, key indexes)
@@ -146,12 +151,14 @@ impl Default for BrokerConfig {
             data_dir: PathBuf::from("./weir-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             data_listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
+            metrics_listen: "127.0.0.1:7072".into(),
             data_advertised: None,
             max_request_bytes: 16 << 20,
             max_in_flight_bytes_per_connection: 64 << 20,
             max_in_flight_bytes: 512 << 20,
             shutdown_timeout_ms: 10_000,
             controlled_shutdown_timeout_ms: 10_000,
+            leader_rebalance_interval_ms: 30_000,
             retention_check_interval_ms: 30_000,
             checkpoint_interval_ms: 10_000,
             scrub_bytes_per_sec: LogDirConfig::default().scrub_bytes_per_sec,
@@ -232,6 +239,7 @@ impl BrokerConfig {
                 "node_id must be below {MAX_NODE_ID}"
             )));
         }
+        self.metrics_addr()?;
         if self.broker_lease_ms < 1000 {
             return Err(ConfigError::Invalid(
                 "broker_lease_ms must be at least 1000".into(),
@@ -254,6 +262,25 @@ impl BrokerConfig {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    /// The metrics listener's address, `None` when `metrics_listen` is `off`.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let value = self.metrics_listen.trim();
+        if value.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        value.parse().map(Some).map_err(|e| {
+            ConfigError::Invalid(format!(
+                "metrics_listen {value:?} is not an address (HOST:PORT) or `off`: {e}"
+            ))
+        })
+    }
+
+    /// The controller's preferred-leader interval, `None` when off.
+    pub fn leader_rebalance_interval(&self) -> Option<Duration> {
+        (self.leader_rebalance_interval_ms > 0)
+            .then(|| Duration::from_millis(self.leader_rebalance_interval_ms))
     }
 
     pub fn controlled_shutdown_timeout(&self) -> Duration {

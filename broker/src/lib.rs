@@ -13,6 +13,8 @@
 //!   offsets), embedded in a single-node broker or run alone.
 //! - [`replica`]: replication on a broker: its role (leader or follower) for each replicated
 //!   partition, the followers' fetch loops, the leader's high watermark, acks and ISR proposals.
+//! - [`metrics`]: the metric handles the data paths update (the listener that serves them is
+//!   the server's).
 //! - [`server`]: the gRPC service, its limits and graceful shutdown, and the node's view of
 //!   the cluster.
 //! - [`layout`]: the names in a data directory, and its storage-engine dirs.
@@ -23,8 +25,8 @@
 //! directory with `--verify`.
 //!
 //! Layering, bottom up (a module imports only from the ones before it): `weir-storage`;
-//! [`layout`], [`topics`] and [`group_strategy`]; [`wire`]; [`controller`]; [`replica`];
-//! [`server`]. Nothing
+//! [`layout`], [`topics`], [`group_strategy`] and [`metrics`]; [`wire`]; [`controller`];
+//! [`replica`]; [`server`]. Nothing
 //! imports upwards: the controller never reaches into the server, and the wire translation never
 //! into the controller or the server (so either can be replaced without the other).
 
@@ -32,6 +34,7 @@ pub mod config;
 pub mod controller;
 pub mod group_strategy;
 pub mod layout;
+pub mod metrics;
 pub mod producer_ids;
 pub mod replica;
 pub mod server;

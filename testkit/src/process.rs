@@ -31,6 +31,9 @@ pub struct BrokerProcess {
     pub data_addr: SocketAddr,
     /// Its external gRPC listener, when started with `--external-listen`.
     pub external_addr: Option<SocketAddr>,
+    /// Its metrics listener (`/metrics`, `/healthz`, `/readyz`), unless started with
+    /// `--metrics-listen off`.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl BrokerProcess {
@@ -67,6 +70,7 @@ impl BrokerProcess {
             addr: ready.grpc,
             data_addr: ready.data,
             external_addr: ready.external_grpc,
+            metrics_addr: ready.metrics,
         }
     }
 
@@ -177,6 +181,15 @@ pub fn spawn_broker(
     (listen, data_listen): (&str, &str),
     extra_args: &[impl AsRef<std::ffi::OsStr>],
 ) -> std::io::Result<Child> {
+    // Every broker a test starts gets its own free metrics port, unless the test picks one.
+    let picks_metrics = extra_args
+        .iter()
+        .any(|a| a.as_ref() == std::ffi::OsStr::new("--metrics-listen"));
+    let metrics: &[&str] = if picks_metrics {
+        &[]
+    } else {
+        &["--metrics-listen", "127.0.0.1:0"]
+    };
     Command::new(bin)
         .arg("--data-dir")
         .arg(data_dir)
@@ -184,6 +197,7 @@ pub fn spawn_broker(
         .arg(listen)
         .arg("--data-listen")
         .arg(data_listen)
+        .args(metrics)
         .args(extra_args)
         .env(
             "RUST_LOG",
@@ -202,6 +216,8 @@ pub struct ReadyLine {
     pub data: SocketAddr,
     /// `external-grpc=`, printed only by a broker with an external listener.
     pub external_grpc: Option<SocketAddr>,
+    /// `metrics=`, the metrics listener, unless it is off.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Waits up to `timeout` for a broker's ready line on its stdout, `weir-broker ready
@@ -220,10 +236,12 @@ pub fn wait_for_ready(stdout: ChildStdout, timeout: Duration) -> Option<ReadyLin
             };
             if let (Some(grpc), Some(data)) = (field("grpc="), field("data=")) {
                 let external_grpc = field("external-grpc=");
+                let metrics = field("metrics=");
                 let _ = tx.send(ReadyLine {
                     grpc,
                     data,
                     external_grpc,
+                    metrics,
                 });
                 break;
             }

@@ -74,6 +74,9 @@ enum TransportArg {
 enum Baseline {
     RawTcp,
     Nats,
+    /// The same workload on a second broker started here with `--metrics-listen off`: what
+    /// the metrics cost the data paths.
+    MetricsOff,
 }
 
 /// weir's end-to-end load generator.
@@ -230,7 +233,9 @@ async fn main() -> anyhow::Result<()> {
             let bin = cluster::broker_bin(args.broker_bin.clone())?;
             let lease = Duration::from_millis(args.broker_lease_ms.unwrap_or(6000));
             let lag = Duration::from_millis(args.replica_lag_ms);
-            Target::Cluster(Cluster::start(&bin, n, lease, lag, &args.broker_args).await?)
+            Target::Cluster(Box::new(
+                Cluster::start(&bin, n, lease, lag, &args.broker_args).await?,
+            ))
         }
         (None, None) => {
             anyhow::ensure!(
@@ -314,6 +319,10 @@ async fn main() -> anyhow::Result<()> {
         let (name, result) = match baseline {
             Baseline::RawTcp => ("raw-tcp", raw_tcp_baseline(&workload)),
             Baseline::Nats => ("nats", nats_baseline(args.mode, &workload).await),
+            Baseline::MetricsOff => (
+                "metrics-off",
+                metrics_off_baseline(&args, args.mode, &workload).await,
+            ),
         };
         let value = match result {
             Ok(Some(value)) => {
@@ -379,7 +388,7 @@ fn progress(total: u64, label: &str) -> ProgressBar {
 /// The brokers under test: one (started here or external) or a local cluster.
 enum Target {
     Single(Broker),
-    Cluster(Cluster),
+    Cluster(Box<Cluster>),
 }
 
 /// CPU seconds so far: per broker (by node id; 0 for a single broker), and the controller's.
@@ -632,10 +641,49 @@ async fn nats_baseline(mode: Mode, w: &Workload) -> anyhow::Result<Option<Value>
     Ok(Some(figures(&measured, cpu_seconds)))
 }
 
+/// The workload again on a broker started here with its metrics off (see
+/// [`Baseline::MetricsOff`]); `None` when the measured broker was not started here as one.
+async fn metrics_off_baseline(
+    args: &Args,
+    mode: Mode,
+    w: &Workload,
+) -> anyhow::Result<Option<Value>> {
+    if args.broker.is_some() || args.cluster.is_some() {
+        return Ok(None);
+    }
+    let mut extra = args.broker_args.clone();
+    extra.extend(["--metrics-listen".to_owned(), "off".to_owned()]);
+    let broker = Broker::start(args.broker_bin.clone(), &extra)?;
+    weir_run::create_topic(&broker.grpc, w).await?;
+    let expected = match mode {
+        Mode::E2e => w.rate * w.duration.as_secs().max(1),
+        _ => w.records,
+    };
+    if mode == Mode::Consume {
+        let fill = progress(expected, "filling (metrics off)");
+        weir_run::produce(&broker.grpc, w, &fill).await?;
+        fill.finish_and_clear();
+    }
+    let bar = progress(expected, "metrics off");
+    let before = broker.cpu.as_ref().and_then(|c| c.seconds().ok());
+    let measured = match mode {
+        Mode::Produce => weir_run::produce(&broker.grpc, w, &bar).await?,
+        Mode::Consume => weir_run::consume(&broker.grpc, w, &bar).await?,
+        Mode::E2e => weir_run::e2e(&broker.grpc, w, &bar).await?,
+        Mode::Failover => return Ok(None),
+    };
+    let after = broker.cpu.as_ref().and_then(|c| c.seconds().ok());
+    bar.finish_and_clear();
+    Ok(Some(figures(&measured, cpu_delta(before, after))))
+}
+
 fn skip_reason(baseline: Baseline, mode: Mode) -> &'static str {
     match (baseline, mode) {
         (Baseline::Nats, Mode::E2e) => "no NATS e2e latency run (produce and consume only)",
         (Baseline::Nats, _) => "nats-server is not installed (apt-get install nats-server)",
         (Baseline::RawTcp, _) => "not run",
+        (Baseline::MetricsOff, _) => {
+            "only beside a single broker started here (not --broker or --cluster)"
+        }
     }
 }

@@ -20,7 +20,8 @@
 //! - `removing` is a subset of the replicas and never all of them; the replicas not being
 //!   removed (the reassignment's target) come first, in the target's order (rule 10);
 //! - a reassignment removes replicas only once every target replica is in the ISR, so the ISR
-//!   never drops below the target's size, which is at least the topic's min ISR (rule 10).
+//!   never drops below the target's size, which is at least the topic's min ISR (rule 10,
+//!   `Rules::reassign_waits_for_isr`).
 
 use crate::rules::Rules;
 use crate::{BrokerEpoch, BrokerId, LeaderEpoch, PartitionEpoch};
@@ -429,18 +430,25 @@ impl PartitionState {
         })
     }
 
-    /// Finishes a reassignment once every target replica is in the ISR (rule 10): the
-    /// replicas become the target, the removed ones leave the ISR, and if the leader was one of
-    /// them the leadership moves to the first target replica that is alive (a new leader
-    /// epoch; it is in the ISR, so it holds the committed log, rule 3). `None` while a target
-    /// replica is out of the ISR, when no target replica is alive to take over a moving
-    /// leadership, or when nothing is in progress. `live` excludes brokers shutting down.
-    pub fn complete_reassignment(&self, live: &LiveBrokers) -> Option<PartitionState> {
+    /// Finishes a reassignment once every target replica is in the ISR (rule 10,
+    /// `rules.reassign_waits_for_isr`): the replicas become the target, the removed ones leave
+    /// the ISR, and if the leader was one of them the leadership moves to the first target
+    /// replica that is alive (a new leader epoch; it is in the ISR, so it holds the committed
+    /// log, rule 3). `None` while a target replica is out of the ISR, when no target replica is
+    /// alive to take over a moving leadership, or when nothing is in progress. `live` excludes
+    /// brokers shutting down. Without the rule (the model's counterexample only) it completes
+    /// whenever asked: the ISR may drop below the minimum, and the new leader may lack
+    /// committed records.
+    pub fn complete_reassignment(
+        &self,
+        live: &LiveBrokers,
+        rules: &Rules,
+    ) -> Option<PartitionState> {
         if !self.reassigning() {
             return None;
         }
         let target = self.target();
-        if !target.iter().all(|&b| self.in_isr(b)) {
+        if rules.reassign_waits_for_isr && !target.iter().all(|&b| self.in_isr(b)) {
             return None;
         }
         let mut next = PartitionState {
@@ -702,7 +710,17 @@ mod tests {
         assert!(moving.reassigning());
         let all = live(&[(0, 1), (1, 1), (2, 1), (3, 1)]);
         // Broker 3 is not in sync yet: nothing is removed, and it may not lead.
-        assert_eq!(moving.complete_reassignment(&all), None);
+        assert_eq!(moving.complete_reassignment(&all, &Rules::ALL), None);
+        // Without rule 10 the leadership goes to broker 3, which holds nothing yet.
+        let eager = Rules {
+            reassign_waits_for_isr: false,
+            ..Rules::ALL
+        };
+        let unsafe_done = moving.complete_reassignment(&all, &eager).unwrap();
+        assert_eq!(
+            (unsafe_done.leader, unsafe_done.isr),
+            (Some(b(3)), vec![b(1), b(2)])
+        );
         assert_eq!(moving.elect_preferred(&all), None);
         let caught_up = moving
             .alter_isr(
@@ -712,7 +730,7 @@ mod tests {
                 &Rules::ALL,
             )
             .unwrap();
-        let done = caught_up.complete_reassignment(&all).unwrap();
+        let done = caught_up.complete_reassignment(&all, &Rules::ALL).unwrap();
         assert_eq!(done.replicas, vec![b(3), b(1), b(2)]);
         assert_eq!(
             (done.isr.clone(), done.removing.clone()),
@@ -723,14 +741,14 @@ mod tests {
             (Some(b(3)), LeaderEpoch(2))
         );
         assert_eq!(done.partition_epoch, caught_up.partition_epoch.next());
-        assert_eq!(done.complete_reassignment(&all), None);
+        assert_eq!(done.complete_reassignment(&all, &Rules::ALL), None);
         // A leader that stays keeps its epoch; the successor skips a target replica that is down.
         let keep = s.reassign(&[b(0), b(1), b(3)], 2).unwrap();
         let keep = PartitionState {
             isr: vec![b(0), b(1), b(2), b(3)],
             ..keep
         };
-        let kept = keep.complete_reassignment(&all).unwrap();
+        let kept = keep.complete_reassignment(&all, &Rules::ALL).unwrap();
         assert_eq!(
             (kept.leader, kept.leader_epoch, kept.isr),
             (Some(b(0)), LeaderEpoch(1), vec![b(0), b(1), b(3)])
@@ -740,11 +758,11 @@ mod tests {
             ..moving.clone()
         };
         let next = down
-            .complete_reassignment(&live(&[(0, 1), (1, 1), (2, 1)]))
+            .complete_reassignment(&live(&[(0, 1), (1, 1), (2, 1)]), &Rules::ALL)
             .unwrap();
         assert_eq!(next.leader, Some(b(1)));
         assert_eq!(
-            down.complete_reassignment(&live(&[(0, 1)])),
+            down.complete_reassignment(&live(&[(0, 1)]), &Rules::ALL),
             None,
             "no target replica is alive to lead"
         );
@@ -754,7 +772,7 @@ mod tests {
             (cancelled.replicas.clone(), cancelled.removing.clone()),
             (vec![b(0), b(1), b(2), b(3)], vec![b(3)])
         );
-        let cancelled = cancelled.complete_reassignment(&all).unwrap();
+        let cancelled = cancelled.complete_reassignment(&all, &Rules::ALL).unwrap();
         assert_eq!(
             (cancelled.replicas, cancelled.leader),
             (vec![b(0), b(1), b(2)], Some(b(0)))

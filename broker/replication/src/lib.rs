@@ -9,7 +9,8 @@
 //! Modules, by who decides:
 //! - [`controller`]: the partition state the controller owns ([`PartitionState`]) and its only
 //!   transitions: the ISR compare-and-set from the leader, elections, fencing, controlled
-//!   shutdown, restarts (rules 1, 2, 3, 6, 7; KIP-497, KIP-841, KIP-903).
+//!   shutdown, restarts, reassignment and the preferred leader's return (rules 1, 2, 3, 6, 7, 10;
+//!   KIP-497, KIP-841, KIP-903, KIP-455).
 //! - [`leader`]: the high watermark, produce and acknowledgement guards, fetch checks, ISR
 //!   proposals and their resolution (rules 2, 4, 5, 6, 9; KIP-966).
 //! - [`follower`]: where a follower truncates and which fetch answers it applies (rules 2, 8;

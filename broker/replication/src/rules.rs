@@ -43,6 +43,10 @@ pub struct Rules {
     /// it still believes it leads ([`crate::lease::LeaseConfig::may_grant_lease`]). Off: any
     /// heartbeat of a registered broker grants one.
     pub lease_after_metadata: bool,
+    /// Rule 10: a reassignment removes replicas only once every target replica is in the ISR
+    /// ([`crate::controller::PartitionState::complete_reassignment`]). Off: it removes them as
+    /// soon as it is asked, whatever the target replicas hold.
+    pub reassign_waits_for_isr: bool,
 }
 
 impl Rules {
@@ -57,6 +61,7 @@ impl Rules {
         hw_final_at_epoch_start: true,
         fence_after_lease: true,
         lease_after_metadata: true,
+        reassign_waits_for_isr: true,
     };
 }
 

@@ -15,13 +15,13 @@ use weir_proto::status;
 use weir_proto::v1::controller_client::ControllerClient;
 use weir_proto::v1::weir_client::WeirClient;
 use weir_proto::v1::{
-    AlterPartitionRequest, AlterPartitionResponse, BrokerHeartbeatRequest, BrokerHeartbeatResponse,
-    CommitOffsetsRequest, CommitOffsetsResponse, ControlledShutdownRequest,
-    ControlledShutdownResponse, CreateTopicRequest, DeleteTopicRequest, DeleteTopicResponse,
-    DescribeGroupRequest, Error, ErrorCode, FetchOffsetsRequest, FetchOffsetsResponse,
-    GroupAssignment, GroupDescription, GroupHeartbeatRequest, JoinGroupRequest, LeaveGroupRequest,
-    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, RegisterBrokerRequest,
-    ResetOffsetsRequest, TopicDescription,
+    AlterPartitionReassignmentsRequest, AlterPartitionRequest, AlterPartitionResponse,
+    BrokerHeartbeatRequest, BrokerHeartbeatResponse, CommitOffsetsRequest, CommitOffsetsResponse,
+    ControlledShutdownRequest, ControlledShutdownResponse, CreateTopicRequest, DeleteTopicRequest,
+    DeleteTopicResponse, DescribeGroupRequest, Error, ErrorCode, FetchOffsetsRequest,
+    FetchOffsetsResponse, GroupAssignment, GroupDescription, GroupHeartbeatRequest,
+    JoinGroupRequest, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
+    RegisterBrokerRequest, ResetOffsetsRequest, TopicDescription,
 };
 
 use super::{ACK_WAIT, Controller};
@@ -111,6 +111,7 @@ macro_rules! forward {
 impl ControllerLink {
     forward!(create_topic(CreateTopicRequest) -> TopicDescription);
     forward!(delete_topic(DeleteTopicRequest) -> DeleteTopicResponse);
+    forward!(alter_partition_reassignments(AlterPartitionReassignmentsRequest) -> TopicDescription);
     forward!(join_group(JoinGroupRequest) -> GroupAssignment);
     forward!(group_heartbeat(GroupHeartbeatRequest) -> GroupAssignment);
     forward!(leave_group(LeaveGroupRequest) -> LeaveGroupResponse);

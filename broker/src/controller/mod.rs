@@ -13,6 +13,8 @@
 //! - `topics`: create and delete, placement, and the wait for brokers to acknowledge.
 //! - `groups`: join, heartbeat, leave, assignment (through [`handover`]), list and describe.
 //! - `offsets`: commit, reset and fetch committed offsets.
+//! - `reassignment`: moving partitions between brokers (rule 10), and the periodic balancing
+//!   of leaderships: completed moves, leaderless partitions, preferred leaders.
 //!
 //! What they build on:
 //! - [`state`]: the persisted state and its events; [`journal`]: their log and snapshots.
@@ -59,6 +61,7 @@ pub mod journal;
 pub mod link;
 mod offsets;
 pub mod placement;
+mod reassignment;
 #[cfg(test)]
 mod replication_tests;
 pub mod state;
@@ -110,6 +113,10 @@ pub struct ControllerConfig {
     pub topic_defaults: LogConfig,
     /// A topic's max_batch_bytes must fit in a request of this size (with 4 KiB to spare).
     pub max_request_bytes: u64,
+    /// How often the leadership of each replicated partition moves back to its preferred
+    /// replica when that one is in sync (Kafka's `auto.leader.rebalance.enable` with
+    /// `leader.imbalance.check.interval.seconds`); `None` turns it off.
+    pub leader_rebalance_interval: Option<Duration>,
 }
 
 /// What is not journaled: leases, liveness, heartbeat times, acknowledged versions.
@@ -130,6 +137,8 @@ struct Liveness {
     holdings: handover::Holdings,
     /// The low half of the metadata version (see `Controller::bump`).
     counter: u64,
+    /// When leaderships last moved back to preferred replicas.
+    rebalanced_at: Instant,
 }
 
 /// Everything the controller's one lock guards.
@@ -173,12 +182,21 @@ impl Inner {
 fn partition_changes(
     state: &ControllerState,
     broker: u32,
+    decide: impl FnMut(&TopicRecord, &PartitionState) -> Option<PartitionState>,
+) -> Vec<Event> {
+    changes_where(state, |record| record.replicas.contains(&broker), decide)
+}
+
+/// [`partition_changes`] over the partitions whose record passes `filter`.
+fn changes_where(
+    state: &ControllerState,
+    mut filter: impl FnMut(&PartitionRecord) -> bool,
     mut decide: impl FnMut(&TopicRecord, &PartitionState) -> Option<PartitionState>,
 ) -> Vec<Event> {
     let mut events = Vec::new();
     for topic in state.topics.values() {
         for (p, record) in topic.partitions.iter().enumerate() {
-            if !record.replicas.contains(&broker) {
+            if !filter(record) {
                 continue;
             }
             let current = PartitionState::from(record);
@@ -243,6 +261,7 @@ impl Controller {
             member_seen: HashMap::new(),
             holdings: handover::Holdings::default(),
             counter: 1,
+            rebalanced_at: now,
         };
         for &id in state.brokers.keys() {
             live.heard_at.insert(id, now);
@@ -309,12 +328,14 @@ impl Controller {
         .map_err(|e| refuse(ErrorCode::Internal, format!("controller task failed: {e}")))?
     }
 
-    /// Periodic housekeeping: expires broker leases and silent group members (one change).
+    /// Periodic housekeeping: expires broker leases and silent group members, finishes
+    /// reassignments and balances leaderships (each its own change).
     pub async fn tick(self: &Arc<Self>) {
         let result = self
             .change(|this, inner| {
                 let now = Instant::now();
                 this.expire_leases(inner, now);
+                this.balance(inner, now);
                 let events = groups::expire_members(inner, now);
                 inner.record(events)
             })

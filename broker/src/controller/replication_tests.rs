@@ -25,6 +25,7 @@ fn open(dir: &std::path::Path) -> Arc<Controller> {
             broker_lease: LEASE,
             topic_defaults: LogConfig::default(),
             max_request_bytes: 64 << 20,
+            leader_rebalance_interval: None,
         },
     )
     .unwrap()
@@ -638,4 +639,99 @@ async fn a_controlled_shutdown_hands_leaderships_over_and_keeps_the_broker_out()
     let restarted = join(&c, x, true).await;
     c.alter_partition(add(&t0, restarted)).await.unwrap();
     assert!(ids(&state(&c, "t", 0).isr).contains(&x));
+}
+
+#[tokio::test]
+async fn a_reassignment_is_journaled_and_completes_once_the_target_is_in_sync() {
+    use weir_proto::v1::{AlterPartitionReassignmentsRequest, PartitionReassignment};
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path());
+    let mut brokers = three(&c).await;
+    brokers.push((4, join(&c, 4, true).await));
+    let epoch_of = |id: u32| brokers.iter().find(|b| b.0 == id).map_or(1, |b| b.1);
+    create(&c, &brokers, "t", 1, rf(3, 2)).await.unwrap();
+    let s = state(&c, "t", 0);
+    let leader = s.leader.unwrap().0;
+    let new = (1..=4).find(|b| !ids(&s.replicas).contains(b)).unwrap();
+    // The leader's replica goes to the broker without one.
+    let target: Vec<u32> = ids(&s.replicas)
+        .into_iter()
+        .map(|b| if b == leader { new } else { b })
+        .collect();
+    let reassign = |replicas: Vec<u32>| AlterPartitionReassignmentsRequest {
+        topic: "t".into(),
+        reassignments: vec![PartitionReassignment {
+            partition: 0,
+            replicas,
+        }],
+    };
+    let too_small = c.alter_partition_reassignments(reassign(vec![new])).await;
+    assert_eq!(
+        too_small.unwrap_err().code,
+        ErrorCode::InvalidReplicationFactor as i32
+    );
+    assert_eq!(state(&c, "t", 0), s, "a refusal changes nothing");
+    c.alter_partition_reassignments(reassign(target.clone()))
+        .await
+        .unwrap();
+    let moving = state(&c, "t", 0);
+    assert_eq!(ids(&moving.removing), vec![leader]);
+    assert_eq!(moving.leader, s.leader, "the leader stays until the end");
+    // Journaled: a restarted controller still has the reassignment.
+    c.close().unwrap();
+    drop(c);
+    let c = open(dir.path());
+    assert_eq!(state(&c, "t", 0), moving);
+    // The target is not in sync: the tick leaves it.
+    c.tick().await;
+    assert_eq!(state(&c, "t", 0), moving);
+    // The leader adds the new replica (it caught up); the next tick completes the move.
+    let mut isr: Vec<u32> = ids(&moving.isr);
+    isr.push(new);
+    isr.sort();
+    c.alter_partition(AlterPartitionRequest {
+        topic: "t".into(),
+        topic_id: String::new(),
+        partition: 0,
+        leader,
+        leader_epoch: moving.leader_epoch.0,
+        partition_epoch: moving.partition_epoch.0,
+        new_isr: isr
+            .iter()
+            .map(|&b| IsrMember {
+                broker: b,
+                broker_epoch: epoch_of(b),
+            })
+            .collect(),
+    })
+    .await
+    .unwrap();
+    c.tick().await;
+    let done = state(&c, "t", 0);
+    assert_eq!(ids(&done.replicas), target);
+    assert!(done.removing.is_empty());
+    assert!(!ids(&done.isr).contains(&leader));
+    assert_eq!(done.leader.map(|b| b.0), Some(target[0]));
+    assert_eq!(done.leader_epoch, moving.leader_epoch.next());
+}
+
+#[tokio::test]
+async fn a_restarted_controller_elects_leaderless_partitions_whose_replica_is_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path());
+    let one = vec![(1, join(&c, 1, true).await)];
+    create(&c, &one, "solo", 1, rf(1, 1)).await.unwrap();
+    // Broker 1 falls silent past the grace: fenced, the partition loses its leader.
+    tokio::time::sleep(LEASE + Duration::from_millis(100)).await;
+    c.tick().await;
+    assert_eq!(state(&c, "solo", 0).leader, None);
+    // The controller restarts; every registered broker starts alive, with no registration or
+    // unfencing to trigger an election: the tick elects.
+    c.close().unwrap();
+    drop(c);
+    let c = open(dir.path());
+    c.tick().await;
+    let s = state(&c, "solo", 0);
+    assert_eq!(s.leader.map(|b| b.0), Some(1));
+    assert_eq!(s.leader_epoch.0, 3, "fenced (2), elected (3)");
 }

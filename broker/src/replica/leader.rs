@@ -899,6 +899,12 @@ async fn send_proposal(
         };
         l.isr.on_response(&request, &result);
         if let Ok(state) = &result {
+            let counter = if state.isr.len() < l.state.isr.len() {
+                &manager.metrics.isr_shrinks
+            } else {
+                &manager.metrics.isr_expands
+            };
+            counter.inc();
             l.on_state(state);
             info!(partition = %name(replica), isr = ?state.isr.iter().map(|b| b.0).collect::<Vec<_>>(), partition_epoch = state.partition_epoch.0, "in-sync set changed");
         }
@@ -907,6 +913,24 @@ async fn send_proposal(
         }
     }
     recompute(replica, manager);
+}
+
+/// How far each follower of a partition this broker leads is behind the leader's log end, in
+/// records, as of its last fetch in this epoch (for the metrics); empty unless leading.
+pub fn follower_lags(replica: &Replica, me: u32) -> Vec<(u32, u64)> {
+    let role = lock(&replica.role);
+    let Role::Leader(l) = &*role else {
+        return Vec::new();
+    };
+    let log_end = replica.partition.log_end();
+    l.followers
+        .iter()
+        .filter(|(b, _)| b.0 != me)
+        .map(|(b, f)| {
+            let fetched = f.progress.as_ref().map_or(0, |p| p.log_end);
+            (b.0, log_end.saturating_sub(fetched))
+        })
+        .collect()
 }
 
 #[cfg(test)]

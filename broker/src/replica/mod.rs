@@ -40,6 +40,7 @@ use weir_proto::v1::{BrokerInfo, ClusterMetadata, PartitionState as WirePartitio
 use weir_replication::{BrokerId, LeaderEpoch};
 
 use crate::controller::link::ControllerLink;
+use crate::metrics::ReplicationMetrics;
 use crate::topics::{Partition, Topics};
 use leader::LeaderState;
 
@@ -84,6 +85,7 @@ pub struct ReplicaManager {
     replicas: Mutex<Registry>,
     /// This start's broker epoch (from the controller's registration answer).
     broker_epoch: watch::Sender<u64>,
+    pub(crate) metrics: ReplicationMetrics,
 }
 
 /// The role of this broker for one partition.
@@ -139,13 +141,19 @@ impl Replica {
 }
 
 impl ReplicaManager {
-    pub fn new(node_id: u32, config: ReplicaConfig, controller: ControllerLink) -> Arc<Self> {
+    pub fn new(
+        node_id: u32,
+        config: ReplicaConfig,
+        controller: ControllerLink,
+        metrics: ReplicationMetrics,
+    ) -> Arc<Self> {
         Arc::new(ReplicaManager {
             node_id,
             config,
             controller,
             replicas: Mutex::new(HashMap::new()),
             broker_epoch: watch::channel(0).0,
+            metrics,
         })
     }
 

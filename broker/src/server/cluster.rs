@@ -3,7 +3,9 @@
 //!
 //! A broker registers with the controller and then long-polls `BrokerHeartbeat`; each newer
 //! picture replaces the view and is applied to the local [`Topics`]: partitions placed here
-//! are created, topics whose ids the controller lists as deleted are deleted. A topic the
+//! are created, partitions a reassignment moved off this broker are deleted (only once the
+//! controller's metadata no longer lists this broker among their replicas, which is after the
+//! move completed), topics whose ids the controller lists as deleted are deleted. A topic the
 //! controller does not know is left alone (the next registration offers it for adoption),
 //! so a controller that lost its state never makes a broker delete data.
 //!
@@ -457,7 +459,22 @@ fn apply(topics: &Topics, metadata: &ClusterMetadata, node_id: u32) {
                 .map(|(p, _)| p as u32)
                 .collect()
         };
-        if here.is_empty() || topics.get(name).is_ok() {
+        if let Ok(local) = topics.get(name) {
+            // Held already: a reassignment may have moved replicas onto or off this broker.
+            if local.meta.id() == t.topic_id {
+                match topics.set_local_partitions(name, &t.topic_id, &here) {
+                    Ok(true) => {
+                        info!(topic = %name, partitions = ?here, "the partitions held here changed")
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        warn!(topic = %name, error = %e, "changing the partitions held here failed")
+                    }
+                }
+            }
+            continue;
+        }
+        if here.is_empty() {
             continue;
         }
         let Some(description) = &t.description else {

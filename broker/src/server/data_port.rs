@@ -41,7 +41,7 @@ use weir_proto::data_port::{
 use weir_proto::v1::{Error, ErrorCode};
 
 use super::BrokerState;
-use super::fetch::{FetchEvent, FetchParams, FetchSession, Marks, Reader, check_start};
+use super::fetch::{FetchEvent, FetchParams, FetchSession, Marks, Reader, Transport, check_start};
 use crate::replica::leader::{self, ReplicaFetchAnswer};
 use crate::wire::errors::{invalid_request, storage_error};
 
@@ -75,6 +75,7 @@ pub async fn serve(listener: TcpListener, state: Arc<BrokerState>) {
 
 /// One client connection: fetches one after another until it closes, errs, or shutdown.
 async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<BrokerState>) {
+    let _open = crate::metrics::Open::new(&state.metrics.data_port_connections);
     let mut shutdown = state.shutdown_signal();
     loop {
         let mut len = [0u8; 4];
@@ -188,7 +189,7 @@ async fn serve_fetch(
     } else {
         Reader::Consumer
     };
-    let mut session = FetchSession::new(state, &partition, params, reader);
+    let mut session = FetchSession::new(state, &partition, params, reader, Transport::DataPort);
     loop {
         let event = if frame.follow {
             // While following, the client sends nothing; readability means it hung up (or

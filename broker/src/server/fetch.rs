@@ -39,6 +39,13 @@ pub struct FetchParams {
     pub follow: bool,
 }
 
+/// Which wire a fetch is served on (for its metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Grpc,
+    DataPort,
+}
+
 /// Who reads, and so how far (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reader {
@@ -105,6 +112,11 @@ pub struct FetchSession {
     pending: std::vec::IntoIter<ReadChunk>,
     pending_marks: (u64, u64),
     finished: bool,
+    /// A consumer's fetch: when it began and its latency histogram, until the first event is
+    /// observed (`weir_request_duration_seconds{rpc="fetch"}`: the time to the first answer).
+    first_answer: Option<(std::time::Instant, crate::metrics::Timer)>,
+    /// Counts the session on the open-streams gauge of its transport while it lives.
+    _open: crate::metrics::Open,
 }
 
 impl FetchSession {
@@ -113,7 +125,15 @@ impl FetchSession {
         partition: &Arc<Partition>,
         params: FetchParams,
         reader: Reader,
+        transport: Transport,
     ) -> Self {
+        let metrics = &state.metrics;
+        let (timer, streams) = match transport {
+            Transport::Grpc => (&metrics.fetch_grpc, &metrics.fetch_streams_grpc),
+            Transport::DataPort => (&metrics.fetch_data_port, &metrics.fetch_streams_data_port),
+        };
+        let first_answer =
+            (reader == Reader::Consumer).then(|| (std::time::Instant::now(), timer.clone()));
         // Subscribe before the first read (see the module docs).
         let moved = match reader {
             Reader::Consumer => partition.subscribe_committed(),
@@ -139,6 +159,8 @@ impl FetchSession {
             pending: Vec::new().into_iter(),
             pending_marks: (0, 0),
             finished: false,
+            first_answer,
+            _open: crate::metrics::Open::new(streams),
         }
     }
 
@@ -149,6 +171,14 @@ impl FetchSession {
 
     /// The next event; `None` after `End` or `Failed`. Cancel-safe only between events.
     pub async fn next(&mut self) -> Option<FetchEvent> {
+        let event = self.next_event().await;
+        if let Some((started, timer)) = self.first_answer.take() {
+            timer.observe_since(started);
+        }
+        event
+    }
+
+    async fn next_event(&mut self) -> Option<FetchEvent> {
         if self.finished {
             return None;
         }
@@ -156,6 +186,11 @@ impl FetchSession {
             if let Some(chunk) = self.pending.next() {
                 self.offset = chunk.next_offset;
                 self.sent_any = true;
+                self.partition.traffic.fetched(
+                    chunk.bytes.len(),
+                    chunk.next_offset.saturating_sub(chunk.first_offset),
+                    self.reader == Reader::Replica,
+                );
                 let (high_watermark, log_start_offset) = self.pending_marks;
                 let marks = Marks {
                     high_watermark,
@@ -278,7 +313,13 @@ pub async fn grpc_fetch(
         max_wait_ms: req.max_wait_ms,
         follow: req.follow,
     };
-    let mut session = FetchSession::new(&state, &partition, params, Reader::Consumer);
+    let mut session = FetchSession::new(
+        &state,
+        &partition,
+        params,
+        Reader::Consumer,
+        Transport::Grpc,
+    );
     let mut shutdown = session.shutdown_signal();
     loop {
         let event = tokio::select! {

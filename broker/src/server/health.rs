@@ -68,6 +68,12 @@ impl NodeHealth {
         });
     }
 
+    /// Whether the node serves requests (its listeners are bound and read, and shutdown has
+    /// not begun).
+    pub fn is_serving(&self) -> bool {
+        *self.phase.borrow() == Phase::Serving
+    }
+
     /// Shutdown has begun: NOT_SERVING from now on, and every Watch ends.
     pub fn set_stopping(&self) {
         self.phase.send_if_modified(|phase| {

@@ -81,6 +81,16 @@ impl InFlightLimits {
     pub fn global_available(&self) -> usize {
         self.global.available_permits()
     }
+
+    /// The broker-wide budget.
+    pub fn global_limit(&self) -> usize {
+        self.global_limit as usize
+    }
+
+    /// Bytes counted against the broker-wide budget now.
+    pub fn global_in_use(&self) -> usize {
+        self.global_limit().saturating_sub(self.global_available())
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@
 //!   addresses a client on each listener is told about.
 //! - [`health`] and [`reflection`]: the standard gRPC health checking protocol and server
 //!   reflection, served beside `weir.v1.Weir` on every gRPC listener.
+//! - [`scrape`]: the metrics listener (`--metrics-listen`): Prometheus metrics, `/healthz`,
+//!   `/readyz`.
 //!
 //! Internal errors (storage, topics) reach the wire only through [`crate::wire::errors`], the
 //! one mapping from them to the wire's reasons; handlers add only refusals that need what the
@@ -33,6 +35,7 @@ pub mod listener;
 pub mod produce;
 pub mod reflection;
 pub mod request_limit;
+pub mod scrape;
 pub mod service;
 
 use std::future::Future;
@@ -48,6 +51,8 @@ use weir_proto::v1::weir_server::WeirServer;
 use crate::config::{BrokerConfig, ConfigError, Role};
 use crate::controller::link::{ControllerLink, RemoteController};
 use crate::controller::{Controller, ControllerConfig};
+use crate::metrics::Metrics;
+use crate::metrics::Recovery;
 use crate::producer_ids::ProducerIds;
 use crate::replica::{ReplicaConfig, ReplicaManager};
 use crate::topics::{Partition, TopicError, Topics};
@@ -84,6 +89,10 @@ pub struct BrokerState {
     pub health: NodeHealth,
     /// The replicated partitions held here and this broker's role for each.
     pub replicas: Arc<ReplicaManager>,
+    /// The handles the data paths update (see [`crate::metrics`]).
+    pub metrics: Metrics,
+    /// What this start's open of the data dir found.
+    pub recovery: Recovery,
     shutdown: watch::Sender<bool>,
 }
 
@@ -170,9 +179,11 @@ pub enum ServerError {
     Config(#[from] ConfigError),
     #[error("opening the data dir: {0}")]
     Topics(#[from] TopicError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} ({listener}): {source}")]
     Bind {
         addr: SocketAddr,
+        /// Which listener: the flag that set the address.
+        listener: &'static str,
         source: std::io::Error,
     },
     #[error("gRPC server failed: {0}")]
@@ -185,8 +196,15 @@ pub enum ServerError {
     Internal(String),
 }
 
-async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
-    let bind_error = |source| ServerError::Bind { addr, source };
+async fn bind(
+    addr: SocketAddr,
+    listener: &'static str,
+) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let bind_error = |source| ServerError::Bind {
+        addr,
+        listener,
+        source,
+    };
     let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
     let local = listener.local_addr().map_err(bind_error)?;
     Ok((listener, local))
@@ -201,6 +219,8 @@ pub struct Broker {
     external_listener: Option<(TcpListener, SocketAddr)>,
     data_listener: TcpListener,
     data_addr: SocketAddr,
+    /// The metrics listener, unless turned off.
+    metrics_listener: Option<(TcpListener, SocketAddr)>,
     config: BrokerConfig,
     local_controller: Option<Arc<Controller>>,
     sync: tokio::task::JoinHandle<()>,
@@ -274,10 +294,14 @@ impl Broker {
         );
         let producer_ids = ProducerIds::open(&config.data_dir, config.node_id)
             .map_err(|e| ServerError::Topics(TopicError::Storage(e)))?;
-        let (listener, local_addr) = bind(config.listen).await?;
-        let (data_listener, data_addr) = bind(config.data_listen).await?;
+        let (listener, local_addr) = bind(config.listen, "--listen").await?;
+        let (data_listener, data_addr) = bind(config.data_listen, "--data-listen").await?;
         let external_listener = match config.external_listen {
-            Some(addr) => Some(bind(addr).await?),
+            Some(addr) => Some(bind(addr, "--external-listen").await?),
+            None => None,
+        };
+        let metrics_listener = match config.metrics_addr()? {
+            Some(addr) => Some(bind(addr, "--metrics-listen").await?),
             None => None,
         };
         let data_address = config
@@ -306,6 +330,7 @@ impl Broker {
                     broker_lease: std::time::Duration::from_millis(config.broker_lease_ms),
                     topic_defaults: config.log_dir_config()?.default_log,
                     max_request_bytes: config.max_request_bytes,
+                    leader_rebalance_interval: config.leader_rebalance_interval(),
                 };
                 let controller =
                     tokio::task::spawn_blocking(move || Controller::open(&dir, controller_config))
@@ -329,6 +354,7 @@ impl Broker {
         };
         let topics = Arc::new(topics);
         let cluster = Arc::new(ClusterView::new(config.node_id));
+        let metrics = Metrics::new(metrics_listener.is_some());
         let replicas = ReplicaManager::new(
             config.node_id,
             ReplicaConfig {
@@ -336,6 +362,7 @@ impl Broker {
                 ..ReplicaConfig::default()
             },
             link.clone(),
+            metrics.replication.clone(),
         );
         let (shutdown, _) = watch::channel(false);
         let role = match config.role {
@@ -368,6 +395,13 @@ impl Broker {
             max_request_bytes: config.max_request_bytes,
             health: NodeHealth::default(),
             replicas,
+            metrics,
+            recovery: Recovery {
+                clean: report.clean,
+                seconds: report.elapsed.as_secs_f64(),
+                truncated_bytes: report.truncations.iter().map(|t| t.cut_bytes).sum(),
+                truncated_partitions: report.truncations.len() as u64,
+            },
             shutdown,
         });
         Ok(Broker {
@@ -377,6 +411,7 @@ impl Broker {
             external_listener,
             data_listener,
             data_addr,
+            metrics_listener,
             config,
             local_controller,
             sync,
@@ -402,6 +437,11 @@ impl Broker {
     /// The bound data-port address.
     pub fn data_addr(&self) -> SocketAddr {
         self.data_addr
+    }
+
+    /// The bound metrics-listener address, unless it is off.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|(_, addr)| *addr)
     }
 
     /// Serves until `stop` completes, then shuts down gracefully (see the module docs).
@@ -454,6 +494,18 @@ impl Broker {
             self.data_listener,
             Arc::clone(&self.state),
         ));
+        // Answers until the logs are closed (see `scrape`): stopped last, below.
+        let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+        let metrics = self.metrics_listener.map(|(listener, _)| {
+            tokio::spawn(scrape::serve(
+                listener,
+                Arc::clone(&self.state),
+                self.local_controller.is_some(),
+                async move {
+                    let _ = metrics_stopped.await;
+                },
+            ))
+        });
         // Both servers are built; they read their listeners from the first poll below.
         self.state.health.set_serving();
         // Either server ending (shutdown, or an error) ends the other: shutdown begins and it
@@ -534,7 +586,12 @@ impl Broker {
             }
         }
         let state = Arc::clone(&self.state);
-        match tokio::task::spawn_blocking(move || state.topics.close()).await {
+        let closed = tokio::task::spawn_blocking(move || state.topics.close()).await;
+        let _ = stop_metrics.send(());
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
+        match closed {
             Ok(Ok(())) => info!("closed the logs cleanly"),
             Ok(Err(e)) => {
                 warn!(error = %e, "closing the logs failed; the next start recovers them");

@@ -16,6 +16,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -111,7 +112,20 @@ fn admit(state: &BrokerState, req: &ProduceRequest) -> Result<Admitted, Error> {
 
 /// After an append attempt: an acks=durable batch asks the followers to sync, fetches wake,
 /// and a leader's high watermark may move at once.
-fn after_append(state: &BrokerState, admitted: &Admitted, appended: Option<&AppendInfo>) {
+fn after_append(
+    state: &BrokerState,
+    admitted: &Admitted,
+    appended: Option<&AppendInfo>,
+    batch_len: usize,
+) {
+    if let Some(info) = appended
+        && !info.duplicate
+    {
+        admitted
+            .partition
+            .traffic
+            .produced(batch_len, info.last_offset + 1 - info.base_offset);
+    }
     if let (Some((replica, _)), Some(info)) = (&admitted.replicated, appended)
         && admitted.acks == Acks::Durable
     {
@@ -135,13 +149,16 @@ async fn acknowledge(
     partition: u32,
 ) -> Result<(), Error> {
     if let Some(ticket) = ticket {
-        wait_synced(
+        let started = Instant::now();
+        let synced = wait_synced(
             Arc::clone(&admitted.partition.log),
             ticket,
             topic,
             partition,
         )
-        .await?;
+        .await;
+        state.metrics.produce.sync.observe_since(started);
+        synced?;
     }
     let Some((replica, epoch)) = &admitted.replicated else {
         return Ok(());
@@ -155,14 +172,17 @@ async fn acknowledge(
             AckLevel::Durable
         }
     };
-    leader::wait_acknowledgeable(
+    let started = Instant::now();
+    let replicated = leader::wait_acknowledgeable(
         replica,
         &state.replicas,
         *epoch,
         info.last_offset + 1,
         level,
     )
-    .await
+    .await;
+    state.metrics.produce.replication.observe_since(started);
+    replicated
 }
 
 fn conditions(req: &ProduceRequest) -> AppendConditions {
@@ -199,14 +219,18 @@ pub async fn produce(
     let log = Arc::clone(&admitted.partition.log);
     let (batch, conditions) = (req.batch.clone(), conditions(&req));
     let (topic, index) = (req.topic, req.partition);
+    let batch_len = batch.len();
+    let started = Instant::now();
     // The append and the wait for its sync fail differently: a wait that fails (the partition
     // closed, the sync failed) comes after the batch was written.
     let appended = blocking(move || log.append_for_sync(&batch, conditions)).await;
+    state.metrics.produce.append.observe_since(started);
     // Followers see the batch now, as with ProduceStream, not after its sync.
     after_append(
         state,
         &admitted,
         appended.as_ref().ok().map(|(info, _)| info),
+        batch_len,
     );
     let result = match appended {
         Err(e) => Err(in_partition(&topic, index, e)),
@@ -218,6 +242,7 @@ pub async fn produce(
         }
     };
     drop(in_flight);
+    state.metrics.produce.request.observe_since(started);
     result.map(|info| response(req.correlation_id, info))
 }
 
@@ -234,6 +259,7 @@ pub async fn produce_stream(
     mut requests: impl Stream<Item = Result<ProduceRequest, Status>> + Unpin,
     responses: mpsc::Sender<Result<ProduceResponse, Status>>,
 ) {
+    let _open = crate::metrics::Open::new(&state.metrics.produce_streams);
     let mut shutdown = state.shutdown_signal();
     let mut durable_waits = JoinSet::new();
     // Why the request stream ended early, sent as the stream's status once every accepted
@@ -275,16 +301,20 @@ pub async fn produce_stream(
         };
         let log = Arc::clone(&admitted.partition.log);
         let (batch, conditions) = (req.batch.clone(), conditions(&req));
+        let batch_len = batch.len();
         let sync = admitted.sync;
+        let started = Instant::now();
         let appended = blocking(move || {
             let (info, ticket) = log.append_for_sync(&batch, conditions)?;
             Ok((info, sync.then_some(ticket)))
         })
         .await;
+        state.metrics.produce.append.observe_since(started);
         after_append(
             &state,
             &admitted,
             appended.as_ref().ok().map(|(info, _)| info),
+            batch_len,
         );
         let (topic, index) = (req.topic, req.partition);
         let waits = |admitted: &Admitted| {
@@ -293,11 +323,13 @@ pub async fn produce_stream(
         match appended {
             Err(e) => {
                 drop(in_flight);
+                state.metrics.produce.request.observe_since(started);
                 let e = in_partition(&topic, index, e);
                 let _ = responses.send(Ok(error_response(id, e))).await;
             }
             Ok((info, _)) if !waits(&admitted) => {
                 drop(in_flight);
+                state.metrics.produce.request.observe_since(started);
                 let _ = responses.send(Ok(response(id, info))).await;
             }
             Ok((info, ticket)) => {
@@ -307,6 +339,7 @@ pub async fn produce_stream(
                     let acknowledged =
                         acknowledge(&state, &admitted, &info, ticket, &topic, index).await;
                     drop(in_flight);
+                    state.metrics.produce.request.observe_since(started);
                     let answer = match acknowledged {
                         Ok(()) => response(id, info),
                         Err(e) => error_response(id, e),

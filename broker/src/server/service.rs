@@ -14,14 +14,14 @@ use tonic::transport::server::TcpConnectInfo;
 use tonic::{Request, Response, Status, Streaming};
 use weir_proto::v1::weir_server::Weir;
 use weir_proto::v1::{
-    CommitOffsetsRequest, CommitOffsetsResponse, CreateTopicRequest, DeleteTopicRequest,
-    DeleteTopicResponse, DescribeGroupRequest, DescribeTopicRequest, FetchOffsetsRequest,
-    FetchOffsetsResponse, FetchRequest, FetchResponse, GroupAssignment, GroupDescription,
-    GroupHeartbeatRequest, InitProducerRequest, InitProducerResponse, JoinGroupRequest,
-    LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
-    ListOffsetsRequest, ListOffsetsResponse, ListTopicsRequest, ListTopicsResponse,
-    MetadataRequest, MetadataResponse, OffsetSpec, PartitionOffset, ProduceRequest,
-    ProduceResponse, ResetOffsetsRequest, TopicDescription,
+    AlterPartitionReassignmentsRequest, CommitOffsetsRequest, CommitOffsetsResponse,
+    CreateTopicRequest, DeleteTopicRequest, DeleteTopicResponse, DescribeGroupRequest,
+    DescribeTopicRequest, FetchOffsetsRequest, FetchOffsetsResponse, FetchRequest, FetchResponse,
+    GroupAssignment, GroupDescription, GroupHeartbeatRequest, InitProducerRequest,
+    InitProducerResponse, JoinGroupRequest, LeaveGroupRequest, LeaveGroupResponse,
+    ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse,
+    ListTopicsRequest, ListTopicsResponse, MetadataRequest, MetadataResponse, OffsetSpec,
+    PartitionOffset, ProduceRequest, ProduceResponse, ResetOffsetsRequest, TopicDescription,
 };
 
 use super::BrokerState;
@@ -132,24 +132,30 @@ impl Weir for WeirService {
         let req = request.into_inner();
         let spec = OffsetSpec::try_from(req.spec)
             .map_err(|_| to_status(invalid_request(format!("unknown offset spec {}", req.spec))))?;
-        let wanted: Vec<u32> = if req.partitions.is_empty() {
-            // All of the topic's partitions: those held here when it is placed on several
-            // brokers (ask each leader for its own).
+        let mut logs = Vec::new();
+        if req.partitions.is_empty() {
+            // All of the topic's partitions this broker serves reads of: those it leads (or
+            // holds the only copy of) when the topic is placed on several brokers, never a
+            // follower's copy (ask each leader for its own).
             match self.state.topics.get(&req.topic) {
-                Ok(topic) => topic.local_partitions().map(|(p, _)| p).collect(),
-                Err(_) if self.state.cluster.topic(&req.topic).is_some() => Vec::new(),
+                Ok(topic) => {
+                    for (p, _) in topic.local_partitions() {
+                        if let Ok(partition) = self.state.readable_partition(&req.topic, p) {
+                            logs.push((p, partition));
+                        }
+                    }
+                }
+                Err(_) if self.state.cluster.topic(&req.topic).is_some() => {}
                 Err(e) => return Err(e.into()),
             }
         } else {
-            req.partitions
-        };
-        let mut logs = Vec::with_capacity(wanted.len());
-        for p in wanted {
-            let partition = self
-                .state
-                .readable_partition(&req.topic, p)
-                .map_err(to_status)?;
-            logs.push((p, partition));
+            for &p in &req.partitions {
+                let partition = self
+                    .state
+                    .readable_partition(&req.topic, p)
+                    .map_err(to_status)?;
+                logs.push((p, partition));
+            }
         }
         // Off the runtime threads: a time lookup takes partition locks and may open segments.
         let offsets = tokio::task::spawn_blocking(move || {
@@ -187,6 +193,19 @@ impl Weir for WeirService {
             .await
             .map_err(to_status)?;
         Ok(Response::new(self.describe(created)))
+    }
+
+    async fn alter_partition_reassignments(
+        &self,
+        request: Request<AlterPartitionReassignmentsRequest>,
+    ) -> Result<Response<TopicDescription>, Status> {
+        let changed = self
+            .state
+            .controller
+            .alter_partition_reassignments(request.into_inner())
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(self.describe(changed)))
     }
 
     async fn delete_topic(

@@ -87,6 +87,41 @@ pub struct Partition {
     committed: watch::Sender<u64>,
     /// Whether replication owns the high watermark.
     replicated: AtomicBool,
+    /// What produce and fetch moved through this partition since the broker started (the
+    /// metrics listener reads it at scrape time; the data paths pay one atomic add each).
+    pub traffic: Traffic,
+}
+
+/// Bytes and records through one partition since the process started. Relaxed atomics: each
+/// counter is monotonic on its own, and a scrape needs no consistency between them.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    pub bytes_in: std::sync::atomic::AtomicU64,
+    pub records_in: std::sync::atomic::AtomicU64,
+    /// To consumers (both transports).
+    pub bytes_out: std::sync::atomic::AtomicU64,
+    pub records_out: std::sync::atomic::AtomicU64,
+    /// To followers replicating the partition.
+    pub replica_bytes_out: std::sync::atomic::AtomicU64,
+}
+
+impl Traffic {
+    /// A batch of `records` records, `bytes` long, appended.
+    pub fn produced(&self, bytes: usize, records: u64) {
+        self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.records_in.fetch_add(records, Ordering::Relaxed);
+    }
+
+    /// Whole batches sent to a consumer (`records` by their offsets) or to a follower.
+    pub fn fetched(&self, bytes: usize, records: u64, by_replica: bool) {
+        if by_replica {
+            self.replica_bytes_out
+                .fetch_add(bytes as u64, Ordering::Relaxed);
+        } else {
+            self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+            self.records_out.fetch_add(records, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Partition {
@@ -98,6 +133,7 @@ impl Partition {
             appended,
             committed,
             replicated: AtomicBool::new(false),
+            traffic: Traffic::default(),
         }
     }
 
@@ -315,6 +351,14 @@ impl Topics {
             .collect()
     }
 
+    /// Whether the data dir is open (false once [`close`](Topics::close)d).
+    pub fn is_open(&self) -> bool {
+        self.admin
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
     /// The broker's default settings for new topics.
     pub fn default_settings(&self) -> TopicSettings {
         TopicSettings::from_log_config(&self.defaults)
@@ -376,6 +420,69 @@ impl Topics {
             .unwrap_or_else(|e| e.into_inner())
             .insert(topic.meta.name.clone(), Arc::clone(&topic));
         Ok(topic)
+    }
+
+    /// Makes this broker hold exactly the partitions `here` of topic `name` (a reassignment
+    /// moved replicas onto or off it): partitions no longer here are deleted with their data,
+    /// new ones are created empty (a copy of it left over from an earlier replica is deleted
+    /// first: a new replica always starts from nothing and fetches the leader's log).
+    /// Crash-safe in either order: a removal deletes the log (renamed away first) before it
+    /// rewrites the metadata, so a crash between them leaves a listed partition without a log,
+    /// which the next open creates empty; an addition writes the metadata before it creates the
+    /// log, so a crash between them is the same case. Returns whether anything changed.
+    pub fn set_local_partitions(&self, name: &str, topic_id: &str, here: &[u32]) -> Result<bool> {
+        let admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let log_dir = admin.as_ref().ok_or(StorageError::Closed)?;
+        let topic = self.get(name)?;
+        if topic.meta.id() != topic_id {
+            return Err(TopicError::UnknownTopic(name.to_owned()));
+        }
+        let wanted = |p: u32| here.contains(&p);
+        if (0..topic.meta.partitions).all(|p| topic.meta.is_local(p) == wanted(p)) {
+            return Ok(false);
+        }
+        let mut partitions = topic.partitions.clone();
+        for (p, held) in topic.local_partitions() {
+            if !wanted(p) {
+                let tp = TopicPartition::validated(name, p).map_err(StorageError::from)?;
+                partitions[p as usize] = None;
+                log_dir.delete_partition(&tp)?;
+                held.notify_gone();
+                info!(partition = %tp, "deleted a replica moved off this broker");
+            }
+        }
+        let mut meta = topic.meta.clone();
+        let mut local: Vec<u32> = here
+            .iter()
+            .copied()
+            .filter(|&p| p < meta.partitions)
+            .collect();
+        local.sort_unstable();
+        local.dedup();
+        meta.local_partitions = Some(local);
+        let json = serde_json::to_vec_pretty(&meta).map_err(|e| TopicError::CorruptMeta {
+            path: self.meta_path(name),
+            detail: e.to_string(),
+        })?;
+        atomic_write(&self.meta_path(name), &json, SyncMode::Now)?;
+        let config = meta.settings.log_config(&self.defaults);
+        for p in 0..meta.partitions {
+            if meta.is_local(p) && partitions[p as usize].is_none() {
+                let tp = TopicPartition::validated(name, p).map_err(StorageError::from)?;
+                if log_dir.partition(&tp).is_some() {
+                    warn!(partition = %tp, "deleting a stale copy before taking the partition as a new replica");
+                    log_dir.delete_partition(&tp)?;
+                }
+                let log = log_dir.create_partition(tp.clone(), Some(config.clone()))?;
+                partitions[p as usize] = Some(Arc::new(Partition::new(log)));
+                info!(partition = %tp, "created a replica moved onto this broker");
+            }
+        }
+        self.topics
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), Arc::new(Topic { meta, partitions }));
+        Ok(true)
     }
 
     /// Deletes a topic and all its data: the metadata is marked deleting first, so a crash

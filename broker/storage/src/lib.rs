@@ -15,6 +15,7 @@
 //!   (atomic file creation, fallocate), [`sys`] (the one seam every file-system syscall goes
 //!   through, with the named failpoints the `failpoints` feature compiles in), [`leader_epoch`]
 //!   (the epoch history file beside each partition's segments, for replication).
+//! - [`stats`]: lock-free histograms of each partition's syncs, for the broker's metrics.
 //! - [`verify`]: every CRC of a data directory checked from outside, read-only
 //!   (`weir-broker --verify`); [`scrub`]: the background thread that CRC-checks sealed
 //!   segments at a bounded rate, so reads stop before damage a consumer would otherwise meet.
@@ -41,6 +42,7 @@ pub mod recovery;
 pub mod scan;
 pub mod scrub;
 pub mod segment;
+pub mod stats;
 pub mod sys;
 pub mod verify;
 

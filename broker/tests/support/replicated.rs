@@ -17,8 +17,9 @@ use weir_testkit::{BrokerProcess, temp_data_dir, wait_until};
 
 pub const BROKER: &str = env!("CARGO_BIN_EXE_weir-broker");
 
-/// A controller (node 100) and brokers 1..=3. Fields drop in order: brokers before the
-/// controller, so none logs a lost controller.
+/// A controller (node 100) and brokers 1..=N (3 unless started with
+/// [`Cluster::start_with`]). Fields drop in order: brokers before the controller, so none logs
+/// a lost controller.
 pub struct Cluster {
     pub brokers: Vec<BrokerProcess>,
     pub controller: BrokerProcess,
@@ -29,21 +30,18 @@ impl Cluster {
     /// Starts the controller with `--broker-lease-ms lease_ms` and three brokers with
     /// `broker_args` added.
     pub fn start(lease_ms: &str, broker_args: &[&str]) -> Cluster {
+        Cluster::start_with(3, &["--broker-lease-ms", lease_ms], broker_args)
+    }
+
+    /// Starts the controller with `controller_args` added and `brokers` brokers with
+    /// `broker_args` added.
+    pub fn start_with(brokers: u32, controller_args: &[&str], broker_args: &[&str]) -> Cluster {
         let mut dirs = vec![temp_data_dir()];
-        let controller = BrokerProcess::start(
-            Path::new(BROKER),
-            dirs[0].path(),
-            &[
-                "--role",
-                "controller",
-                "--node-id",
-                "100",
-                "--broker-lease-ms",
-                lease_ms,
-            ],
-        );
+        let mut args = vec!["--role", "controller", "--node-id", "100"];
+        args.extend_from_slice(controller_args);
+        let controller = BrokerProcess::start(Path::new(BROKER), dirs[0].path(), &args);
         let controller_addr = controller.host_port();
-        let brokers = (1..=3)
+        let brokers = (1..=brokers as usize)
             .map(|id| {
                 dirs.push(temp_data_dir());
                 let node = id.to_string();
@@ -71,15 +69,16 @@ impl Cluster {
         &mut self.brokers[id as usize - 1]
     }
 
-    /// A client bootstrapped from the controller, once all three brokers are alive.
+    /// A client bootstrapped from the controller, once every broker is alive.
     pub async fn client(&self, wait: Duration) -> Client {
         let client = Client::connect(&self.controller.host_port()).await.unwrap();
-        wait_until("three brokers are alive", wait, || async {
+        let n = self.brokers.len();
+        wait_until("every broker is alive", wait, || async {
             client
                 .admin()
                 .describe_cluster()
                 .await
-                .is_ok_and(|c| c.brokers.iter().filter(|b| b.alive).count() == 3)
+                .is_ok_and(|c| c.brokers.iter().filter(|b| b.alive).count() == n)
         })
         .await;
         client

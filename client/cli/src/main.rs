@@ -10,17 +10,20 @@
 //! weir group reset G --to earliest|latest|offset:N|time:RFC3339 [--topic T] [--force]
 //! weir tail TOPIC
 //! weir cluster
+//! weir health [--metrics HOST:PORT] [--live]
 //! ```
 //!
 //! The broker address comes from `--broker HOST:PORT`, else `WEIR_BROKER`, else
-//! `127.0.0.1:7070`. Records go to stdout; everything else (errors, summaries, progress, logs
-//! with `RUST_LOG`) to stderr. Exit status: 0 success, 1 failure (the message says what to do),
+//! `127.0.0.1:7070` (`weir health` asks the node's metrics listener instead: `--metrics`, else
+//! `WEIR_METRICS`, else `127.0.0.1:7072`). Records go to stdout; everything else (errors,
+//! summaries, progress, logs with `RUST_LOG`) to stderr. Exit status: 0 success, 1 failure (the message says what to do),
 //! 2 bad usage, 130 interrupted by Ctrl-C.
 
 mod cluster;
 mod consume;
 mod format;
 mod group;
+mod health;
 mod produce;
 mod time;
 mod topic;
@@ -68,6 +71,8 @@ enum Command {
     Tail(consume::TailArgs),
     /// Show the cluster's brokers, their addresses and whether they are up
     Cluster,
+    /// Ask a node's metrics listener whether it is ready (GET /readyz): exit 0 if so
+    Health(health::HealthArgs),
 }
 
 /// The exit status of a command stopped by Ctrl-C: 128 + SIGINT, as shells report it.
@@ -107,6 +112,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Group(command) => group::run(&cli.broker, command).await,
         Command::Tail(args) => consume::tail(&cli.broker, args).await,
         Command::Cluster => cluster::run(&cli.broker).await,
+        Command::Health(args) => health::run(args),
     }
 }
 

@@ -1,5 +1,6 @@
-//! `weir topic create | list | describe | delete`.
+//! `weir topic create | list | describe | reassign | delete`.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::bail;
@@ -20,6 +21,9 @@ pub enum TopicCommand {
         /// The topic
         name: String,
     },
+    /// Move partitions onto other brokers (replace a broker, change a partition's replicas):
+    /// new replicas catch up and join the in-sync set before the old ones are removed
+    Reassign(ReassignArgs),
     /// Delete a topic and all its data (irreversible)
     Delete {
         /// The topic
@@ -68,6 +72,36 @@ pub struct CreateArgs {
     /// records)
     #[arg(long)]
     unclean_leader_election: bool,
+}
+
+#[derive(Args)]
+pub struct ReassignArgs {
+    /// The topic
+    name: String,
+    /// Replace broker OLD by broker NEW in every partition of the topic that has OLD (same
+    /// position in the replica list, so preferred leaders stay where they were)
+    #[arg(long, value_name = "OLD:NEW", conflicts_with_all = ["partition", "replicas", "drain"])]
+    replace: Option<String>,
+    /// Move every replica of the topic off broker ID (decommissioning it): each goes to the
+    /// live broker without a replica of that partition that holds the fewest of the topic's
+    /// replicas, at the same position in the replica list
+    #[arg(long, value_name = "ID", conflicts_with_all = ["partition", "replicas"])]
+    drain: Option<u32>,
+    /// The partition to give new replicas (with --replicas)
+    #[arg(long, value_name = "P", requires = "replicas")]
+    partition: Option<u32>,
+    /// The partition's new replicas, preferred leader first (with --partition)
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "ID,ID,...",
+        requires = "partition"
+    )]
+    replicas: Vec<u32>,
+    /// Return once the controller accepted the move instead of waiting for it to finish
+    /// (`weir topic describe` shows the replicas still being removed)
+    #[arg(long)]
+    no_wait: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -161,6 +195,7 @@ pub async fn run(broker: &str, command: TopicCommand) -> anyhow::Result<ExitCode
                 .map_err(|e| topic_error(e, &name))?;
             print!("{}", describe(&topic));
         }
+        TopicCommand::Reassign(args) => return reassign(&admin, args).await,
         TopicCommand::Delete { name } => {
             admin
                 .delete_topic(&name)
@@ -170,6 +205,162 @@ pub async fn run(broker: &str, command: TopicCommand) -> anyhow::Result<ExitCode
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `weir topic reassign`: asks for the move, then (unless `--no-wait`) follows it until every
+/// moved partition has its target replicas, all in sync, with a spinner on a terminal.
+async fn reassign(admin: &weir_client::Admin, args: ReassignArgs) -> anyhow::Result<ExitCode> {
+    let topic = admin
+        .describe_topic(&args.name)
+        .await
+        .map_err(|e| topic_error(e, &args.name))?;
+    let moves: Vec<(u32, Vec<u32>)> = match (&args.replace, args.drain, args.partition) {
+        (Some(replace), _, _) => {
+            let Some((old, new)) = replace.split_once(':') else {
+                bail!("--replace takes OLD:NEW broker ids, e.g. --replace 1:4");
+            };
+            let (old, new): (u32, u32) = (old.trim().parse()?, new.trim().parse()?);
+            replacement_moves(&topic, old, new)?
+        }
+        (None, Some(old), _) => {
+            let live: Vec<u32> = admin
+                .describe_cluster()
+                .await?
+                .brokers
+                .iter()
+                .filter(|b| b.alive && b.id != old)
+                .map(|b| b.id)
+                .collect();
+            drain_moves(&topic, old, &live)?
+        }
+        (None, None, Some(partition)) => vec![(partition, args.replicas.clone())],
+        (None, None, None) => bail!(
+            "say what to move: --replace OLD:NEW, --drain ID, or --partition P --replicas A,B,C"
+        ),
+    };
+    if moves.is_empty() {
+        println!(
+            "nothing to move: no partition of {} is on that broker",
+            args.name
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let moved: Vec<u32> = moves.iter().map(|(p, _)| *p).collect();
+    admin
+        .reassign_partitions(&args.name, moves)
+        .await
+        .map_err(|e| topic_error(e, &args.name))?;
+    println!("reassigning {} partition(s) of {}", moved.len(), args.name);
+    if args.no_wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let progress = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(moved.len() as u64);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{spinner} {pos}/{len} partitions moved and in sync, {elapsed}",
+        ) {
+            bar.set_style(style);
+        }
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let topic = loop {
+        let topic = admin
+            .describe_topic(&args.name)
+            .await
+            .map_err(|e| topic_error(e, &args.name))?;
+        let done = topic
+            .partitions
+            .iter()
+            .filter(|p| moved.contains(&p.partition) && p.fully_in_sync())
+            .count();
+        progress.set_position(done as u64);
+        if done == moved.len() {
+            break topic;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    progress.finish_and_clear();
+    println!("done: every moved partition has its new replicas, all in sync");
+    print!("{}", describe(&topic));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The moves that replace broker `old` by `new` in each partition of `topic` that has `old`,
+/// at the same position (the preferred leader stays preferred, on the new broker).
+fn replacement_moves(
+    topic: &TopicDescription,
+    old: u32,
+    new: u32,
+) -> anyhow::Result<Vec<(u32, Vec<u32>)>> {
+    let mut moves = Vec::new();
+    for p in &topic.partitions {
+        let target = p.target_replicas();
+        if !target.contains(&old) {
+            continue;
+        }
+        if target.contains(&new) {
+            bail!(
+                "partition {} already has a replica on broker {new}; move it with --partition {} --replicas",
+                p.partition,
+                p.partition
+            );
+        }
+        let replaced = target
+            .iter()
+            .map(|&b| if b == old { new } else { b })
+            .collect();
+        moves.push((p.partition, replaced));
+    }
+    Ok(moves)
+}
+
+/// The moves that take every replica of `topic` off broker `old`: each to the broker of `live`
+/// without a replica of that partition holding the fewest of the topic's replicas (counting
+/// the moves already planned; ties to the lowest id), at the same position.
+fn drain_moves(
+    topic: &TopicDescription,
+    old: u32,
+    live: &[u32],
+) -> anyhow::Result<Vec<(u32, Vec<u32>)>> {
+    let mut load: std::collections::BTreeMap<u32, usize> = live.iter().map(|&b| (b, 0)).collect();
+    for p in &topic.partitions {
+        for b in p.target_replicas() {
+            if let Some(n) = load.get_mut(&b) {
+                *n += 1;
+            }
+        }
+    }
+    let mut moves = Vec::new();
+    for p in &topic.partitions {
+        let target = p.target_replicas();
+        if !target.contains(&old) {
+            continue;
+        }
+        let Some(new) = load
+            .iter()
+            .filter(|(b, _)| !target.contains(b))
+            .min_by_key(|&(&b, &n)| (n, b))
+            .map(|(&b, _)| b)
+        else {
+            bail!(
+                "partition {} has {} replicas and there is no other live broker to move broker {old}'s to",
+                p.partition,
+                target.len()
+            );
+        };
+        *load.entry(new).or_default() += 1;
+        moves.push((
+            p.partition,
+            target
+                .iter()
+                .map(|&b| if b == old { new } else { b })
+                .collect(),
+        ));
+    }
+    Ok(moves)
 }
 
 /// Rows of left-aligned columns, two spaces apart.
@@ -307,7 +498,16 @@ fn describe(topic: &TopicDescription) -> String {
         }
     };
     partitions.extend(topic.partitions.iter().map(|p| {
-        let replication = [p.leader_epoch.to_string(), list(&p.replicas), list(&p.isr)];
+        let replicas = if p.removing_replicas.is_empty() {
+            list(&p.replicas)
+        } else {
+            format!(
+                "{} (moving off {})",
+                list(&p.target_replicas()),
+                list(&p.removing_replicas)
+            )
+        };
+        let replication = [p.leader_epoch.to_string(), replicas, list(&p.isr)];
         let leader = format!(
             "{} ({}){}",
             p.leader_id,
@@ -395,6 +595,7 @@ mod tests {
                 isr: vec![1, 2],
                 leader_epoch: 4,
                 partition_epoch: 9,
+                removing_replicas: vec![],
             }],
             created_ms: 1_714_564_800_000,
             placement: Placement::Range,
@@ -412,5 +613,66 @@ mod tests {
             ),
             "{text}"
         );
+        let mut moving = topic.clone();
+        moving.partitions[0].replicas = vec![4, 3, 2, 1];
+        moving.partitions[0].removing_replicas = vec![1];
+        let text = describe(&moving);
+        assert!(text.contains("4,3,2 (moving off 1)"), "{text}");
+    }
+
+    #[test]
+    fn replacing_a_broker_keeps_its_position() {
+        let mut topic = TopicDescription {
+            name: "t".into(),
+            partition_count: 3,
+            partitioner: PartitionerKind::Hash,
+            split_keys: vec![],
+            config: TopicConfig::default(),
+            partitions: vec![],
+            created_ms: 0,
+            placement: Placement::Hash,
+        };
+        for (p, replicas) in [vec![1, 2, 3], vec![2, 3, 4], vec![3, 1, 2]]
+            .into_iter()
+            .enumerate()
+        {
+            topic.partitions.push(PartitionDescription {
+                partition: p as u32,
+                log_start_offset: 0,
+                high_watermark: 0,
+                size_bytes: 0,
+                data_address: None,
+                leader_id: replicas[0],
+                leader_address: String::new(),
+                leader_alive: true,
+                offsets_known: true,
+                isr: replicas.clone(),
+                replicas,
+                leader_epoch: 1,
+                partition_epoch: 1,
+                removing_replicas: vec![],
+            });
+        }
+        assert_eq!(
+            replacement_moves(&topic, 1, 5).unwrap(),
+            vec![(0, vec![5, 2, 3]), (2, vec![3, 5, 2])]
+        );
+        let clash = replacement_moves(&topic, 1, 2).unwrap_err().to_string();
+        assert!(
+            clash.contains("partition 0 already has a replica on broker 2"),
+            "{clash}"
+        );
+        // Draining broker 1 over brokers 2..=5 (loads 3, 3, 1, 0): partition 0 goes to 5, the
+        // least loaded; then 4 and 5 tie and partition 2 goes to the lower id.
+        assert_eq!(
+            drain_moves(&topic, 1, &[2, 3, 4, 5]).unwrap(),
+            vec![(0, vec![5, 2, 3]), (2, vec![3, 4, 2])]
+        );
+        assert_eq!(
+            drain_moves(&topic, 1, &[2, 3, 4]).unwrap(),
+            vec![(0, vec![4, 2, 3]), (2, vec![3, 4, 2])]
+        );
+        let stuck = drain_moves(&topic, 1, &[2, 3]).unwrap_err().to_string();
+        assert!(stuck.contains("no other live broker"), "{stuck}");
     }
 }

@@ -82,6 +82,41 @@ impl Admin {
         TopicDescription::from_proto(created)
     }
 
+    /// Moves partitions of a replicated topic onto new replica sets, preferred leader first
+    /// (`(partition, replicas)` pairs; Kafka's AlterPartitionReassignments). The new replicas
+    /// catch up and join the in-sync set before the old ones are removed and their copies
+    /// deleted; this returns once the controller accepted the move, with the topic as it now
+    /// stands (`removing_replicas` set). Poll [`describe_topic`](Admin::describe_topic) until
+    /// [`PartitionDescription::fully_in_sync`](crate::admin::PartitionDescription::fully_in_sync)
+    /// to wait for the end. Fails with `INVALID_REPLICATION_FACTOR` (a target below the
+    /// topic's min ISR or below 2, or a partition with one replica) or `INVALID_REQUEST` (an
+    /// unknown or fenced broker, a broker twice), changing nothing.
+    pub async fn reassign_partitions(
+        &self,
+        topic: &str,
+        reassignments: impl IntoIterator<Item = (u32, Vec<u32>)>,
+    ) -> Result<TopicDescription, ClientError> {
+        validate_topic_name(topic)?;
+        let request = v1::AlterPartitionReassignmentsRequest {
+            topic: topic.to_owned(),
+            reassignments: reassignments
+                .into_iter()
+                .map(|(partition, replicas)| v1::PartitionReassignment {
+                    partition,
+                    replicas,
+                })
+                .collect(),
+        };
+        let changed = self
+            .grpc
+            .clone()
+            .alter_partition_reassignments(request)
+            .await?
+            .into_inner();
+        self.cluster.invalidate();
+        TopicDescription::from_proto(changed)
+    }
+
     /// Deletes a topic and all its data. Irreversible. Fails with `UNKNOWN_TOPIC` if there is
     /// no such topic.
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {

@@ -165,6 +165,27 @@ pub struct PartitionDescription {
     pub leader_epoch: u32,
     /// Bumped by every change of the partition's leader or in-sync set.
     pub partition_epoch: u32,
+    /// While a reassignment runs: the replicas it removes once the others are in sync, sorted
+    /// (empty otherwise). Replicas neither in `isr` nor here are being added.
+    pub removing_replicas: Vec<u32>,
+}
+
+impl PartitionDescription {
+    /// The replicas the partition keeps once a reassignment in progress is done (all of them
+    /// when none runs), preferred leader first.
+    pub fn target_replicas(&self) -> Vec<u32> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|b| !self.removing_replicas.contains(b))
+            .collect()
+    }
+
+    /// Whether the partition has its target replicas, all of them in sync, and nothing left
+    /// to remove: a reassignment of it is done (and an under-replicated partition is not).
+    pub fn fully_in_sync(&self) -> bool {
+        self.removing_replicas.is_empty() && self.replicas.iter().all(|b| self.isr.contains(b))
+    }
 }
 
 /// A topic as the broker describes it.
@@ -216,6 +237,7 @@ impl TopicDescription {
                     isr: p.isr,
                     leader_epoch: p.leader_epoch,
                     partition_epoch: p.partition_epoch,
+                    removing_replicas: p.removing_replicas,
                 })
                 .collect(),
             created_ms: topic.created_ms,

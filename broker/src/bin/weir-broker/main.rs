@@ -70,6 +70,10 @@ struct Args {
     /// Data-port listen address (fetches over sendfile) [default: 127.0.0.1:7071].
     #[arg(long, env = "WEIR_DATA_LISTEN")]
     data_listen: Option<SocketAddr>,
+    /// Metrics listener (Prometheus /metrics, /healthz, /readyz), HOST:PORT or `off`
+    /// [default: 127.0.0.1:7072]; port 0 picks a free port.
+    #[arg(long, env = "WEIR_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     /// The data port's address as clients should dial it [default: the bound address].
     #[arg(long, env = "WEIR_DATA_ADVERTISED")]
     data_advertised: Option<String>,
@@ -89,6 +93,10 @@ struct Args {
     /// move to in-sync followers (controlled shutdown); 0 skips it [default: 10000].
     #[arg(long, env = "WEIR_CONTROLLED_SHUTDOWN_TIMEOUT_MS")]
     controlled_shutdown_timeout_ms: Option<u64>,
+    /// How often the controller moves each replicated partition's leadership back to its
+    /// preferred (first) replica once that one is in sync, ms; 0 turns it off [default: 30000].
+    #[arg(long, env = "WEIR_LEADER_REBALANCE_INTERVAL_MS")]
+    leader_rebalance_interval_ms: Option<u64>,
     /// How often retention deletes expired segments, ms [default: 30000].
     #[arg(long, env = "WEIR_RETENTION_CHECK_INTERVAL_MS")]
     retention_check_interval_ms: Option<u64>,
@@ -161,12 +169,14 @@ impl Args {
         set!(data_dir = self.data_dir);
         set!(listen = self.listen);
         set!(data_listen = self.data_listen);
+        set!(metrics_listen = self.metrics_listen);
         set!(data_advertised = self.data_advertised.map(Some));
         set!(max_request_bytes = self.max_request_bytes);
         set!(max_in_flight_bytes_per_connection = self.max_in_flight_bytes_per_connection);
         set!(max_in_flight_bytes = self.max_in_flight_bytes);
         set!(shutdown_timeout_ms = self.shutdown_timeout_ms);
         set!(controlled_shutdown_timeout_ms = self.controlled_shutdown_timeout_ms);
+        set!(leader_rebalance_interval_ms = self.leader_rebalance_interval_ms);
         set!(retention_check_interval_ms = self.retention_check_interval_ms);
         set!(checkpoint_interval_ms = self.checkpoint_interval_ms);
         set!(scrub_bytes_per_sec = self.scrub_bytes_per_sec);
@@ -232,8 +242,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             .external_addr()
             .map(|a| format!(" external-grpc={a}"))
             .unwrap_or_default();
+        let metrics = broker
+            .metrics_addr()
+            .map(|a| format!(" metrics={a}"))
+            .unwrap_or_default();
         println!(
-            "weir-broker ready grpc={addr} data={data} data-dir={} role={role} node-id={}{external}",
+            "weir-broker ready grpc={addr} data={data} data-dir={} role={role} node-id={}{external}{metrics}",
             config.data_dir.display(),
             config.node_id
         );

@@ -297,6 +297,8 @@ pub struct PartitionLog {
     damage_logged: AtomicU64,
     /// Damage the scrub found (see `scrub.rs`); reads stop before it. A leaf lock.
     known_damage: Mutex<Option<scrub::KnownDamage>>,
+    /// What its syncs took and covered (see [`crate::stats`]).
+    sync_stats: crate::stats::SyncStats,
 }
 
 impl PartitionLog {
@@ -321,6 +323,7 @@ impl PartitionLog {
             rebuild_scans: AtomicU64::new(0),
             damage_logged: AtomicU64::new(0),
             known_damage: Mutex::new(None),
+            sync_stats: crate::stats::SyncStats::default(),
             sync: Mutex::new(SyncState {
                 in_progress: false,
                 durable_offset: inner.recovery_point,
@@ -334,6 +337,11 @@ impl PartitionLog {
 
     pub fn topic_partition(&self) -> &TopicPartition {
         &self.tp
+    }
+
+    /// What this partition's syncs took and covered since it was opened.
+    pub fn sync_stats(&self) -> &crate::stats::SyncStats {
+        &self.sync_stats
     }
 
     pub fn dir(&self) -> &Path {

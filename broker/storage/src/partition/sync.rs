@@ -151,7 +151,12 @@ impl PartitionLog {
             // Appenders woken by the previous sync are runnable now: let them append before
             // this sync decides what it covers (a bigger group per fdatasync).
             std::thread::yield_now();
-            match self.run_sync() {
+            let started = std::time::Instant::now();
+            let synced = self.run_sync();
+            self.sync_stats
+                .duration_ns
+                .observe(started.elapsed().as_nanos() as u64);
+            match synced {
                 Ok(()) => {}
                 // Closed meanwhile: not a disk failure; every waiter learns it the same way.
                 Err(StorageError::Closed) => {
@@ -228,6 +233,9 @@ impl PartitionLog {
         }
         let mut state = lock(&self.sync);
         state.durable_offset = state.durable_offset.max(through);
+        // The callers it covered: the parked ones it releases, and the one that ran it.
+        let covered = state.waiters.iter().filter(|(o, _)| *o <= through).count();
+        self.sync_stats.group_size.observe(covered as u64 + 1);
         // Nothing is reported durable that the recovery point (what a restart trusts) does not
         // cover.
         debug_assert!(
