@@ -104,6 +104,8 @@ pub struct BrokerConfig {
     /// The background scrub CRC-checks sealed segments at most this fast, bytes per second
     /// (0: off). Damage it finds is logged, and reads stop before it.
     pub scrub_bytes_per_sec: u64,
+    /// A new scrub pass starts at most this often, ms (default 24 h).
+    pub scrub_pass_interval_ms: u64,
     /// Settings of topics created without their own.
     pub topic_defaults: TopicDefaults,
 }
@@ -160,6 +162,7 @@ impl Default for BrokerConfig {
             retention_check_interval_ms: 30_000,
             checkpoint_interval_ms: 10_000,
             scrub_bytes_per_sec: LogDirConfig::default().scrub_bytes_per_sec,
+            scrub_pass_interval_ms: LogDirConfig::default().scrub_pass_interval.as_millis() as u64,
             topic_defaults: TopicDefaults::default(),
         }
     }
@@ -252,6 +255,7 @@ impl BrokerConfig {
             retention_check_interval: Duration::from_millis(self.retention_check_interval_ms),
             checkpoint_interval: Duration::from_millis(self.checkpoint_interval_ms),
             scrub_bytes_per_sec: self.scrub_bytes_per_sec,
+            scrub_pass_interval: Duration::from_millis(self.scrub_pass_interval_ms),
             ..LogDirConfig::default()
         })
     }

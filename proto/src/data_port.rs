@@ -17,7 +17,18 @@
 //!   follower records it in its epoch history before appending the batches that follow;
 //! - `Diverging`: 12 bytes, the leader's largest epoch (`u32`, 0 for none) not newer than the
 //!   follower's last one and the offset (`u64`) where that epoch ends in the leader's log; the
-//!   follower truncates (by epoch, KIP-101) and fetches again. It ends the fetch like `End`.
+//!   follower truncates (by epoch, KIP-101) and fetches again. It ends the fetch like `End`;
+//! - `OutOfRange`: 12 bytes, like an `Epoch` frame: the leader's epoch (`u32`, 0 for none) of
+//!   the first offset it still holds, and that offset (`u64`), its log start. The follower's
+//!   fetch offset is below it (retention deleted what it needs next), or its log shares no
+//!   epoch with what the leader kept: the follower empties its log, restarts it at that offset
+//!   with that epoch (Kafka's truncate-fully-and-start-at) and fetches again. It ends the
+//!   fetch like `End`. A follower that does not know the kind treats it as a broken
+//!   connection and retries, as it retried the `Error` frame (OFFSET_OUT_OF_RANGE) sent before.
+//!
+//! An `Error` frame for OFFSET_OUT_OF_RANGE carries the partition's high watermark (the log end
+//! for a replica fetch) and log start in its header, as other frames do; other `Error` frames
+//! carry 0 there.
 //!
 //! In the answer to a replica fetch, `high_watermark` is the partition's committed high
 //! watermark (the follower keeps it, capped by its own log end), not the leader's log end, and
@@ -63,7 +74,7 @@ pub enum FrameError {
     Trailing(usize),
     #[error("unknown response frame kind {0}")]
     Kind(u8),
-    #[error("an Epoch or Diverging frame carries 12 bytes, not {0}")]
+    #[error("an Epoch, Diverging or OutOfRange frame carries 12 bytes, not {0}")]
     EpochPayload(usize),
 }
 
@@ -99,11 +110,13 @@ pub struct ReplicaFetch {
     pub durable_offset: u64,
 }
 
-/// An `Epoch` frame's payload, and (with `epoch` 0 for none) a `Diverging` frame's.
+/// An `Epoch` frame's payload, and (with `epoch` 0 for none) a `Diverging` or `OutOfRange`
+/// frame's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EpochEntry {
     pub epoch: u32,
-    /// `Epoch`: the epoch's start offset; `Diverging`: where it ends in the leader's log.
+    /// `Epoch`: the epoch's start offset; `Diverging`: where it ends in the leader's log;
+    /// `OutOfRange`: the leader's log start.
     pub offset: u64,
 }
 
@@ -245,6 +258,7 @@ pub enum FrameKind {
     Error = 2,
     Epoch = 3,
     Diverging = 4,
+    OutOfRange = 5,
 }
 
 /// The fixed header of every response frame.
@@ -256,7 +270,7 @@ pub struct ResponseHeader {
     /// An `ErrorCode` number of package weir.v1 for `Error` frames; 0 otherwise.
     pub error_code: u16,
     /// Bytes following the header: batches (`Data`), a UTF-8 message (`Error`), 0 (`End`),
-    /// an [`EpochEntry`] (`Epoch`, `Diverging`).
+    /// an [`EpochEntry`] (`Epoch`, `Diverging`, `OutOfRange`).
     pub length: u32,
     pub high_watermark: u64,
     pub log_start_offset: u64,
@@ -284,6 +298,7 @@ impl ResponseHeader {
             2 => FrameKind::Error,
             3 => FrameKind::Epoch,
             4 => FrameKind::Diverging,
+            5 => FrameKind::OutOfRange,
             k => return Err(FrameError::Kind(k)),
         };
         let u64_at = |i: usize| {
@@ -368,6 +383,14 @@ mod tests {
             next_offset: 5,
         };
         assert_eq!(ResponseHeader::decode(&header.encode()).unwrap(), header);
+        let out_of_range = ResponseHeader {
+            kind: FrameKind::OutOfRange,
+            length: EPOCH_PAYLOAD_LEN as u32,
+            ..header
+        };
+        let encoded = out_of_range.encode();
+        assert_eq!(encoded[0], 5, "OutOfRange is kind 5");
+        assert_eq!(ResponseHeader::decode(&encoded).unwrap(), out_of_range);
         let mut bad = header.encode();
         bad[0] = 7;
         assert_eq!(ResponseHeader::decode(&bad), Err(FrameError::Kind(7)));

@@ -382,7 +382,7 @@ pub fn parse_fetch_response(bytes: &[u8]) {
                 }
             }
             FrameKind::End => {}
-            FrameKind::Epoch | FrameKind::Diverging => {
+            FrameKind::Epoch | FrameKind::Diverging | FrameKind::OutOfRange => {
                 let _ = std::hint::black_box(crate::data_port::EpochEntry::decode(&payload));
             }
             FrameKind::Error => {

@@ -1,5 +1,6 @@
-//! Brokers at the controller: registration, heartbeat leases and liveness, and the metadata
-//! they learn (its version and the long poll that delivers it).
+//! Brokers at the controller: registration, heartbeat leases and liveness, controlled shutdown
+//! and a damaged leader's resignation, and the metadata they learn (its version and the long
+//! poll that delivers it).
 //!
 //! Invariants:
 //! - A broker is alive (unfenced) from its first heartbeat that carries the current metadata
@@ -29,6 +30,11 @@
 //!   topics are not placed on it, so it is never elected nor added to an ISR; it stays alive
 //!   (it serves until it stops, and its lease lapses as usual once it has). Registering again
 //!   clears the mark: that is a new start.
+//! - A leader whose own copy is damaged resigns one partition
+//!   ([`Controller::resign_leadership`]): the same `shut_down` decision for that partition
+//!   alone, over the live brokers without it, and without the shutting-down mark (it rejoins
+//!   the ISR once it has fetched the damaged range again). Refused unless it leads the
+//!   partition in the epoch it names, so a late retry never moves a later leadership.
 //! - A heartbeat records the version its broker holds (what a topic change waits on, see
 //!   `topics`) and is answered with the whole picture whenever that version is not current:
 //!   at once, or as soon as it changes within the broker's wait (at most `MAX_HEARTBEAT_WAIT`).
@@ -39,11 +45,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use weir_proto::v1::{
     BrokerHeartbeatRequest, BrokerHeartbeatResponse, BrokerInfo, ClusterMetadata,
     ControlledShutdownRequest, ControlledShutdownResponse, ErrorCode, PlacedTopic,
-    RegisterBrokerRequest, TopicPartitions,
+    RegisterBrokerRequest, ResignLeadershipRequest, ResignLeadershipResponse, TopicPartitions,
 };
 
 use weir_replication::PartitionState;
@@ -350,6 +356,91 @@ impl Controller {
                 "controlled shutdown"
             );
             Ok(ControlledShutdownResponse { remaining })
+        })
+        .await
+    }
+
+    /// A leader's request to hand one partition over because its own copy is damaged (see the
+    /// module docs and the .proto): [`PartitionState::shut_down`] of that partition over the
+    /// live brokers without the asking one, so it is never its own successor. The broker is not
+    /// marked shutting down: once healed it may rejoin the ISR and lead again.
+    pub async fn resign_leadership(
+        self: &Arc<Self>,
+        req: ResignLeadershipRequest,
+    ) -> Result<ResignLeadershipResponse> {
+        self.change(move |this, inner| {
+            let id = req.broker_id;
+            let current = inner.state.broker_epochs.get(&id).copied();
+            if current != Some(req.broker_epoch) {
+                return Err(refuse(
+                    ErrorCode::StaleBrokerEpoch,
+                    format!(
+                        "broker {id} asked to resign a leadership with broker epoch {}, but its current start has {}; nothing was changed",
+                        req.broker_epoch,
+                        current.map_or_else(|| "none (not registered)".to_owned(), |e| e.to_string())
+                    ),
+                ));
+            }
+            let topic = inner
+                .state
+                .topics
+                .get(&req.topic)
+                .filter(|t| req.topic_id.is_empty() || t.meta.id() == req.topic_id)
+                .ok_or_else(|| {
+                    refuse(
+                        ErrorCode::UnknownTopic,
+                        format!("unknown topic {:?} (id {:?})", req.topic, req.topic_id),
+                    )
+                })?;
+            let Some(current) = topic.partition_state(req.partition) else {
+                return Err(refuse(
+                    ErrorCode::UnknownPartition,
+                    format!(
+                        "topic {:?} has no partition {} (it has {})",
+                        req.topic, req.partition, topic.meta.partitions
+                    ),
+                ));
+            };
+            let broker = weir_replication::BrokerId(id);
+            if current.leader != Some(broker) || current.leader_epoch.0 != req.leader_epoch {
+                return Err(refuse(
+                    ErrorCode::NotLeader,
+                    format!(
+                        "{}-{}: broker {id} asked to resign leader epoch {}, but the partition is led by {:?} in epoch {}; nothing was changed",
+                        req.topic,
+                        req.partition,
+                        req.leader_epoch,
+                        current.leader.map(|b| b.0),
+                        current.leader_epoch.0
+                    ),
+                ));
+            }
+            let min_insync = topic.meta.settings.min_insync_replicas;
+            let topic_id = topic.meta.id();
+            let live = inner.live_brokers(Some(id));
+            let next = if current.replicas.len() < 2 {
+                None
+            } else {
+                current.shut_down(broker, &live)
+            };
+            let Some(next) = next else {
+                // The broker warns once and asks again every few seconds: no line per ask here.
+                debug!(topic = %req.topic, partition = req.partition, broker = id, isr = ?current.isr, "a leader asked to resign (its copy is damaged), but no other in-sync replica is alive to take over; it keeps leading");
+                return Ok(ResignLeadershipResponse {
+                    state: Some(wire::partition_state_to_wire(&current, min_insync)),
+                });
+            };
+            inner.record(vec![Event::PartitionChanged {
+                topic: req.topic.clone(),
+                topic_id,
+                partition: req.partition,
+                state: state::PartitionRecord::from(&next),
+            }])?;
+            this.bump(&mut inner.live);
+            info!(topic = %req.topic, partition = req.partition, from = id, to = ?next.leader.map(|b| b.0), leader_epoch = next.leader_epoch.0, isr = ?next.isr, "leadership resigned (the leader's copy is damaged)");
+            Ok(ResignLeadershipResponse {
+                state: Some(wire::partition_state_to_wire(&next, min_insync)),
+            })
         })
         .await
     }

@@ -173,4 +173,17 @@ impl ControllerLink {
             }
         }
     }
+
+    pub async fn resign_leadership(
+        &self,
+        req: weir_proto::v1::ResignLeadershipRequest,
+    ) -> Result<weir_proto::v1::ResignLeadershipResponse, Error> {
+        match self {
+            ControllerLink::Local(c) => c.resign_leadership(req).await,
+            ControllerLink::Remote(r) => {
+                r.call(CALL_TIMEOUT, r.control.clone().resign_leadership(req))
+                    .await
+            }
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! The controller's replication decisions end to end, in process: topic replication settings,
 //! broker epochs, AlterPartition's compare-and-set and each refusal, fencing on lease expiry
-//! and election when a broker comes back, unclean restarts, controlled shutdown, and rule 12b's
-//! lease grants.
+//! and election when a broker comes back, unclean restarts, controlled shutdown, a damaged
+//! leader's resignation, and rule 12b's lease grants.
 //! Brokers are played by calls (register, heartbeat) with short leases.
 
 use std::sync::Arc;
@@ -406,6 +406,125 @@ async fn an_unclean_restart_leaves_the_isr() {
         let solo = state(&c, "solo", p);
         assert!(solo.leader.is_some() && solo.isr.len() == 1, "{solo:?}");
     }
+}
+
+#[tokio::test]
+async fn a_damaged_leader_resigns_one_partition_and_may_rejoin() {
+    use weir_proto::v1::ResignLeadershipRequest;
+
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path());
+    let brokers = three(&c).await;
+    let epoch_of = |id: u32| brokers.iter().find(|b| b.0 == id).unwrap().1;
+    create(&c, &brokers, "t", 2, rf(3, 2)).await.unwrap();
+    let before = state(&c, "t", 0);
+    let x = before.leader.unwrap().0;
+    let ask = |broker: u32, broker_epoch: u64, leader_epoch: u32| ResignLeadershipRequest {
+        broker_id: broker,
+        broker_epoch,
+        topic: "t".into(),
+        topic_id: String::new(),
+        partition: 0,
+        leader_epoch,
+    };
+    let version = c.metadata().version;
+    let refusals = [
+        (ask(x, epoch_of(x) - 1, 1), ErrorCode::StaleBrokerEpoch),
+        (ask(x, epoch_of(x), 2), ErrorCode::NotLeader),
+        (ask(x % 3 + 1, epoch_of(x % 3 + 1), 1), ErrorCode::NotLeader),
+        (
+            ResignLeadershipRequest {
+                partition: 9,
+                ..ask(x, epoch_of(x), 1)
+            },
+            ErrorCode::UnknownPartition,
+        ),
+        (
+            ResignLeadershipRequest {
+                topic_id: "another".into(),
+                ..ask(x, epoch_of(x), 1)
+            },
+            ErrorCode::UnknownTopic,
+        ),
+    ];
+    for (request, code) in refusals {
+        let e = c.resign_leadership(request).await.unwrap_err();
+        assert_eq!(e.code, code as i32, "{}", e.message);
+    }
+    assert_eq!(c.metadata().version, version, "refused: nothing changed");
+
+    let answer = c.resign_leadership(ask(x, epoch_of(x), 1)).await.unwrap();
+    let after = state(&c, "t", 0);
+    let wire = answer.state.unwrap();
+    assert_eq!(wire.leader, after.leader.map(|b| b.0));
+    assert!(after.leader.is_some_and(|l| l.0 != x), "{after:?}");
+    assert_eq!(after.leader_epoch, before.leader_epoch.next());
+    assert!(!ids(&after.isr).contains(&x), "{after:?}");
+    assert_ne!(c.metadata().version, version, "brokers learn it");
+    // Only that partition: the other one x leads (or follows) is untouched.
+    assert_eq!(state(&c, "t", 1).partition_epoch.0, 1);
+    // A late retry of the same request moves nothing more.
+    let late = c
+        .resign_leadership(ask(x, epoch_of(x), 1))
+        .await
+        .unwrap_err();
+    assert_eq!(late.code, ErrorCode::NotLeader as i32, "{}", late.message);
+
+    // Not shutting down: once healed, the new leader adds it back.
+    let mut back = ids(&after.isr);
+    back.push(x);
+    back.sort();
+    c.alter_partition(AlterPartitionRequest {
+        topic: "t".into(),
+        topic_id: String::new(),
+        partition: 0,
+        leader: after.leader.unwrap().0,
+        leader_epoch: after.leader_epoch.0,
+        partition_epoch: after.partition_epoch.0,
+        new_isr: back
+            .iter()
+            .map(|&b| IsrMember {
+                broker: b,
+                broker_epoch: epoch_of(b),
+            })
+            .collect(),
+    })
+    .await
+    .unwrap();
+    assert!(ids(&state(&c, "t", 0).isr).contains(&x));
+
+    // The only in-sync replica keeps leading: the answer says so and nothing changes (a topic
+    // with min_insync 1, so its leader can shrink the ISR to itself).
+    create(&c, &brokers, "u", 1, rf(3, 1)).await.unwrap();
+    let u = state(&c, "u", 0);
+    let z = u.leader.unwrap().0;
+    c.alter_partition(AlterPartitionRequest {
+        topic: "u".into(),
+        topic_id: String::new(),
+        partition: 0,
+        leader: z,
+        leader_epoch: u.leader_epoch.0,
+        partition_epoch: u.partition_epoch.0,
+        new_isr: vec![IsrMember {
+            broker: z,
+            broker_epoch: epoch_of(z),
+        }],
+    })
+    .await
+    .unwrap();
+    let alone = state(&c, "u", 0);
+    let version = c.metadata().version;
+    let kept = c
+        .resign_leadership(ResignLeadershipRequest {
+            topic: "u".into(),
+            leader_epoch: alone.leader_epoch.0,
+            ..ask(z, epoch_of(z), 0)
+        })
+        .await
+        .unwrap();
+    assert_eq!(kept.state.unwrap().leader, Some(z), "it keeps leading");
+    assert_eq!(state(&c, "u", 0), alone);
+    assert_eq!(c.metadata().version, version);
 }
 
 #[tokio::test]

@@ -7,8 +7,10 @@
 //! counts as this follower's progress. The answer is, in order: `Epoch` frames (epochs this
 //! follower lacks, recorded in its epoch history just before the first batch at or past their
 //! start), `Data` frames, and `End` (the leader's high watermark, kept capped by the log end;
-//! possibly a request to sync before the next round) or `Diverging` (the logs differ: cut the
-//! log where the epochs say, never to the high watermark, rule 8, then fetch again).
+//! possibly a request to sync before the next round), `Diverging` (the logs differ: cut the
+//! log where the epochs say, never to the high watermark, rule 8, then fetch again) or
+//! `OutOfRange` (the leader's log starts past anything this follower can keep: empty the log,
+//! restart it at the leader's log start and epoch there, then fetch again).
 //!
 //! Invariants: appends and truncations hold the replica's writer lock (see `replica`); a
 //! follower appends only answers to its current fetch in its current epoch (the task is aborted
@@ -161,6 +163,11 @@ async fn rounds(
                     truncate_diverging(replica, entry).await?;
                     break;
                 }
+                FrameKind::OutOfRange => {
+                    let entry = decode_epoch(&payload)?;
+                    start_over(replica, entry).await?;
+                    break;
+                }
                 FrameKind::End => {
                     replica.partition.set_high_watermark(header.high_watermark);
                     if header.flags & RESPONSE_FLAG_SYNC_WANTED != 0 {
@@ -267,7 +274,7 @@ async fn cut_damage(
     })
     .await?;
     replica.partition.clamp_to_log_end();
-    warn!(partition = %format!("{}-{}", replica.topic, replica.index), offset, log_end = end, segment = %damage.segment.display(), reason = ?damage.reason, "damaged batch found by the scrub: cut the log there to fetch the rest again from the leader");
+    warn!(partition = %format!("{}-{}", replica.topic, replica.index), offset, log_end = end, segment = %damage.segment.display(), reason = ?damage.reason, "damaged batch in this copy (found by the scrub or a check): cut the log there to fetch the rest again from the leader");
     Ok(())
 }
 
@@ -280,9 +287,15 @@ async fn truncate_diverging(replica: &Replica, entry: EpochEntry) -> Result<(), 
         let end = log.high_watermark();
         let epoch = (entry.epoch > 0).then_some(LeaderEpoch(entry.epoch));
         let to = truncation_offset(&log.epoch_history(), end, epoch, entry.offset);
-        // Even when nothing is cut, the history must lose the epochs starting at the cut (an
-        // epoch this follower learned but wrote nothing in), or the next fetch diverges again.
-        log.truncate_to(to)?;
+        if to < log.log_start_offset() {
+            // This copy's own retention went past the cut: nothing it holds is kept.
+            log.reset_to(to)?;
+        } else {
+            // Even when nothing is cut, the history must lose the epochs starting at the cut
+            // (an epoch this follower learned but wrote nothing in), or the next fetch
+            // diverges again.
+            log.truncate_to(to)?;
+        }
         Ok((end, to))
     })
     .await?;
@@ -290,5 +303,31 @@ async fn truncate_diverging(replica: &Replica, entry: EpochEntry) -> Result<(), 
     if to < from {
         info!(partition = %format!("{}-{}", replica.topic, replica.index), from, to, leader_epoch = entry.epoch, "truncated a diverging suffix");
     }
+    Ok(())
+}
+
+/// The leader's log starts past what this follower can keep (`OutOfRange`: retention deleted
+/// what it needs next, or the logs diverge below the leader's log start): empty the log, start
+/// it at the leader's log start in the leader's epoch there, and fetch on from it (Kafka's
+/// truncate-fully-and-start-at). The leader counts nothing of this fetch as progress; the
+/// follower rejoins the ISR once it caught up from there.
+async fn start_over(replica: &Replica, entry: EpochEntry) -> Result<(), FollowError> {
+    let writer = Arc::clone(&replica.writer).lock_owned().await;
+    let log = Arc::clone(&replica.partition.log);
+    let (end, start) = blocking(move || {
+        let _writer = writer;
+        let (end, start) = (log.high_watermark(), log.log_start_offset());
+        log.reset_to(entry.offset)?;
+        // Recorded now, before the first batch: the next fetch names it as its last epoch,
+        // which the leader's history has, so the fetch is served from the log start. (A
+        // restart before the first batch drops it again, and the leader answers the same.)
+        if entry.epoch > 0 {
+            log.assign_epoch(LeaderEpoch(entry.epoch), entry.offset)?;
+        }
+        Ok((end, start))
+    })
+    .await?;
+    replica.partition.clamp_to_log_end();
+    warn!(partition = %format!("{}-{}", replica.topic, replica.index), log_start = start, log_end = end, leader_log_start = entry.offset, leader_epoch = entry.epoch, "the leader no longer holds what this follower needs next (its retention deleted it): emptied the log to start over at the leader's log start");
     Ok(())
 }

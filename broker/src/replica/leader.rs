@@ -11,7 +11,19 @@
 //!   fetch for the controller to check, KIP-903; rule 9: not before the high watermark is
 //!   final) and leaves through `out_of_sync` after `replica_lag_time_max`;
 //! - produce with `acks=all`/`durable` is admitted by `may_accept_produce` (NOT_ENOUGH_REPLICAS
-//!   while the ISR is too small, rule 5; refused once the lease lapsed, rule 12).
+//!   while the ISR is too small, rule 5; refused once the lease lapsed, rule 12);
+//! - a fetch below the leader's log start (or diverging below it) is answered `OutOfRange`
+//!   with the log start and its epoch: the follower starts over there.
+//!
+//! Self-healing of the leader's own copy: once damage in it is known (`known_damage`: found by
+//! the scrub, or by checking the batch a follower keeps fetching without appending, since a
+//! follower CRC-checks every batch it appends and the fetch path never reads what it sends),
+//! reads stop before it, so neither a consumer nor a follower is ever served the damaged
+//! bytes again; the leader asks the controller to hand the partition to another live in-sync
+//! replica and to take it out of the ISR (`resign`); as a follower it then cuts the damaged
+//! range and fetches it again, and rejoins the ISR like any follower catching up. With no
+//! other live in-sync replica it keeps leading (the partition stays available below the
+//! damage) and asks again every [`RESIGN_RETRY`].
 //!
 //! The durable watermark (for `acks=durable` on a replicated topic) is the lowest synced offset
 //! over the same counted members: the leader's recovery point and each follower's
@@ -42,6 +54,15 @@ const ISR_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 const PROPOSAL_RESEND: Duration = Duration::from_secs(2);
 /// How often a produce waiting for the replicas rechecks that this broker still leads.
 const LEADERSHIP_RECHECK: Duration = Duration::from_millis(100);
+/// How long a leader whose copy is damaged waits before asking the controller again to hand
+/// the partition over (no other in-sync replica was alive, or the answer was lost).
+const RESIGN_RETRY: Duration = Duration::from_secs(5);
+/// A follower that fetches from the same offset this many times in a row, each time after an
+/// answer that had data from there, did not append what it got; the leader then CRC-checks
+/// its own batch there (see [`on_replica_fetch`]).
+const REFETCHES_BEFORE_VERIFY: u32 = 2;
+/// The leader checks the same offset again only after this long.
+const VERIFY_AGAIN: Duration = Duration::from_secs(60);
 
 /// What a leader keeps about one follower.
 #[derive(Debug, Clone)]
@@ -56,6 +77,8 @@ pub(crate) struct FollowerInfo {
     last_fetch_at: Instant,
     /// The follower's log is synced below this (from its latest fetch in this epoch).
     durable: u64,
+    /// Consecutive fetches from the same offset after answers that had data from it.
+    refetches: u32,
 }
 
 /// The leader's state for one partition.
@@ -72,6 +95,12 @@ pub(crate) struct LeaderState {
     /// When the outstanding ISR proposal was last sent (it is sent again after
     /// [`PROPOSAL_RESEND`] without an outcome: an answer may have been lost).
     proposal_sent_at: Option<Instant>,
+    /// When this leader last asked to resign because its copy is damaged (see
+    /// [`resignation`]), and whether it has warned that no one could take over.
+    resign_asked_at: Option<Instant>,
+    resign_warned: bool,
+    /// The offset whose batch this leader last CRC-checked for a stuck follower, and when.
+    verified: Option<(u64, Instant)>,
 }
 
 impl LeaderState {
@@ -97,6 +126,7 @@ fn new_follower(now: Instant) -> FollowerInfo {
         log_end_at_last_fetch: 0,
         last_fetch_at: now,
         durable: 0,
+        refetches: 0,
     }
 }
 
@@ -160,6 +190,9 @@ pub(crate) fn become_leader(
                 followers,
                 history,
                 proposal_sent_at: None,
+                resign_asked_at: None,
+                resign_warned: false,
+                verified: None,
             }));
         }
         recompute(&replica, &manager);
@@ -224,7 +257,35 @@ pub enum ReplicaFetchAnswer {
     },
     /// The follower's log diverges: the leader's end of the follower's last epoch.
     Diverging(EpochEntry),
+    /// Nothing the follower holds can be kept: its fetch offset is below the leader's log
+    /// start, or the logs diverge below it. The leader's log start and the epoch it is in; the
+    /// follower empties its log and starts over there.
+    OutOfRange(EpochEntry),
     Refuse(Error),
+}
+
+/// Whether a follower fetching from `offset`, as `decision` answers it, can keep nothing it
+/// holds: retention deleted what it needs next (Kafka's OFFSET_OUT_OF_RANGE for a follower),
+/// or the last offset both logs agree on is below the leader's log start. It is told to start
+/// over at the log start (`OutOfRange`). Never for a fenced or unknown epoch: the follower
+/// learns of its stale epoch first.
+fn below_log_start(decision: &FetchDecision, offset: u64, log_start: u64) -> bool {
+    match *decision {
+        FetchDecision::FencedLeaderEpoch | FetchDecision::UnknownLeaderEpoch => false,
+        FetchDecision::Diverging { end_offset, .. } => end_offset.min(offset) < log_start,
+        _ => offset < log_start,
+    }
+}
+
+/// The epoch of the leader's first kept offset, `log_start`: the newest entry of `history`
+/// starting at or below it (0: none, a log written before epochs were kept).
+fn epoch_at(history: &EpochHistory, log_start: u64) -> u32 {
+    history
+        .entries()
+        .iter()
+        .rev()
+        .find(|&&(_, start)| start <= log_start)
+        .map_or(0, |&(epoch, _)| epoch.0)
 }
 
 /// Checks a follower's fetch and, when it is served, counts it as the follower's progress.
@@ -235,6 +296,7 @@ pub fn on_replica_fetch(
     fetch: &ReplicaFetch,
 ) -> ReplicaFetchAnswer {
     let follower = BrokerId(fetch.replica_id);
+    let mut verify = None;
     let answer = {
         let mut role = lock(&replica.role);
         let Role::Leader(l) = &mut *role else {
@@ -270,7 +332,15 @@ pub fn on_replica_fetch(
             last_epoch: (fetch.last_fetched_epoch > 0)
                 .then_some(LeaderEpoch(fetch.last_fetched_epoch)),
         };
-        match check_fetch(l.epoch, &l.history, log_end, &request, &Rules::ALL) {
+        let log_start = replica.partition.log.log_start_offset();
+        let decision = check_fetch(l.epoch, &l.history, log_end, &request, &Rules::ALL);
+        if below_log_start(&decision, frame.offset, log_start) {
+            return ReplicaFetchAnswer::OutOfRange(EpochEntry {
+                epoch: epoch_at(&l.history, log_start),
+                offset: log_start,
+            });
+        }
+        match decision {
             FetchDecision::FencedLeaderEpoch => ReplicaFetchAnswer::Refuse(status::error(
                 ErrorCode::FencedLeaderEpoch,
                 format!(
@@ -316,6 +386,23 @@ pub fn on_replica_fetch(
                     .progress
                     .is_some_and(|p| p.broker_epoch > progress.broker_epoch);
                 if !stale_start {
+                    // The follower did not append what the last answer sent from here: it
+                    // refuses a batch that fails its CRC (the fetch path never reads the
+                    // bytes it sends, and the scrub may not have got there yet).
+                    let again = info.progress.is_some_and(|p| {
+                        p.leader_epoch == epoch
+                            && p.broker_epoch == progress.broker_epoch
+                            && p.log_end == frame.offset
+                    }) && frame.offset < info.log_end_at_last_fetch;
+                    info.refetches = if again { info.refetches + 1 } else { 0 };
+                    if info.refetches >= REFETCHES_BEFORE_VERIFY
+                        && l.verified.is_none_or(|(offset, at)| {
+                            offset != frame.offset || now.duration_since(at) >= VERIFY_AGAIN
+                        })
+                    {
+                        l.verified = Some((frame.offset, now));
+                        verify = Some(frame.offset);
+                    }
                     if let Some(p) = record_fetch(info.progress, progress) {
                         info.progress = Some(p);
                     }
@@ -347,7 +434,43 @@ pub fn on_replica_fetch(
     if matches!(answer, ReplicaFetchAnswer::Serve { .. }) {
         recompute(replica, manager);
     }
+    if let Some(offset) = verify {
+        let log = Arc::clone(&replica.partition.log);
+        let partition = name(replica);
+        tokio::spawn(verify_for_follower(log, partition, follower, offset));
+    }
     answer
+}
+
+/// CRC-checks this leader's batch at `offset`, which `follower` keeps fetching without
+/// appending it. Damage found is recorded as the scrub's would be: reads stop before it and
+/// the leader resigns the partition ([`resignation`]). An intact batch means the trouble is
+/// the follower's own (its disk, its connection); it sorts that out, or leaves the ISR.
+async fn verify_for_follower(
+    log: Arc<weir_storage::PartitionLog>,
+    partition: String,
+    follower: BrokerId,
+    offset: u64,
+) {
+    match tokio::task::spawn_blocking(move || log.verify_batch_at(offset)).await {
+        Ok(Ok(Some(damage))) => {
+            warn!(partition, follower = follower.0, offset = damage.offset, segment = %damage.segment.display(), reason = %damage.reason, "a follower keeps fetching this leader's batch without appending it: this copy is damaged there (reads stop before it; the leader hands the partition over once another in-sync replica can take it)");
+        }
+        Ok(Ok(None)) => {
+            debug!(
+                partition,
+                follower = follower.0,
+                offset,
+                "a follower keeps fetching from here, but this leader's batch is intact"
+            );
+        }
+        Ok(Err(e)) => {
+            debug!(partition, follower = follower.0, offset, error = %e, "could not check the batch a follower keeps fetching");
+        }
+        Err(e) => {
+            debug!(partition, error = %e, "batch check task failed");
+        }
+    }
 }
 
 /// Why a produce is not admitted on a replicated partition.
@@ -531,8 +654,84 @@ pub async fn maintain(manager: Arc<ReplicaManager>, mut stop: tokio::sync::watch
         for replica in manager.all() {
             if let Some(request) = proposal(&replica, &manager) {
                 let manager = Arc::clone(&manager);
+                let replica = Arc::clone(&replica);
                 tokio::spawn(async move { send_proposal(&manager, &replica, request).await });
             }
+            if let Some((epoch, damage)) = resignation(&replica) {
+                let manager = Arc::clone(&manager);
+                tokio::spawn(async move { resign(&manager, &replica, epoch, damage).await });
+            }
+        }
+    }
+}
+
+/// Whether the leader of `replica` should ask now to hand it over, and in which epoch: its own
+/// copy is damaged (the scrub found a batch failing its checks; reads, followers' included,
+/// stop before it, so the damaged bytes are never served). Healing needs a copy that is not
+/// damaged, which only another replica has: this broker steps down, follows, cuts its log at
+/// the damage and fetches the range again (`follower::cut_damage`). Asked at most once per
+/// [`RESIGN_RETRY`].
+fn resignation(replica: &Replica) -> Option<(LeaderEpoch, weir_storage::KnownDamage)> {
+    let mut role = lock(&replica.role);
+    let Role::Leader(l) = &mut *role else {
+        return None;
+    };
+    let damage = replica.partition.log.known_damage()?;
+    let now = Instant::now();
+    if l.resign_asked_at
+        .is_some_and(|t| now.duration_since(t) < RESIGN_RETRY)
+    {
+        return None;
+    }
+    l.resign_asked_at = Some(now);
+    Some((l.epoch, damage))
+}
+
+/// Asks the controller to move the leadership of `replica` (led here in `epoch`) to another
+/// live in-sync replica and to take this broker out of the ISR (`ResignLeadership`). The new
+/// metadata then makes this broker a follower (`ReplicaManager::reconcile`); until it arrives
+/// it goes on leading. When no other in-sync replica is alive it keeps leading, warns once,
+/// and the next [`maintain`] round past [`RESIGN_RETRY`] asks again.
+async fn resign(
+    manager: &ReplicaManager,
+    replica: &Replica,
+    epoch: LeaderEpoch,
+    damage: weir_storage::KnownDamage,
+) {
+    let request = weir_proto::v1::ResignLeadershipRequest {
+        broker_id: manager.node_id(),
+        broker_epoch: manager.broker_epoch(),
+        topic: replica.topic.to_string(),
+        topic_id: replica.topic_id.clone(),
+        partition: replica.index,
+        leader_epoch: epoch.0,
+    };
+    let answer = manager.controller().resign_leadership(request).await;
+    let me = BrokerId(manager.node_id());
+    match answer.map(|a| a.state.as_ref().map(crate::wire::partition_state_from_wire)) {
+        Ok(Some(Ok(state))) if state.leader != Some(me) => {
+            info!(partition = %name(replica), offset = damage.offset, segment = %damage.segment.display(), new_leader = ?state.leader.map(|b| b.0), leader_epoch = state.leader_epoch.0, "this leader's copy is damaged: handed the leadership over, to fetch the damaged range again as a follower");
+        }
+        Ok(Some(Ok(_))) => {
+            let first = {
+                let mut role = lock(&replica.role);
+                match &mut *role {
+                    Role::Leader(l) if l.epoch == epoch => {
+                        !std::mem::replace(&mut l.resign_warned, true)
+                    }
+                    _ => false,
+                }
+            };
+            if first {
+                warn!(partition = %name(replica), offset = damage.offset, segment = %damage.segment.display(), reason = %damage.reason, retry = ?RESIGN_RETRY, "this leader's copy is damaged, but no other in-sync replica is alive to take over: it keeps leading, the damaged range cannot be repaired now (reads stop before it); asking again periodically");
+            } else {
+                debug!(partition = %name(replica), offset = damage.offset, "still no other in-sync replica to hand the damaged partition to");
+            }
+        }
+        // No state, or one that breaks its invariants: the metadata will tell.
+        Ok(_) => {}
+        Err(e) => {
+            debug!(partition = %name(replica), error = %e.message, "resigning the damaged partition's leadership failed; asking again later");
         }
     }
 }
@@ -732,4 +931,49 @@ pub fn follower_lags(replica: &Replica, me: u32) -> Vec<(u32, u64)> {
             (b.0, log_end.saturating_sub(fetched))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_follower_is_told_to_start_over_only_when_it_can_keep_nothing() {
+        let serve = FetchDecision::Serve;
+        assert!(below_log_start(&serve, 99, 100), "retention passed it");
+        assert!(!below_log_start(&serve, 100, 100), "at the log start");
+        assert!(!below_log_start(&serve, 0, 0));
+        let diverging = |end_offset| FetchDecision::Diverging {
+            epoch: None,
+            end_offset,
+        };
+        // The logs agree only below the log start: cutting there would leave a fetch below it.
+        assert!(below_log_start(&diverging(0), 150, 100));
+        assert!(below_log_start(&diverging(120), 90, 100));
+        // A cut at or past the log start is an ordinary truncation.
+        assert!(!below_log_start(&diverging(100), 150, 100));
+        assert!(!below_log_start(&diverging(0), 0, 0), "an empty leader");
+        for fenced in [
+            FetchDecision::FencedLeaderEpoch,
+            FetchDecision::UnknownLeaderEpoch,
+        ] {
+            assert!(!below_log_start(&fenced, 5, 100));
+        }
+    }
+
+    #[test]
+    fn the_epoch_at_the_log_start_is_the_newest_starting_at_or_below_it() {
+        let mut history = EpochHistory::new();
+        history.assign(LeaderEpoch(1), 0).unwrap();
+        history.assign(LeaderEpoch(3), 40).unwrap();
+        history.assign(LeaderEpoch(4), 90).unwrap();
+        assert_eq!(epoch_at(&history, 0), 1);
+        assert_eq!(epoch_at(&history, 39), 1);
+        assert_eq!(epoch_at(&history, 40), 3);
+        assert_eq!(epoch_at(&history, 1000), 4);
+        let mut late = EpochHistory::new();
+        late.assign(LeaderEpoch(2), 50).unwrap();
+        assert_eq!(epoch_at(&late, 10), 0, "no epoch that old");
+        assert_eq!(epoch_at(&EpochHistory::new(), 10), 0);
+    }
 }

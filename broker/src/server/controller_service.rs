@@ -1,5 +1,6 @@
 //! The `weir.v1.Controller` gRPC service: how brokers in other processes register, heartbeat,
-//! change in-sync sets and hand their leaderships over before they stop. Served only by a node that runs the controller.
+//! change in-sync sets, hand their leaderships over before they stop, and resign one whose
+//! copy is damaged. Served only by a node that runs the controller.
 
 use std::sync::Arc;
 
@@ -50,6 +51,17 @@ impl ControllerRpc for ControllerService {
         let answer = self
             .controller
             .controlled_shutdown(request.into_inner())
+            .await;
+        answer.map(Response::new).map_err(to_status)
+    }
+
+    async fn resign_leadership(
+        &self,
+        request: Request<weir_proto::v1::ResignLeadershipRequest>,
+    ) -> Result<Response<weir_proto::v1::ResignLeadershipResponse>, Status> {
+        let answer = self
+            .controller
+            .resign_leadership(request.into_inner())
             .await;
         answer.map(Response::new).map_err(to_status)
     }

@@ -12,9 +12,12 @@
 //!   continues from where it stopped, EAGAIN waits for writability, a vanished client (EPIPE,
 //!   ECONNRESET) ends the connection. No runtime thread ever waits on the socket.
 //! - A malformed request, an unknown topic or an offset out of range gets an `Error` frame and
-//!   the connection is closed; other connections are not affected. Request bodies are at most
-//!   1 KiB and read within `REQUEST_TIMEOUT`, so a client cannot make the broker allocate or
-//!   hold a task by sending a lying length or stalling mid-request.
+//!   the connection is closed (an offset out of range with the log's bounds in its header);
+//!   other connections are not affected. A follower whose fetch offset is below the log start
+//!   gets `OutOfRange` instead (the leader's decision, see `replica::leader`) and fetches on.
+//!   Request bodies are at most 1 KiB and read within `REQUEST_TIMEOUT`, so a client cannot
+//!   make the broker allocate or hold a task by sending a lying length or stalling
+//!   mid-request.
 //! - On shutdown, every connection ends: an idle one at once, a fetching one with an `Error`
 //!   frame (SHUTTING_DOWN).
 //!
@@ -150,6 +153,10 @@ async fn serve_fetch(
                 send_epoch(stream, FrameKind::Diverging, entry, &partition).await?;
                 return Ok(true);
             }
+            ReplicaFetchAnswer::OutOfRange(entry) => {
+                send_epoch(stream, FrameKind::OutOfRange, entry, &partition).await?;
+                return Ok(true);
+            }
             ReplicaFetchAnswer::Serve { epochs } => {
                 for entry in epochs {
                     send_epoch(stream, FrameKind::Epoch, entry, &partition).await?;
@@ -159,7 +166,16 @@ async fn serve_fetch(
         replica_fetch = Some((replica, fetch));
     }
     if let Err(e) = check_start(&partition.log, frame.offset) {
-        send_error(stream, storage_error(&e)).await;
+        // Where the log is, so a client can restart inside it without another round trip.
+        let marks = match &e {
+            weir_storage::StorageError::OffsetOutOfRange {
+                log_start,
+                high_watermark,
+                ..
+            } => (*high_watermark, *log_start),
+            _ => (0, 0),
+        };
+        send_error_marked(stream, storage_error(&e), marks).await;
         return Ok(false);
     }
     let params = FetchParams {
@@ -229,7 +245,7 @@ fn sync_request(replica: &crate::replica::Replica, fetch: &ReplicaFetch) -> u8 {
     }
 }
 
-/// Sends an `Epoch` or `Diverging` frame.
+/// Sends an `Epoch`, `Diverging` or `OutOfRange` frame.
 async fn send_epoch(
     stream: &mut TcpStream,
     kind: FrameKind,
@@ -325,14 +341,20 @@ async fn send_file_range(
 
 /// Sends an `Error` frame (best effort: the connection closes after it either way).
 async fn send_error(stream: &mut TcpStream, error: Error) {
+    send_error_marked(stream, error, (0, 0)).await;
+}
+
+/// [`send_error`] with the partition's (high watermark, log start) in the header: an
+/// OFFSET_OUT_OF_RANGE answer says where the log is (other errors send zeros).
+async fn send_error_marked(stream: &mut TcpStream, error: Error, marks: (u64, u64)) {
     let message = error.message.as_bytes();
     let header = ResponseHeader {
         kind: FrameKind::Error,
         flags: 0,
         error_code: u16::try_from(error.code).unwrap_or(ErrorCode::Internal as u16),
         length: message.len() as u32,
-        high_watermark: 0,
-        log_start_offset: 0,
+        high_watermark: marks.0,
+        log_start_offset: marks.1,
         next_offset: 0,
     };
     let _ = stream.write_all(&header.encode()).await;

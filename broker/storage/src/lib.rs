@@ -6,9 +6,9 @@
 //! - [`PartitionLog`] is one partition: `append` (validate, reserve, copy, publish), `read`
 //!   (whole batches as file ranges plus zero-copy `Bytes`), `offset_for_time`, `truncate_to`,
 //!   `flush`/`sync_through` (group commit), retention; for replication, a follower's
-//!   `append_replica` (the leader's bytes at the leader's offsets), `read_bounded` (nothing
-//!   past the committed high watermark) and the epoch history (`epoch_history`,
-//!   `assign_epoch`).
+//!   `append_replica` (the leader's bytes at the leader's offsets), `reset_to` (start over,
+//!   empty, at the leader's log start), `read_bounded` (nothing past the committed high
+//!   watermark) and the epoch history (`epoch_history`, `assign_epoch`).
 //! - Inside: [`segment`] (active and sealed segments), [`mmap`] (maps and the invariant that makes
 //!   handing out slices of them sound), [`index`] (sparse offset and time indexes), [`scan`]
 //!   (batch validation walking), [`recovery`] (opening, crash recovery), [`checkpoint`], [`fs`]

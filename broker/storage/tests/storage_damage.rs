@@ -4,6 +4,9 @@
 //! - Reads serve every whole batch before a torn or zeroed batch, from any earlier segment, and
 //!   a read that starts at it is `CorruptLog` naming the partition and the first unreadable
 //!   offset; nothing past it is served.
+//! - The scrub, and `verify_batch_at` (its check of one batch, on demand), find a flipped
+//!   payload bit, and reads stop before it from then on; a truncation at or past damage cuts
+//!   where it starts (a follower healing), and the offsets are written again.
 //! - `verify_log_dir` checks every batch, CRC included: a clean log passes, and each kind of
 //!   damage (a flipped bit, a zeroed header, a torn batch) is reported at the right partition,
 //!   segment, position and offset, while an unflushed torn tail past the recovery point is
@@ -292,6 +295,118 @@ fn the_scrub_finds_a_flipped_bit_and_reads_stop_before_it() {
     let r = log.read(bad_offset, 1 << 20).unwrap();
     assert_eq!(records_of(&r)[0].0, bad_offset);
     logs.close().unwrap();
+}
+
+/// `verify_batch_at`: the scrub's check of one batch, on demand (a leader whose follower keeps
+/// refusing a batch asks it): an intact batch is `None`, a flipped payload bit is found at its
+/// batch (asked at any offset inside it) and recorded, so reads stop before it from then on.
+#[test]
+fn verifying_one_batch_finds_a_flipped_bit_and_reads_stop_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = build(dir.path(), true);
+    let damaged = &paths[1];
+    let (pos, bad_offset) = batches_of(damaged)[2];
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(damaged)
+        .unwrap();
+    let mut byte = [0u8];
+    f.read_exact_at(&mut byte, pos + 90).unwrap();
+    f.write_all_at(&[byte[0] ^ 0x01], pos + 90).unwrap();
+
+    let logs = open(dir.path(), config());
+    let log = logs.partition(&tp("v", 0)).unwrap();
+    assert_eq!(log.verify_batch_at(0).unwrap(), None, "an intact batch");
+    assert_eq!(log.verify_batch_at(bad_offset - 1).unwrap(), None);
+    assert_eq!(
+        log.verify_batch_at(log.high_watermark()).unwrap(),
+        None,
+        "the log end"
+    );
+    assert_eq!(log.known_damage(), None);
+    // Inside the damaged batch (each holds two records): found at its base.
+    let found = log.verify_batch_at(bad_offset + 1).unwrap().unwrap();
+    assert_eq!((found.offset, found.position), (bad_offset, pos));
+    assert_eq!(&found.segment, damaged);
+    assert!(
+        matches!(found.reason, ScanStop::BadCrc(_)),
+        "{:?}",
+        found.reason
+    );
+    assert_eq!(log.known_damage(), Some(found));
+    let (offsets, error) = read_until_error(&log, 1 << 20);
+    assert_eq!(offsets.last().copied(), Some(bad_offset - 1));
+    assert!(
+        matches!(error, StorageError::CorruptLog { offset, .. } if offset == bad_offset),
+        "{error:?}"
+    );
+    assert!(matches!(
+        log.verify_batch_at(log.high_watermark() + 1),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
+    logs.close().unwrap();
+}
+
+/// `verify_batch_at` where the read itself meets damage (a zeroed header): the walk of that
+/// sealed segment names it, as the scrub would, and records it.
+#[test]
+fn verifying_at_a_zeroed_header_finds_it_as_the_scrub_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = build(dir.path(), true);
+    let sealed = &paths[1];
+    let (pos, offset) = batches_of(sealed)[2];
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(sealed)
+        .unwrap();
+    f.write_all_at(&[0u8; HEADER_LEN], pos).unwrap();
+    let logs = open(dir.path(), config());
+    let log = logs.partition(&tp("v", 0)).unwrap();
+    assert_eq!(log.known_damage(), None);
+    let found = log.verify_batch_at(offset).unwrap().unwrap();
+    assert_eq!((found.offset, found.position), (offset, pos));
+    assert_eq!(found.reason, ScanStop::ZeroHeader);
+    assert_eq!(log.known_damage(), Some(found.clone()));
+    assert_eq!(log.verify_batch_at(offset).unwrap(), Some(found), "known");
+    logs.close().unwrap();
+}
+
+/// A follower cutting its log at damage the scrub found: `truncate_to` the damaged batch's
+/// offset, or any offset past it in the same segment, cuts where the damaged batch starts (the
+/// batch holding the offset cannot be told), and the log takes the offsets again.
+#[test]
+fn a_truncation_at_or_past_a_zeroed_header_cuts_where_the_damage_starts() {
+    for past in [0, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = build(dir.path(), true);
+        let sealed = &paths[1];
+        let (pos, offset) = batches_of(sealed)[2];
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(sealed)
+            .unwrap();
+        f.write_all_at(&[0u8; HEADER_LEN], pos).unwrap();
+        let logs = open(dir.path(), config());
+        let log = logs.partition(&tp("v", 0)).unwrap();
+        assert_eq!(
+            log.truncate_to(offset + past).unwrap(),
+            offset,
+            "past {past}"
+        );
+        assert_eq!(log.high_watermark(), offset);
+        log.append(&batch(offset, 2, 300, 0)).unwrap();
+        let ids: Vec<u64> = read_all(&log, 0, 1 << 20).iter().map(|r| r.1).collect();
+        let mut expected: Vec<u64> = (0..offset).collect();
+        expected.extend([offset, offset + 1]);
+        assert_eq!(
+            ids, expected,
+            "dense, and the new batch where the damage was"
+        );
+        logs.close().unwrap();
+    }
 }
 
 /// Reads from offset 0 in `max_bytes` steps until a read fails: the offsets read (each checked

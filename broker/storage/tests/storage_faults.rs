@@ -1,6 +1,7 @@
 //! Disk faults injected through the engine's syscall seam (`weir_storage::sys`, whose module
 //! docs list the failpoints): a failed fdatasync, a full disk while rolling, a failed rename
-//! while checkpointing, a short write, a failed epoch-history write after a truncation's cut. Each checks what a user of the engine sees (the typed
+//! while checkpointing, a short write, a failed epoch-history write after a truncation's cut, a
+//! failed reset (`reset_to`). Each checks what a user of the engine sees (the typed
 //! error, what still works) and that nothing acknowledged is lost across a reopen.
 //!
 //! Run with `cargo test -p weir-storage --features failpoints`; without the feature this file
@@ -396,5 +397,55 @@ fn a_crash_between_the_truncation_and_the_history_write_recovers_consistently() 
     log.assign_epoch(LeaderEpoch(3), 120).unwrap();
     log.append(&batch(120, 1, 10, 0)).unwrap();
     assert_eq!(epochs_of(&log), [(1, 0), (3, 120)]);
+    logs.close().unwrap();
+}
+
+/// `reset_to` under disk faults: a failed checkpoint (its first step) changes nothing and the
+/// log stays writable; a failed unlink midway leaves it read-only, and the crash after it
+/// reopens to a dense prefix of the old log, from which a second reset succeeds.
+#[test]
+fn a_reset_that_fails_changes_nothing_or_leaves_a_prefix_of_the_old_log() {
+    let _faults = faults();
+    let dir = tempfile::tempdir().unwrap();
+    let logs = open(dir.path(), small_config());
+    let log = logs.create_partition(tp("reset", 0), None).unwrap();
+    for i in 0..100 {
+        log.append(&batch(i, 1, 500, 0)).unwrap();
+    }
+    log.flush().unwrap();
+    assert!(log.segment_count() > 3);
+
+    set("storage::rename", "return(eio)");
+    let err = log.reset_to(500).unwrap_err();
+    fail::remove("storage::rename");
+    assert!(matches!(err, StorageError::Io { .. }), "{err}");
+    assert_eq!((log.log_start_offset(), log.high_watermark()), (0, 100));
+    assert_eq!(log.recovery_point(), 100, "the lowered marks were restored");
+    log.append(&batch(100, 1, 500, 0)).unwrap();
+    assert_eq!(offsets_and_ids(&log), dense(101));
+
+    // The snapshot and the active segment's three files go, then a sealed segment's log fails.
+    set("storage::unlink", "4*off->return(eio)");
+    let err = log.reset_to(500).unwrap_err();
+    fail::remove("storage::unlink");
+    assert!(matches!(err, StorageError::Io { .. }), "{err}");
+    assert!(is_sync_failed(&log.append(&batch(101, 1, 10, 0))));
+    drop(log);
+    drop(logs); // the crash
+
+    let (logs, _) = reopen(dir.path());
+    let log = logs.partition(&tp("reset", 0)).unwrap();
+    let kept = log.high_watermark();
+    assert!(kept < 101, "the active segment was gone: {kept}");
+    assert_eq!(log.log_start_offset(), 0);
+    assert_eq!(offsets_and_ids(&log), dense(kept), "a dense prefix");
+    log.reset_to(500).unwrap();
+    assert_eq!((log.log_start_offset(), log.high_watermark()), (500, 500));
+    log.append(&batch(500, 2, 10, 0)).unwrap();
+    drop(log);
+    drop(logs);
+    let (logs, _) = reopen(dir.path());
+    let log = logs.partition(&tp("reset", 0)).unwrap();
+    assert_eq!((log.log_start_offset(), log.high_watermark()), (500, 502));
     logs.close().unwrap();
 }

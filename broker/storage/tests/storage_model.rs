@@ -15,7 +15,8 @@
 //!
 //! The model also holds the epoch history (`leader-epoch`): epochs assigned at the log end, at
 //! the latest start, anywhere in the log and past its end, newer, the same and older; cut by
-//! truncation, collapsed by retention, fitted to the log by every reopen.
+//! truncation, collapsed by retention, fitted to the log by every reopen; and `reset_to`, which
+//! leaves an empty log at any offset, below, inside or past the log.
 //!
 //! `PROPTEST_CASES=1000 cargo test -p weir-storage --test storage_model` runs a longer search.
 
@@ -76,6 +77,11 @@ enum Op {
     AssignEpoch {
         step: i64,
         at: EpochAt,
+    },
+    /// `reset_to` an offset `pick` chooses in `[0, high watermark + 50]`: below the log start,
+    /// inside the log, at or past its end.
+    ResetTo {
+        pick: Index,
     },
 }
 
@@ -181,6 +187,7 @@ fn op() -> impl Strategy<Value = Op> {
             2 => any::<Index>().prop_map(EpochAt::Pick),
             1 => Just(EpochAt::PastEnd),
         ]).prop_map(|(step, at)| Op::AssignEpoch { step, at }),
+        1 => any::<Index>().prop_map(|pick| Op::ResetTo { pick }),
     ]
 }
 
@@ -931,6 +938,19 @@ fn run(key_index: bool, ops: Vec<Op>) {
                 // needed.
                 model.snapshot = None;
                 model.derived = None;
+            }
+            Op::ResetTo { pick } => {
+                let offset = pick.index((model.high_watermark + 51) as usize) as u64;
+                log.reset_to(offset).unwrap();
+                // Nothing is left: no batch, no epoch, no snapshot, no derived state (rebuilt
+                // from the empty log when next needed).
+                model.batches.clear();
+                model.log_start = offset;
+                model.high_watermark = offset;
+                model.epochs.clear();
+                model.snapshot = None;
+                model.derived = None;
+                model.dirty = false;
             }
             Op::CloseIdle => {
                 log.close_idle(i64::MAX);

@@ -1,7 +1,8 @@
 //! A follower's side of replication in the storage engine: `append_replica` (the leader's
 //! batches byte for byte at the same offsets, producer states and key index learned from them,
 //! a batch at the wrong offset refused with nothing written) and `read_bounded` (nothing past
-//! the committed high watermark is served, and no batch is split).
+//! the committed high watermark is served, and no batch is split), and `reset_to` (a follower
+//! that fell below its leader's log start starts over, empty, at that offset).
 
 mod common;
 
@@ -328,4 +329,143 @@ proptest! {
             }
         }
     }
+}
+
+/// A follower whose next offset is below its leader's log start (retention deleted it there)
+/// starts over: `reset_to` empties its log at the leader's log start, it records the leader's
+/// epoch there and appends the leader's batches from it, byte for byte, and a reopen (clean or
+/// not) finds exactly that log.
+#[test]
+fn a_reset_log_starts_over_empty_at_the_given_offset_and_survives_reopening() {
+    use weir_replication::LeaderEpoch;
+
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let logs = open(dir.path(), small_config());
+    let leader = logs.create_partition(tp("lead", 0), None).unwrap();
+    let follower = logs.create_partition(tp("follow", 0), None).unwrap();
+    leader.assign_epoch(LeaderEpoch(1), 0).unwrap();
+    follower.assign_epoch(LeaderEpoch(1), 0).unwrap();
+    for i in 0..200u64 {
+        leader.append(&batch(i * 2, 2, 200, 0)).unwrap();
+    }
+    leader.assign_epoch(LeaderEpoch(3), 400).unwrap();
+    for i in 200..260u64 {
+        leader.append(&batch(i * 2, 2, 200, 0)).unwrap();
+    }
+    // The follower had the first few batches (the last one not synced), then went away.
+    let mut unsynced = None;
+    for b in batches_from(&leader, 0).into_iter().take(6) {
+        unsynced = Some(follower.append_replica(&b).unwrap().1);
+    }
+    assert_eq!(follower.high_watermark(), 12);
+    // Retention on the leader: everything before a segment well past the follower's end.
+    assert!(leader.segment_count() > 4, "{}", leader.segment_count());
+    leader.delete_segments_before(300).unwrap();
+    let start = leader.log_start_offset();
+    assert!(start > 12 && start <= 300, "log start {start}");
+
+    follower.reset_to(start).unwrap();
+    assert_eq!(
+        (
+            follower.log_start_offset(),
+            follower.high_watermark(),
+            follower.recovery_point()
+        ),
+        (start, start, start)
+    );
+    assert_eq!(follower.segment_count(), 1);
+    assert!(follower.epoch_history().entries().is_empty());
+    assert!(follower.read(start, 1 << 20).unwrap().chunks.is_empty());
+    assert!(matches!(
+        follower.read(0, 1 << 20),
+        Err(StorageError::OffsetOutOfRange { log_start, .. }) if log_start == start
+    ));
+    // An unsynced batch the reset discarded is never reported durable.
+    assert!(matches!(
+        follower.wait_durable(unsynced.unwrap()),
+        Err(StorageError::TruncatedBeforeSync { .. })
+    ));
+    let files: Vec<String> = log_files(follower.dir()).into_keys().collect();
+    assert_eq!(files, [format!("{start:020}.log")], "only the new segment");
+
+    // The leader's epoch at its log start, then its batches from there.
+    let covering = leader
+        .epoch_history()
+        .entries()
+        .iter()
+        .rev()
+        .find(|&&(_, s)| s <= start)
+        .copied()
+        .unwrap();
+    assert_eq!(covering, (LeaderEpoch(1), start), "retention collapsed it");
+    follower.assign_epoch(covering.0, start).unwrap();
+    for b in batches_from(&leader, start) {
+        let base = weir_proto::batch::BatchHeader::parse(&b)
+            .unwrap()
+            .base_offset;
+        if base == 400 {
+            follower.assign_epoch(LeaderEpoch(3), 400).unwrap();
+        }
+        follower.append_replica(&b).unwrap();
+    }
+    assert_eq!(follower.epoch_history(), leader.epoch_history());
+    assert_eq!(
+        batches_from(&follower, start),
+        batches_from(&leader, start),
+        "byte for byte from the leader's log start"
+    );
+    follower.flush().unwrap();
+
+    // A clean reopen (dropped without closing after it), then an unclean one: the same log.
+    let expected = batches_from(&follower, start);
+    logs.close().unwrap();
+    drop((leader, follower));
+    for round in ["clean", "unclean"] {
+        let logs = open(dir.path(), small_config());
+        let follower = logs.partition(&tp("follow", 0)).unwrap();
+        assert_eq!(follower.log_start_offset(), start, "{round}");
+        assert_eq!(batches_from(&follower, start), expected, "{round}");
+        assert_eq!(follower.epoch_history().entries().len(), 2, "{round}");
+        if round == "unclean" {
+            logs.close().unwrap();
+        }
+    }
+}
+
+/// `reset_to` below the log start and at the log end: either way an empty log at that offset,
+/// appendable from there, with dense offsets.
+#[test]
+fn a_reset_below_the_log_start_or_at_the_log_end_is_an_empty_log_there() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let logs = open(dir.path(), small_config());
+    let log = logs.create_partition(tp("reset", 0), None).unwrap();
+    for i in 0..150u64 {
+        log.append(&batch(i, 1, 300, 0)).unwrap();
+    }
+    log.delete_segments_before(100).unwrap();
+    let start = log.log_start_offset();
+    assert!(start > 10);
+    log.reset_to(7).unwrap();
+    assert_eq!((log.log_start_offset(), log.high_watermark()), (7, 7));
+    log.append(&batch(7, 3, 10, 0)).unwrap();
+    assert_eq!(
+        read_all(&log, 7, 1 << 20)
+            .iter()
+            .map(|r| r.0)
+            .collect::<Vec<_>>(),
+        [7, 8, 9]
+    );
+    log.reset_to(10).unwrap();
+    assert_eq!((log.log_start_offset(), log.high_watermark()), (10, 10));
+    assert!(log.read(10, 100).unwrap().chunks.is_empty());
+    log.append(&batch(10, 2, 10, 0)).unwrap();
+    log.flush().unwrap();
+    logs.close().unwrap();
+    drop(log);
+    let logs = open(dir.path(), small_config());
+    let log = logs.partition(&tp("reset", 0)).unwrap();
+    assert_eq!((log.log_start_offset(), log.high_watermark()), (10, 12));
+    logs.close().unwrap();
 }

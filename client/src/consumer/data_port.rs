@@ -120,7 +120,7 @@ impl DataPortFetch {
             }
             // Only a replica fetch is answered with these; a broker that sends one to a
             // consumer breaks the protocol.
-            FrameKind::Epoch | FrameKind::Diverging => {
+            FrameKind::Epoch | FrameKind::Diverging | FrameKind::OutOfRange => {
                 self.done = true;
                 let error = std::io::Error::new(
                     std::io::ErrorKind::InvalidData,

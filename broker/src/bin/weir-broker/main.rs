@@ -107,6 +107,9 @@ struct Args {
     /// it off [default: 16 MiB/s].
     #[arg(long, env = "WEIR_SCRUB_BYTES_PER_SEC")]
     scrub_bytes_per_sec: Option<u64>,
+    /// A new scrub pass starts at most this often, ms [default: 86400000, a day].
+    #[arg(long, env = "WEIR_SCRUB_PASS_INTERVAL_MS")]
+    scrub_pass_interval_ms: Option<u64>,
     /// Default segment size of new topics, bytes [default: 1 GiB].
     #[arg(long, env = "WEIR_SEGMENT_BYTES")]
     segment_bytes: Option<u64>,
@@ -177,6 +180,7 @@ impl Args {
         set!(retention_check_interval_ms = self.retention_check_interval_ms);
         set!(checkpoint_interval_ms = self.checkpoint_interval_ms);
         set!(scrub_bytes_per_sec = self.scrub_bytes_per_sec);
+        set!(scrub_pass_interval_ms = self.scrub_pass_interval_ms);
         set!(topic_defaults.segment_bytes = self.segment_bytes);
         set!(topic_defaults.retention_ms = self.retention_ms.map(Some));
         set!(topic_defaults.retention_bytes = self.retention_bytes.map(Some));

@@ -4,8 +4,9 @@
 //! `tests/storage_concurrency.rs`, the disk faults of `tests/storage_faults.rs`, and the
 //! `debug_assert!`s where each is enforced):
 //! - Offsets are dense and never move: the batch appended after offset `n-1` gets base offset
-//!   `n`, and a read of offset `n` returns the same bytes until retention deletes or
-//!   `truncate_to` cuts them.
+//!   `n`, and a read of offset `n` returns the same bytes until retention deletes,
+//!   `truncate_to` cuts or `reset_to` drops them (the offsets of a reset log start anew at
+//!   its offset).
 //! - `log_start_offset <= recovery_point <= high_watermark`; every byte in `[log start,
 //!   recovery point)` has been synced (retention may raise the recovery point to a new log start
 //!   without a sync: nothing below the log start counts), and the checkpointed recovery point is
@@ -45,7 +46,7 @@
 //! - `derived.rs`: producer states and the key index, their snapshots and rebuilds;
 //! - `epochs.rs`: the epoch history (`epoch_history`, `assign_epoch`) and fitting it to the
 //!   log when truncation or retention moves the log's ends;
-//! - `retention.rs`: everything that removes data: `truncate_to`, retention,
+//! - `retention.rs`: everything that removes data: `truncate_to`, `reset_to`, retention,
 //!   `delete_segments_before`, and closing idle files;
 //! - `scrub.rs`: CRC-checking a sealed segment for the background scrub, and the damage it
 //!   found, which reads stop before.

@@ -437,7 +437,7 @@ pub(super) fn select_batches(
         if let Some((offset, reason)) = known_damage
             && header.base_offset == offset
         {
-            let detail = format!("found by the scrub: {reason}");
+            let detail = format!("found damaged by a CRC check: {reason}");
             return Walk {
                 selection: selected,
                 damage: Some(damage(pos, expected, detail)),

@@ -1,11 +1,15 @@
-//! Removing data: `truncate_to` (and the file swap behind it, `replace_tail`), size and age
-//! retention, `delete_segments_before`, and closing idle segments' files.
+//! Removing data: `truncate_to` (and the file swap behind it, `replace_tail`), `reset_to` (the
+//! whole log replaced by an empty one at any offset), size and age retention,
+//! `delete_segments_before`, and closing idle segments' files.
 //!
 //! Invariants enforced here:
 //! - Files on disk always hold a prefix of the log: a truncation lowers and checkpoints the
 //!   recovery point first, writes and syncs the kept prefix to a temporary file, then unlinks
 //!   later segments newest first and renames the prefix over the cut segment. A failure midway
 //!   leaves the partition read-only (the recorded sync failure) until a restart recovers.
+//!   A reset lowers the checkpointed recovery point and log start to its offset first, then
+//!   deletes segments newest first and creates the empty one last, so the files hold a prefix
+//!   of the old log or exactly the new one.
 //! - A truncation bumps the epoch, forgets the derived state, lowers the durable offset to the
 //!   new high watermark and remembers the cut, so no batch it removed is ever acknowledged
 //!   durable; the derived-state snapshot is deleted before anything is cut.
@@ -42,8 +46,9 @@ use crate::sys;
 
 impl PartitionLog {
     /// Removes every batch from the one holding `offset` on (Kafka's truncateTo: the cut falls
-    /// on a batch boundary, so the new high watermark may be below `offset`). Returns the new
-    /// high watermark.
+    /// on a batch boundary, so the new high watermark may be below `offset`; if a damaged batch
+    /// comes first in that segment, the cut falls where it starts). Returns the new high
+    /// watermark.
     ///
     /// Crash safety, step by step: (1) the recovery point is lowered and checkpointed, so it
     /// never claims cut-away bytes; (2) the kept prefix of the cut segment is written to a
@@ -101,7 +106,9 @@ impl PartitionLog {
             (segment.base_offset, bytes.unwrap_or_default())
         };
         let path = segment_path(&self.dir, base, LOG_SUFFIX);
-        // Damage past the cut does not matter: the cut removes it.
+        // Damage past the cut does not matter: the cut removes it. Damage before the batch
+        // holding `offset` (a follower cutting at what the scrub found) moves the cut there:
+        // nothing from it on can be read, and every batch before it is whole.
         let walk = select_batches(
             &log_bytes,
             0,
@@ -114,6 +121,7 @@ impl PartitionLog {
         let cut = match (walk.selection, walk.damage) {
             (Some(sel), _) => sel.start,
             (None, None) => log_bytes.len() as u64,
+            (None, Some(damage)) if damage.offset <= offset => damage.position,
             (None, Some(damage)) => {
                 return Err(StorageError::Corrupt {
                     what: "segment",
@@ -197,6 +205,132 @@ impl PartitionLog {
         // records past the cut attributed to an older epoch, which no open can tell.)
         self.fit_epochs_or_fail(&mut inner)?;
         Ok(new_hw)
+    }
+
+    /// Empties the log and restarts it at `offset`, which may lie anywhere (below the log
+    /// start, inside the log, past its end): every segment goes, one empty active segment
+    /// based at `offset` takes their place, and the log start, recovery point and high
+    /// watermark all become `offset`; the epoch history is emptied, known damage and the
+    /// derived state (producer states, key index) are forgotten. Kafka's
+    /// `truncateFullyAndStartAt`: a follower whose next offset is below its leader's log start
+    /// (retention deleted it there) cannot fetch what it misses, so it starts over where the
+    /// leader's log starts.
+    ///
+    /// Crash safety, step by step: (1) the checkpointed recovery point and log start are
+    /// lowered to at most `offset`, so an open never trusts unsynced bytes of the new log nor
+    /// hides them behind the old log start: a failure here changes nothing; (2) the
+    /// derived-state snapshot and every segment are deleted, newest first, so the files always
+    /// hold a prefix of the old log (an open finds that prefix, or an empty log at the
+    /// checkpointed log start: consistent either way, and a follower is simply told again);
+    /// (3) the empty segment is created (atomically: a synced temporary file renamed into
+    /// place, then the directory synced), after which an open finds exactly the new log;
+    /// (4) the empty epoch history is stored (a crash before it leaves entries an open drops,
+    /// since none can start inside an empty log). A failure in (2) to (4) leaves the partition
+    /// read-only until a restart recovers, as in `truncate_to`.
+    ///
+    /// A durable append waiting meanwhile, or asked about later, is `TruncatedBeforeSync`
+    /// unless it was synced before and `offset` is past it.
+    pub fn reset_to(&self, offset: u64) -> Result<()> {
+        let config = self.config();
+        let _snapshot = lock(&self.snapshot_lock);
+        let mut inner = lock(&self.inner);
+        self.check_open(&inner)?;
+        if let Some(reason) = lock(&self.sync).failure.clone() {
+            return Err(StorageError::SyncFailed {
+                partition: self.tp.to_string(),
+                reason,
+            });
+        }
+        // (1) Lowered in the mirrors the checkpoint reads (the in-memory marks move in (3));
+        // restored if the checkpoint cannot be written.
+        let (old_start, old_recovery) = (inner.log_start_offset, inner.recovery_point);
+        self.log_start_offset
+            .store(old_start.min(offset), Ordering::Release);
+        self.recovery_point
+            .store(old_recovery.min(offset), Ordering::Release);
+        if let Some(checkpoint) = self.checkpoint_hook.get()
+            && let Err(e) = checkpoint()
+        {
+            self.log_start_offset.store(old_start, Ordering::Release);
+            self.recovery_point.store(old_recovery, Ordering::Release);
+            return Err(e);
+        }
+        // From here on the old log is being destroyed: no in-flight sync may credit its work
+        // to the new one (the epoch check), and whatever fails turns the partition read-only.
+        inner.epoch += 1;
+        inner.producers = None;
+        inner.keys = None;
+        inner.last_batch = None;
+        inner.derived_dirty = false;
+        let replaced = self.replace_all_segments(&mut inner, offset, &config);
+        if let Err(e) = replaced {
+            lock(&self.sync).failure = Some(format!("resetting the log failed midway: {e}"));
+            return Err(e);
+        }
+        inner.unsynced_sealed.clear();
+        inner.first_unsynced_ms = None;
+        inner.log_start_offset = offset;
+        inner.recovery_point = offset;
+        self.log_start_offset.store(offset, Ordering::Release);
+        self.recovery_point.store(offset, Ordering::Release);
+        {
+            let mut sync = lock(&self.sync);
+            // A batch synced before stays durable only if it is below `offset`, where the new
+            // log counts everything as synced; every other one was cut before its sync.
+            let kept = sync.durable_offset.min(offset);
+            sync.durable_offset = offset;
+            if sync.truncations.len() == TRUNCATION_HISTORY {
+                sync.truncations.pop_front();
+            }
+            sync.truncations.push_back((inner.epoch, kept));
+            for (_, thread) in &sync.waiters {
+                thread.unpark();
+            }
+        }
+        self.forget_damage_from(0);
+        self.damage_logged.store(0, Ordering::Relaxed);
+        inner.debug_check_chain();
+        self.high_watermark.store(offset, Ordering::Release);
+        info!(partition = %self.tp, log_start = offset, old_log_start = old_start, "reset the log: empty, starting at the given offset");
+        // (4)
+        if let Err(e) =
+            self.replace_epochs_locked(&mut inner, weir_replication::EpochHistory::new())
+        {
+            lock(&self.sync).failure = Some(format!("storing the epoch history failed: {e}"));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Steps (2) and (3) of `reset_to`: delete every segment (active first, then the sealed
+    /// ones newest first) and the derived-state snapshot, then create the empty active segment
+    /// at `offset`.
+    fn replace_all_segments(
+        &self,
+        inner: &mut Inner,
+        offset: u64,
+        config: &crate::config::LogConfig,
+    ) -> Result<()> {
+        remove_if_exists(&self.dir.join(derived_snapshot::FILE_NAME))?;
+        inner.active.close_writer();
+        for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+            remove_if_exists(&segment_path(&self.dir, inner.active.base_offset, suffix))?;
+        }
+        while let Some(segment) = inner.sealed.pop_back() {
+            if let Err(e) = segment.delete_files() {
+                inner.sealed.push_back(segment);
+                return Err(e);
+            }
+        }
+        fsync_dir(&self.dir)?;
+        inner.active = ActiveSegment::create(
+            &self.dir,
+            offset,
+            config.segment_bytes,
+            config.preallocate_min_bytes,
+            config.index_interval_bytes,
+        )?;
+        Ok(())
     }
 
     /// Step (4) of `truncate_to`: fit the epoch history to the cut log and store it. If the

@@ -1,5 +1,5 @@
-//! The scrub's part of a partition: CRC-checking one sealed segment at a time, and remembering
-//! damage it found so reads stop before it.
+//! The scrub's part of a partition: CRC-checking one sealed segment at a time (or one batch on
+//! demand, `verify_batch_at`), and remembering damage it found so reads stop before it.
 //!
 //! The fetch path never reads the bytes it sends (sendfile), so a batch whose payload rotted on
 //! disk (its header intact) would be served and only a consumer's CRC check would notice. The
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use tracing::error;
 
 use super::{PartitionLog, lock};
-use crate::error::Result;
+use crate::error::{Result, StorageError};
 use crate::fs::{LOG_SUFFIX, segment_path};
 use crate::mmap::region_slice;
 use crate::scan::{ScanStop, scan_batches};
@@ -68,7 +68,7 @@ impl PartitionLog {
         };
         let open = match segment.open() {
             Ok(open) => open,
-            Err(crate::StorageError::SegmentRemoved { .. }) => return Ok(None),
+            Err(StorageError::SegmentRemoved { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
         let Some(map) = open.map.clone() else {
@@ -86,12 +86,74 @@ impl PartitionLog {
             reason,
         });
         if let Some(found) = &damage {
-            self.record_damage(found.clone());
+            self.record_damage(found.clone(), "the scrub");
         }
         Ok(Some(ScrubbedSegment {
             bytes: segment.size,
             damage,
         }))
+    }
+
+    /// CRC-checks the one batch holding `offset` (the scrub's check, for one batch), and
+    /// records what fails as the scrub's damage (reads then stop before it). Reads never look
+    /// at the bytes they send (sendfile), so a leader whose follower keeps refusing the batch
+    /// there (a follower checks every batch it appends) asks this before the scrub gets there.
+    /// A batch the read itself finds damaged (its header, its place in the chain) is found by
+    /// walking its sealed segment as the scrub does; damage already known is answered as is.
+    /// `None` when the batch is intact, `offset` is the log end, or the damage lies in the
+    /// active segment (recovery's, not the scrub's); a read's other errors otherwise
+    /// (`OffsetOutOfRange`, `Closed`).
+    pub fn verify_batch_at(&self, offset: u64) -> Result<Option<KnownDamage>> {
+        let read = match self.read(offset, 1) {
+            Ok(read) => read,
+            // Damage the read met by itself (a batch that does not parse, or does not follow
+            // the one before): the scrub's walk of that sealed segment names and records it.
+            Err(StorageError::CorruptLog { offset: at, .. })
+                if self.known_damage().is_none_or(|k| k.offset > at) =>
+            {
+                let base = lock(&self.inner)
+                    .sealed
+                    .iter()
+                    .find(|s| s.base_offset <= at && at < s.next_offset)
+                    .map(|s| s.base_offset);
+                return match base {
+                    Some(base) => Ok(self.scrub_segment(base)?.and_then(|s| s.damage)),
+                    None => Ok(None),
+                };
+            }
+            Err(StorageError::CorruptLog { .. }) => return Ok(self.known_damage()),
+            Err(e) => return Err(e),
+        };
+        let Some(chunk) = read.chunks.first() else {
+            return Ok(None);
+        };
+        // `read` with a budget of one byte returns exactly the batch holding `offset`.
+        let outcome = scan_batches(&chunk.bytes, 0, chunk.first_offset, true, None);
+        let Some(reason) = outcome.stop else {
+            return Ok(None);
+        };
+        // The segment the batch came from, for the report (the newest one based at or below it).
+        let base = {
+            let inner = lock(&self.inner);
+            if chunk.first_offset >= inner.active.base_offset {
+                inner.active.base_offset
+            } else {
+                inner
+                    .sealed
+                    .iter()
+                    .rev()
+                    .find(|s| s.base_offset <= chunk.first_offset)
+                    .map_or(inner.active.base_offset, |s| s.base_offset)
+            }
+        };
+        let found = KnownDamage {
+            offset: outcome.next_offset,
+            segment: segment_path(&self.dir, base, LOG_SUFFIX),
+            position: chunk.position + outcome.valid_len,
+            reason,
+        };
+        self.record_damage(found.clone(), "a check of the batch");
+        Ok(Some(found))
     }
 
     /// The damage the scrub found and reads now stop before, if it still applies.
@@ -100,7 +162,8 @@ impl PartitionLog {
         (damage.offset >= self.log_start_offset()).then_some(damage)
     }
 
-    fn record_damage(&self, found: KnownDamage) {
+    /// Records `found` (by `found_by`, for the log line) unless damage at or below it is known.
+    fn record_damage(&self, found: KnownDamage, found_by: &str) {
         let mut known = lock(&self.known_damage);
         if known.as_ref().is_some_and(|k| k.offset <= found.offset) {
             return;
@@ -111,7 +174,8 @@ impl PartitionLog {
             segment = %found.segment.display(),
             position = found.position,
             reason = %found.reason,
-            "DAMAGED LOG found by the scrub: a sealed batch fails its checks; reads stop before it from now on. Run `weir-broker --verify` on the stopped broker to list all damage."
+            found_by,
+            "DAMAGED LOG: a stored batch fails its checks; reads stop before it from now on. Run `weir-broker --verify` on the stopped broker to list all damage."
         );
         *known = Some(found);
     }
