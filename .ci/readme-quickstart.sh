@@ -18,7 +18,7 @@ cli_cmd=$(grep -m1 -E '^cargo build --release --bin weir( |$)' README.md | sed '
 echo "README: $start_cmd"
 echo "README: $cli_cmd"
 $cli_cmd
-export PATH="$PWD/target/release:$PATH"
+export PATH="${CARGO_TARGET_DIR:-$PWD/target}/release:$PATH"
 
 data_dir=weir-data
 if [ -e "$data_dir" ]; then

@@ -15,55 +15,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use weir_client::{Acks, Client, NewTopic, ProducerConfig, ProducerRecord};
+use weir_client::NewTopic;
 use weir_testkit::wait_until;
 
 #[path = "support/replicated.rs"]
 mod replicated;
-use replicated::{Cluster, consume_numbers, disk_batches};
+use replicated::{Cluster, consume_numbers, disk_batches, produce_until};
 
 const PARTITIONS: u32 = 4;
 /// A watchdog for conditions, not a timing assertion.
 const WAIT: Duration = Duration::from_secs(60);
-
-/// An acks=all producer over every partition until `stop`; answers (records sent, failures).
-fn produce_until(
-    client: &Client,
-    topic: &'static str,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(u32, Vec<String>)> {
-    let client = client.clone();
-    tokio::spawn(async move {
-        let producer = client
-            .producer(ProducerConfig {
-                acks: Acks::All,
-                linger: Duration::from_millis(2),
-                delivery_timeout: Duration::from_secs(90),
-                ..ProducerConfig::default()
-            })
-            .unwrap();
-        let mut deliveries = Vec::new();
-        let mut next = 0u32;
-        while !stop.load(Ordering::Relaxed) {
-            for _ in 0..20 {
-                let record = ProducerRecord::new(topic)
-                    .partition(next % PARTITIONS)
-                    .value(next.to_string());
-                deliveries.push((next, producer.send(record).await.expect("send")));
-                next += 1;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        producer.flush().await.expect("flush");
-        let mut failed = Vec::new();
-        for (value, delivery) in deliveries {
-            if let Err(e) = delivery.await {
-                failed.push(format!("{value}: {e}"));
-            }
-        }
-        (next, failed)
-    })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replacing_a_broker_moves_its_replicas_without_dropping_below_min_isr() {
@@ -120,7 +81,7 @@ async fn replacing_a_broker_moves_its_replicas_without_dropping_below_min_isr() 
     assert!(moves.iter().all(|(_, t)| !t.contains(&old)), "{moves:?}");
 
     let stop = Arc::new(AtomicBool::new(false));
-    let producing = produce_until(&client, "moving", Arc::clone(&stop));
+    let producing = produce_until(&client, "moving", PARTITIONS, Arc::clone(&stop));
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Bad targets are refused and change nothing.

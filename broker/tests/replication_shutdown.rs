@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use weir_client::{Acks, Client, NewTopic, ProducerConfig, ProducerRecord};
+use weir_client::{Client, NewTopic};
 use weir_testkit::wait_until;
 
 #[path = "support/replicated.rs"]
 mod replicated;
-use replicated::{Cluster, consume_numbers as consume};
+use replicated::{Cluster, consume_numbers as consume, produce_until};
 
 /// Long enough that only controlled shutdown can explain a quick handover.
 const LEASE_MS: &str = "30000";
@@ -64,40 +64,7 @@ async fn a_rolling_restart_hands_leaderships_over_and_loses_no_acks_all_record()
 
     // An acks=all producer runs through the whole restart.
     let stop = Arc::new(AtomicBool::new(false));
-    let producing = {
-        let client = client.clone();
-        let stop = Arc::clone(&stop);
-        tokio::spawn(async move {
-            let producer = client
-                .producer(ProducerConfig {
-                    acks: Acks::All,
-                    linger: Duration::from_millis(2),
-                    delivery_timeout: Duration::from_secs(90),
-                    ..ProducerConfig::default()
-                })
-                .unwrap();
-            let mut deliveries = Vec::new();
-            let mut next = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                for _ in 0..20 {
-                    let record = ProducerRecord::new("rolling")
-                        .partition(next % PARTITIONS)
-                        .value(next.to_string());
-                    deliveries.push((next, producer.send(record).await.expect("send")));
-                    next += 1;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            producer.flush().await.expect("flush");
-            let mut failed = Vec::new();
-            for (value, delivery) in deliveries {
-                if let Err(e) = delivery.await {
-                    failed.push(format!("{value}: {e}"));
-                }
-            }
-            (next, failed)
-        })
-    };
+    let producing = produce_until(&client, "rolling", PARTITIONS, Arc::clone(&stop));
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // SIGTERM: the broker hands its leaderships over, then exits.

@@ -1,6 +1,7 @@
 //! What the replication tests over real processes share: a controller and three brokers on
-//! loopback, started as a user would; the whole valid batches of a partition read off a
-//! broker's disk (what every replica must agree on); a topic read back as numbers.
+//! loopback, started as a user would; an acks=all producer of numbered records running until
+//! told to stop; the whole valid batches of a partition read off a broker's disk (what every
+//! replica must agree on); a topic read back as numbers.
 //!
 //! Each test file includes it with `#[path = "support/replicated.rs"] mod replicated;` and
 //! uses what it needs.
@@ -8,10 +9,12 @@
 #![allow(dead_code)]
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use weir_client::{Client, ConsumerConfig};
+use weir_client::{Acks, Client, ConsumerConfig, ProducerConfig, ProducerRecord};
 use weir_proto::batch::{RecordBatch, split_batches};
 use weir_testkit::{BrokerProcess, temp_data_dir, wait_until};
 
@@ -83,6 +86,48 @@ impl Cluster {
         .await;
         client
     }
+}
+
+/// An acks=all producer of the numbers 0, 1, 2, ... to `topic` (number n to partition
+/// n mod `partitions`) until `stop`; answers how many it sent and the deliveries that failed
+/// ("n: error"). Its delivery timeout (90 s) outlasts any failover a test provokes.
+pub fn produce_until(
+    client: &Client,
+    topic: &'static str,
+    partitions: u32,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(u32, Vec<String>)> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        let producer = client
+            .producer(ProducerConfig {
+                acks: Acks::All,
+                linger: Duration::from_millis(2),
+                delivery_timeout: Duration::from_secs(90),
+                ..ProducerConfig::default()
+            })
+            .unwrap();
+        let mut deliveries = Vec::new();
+        let mut next = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            for _ in 0..20 {
+                let record = ProducerRecord::new(topic)
+                    .partition(next % partitions)
+                    .value(next.to_string());
+                deliveries.push((next, producer.send(record).await.expect("send")));
+                next += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        producer.flush().await.expect("flush");
+        let mut failed = Vec::new();
+        for (value, delivery) in deliveries {
+            if let Err(e) = delivery.await {
+                failed.push(format!("{value}: {e}"));
+            }
+        }
+        (next, failed)
+    })
 }
 
 /// The whole valid batches of `topic`-`partition` on a broker's disk, in offset order (the
