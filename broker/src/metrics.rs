@@ -105,6 +105,8 @@ pub struct Metrics {
     pub fetch_data_port: Timer,
     /// Open connections on the data port.
     pub data_port_connections: Gauge,
+    /// Open gRPC connections, every listener.
+    pub grpc_connections: Gauge,
     /// Open fetch streams, per transport.
     pub fetch_streams_grpc: Gauge,
     pub fetch_streams_data_port: Gauge,
@@ -153,6 +155,7 @@ impl Metrics {
             fetch_grpc: timer("fetch", "grpc"),
             fetch_data_port: timer("fetch", "data_port"),
             data_port_connections: Gauge::default(),
+            grpc_connections: Gauge::default(),
             fetch_streams_grpc: stream("fetch", "grpc"),
             fetch_streams_data_port: stream("fetch", "data_port"),
             produce_streams: stream("produce_stream", "grpc"),
@@ -211,6 +214,11 @@ impl Metrics {
             "weir_isr_expands",
             "In-sync set changes proposed by leaders on this broker and accepted by the controller that added replicas (Kafka's IsrExpandsPerSec)",
             self.replication.isr_expands.clone(),
+        );
+        registry.register(
+            "weir_grpc_connections_active",
+            "Open gRPC connections, on every gRPC listener",
+            self.grpc_connections.clone(),
         );
         registry.register(
             "weir_streams_active",

@@ -170,6 +170,10 @@ async fn a_scrape_reports_what_was_produced_consumed_and_committed() {
         Some(1.0),
         "every unary RPC is timed"
     );
+    assert!(
+        value(&s, "weir_grpc_connections_active").is_some_and(|n| n >= 1.0),
+        "this test's client holds a gRPC connection"
+    );
     assert_eq!(value(&s, "weir_leader_partitions"), Some(1.0));
     assert_eq!(value(&s, "weir_under_replicated_partitions"), Some(0.0));
     assert_eq!(value(&s, "weir_cluster_brokers_alive"), Some(1.0));

@@ -28,6 +28,7 @@
 pub mod cluster;
 pub mod controlled_shutdown;
 pub mod controller_service;
+pub mod counted;
 pub mod data_port;
 pub mod fetch;
 pub mod health;
@@ -60,6 +61,8 @@ use crate::replica::{ReplicaConfig, ReplicaManager};
 use crate::topics::{Partition, TopicError, Topics};
 use cluster::{BrokerAddresses, ClusterView, SyncRole};
 use controller_service::ControllerService;
+use counted::Counted;
+use futures::StreamExt;
 use health::NodeHealth;
 use limits::InFlightLimits;
 use listener::Listener;
@@ -258,7 +261,10 @@ impl Broker {
         );
         let service = RequestLimit::new(service, config.max_request_bytes);
         let service = RpcTiming::new(service, &state.metrics);
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let connections = state.metrics.grpc_connections.clone();
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .map(move |accepted| accepted.map(|stream| Counted::new(stream, &connections)));
         let mut shutdown = state.shutdown_signal();
         // Windows and frames sized for bulk batches: tonic's defaults cost ~40% throughput here.
         Ok(tonic::transport::Server::builder()
