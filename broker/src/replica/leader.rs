@@ -653,9 +653,17 @@ pub async fn maintain(manager: Arc<ReplicaManager>, mut stop: tokio::sync::watch
         }
         for replica in manager.all() {
             if let Some(request) = proposal(&replica, &manager) {
+                // Judged against the state the proposal is based on: by the time the answer
+                // comes, the metadata may already show the new set.
+                let shrinks = match &*lock(&replica.role) {
+                    Role::Leader(l) => request.new_isr.len() < l.state.isr.len(),
+                    _ => false,
+                };
                 let manager = Arc::clone(&manager);
                 let replica = Arc::clone(&replica);
-                tokio::spawn(async move { send_proposal(&manager, &replica, request).await });
+                tokio::spawn(
+                    async move { send_proposal(&manager, &replica, request, shrinks).await },
+                );
             }
             if let Some((epoch, damage)) = resignation(&replica) {
                 let manager = Arc::clone(&manager);
@@ -845,6 +853,7 @@ async fn send_proposal(
     manager: &ReplicaManager,
     replica: &Replica,
     request: weir_replication::AlterIsrRequest,
+    shrinks: bool,
 ) {
     let wire = AlterPartitionRequest {
         topic: replica.topic.to_string(),
@@ -899,7 +908,7 @@ async fn send_proposal(
         };
         l.isr.on_response(&request, &result);
         if let Ok(state) = &result {
-            let counter = if state.isr.len() < l.state.isr.len() {
+            let counter = if shrinks {
                 &manager.metrics.isr_shrinks
             } else {
                 &manager.metrics.isr_expands
