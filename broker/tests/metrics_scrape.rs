@@ -5,8 +5,7 @@
 //! counts the in-sync set shrink.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -15,31 +14,23 @@ use weir_client::{
 };
 use weir_testkit::{BrokerProcess, temp_data_dir, wait_until};
 
+#[path = "support/http.rs"]
+mod http;
 #[path = "support/replicated.rs"]
 mod replicated;
+
+/// `GET path` of the metrics listener; the test fails if it does not answer.
+fn get(addr: SocketAddr, path: &str) -> http::Response {
+    http::get(addr, path).expect("the metrics listener answers")
+}
 use replicated::{BROKER, Cluster};
 
 /// A watchdog for conditions, not a timing assertion.
 const WAIT: Duration = Duration::from_secs(30);
 
-/// `GET path` over HTTP/1.0; (status code, body).
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect to the metrics listener");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_owned())
-}
-
 /// Every sample of a scrape: `name{labels}` -> value.
 fn scrape(addr: SocketAddr) -> BTreeMap<String, f64> {
-    let (status, body) = get(addr, "/metrics");
+    let http::Response { status, body } = get(addr, "/metrics");
     assert_eq!(status, 200, "{body}");
     body.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -61,10 +52,11 @@ async fn a_scrape_reports_what_was_produced_consumed_and_committed() {
     let metrics = broker
         .metrics_addr
         .expect("the metrics listener is on by default");
-    assert_eq!(get(metrics, "/healthz").0, 200);
+    assert_eq!(get(metrics, "/healthz").status, 200);
     // Ready once it serves (the ready line comes just before the servers start).
     wait_until("the broker is ready", WAIT, || async {
-        get(metrics, "/readyz") == (200, "ready\n".to_owned())
+        let ready = get(metrics, "/readyz");
+        ready.status == 200 && ready.body == "ready\n"
     })
     .await;
 

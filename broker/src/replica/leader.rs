@@ -652,13 +652,7 @@ pub async fn maintain(manager: Arc<ReplicaManager>, mut stop: tokio::sync::watch
             _ = stop.wait_for(|&s| s) => return,
         }
         for replica in manager.all() {
-            if let Some(request) = proposal(&replica, &manager) {
-                // Judged against the state the proposal is based on: by the time the answer
-                // comes, the metadata may already show the new set.
-                let shrinks = match &*lock(&replica.role) {
-                    Role::Leader(l) => request.new_isr.len() < l.state.isr.len(),
-                    _ => false,
-                };
+            if let Some((request, shrinks)) = proposal(&replica, &manager) {
                 let manager = Arc::clone(&manager);
                 let replica = Arc::clone(&replica);
                 tokio::spawn(
@@ -746,10 +740,13 @@ async fn resign(
 
 /// The ISR change `replica`'s leader should propose now, if any (or the outstanding one, to
 /// send again).
+/// The proposal to send now, if any, and whether it shrinks the in-sync set: judged here,
+/// against the state the proposal is based on, since by the time the controller's answer comes
+/// the metadata may already show the new set.
 fn proposal(
     replica: &Replica,
     manager: &ReplicaManager,
-) -> Option<weir_replication::AlterIsrRequest> {
+) -> Option<(weir_replication::AlterIsrRequest, bool)> {
     let mut role = lock(&replica.role);
     let Role::Leader(l) = &mut *role else {
         return None;
@@ -764,7 +761,8 @@ fn proposal(
         }
         let pending = pending.clone();
         l.proposal_sent_at = Some(now);
-        return Some(pending);
+        let shrinks = pending.new_isr.len() < l.state.isr.len();
+        return Some((pending, shrinks));
     }
     let me = BrokerId(manager.node_id());
     let log_end = replica.partition.log_end();
@@ -843,7 +841,8 @@ fn proposal(
     } else {
         warn!(partition = %name(replica), ?lagging, lag_max = ?lag_max, "proposing to drop lagging followers from the in-sync set");
     }
-    Some(request)
+    let shrinks = request.new_isr.len() < l.state.isr.len();
+    Some((request, shrinks))
 }
 
 /// Sends an ISR proposal to the controller and settles it with the answer (rule 4: rolled

@@ -31,6 +31,15 @@ use crate::wire::errors::{request_too_large, to_status};
 /// The bytes of a gRPC message prefix: compression flag, then the length.
 const PREFIX: usize = 5;
 
+/// The `weir.v1.Weir` method a request calls (`/weir.v1.Weir/Produce` -> `Produce`), or
+/// `None` for another service's path.
+pub(super) fn weir_method(uri: &http::Uri) -> Option<&str> {
+    uri.path()
+        .strip_prefix('/')
+        .and_then(|path| path.strip_prefix(SERVICE_NAME))
+        .and_then(|path| path.strip_prefix('/'))
+}
+
 /// A gRPC service whose request messages may be at most `limit` bytes.
 #[derive(Clone)]
 pub struct RequestLimit<S> {
@@ -64,12 +73,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let method = request
-            .uri()
-            .path()
-            .strip_prefix('/')
-            .and_then(|path| path.strip_prefix(SERVICE_NAME))
-            .and_then(|path| path.strip_prefix('/'));
+        let method = weir_method(request.uri());
         let produce = matches!(method, Some("Produce" | "ProduceStream"));
         let limit = self.limit;
         self.inner.call(request.map(|body| {

@@ -14,12 +14,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use super::request_limit::weir_method;
+use crate::metrics::{Metrics, Timer};
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tower_service::Service;
-use weir_proto::v1::weir_server::SERVICE_NAME;
-
-use crate::metrics::{Metrics, Timer};
 
 /// The unary methods timed here, with the `rpc` label each gets.
 const TIMED: [(&str, &str); 16] = [
@@ -82,12 +81,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let timer = request
-            .uri()
-            .path()
-            .strip_prefix('/')
-            .and_then(|path| path.strip_prefix(SERVICE_NAME))
-            .and_then(|path| path.strip_prefix('/'))
+        let timer = weir_method(request.uri())
             .and_then(|method| self.timers.get(method))
             .cloned();
         let started = Instant::now();
