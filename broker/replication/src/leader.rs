@@ -2,8 +2,8 @@
 //! serve, how it answers a follower's fetch, and how its ISR proposals resolve.
 //!
 //! Owns: [`IsrView`] (the ISR the leader last learned plus its one outstanding proposal),
-//! [`FollowerProgress`], [`high_watermark`], [`check_fetch`], [`expansion_member`], and the
-//! produce / acknowledgement / read guards.
+//! [`FollowerProgress`], [`high_watermark`], [`check_fetch`], [`check_consumer_epoch`],
+//! [`expansion_member`], and the produce / acknowledgement / read guards.
 //!
 //! Invariants:
 //! - the high watermark never goes backwards at a leader, and never passes the log end of any
@@ -258,6 +258,38 @@ pub fn may_serve_reads(hw_final: bool, lease_valid: bool) -> bool {
     hw_final && lease_valid
 }
 
+/// How a leader answers a consumer's fetch that quotes the leader epoch the consumer last read
+/// in (KIP-320's current leader epoch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ConsumerEpochCheck {
+    /// The consumer quotes this epoch, or none (a client that does not track epochs): serve.
+    Current,
+    /// The consumer quotes an older epoch: its metadata is stale (FENCED_LEADER_EPOCH); it
+    /// refreshes and comes back with this leader's epoch or a newer one.
+    Fenced,
+    /// The consumer quotes a newer epoch: this leader has been deposed, or has not learned it
+    /// leads a newer epoch (UNKNOWN_LEADER_EPOCH). It must not serve: its high watermark may be
+    /// below what the consumer already read from the newer leader (rule 2).
+    Unknown,
+}
+
+/// How the leader of `my_epoch` answers a consumer quoting `consumer_epoch` (rule 2, its client
+/// half, KIP-320; `rules.consumer_epochs`, without which every consumer is served).
+/// A deposed leader keeps serving, within its lease, consumers that have not seen its
+/// successor (what it serves is committed, only stale); one that read from the successor is
+/// refused, so the high watermark each consumer sees never goes back, across handovers too.
+pub fn check_consumer_epoch(
+    my_epoch: LeaderEpoch,
+    consumer_epoch: Option<LeaderEpoch>,
+    rules: &Rules,
+) -> ConsumerEpochCheck {
+    match consumer_epoch.filter(|_| rules.consumer_epochs) {
+        Some(e) if e < my_epoch => ConsumerEpochCheck::Fenced,
+        Some(e) if e > my_epoch => ConsumerEpochCheck::Unknown,
+        _ => ConsumerEpochCheck::Current,
+    }
+}
+
 /// A follower's fetch, as far as the checks go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FetchRequest {
@@ -398,6 +430,36 @@ mod tests {
     fn b(i: u32) -> BrokerId {
         BrokerId(i)
     }
+    #[test]
+    fn a_consumer_epoch_is_checked_both_ways_and_only_when_quoted() {
+        let e = LeaderEpoch;
+        let all = Rules::ALL;
+        assert_eq!(
+            check_consumer_epoch(e(3), Some(e(3)), &all),
+            ConsumerEpochCheck::Current
+        );
+        assert_eq!(
+            check_consumer_epoch(e(3), None, &all),
+            ConsumerEpochCheck::Current
+        );
+        assert_eq!(
+            check_consumer_epoch(e(3), Some(e(2)), &all),
+            ConsumerEpochCheck::Fenced
+        );
+        assert_eq!(
+            check_consumer_epoch(e(3), Some(e(4)), &all),
+            ConsumerEpochCheck::Unknown
+        );
+        let off = Rules {
+            consumer_epochs: false,
+            ..Rules::ALL
+        };
+        assert_eq!(
+            check_consumer_epoch(e(3), Some(e(4)), &off),
+            ConsumerEpochCheck::Current
+        );
+    }
+
     fn fetched(end: Offset) -> Option<FollowerProgress> {
         Some(FollowerProgress {
             log_end: end,

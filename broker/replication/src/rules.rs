@@ -43,6 +43,10 @@ pub struct Rules {
     /// it still believes it leads ([`crate::lease::LeaseConfig::may_grant_lease`]). Off: any
     /// heartbeat of a registered broker grants one.
     pub lease_after_metadata: bool,
+    /// Rule 2, its client half (KIP-320): a consumer quotes the leader epoch it last read in,
+    /// and a leader of an older epoch refuses it
+    /// ([`crate::leader::check_consumer_epoch`]). Off: any leader serves any consumer.
+    pub consumer_epochs: bool,
     /// Rule 10: a reassignment removes replicas only once every target replica is in the ISR
     /// ([`crate::controller::PartitionState::complete_reassignment`]). Off: it removes them as
     /// soon as it is asked, whatever the target replicas hold.
@@ -62,6 +66,7 @@ impl Rules {
         fence_after_lease: true,
         lease_after_metadata: true,
         reassign_waits_for_isr: true,
+        consumer_epochs: true,
     };
 }
 
