@@ -216,6 +216,7 @@ fn stalled_fetch(data_addr: SocketAddr, topic: &str) -> TcpStream {
     let mut stream = TcpStream::from(fd);
     stream.set_read_timeout(Some(WAIT)).unwrap();
     let frame = FetchFrame {
+        current_leader_epoch: None,
         topic: topic.into(),
         partition: 0,
         offset: 0,

@@ -95,6 +95,7 @@ async fn grpc_bytes(
 
 fn send_fetch(stream: &mut TcpStream, topic: &str, offset: u64, max_bytes: u32, follow: bool) {
     let frame = FetchFrame {
+        current_leader_epoch: None,
         topic: topic.into(),
         partition: 0,
         offset,

@@ -60,6 +60,7 @@ fn produce_req(topic: &str, partition: u32, batch: Bytes, acks: Acks) -> Produce
 async fn high_watermark(client: &mut WeirClient<Channel>, topic: &str, partition: u32) -> u64 {
     let offsets = client
         .list_offsets(ListOffsetsRequest {
+            current_leader_epoch: None,
             topic: topic.into(),
             partitions: vec![partition],
             spec: OffsetSpec::Latest as i32,
@@ -165,6 +166,7 @@ async fn produce_then_fetch_returns_the_batch_as_stored() {
     assert_eq!(described.partitions[1].high_watermark, 4);
     let by_time = client
         .list_offsets(ListOffsetsRequest {
+            current_leader_epoch: None,
             topic: "orders".into(),
             partitions: vec![1],
             spec: OffsetSpec::Timestamp as i32,
@@ -673,6 +675,7 @@ async fn lying_counts_and_absurd_sizes_are_refused_and_change_nothing() {
     assert!(stream.next().await.is_none());
     let status = client
         .list_offsets(ListOffsetsRequest {
+            current_leader_epoch: None,
             topic: "t".into(),
             partitions: vec![u32::MAX],
             spec: OffsetSpec::Earliest as i32,
@@ -683,6 +686,7 @@ async fn lying_counts_and_absurd_sizes_are_refused_and_change_nothing() {
     assert_eq!(reason(&status), ErrorCode::UnknownPartition);
     let status = client
         .list_offsets(ListOffsetsRequest {
+            current_leader_epoch: None,
             topic: "t".into(),
             partitions: vec![],
             spec: 99,

@@ -51,6 +51,9 @@ pub(crate) struct Leader {
     /// Its data port, resolved; `None` if it advertises none.
     pub data_address: Option<Arc<str>>,
     pub grpc: WeirClient<Channel>,
+    /// The partition's leader epoch in the picture; `None` for a partition without one (no
+    /// replication). Consumers quote it (KIP-320, `FetchRequest.current_leader_epoch`).
+    pub leader_epoch: Option<u32>,
 }
 
 /// A topic as the picture knows it: what routes its records, and who owns each partition.
@@ -68,6 +71,8 @@ pub(crate) struct TopicInfo {
     pub max_batch_bytes: Option<u32>,
     /// The owner (broker id) of each partition.
     owners: Vec<u32>,
+    /// Each partition's leader epoch (0: none, a partition without replication).
+    leader_epochs: Vec<u32>,
 }
 
 impl TopicInfo {
@@ -76,6 +81,7 @@ impl TopicInfo {
             .and_then(|kind| Partitioner::new(kind, t.partition_count, t.split_keys));
         TopicInfo {
             owners: t.partitions.iter().map(|p| p.leader_id).collect(),
+            leader_epochs: t.partitions.iter().map(|p| p.leader_epoch).collect(),
             name: t.name.into(),
             partition_count: t.partition_count,
             partitioner,
@@ -278,7 +284,8 @@ impl Cluster {
         if view.stale {
             return None;
         }
-        let owners = &view.topics.get(topic)?.owners;
+        let info = view.topics.get(topic)?;
+        let owners = &info.owners;
         let Some(&id) = owners.get(partition as usize) else {
             return Some(Err(ClientError::refused(
                 ErrorCode::UnknownPartition,
@@ -303,11 +310,18 @@ impl Cluster {
                 ),
             )));
         }
-        Some(broker.grpc.clone().map(|grpc| Leader {
-            id,
-            address: Arc::clone(&broker.address),
-            data_address: broker.data_address.clone(),
-            grpc,
+        Some(broker.grpc.clone().map(|grpc| {
+            Leader {
+                id,
+                address: Arc::clone(&broker.address),
+                data_address: broker.data_address.clone(),
+                grpc,
+                leader_epoch: info
+                    .leader_epochs
+                    .get(partition as usize)
+                    .copied()
+                    .filter(|&e| e > 0),
+            }
         }))
     }
 

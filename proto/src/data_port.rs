@@ -46,6 +46,9 @@ pub const RESPONSE_HEADER_LEN: usize = 32;
 pub const FLAG_FOLLOW: u8 = 0b1;
 /// Request flag: a follower's fetch; a [`ReplicaFetch`] follows the fixed fields.
 pub const FLAG_REPLICA: u8 = 0b10;
+/// Request flag: a consumer's fetch quotes the leader epoch it last read in (KIP-320); a
+/// `u32` follows the fixed fields. Never with [`FLAG_REPLICA`], whose fields carry the epoch.
+pub const FLAG_LEADER_EPOCH: u8 = 0b100;
 /// Bytes of a [`ReplicaFetch`] in a request.
 const REPLICA_FETCH_LEN: usize = 4 + 8 + 4 + 4 + 8;
 /// Response flag (in the `End` frame of a replica fetch): a produce waits for the in-sync
@@ -68,6 +71,8 @@ pub enum FrameError {
     Version(u8),
     #[error("unknown request flags {0:#04x}")]
     Flags(u8),
+    #[error("request flags {0:#04x} set both the replica bit and the leader-epoch bit")]
+    ReplicaWithLeaderEpoch(u8),
     #[error("topic name is not UTF-8")]
     TopicNotUtf8,
     #[error("request body has {0} bytes after its last field")]
@@ -92,6 +97,10 @@ pub struct FetchFrame {
     pub follow: bool,
     /// Set on a follower's fetch ([`FLAG_REPLICA`]).
     pub replica: Option<ReplicaFetch>,
+    /// A consumer's current leader epoch ([`FLAG_LEADER_EPOCH`]): a leader of an older epoch
+    /// answers UNKNOWN_LEADER_EPOCH, of a newer one FENCED_LEADER_EPOCH (as gRPC
+    /// `FetchRequest.current_leader_epoch`). `None` on a follower's fetch.
+    pub current_leader_epoch: Option<u32>,
 }
 
 /// What a follower adds to its fetch. The fetch offset is its log end: the leader counts it
@@ -155,13 +164,19 @@ impl FetchFrame {
         } else {
             0
         };
-        let body_len = REQUEST_FIXED_LEN + topic.len() + replica_len;
+        // A follower's fetch carries its epoch in its own fields (see FLAG_LEADER_EPOCH).
+        let current_leader_epoch = self.current_leader_epoch.filter(|_| self.replica.is_none());
+        let epoch_len = if current_leader_epoch.is_some() { 4 } else { 0 };
+        let body_len = REQUEST_FIXED_LEN + topic.len() + replica_len + epoch_len;
         let mut out = Vec::with_capacity(4 + body_len);
         out.extend_from_slice(&(body_len as u32).to_be_bytes());
         out.push(VERSION);
         let mut flags = if self.follow { FLAG_FOLLOW } else { 0 };
         if self.replica.is_some() {
             flags |= FLAG_REPLICA;
+        }
+        if current_leader_epoch.is_some() {
+            flags |= FLAG_LEADER_EPOCH;
         }
         out.push(flags);
         out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
@@ -176,6 +191,9 @@ impl FetchFrame {
             out.extend_from_slice(&r.leader_epoch.to_be_bytes());
             out.extend_from_slice(&r.last_fetched_epoch.to_be_bytes());
             out.extend_from_slice(&r.durable_offset.to_be_bytes());
+        }
+        if let Some(epoch) = current_leader_epoch {
+            out.extend_from_slice(&epoch.to_be_bytes());
         }
         out
     }
@@ -205,12 +223,19 @@ impl FetchFrame {
             return Err(FrameError::Version(version));
         }
         let flags = body[1];
-        if flags & !(FLAG_FOLLOW | FLAG_REPLICA) != 0 {
+        if flags & !(FLAG_FOLLOW | FLAG_REPLICA | FLAG_LEADER_EPOCH) != 0 {
             return Err(FrameError::Flags(flags));
         }
         let is_replica = flags & FLAG_REPLICA != 0;
+        let has_epoch = flags & FLAG_LEADER_EPOCH != 0;
+        if is_replica && has_epoch {
+            return Err(FrameError::ReplicaWithLeaderEpoch(flags));
+        }
         let topic_len = u16::from_be_bytes([body[2], body[3]]) as usize;
-        let needed = REQUEST_FIXED_LEN + topic_len + if is_replica { REPLICA_FETCH_LEN } else { 0 };
+        let needed = REQUEST_FIXED_LEN
+            + topic_len
+            + if is_replica { REPLICA_FETCH_LEN } else { 0 }
+            + if has_epoch { 4 } else { 0 };
         if body.len() < needed {
             return Err(FrameError::TooShort {
                 len: body.len(),
@@ -238,6 +263,7 @@ impl FetchFrame {
             last_fetched_epoch: u32_at(36),
             durable_offset: u64_at(40),
         });
+        let current_leader_epoch = has_epoch.then(|| u32_at(20));
         Ok(FetchFrame {
             topic,
             partition: u32_at(0),
@@ -246,6 +272,7 @@ impl FetchFrame {
             max_wait_ms: u32_at(16),
             follow: flags & FLAG_FOLLOW != 0,
             replica,
+            current_leader_epoch,
         })
     }
 }
@@ -333,6 +360,7 @@ mod tests {
             max_wait_ms: 500,
             follow: true,
             replica: None,
+            current_leader_epoch: None,
         };
         let bytes = frame.encode();
         assert_eq!(
@@ -354,6 +382,7 @@ mod tests {
             max_wait_ms: 0,
             follow: false,
             replica: None,
+            current_leader_epoch: None,
         }
         .encode()[4..]
             .to_vec();
@@ -363,6 +392,16 @@ mod tests {
         body[0] = 1;
         body[1] = 0x80;
         assert_eq!(FetchFrame::decode(&body), Err(FrameError::Flags(0x80)));
+        body[1] = FLAG_REPLICA | FLAG_LEADER_EPOCH;
+        assert_eq!(
+            FetchFrame::decode(&body),
+            Err(FrameError::ReplicaWithLeaderEpoch(0b110))
+        );
+        body[1] = FLAG_LEADER_EPOCH; // the epoch's 4 bytes are missing
+        assert!(matches!(
+            FetchFrame::decode(&body),
+            Err(FrameError::TooShort { .. })
+        ));
         body[1] = 0;
         body[3] = 200; // topic length lies
         assert!(matches!(
@@ -403,16 +442,17 @@ mod tests {
         }
 
         #[test]
-        fn requests_round_trip(topic in "[a-z]{1,40}", partition: u32, offset: u64, max_bytes: u32, max_wait_ms: u32, follow: bool) {
-            let frame = FetchFrame { topic, partition, offset, max_bytes, max_wait_ms, follow, replica: None };
+        fn requests_round_trip(topic in "[a-z]{1,40}", partition: u32, offset: u64, max_bytes: u32, max_wait_ms: u32, follow: bool, current_leader_epoch: Option<u32>) {
+            let frame = FetchFrame { topic, partition, offset, max_bytes, max_wait_ms, follow, replica: None, current_leader_epoch };
             let bytes = frame.encode();
+            prop_assert_eq!(bytes[5] & FLAG_LEADER_EPOCH != 0, current_leader_epoch.is_some());
             prop_assert_eq!(FetchFrame::decode(&bytes[4..]).unwrap(), frame);
         }
 
         #[test]
         fn replica_requests_round_trip(topic in "[a-z]{1,40}", offset: u64, replica_id: u32, broker_epoch: u64, leader_epoch: u32, last_fetched_epoch: u32, durable_offset: u64) {
             let replica = Some(ReplicaFetch { replica_id, broker_epoch, leader_epoch, last_fetched_epoch, durable_offset });
-            let frame = FetchFrame { topic, partition: 1, offset, max_bytes: 0, max_wait_ms: 10, follow: false, replica };
+            let frame = FetchFrame { topic, partition: 1, offset, max_bytes: 0, max_wait_ms: 10, follow: false, replica, current_leader_epoch: None };
             let bytes = frame.encode();
             prop_assert_eq!(bytes[5], FLAG_REPLICA);
             prop_assert_eq!(FetchFrame::decode(&bytes[4..]).unwrap(), frame);

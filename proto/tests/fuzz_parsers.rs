@@ -186,6 +186,7 @@ fn dense_batches(base: u64) -> Vec<u8> {
 fn fetch_request_seeds() -> Seeds {
     let frame = |topic: &str, partition, offset, max_bytes, max_wait_ms, follow| {
         FetchFrame {
+            current_leader_epoch: None,
             topic: topic.into(),
             partition,
             offset,

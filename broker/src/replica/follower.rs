@@ -126,6 +126,7 @@ async fn rounds(
         max_wait_ms: config.fetch_max_wait.as_millis() as u32,
         follow: false,
         replica: None,
+        current_leader_epoch: None,
     };
     loop {
         if let Some(damage) = replica.partition.log.known_damage() {

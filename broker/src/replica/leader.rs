@@ -39,8 +39,9 @@ use weir_proto::data_port::{EpochEntry, FetchFrame, ReplicaFetch};
 use weir_proto::status;
 use weir_proto::v1::{AlterPartitionRequest, Error, ErrorCode, IsrMember as WireIsrMember};
 use weir_replication::leader::{
-    FetchDecision, FetchRequest, FollowerProgress, HwInput, IsrView, ProduceError, check_fetch,
-    expansion_member, high_watermark, may_accept_produce, out_of_sync, record_fetch,
+    ConsumerEpochCheck, FetchDecision, FetchRequest, FollowerProgress, HwInput, IsrView,
+    ProduceError, check_consumer_epoch, check_fetch, expansion_member, high_watermark,
+    may_accept_produce, out_of_sync, record_fetch,
 };
 use weir_replication::{
     AlterError, BrokerEpoch, BrokerId, EpochHistory, IsrMember, LeaderEpoch, PartitionState, Rules,
@@ -524,21 +525,49 @@ pub fn admit_produce(
     }
 }
 
-/// Whether the leader may answer consumers now: its high watermark is final (rule 9: a new
-/// leader's carried-over one may be lower than what its predecessor announced). Refused with
-/// PARTITION_UNAVAILABLE, retriable; a new leader's high watermark is final after its
-/// followers' first fetch round.
+/// Whether the leader may answer a consumer now that quotes `consumer_epoch` (the leader
+/// epoch it last read in, KIP-320): the epoch is this leader's (rule 2, its client half:
+/// FENCED_LEADER_EPOCH for an older one, UNKNOWN_LEADER_EPOCH, retriable, for a newer one),
+/// and its high watermark is final (rule 9: a new leader's carried-over one may be lower than
+/// what its predecessor announced; PARTITION_UNAVAILABLE, retriable; final after its
+/// followers' first fetch round).
 ///
 /// Decision: reads are not refused when the lease lapsed (which `may_serve_reads` would do):
 /// a leader cut off from the controller, perhaps deposed, serves only records below its own
-/// high watermark, which are committed, so a consumer may read a stale view for up to a lease
-/// but never a record that vanishes; refusing would make every replicated partition unreadable
-/// while the controller is down.
-pub fn check_reads(replica: &Replica) -> Result<(), Error> {
+/// high watermark, which are committed, so a consumer may read a stale view but never a record
+/// that vanishes, and a consumer that already read from a successor quotes its newer epoch and
+/// is refused here, so the high watermark it sees never goes back; refusing would make every
+/// replicated partition unreadable while the controller is down.
+pub fn check_reads(replica: &Replica, consumer_epoch: Option<u32>) -> Result<(), Error> {
     let role = lock(&replica.role);
     let Role::Leader(l) = &*role else {
         return Ok(()); // the caller refuses non-leaders with NOT_LEADER
     };
+    match check_consumer_epoch(l.epoch, consumer_epoch.map(LeaderEpoch), &Rules::ALL) {
+        ConsumerEpochCheck::Current => {}
+        ConsumerEpochCheck::Fenced => {
+            return Err(status::error(
+                ErrorCode::FencedLeaderEpoch,
+                format!(
+                    "{}: the fetch quotes leader epoch {}, older than this leader's {}; refresh metadata and fetch again",
+                    name(replica),
+                    consumer_epoch.unwrap_or_default(),
+                    l.epoch.0
+                ),
+            ));
+        }
+        ConsumerEpochCheck::Unknown => {
+            return Err(status::error(
+                ErrorCode::UnknownLeaderEpoch,
+                format!(
+                    "{}: the fetch quotes leader epoch {}, newer than this broker's {} (it was deposed or has not learned the new epoch); refresh metadata and retry",
+                    name(replica),
+                    consumer_epoch.unwrap_or_default(),
+                    l.epoch.0
+                ),
+            ));
+        }
+    }
     let hw = replica.partition.high_watermark();
     let hw_final = weir_replication::leader::hw_is_final(hw, l.epoch_start, &Rules::ALL);
     if weir_replication::leader::may_serve_reads(hw_final, true) {

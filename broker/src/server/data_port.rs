@@ -121,7 +121,7 @@ async fn serve_fetch(
     frame: FetchFrame,
 ) -> io::Result<bool> {
     let looked_up = match frame.replica {
-        None => state.readable_partition(&frame.topic, frame.partition),
+        None => state.readable_partition(&frame.topic, frame.partition, frame.current_leader_epoch),
         Some(_) => state.partition(&frame.topic, frame.partition),
     };
     let partition = match looked_up {

@@ -146,11 +146,17 @@ impl BrokerState {
     }
 
     /// A partition consumers may read now: [`Self::leader_partition`], and on a replicated
-    /// partition a leader whose high watermark is final ([`crate::replica::leader::check_reads`]).
-    pub fn readable_partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, Error> {
+    /// partition a leader of the epoch the consumer quotes (`consumer_epoch`, KIP-320; `None`:
+    /// no check) whose high watermark is final ([`crate::replica::leader::check_reads`]).
+    pub fn readable_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+        consumer_epoch: Option<u32>,
+    ) -> Result<Arc<Partition>, Error> {
         let led = self.leader_partition(topic, partition)?;
         if let Some(replica) = &led.replica {
-            crate::replica::leader::check_reads(replica)?;
+            crate::replica::leader::check_reads(replica, consumer_epoch)?;
         }
         Ok(led.partition)
     }

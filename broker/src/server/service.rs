@@ -112,7 +112,7 @@ impl Weir for WeirService {
         }
         let partition = self
             .state
-            .readable_partition(&req.topic, req.partition)
+            .readable_partition(&req.topic, req.partition, req.current_leader_epoch)
             .map_err(to_status)?;
         fetch::check_start(&partition.log, req.offset).map_err(storage_status)?;
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
@@ -140,7 +140,10 @@ impl Weir for WeirService {
             match self.state.topics.get(&req.topic) {
                 Ok(topic) => {
                     for (p, _) in topic.local_partitions() {
-                        if let Ok(partition) = self.state.readable_partition(&req.topic, p) {
+                        if let Ok(partition) =
+                            self.state
+                                .readable_partition(&req.topic, p, req.current_leader_epoch)
+                        {
                             logs.push((p, partition));
                         }
                     }
@@ -152,7 +155,7 @@ impl Weir for WeirService {
             for &p in &req.partitions {
                 let partition = self
                     .state
-                    .readable_partition(&req.topic, p)
+                    .readable_partition(&req.topic, p, req.current_leader_epoch)
                     .map_err(to_status)?;
                 logs.push((p, partition));
             }

@@ -50,6 +50,7 @@ impl OffsetSpec {
             OffsetSpec::Timestamp(ms) => (v1::OffsetSpec::Timestamp, ms),
         };
         v1::ListOffsetsRequest {
+            current_leader_epoch: None,
             topic: topic.to_owned(),
             partitions: partitions.to_vec(),
             spec: spec as i32,

@@ -44,6 +44,7 @@ impl DataPortFetch {
             max_wait_ms: request.max_wait_ms,
             follow: request.follow,
             replica: None,
+            current_leader_epoch: request.current_leader_epoch,
         };
         stream.write_all(&frame.encode()).await.map_err(broken)?;
         Ok(DataPortFetch {

@@ -11,6 +11,11 @@
 //!   an offset out of range) is handed over as an error and ends this partition only. Without
 //!   follow, an owner known to be down (`PARTITION_UNAVAILABLE`) is not waited for either.
 //! - Without follow, the partition ends at the high watermark read when the task started.
+//! - Every fetch quotes the newest leader epoch this task has read in, or the picture's if that
+//!   is newer (KIP-320, `FetchRequest.current_leader_epoch`). A deposed leader that has not
+//!   learned of its successor refuses it (UNKNOWN_LEADER_EPOCH), so the high watermark this
+//!   task sees never goes back across a failover or handover; FENCED_LEADER_EPOCH (the picture
+//!   is older than the leader) refreshes the picture and fetches again.
 //! - A start that is [`Unresolved`] (assigned while the owner was down) is looked up first, and
 //!   stored in the position, before anything is fetched; an unchecked start (a committed
 //!   offset set while the owner was down) is checked against the log first.
@@ -120,13 +125,17 @@ impl PartitionFetch {
         // A position past the end is the broker's to judge (OFFSET_OUT_OF_RANGE), so that
         // partition is fetched once even though it is past the stop offset.
         let mut ask_the_broker = stop.is_some_and(|stop| next > stop);
+        let mut read_in_epoch = None;
         loop {
             if !ask_the_broker && stop.is_some_and(|stop| next >= stop) {
                 return;
             }
             ask_the_broker = false;
             let fetched_from = next;
-            match self.call(&mut next, stop, &mut failures).await {
+            match self
+                .call(&mut next, &mut read_in_epoch, stop, &mut failures)
+                .await
+            {
                 CallEnd::Done => return,
                 // Without follow the broker ends the stream at its high watermark; fetch again
                 // only if this call made progress (else the log ends below `stop`: truncated).
@@ -155,8 +164,21 @@ impl PartitionFetch {
         }
     }
 
-    /// One `Fetch` call from `*next`, handing records over as they arrive.
-    async fn call(&self, next: &mut u64, stop: Option<u64>, failures: &mut u32) -> CallEnd {
+    /// One `Fetch` call from `*next`, handing records over as they arrive. It quotes the newer
+    /// of `*read_in_epoch` and the picture's leader epoch, and records it in `*read_in_epoch`
+    /// once the leader has answered.
+    async fn call(
+        &self,
+        next: &mut u64,
+        read_in_epoch: &mut Option<u32>,
+        stop: Option<u64>,
+        failures: &mut u32,
+    ) -> CallEnd {
+        let leader = match self.leader().await {
+            Ok(leader) => leader,
+            Err(error) => return CallEnd::Failed(error),
+        };
+        let quoted_epoch = (*read_in_epoch).max(leader.leader_epoch);
         let request = FetchRequest {
             topic: self.tp.topic.to_string(),
             partition: self.tp.partition,
@@ -168,10 +190,7 @@ impl PartitionFetch {
                 0
             },
             follow: self.config.follow,
-        };
-        let leader = match self.leader().await {
-            Ok(leader) => leader,
-            Err(error) => return CallEnd::Failed(error),
+            current_leader_epoch: quoted_epoch,
         };
         let data_address = match (self.config.transport, leader.data_address) {
             (Transport::Grpc, _) => None,
@@ -201,6 +220,7 @@ impl PartitionFetch {
                 Err(error) => return self.failed(error),
             };
             *failures = 0;
+            *read_in_epoch = quoted_epoch;
             let decoded = decode(&self.tp, response.batches, *next, stop);
             *next = decoded.next;
             if !decoded.records.is_empty() {
@@ -224,7 +244,7 @@ impl PartitionFetch {
 
     /// A failed call: the owner may have moved or gone, so the next one looks it up afresh.
     fn failed(&self, error: ClientError) -> CallEnd {
-        if error.is_retriable() {
+        if error.is_retriable() || stale_epoch(&error) {
             self.cluster.invalidate();
         }
         CallEnd::Failed(error)
@@ -246,7 +266,7 @@ impl PartitionFetch {
     /// an owner the picture shows down is not waited for (a broker's own "retry" answers
     /// are).
     fn waits_out(&self, error: &ClientError) -> bool {
-        error.is_retriable()
+        (error.is_retriable() || stale_epoch(error))
             && (self.config.follow
                 || error.code() != Some(weir_proto::v1::ErrorCode::PartitionUnavailable)
                 || !self
@@ -283,6 +303,7 @@ impl PartitionFetch {
                 partitions: vec![self.tp.partition],
                 spec: spec as i32,
                 timestamp_ms: 0,
+                current_leader_epoch: leader.leader_epoch,
             })
             .await
             .inspect_err(|_| self.cluster.invalidate())?
@@ -308,4 +329,10 @@ impl PartitionFetch {
         }
         tokio::time::sleep(delay).await;
     }
+}
+
+/// FENCED_LEADER_EPOCH: the leader is newer than the picture the fetch quoted; not retriable
+/// as is, but after a refresh the next fetch quotes the new epoch.
+fn stale_epoch(error: &ClientError) -> bool {
+    error.code() == Some(weir_proto::v1::ErrorCode::FencedLeaderEpoch)
 }
