@@ -62,6 +62,7 @@ pub mod consumer;
 mod error;
 pub mod partitioner;
 pub mod producer;
+mod transport;
 
 pub use weir_proto::v1 as proto;
 pub use weir_proto::{batch, topic};

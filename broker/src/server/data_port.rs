@@ -21,6 +21,9 @@
 //! - On shutdown, every connection ends: an idle one at once, a fetching one with an `Error`
 //!   frame (SHUTTING_DOWN).
 //!
+//! - A connection whose first request sets the produce flag is a produce connection, served by
+//!   [`super::data_port_produce`] from then on.
+//!
 //! Cold data: sendfile of pages not in the page cache reads the disk on the calling thread, as
 //! Kafka's does; weir's consumers mostly read the recent, cached tail.
 
@@ -34,6 +37,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
+use weir_proto::data_port::produce::FLAG_PRODUCE;
 use weir_proto::data_port::{
     EPOCH_PAYLOAD_LEN, EpochEntry, FetchFrame, FrameKind, RESPONSE_FLAG_SYNC_WANTED, ReplicaFetch,
     ResponseHeader,
@@ -86,7 +90,23 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<BrokerSt
         if read.is_err() {
             return; // the client closed the connection between fetches
         }
-        let frame = match read_request(&mut stream, u32::from_be_bytes(len)).await {
+        let len = u32::from_be_bytes(len);
+        if len < 2 {
+            // Too short for a version and flags, of either request kind.
+            let short = FetchFrame::check_len(len).err().map(|e| e.to_string());
+            let why = short.unwrap_or_else(|| format!("request body of {len} bytes"));
+            return send_error(&mut stream, invalid_request(why)).await;
+        }
+        let mut first = [0u8; 2];
+        match tokio::time::timeout(REQUEST_TIMEOUT, stream.read_exact(&mut first)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) | Err(_) => return,
+        }
+        if first[1] & FLAG_PRODUCE != 0 {
+            // A produce connection from here on (see `data_port_produce`).
+            return super::data_port_produce::serve(stream, peer, state, len, first).await;
+        }
+        let frame = match read_request(&mut stream, len, first).await {
             Ok(frame) => frame,
             Err(Some(error)) => return send_error(&mut stream, error).await,
             Err(None) => return,
@@ -102,11 +122,17 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<BrokerSt
     }
 }
 
-/// Reads and decodes a request body; `Err(None)` when the client went away or stalled.
-async fn read_request(stream: &mut TcpStream, body_len: u32) -> Result<FetchFrame, Option<Error>> {
+/// Reads and decodes a fetch request body whose first two bytes (`first`: version and flags)
+/// were read; `Err(None)` when the client went away or stalled.
+async fn read_request(
+    stream: &mut TcpStream,
+    body_len: u32,
+    first: [u8; 2],
+) -> Result<FetchFrame, Option<Error>> {
     let len = FetchFrame::check_len(body_len).map_err(|e| Some(invalid_request(e.to_string())))?;
     let mut body = vec![0u8; len];
-    match tokio::time::timeout(REQUEST_TIMEOUT, stream.read_exact(&mut body)).await {
+    body[..2].copy_from_slice(&first);
+    match tokio::time::timeout(REQUEST_TIMEOUT, stream.read_exact(&mut body[2..])).await {
         Ok(Ok(_)) => {}
         Ok(Err(_)) | Err(_) => return Err(None),
     }

@@ -30,6 +30,7 @@ pub mod controlled_shutdown;
 pub mod controller_service;
 pub mod counted;
 pub mod data_port;
+pub mod data_port_produce;
 pub mod fetch;
 pub mod health;
 pub mod limits;

@@ -2,18 +2,7 @@
 
 use std::time::Duration;
 
-/// Which wire a consumer fetches over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Transport {
-    /// The data port when the broker advertises one (batch bytes sent with sendfile, the
-    /// broker's cheapest path), gRPC `Fetch` otherwise. The default.
-    #[default]
-    Auto,
-    /// Always gRPC `Fetch`.
-    Grpc,
-    /// Always the data port; assigning a partition whose broker advertises none fails.
-    DataPort,
-}
+pub use crate::transport::Transport;
 
 /// How a [`Consumer`](super::Consumer) fetches.
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use weir_proto::batch::HEADER_LEN;
 use weir_proto::v1;
 
-use crate::{ClientError, PartitionerKind};
+use crate::{ClientError, PartitionerKind, Transport};
 
 /// The broker's default largest batch (`max_batch_bytes`, 8 MiB). A producer never builds a
 /// batch above it, nor above a topic's own limit when the topic's description gives one.
@@ -69,6 +69,9 @@ pub struct ProducerConfig {
     /// Idempotent produce (the default): the producer gets an id from the broker and numbers
     /// its batches per partition, so a batch retried after a lost answer is stored once.
     pub idempotent: bool,
+    /// Data port or gRPC `ProduceStream`. Default [`Transport::Auto`]: the data port where
+    /// the broker advertises one. Both store the same bytes with the same answers.
+    pub transport: Transport,
 }
 
 impl Default for ProducerConfig {
@@ -84,6 +87,7 @@ impl Default for ProducerConfig {
             delivery_timeout: Duration::from_secs(120),
             partitioner: None,
             idempotent: true,
+            transport: Transport::Auto,
         }
     }
 }

@@ -28,6 +28,7 @@
 mod accumulator;
 mod config;
 mod delivery;
+mod link;
 mod record;
 mod sender;
 

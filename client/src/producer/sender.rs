@@ -1,5 +1,6 @@
 //! The sender: the producer's background task. It takes batches from the accumulator, sends
-//! each over a `ProduceStream` to its partition's owner (one stream per broker, found through
+//! each over a link to its partition's owner ([`super::link`]: a `ProduceStream` or a produce
+//! connection on the data port; one link per broker, found through
 //! the client's cluster picture), routes responses back by correlation id, retries,
 //! reconnects, and settles every batch exactly once (acknowledged, failed or timed out).
 //!
@@ -31,23 +32,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::transport::Channel;
-use weir_proto::v1::{
-    ErrorCode, InitProducerRequest, ProduceRequest, ProduceResponse, weir_client::WeirClient,
-};
+use weir_proto::v1::{ErrorCode, InitProducerRequest, ProduceRequest, ProduceResponse};
 
 use weir_proto::batch::sequence_after;
 
 use super::Shared;
 use super::accumulator::{ProducerBatch, Stamp};
-use crate::cluster::Cluster;
+use super::link::{self, LinkEvent, Tagged, Wire};
+use crate::Transport;
+use crate::cluster::{Cluster, Leader};
 use crate::{ClientError, TopicPartition};
 
-/// One broker's `ProduceStream`. Requests are queued on `requests` as soon as the call is
-/// started (some brokers answer the call only after the first request); a spawned task reads
-/// the responses and forwards them, tagged with the link's epoch, so events of a replaced
-/// stream are recognized and dropped.
+/// One broker's link ([`link::run`], over gRPC or the data port). Requests are queued on
+/// `requests` as soon as the link is started (some brokers answer a `ProduceStream` call only
+/// after the first request); a spawned task reads the responses and forwards them, tagged with
+/// the link's epoch, so events of a replaced link are recognized and dropped.
 struct BrokerLink {
     /// `None` while down.
     requests: Option<mpsc::UnboundedSender<ProduceRequest>>,
@@ -56,70 +55,6 @@ struct BrokerLink {
     retry_at: Instant,
     /// Stream failures since its last acknowledged batch: the reconnect backoff.
     failures: u32,
-}
-
-enum LinkEvent {
-    Response(ProduceResponse),
-    /// The stream ended; `opened` says whether the call got as far as an answer.
-    Failed {
-        error: ClientError,
-        opened: bool,
-    },
-}
-
-struct Tagged {
-    address: Arc<str>,
-    epoch: u64,
-    event: LinkEvent,
-}
-
-/// Runs one broker's stream until it ends, forwarding what happens as events.
-async fn run_link(
-    mut grpc: WeirClient<Channel>,
-    outgoing: mpsc::UnboundedReceiver<ProduceRequest>,
-    address: Arc<str>,
-    epoch: u64,
-    events: mpsc::UnboundedSender<Tagged>,
-) {
-    let send = |event| {
-        let _ = events.send(Tagged {
-            address: Arc::clone(&address),
-            epoch,
-            event,
-        });
-    };
-    let mut responses = match grpc
-        .produce_stream(UnboundedReceiverStream::new(outgoing))
-        .await
-    {
-        Ok(response) => response.into_inner(),
-        Err(status) => {
-            return send(LinkEvent::Failed {
-                error: status.into(),
-                opened: false,
-            });
-        }
-    };
-    loop {
-        match responses.message().await {
-            Ok(Some(response)) => send(LinkEvent::Response(response)),
-            Ok(None) => {
-                return send(LinkEvent::Failed {
-                    error: ClientError::Transport {
-                        code: tonic::Code::Unavailable,
-                        message: "the broker ended the produce stream".into(),
-                    },
-                    opened: true,
-                });
-            }
-            Err(status) => {
-                return send(LinkEvent::Failed {
-                    error: status.into(),
-                    opened: true,
-                });
-            }
-        }
-    }
 }
 
 /// With nothing scheduled, the task still wakes this often (a safety net, not a poll).
@@ -383,14 +318,20 @@ impl SenderTask {
         }
     }
 
-    /// The stream to the broker at `address`, opened if it is down and due; `None` while it
-    /// waits for its reconnect time.
+    /// The link to `leader`'s broker, opened (over the configured wire) if it is down and due;
+    /// `Err(when)` while it waits for its reconnect time.
     fn link_to(
         &mut self,
-        address: &Arc<str>,
-        grpc: &WeirClient<Channel>,
+        leader: &Leader,
         now: Instant,
     ) -> Result<mpsc::UnboundedSender<ProduceRequest>, Instant> {
+        let address = &leader.address;
+        let wire = match (self.shared.config.transport, &leader.data_address) {
+            (Transport::Grpc, _) | (Transport::Auto, None) => Wire::Grpc(leader.grpc.clone()),
+            (_, Some(data)) => Wire::DataPort(Arc::clone(data)),
+            // `send` refuses the batch before asking for a link.
+            (Transport::DataPort, None) => Wire::Grpc(leader.grpc.clone()),
+        };
         let link = self
             .links
             .entry(Arc::clone(address))
@@ -410,8 +351,8 @@ impl SenderTask {
         let (requests, outgoing) = mpsc::unbounded_channel();
         link.requests = Some(requests.clone());
         link.epoch = self.next_epoch;
-        tokio::spawn(run_link(
-            grpc.clone(),
+        tokio::spawn(link::run(
+            wire,
             outgoing,
             Arc::clone(address),
             link.epoch,
@@ -614,7 +555,16 @@ impl SenderTask {
                 return;
             }
         };
-        let requests = match self.link_to(&leader.address, &leader.grpc, now) {
+        if self.shared.config.transport == Transport::DataPort && leader.data_address.is_none() {
+            self.busy.remove(&batch.tp);
+            let why = format!(
+                "broker {} advertises no data port for {}; use Transport::Auto or Grpc",
+                leader.id, batch.tp
+            );
+            self.settle(batch, Err(ClientError::InvalidArgument(why)));
+            return;
+        }
+        let requests = match self.link_to(&leader, now) {
             Ok(requests) => requests,
             Err(retry_at) => {
                 self.park(batch, retry_at);

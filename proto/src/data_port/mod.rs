@@ -34,7 +34,13 @@
 //! watermark (the follower keeps it, capped by its own log end), not the leader's log end, and
 //! the `End` frame's flags byte may ask the follower to sync ([`RESPONSE_FLAG_SYNC_WANTED`]).
 //!
+//! A connection whose first request sets the produce flag carries produce requests instead
+//! ([`produce`], with the `grpc` feature: its header is a protobuf `ProduceRequest`).
+//!
 //! All integers are big-endian, as in the record batch format.
+
+#[cfg(feature = "grpc")]
+pub mod produce;
 
 /// Protocol version in every request; a broker refuses versions it does not speak.
 pub const VERSION: u8 = 1;
@@ -81,6 +87,14 @@ pub enum FrameError {
     Kind(u8),
     #[error("an Epoch, Diverging or OutOfRange frame carries 12 bytes, not {0}")]
     EpochPayload(usize),
+    #[error(
+        "a produce request's header of {header_len} bytes does not fit its body of {body_len} (or is over 1 MiB)"
+    )]
+    ProduceHeader { header_len: usize, body_len: usize },
+    #[error("a produce request's header is not a valid ProduceRequest: {0}")]
+    Protobuf(String),
+    #[error("a produce request's header carries a batch; the batch follows the header")]
+    BatchInHeader,
 }
 
 /// A fetch request.
