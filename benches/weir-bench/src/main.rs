@@ -113,7 +113,7 @@ struct Args {
     /// Turn the producer's idempotence off (it is on by default, as in the client).
     #[arg(long)]
     no_idempotence: bool,
-    /// How consumers fetch.
+    /// How producers send and consumers fetch.
     #[arg(long, value_enum, default_value_t = TransportArg::DataPort)]
     transport: TransportArg,
     /// Use this running broker (HOST:PORT) instead of starting one.

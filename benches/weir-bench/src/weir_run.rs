@@ -81,6 +81,7 @@ pub fn producer_config(w: &Workload) -> ProducerConfig {
         batch_bytes: w.batch_bytes,
         linger: w.linger,
         idempotent: w.idempotent,
+        transport: w.transport,
         ..ProducerConfig::default()
     }
 }

@@ -48,13 +48,18 @@ pub(crate) struct Appended {
     pub wake_sender: bool,
 }
 
-/// A closed batch, ready to send (and to send again on a retry: `bytes` never changes).
+/// A closed batch, ready to send (and to send again on a retry: `bytes` never changes once
+/// sealed at its first send).
 #[derive(Debug)]
 pub(crate) struct ProducerBatch {
     pub id: u64,
     pub tp: TopicPartition,
-    /// The encoded batch, or why encoding failed (then it is failed, not sent).
+    /// The encoded batch, or why encoding failed (then it is failed, not sent). Built unsealed
+    /// (CRC 0): the sender stamps and seals it in place at its first send (`sealed`), so the
+    /// records are CRC'd once, after the last CRC-covered field is written.
     pub bytes: Result<Bytes, BatchError>,
+    /// Whether `bytes` carries its CRC: set once, before the first send.
+    pub sealed: bool,
     pub record_count: usize,
     /// Buffer bytes the batch's records hold; released when it completes.
     pub reserved: usize,
@@ -98,7 +103,8 @@ impl OpenBatch {
         ProducerBatch {
             id: self.id,
             tp,
-            bytes: self.builder.build(),
+            bytes: self.builder.build_unsealed().map(Bytes::from),
+            sealed: false,
             record_count,
             reserved: self.reserved,
             created: self.created,

@@ -202,14 +202,17 @@ impl SenderTask {
         }
     }
 
-    /// Stamps a batch's first send with the identity and its partition's next sequence.
-    fn stamp(&mut self, batch: &mut ProducerBatch) {
-        let Identity::Ready { producer_id, epoch } = self.identity else {
-            return;
-        };
-        if batch.stamp.is_some() {
+    /// Readies a batch's first send: stamps it with the identity and its partition's next
+    /// sequence (when idempotent), then seals it (its one CRC pass). A retry is sent as sealed.
+    fn stamp_and_seal(&mut self, batch: &mut ProducerBatch) {
+        if batch.sealed {
             return;
         }
+        let identity = match self.identity {
+            Identity::Ready { producer_id, epoch } => Some((producer_id, epoch)),
+            // Sends wait for an identity when idempotent (see `run`).
+            Identity::Disabled | Identity::Missing => None,
+        };
         let bytes = match std::mem::replace(&mut batch.bytes, Ok(bytes::Bytes::new())) {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -217,26 +220,37 @@ impl SenderTask {
                 return;
             }
         };
-        let base_sequence = self.next_sequence.get(&batch.tp).copied().unwrap_or(0);
-        // The batch is normally the only owner of its bytes before its first send: stamp them in
-        // place instead of copying a whole batch.
+        // The batch is the only owner of its bytes before its first send: stamp and seal them
+        // in place instead of copying a whole batch.
         let mut stamped = bytes
             .try_into_mut()
             .unwrap_or_else(|shared| bytes::BytesMut::from(&shared[..]));
-        if let Err(e) =
-            weir_proto::batch::stamp_producer(&mut stamped, producer_id, epoch, base_sequence)
-        {
+        let stamp = identity.map(|(producer_id, epoch)| Stamp {
+            producer_id,
+            epoch,
+            base_sequence: self.next_sequence.get(&batch.tp).copied().unwrap_or(0),
+        });
+        let written = match stamp {
+            Some(s) => weir_proto::batch::write_producer(
+                &mut stamped,
+                s.producer_id,
+                s.epoch,
+                s.base_sequence,
+            ),
+            None => Ok(()),
+        }
+        .and_then(|()| weir_proto::batch::seal(&mut stamped));
+        if let Err(e) = written {
             batch.bytes = Err(e);
             return;
         }
         batch.bytes = Ok(stamped.freeze());
-        batch.stamp = Some(Stamp {
-            producer_id,
-            epoch,
-            base_sequence,
-        });
-        let next = sequence_after(base_sequence, batch.record_count as i64);
-        self.next_sequence.insert(batch.tp.clone(), next);
+        batch.sealed = true;
+        if let Some(s) = stamp {
+            batch.stamp = Some(s);
+            let next = sequence_after(s.base_sequence, batch.record_count as i64);
+            self.next_sequence.insert(batch.tp.clone(), next);
+        }
     }
 
     /// A stamped batch failed for good: if the broker surely did not store it, its sequence
@@ -516,7 +530,7 @@ impl SenderTask {
 
     /// Puts `batch` on the stream and marks its partition busy.
     fn send(&mut self, mut batch: ProducerBatch) {
-        self.stamp(&mut batch);
+        self.stamp_and_seal(&mut batch);
         let bytes = match &batch.bytes {
             Ok(bytes) => bytes.clone(),
             Err(error) => {

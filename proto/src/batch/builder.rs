@@ -4,8 +4,8 @@ use bytes::Bytes;
 
 use super::BatchError;
 use super::header::{
-    BatchHeader, CRC_COVERAGE_START, HEADER_LEN, LENGTH_FIELD_END, MAGIC, NO_PRODUCER_EPOCH,
-    NO_PRODUCER_ID, NO_SEQUENCE,
+    BatchHeader, HEADER_LEN, LENGTH_FIELD_END, MAGIC, NO_PRODUCER_EPOCH, NO_PRODUCER_ID,
+    NO_SEQUENCE,
 };
 use super::varint::{encode_zigzag32, encode_zigzag64, zigzag64_len};
 
@@ -142,7 +142,16 @@ impl BatchBuilder {
 
     /// Finishes the batch: writes the header and the CRC. Base offset is 0 until the broker
     /// stamps it.
-    pub fn build(mut self) -> Result<Bytes, BatchError> {
+    pub fn build(self) -> Result<Bytes, BatchError> {
+        let mut batch = self.build_unsealed()?;
+        crate::batch::seal(&mut batch)?;
+        Ok(Bytes::from(batch))
+    }
+
+    /// Finishes the batch without its CRC (0), for a caller that still writes CRC-covered
+    /// fields (the producer's identity and sequence at its first send) and then
+    /// [`seal`](crate::batch::seal)s it: one pass over the records instead of two.
+    pub fn build_unsealed(mut self) -> Result<Vec<u8>, BatchError> {
         if self.record_count == 0 {
             return Err(BatchError::BadRecordCount(0));
         }
@@ -163,9 +172,7 @@ impl BatchBuilder {
             record_count: self.record_count,
         };
         header.write_to(&mut self.buf);
-        let crc = crc32fast::hash(&self.buf[CRC_COVERAGE_START..]);
-        self.buf[13..17].copy_from_slice(&crc.to_be_bytes());
-        Ok(Bytes::from(self.buf))
+        Ok(self.buf)
     }
 }
 
@@ -186,4 +193,42 @@ fn body_len(record: &RecordInput<'_>, ts_delta: i64, offset_delta: i32) -> usize
         + field(record.value.map(<[u8]>::len))
         + zigzag64_len(record.headers.len() as i64)
         + headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{RecordBatch, seal, stamp_producer, write_producer};
+
+    fn builder() -> BatchBuilder {
+        let mut b = BatchBuilder::new();
+        for i in 0..3u8 {
+            b.push(RecordInput {
+                key: Some(&[i]),
+                value: Some(b"value"),
+                timestamp: 1_700_000_000_000 + i64::from(i),
+                headers: &[],
+            })
+            .unwrap();
+        }
+        b
+    }
+
+    #[test]
+    fn an_unsealed_batch_is_valid_only_once_sealed_and_then_equals_a_built_one() {
+        let mut unsealed = builder().build_unsealed().unwrap();
+        assert!(BatchHeader::parse(&unsealed).unwrap().check_crc(&unsealed).is_err());
+        seal(&mut unsealed).unwrap();
+        assert_eq!(unsealed, builder().build().unwrap().to_vec());
+        // Stamping at the first send, then one seal, is what stamp_producer does in two passes.
+        let mut once = builder().build_unsealed().unwrap();
+        write_producer(&mut once, 42, 1, 7).unwrap();
+        seal(&mut once).unwrap();
+        let mut twice = builder().build().unwrap().to_vec();
+        stamp_producer(&mut twice, 42, 1, 7).unwrap();
+        assert_eq!(once, twice);
+        let parsed = RecordBatch::parse(Bytes::from(once)).unwrap();
+        assert_eq!(parsed.header().producer_id, 42);
+        assert_eq!(parsed.header().base_sequence, 7);
+    }
 }

@@ -172,9 +172,23 @@ pub fn sequence_after(sequence: i32, count: i64) -> i32 {
 }
 
 /// Writes an idempotent producer's identity and the batch's first sequence number into an
-/// encoded batch and recomputes its CRC (these fields are CRC-covered). The producer calls it
-/// when it first sends a batch, so sequences follow send order.
+/// encoded batch and recomputes its CRC (these fields are CRC-covered): [`write_producer`],
+/// then [`seal`].
 pub fn stamp_producer(
+    batch: &mut [u8],
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+) -> Result<(), BatchError> {
+    write_producer(batch, producer_id, producer_epoch, base_sequence)?;
+    seal(batch)
+}
+
+/// Writes an idempotent producer's identity and the batch's first sequence number into an
+/// encoded batch, leaving its CRC stale: the producer stamps a batch built unsealed
+/// ([`crate::batch::BatchBuilder::build_unsealed`]) at its first send, so sequences follow send
+/// order, then [`seal`]s it, so the records are CRC'd once.
+pub fn write_producer(
     batch: &mut [u8],
     producer_id: i64,
     producer_epoch: i16,
@@ -189,6 +203,18 @@ pub fn stamp_producer(
     batch[PRODUCER_ID..PRODUCER_ID + 8].copy_from_slice(&producer_id.to_be_bytes());
     batch[PRODUCER_EPOCH..PRODUCER_EPOCH + 2].copy_from_slice(&producer_epoch.to_be_bytes());
     batch[BASE_SEQUENCE..BASE_SEQUENCE + 4].copy_from_slice(&base_sequence.to_be_bytes());
+    Ok(())
+}
+
+/// Computes an encoded batch's CRC over the bytes it covers and writes it: the last change to
+/// a batch before it leaves the producer.
+pub fn seal(batch: &mut [u8]) -> Result<(), BatchError> {
+    if batch.len() < HEADER_LEN {
+        return Err(BatchError::TooShort {
+            len: batch.len(),
+            needed: HEADER_LEN,
+        });
+    }
     let crc = crc32fast::hash(&batch[CRC_COVERAGE_START..]);
     batch[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
     Ok(())

@@ -25,7 +25,7 @@ pub use builder::{BatchBuilder, RecordInput};
 pub use error::BatchError;
 pub use header::{
     BatchHeader, COMPRESSION_MASK, CRC_COVERAGE_START, HEADER_LEN, LENGTH_FIELD_END, MAGIC,
-    NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE, sequence_after, stamp_base_offset,
-    stamp_producer,
+    NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE, seal, sequence_after, stamp_base_offset,
+    stamp_producer, write_producer,
 };
 pub use record::{Header, Record, RecordBatch, Records, split_batches};
