@@ -38,6 +38,18 @@ impl CpuClock {
             .sum();
         Ok(ticks as f64 / rustix::param::clock_ticks_per_second() as f64)
     }
+
+    /// The process's peak resident set so far, in MB (`VmHWM` of /proc/PID/status).
+    pub fn peak_rss_mb(&self) -> anyhow::Result<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .with_context(|| format!("reading /proc/{}/status", self.pid))?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmHWM in /proc status")?;
+        Ok(kib as f64 * 1024.0 / 1e6)
+    }
 }
 
 /// The broker the bench talks to.

@@ -27,6 +27,7 @@ mod cluster;
 mod failover;
 mod nats;
 mod raw_tcp;
+mod raw_write;
 mod weir_run;
 
 use std::io::IsTerminal;
@@ -73,10 +74,19 @@ enum TransportArg {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Baseline {
     RawTcp,
+    /// The same bytes written to a file in batch-size writes, each followed by fdatasync
+    /// (produce only): the floor of acks=durable.
+    RawWrite,
     Nats,
     /// The same workload on a second broker started here with `--metrics-listen off`: what
     /// the metrics cost the data paths.
     MetricsOff,
+    /// The same workload from one producer (produce with --producers above 1), on its own
+    /// topic of the same broker, for a share of the records: what concurrency adds.
+    SingleProducer,
+    /// The same workload on a one-partition topic of the same broker (produce with
+    /// --partitions above 1): what spreading over partitions costs.
+    OnePartition,
 }
 
 /// weir's end-to-end load generator.
@@ -113,6 +123,9 @@ struct Args {
     /// Turn the producer's idempotence off (it is on by default, as in the client).
     #[arg(long)]
     no_idempotence: bool,
+    /// Each producer waits for every record's acknowledgment before sending the next (produce).
+    #[arg(long)]
+    sync_sends: bool,
     /// How producers send and consumers fetch.
     #[arg(long, value_enum, default_value_t = TransportArg::DataPort)]
     transport: TransportArg,
@@ -206,6 +219,7 @@ async fn main() -> anyhow::Result<()> {
         rate: args.rate,
         duration: Duration::from_secs(args.duration_secs),
         idempotent: !args.no_idempotence,
+        sync_sends: args.sync_sends,
         replication_factor: args.replication_factor,
         min_insync_replicas: args.min_insync_replicas,
     };
@@ -287,7 +301,14 @@ async fn main() -> anyhow::Result<()> {
         "only {} of {expected} records were moved",
         measured.records
     );
-    let weir = target.figures(&measured, &roles, &cpu_before, &cpu_after);
+    let mut weir = target.figures(&measured, &roles, &cpu_before, &cpu_after);
+    if let Target::Single(Broker {
+        cpu: Some(clock), ..
+    }) = &target
+        && let Ok(rss) = clock.peak_rss_mb()
+    {
+        weir["broker_peak_rss_mb"] = json!(round(rss));
+    }
 
     let mut baseline_figures = serde_json::Map::new();
     let mut ratios = serde_json::Map::new();
@@ -318,10 +339,19 @@ async fn main() -> anyhow::Result<()> {
     for baseline in baselines {
         let (name, result) = match baseline {
             Baseline::RawTcp => ("raw-tcp", raw_tcp_baseline(&workload)),
+            Baseline::RawWrite => ("raw-write", raw_write_baseline(args.mode, &workload)),
             Baseline::Nats => ("nats", nats_baseline(args.mode, &workload).await),
             Baseline::MetricsOff => (
                 "metrics-off",
                 metrics_off_baseline(&args, args.mode, &workload).await,
+            ),
+            Baseline::SingleProducer => (
+                "single-producer",
+                peer_baseline(&grpc, args.mode, &workload, PeerBaseline::SingleProducer).await,
+            ),
+            Baseline::OnePartition => (
+                "one-partition",
+                peer_baseline(&grpc, args.mode, &workload, PeerBaseline::OnePartition).await,
             ),
         };
         let value = match result {
@@ -355,6 +385,7 @@ async fn main() -> anyhow::Result<()> {
             "linger_ms": workload.linger.as_millis() as u64,
             "acks": format!("{:?}", args.acks).to_lowercase(),
             "idempotent": !args.no_idempotence,
+            "sync_sends": args.sync_sends.then_some(true),
             "transport": match args.transport { TransportArg::DataPort => "data-port", TransportArg::Grpc => "grpc" },
             "rate": (args.mode == Mode::E2e).then_some(workload.rate),
             "cluster": args.cluster,
@@ -603,6 +634,56 @@ fn raw_tcp_baseline(w: &Workload) -> anyhow::Result<Option<Value>> {
     Ok(Some(figures(&measured, None)))
 }
 
+/// Which of the workload's dimensions a peer baseline brings down to one.
+#[derive(Clone, Copy)]
+enum PeerBaseline {
+    SingleProducer,
+    OnePartition,
+}
+
+/// The workload with one producer (or one partition) on its own topic of the same broker, run
+/// right after the measured one.
+async fn peer_baseline(
+    grpc: &str,
+    mode: Mode,
+    w: &Workload,
+    peer: PeerBaseline,
+) -> anyhow::Result<Option<Value>> {
+    let mut peer_workload = w.clone();
+    match peer {
+        PeerBaseline::SingleProducer if mode == Mode::Produce && w.producers > 1 => {
+            peer_workload.producers = 1;
+            peer_workload.records = (w.records / w.producers as u64).max(1000);
+            peer_workload.topic = format!("{}-single-producer", w.topic);
+        }
+        PeerBaseline::OnePartition if mode == Mode::Produce && w.partitions > 1 => {
+            peer_workload.partitions = 1;
+            peer_workload.topic = format!("{}-one-partition", w.topic);
+        }
+        _ => return Ok(None),
+    }
+    weir_run::create_topic(grpc, &peer_workload).await?;
+    let bar = progress(peer_workload.records, "peer");
+    let measured = weir_run::produce(grpc, &peer_workload, &bar).await?;
+    bar.finish_and_clear();
+    Ok(Some(figures(&measured, None)))
+}
+
+fn raw_write_baseline(mode: Mode, w: &Workload) -> anyhow::Result<Option<Value>> {
+    if mode != Mode::Produce {
+        return Ok(None);
+    }
+    let total = w.records * w.record_bytes as u64;
+    let elapsed = raw_write::write_and_sync(total, w.batch_bytes.max(1))?;
+    let measured = Measured {
+        elapsed,
+        records: w.records,
+        payload_bytes: total,
+        latency_us: None,
+    };
+    Ok(Some(figures(&measured, None)))
+}
+
 async fn nats_baseline(mode: Mode, w: &Workload) -> anyhow::Result<Option<Value>> {
     if mode == Mode::E2e {
         return Ok(None);
@@ -682,6 +763,9 @@ fn skip_reason(baseline: Baseline, mode: Mode) -> &'static str {
         (Baseline::Nats, Mode::E2e) => "no NATS e2e latency run (produce and consume only)",
         (Baseline::Nats, _) => "nats-server is not installed (apt-get install nats-server)",
         (Baseline::RawTcp, _) => "not run",
+        (Baseline::RawWrite, _) => "produce only (the floor of acks=durable)",
+        (Baseline::SingleProducer, _) => "produce with --producers above 1 only",
+        (Baseline::OnePartition, _) => "produce with --partitions above 1 only",
         (Baseline::MetricsOff, _) => {
             "only beside a single broker started here (not --broker or --cluster)"
         }

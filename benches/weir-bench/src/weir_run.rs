@@ -36,6 +36,9 @@ pub struct Workload {
     pub rate: u64,
     pub duration: Duration,
     pub idempotent: bool,
+    /// Each producer waits for a record's acknowledgment before sending the next (one record
+    /// in flight per producer: what concurrent request/response writers do).
+    pub sync_sends: bool,
     /// The topic's replication factor and min in-sync replicas (`None`: the broker's default).
     pub replication_factor: Option<u32>,
     pub min_insync_replicas: Option<u32>,
@@ -122,8 +125,11 @@ pub async fn produce(grpc: &str, w: &Workload, progress: &ProgressBar) -> anyhow
             });
             for n in 0..share {
                 let record = ProducerRecord::new(w.topic.clone()).value(value.clone());
-                let sent = n.is_multiple_of(LATENCY_SAMPLE).then(Instant::now);
+                let sent = (w.sync_sends || n.is_multiple_of(LATENCY_SAMPLE)).then(Instant::now);
                 let delivery = producer.send(record).await?;
+                if w.sync_sends {
+                    producer.flush().await?;
+                }
                 let _ = tx.send((sent, delivery));
             }
             drop(tx);
