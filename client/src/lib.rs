@@ -75,8 +75,8 @@ pub use admin::{
 pub use client::{Client, DEFAULT_BROKER};
 pub use connection::{ConnectOptions, MAX_MESSAGE_BYTES};
 pub use consumer::{
-    AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, GroupConfig, GroupConsumer,
-    RecordStream, Seek, Transport,
+    AutoOffsetReset, Consumer, ConsumerBatch, ConsumerConfig, ConsumerRecord, GroupConfig,
+    GroupConsumer, RecordStream, Seek, Transport,
 };
 pub use error::ClientError;
 pub use partitioner::PartitionerKind;

@@ -126,6 +126,10 @@ struct Args {
     /// Each producer waits for every record's acknowledgment before sending the next (produce).
     #[arg(long)]
     sync_sends: bool,
+    /// Consume record by record (a `ConsumerRecord` each) instead of in whole batches of
+    /// borrowed records (`RecordStream::next_batch`, the default).
+    #[arg(long)]
+    per_record: bool,
     /// How producers send and consumers fetch.
     #[arg(long, value_enum, default_value_t = TransportArg::DataPort)]
     transport: TransportArg,
@@ -220,6 +224,7 @@ async fn main() -> anyhow::Result<()> {
         duration: Duration::from_secs(args.duration_secs),
         idempotent: !args.no_idempotence,
         sync_sends: args.sync_sends,
+        per_record: args.per_record,
         replication_factor: args.replication_factor,
         min_insync_replicas: args.min_insync_replicas,
     };
@@ -386,6 +391,7 @@ async fn main() -> anyhow::Result<()> {
             "acks": format!("{:?}", args.acks).to_lowercase(),
             "idempotent": !args.no_idempotence,
             "sync_sends": args.sync_sends.then_some(true),
+            "per_record": (args.mode == Mode::Consume).then_some(args.per_record),
             "transport": match args.transport { TransportArg::DataPort => "data-port", TransportArg::Grpc => "grpc" },
             "rate": (args.mode == Mode::E2e).then_some(workload.rate),
             "cluster": args.cluster,

@@ -39,6 +39,9 @@ pub struct Workload {
     /// Each producer waits for a record's acknowledgment before sending the next (one record
     /// in flight per producer: what concurrent request/response writers do).
     pub sync_sends: bool,
+    /// Consume through the per-record stream (a `ConsumerRecord` per record) instead of whole
+    /// batches of borrowed records (`RecordStream::next_batch`).
+    pub per_record: bool,
     /// The topic's replication factor and min in-sync replicas (`None`: the broker's default).
     pub replication_factor: Option<u32>,
     pub min_insync_replicas: Option<u32>,
@@ -173,14 +176,26 @@ pub async fn consume(grpc: &str, w: &Workload, progress: &ProgressBar) -> anyhow
     let mut tasks = Vec::new();
     for consumer in streams {
         let progress = progress.clone();
+        let per_record = w.per_record;
         tasks.push(tokio::spawn(async move {
             let mut stream = consumer.stream();
             let (mut records, mut bytes) = (0u64, 0u64);
-            while let Some(record) = stream.next().await {
-                let record = record?;
-                records += 1;
-                bytes += record.value.as_ref().map_or(0, |v| v.len() as u64);
-                progress.inc(1);
+            if per_record {
+                while let Some(record) = stream.next().await {
+                    let record = record?;
+                    records += 1;
+                    bytes += record.value.as_ref().map_or(0, |v| v.len() as u64);
+                    progress.inc(1);
+                }
+            } else {
+                while let Some(batch) = stream.next_batch().await {
+                    let batch = batch?;
+                    for record in batch.records() {
+                        records += 1;
+                        bytes += record.value.map_or(0, |v| v.len() as u64);
+                    }
+                    progress.inc(batch.len() as u64);
+                }
             }
             anyhow::Ok((records, bytes))
         }));

@@ -26,19 +26,20 @@ use std::sync::atomic::AtomicU64;
 use tokio::sync::mpsc;
 use weir_proto::v1::{FetchRequest, FetchResponse, ListOffsetsRequest, OffsetSpec};
 
+use super::batch::ConsumerBatch;
 use super::data_port::DataPortFetch;
-use super::record::{ConsumerRecord, decode};
+use super::record::decode;
 use super::{ConsumerConfig, Transport, Unresolved};
 use crate::cluster::Cluster;
 use crate::{ClientError, TopicPartition};
 
 /// What a fetch task hands to the record stream.
 pub(crate) enum Fetched {
-    /// Records of one partition, in offset order, and that partition's position to advance as
-    /// they are read.
-    Records {
+    /// Validated batches of one partition, in offset order, each trimmed to the records the
+    /// consumer reads, and that partition's position to advance as they are read.
+    Batches {
         position: Arc<AtomicU64>,
-        records: Vec<ConsumerRecord>,
+        batches: Vec<ConsumerBatch>,
     },
     /// The partition failed and ends here.
     Failed(ClientError),
@@ -223,12 +224,12 @@ impl PartitionFetch {
             *read_in_epoch = quoted_epoch;
             let decoded = decode(&self.tp, response.batches, *next, stop);
             *next = decoded.next;
-            if !decoded.records.is_empty() {
-                let records = Fetched::Records {
+            if !decoded.batches.is_empty() {
+                let batches = Fetched::Batches {
                     position: self.position.clone(),
-                    records: decoded.records,
+                    batches: decoded.batches,
                 };
-                if self.out.send(records).await.is_err() {
+                if self.out.send(batches).await.is_err() {
                     return CallEnd::Done;
                 }
             }

@@ -21,6 +21,7 @@
 //! the owner, once the owner is back. With follow the task waits for the owner; without, a
 //! partition whose owner is down ends with that error, and the others are read to their end.
 
+mod batch;
 mod config;
 mod data_port;
 mod fetcher;
@@ -41,6 +42,7 @@ use crate::cluster::Cluster;
 use crate::{ClientError, TopicPartition};
 use fetcher::PartitionFetch;
 
+pub use batch::ConsumerBatch;
 pub use config::{ConsumerConfig, Transport};
 pub use group::{AutoOffsetReset, GroupConfig, GroupConsumer};
 pub use record::ConsumerRecord;

@@ -1,16 +1,19 @@
-//! [`ConsumerRecord`] and the decoding of fetched bytes into records.
+//! [`ConsumerRecord`] and the decoding of fetched bytes into batches of records.
 //!
 //! Invariants of [`decode`]: every batch is validated (length, CRC, record structure) by the
-//! proto crate's decoder before any of its records is returned; records below the consumer's
-//! position (a batch may start before it) and at or past the stop offset are dropped; records
-//! are returned in offset order and the returned position is one past the last record
-//! returned. Keys, values and headers are `Bytes` slices of the fetched buffer: no copies.
+//! proto crate's decoder before any of its records is handed out; records below the consumer's
+//! position (a batch may start before it) and at or past the stop offset are left out (each
+//! [`ConsumerBatch`] is trimmed to its window); batches are returned in offset order and the
+//! returned position is one past the last record returned. Records are built from a batch only
+//! when read one by one; keys, values and headers are then `Bytes` slices of the fetched
+//! buffer: no copies.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use weir_proto::batch::{Header, split_batches};
 
+use super::batch::ConsumerBatch;
 use crate::{ClientError, TopicPartition};
 
 /// One record read from a partition.
@@ -35,7 +38,8 @@ pub struct ConsumerRecord {
 /// What one fetch response decoded to.
 #[derive(Debug)]
 pub(crate) struct Decoded {
-    pub records: Vec<ConsumerRecord>,
+    /// Each with at least one record.
+    pub batches: Vec<ConsumerBatch>,
     /// The offset after the last record returned (the position, if nothing was returned).
     pub next: u64,
     /// A batch that failed validation: records before it are returned, nothing from it or after.
@@ -47,15 +51,15 @@ pub(crate) struct Decoded {
 /// Decodes concatenated batches fetched from `tp`, keeping records in `[position, stop)`.
 pub(crate) fn decode(
     tp: &TopicPartition,
-    batches: Bytes,
+    fetched: Bytes,
     position: u64,
     stop: Option<u64>,
 ) -> Decoded {
-    let mut records = Vec::new();
+    let mut batches = Vec::new();
     let mut next = position;
     let mut corrupt = None;
     let mut reached_stop = stop.is_some_and(|stop| next >= stop);
-    'batches: for batch in split_batches(batches) {
+    for batch in split_batches(fetched) {
         if reached_stop {
             break;
         }
@@ -74,30 +78,25 @@ pub(crate) fn decode(
         if batch.last_offset() < next {
             continue;
         }
-        records.reserve(batch.record_count());
-        for record in batch.records() {
-            if record.offset < next {
-                continue;
-            }
-            if stop.is_some_and(|stop| record.offset >= stop) {
-                reached_stop = true;
-                break 'batches;
-            }
-            next = record.offset + 1;
-            records.push(ConsumerRecord {
-                topic: tp.topic.clone(),
-                partition: tp.partition,
-                offset: record.offset,
-                timestamp: record.timestamp,
-                key: record.key,
-                value: record.value,
-                headers: record.headers,
-            });
+        let from = next.max(batch.base_offset());
+        let end = batch.last_offset() + 1;
+        let to = stop.map_or(end, |stop| end.min(stop));
+        if to <= from {
+            reached_stop = true;
+            break;
         }
+        next = to;
+        batches.push(ConsumerBatch::new(
+            tp.topic.clone(),
+            tp.partition,
+            batch,
+            from,
+            to,
+        ));
         reached_stop = stop.is_some_and(|stop| next >= stop);
     }
     Decoded {
-        records,
+        batches,
         next,
         corrupt,
         reached_stop,
@@ -130,12 +129,23 @@ mod tests {
         Bytes::from(batches.concat())
     }
 
-    fn values(decoded: &Decoded) -> Vec<(u64, &[u8])> {
+    fn records(decoded: &Decoded) -> Vec<ConsumerRecord> {
         decoded
-            .records
+            .batches
             .iter()
-            .map(|r| (r.offset, r.value.as_deref().unwrap()))
+            .flat_map(|b| b.to_records())
             .collect()
+    }
+
+    fn values(decoded: &Decoded) -> Vec<(u64, Vec<u8>)> {
+        records(decoded)
+            .iter()
+            .map(|r| (r.offset, r.value.as_deref().unwrap().to_vec()))
+            .collect()
+    }
+
+    fn v(offset: u64, value: &str) -> (u64, Vec<u8>) {
+        (offset, value.as_bytes().to_vec())
     }
 
     fn tp() -> TopicPartition {
@@ -146,13 +156,28 @@ mod tests {
     fn records_below_the_position_are_skipped() {
         let bytes = fetched(&[batch(10, &["a", "b", "c"]), batch(13, &["d"])]);
         let decoded = decode(&tp(), bytes, 11, None);
-        assert_eq!(
-            values(&decoded),
-            vec![(11, &b"b"[..]), (12, b"c"), (13, b"d")]
-        );
+        assert_eq!(values(&decoded), vec![v(11, "b"), v(12, "c"), v(13, "d")]);
         assert_eq!(decoded.next, 14);
         assert!(decoded.corrupt.is_none());
-        let record = &decoded.records[0];
+        // The batch views agree with the records, trimmed the same way.
+        let first = &decoded.batches[0];
+        assert_eq!(
+            (first.first_offset(), first.next_offset(), first.len()),
+            (11, 13, 2)
+        );
+        let viewed: Vec<_> = first
+            .records()
+            .map(|r| (r.offset, r.value.unwrap().to_vec()))
+            .collect();
+        assert_eq!(viewed, vec![v(11, "b"), v(12, "c")]);
+        let view = first.records().next().unwrap();
+        assert_eq!(view.key, Some(&b"k"[..]));
+        assert_eq!(
+            view.headers().collect::<Vec<_>>(),
+            vec![(&b"h"[..], Some(&b"v"[..]))]
+        );
+        let records = records(&decoded);
+        let record = &records[0];
         assert_eq!(record.key.as_deref(), Some(&b"k"[..]));
         assert_eq!(record.headers[0].value.as_deref(), Some(&b"v"[..]));
         assert_eq!((&*record.topic, record.partition), ("t", 1));
@@ -177,7 +202,7 @@ mod tests {
         let last = bad.len() - 1;
         bad[last] ^= 0x40; // flip a bit in the last record: the CRC no longer matches
         let decoded = decode(&tp(), fetched(&[good, bad, batch(4, &["e"])]), 0, None);
-        assert_eq!(values(&decoded), vec![(0, &b"a"[..]), (1, b"b")]);
+        assert_eq!(values(&decoded), vec![v(0, "a"), v(1, "b")]);
         assert_eq!(decoded.next, 2);
         let error = decoded.corrupt.expect("corruption reported");
         assert!(
@@ -191,7 +216,7 @@ mod tests {
         let whole = batch(0, &["a", "b"]);
         let cut = Bytes::from(whole[..whole.len() - 3].to_vec());
         let decoded = decode(&tp(), cut, 0, None);
-        assert!(decoded.records.is_empty());
+        assert!(decoded.batches.is_empty());
         assert!(decoded.corrupt.is_some());
     }
 
@@ -200,7 +225,8 @@ mod tests {
         let bytes = fetched(&[batch(0, &["hello"])]);
         let range = bytes.as_ptr() as usize..bytes.as_ptr() as usize + bytes.len();
         let decoded = decode(&tp(), bytes.clone(), 0, None);
-        let value = decoded.records[0].value.as_ref().unwrap();
+        let records = records(&decoded);
+        let value = records[0].value.as_ref().unwrap();
         assert!(range.contains(&(value.as_ptr() as usize)), "zero-copy");
     }
 }

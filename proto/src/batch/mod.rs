@@ -28,4 +28,4 @@ pub use header::{
     NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE, seal, sequence_after, stamp_base_offset,
     stamp_producer, write_producer,
 };
-pub use record::{Header, Record, RecordBatch, Records, split_batches};
+pub use record::{Header, Record, RecordBatch, RecordView, RecordViews, Records, split_batches};

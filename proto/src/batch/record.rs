@@ -142,6 +142,89 @@ impl RecordBatch {
             index: 0,
         }
     }
+
+    /// The records as views borrowed from the batch's bytes, in offset order: no allocation
+    /// and no reference count per record (what a consumer that handles whole batches reads).
+    pub fn record_views(&self) -> RecordViews<'_> {
+        RecordViews {
+            batch: self,
+            pos: HEADER_LEN,
+            index: 0,
+        }
+    }
+}
+
+/// One record of a validated batch, borrowed from it ([`RecordBatch::record_views`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    pub offset: u64,
+    pub timestamp: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    buf: &'a [u8],
+    headers: (usize, usize),
+    header_count: i32,
+}
+
+impl<'a> RecordView<'a> {
+    /// Its headers as (key, value) pairs, in the order they were added.
+    pub fn headers(&self) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + use<'a> {
+        let buf = self.buf;
+        let mut pairs = Vec::new();
+        // A validated batch's headers parse; a broken invariant yields none rather than panic.
+        let _ = parse_headers(
+            buf,
+            self.headers.0..self.headers.1,
+            self.header_count,
+            |key, value| pairs.push((key, value)),
+        );
+        pairs
+            .into_iter()
+            .map(move |(key, value)| (&buf[key], value.map(|v| &buf[v])))
+    }
+
+    /// How many headers it has.
+    pub fn header_count(&self) -> usize {
+        self.header_count.max(0) as usize
+    }
+}
+
+/// Iterator over a validated batch's records as borrowed views.
+pub struct RecordViews<'a> {
+    batch: &'a RecordBatch,
+    pos: usize,
+    index: usize,
+}
+
+impl<'a> Iterator for RecordViews<'a> {
+    type Item = RecordView<'a>;
+
+    fn next(&mut self) -> Option<RecordView<'a>> {
+        if self.index >= self.batch.record_count() {
+            return None;
+        }
+        let buf: &'a [u8] = &self.batch.bytes;
+        // Validated at construction (see `Records::next`).
+        let spans = parse_record(buf, self.pos).ok()?;
+        let header = &self.batch.header;
+        let view = RecordView {
+            offset: header.base_offset + self.index as u64,
+            timestamp: header.base_timestamp.wrapping_add(spans.timestamp_delta),
+            key: spans.key.map(|r| &buf[r]),
+            value: spans.value.map(|r| &buf[r]),
+            buf,
+            headers: (spans.headers.start, spans.headers.end),
+            header_count: spans.header_count,
+        };
+        self.pos = spans.end;
+        self.index += 1;
+        Some(view)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.batch.record_count() - self.index;
+        (left, Some(left))
+    }
 }
 
 /// Iterator over a validated batch's records.
