@@ -1946,7 +1946,7 @@ fn a_reassignment_with_a_crash() {
 #[test]
 #[ignore]
 fn a_reassignment_with_a_crash_and_a_handover() {
-    // 32.4 million states, about 13 minutes and 10 GB.
+    // 33.4 million states, about 15 minutes and 10 GB.
     let bounds = Bounds {
         reassignments: 1,
         handovers: 1,
