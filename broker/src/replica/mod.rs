@@ -189,7 +189,8 @@ impl ReplicaManager {
 
     /// Makes the roles match `metadata` (called with every newer picture, after the local
     /// partitions were created): a partition with several replicas gets a [`Replica`], led or
-    /// followed as the controller says; one that is no longer replicated here loses it.
+    /// followed as the controller says; one that is no longer replicated here loses it; one
+    /// with a single replica, here, has its high watermark at its log end.
     pub fn reconcile(self: &Arc<Self>, topics: &Topics, metadata: &ClusterMetadata) {
         let mut seen: HashSet<(Arc<str>, u32)> = HashSet::new();
         for placed in &metadata.topics {
@@ -205,12 +206,21 @@ impl ReplicaManager {
             let name: Arc<str> = Arc::from(description.name.as_str());
             for (index, wire) in placed.partitions.iter().enumerate() {
                 let index = index as u32;
-                if wire.replicas.len() < 2 || !wire.replicas.contains(&self.node_id) {
+                if !wire.replicas.contains(&self.node_id) {
                     continue;
                 }
                 let Ok(partition) = topic.partition(index) else {
                     continue;
                 };
+                if wire.replicas.len() < 2 {
+                    // A single copy, here: its high watermark is its log end. One opened as
+                    // possibly replicated is served from now on; one that had a role until
+                    // this picture is handed back below, once that role stopped.
+                    if self.get(&name, index).is_none() {
+                        partition.set_replicated(false);
+                    }
+                    continue;
+                }
                 seen.insert((Arc::clone(&name), index));
                 let replica = {
                     let mut replicas = lock(&self.replicas);
