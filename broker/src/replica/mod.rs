@@ -16,11 +16,12 @@
 //! follows its log end as before, and no lease or in-sync set applies to it. A reassignment
 //! turns one into a replicated partition and back: moving a single copy (`[1] -> [2]`, or
 //! raising its count, `[1] -> [1,2,3]`) lists the new replicas beside it, so from that picture
-//! on it has several and gets a [`Replica`] on each broker: the old copy leads (its epoch
-//! recorded at its log end; as the only in-sync replica, its high watermark is back at its log
-//! end with the first computation), the new ones follow over the data port and join the in-sync set through the leader's
-//! ordinary expansion. Once the controller completes the move the partition may have one
-//! replica again (`[2]`): its [`Replica`] goes, and that copy serves as a single copy.
+//! on it has several and gets a [`Replica`] on each broker. The old copy leads: it records its
+//! epoch over its whole log (a single copy records none, see `leader::become_leader`), and as
+//! the only in-sync replica its high watermark is back at its log end with the first
+//! computation. The new ones follow over the data port and join the in-sync set through the
+//! leader's ordinary expansion. Once the controller completes the move the partition may have
+//! one replica again (`[2]`): its [`Replica`] goes, and that copy serves as a single copy.
 //!
 //! Invariants:
 //! - A replica has exactly one role at a time; a role change stops the old role's work before
