@@ -19,14 +19,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::StreamExt;
-use weir_client::{
-    Acks, Client, ConsumerConfig, ErrorCode, NewTopic, ProducerConfig, ProducerRecord,
-    TopicDescription,
-};
+use weir_client::{Acks, Client, ConsumerConfig, ErrorCode, NewTopic, TopicDescription};
 
 #[path = "support/replicated.rs"]
 mod replicated;
-use replicated::{Cluster, consume_numbers as consume, disk_batches, log_bytes};
+use replicated::{
+    Cluster, consume_numbers as consume, disk_batches, log_bytes, produce_numbers, segment_bases,
+};
 use weir_testkit::wait_until;
 
 const LEASE_MS: &str = "2000";
@@ -36,28 +35,6 @@ const WAIT: Duration = Duration::from_secs(40);
 
 async fn describe(client: &Client, topic: &str) -> Option<TopicDescription> {
     client.admin().describe_topic(topic).await.ok()
-}
-
-/// Sends `values` to partition 0 with acks=all; every one must be acknowledged.
-async fn produce(client: &Client, topic: &str, values: std::ops::Range<u32>) {
-    let producer = client
-        .producer(ProducerConfig {
-            acks: Acks::All,
-            linger: Duration::from_millis(1),
-            batch_bytes: 16 << 10,
-            delivery_timeout: Duration::from_secs(60),
-            ..ProducerConfig::default()
-        })
-        .unwrap();
-    let mut deliveries = Vec::new();
-    for v in values {
-        let record = ProducerRecord::new(topic).partition(0).value(v.to_string());
-        deliveries.push(producer.send(record).await.unwrap());
-    }
-    producer.flush().await.unwrap();
-    for d in deliveries {
-        d.await.expect("every record acknowledged");
-    }
 }
 
 fn data_dirs(cluster: &Cluster) -> Vec<PathBuf> {
@@ -102,7 +79,7 @@ async fn a_leader_hands_over_and_heals_a_damaged_segment_found_by_its_scrub() {
         .unwrap();
     let leader = created.partitions[0].leader_id;
     let epoch = created.partitions[0].leader_epoch;
-    produce(&client, "rot", 0..5000).await;
+    produce_numbers(&client, "rot", 0..5000, Acks::All).await;
     let dirs = data_dirs(&cluster);
     wait_until("the three logs hold the same bytes", WAIT, || async {
         let theirs = log_bytes(dir_of(&dirs, leader), "rot");
@@ -152,7 +129,7 @@ async fn a_leader_hands_over_and_heals_a_damaged_segment_found_by_its_scrub() {
     .await;
     assert_eq!(consume(&client, "rot").await, (0..5000).collect::<Vec<_>>());
     // And the partition goes on: more acks=all records, in every copy.
-    produce(&client, "rot", 5000..6000).await;
+    produce_numbers(&client, "rot", 5000..6000, Acks::All).await;
     assert_eq!(consume(&client, "rot").await, (0..6000).collect::<Vec<_>>());
     wait_until("the three logs agree again", WAIT, || async {
         let theirs = log_bytes(dir_of(&dirs, new_leader), "rot");
@@ -169,7 +146,7 @@ fn rot_first_segment(data_dir: &Path, topic: &str) {
         .join(format!("{topic}-0"))
         .join(format!("{:020}.log", 0));
     assert!(
-        segment_bases(data_dir, topic).len() > 2,
+        segment_bases(data_dir, topic, 0).len() > 2,
         "several segments, so the first is sealed"
     );
     let file = std::fs::OpenOptions::new()
@@ -217,7 +194,7 @@ async fn a_follower_refusing_a_rotted_batch_makes_the_leader_find_it_and_step_do
     let dirs = data_dirs(&cluster);
     // One follower is away while everything is produced; the other has it all.
     cluster.broker(behind).terminate();
-    produce(&client, "refused", 0..5000).await;
+    produce_numbers(&client, "refused", 0..5000, Acks::All).await;
     wait_until(
         "the in-sync follower holds the leader's bytes",
         WAIT,
@@ -310,7 +287,7 @@ async fn a_damaged_leader_alone_in_the_isr_keeps_leading() {
         .await
         .unwrap();
     let leader = created.partitions[0].leader_id;
-    produce(&client, "alone", 0..5000).await;
+    produce_numbers(&client, "alone", 0..5000, Acks::All).await;
     let dirs = data_dirs(&cluster);
     for follower in (1..=3).filter(|&b| b != leader) {
         cluster.broker(follower).kill();
@@ -324,7 +301,7 @@ async fn a_damaged_leader_alone_in_the_isr_keeps_leading() {
     let before = describe(&client, "alone").await.unwrap().partitions[0].clone();
 
     // Rot the first batch of the second segment: the first segment stays readable.
-    let bases = segment_bases(dir_of(&dirs, leader), "alone");
+    let bases = segment_bases(dir_of(&dirs, leader), "alone", 0);
     assert!(bases.len() > 2, "{bases:?}");
     let damaged_at = bases[1];
     let segment = dir_of(&dirs, leader)
@@ -361,24 +338,6 @@ async fn a_damaged_leader_alone_in_the_isr_keeps_leading() {
     assert!(after.leader_alive);
 }
 
-/// The base offsets of the `.log` files of `topic`-0 on a broker's disk.
-fn segment_bases(data_dir: &Path, topic: &str) -> Vec<u64> {
-    let dir = data_dir.join("logs").join(format!("{topic}-0"));
-    let mut bases: Vec<u64> = std::fs::read_dir(&dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    let name = e.file_name().into_string().ok()?;
-                    name.strip_suffix(".log")?.parse().ok()
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    bases.sort_unstable();
-    bases
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_behind_the_leaders_log_start_starts_over_there_and_rejoins() {
     let mut cluster = Cluster::start(
@@ -406,7 +365,7 @@ async fn a_follower_behind_the_leaders_log_start_starts_over_there_and_rejoins()
         .unwrap();
     let leader = created.partitions[0].leader_id;
     let follower = (1..=3).find(|&b| b != leader).unwrap();
-    produce(&client, "trim", 0..1000).await;
+    produce_numbers(&client, "trim", 0..1000, Acks::All).await;
     let dirs = data_dirs(&cluster);
     wait_until("the follower holds the leader's bytes", WAIT, || async {
         log_bytes(dir_of(&dirs, follower), "trim") == log_bytes(dir_of(&dirs, leader), "trim")
@@ -420,12 +379,12 @@ async fn a_follower_behind_the_leaders_log_start_starts_over_there_and_rejoins()
         .last()
         .map_or(0, |b| b.header().next_offset());
     assert_eq!(follower_end, 1000);
-    produce(&client, "trim", 1000..30000).await;
+    produce_numbers(&client, "trim", 1000..30000, Acks::All).await;
     wait_until(
         "the leader's log starts past the follower's end",
         WAIT,
         || async {
-            segment_bases(dir_of(&dirs, leader), "trim")
+            segment_bases(dir_of(&dirs, leader), "trim", 0)
                 .first()
                 .is_some_and(|&start| start > follower_end)
         },
@@ -470,5 +429,5 @@ async fn a_follower_behind_the_leaders_log_start_starts_over_there_and_rejoins()
     assert_eq!(values, (first..30000).collect::<Vec<_>>());
     // The follower counts for acks=all again: with the leader gone, it or the third replica
     // takes over holding everything acknowledged.
-    produce(&client, "trim", 30000..30100).await;
+    produce_numbers(&client, "trim", 30000..30100, Acks::All).await;
 }

@@ -16,7 +16,7 @@ use weir_client::{
 
 #[path = "support/replicated.rs"]
 mod replicated;
-use replicated::{Cluster, consume_numbers as consume, log_bytes};
+use replicated::{Cluster, consume_numbers as consume, log_bytes, produce_numbers};
 use weir_testkit::wait_until;
 
 const LEASE_MS: &str = "2000";
@@ -30,31 +30,6 @@ fn start_cluster() -> Cluster {
 
 async fn describe(client: &Client, topic: &str) -> Option<TopicDescription> {
     client.admin().describe_topic(topic).await.ok()
-}
-
-/// Sends `values` to partition 0 with `acks`, returning how many were acknowledged.
-async fn produce(client: &Client, topic: &str, values: std::ops::Range<u32>, acks: Acks) -> usize {
-    let producer = client
-        .producer(ProducerConfig {
-            acks,
-            linger: Duration::from_millis(1),
-            batch_bytes: 16 << 10,
-            delivery_timeout: Duration::from_secs(60),
-            ..ProducerConfig::default()
-        })
-        .unwrap();
-    let mut deliveries = Vec::new();
-    for v in values {
-        let record = ProducerRecord::new(topic).partition(0).value(v.to_string());
-        deliveries.push(producer.send(record).await.unwrap());
-    }
-    producer.flush().await.unwrap();
-    let mut acknowledged = 0;
-    for d in deliveries {
-        d.await.expect("every record acknowledged");
-        acknowledged += 1;
-    }
-    acknowledged
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,14 +52,11 @@ async fn acks_all_survives_losing_the_leader_and_the_logs_agree() {
     assert_eq!(p.leader_epoch, 1, "{p:?}");
     let first_leader = p.leader_id;
 
-    assert_eq!(produce(&client, "ledger", 0..1900, Acks::All).await, 1900);
+    produce_numbers(&client, "ledger", 0..1900, Acks::All).await;
     // acks=durable on a replicated topic: every in-sync replica synced it (the followers are
     // asked to sync by the leader's answer; their next fetch reports it).
     let started = std::time::Instant::now();
-    assert_eq!(
-        produce(&client, "ledger", 1900..2000, Acks::Durable).await,
-        100
-    );
+    produce_numbers(&client, "ledger", 1900..2000, Acks::Durable).await;
     println!(
         "100 acks=durable records on RF=3 in {:?}",
         started.elapsed()
@@ -118,10 +90,7 @@ async fn acks_all_survives_losing_the_leader_and_the_logs_agree() {
         "the dead leader left the ISR: {p:?}"
     );
     let second_leader = p.leader_id;
-    assert_eq!(
-        produce(&client, "ledger", 2000..3000, Acks::All).await,
-        1000
-    );
+    produce_numbers(&client, "ledger", 2000..3000, Acks::All).await;
     let values = consume(&client, "ledger").await;
     assert_eq!(
         values,
@@ -195,7 +164,7 @@ async fn a_follower_heals_a_damaged_segment_from_the_leader() {
         .unwrap();
     let leader = created.partitions[0].leader_id;
     let follower = (1..=3).find(|&b| b != leader).unwrap();
-    assert_eq!(produce(&client, "rot", 0..5000, Acks::All).await, 5000);
+    produce_numbers(&client, "rot", 0..5000, Acks::All).await;
     let dirs: Vec<_> = cluster
         .brokers
         .iter()

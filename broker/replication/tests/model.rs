@@ -33,6 +33,9 @@
 //!   replicas, and completing must not leave the ISR below it; with min ISR 1 that floor holds
 //!   trivially) and because it keeps the state space small: the leader of an ISR of two may not
 //!   shrink it, so only the controller's removals (fencing, restarts) and the move change it.
+//!   [`ReplicationModel::single_copy`] starts it on broker 0 alone (RF=1, min ISR=1) instead,
+//!   moved onto broker 1 (`[1]`) or raised to all three (`[0,1,2]`), as the broker does for a
+//!   single copy once a move lists several replicas.
 //!
 //! The network: fetch answers and ISR requests are messages that can be lost, delayed and
 //! reordered (a set of at most `Bounds::network` in flight; a send into a full network is a
@@ -178,8 +181,28 @@ impl ReplicationModel {
     /// The partition on brokers 0 and 1 (RF=2, min ISR=2; see the module docs for why), broker 0
     /// leading; the controller may move it onto `targets` (broker 2 holds nothing yet).
     fn reassignment(rules: Rules, bounds: Bounds, targets: &[[u32; 2]]) -> Self {
+        let targets: Vec<&[u32]> = targets.iter().map(|t| &t[..]).collect();
+        ReplicationModel::moving(rules, bounds, &[0, 1], 2, &targets)
+    }
+
+    /// A single copy on broker 0 (RF=1, min ISR=1), which the controller may move onto
+    /// `targets` (brokers 1 and 2 hold nothing yet): moved (`[1]`) or raised (`[0, 1, 2]`).
+    fn single_copy(rules: Rules, bounds: Bounds, targets: &[&[u32]]) -> Self {
+        ReplicationModel::moving(rules, bounds, &[0], 1, targets)
+    }
+
+    /// The partition on `replicas` (the first leading), with `min_insync`, movable onto
+    /// `targets`.
+    fn moving(
+        rules: Rules,
+        bounds: Bounds,
+        replicas: &[u32],
+        min_insync: usize,
+        targets: &[&[u32]],
+    ) -> Self {
         let mut model = ReplicationModel::new(rules, bounds);
-        model.initial = PartitionState::new(vec![id(0), id(1)]);
+        model.initial = PartitionState::new(replicas.iter().copied().map(BrokerId).collect());
+        model.min_insync = min_insync;
         model.targets = targets
             .iter()
             .map(|t| t.iter().map(|&b| BrokerId(b)).collect())
@@ -1924,6 +1947,32 @@ fn a_reassignment_keeps_every_property() {
             S_HANDOVER,
             S_CONSUMED,
             S_REFUSED,
+        ],
+    );
+}
+
+/// A single copy moved onto another broker, or raised to three (Kafka allows both; rule 10 as
+/// for any reassignment): the newcomers catch up and join through the leader's expansion, and
+/// the move onto broker 1 completes with the leadership handed over. Every property holds but
+/// the consumer's HW, as for the other reassignments.
+#[test]
+fn a_single_copy_moved_or_raised_keeps_every_other_property() {
+    let bounds = Bounds {
+        crashes: 0,
+        reassignments: 1,
+        ..SMALL
+    };
+    let model = ReplicationModel::single_copy(Rules::ALL, bounds, &[&[1], &[0, 1, 2]]);
+    let checker = check(model, None, 2);
+    assert_all_but_hw_monotone(
+        &checker,
+        &[
+            S_ACKED,
+            S_NEWCOMER,
+            S_REASSIGNED,
+            S_REMOVED_LEADER,
+            S_HANDOVER,
+            S_CONSUMED,
         ],
     );
 }

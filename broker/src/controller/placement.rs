@@ -1,6 +1,6 @@
 //! Placement: which brokers hold each partition of a new topic, and which of them is its
 //! preferred leader. Chosen once, at creation, over the brokers alive then; a partition's
-//! replicas never move afterwards (their data lives on their brokers).
+//! replicas move afterwards only when a reassignment moves them (`super::reassignment`).
 //!
 //! [`place`] gives each partition's owner (the preferred leader); [`place_replicas`] extends it
 //! to `replication_factor` distinct brokers, the owner first, so a topic with one replica has

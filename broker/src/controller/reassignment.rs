@@ -11,12 +11,25 @@
 //!   replicas not in the target leave only when every target replica is in the ISR
 //!   ([`PartitionState::complete_reassignment`]), so the ISR never drops below the target's
 //!   size, and a target is never smaller than the topic's `min_insync_replicas`.
-//! - Reassignment keeps a partition replicated: targets of fewer than two replicas, and
-//!   partitions with one replica, are refused (a single copy has no follower to hand over to;
-//!   moving one is a later step).
+//! - Any replica count may be moved or changed, one replica included (`[1] -> [2]`,
+//!   `[1] -> [1,2,3]`, `[1,2,3] -> [1,2]`), as Kafka allows: a single copy is led by its broker
+//!   like any replicated partition while the move lists several replicas, its new replicas
+//!   catch up and join the ISR as above, and at completion the leadership moves to the target
+//!   (`crate::replica` describes the broker's side). A target that is empty or smaller than
+//!   the topic's `min_insync_replicas` is refused (INVALID_REPLICATION_FACTOR) and nothing
+//!   changes.
+//! - The topic's `replication_factor` is the replica count of its partitions (Kafka keeps no
+//!   topic-level count; its CreatePartitions takes the existing partitions'): a change that leaves
+//!   no partition of the topic being reassigned and all of them with the same number of
+//!   replicas makes it that number ([`replication_factor_changes`], journaled with the
+//!   change). While the counts differ (some partitions moved to another count, others not)
+//!   it keeps the last count they all had; `weir topic describe` shows each partition's
+//!   replicas. It counts assigned replicas, not in-sync ones: a replica still catching up
+//!   counts, as in a topic created with it.
 //! - Every change is journaled (one append per request or per tick) before it takes effect,
 //!   like every other partition change.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,7 +37,7 @@ use tracing::{info, warn};
 use weir_proto::v1::{AlterPartitionReassignmentsRequest, ErrorCode, TopicDescription};
 use weir_replication::{BrokerId, PartitionState, ReassignError};
 
-use super::state::{Event, PartitionRecord};
+use super::state::{ControllerState, Event, PartitionRecord};
 use super::{Controller, Inner, RULES, Result, changes_where, refuse};
 use crate::wire;
 
@@ -72,13 +85,12 @@ impl Controller {
                         ),
                     ));
                 };
-                if current.replicas.len() < 2 || asked.replicas.len() < 2 {
+                if asked.replicas.is_empty() {
                     return Err(refuse(
                         ErrorCode::InvalidReplicationFactor,
                         format!(
-                            "{tp}: reassignment moves replicated partitions (2 or more replicas before and after); it has {:?} and the target is {:?}",
-                            current.replicas.iter().map(|b| b.0).collect::<Vec<_>>(),
-                            asked.replicas
+                            "{tp}: the target names no replica; the topic's partitions need at least {} (min_insync_replicas {min_insync})",
+                            min_insync.max(1)
                         ),
                     ));
                 }
@@ -125,6 +137,8 @@ impl Controller {
                 });
             }
             let changed = !events.is_empty();
+            let counted = replication_factor_changes(&inner.state, &events);
+            events.extend(counted);
             inner.record(events)?;
             if changed {
                 this.bump(&mut inner.live);
@@ -153,8 +167,10 @@ impl Controller {
             .config
             .leader_rebalance_interval
             .is_some_and(|every| now.saturating_duration_since(inner.live.rebalanced_at) >= every);
-        let events = changes_where(
+        let mut events = changes_where(
             &inner.state,
+            // A single copy with a leader has nothing to complete, elect or move back (one
+            // being moved lists several replicas until the move completes).
             |record| record.replicas.len() >= 2 || record.leader.is_none(),
             |topic, s| {
                 // One decision per partition per tick, so every change is one partition epoch
@@ -171,6 +187,8 @@ impl Controller {
             return;
         }
         let changed = events.len();
+        let counted = replication_factor_changes(&inner.state, &events);
+        events.extend(counted);
         if let Err(e) = inner.record(events) {
             warn!(error = %e.message, "could not journal balancing partitions; the next tick retries");
             return;
@@ -181,4 +199,61 @@ impl Controller {
         );
         self.bump(&mut inner.live);
     }
+}
+
+/// The `replication_factor` changes that go with `events` (see the module docs): for each topic
+/// whose partitions `events` change, once they are applied, if none is being reassigned and all
+/// have the same number of replicas, which differs from the topic's setting, the event that
+/// makes the setting that number.
+pub(super) fn replication_factor_changes(state: &ControllerState, events: &[Event]) -> Vec<Event> {
+    let mut changed: BTreeMap<&str, BTreeMap<u32, &PartitionRecord>> = BTreeMap::new();
+    for event in events {
+        if let Event::PartitionChanged {
+            topic,
+            topic_id,
+            partition,
+            state: record,
+        } = event
+            && state
+                .topics
+                .get(topic)
+                .is_some_and(|t| t.meta.id() == *topic_id)
+        {
+            changed
+                .entry(topic.as_str())
+                .or_default()
+                .insert(*partition, record);
+        }
+    }
+    let mut out = Vec::new();
+    for (name, changed) in changed {
+        let topic = &state.topics[name];
+        let records = topic
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(p, record)| changed.get(&(p as u32)).copied().unwrap_or(record));
+        let mut count = None;
+        let mut uniform = true;
+        for record in records {
+            let n = record.replicas.len();
+            if !record.removing.is_empty() || count.is_some_and(|c| c != n) {
+                uniform = false;
+                break;
+            }
+            count = Some(n);
+        }
+        let Some(count) = count.filter(|_| uniform).map(|c| c as u32) else {
+            continue;
+        };
+        if count != topic.meta.settings.replication_factor {
+            info!(topic = %name, from = topic.meta.settings.replication_factor, to = count, "every partition of the topic has a new replica count: the topic's replication factor follows");
+            out.push(Event::ReplicationFactorChanged {
+                topic: name.to_owned(),
+                topic_id: topic.meta.id(),
+                replication_factor: count,
+            });
+        }
+    }
+    out
 }

@@ -1,7 +1,8 @@
 //! The controller's replication decisions end to end, in process: topic replication settings,
 //! broker epochs, AlterPartition's compare-and-set and each refusal, fencing on lease expiry
 //! and election when a broker comes back, unclean restarts, controlled shutdown, a damaged
-//! leader's resignation, and rule 12b's lease grants.
+//! leader's resignation, rule 12b's lease grants, and reassignments (a single copy moved, replica
+//! counts raised and lowered, the topic's replication factor following them).
 //! Brokers are played by calls (register, heartbeat) with short leases.
 
 use std::sync::Arc;
@@ -734,4 +735,173 @@ async fn a_restarted_controller_elects_leaderless_partitions_whose_replica_is_al
     let s = state(&c, "solo", 0);
     assert_eq!(s.leader.map(|b| b.0), Some(1));
     assert_eq!(s.leader_epoch.0, 3, "fenced (2), elected (3)");
+}
+
+/// Asks to move each (partition, replicas) of `moves` of `topic`.
+async fn reassign(
+    c: &Arc<Controller>,
+    topic: &str,
+    moves: &[(u32, Vec<u32>)],
+) -> Result<weir_proto::v1::TopicDescription, weir_proto::v1::Error> {
+    use weir_proto::v1::{AlterPartitionReassignmentsRequest, PartitionReassignment};
+    c.alter_partition_reassignments(AlterPartitionReassignmentsRequest {
+        topic: topic.into(),
+        reassignments: moves
+            .iter()
+            .map(|(partition, replicas)| PartitionReassignment {
+                partition: *partition,
+                replicas: replicas.clone(),
+            })
+            .collect(),
+    })
+    .await
+}
+
+/// The leader of `topic`-`p` adds every replica to the ISR (they caught up), as `brokers`.
+async fn all_caught_up(c: &Arc<Controller>, brokers: &[(u32, u64)], topic: &str, p: u32) {
+    let s = state(c, topic, p);
+    let mut isr = ids(&s.replicas);
+    isr.sort();
+    c.alter_partition(AlterPartitionRequest {
+        topic: topic.into(),
+        topic_id: String::new(),
+        partition: p,
+        leader: s.leader.unwrap().0,
+        leader_epoch: s.leader_epoch.0,
+        partition_epoch: s.partition_epoch.0,
+        new_isr: isr
+            .iter()
+            .map(|&b| IsrMember {
+                broker: b,
+                broker_epoch: brokers.iter().find(|x| x.0 == b).unwrap().1,
+            })
+            .collect(),
+    })
+    .await
+    .unwrap();
+}
+
+fn replication_factor(c: &Controller, topic: &str) -> u32 {
+    c.inner.lock().unwrap().state.topics[topic]
+        .meta
+        .settings
+        .replication_factor
+}
+
+#[tokio::test]
+async fn a_single_copy_moves_to_another_broker_and_takes_the_leadership_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path());
+    let brokers = three(&c).await;
+    create(&c, &brokers, "solo", 2, rf(1, 1)).await.unwrap();
+    let s = state(&c, "solo", 0);
+    let old = s.leader.unwrap().0;
+    let new = (1..=3).find(|&b| b != old).unwrap();
+    let before = state(&c, "solo", 1);
+
+    // Refused, changing nothing: an empty target, and one of an unknown broker.
+    for (target, code) in [
+        (vec![], ErrorCode::InvalidReplicationFactor),
+        (vec![77], ErrorCode::InvalidRequest),
+    ] {
+        let e = reassign(&c, "solo", &[(0, target)]).await.unwrap_err();
+        assert_eq!(e.code, code as i32, "{}", e.message);
+    }
+    assert_eq!(state(&c, "solo", 0), s, "a refusal changes nothing");
+
+    let answer = reassign(&c, "solo", &[(0, vec![new])]).await.unwrap();
+    assert_eq!(answer.partitions[0].removing_replicas, [old]);
+    let moving = state(&c, "solo", 0);
+    assert_eq!(ids(&moving.replicas), [new, old]);
+    assert_eq!(
+        (moving.leader, ids(&moving.isr)),
+        (s.leader, vec![old]),
+        "the old copy leads, alone in the ISR, until the new one caught up"
+    );
+    for &(id, epoch) in &brokers {
+        heartbeat(&c, id, epoch).await;
+    }
+    c.tick().await;
+    assert_eq!(
+        state(&c, "solo", 0),
+        moving,
+        "not in sync yet: nothing removed"
+    );
+
+    all_caught_up(&c, &brokers, "solo", 0).await;
+    for &(id, epoch) in &brokers {
+        heartbeat(&c, id, epoch).await;
+    }
+    c.tick().await;
+    let done = state(&c, "solo", 0);
+    assert_eq!(ids(&done.replicas), [new]);
+    assert_eq!(ids(&done.isr), [new]);
+    assert!(done.removing.is_empty());
+    assert_eq!(done.leader.map(|b| b.0), Some(new));
+    assert_eq!(done.leader_epoch, s.leader_epoch.next());
+    assert_eq!(state(&c, "solo", 1), before, "the other partition stays");
+    assert_eq!(
+        replication_factor(&c, "solo"),
+        1,
+        "one copy before and after"
+    );
+    let leaders = c.inner.lock().unwrap().state.topics["solo"].leaders.clone();
+    assert_eq!(leaders[0], new);
+}
+
+#[tokio::test]
+async fn the_topic_replication_factor_follows_its_partitions_once_they_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path());
+    let brokers = three(&c).await;
+    create(&c, &brokers, "grow", 2, rf(1, 1)).await.unwrap();
+    let owner = |p: u32| ids(&state(&c, "grow", p).replicas)[0];
+    let all_from = |first: u32| {
+        let mut r = vec![first];
+        r.extend((1..=3).filter(|&b| b != first));
+        r
+    };
+    // Raising one partition to three copies: an addition, nothing to remove. The counts now
+    // differ (3 and 1): the topic keeps 1.
+    let (first, second) = (owner(0), owner(1));
+    reassign(&c, "grow", &[(0, all_from(first))]).await.unwrap();
+    let raised = state(&c, "grow", 0);
+    assert_eq!(ids(&raised.replicas), all_from(first));
+    assert!(!raised.reassigning());
+    assert_eq!(
+        ids(&raised.isr),
+        [first],
+        "the new replicas join once caught up"
+    );
+    assert_eq!(replication_factor(&c, "grow"), 1, "the counts differ");
+    // The other one too: every partition has three replicas, and so has the topic, journaled.
+    let d = reassign(&c, "grow", &[(1, all_from(second))])
+        .await
+        .unwrap();
+    assert_eq!(d.config.unwrap().replication_factor, Some(3));
+    assert_eq!(replication_factor(&c, "grow"), 3);
+    c.close().unwrap();
+    drop(c);
+    let c = open(dir.path());
+    assert_eq!(replication_factor(&c, "grow"), 3, "journaled");
+
+    // Lowering both to two: the count changes when the moves complete, not before. (The
+    // restarted controller starts every registered broker alive, at its journaled epoch.)
+    for p in 0..2 {
+        all_caught_up(&c, &brokers, "grow", p).await;
+    }
+    let targets: Vec<(u32, Vec<u32>)> = (0..2)
+        .map(|p| (p, ids(&state(&c, "grow", p).replicas)[..2].to_vec()))
+        .collect();
+    reassign(&c, "grow", &targets).await.unwrap();
+    assert!(state(&c, "grow", 0).reassigning());
+    assert_eq!(replication_factor(&c, "grow"), 3, "still moving");
+    for &(id, epoch) in &brokers {
+        heartbeat(&c, id, epoch).await;
+    }
+    c.tick().await;
+    for (p, target) in &targets {
+        assert_eq!(&ids(&state(&c, "grow", *p).replicas), target);
+    }
+    assert_eq!(replication_factor(&c, "grow"), 2);
 }

@@ -187,6 +187,13 @@ pub enum Event {
         partition: u32,
         state: PartitionRecord,
     },
+    /// The topic's `replication_factor` setting follows its partitions' replica count, after
+    /// reassignments changed it in every partition (see `controller::reassignment`).
+    ReplicationFactorChanged {
+        topic: String,
+        topic_id: String,
+        replication_factor: u32,
+    },
 }
 
 /// Deleted topic ids remembered (so a broker that was down during a delete drops the data).
@@ -239,6 +246,17 @@ impl ControllerState {
                     && t.meta.id() == topic_id
                 {
                     t.set_partition(partition, state);
+                }
+            }
+            Event::ReplicationFactorChanged {
+                topic,
+                topic_id,
+                replication_factor,
+            } => {
+                if let Some(t) = self.topics.get_mut(&topic)
+                    && t.meta.id() == topic_id
+                {
+                    t.meta.settings.replication_factor = replication_factor;
                 }
             }
             Event::TopicDeleted { name, topic_id } => {

@@ -4,7 +4,8 @@
 //! Invariants:
 //! - A topic is placed once, at creation, over the brokers alive then ([`super::placement`]):
 //!   `replication_factor` distinct live brokers per partition, every one in the ISR, the first
-//!   leading in epoch 1 ([`PartitionState::new`]); its replicas never move afterwards.
+//!   leading in epoch 1 ([`PartitionState::new`]); its replicas move (and their count changes)
+//!   only by reassignment (`super::reassignment`).
 //! - A topic's replication settings are checked against the cluster at creation: 1 <=
 //!   `min_insync_replicas` <= `replication_factor` <= live brokers, else
 //!   INVALID_REPLICATION_FACTOR and nothing changes. Unset, they default from the live

@@ -74,8 +74,9 @@ pub(crate) async fn follow(
             Ok(()) => {}
             Err(e) => {
                 // The leader not (yet, or no longer) leading this epoch is the normal moment
-                // of a leadership change: the metadata settles it. Anything else is worth a
-                // warning once.
+                // of a leadership change: the metadata settles it. So is a closed log: a
+                // reassignment removed this replica (its copy is deleted before its role
+                // stops), or the broker is closing. Anything else is worth a warning once.
                 let transient = matches!(
                     &e,
                     FollowError::Refused {
@@ -83,7 +84,7 @@ pub(crate) async fn follow(
                             | ErrorCode::UnknownLeaderEpoch
                             | ErrorCode::FencedLeaderEpoch,
                         ..
-                    }
+                    } | FollowError::Storage(weir_storage::StorageError::Closed)
                 );
                 if !reported && !transient {
                     warn!(partition = %format!("{}-{}", replica.topic, replica.index), leader, error = %e, "replication from the leader stopped; retrying");

@@ -149,7 +149,8 @@ pub(crate) fn become_leader(
         let taken = tokio::task::spawn_blocking(move || {
             let _writer = writer;
             let start = log.high_watermark();
-            log.assign_epoch(epoch, start)?;
+            let at = epoch_recorded_at(log.latest_epoch(), log.log_start_offset(), start);
+            log.assign_epoch(epoch, at)?;
             Ok::<_, weir_storage::StorageError>((start, log.epoch_history()))
         })
         .await;
@@ -198,6 +199,21 @@ pub(crate) fn become_leader(
         }
         recompute(&replica, &manager);
     });
+}
+
+/// Where a new leader records its epoch: at its log end (rule 2), unless no epoch covers its
+/// records yet (a single copy, which records none, taking its first followers; or a log from
+/// before epochs were kept): then at its log start, so its epoch covers them. Otherwise a
+/// follower that fetched only those records would have no last epoch, be told its log diverges
+/// at offset 0, cut them and fetch them again, round after round, until the leader appends
+/// past its epoch's start. Safe: a replica holding any of them has no epoch for them either,
+/// so it is told the same and fetches this leader's copy. The epoch's start for rule 9 stays
+/// the log end.
+fn epoch_recorded_at(latest: Option<LeaderEpoch>, log_start: u64, log_end: u64) -> u64 {
+    match latest {
+        Some(_) => log_end,
+        None => log_start,
+    }
 }
 
 /// Recomputes the high watermark and the durable watermark of a partition this broker leads
@@ -996,6 +1012,47 @@ mod tests {
         ] {
             assert!(!below_log_start(&fenced, 5, 100));
         }
+    }
+
+    #[test]
+    fn a_leader_without_epochs_records_its_epoch_over_its_whole_log() {
+        assert_eq!(epoch_recorded_at(Some(LeaderEpoch(3)), 10, 500), 500);
+        assert_eq!(
+            epoch_recorded_at(None, 10, 500),
+            10,
+            "a single copy's records"
+        );
+        assert_eq!(epoch_recorded_at(None, 0, 0), 0, "a new partition");
+        // Why: a follower that fetched a single copy's 500 records, and nothing past them.
+        let fetch = |last_epoch| FetchRequest {
+            leader_epoch: LeaderEpoch(1),
+            offset: 500,
+            last_epoch,
+        };
+        let mut at_end = EpochHistory::new();
+        at_end.assign(LeaderEpoch(1), 500).unwrap();
+        // Recorded at the log end, the epoch covers none of them: the follower has no last
+        // epoch, and is told to cut everything.
+        assert_eq!(
+            check_fetch(LeaderEpoch(1), &at_end, 500, &fetch(None), &Rules::ALL),
+            FetchDecision::Diverging {
+                epoch: None,
+                end_offset: 0
+            }
+        );
+        // Recorded at the log start, the follower learned it with the first batch: served.
+        let mut at_start = EpochHistory::new();
+        at_start.assign(LeaderEpoch(1), 0).unwrap();
+        assert_eq!(
+            check_fetch(
+                LeaderEpoch(1),
+                &at_start,
+                500,
+                &fetch(Some(LeaderEpoch(1))),
+                &Rules::ALL
+            ),
+            FetchDecision::Serve
+        );
     }
 
     #[test]

@@ -13,7 +13,15 @@
 //!   batches byte for byte, record its epochs, truncate where the logs diverge.
 //!
 //! A partition with one replica is not replicated: it has no [`Replica`], its high watermark
-//! follows its log end as before, and no lease or in-sync set applies to it.
+//! follows its log end as before, and no lease or in-sync set applies to it. A reassignment
+//! turns one into a replicated partition and back: moving a single copy (`[1] -> [2]`, or
+//! raising its count, `[1] -> [1,2,3]`) lists the new replicas beside it, so from that picture
+//! on it has several and gets a [`Replica`] on each broker. The old copy leads: it records its
+//! epoch over its whole log (a single copy records none, see `leader::become_leader`), and as
+//! the only in-sync replica its high watermark is back at its log end with the first
+//! computation. The new ones follow over the data port and join the in-sync set through the
+//! leader's ordinary expansion. Once the controller completes the move the partition may have
+//! one replica again (`[2]`): its [`Replica`] goes, and that copy serves as a single copy.
 //!
 //! Invariants:
 //! - A replica has exactly one role at a time; a role change stops the old role's work before
@@ -189,7 +197,8 @@ impl ReplicaManager {
 
     /// Makes the roles match `metadata` (called with every newer picture, after the local
     /// partitions were created): a partition with several replicas gets a [`Replica`], led or
-    /// followed as the controller says; one that is no longer replicated here loses it.
+    /// followed as the controller says; one that is no longer replicated here loses it; one
+    /// with a single replica, here, has its high watermark at its log end.
     pub fn reconcile(self: &Arc<Self>, topics: &Topics, metadata: &ClusterMetadata) {
         let mut seen: HashSet<(Arc<str>, u32)> = HashSet::new();
         for placed in &metadata.topics {
@@ -205,12 +214,21 @@ impl ReplicaManager {
             let name: Arc<str> = Arc::from(description.name.as_str());
             for (index, wire) in placed.partitions.iter().enumerate() {
                 let index = index as u32;
-                if wire.replicas.len() < 2 || !wire.replicas.contains(&self.node_id) {
+                if !wire.replicas.contains(&self.node_id) {
                     continue;
                 }
                 let Ok(partition) = topic.partition(index) else {
                     continue;
                 };
+                if wire.replicas.len() < 2 {
+                    // A single copy, here: its high watermark is its log end. One opened as
+                    // possibly replicated is served from now on; one that had a role until
+                    // this picture is handed back below, once that role stopped.
+                    if self.get(&name, index).is_none() {
+                        partition.set_replicated(false);
+                    }
+                    continue;
+                }
                 seen.insert((Arc::clone(&name), index));
                 let replica = {
                     let mut replicas = lock(&self.replicas);

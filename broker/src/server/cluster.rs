@@ -480,6 +480,18 @@ fn apply(topics: &Topics, metadata: &ClusterMetadata, node_id: u32) {
         let Some(description) = &t.description else {
             continue;
         };
+        // Those with several replicas are led or followed as the replica roles say, never
+        // served as a single copy meanwhile (a topic created with one replica may be moving
+        // onto this broker).
+        let replicated: Vec<u32> = here
+            .iter()
+            .copied()
+            .filter(|&p| {
+                t.partitions
+                    .get(p as usize)
+                    .is_some_and(|s| s.replicas.len() >= 2)
+            })
+            .collect();
         let meta = wire::meta_from_description(description, &t.topic_id, topics.default_settings())
             .map(|meta| TopicMeta {
                 local_partitions: Some(here.clone()),
@@ -487,7 +499,7 @@ fn apply(topics: &Topics, metadata: &ClusterMetadata, node_id: u32) {
             });
         match meta
             .map_err(|e| e.to_string())
-            .and_then(|m| topics.install(m).map_err(|e| e.to_string()))
+            .and_then(|m| topics.install(m, &replicated).map_err(|e| e.to_string()))
         {
             Ok(_) => {
                 info!(topic = %name, partitions = ?here, "created the partitions placed on this broker")

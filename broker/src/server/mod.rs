@@ -130,9 +130,12 @@ impl BrokerState {
         let replica = self.replicas.get(topic, partition);
         let served = match &replica {
             Some(replica) => replica.leading().is_some(),
-            // A replicated partition without its role yet (just started, before the
-            // controller's picture) may hold a suffix no other replica has.
-            None => held_topic.meta.settings.replication_factor <= 1,
+            // Without a role: a single copy is served (its high watermark is its log end). A
+            // copy that may be one of several replicas without its role yet (just started,
+            // before the controller's picture; or just created as a new replica) is not: it may
+            // hold a suffix no other replica has, or another replica may lead it (see
+            // `Topics::open`).
+            None => !held.is_replicated(),
         };
         if !served {
             return Err(not_here(TopicError::NotLocal {

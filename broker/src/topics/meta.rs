@@ -61,7 +61,11 @@ pub struct TopicSettings {
     /// before it existed: off.
     #[serde(default)]
     pub key_index: bool,
-    /// Copies of each partition, on distinct brokers (chosen at creation, never changed).
+    /// Copies of each partition, on distinct brokers: chosen at creation; at the controller,
+    /// a reassignment that leaves every partition with another count changes it (see
+    /// `controller::reassignment`). A broker's own file keeps the count of the topic's
+    /// creation here, and reads it only at open: a copy of a topic created with several
+    /// replicas waits for the controller's metadata before it is served (`Topics::open`).
     /// Absent in files and journals written before replication: 1.
     #[serde(default = "one")]
     pub replication_factor: u32,

@@ -79,8 +79,12 @@ pub type Result<T, E = TopicError> = std::result::Result<T, E>;
 ///   follows the log end at every append; on a replicated partition the replication layer
 ///   (`crate::replica`) moves it, once the in-sync replicas hold the records.
 ///
-/// Invariant: `high_watermark() <= log end`, except for the moment between a follower's
-/// truncation and [`Partition::clamp_to_log_end`].
+/// Invariants: `high_watermark() <= log end`, except for the moment between a follower's
+/// truncation and [`Partition::clamp_to_log_end`]. While replication owns the high watermark,
+/// it is the log's retention limit too (`PartitionLog::set_retention_limit`, set under the
+/// same lock as the mark): retention never deletes a record at or above it, on the leader and
+/// on a follower alike (Kafka bounds retention by the high watermark); otherwise retention is
+/// unbounded, as on any single copy.
 pub struct Partition {
     pub log: Arc<PartitionLog>,
     appended: watch::Sender<u64>,
@@ -125,16 +129,24 @@ impl Traffic {
 }
 
 impl Partition {
-    fn new(log: Arc<PartitionLog>) -> Self {
+    /// A partition over `log`; `replicated` hands its high watermark to replication from the
+    /// start (see [`Partition::set_replicated`]): a copy that may be one of several replicas
+    /// is not served, and keeps its retention at its log start, until the controller's
+    /// metadata says what it is.
+    fn new(log: Arc<PartitionLog>, replicated: bool) -> Self {
         let (appended, _) = watch::channel(log.high_watermark());
         let (committed, _) = watch::channel(log.high_watermark());
-        Partition {
+        let partition = Partition {
             log,
             appended,
             committed,
             replicated: AtomicBool::new(false),
             traffic: Traffic::default(),
+        };
+        if replicated {
+            partition.set_replicated(true);
         }
+        partition
     }
 
     /// The offset consumers read below (see the type's docs).
@@ -166,14 +178,19 @@ impl Partition {
     /// Handed to replication, it starts again from the log start: the high watermark is not
     /// persisted, and the log end may hold records no other replica has (a leader's suffix
     /// before a crash). The leader's first fetch rounds bring it back (rule 9: until then a
-    /// new leader serves no reads).
+    /// new leader serves no reads). Retention follows it (see the type's docs).
     pub fn set_replicated(&self, replicated: bool) {
-        let was = self.replicated.swap(replicated, Ordering::AcqRel);
-        if !replicated {
-            self.set_high_watermark(self.log.high_watermark());
-        } else if !was {
-            self.committed.send_replace(self.log.log_start_offset());
-        }
+        self.committed.send_if_modified(|seen| {
+            let was = self.replicated.swap(replicated, Ordering::AcqRel);
+            let before = *seen;
+            if !replicated {
+                *seen = self.log.high_watermark();
+            } else if !was {
+                *seen = self.log.log_start_offset();
+            }
+            self.bound_retention(*seen);
+            *seen != before
+        });
     }
 
     pub fn is_replicated(&self) -> bool {
@@ -186,8 +203,21 @@ impl Partition {
         self.committed.send_if_modified(|seen| {
             let moved = *seen != high_watermark;
             *seen = high_watermark;
+            self.bound_retention(high_watermark);
             moved
         });
+    }
+
+    /// The log's retention limit for a high watermark of `high_watermark`: the mark itself
+    /// while replication owns it, none otherwise. Called under the high watermark's lock, so
+    /// the limit never lags a change of either.
+    fn bound_retention(&self, high_watermark: u64) {
+        let limit = if self.replicated.load(Ordering::Acquire) {
+            high_watermark
+        } else {
+            u64::MAX
+        };
+        self.log.set_retention_limit(limit);
     }
 
     /// After a truncation: the high watermark never stays above the log end, and fetches
@@ -305,7 +335,15 @@ impl Topics {
         }
         let mut map = BTreeMap::new();
         for meta in metas {
-            let topic = attach(&log_dir, &defaults, meta, true)?;
+            // Until the controller's metadata says otherwise, a copy that may be one of several
+            // replicas (its topic was created replicated, or the copy took part in replication:
+            // it holds leader epochs, as a partition moved onto or off a single copy does) is
+            // not served and keeps its retention at its log start: another replica may lead it
+            // by now. A single copy is served at once, as before replication existed.
+            let replicated_topic = meta.settings.replication_factor > 1;
+            let topic = attach(&log_dir, &defaults, meta, true, |_, log| {
+                replicated_topic || log.latest_epoch().is_some()
+            })?;
             map.insert(topic.meta.name.clone(), topic);
         }
         let known: BTreeSet<_> = map
@@ -368,12 +406,14 @@ impl Topics {
     /// of a cluster [`install`](Topics::install) what the controller placed).
     pub fn create(&self, new: NewTopic) -> Result<Arc<Topic>> {
         let meta = new.into_meta(&self.defaults)?;
-        self.install(meta)
+        self.install(meta, &[])
     }
 
     /// Creates a topic this broker holds (some or all of, per `meta.local_partitions`) from
     /// metadata decided elsewhere: writes the metadata durably, then creates its partitions.
-    pub fn install(&self, meta: TopicMeta) -> Result<Arc<Topic>> {
+    /// The partitions in `replicated` have several replicas: replication owns their high
+    /// watermark from the start, so none is served before its replica role says so.
+    pub fn install(&self, meta: TopicMeta, replicated: &[u32]) -> Result<Arc<Topic>> {
         validate_topic_name(&meta.name).map_err(|reason| TopicError::InvalidName {
             name: meta.name.clone(),
             reason,
@@ -400,7 +440,9 @@ impl Topics {
         })?;
         atomic_write(&self.meta_path(&meta.name), &json, SyncMode::Now)?;
         let name = meta.name.clone();
-        let topic = match attach(log_dir, &self.defaults, meta, false) {
+        let topic = match attach(log_dir, &self.defaults, meta, false, |p, _| {
+            replicated.contains(&p)
+        }) {
             Ok(topic) => topic,
             Err(e) => {
                 // Undo, so a failed create (disk full, say) leaves no topic behind; if the undo
@@ -429,7 +471,9 @@ impl Topics {
     /// Crash-safe in either order: a removal deletes the log (renamed away first) before it
     /// rewrites the metadata, so a crash between them leaves a listed partition without a log,
     /// which the next open creates empty; an addition writes the metadata before it creates the
-    /// log, so a crash between them is the same case. Returns whether anything changed.
+    /// log, so a crash between them is the same case. A new replica joins a replicated
+    /// partition (it fetches its leader's log): replication owns its high watermark from the
+    /// start. Returns whether anything changed.
     pub fn set_local_partitions(&self, name: &str, topic_id: &str, here: &[u32]) -> Result<bool> {
         let admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
         let log_dir = admin.as_ref().ok_or(StorageError::Closed)?;
@@ -474,7 +518,7 @@ impl Topics {
                     log_dir.delete_partition(&tp)?;
                 }
                 let log = log_dir.create_partition(tp.clone(), Some(config.clone()))?;
-                partitions[p as usize] = Some(Arc::new(Partition::new(log)));
+                partitions[p as usize] = Some(Arc::new(Partition::new(log, true)));
                 info!(partition = %tp, "created a replica moved onto this broker");
             }
         }
@@ -529,12 +573,15 @@ impl Topics {
     }
 }
 
-/// Opens or creates the partition logs of `meta` and applies its settings to them.
+/// Opens or creates the partition logs of `meta` and applies its settings to them;
+/// `replicated` says which partitions open with replication owning their high watermark
+/// ([`Partition::new`]).
 fn attach(
     log_dir: &LogDir,
     defaults: &LogConfig,
     meta: TopicMeta,
     recovering: bool,
+    replicated: impl Fn(u32, &PartitionLog) -> bool,
 ) -> Result<Arc<Topic>> {
     let config = meta.settings.log_config(defaults);
     let mut partitions = Vec::with_capacity(meta.partitions as usize);
@@ -556,7 +603,8 @@ fn attach(
                 log_dir.create_partition(tp, Some(config.clone()))?
             }
         };
-        partitions.push(Some(Arc::new(Partition::new(log))));
+        let replicated = replicated(p, &log);
+        partitions.push(Some(Arc::new(Partition::new(log, replicated))));
     }
     Ok(Arc::new(Topic { meta, partitions }))
 }
@@ -780,6 +828,75 @@ mod tests {
             Err(e) => panic!("unexpected error {e}"),
             Ok(_) => panic!("a corrupt metadata file was accepted"),
         }
+    }
+
+    fn one_record() -> bytes::Bytes {
+        let mut b = weir_proto::batch::BatchBuilder::new();
+        b.push(weir_proto::batch::RecordInput {
+            key: None,
+            value: Some(b"v"),
+            timestamp: 0,
+            headers: &[],
+        })
+        .unwrap();
+        b.build().unwrap()
+    }
+
+    #[test]
+    fn replication_owns_the_high_watermark_and_bounds_retention_by_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let topics = reopen(dir.path());
+        topics.create(new_topic("single", 1)).unwrap();
+        topics.create(new_topic("moved", 1)).unwrap();
+        for name in ["single", "moved"] {
+            let p = topics.partition(name, 0).unwrap();
+            for _ in 0..3 {
+                p.log.append(&one_record()).unwrap();
+                p.notify_appended();
+            }
+            assert_eq!(p.high_watermark(), 3, "a single copy: the log end");
+            assert_eq!(p.log.retention_limit(), u64::MAX, "retention unbounded");
+        }
+        // A copy that took part in replication holds leader epochs (one that owns a record).
+        let moved = topics.partition("moved", 0).unwrap();
+        moved
+            .log
+            .assign_epoch(weir_replication::LeaderEpoch(1), 3)
+            .unwrap();
+        moved.log.append(&one_record()).unwrap();
+        moved.notify_appended();
+        drop(moved);
+        topics.close().unwrap();
+
+        let topics = reopen(dir.path());
+        let single = topics.partition("single", 0).unwrap();
+        assert!(!single.is_replicated(), "served at once, as before");
+        assert_eq!(single.high_watermark(), 3);
+        assert_eq!(single.log.retention_limit(), u64::MAX);
+        // Until the controller says what it is, the other one is not served and its
+        // retention keeps everything (its high watermark is the log start).
+        let moved = topics.partition("moved", 0).unwrap();
+        assert!(moved.is_replicated());
+        assert_eq!(moved.high_watermark(), 0);
+        assert_eq!(moved.log.retention_limit(), 0);
+        // Replication moves the high watermark; retention follows it, never past the log end.
+        moved.set_high_watermark(2);
+        assert_eq!(moved.log.retention_limit(), 2);
+        moved.set_high_watermark(10);
+        assert_eq!(
+            (moved.high_watermark(), moved.log.retention_limit()),
+            (4, 4)
+        );
+        // A single copy after all: its log end, and retention unbounded.
+        moved.set_replicated(false);
+        assert_eq!(moved.high_watermark(), 4);
+        assert_eq!(moved.log.retention_limit(), u64::MAX);
+        // Handed to replication again, it starts over from the log start.
+        moved.set_replicated(true);
+        assert_eq!(
+            (moved.high_watermark(), moved.log.retention_limit()),
+            (0, 0)
+        );
     }
 
     #[test]

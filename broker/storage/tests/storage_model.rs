@@ -1,5 +1,6 @@
 //! Model-based test of the partition log: random sequences of appends, reads, reads by time,
-//! rolls, retention, truncation, clean reopen and crash reopen (drop without close), checked
+//! rolls, retention (bounded by a retention limit, a replicated partition's high watermark, or
+//! not), truncation, clean reopen and crash reopen (drop without close), checked
 //! after every step against an in-memory model of what the log must hold.
 //!
 //! The model also holds what `segments-format.md` says a partition derives from its log (the
@@ -63,8 +64,12 @@ enum Op {
         target: i64,
     },
     Roll,
+    /// Size retention keeping `keep_bytes`, bounded by a retention limit (a replicated
+    /// partition's high watermark) that `limit` picks in `[log start, log end]`, if any; then
+    /// again without the limit (the high watermark caught up).
     Retention {
         keep_bytes: u64,
+        limit: Option<Index>,
     },
     Truncate {
         pick: Index,
@@ -176,7 +181,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (any::<Index>(), 1usize..6000).prop_map(|(pick, max_bytes)| Op::Read { pick, max_bytes }),
         2 => (-100i64..6000).prop_map(|target| Op::ReadByTime { target }),
         1 => Just(Op::Roll),
-        2 => (0u64..30_000).prop_map(|keep_bytes| Op::Retention { keep_bytes }),
+        2 => (0u64..30_000, prop::option::weighted(0.6, any::<Index>())).prop_map(|(keep_bytes, limit)| Op::Retention { keep_bytes, limit }),
         1 => any::<Index>().prop_map(|pick| Op::Truncate { pick }),
         1 => Just(Op::CloseIdle),
         1 => Just(Op::CloseReopen),
@@ -898,13 +903,49 @@ fn run(key_index: bool, ops: Vec<Op>) {
                 );
             }
             Op::Roll => log.roll().unwrap(),
-            Op::Retention { keep_bytes } => {
+            Op::Retention { keep_bytes, limit } => {
                 log.set_config(LogConfig {
                     retention_bytes: Some(keep_bytes),
                     ..config(key_index)
                 })
                 .unwrap();
-                log.apply_retention(weir_storage::fs::now_ms()).unwrap();
+                let now = weir_storage::fs::now_ms();
+                if let Some(pick) = limit {
+                    // Where a segment may end: a sealed segment's base, or the active one's.
+                    let bases = log.sealed_segment_bases();
+                    // Half the time exactly at a segment's end, where "below" must be exact.
+                    let limit = match pick.index(2 * bases.len() + 2) {
+                        i if i < bases.len() => bases[i],
+                        _ => {
+                            model.log_start
+                                + pick.index((model.high_watermark - model.log_start + 1) as usize)
+                                    as u64
+                        }
+                    };
+                    log.set_retention_limit(limit);
+                    log.apply_retention(now).unwrap();
+                    let bounded = log.log_start_offset();
+                    assert!(
+                        bounded <= limit.max(model.log_start),
+                        "retention moved the log start from {} to {bounded}, past the limit {limit}",
+                        model.log_start
+                    );
+                    log.set_retention_limit(u64::MAX);
+                    log.apply_retention(now).unwrap();
+                    let unbounded = log.log_start_offset();
+                    // Bounded, it deleted every segment the unbounded pass deletes that ends at
+                    // or below the limit: it stopped at the limit, not before.
+                    let skipped = bases
+                        .iter()
+                        .chain([&unbounded])
+                        .find(|&&end| bounded < end && end <= unbounded.min(limit));
+                    assert_eq!(
+                        skipped, None,
+                        "bounded by {limit}, retention stopped at {bounded}, short of a segment end"
+                    );
+                } else {
+                    log.apply_retention(now).unwrap();
+                }
                 log.set_config(config(key_index)).unwrap();
                 let start = log.log_start_offset();
                 assert!(start >= model.log_start && start <= model.high_watermark);

@@ -551,6 +551,49 @@ fn truncation_lowers_the_checkpointed_recovery_point_before_cutting() {
 }
 
 #[test]
+fn retention_never_deletes_a_segment_holding_an_offset_at_or_above_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = open(dir.path(), small_config());
+    let log = logs.create_partition(tp("t", 0), None).unwrap();
+    // Every record an hour old: without a limit, time retention takes every sealed segment.
+    let old = weir_storage::fs::now_ms() - 3_600_000;
+    for i in 0..200u64 {
+        log.append(&batch(i, 1, 300, old)).unwrap();
+    }
+    let bases = log.sealed_segment_bases();
+    assert!(bases.len() >= 4, "small segments roll: {bases:?}");
+    log.set_config(LogConfig {
+        retention_age: Some(Duration::from_secs(60)),
+        ..small_config()
+    })
+    .unwrap();
+    // A replicated partition whose high watermark lags inside the third segment: the first two
+    // segments are wholly below it and go; the third holds uncommitted offsets and stays, and
+    // so does everything after it.
+    let hw = bases[2] + 1;
+    log.set_retention_limit(hw);
+    assert_eq!(log.apply_retention(weir_storage::fs::now_ms()).unwrap(), 2);
+    assert_eq!(log.log_start_offset(), bases[2]);
+    assert_eq!(
+        read_all(&log, bases[2], 1 << 20).len() as u64,
+        200 - bases[2]
+    );
+    // At the segment's end exactly (the next one's base): it is wholly below, so it goes.
+    log.set_retention_limit(bases[3]);
+    assert_eq!(log.apply_retention(weir_storage::fs::now_ms()).unwrap(), 1);
+    assert_eq!(log.log_start_offset(), bases[3]);
+    // A limit at the log start holds everything; lifted, retention deletes what it may.
+    log.set_retention_limit(bases[3]);
+    assert_eq!(log.apply_retention(weir_storage::fs::now_ms()).unwrap(), 0);
+    log.set_retention_limit(u64::MAX);
+    assert_eq!(
+        log.apply_retention(weir_storage::fs::now_ms()).unwrap(),
+        bases.len() - 3
+    );
+    assert_eq!(log.segment_count(), 1, "only the active segment is left");
+}
+
+#[test]
 fn a_forever_retention_age_deletes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let logs = open(dir.path(), small_config());

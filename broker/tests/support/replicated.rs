@@ -1,7 +1,8 @@
 //! What the replication tests over real processes share: a controller and three brokers on
 //! loopback, started as a user would; an acks=all producer of numbered records running until
-//! told to stop; the whole valid batches of a partition read off a broker's disk (what every
-//! replica must agree on); a topic read back as numbers.
+//! told to stop, and one that sends a range of numbers; the whole valid batches of a partition
+//! read off a broker's disk (what every replica must agree on) and its segments' base offsets;
+//! a topic read back as numbers.
 //!
 //! Each test file includes it with `#[path = "support/replicated.rs"] mod replicated;` and
 //! uses what it needs.
@@ -128,6 +129,53 @@ pub fn produce_until(
         }
         (next, failed)
     })
+}
+
+/// Sends the numbers `values` to partition 0 of `topic` with `acks`; every one must be
+/// acknowledged.
+pub async fn produce_numbers(
+    client: &Client,
+    topic: &str,
+    values: std::ops::Range<u32>,
+    acks: Acks,
+) {
+    let producer = client
+        .producer(ProducerConfig {
+            acks,
+            linger: Duration::from_millis(1),
+            batch_bytes: 16 << 10,
+            delivery_timeout: Duration::from_secs(60),
+            ..ProducerConfig::default()
+        })
+        .unwrap();
+    let mut deliveries = Vec::new();
+    for v in values {
+        let record = ProducerRecord::new(topic).partition(0).value(v.to_string());
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    producer.flush().await.unwrap();
+    for d in deliveries {
+        d.await.expect("every record acknowledged");
+    }
+}
+
+/// The base offsets of the `.log` files of `topic`-`partition` on a broker's disk, oldest
+/// first (none if the partition is not there).
+pub fn segment_bases(data_dir: &Path, topic: &str, partition: u32) -> Vec<u64> {
+    let dir = data_dir.join("logs").join(format!("{topic}-{partition}"));
+    let mut bases: Vec<u64> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().into_string().ok()?;
+                    name.strip_suffix(".log")?.parse().ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    bases.sort_unstable();
+    bases
 }
 
 /// The whole valid batches of `topic`-`partition` on a broker's disk, in offset order (the

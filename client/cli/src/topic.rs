@@ -21,8 +21,9 @@ pub enum TopicCommand {
         /// The topic
         name: String,
     },
-    /// Move partitions onto other brokers (replace a broker, change a partition's replicas):
-    /// new replicas catch up and join the in-sync set before the old ones are removed
+    /// Move partitions onto other brokers (replace a broker, change a partition's replicas,
+    /// move a single copy, raise or lower the replica count): new replicas catch up and join
+    /// the in-sync set before the old ones are removed
     Reassign(ReassignArgs),
     /// Delete a topic and all its data (irreversible)
     Delete {
@@ -90,7 +91,9 @@ pub struct ReassignArgs {
     /// The partition to give new replicas (with --replicas)
     #[arg(long, value_name = "P", requires = "replicas")]
     partition: Option<u32>,
-    /// The partition's new replicas, preferred leader first (with --partition)
+    /// The partition's new replicas, preferred leader first (with --partition): any number,
+    /// at least the topic's min in-sync replicas; more or fewer than it has now change its
+    /// count (the topic's replication factor follows once every partition has the same)
     #[arg(
         long,
         value_delimiter = ',',
@@ -363,6 +366,23 @@ fn drain_moves(
     Ok(moves)
 }
 
+/// The topic's replication factor, and, while reassignments leave its partitions with another
+/// count or with counts that differ, what they have (the setting follows once they agree).
+fn replication(topic: &TopicDescription) -> String {
+    let Some(factor) = topic.config.replication_factor else {
+        return "-".to_owned();
+    };
+    let counts = topic.partitions.iter().map(|p| p.target_replicas().len());
+    let (least, most) = counts.fold((usize::MAX, 0), |(lo, hi), n| (lo.min(n), hi.max(n)));
+    if least > most || (least == most && least == factor as usize) {
+        factor.to_string()
+    } else if least == most {
+        format!("{factor} ({least} once the reassignment completes)")
+    } else {
+        format!("{factor} (partitions differ: {least} to {most} replicas)")
+    }
+}
+
 /// Rows of left-aligned columns, two spaces apart.
 pub fn table(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
@@ -448,12 +468,7 @@ fn describe(topic: &TopicDescription) -> String {
             }
             .to_owned(),
         ],
-        vec![
-            "replication".to_owned(),
-            optional(topic.config.replication_factor.map(u64::from), |n| {
-                n.to_string()
-            }),
-        ],
+        vec!["replication".to_owned(), replication(topic)],
         vec![
             "min in-sync".to_owned(),
             optional(topic.config.min_insync_replicas.map(u64::from), |n| {
@@ -618,6 +633,27 @@ mod tests {
         moving.partitions[0].removing_replicas = vec![1];
         let text = describe(&moving);
         assert!(text.contains("4,3,2 (moving off 1)"), "{text}");
+        // Replica counts against the topic's replication factor.
+        let mut counted = topic.clone();
+        counted.config.replication_factor = Some(3);
+        assert_eq!(replication(&counted), "3");
+        counted.partitions[0].removing_replicas = vec![2];
+        assert_eq!(
+            replication(&counted),
+            "3 (2 once the reassignment completes)"
+        );
+        counted.partitions.push(PartitionDescription {
+            partition: 1,
+            replicas: vec![1],
+            removing_replicas: vec![],
+            ..counted.partitions[0].clone()
+        });
+        assert_eq!(
+            replication(&counted),
+            "3 (partitions differ: 1 to 2 replicas)"
+        );
+        counted.config.replication_factor = None;
+        assert_eq!(replication(&counted), "-");
     }
 
     #[test]

@@ -83,15 +83,18 @@ impl Admin {
         TopicDescription::from_proto(created)
     }
 
-    /// Moves partitions of a replicated topic onto new replica sets, preferred leader first
-    /// (`(partition, replicas)` pairs; Kafka's AlterPartitionReassignments). The new replicas
-    /// catch up and join the in-sync set before the old ones are removed and their copies
-    /// deleted; this returns once the controller accepted the move, with the topic as it now
-    /// stands (`removing_replicas` set). Poll [`describe_topic`](Admin::describe_topic) until
+    /// Moves partitions onto new replica sets, preferred leader first (`(partition, replicas)`
+    /// pairs; Kafka's AlterPartitionReassignments), of any size: a single copy moves
+    /// (`[1] -> [2]`) and a target may have more or fewer replicas than now (`[1] -> [1, 2, 3]`,
+    /// `[1, 2, 3] -> [1, 2]`). The new replicas catch up and join the in-sync set before the
+    /// old ones are removed and their copies deleted; this returns once the controller
+    /// accepted the move, with the topic as it now stands (`removing_replicas` set). Poll
+    /// [`describe_topic`](Admin::describe_topic) until
     /// [`PartitionDescription::fully_in_sync`](crate::admin::PartitionDescription::fully_in_sync)
-    /// to wait for the end. Fails with `INVALID_REPLICATION_FACTOR` (a target below the
-    /// topic's min ISR or below 2, or a partition with one replica) or `INVALID_REQUEST` (an
-    /// unknown or fenced broker, a broker twice), changing nothing.
+    /// to wait for the end. Once every partition of the topic has the same number of replicas
+    /// again, that is the topic's `replication_factor`. Fails with
+    /// `INVALID_REPLICATION_FACTOR` (an empty target, or one below the topic's min ISR) or
+    /// `INVALID_REQUEST` (an unknown or fenced broker, a broker twice), changing nothing.
     pub async fn reassign_partitions(
         &self,
         topic: &str,

@@ -23,6 +23,9 @@
 //!   high watermark]`, and every change is stored durably before the call making it returns
 //!   (`epochs.rs`; a truncation stores it after its cut, so a crash in between leaves entries at
 //!   or past the log end, which the next open drops).
+//! - Retention never moves the log start past the retention limit (the owner's high
+//!   watermark on a replicated partition, see `set_retention_limit`): a segment holding an
+//!   offset at or above it stays.
 //! - A closed, deleted or dropped log's handles fail with `Closed` and never open a file by
 //!   path again (the path may name another log's file by then).
 //!
@@ -299,6 +302,10 @@ pub struct PartitionLog {
     known_damage: Mutex<Option<scrub::KnownDamage>>,
     /// What its syncs took and covered (see [`crate::stats`]).
     sync_stats: crate::stats::SyncStats,
+    /// Retention deletes only segments wholly below this offset (the owner's committed
+    /// offset: a replicated partition's high watermark); `u64::MAX`, the default, bounds it by
+    /// nothing but the log itself. Not persisted: a reopened log starts unbounded again.
+    retention_limit: AtomicU64,
 }
 
 impl PartitionLog {
@@ -324,6 +331,7 @@ impl PartitionLog {
             damage_logged: AtomicU64::new(0),
             known_damage: Mutex::new(None),
             sync_stats: crate::stats::SyncStats::default(),
+            retention_limit: AtomicU64::new(u64::MAX),
             sync: Mutex::new(SyncState {
                 in_progress: false,
                 durable_offset: inner.recovery_point,
@@ -372,6 +380,21 @@ impl PartitionLog {
     /// Offsets below this are synced to disk (and checkpointed as the recovery point).
     pub fn recovery_point(&self) -> u64 {
         self.recovery_point.load(Ordering::Acquire)
+    }
+
+    /// Bounds retention from now on: it deletes a segment only if every offset in it is below
+    /// `limit`, so the log start never passes `limit` by retention (Kafka's `deletableSegments`
+    /// bound by the high watermark). The owner of a replicated partition passes its high
+    /// watermark whenever it moves, so no record a consumer or follower may still need above
+    /// it is deleted; `u64::MAX` (the default) lifts the bound. Truncation, `reset_to` and
+    /// `delete_segments_before` are explicit and not bounded by it.
+    pub fn set_retention_limit(&self, limit: u64) {
+        self.retention_limit.store(limit, Ordering::Release);
+    }
+
+    /// The bound [`Self::set_retention_limit`] set (`u64::MAX`: none).
+    pub fn retention_limit(&self) -> u64 {
+        self.retention_limit.load(Ordering::Acquire)
     }
 
     fn set_recovery_point(&self, inner: &mut Inner, offset: u64) {

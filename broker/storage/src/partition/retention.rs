@@ -16,6 +16,13 @@
 //! - Retention deletes whole sealed segments, oldest first, and moves the log start (and the
 //!   recovery point, never below it) before unlinking: a file that fails to unlink is leaked
 //!   space, never a hole in the log. The active segment is never deleted.
+//! - Retention is bounded by the retention limit (`set_retention_limit`; a replicated
+//!   partition's high watermark, on the leader and on every follower, each its own): a segment
+//!   goes only if its last offset is below the limit, i.e. the next segment's base is at or
+//!   below it (Kafka's `UnifiedLog.deletableSegments` with `highWatermark`). So the log start
+//!   never passes the high watermark, and a consumer or a follower never finds a record above
+//!   it, not yet committed, gone. Without a limit (a single copy: its high watermark is its
+//!   log end) nothing changes.
 //! - The epoch history follows the log: a truncation stores it after the cut (the next open
 //!   drops entries at or past the log end, so a crash in between is repaired), retention
 //!   collapses the entries below the new log start after deleting (an open collapses them too).
@@ -380,7 +387,9 @@ impl PartitionLog {
     }
 
     /// Deletes whole sealed segments, oldest first, while the log exceeds `retention_bytes` or
-    /// a segment's newest record is older than `retention_age`. Returns how many were deleted.
+    /// a segment's newest record is older than `retention_age`, stopping at the first segment
+    /// that holds an offset at or above the retention limit (see the module docs). Returns how
+    /// many were deleted.
     pub fn apply_retention(&self, now_ms: i64) -> Result<usize> {
         let config = self.config();
         if config.retention_bytes.is_none() && config.retention_age.is_none() {
@@ -388,9 +397,16 @@ impl PartitionLog {
         }
         let mut inner = lock(&self.inner);
         self.check_open(&inner)?;
+        // Read under the lock: a limit raised meanwhile only lets the next pass delete more.
+        let limit = self.retention_limit();
         let mut total: u64 = inner.sealed.iter().map(|s| s.size).sum::<u64>() + inner.active.size;
         let mut deleted = 0;
         while let Some(oldest) = inner.sealed.front().cloned() {
+            // Uncommitted records (or ones a lagging follower may still need) are not the
+            // retention's to delete; neither is anything after them.
+            if oldest.next_offset > limit {
+                break;
+            }
             let by_size = config
                 .retention_bytes
                 .is_some_and(|limit| total - oldest.size >= limit);
