@@ -15,7 +15,8 @@
 //!   the connection is closed (an offset out of range with the log's bounds in its header);
 //!   other connections are not affected. A follower whose fetch offset is below the log start
 //!   gets `OutOfRange` instead (the leader's decision, see `replica::leader`) and fetches on.
-//!   Request bodies are at most 1 KiB and read within `REQUEST_TIMEOUT`, so a client cannot
+//!   Fetch request bodies are at most 1 KiB (a produce connection's are bounded by
+//!   `max_request_bytes`) and read within `REQUEST_TIMEOUT`, so a client cannot
 //!   make the broker allocate or hold a task by sending a lying length or stalling
 //!   mid-request.
 //! - On shutdown, every connection ends: an idle one at once, a fetching one with an `Error`
@@ -51,6 +52,8 @@ use crate::wire::errors::{invalid_request, storage_error};
 
 /// How long a client may take to send a request body once its length arrived.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the kind of a request whose length no request may have is waited for.
+const OVERSIZED_WAIT: Duration = Duration::from_secs(1);
 
 /// Accepts data-port connections until shutdown, then waits for them to end.
 pub async fn serve(listener: TcpListener, state: Arc<BrokerState>) {
@@ -97,10 +100,30 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<BrokerSt
             let why = short.unwrap_or_else(|| format!("request body of {len} bytes"));
             return send_error(&mut stream, invalid_request(why)).await;
         }
+        // A length too long for a request of either kind may be a lie with no body behind it:
+        // its first two bytes (which say the kind, and so which refusal) are waited for briefly.
+        let oversized = u64::from(len)
+            > state
+                .max_request_bytes
+                .max(weir_proto::data_port::MAX_REQUEST_LEN as u64);
+        let wait = if oversized {
+            OVERSIZED_WAIT
+        } else {
+            REQUEST_TIMEOUT
+        };
         let mut first = [0u8; 2];
-        match tokio::time::timeout(REQUEST_TIMEOUT, stream.read_exact(&mut first)).await {
+        match tokio::time::timeout(wait, stream.read_exact(&mut first)).await {
             Ok(Ok(_)) => {}
-            Ok(Err(_)) | Err(_) => return,
+            Ok(Err(_)) => return,
+            Err(_) if oversized => {
+                let why = format!(
+                    "request body of {len} bytes: a fetch is at most {} bytes, a produce at most max_request_bytes ({})",
+                    weir_proto::data_port::MAX_REQUEST_LEN,
+                    state.max_request_bytes
+                );
+                return send_error(&mut stream, invalid_request(why)).await;
+            }
+            Err(_) => return,
         }
         if first[1] & FLAG_PRODUCE != 0 {
             // A produce connection from here on (see `data_port_produce`).
