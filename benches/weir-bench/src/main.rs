@@ -7,6 +7,7 @@
 //! ```text
 //! cargo build --release -p weir-broker -p weir-bench
 //! target/release/weir-bench produce --records 1000000 --compare
+//! target/release/weir-bench produce --records 1000000 --max-in-flight 1 --baselines raw-tcp
 //! target/release/weir-bench consume --records 1000000 --transport grpc --compare
 //! target/release/weir-bench e2e --rate 10000 --duration-secs 10
 //! target/release/weir-bench produce --cluster 3 --replication-factor 3 --acks all
@@ -113,6 +114,10 @@ struct Args {
     /// Turn the producer's idempotence off (it is on by default, as in the client).
     #[arg(long)]
     no_idempotence: bool,
+    /// Producer batches of one partition in flight at once (1 to 5; the client's
+    /// `max_in_flight_per_partition`; without idempotence the producer keeps 1).
+    #[arg(long, default_value_t = weir_client::MAX_IN_FLIGHT_PER_PARTITION)]
+    max_in_flight: usize,
     /// How producers send and consumers fetch.
     #[arg(long, value_enum, default_value_t = TransportArg::DataPort)]
     transport: TransportArg,
@@ -206,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
         rate: args.rate,
         duration: Duration::from_secs(args.duration_secs),
         idempotent: !args.no_idempotence,
+        max_in_flight: args.max_in_flight,
         replication_factor: args.replication_factor,
         min_insync_replicas: args.min_insync_replicas,
     };
@@ -355,6 +361,7 @@ async fn main() -> anyhow::Result<()> {
             "linger_ms": workload.linger.as_millis() as u64,
             "acks": format!("{:?}", args.acks).to_lowercase(),
             "idempotent": !args.no_idempotence,
+            "max_in_flight": workload.max_in_flight,
             "transport": match args.transport { TransportArg::DataPort => "data-port", TransportArg::Grpc => "grpc" },
             "rate": (args.mode == Mode::E2e).then_some(workload.rate),
             "cluster": args.cluster,
