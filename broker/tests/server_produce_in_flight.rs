@@ -1,8 +1,9 @@
 //! Several batches of one partition in flight (`max_in_flight_per_partition`), through the real
 //! `weir-broker` binary over loopback: one producer sends numbered records to one partition in
 //! small batches with no linger, so its lane is kept full (5 batches on the link at once),
-//! over the data port and over gRPC, and through a graceful restart of the broker mid-stream
-//! (every in-flight batch comes back and is re-sent in order with its original stamp).
+//! over the data port and over gRPC, through a graceful restart of the broker mid-stream
+//! (every in-flight batch comes back and is re-sent in order with its original stamp), and
+//! with its connections cut under it while the broker runs on.
 //!
 //! What it proves: every record is acknowledged, at the offset equal to its send index (one
 //! partition, one producer: the log must be exactly the records in send order, each once), and
@@ -15,7 +16,7 @@ use weir_client::{
     Client, ConsumerConfig, MAX_IN_FLIGHT_PER_PARTITION, NewTopic, ProducerConfig, ProducerRecord,
     Transport,
 };
-use weir_testkit::{BrokerProcess, temp_data_dir};
+use weir_testkit::{BrokerProcess, LinkProxy, free_loopback_addr, temp_data_dir};
 
 const BROKER: &str = env!("CARGO_BIN_EXE_weir-broker");
 const RECORDS: usize = 30_000;
@@ -39,39 +40,31 @@ fn config(transport: Transport) -> ProducerConfig {
 }
 
 /// Sends `RECORDS` numbered records to `topic`-0 and checks each was acknowledged at its send
-/// index. With `restart`, a thread restarts the broker gracefully (SIGTERM, then the same
-/// address) once a third of them were sent, while sending goes on.
-async fn produce_in_order(
+/// index. With `disturb`, a thread runs it once a third of them were sent, while sending goes
+/// on (a restart of the broker, cut connections).
+async fn produce_in_order<'a>(
     client: &Client,
-    broker: &mut BrokerProcess,
     topic: &str,
     config: ProducerConfig,
-    restart: bool,
+    mut disturb: Option<Box<dyn FnOnce() + Send + 'a>>,
 ) {
     let producer = client.producer(config).expect("producer");
     let mut deliveries = Vec::with_capacity(RECORDS);
-    let mut broker = restart.then_some(broker);
     std::thread::scope(|scope| {
-        let mut restarter = None;
+        let mut disturber = None;
         let handle = tokio::runtime::Handle::current();
         for i in 0..RECORDS {
             if i == RECORDS / 3
-                && let Some(broker) = broker.take()
+                && let Some(disturb) = disturb.take()
             {
-                restarter = Some(scope.spawn(move || {
-                    assert!(
-                        broker.terminate_within(Duration::from_secs(60)).success(),
-                        "graceful exit with batches in flight"
-                    );
-                    broker.restart();
-                }));
+                disturber = Some(scope.spawn(disturb));
             }
             let record = ProducerRecord::new(topic).partition(0).value(value(i));
             let sent = tokio::task::block_in_place(|| handle.block_on(producer.send(record)));
             deliveries.push(sent.expect("buffered"));
         }
-        if let Some(restarter) = restarter {
-            restarter.join().expect("restart thread");
+        if let Some(disturber) = disturber {
+            disturber.join().expect("disturbing thread");
         }
     });
     producer.close().await.expect("close");
@@ -115,7 +108,7 @@ fn check_log(values: &[String]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_in_flight_deliver_one_partition_once_and_in_order_over_both_wires() {
     let dir = temp_data_dir();
-    let mut broker = BrokerProcess::start(BROKER.as_ref(), dir.path(), &[]);
+    let broker = BrokerProcess::start(BROKER.as_ref(), dir.path(), &[]);
     let client = Client::connect(&broker.host_port()).await.expect("connect");
     let runs = [
         ("over-data-port", config(Transport::DataPort)),
@@ -135,7 +128,7 @@ async fn five_in_flight_deliver_one_partition_once_and_in_order_over_both_wires(
             .create_topic(NewTopic::new(topic).partitions(1))
             .await
             .expect("create topic");
-        produce_in_order(&client, &mut broker, topic, config, false).await;
+        produce_in_order(&client, topic, config, None).await;
         check_log(&consume_values(&client, topic).await);
     }
 }
@@ -150,13 +143,48 @@ async fn five_in_flight_ride_out_a_graceful_restart_in_order() {
         .create_topic(NewTopic::new("restarted").partitions(1))
         .await
         .expect("create topic");
-    produce_in_order(
-        &client,
-        &mut broker,
-        "restarted",
-        config(Transport::Auto),
-        true,
-    )
-    .await;
+    let restart = Box::new(|| {
+        assert!(
+            broker.terminate_within(Duration::from_secs(60)).success(),
+            "graceful exit with batches in flight"
+        );
+        broker.restart();
+    });
+    produce_in_order(&client, "restarted", config(Transport::Auto), Some(restart)).await;
     check_log(&consume_values(&client, "restarted").await);
+}
+
+/// The producer's data-port connections are cut under it, again and again, while the broker
+/// runs on: the broker may have read and appended some of a cut connection's batches, which
+/// come back to the producer unanswered and are re-sent, in order, byte-identical, on the next
+/// connection (answered as duplicates).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_in_flight_ride_out_cut_connections_in_order() {
+    const CUTS: usize = 5;
+    let dir = temp_data_dir();
+    // The data port is advertised behind a proxy that can cut every connection through it.
+    let data_listen = free_loopback_addr();
+    let proxy = LinkProxy::start(data_listen).expect("proxy");
+    let advertised = proxy.addr.to_string();
+    let broker = BrokerProcess::start_on(
+        BROKER.as_ref(),
+        dir.path(),
+        ("127.0.0.1:0", &data_listen.to_string()),
+        &["--data-advertised", &advertised],
+    );
+    let client = Client::connect(&broker.host_port()).await.expect("connect");
+    client
+        .admin()
+        .create_topic(NewTopic::new("cut").partitions(1))
+        .await
+        .expect("create topic");
+    let cut = Box::new(|| {
+        for _ in 0..CUTS {
+            proxy.reset_connections();
+            // Past the reconnect backoff: each cut finds a connection with batches on it.
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    });
+    produce_in_order(&client, "cut", config(Transport::DataPort), Some(cut)).await;
+    check_log(&consume_values(&client, "cut").await);
 }
