@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use weir_client::{
-    Client, ConsumerConfig, MAX_IN_FLIGHT_PER_PARTITION, NewTopic, ProducerConfig, ProducerRecord,
-    Transport,
+    Client, ClientError, ConsumerConfig, ErrorCode, MAX_IN_FLIGHT_PER_PARTITION, NewTopic,
+    ProducerConfig, ProducerRecord, RecordMetadata, Transport,
 };
-use weir_testkit::{BrokerProcess, LinkProxy, free_loopback_addr, temp_data_dir};
+use weir_testkit::{BrokerProcess, LinkProxy, Tmpfs, free_loopback_addr, temp_data_dir};
 
 const BROKER: &str = env!("CARGO_BIN_EXE_weir-broker");
 const RECORDS: usize = 30_000;
@@ -39,15 +39,15 @@ fn config(transport: Transport) -> ProducerConfig {
     }
 }
 
-/// Sends `RECORDS` numbered records to `topic`-0 and checks each was acknowledged at its send
-/// index. With `disturb`, a thread runs it once a third of them were sent, while sending goes
-/// on (a restart of the broker, cut connections).
-async fn produce_in_order<'a>(
+/// Sends `RECORDS` numbered records to `topic`-0 and answers each one's outcome. With
+/// `disturb`, a thread runs it once a third of them were sent, while sending goes on (a restart
+/// of the broker, cut connections, a full disk).
+async fn produce_numbered<'a>(
     client: &Client,
     topic: &str,
     config: ProducerConfig,
     mut disturb: Option<Box<dyn FnOnce() + Send + 'a>>,
-) {
+) -> Vec<Result<RecordMetadata, ClientError>> {
     let producer = client.producer(config).expect("producer");
     let mut deliveries = Vec::with_capacity(RECORDS);
     std::thread::scope(|scope| {
@@ -68,10 +68,23 @@ async fn produce_in_order<'a>(
         }
     });
     producer.close().await.expect("close");
-    for (i, delivery) in deliveries.into_iter().enumerate() {
-        let metadata = delivery
-            .await
-            .unwrap_or_else(|e| panic!("record {i} not acknowledged: {e}"));
+    let mut outcomes = Vec::with_capacity(RECORDS);
+    for delivery in deliveries {
+        outcomes.push(delivery.await);
+    }
+    outcomes
+}
+
+/// [`produce_numbered`], checking that each record was acknowledged at its send index.
+async fn produce_in_order<'a>(
+    client: &Client,
+    topic: &str,
+    config: ProducerConfig,
+    disturb: Option<Box<dyn FnOnce() + Send + 'a>>,
+) {
+    let outcomes = produce_numbered(client, topic, config, disturb).await;
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        let metadata = outcome.unwrap_or_else(|e| panic!("record {i} not acknowledged: {e}"));
         assert_eq!(
             (metadata.partition, metadata.offset),
             (0, i as u64),
@@ -187,4 +200,153 @@ async fn five_in_flight_ride_out_cut_connections_in_order() {
     });
     produce_in_order(&client, "cut", config(Transport::DataPort), Some(cut)).await;
     check_log(&consume_values(&client, "cut").await);
+}
+
+/// Bytes free on the file system holding `path` (`df`: the tests need no statvfs binding).
+fn free_bytes(path: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(path)
+        .output()
+        .expect("df");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| line.trim().parse().ok())
+        .next()
+        .expect("df prints the free bytes")
+}
+
+/// A broker on a small tmpfs whose free space is cut to about 1.5 MiB once its topic `full`
+/// exists, and a watcher that, once the disk is full (no room for the next segment, so the
+/// batch that rolls the log is refused DISK_FULL), lets the producer run into it for a while,
+/// then frees the space. `None` where mounting a tmpfs is not permitted.
+struct FullDisk {
+    broker: BrokerProcess,
+    ballast: std::path::PathBuf,
+    fs: Tmpfs,
+}
+
+const SEGMENT_BYTES: u64 = 256 << 10;
+
+impl FullDisk {
+    async fn start(test: &str) -> Option<(FullDisk, Client)> {
+        let fs = Tmpfs::mount("8m", test)?;
+        let data = fs.path().join("data");
+        let broker = BrokerProcess::start(
+            BROKER.as_ref(),
+            &data,
+            &[
+                "--segment-bytes",
+                &SEGMENT_BYTES.to_string(),
+                "--max-batch-bytes",
+                "65536",
+            ],
+        );
+        let client = Client::connect(&broker.host_port()).await.expect("connect");
+        client
+            .admin()
+            .create_topic(NewTopic::new("full").partitions(1))
+            .await
+            .expect("create topic");
+        // Room for about 1.5 MiB of the ~2.2 MB the records take: the disk fills after a
+        // third of them were sent (when the watcher starts) and before the last.
+        let ballast = fs.path().join("ballast");
+        let room = 6 * SEGMENT_BYTES;
+        let ballast_bytes = free_bytes(fs.path()).saturating_sub(room);
+        std::fs::write(&ballast, vec![1u8; ballast_bytes as usize]).expect("ballast");
+        Some((
+            FullDisk {
+                broker,
+                ballast,
+                fs,
+            },
+            client,
+        ))
+    }
+
+    /// Waits until the disk is full, lets the producer run into it (its retries' backoff)
+    /// for `for_ms`, then frees the space.
+    fn free_space_once_full(&self, for_ms: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while free_bytes(self.fs.path()) >= SEGMENT_BYTES {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the disk never filled (watchdog)"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(for_ms));
+        std::fs::remove_file(&self.ballast).expect("remove the ballast");
+    }
+}
+
+/// The disk fills with batches in flight: the batch that needs a new segment is refused
+/// DISK_FULL (retriable, nothing written) and the ones behind it OUT_OF_ORDER_SEQUENCE (the
+/// gap it left): they wait and go again after it, in order, with their stamps, until space
+/// comes back; the log is still exactly the records in send order. Needs permission to mount a
+/// tmpfs (root in CI); skipped with a message otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_in_flight_wait_out_a_full_disk_in_order() {
+    let Some((disk, client)) =
+        FullDisk::start("five_in_flight_wait_out_a_full_disk_in_order").await
+    else {
+        return;
+    };
+    let config = ProducerConfig {
+        retries: u32::MAX,
+        retry_backoff_max: Duration::from_millis(100),
+        ..config(Transport::Auto)
+    };
+    let watcher = Box::new(|| disk.free_space_once_full(500));
+    produce_in_order(&client, "full", config, Some(watcher)).await;
+    check_log(&consume_values(&client, "full").await);
+    drop(disk.broker);
+}
+
+/// The same full disk with no retries: the batch refused DISK_FULL fails for good while the
+/// ones behind it are in flight. They must not be left behind a gap (refused forever): the
+/// producer takes a new producer id, and they, refused OUT_OF_ORDER_SEQUENCE (so surely not
+/// stored), are stamped again under it and sent after it, in order. While the disk stays full
+/// each batch in turn fails DISK_FULL; once space is back the rest are acknowledged. The log
+/// is exactly the acknowledged records, in send order, each at the offset its delivery said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_failing_for_good_leaves_no_gap_behind_it() {
+    let Some((disk, client)) =
+        FullDisk::start("a_batch_failing_for_good_leaves_no_gap_behind_it").await
+    else {
+        return;
+    };
+    let config = ProducerConfig {
+        retries: 0,
+        ..config(Transport::Auto)
+    };
+    let watcher = Box::new(|| disk.free_space_once_full(200));
+    let outcomes = produce_numbered(&client, "full", config, Some(watcher)).await;
+    let mut acknowledged = Vec::new();
+    let mut failed = 0;
+    for (i, outcome) in outcomes.iter().enumerate() {
+        match outcome {
+            Ok(metadata) => acknowledged.push((i, metadata.offset)),
+            Err(e) => {
+                assert_eq!(e.code(), Some(ErrorCode::DiskFull), "record {i}: {e}");
+                failed += 1;
+            }
+        }
+    }
+    assert!(failed > 0, "no batch failed: the test proved nothing");
+    assert!(
+        outcomes.last().is_some_and(Result::is_ok),
+        "the records after the failed ones are stored again"
+    );
+    let values = consume_values(&client, "full").await;
+    assert_eq!(
+        values.len(),
+        acknowledged.len(),
+        "the acknowledged records, nothing else"
+    );
+    for (&(i, offset), (at, stored)) in acknowledged.iter().zip(values.iter().enumerate()) {
+        assert_eq!(offset, at as u64, "record {i} is where its delivery said");
+        assert_eq!(*stored, value(i), "offset {at}: in send order, each once");
+    }
+    drop(disk.broker);
 }

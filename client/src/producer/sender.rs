@@ -38,7 +38,10 @@
 //!    batch is among the broker's last 5: a retry of it is answered as a duplicate, never
 //!    refused. Hence an OUT_OF_ORDER_SEQUENCE answer proves the batch is not stored
 //!    (`maybe_stored` is cleared), and every other open fate (a broken link, no answer, a
-//!    refusal after the append) sets `maybe_stored`.
+//!    refusal after the append) sets `maybe_stored`. Only the refusals the broker documents
+//!    as writing nothing (`refused_unwritten`) leave it as it was; the others (NOT_LEADER
+//!    among them) count as open, which at worst costs a new producer id where giving the
+//!    sequence back would have done.
 //! 2. *A partition with a batch waiting sends nothing new, and re-sends its waiting batches in
 //!    batch id order only once nothing of it is on the wire* (every earlier answer is in), with
 //!    their original stamps. Per-batch backoff times never release a later batch first: a lane
@@ -47,27 +50,28 @@
 //!    their original order, byte-identical, before anything newer; the ones the broker had
 //!    appended are answered as duplicates.
 //! 4. *Batch k is refused with a retriable error that wrote nothing* (NOT_LEADER,
-//!    NOT_ENOUGH_REPLICAS, DISK_FULL, SHUTTING_DOWN, ...) while k+1.. are on the wire: the
-//!    broker refuses those too, OUT_OF_ORDER_SEQUENCE (the gap) or the same error. An
+//!    NOT_ENOUGH_REPLICAS, DISK_FULL, SHUTTING_DOWN, ...) while k+1.. are on the wire: the broker
+//!    refuses those too, OUT_OF_ORDER_SEQUENCE (the gap) or the same error. An
 //!    OUT_OF_ORDER_SEQUENCE answer for a batch with an earlier batch of its partition still
-//!    unsettled (on the wire or waiting) is retried after it, stamp unchanged (as Kafka does);
-//!    by rule 2 k goes again first. Only an OUT_OF_ORDER_SEQUENCE for a batch of the current
-//!    producer id with no earlier unsettled batch means the broker lost track of the producer
-//!    (its state rebuilt without it): that batch fails and the task takes a new producer id.
+//!    unsettled (on the wire or waiting) is retried after it, stamp unchanged (as Kafka does),
+//!    without using up its own retries (the refusal is k's doing; the delivery timeout still bounds
+//!    it); by rule 2 k goes again first. Only an OUT_OF_ORDER_SEQUENCE for a batch of the current
+//!    producer id with no earlier unsettled batch means the broker lost track of the producer (its
+//!    state rebuilt without it): that batch fails and the task takes a new producer id.
 //! 5. *A batch fails for good* (not retriable, retries exhausted, delivery timeout). If it is
-//!    surely not stored (`maybe_stored` unset) and it was its partition's last stamped batch,
-//!    its sequence numbers go back to the partition. Otherwise (it may be stored, or later
-//!    batches were stamped after it, which a rollback would leave behind a gap) the task gives
-//!    up its producer id and takes a new one, which restarts every partition's sequence at 0.
-//!    The later batches of the partition keep their old stamps while they may be stored: sent
-//!    again as they are, they are either answered (stored, in order, under the old id) or
-//!    refused OUT_OF_ORDER_SEQUENCE, which proves them not stored (rule 1): a batch of a
-//!    given-up producer id known not stored is stamped again, under the current id, at its
-//!    next send. A lane's wire never mixes producer ids (rule 2 and [`super::lanes`]), so a
-//!    batch restamped under the new id cannot overtake an earlier one that still carries the
-//!    old id and may yet come back to be restamped. So per partition, records reach the log in
-//!    batch id order: under the old id a prefix of the old stamps, then under the new id the
-//!    rest, each once; no batch is ever stamped anew while a copy of it may be stored.
+//!    surely not stored (`maybe_stored` unset) and it was its partition's last stamped batch, its
+//!    sequence numbers go back to the partition. Otherwise (it may be stored, or later batches were
+//!    stamped after it, which a rollback would leave behind a gap) the task gives up its producer
+//!    id and takes a new one, which restarts every partition's sequence at 0. The later batches of
+//!    the partition keep their old stamps while they may be stored: sent again as they are, they
+//!    are either answered (stored, in order, under the old id) or refused OUT_OF_ORDER_SEQUENCE,
+//!    which proves them not stored (rule 1): a batch of a given-up producer id known not stored is
+//!    stamped again, under the current id, at its next send (that refusal does not use up its
+//!    retries either). A lane's wire never mixes producer ids (rule 2 and [`super::lanes`]), so a
+//!    batch restamped under the new id cannot overtake an earlier one that still carries the old id
+//!    and may yet come back to be restamped. So per partition, records reach the log in batch id
+//!    order: under the old id a prefix of the old stamps, then under the new id the rest, each
+//!    once; no batch is ever stamped anew while a copy of it may be stored.
 //!
 //! What is not covered: a batch given up with an open fate (delivery timeout) may still have
 //! been stored, where it was sent (reported as "may or may not have been written"). And the
@@ -548,6 +552,11 @@ impl SenderTask {
             let behind = self.lanes.has_earlier(&batch.tp, batch.id);
             let given_up = batch.stamp.map(|s| s.producer_id) != self.producer_id();
             retriable = behind || given_up;
+            if retriable {
+                // The refusal is an earlier batch's doing, not this one's: it does not use up
+                // this batch's retries (its delivery timeout still bounds it).
+                batch.attempts = batch.attempts.saturating_sub(1);
+            }
         } else if !code.is_some_and(refused_unwritten) {
             // Refused after the append (a sync or replication wait that failed): stored, maybe.
             batch.maybe_stored = true;
