@@ -217,7 +217,12 @@ mod tests {
     #[test]
     fn an_unsealed_batch_is_valid_only_once_sealed_and_then_equals_a_built_one() {
         let mut unsealed = builder().build_unsealed().unwrap();
-        assert!(BatchHeader::parse(&unsealed).unwrap().check_crc(&unsealed).is_err());
+        assert!(
+            BatchHeader::parse(&unsealed)
+                .unwrap()
+                .check_crc(&unsealed)
+                .is_err()
+        );
         seal(&mut unsealed).unwrap();
         assert_eq!(unsealed, builder().build().unwrap().to_vec());
         // Stamping at the first send, then one seal, is what stamp_producer does in two passes.
