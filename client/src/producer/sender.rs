@@ -833,3 +833,72 @@ fn refused_unwritten(code: ErrorCode) -> bool {
             | ErrorCode::ProducerFenced
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use weir_proto::batch::RecordInput;
+
+    use super::*;
+    use crate::producer::accumulator::{Accumulator, Target};
+
+    fn batch() -> ProducerBatch {
+        let mut acc = Accumulator::with_sticky_seed(0);
+        let record = RecordInput {
+            key: None,
+            value: Some(b"v"),
+            timestamp: 0,
+            headers: &[],
+        };
+        let now = Instant::now();
+        acc.append(&"t".into(), Target::Partition(0), record, 1, 1024, now)
+            .unwrap();
+        acc.drain(now, Duration::ZERO, |_| 1).pop().unwrap()
+    }
+
+    fn stamped(producer_id: i64, maybe_stored: bool) -> ProducerBatch {
+        let mut batch = batch();
+        batch.stamp = Some(Stamp {
+            producer_id,
+            epoch: 0,
+            base_sequence: 10,
+        });
+        batch.maybe_stored = maybe_stored;
+        batch
+    }
+
+    #[test]
+    fn a_batch_keeps_its_stamp_unless_it_is_known_not_stored_under_a_given_up_id() {
+        let identity = |b: &ProducerBatch| SenderTask::send_identity(b, Some(8));
+        assert_eq!(identity(&batch()), Some(8), "a first send: the current id");
+        assert_eq!(identity(&stamped(8, true)), Some(8));
+        assert_eq!(identity(&stamped(8, false)), Some(8));
+        assert_eq!(
+            identity(&stamped(7, true)),
+            Some(7),
+            "it may be stored under 7: sent again byte-identical"
+        );
+        assert_eq!(
+            identity(&stamped(7, false)),
+            Some(8),
+            "not stored, and 7 was given up: stamped again"
+        );
+        assert_eq!(
+            SenderTask::send_identity(&batch(), None),
+            None,
+            "not idempotent"
+        );
+    }
+
+    #[test]
+    fn only_refusals_that_write_nothing_leave_a_batch_s_fate_as_it_was() {
+        assert!(refused_unwritten(ErrorCode::OutOfOrderSequence));
+        assert!(refused_unwritten(ErrorCode::DiskFull));
+        assert!(refused_unwritten(ErrorCode::CorruptBatch));
+        // After the append (a sync or replication wait): the batch may be stored.
+        assert!(!refused_unwritten(ErrorCode::NotDurable));
+        assert!(!refused_unwritten(ErrorCode::NotEnoughReplicasAfterAppend));
+        assert!(!refused_unwritten(ErrorCode::StorageFailed));
+    }
+}
