@@ -1,5 +1,7 @@
 //! The crash suite: producers write numbered records with acks=durable (idempotent, the
-//! default) while the broker is killed with SIGKILL at random moments and restarted. A checker
+//! default, with 5 batches per partition in flight: small batches, so each producer's lane is
+//! full when the kill comes and all 5 come back to be re-sent in order with their stamps) while
+//! the broker is killed with SIGKILL at random moments and restarted. A checker
 //! then reads everything back and verifies: every acknowledged record present exactly once,
 //! each producer's records in send order, offsets dense, no record that was never sent, no torn
 //! batch (the consumer checks every batch's CRC). It prints one summary line.
@@ -13,7 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
-use weir_client::{Acks, Client, ConsumerConfig, NewTopic, ProducerConfig, ProducerRecord};
+use weir_client::{
+    Acks, Client, ConsumerConfig, MAX_IN_FLIGHT_PER_PARTITION, NewTopic, ProducerConfig,
+    ProducerRecord,
+};
 use weir_testkit::{BrokerProcess, temp_data_dir};
 
 const BROKER: &str = env!("CARGO_BIN_EXE_weir-broker");
@@ -71,6 +76,7 @@ async fn run(cycles: usize, seed: u64, acks: Acks) -> Summary {
                     acks,
                     linger: Duration::from_millis(2),
                     batch_bytes: 8 << 10,
+                    max_in_flight_per_partition: MAX_IN_FLIGHT_PER_PARTITION,
                     retries: u32::MAX,
                     retry_backoff_max: Duration::from_millis(200),
                     delivery_timeout: Duration::from_secs(120),

@@ -81,8 +81,8 @@ pub use consumer::{
 pub use error::ClientError;
 pub use partitioner::PartitionerKind;
 pub use producer::{
-    Acks, AppendConditions, BatchMetadata, DeliveryFuture, Producer, ProducerConfig,
-    ProducerRecord, RecordMetadata,
+    Acks, AppendConditions, BatchMetadata, DeliveryFuture, MAX_IN_FLIGHT_PER_PARTITION, Producer,
+    ProducerConfig, ProducerRecord, RecordMetadata,
 };
 pub use weir_proto::batch::Header;
 pub use weir_proto::topic::TopicPartition;

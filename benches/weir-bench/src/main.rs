@@ -7,6 +7,7 @@
 //! ```text
 //! cargo build --release -p weir-broker -p weir-bench
 //! target/release/weir-bench produce --records 1000000 --compare
+//! target/release/weir-bench produce --records 1000000 --max-in-flight 1 --baselines raw-tcp
 //! target/release/weir-bench consume --records 1000000 --transport grpc --compare
 //! target/release/weir-bench e2e --rate 10000 --duration-secs 10
 //! target/release/weir-bench produce --cluster 3 --replication-factor 3 --acks all
@@ -130,6 +131,10 @@ struct Args {
     /// borrowed records (`RecordStream::next_batch`, the default).
     #[arg(long)]
     per_record: bool,
+    /// Producer batches of one partition in flight at once (1 to 5; the client's
+    /// `max_in_flight_per_partition`; without idempotence the producer keeps 1).
+    #[arg(long, default_value_t = weir_client::MAX_IN_FLIGHT_PER_PARTITION)]
+    max_in_flight: usize,
     /// How producers send and consumers fetch.
     #[arg(long, value_enum, default_value_t = TransportArg::DataPort)]
     transport: TransportArg,
@@ -225,6 +230,7 @@ async fn main() -> anyhow::Result<()> {
         idempotent: !args.no_idempotence,
         sync_sends: args.sync_sends,
         per_record: args.per_record,
+        max_in_flight: args.max_in_flight,
         replication_factor: args.replication_factor,
         min_insync_replicas: args.min_insync_replicas,
     };
@@ -392,6 +398,7 @@ async fn main() -> anyhow::Result<()> {
             "idempotent": !args.no_idempotence,
             "sync_sends": args.sync_sends.then_some(true),
             "per_record": (args.mode == Mode::Consume).then_some(args.per_record),
+            "max_in_flight": workload.max_in_flight,
             "transport": match args.transport { TransportArg::DataPort => "data-port", TransportArg::Grpc => "grpc" },
             "rate": (args.mode == Mode::E2e).then_some(workload.rate),
             "cluster": args.cluster,

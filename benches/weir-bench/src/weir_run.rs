@@ -42,6 +42,8 @@ pub struct Workload {
     /// Consume through the per-record stream (a `ConsumerRecord` per record) instead of whole
     /// batches of borrowed records (`RecordStream::next_batch`).
     pub per_record: bool,
+    /// The producer's `max_in_flight_per_partition`.
+    pub max_in_flight: usize,
     /// The topic's replication factor and min in-sync replicas (`None`: the broker's default).
     pub replication_factor: Option<u32>,
     pub min_insync_replicas: Option<u32>,
@@ -87,6 +89,7 @@ pub fn producer_config(w: &Workload) -> ProducerConfig {
         batch_bytes: w.batch_bytes,
         linger: w.linger,
         idempotent: w.idempotent,
+        max_in_flight_per_partition: w.max_in_flight,
         transport: w.transport,
         ..ProducerConfig::default()
     }

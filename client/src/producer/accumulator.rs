@@ -5,10 +5,10 @@
 //! - A record is encoded into its partition's *open* batch when it is sent (so the buffer holds
 //!   wire bytes, never a second copy). A batch that would pass its size limit is closed and the
 //!   record starts the next one; a record larger than the limit goes alone.
-//! - Closed batches wait in a per-partition FIFO (*ready*). [`Accumulator::drain`] hands out at
-//!   most one batch per partition that is not busy (the sender keeps one batch in flight per
-//!   partition, which is what keeps records in order across retries), taking the open batch
-//!   once it has lingered.
+//! - Closed batches wait in a per-partition FIFO (*ready*). [`Accumulator::drain`] hands out,
+//!   per partition, as many of the oldest batches as the sender says that partition has room
+//!   for in flight (its `max_in_flight_per_partition` rules, which keep records in order across
+//!   retries, live in the sender), in FIFO order, taking the open batch once it has lingered.
 //! - Sticky routing: keyless records of a topic fill one partition's batch; when that batch
 //!   closes (full, lingered, flushed) the next keyless record moves to the next partition.
 //! - Every batch gets an increasing id when it opens and stays *outstanding* until the sender
@@ -68,10 +68,13 @@ pub(crate) struct ProducerBatch {
     pub outcome: watch::Sender<BatchOutcome>,
     /// How many times it has been sent (retries that never reached a stream are not counted).
     pub attempts: u32,
-    /// Whether it was ever put on a stream: the broker may have it even if `attempts` is 0.
-    pub ever_sent: bool,
+    /// Whether the broker may have stored it under its `stamp`: set by any attempt whose fate
+    /// is open (its link failed, it went unanswered, it was refused after the append), cleared
+    /// only by an OUT_OF_ORDER_SEQUENCE answer, which proves it is not stored (see the sender).
+    pub maybe_stored: bool,
     /// The idempotent identity and first sequence stamped into `bytes` at its first send; kept
-    /// for every retry (a retry must be byte-identical to be recognized).
+    /// for every retry (a retry must be byte-identical to be recognized), unless the batch is
+    /// known not stored and its identity was given up (then it is stamped again).
     pub stamp: Option<Stamp>,
 }
 
@@ -110,7 +113,7 @@ impl OpenBatch {
             created: self.created,
             outcome: self.outcome,
             attempts: 0,
-            ever_sent: false,
+            maybe_stored: false,
             stamp: None,
         }
     }
@@ -273,25 +276,28 @@ impl Accumulator {
         (partition, closed)
     }
 
-    /// At most one batch for each partition `is_busy` says is free: the oldest ready one, or
-    /// the open one once it has lingered (or at once if `linger` is zero).
+    /// Up to `room(tp)` batches of each partition, oldest first: its ready ones, then the open
+    /// one once it has lingered (or at once if `linger` is zero). A partition's batches come
+    /// out consecutive and in order (the sender stamps sequence numbers in this order).
     pub fn drain(
         &mut self,
         now: Instant,
         linger: Duration,
-        mut is_busy: impl FnMut(&TopicPartition) -> bool,
+        mut room: impl FnMut(&TopicPartition) -> usize,
     ) -> Vec<ProducerBatch> {
         let mut out = Vec::new();
         for (tp, queue) in &mut self.queues {
-            if is_busy(tp) {
+            let room = room(tp);
+            if room == 0 {
                 continue;
             }
-            if let Some(batch) = queue.ready.pop_front() {
-                out.push(batch);
-            } else if queue
-                .open
-                .as_ref()
-                .is_some_and(|open| now >= open.created + linger)
+            let take = room.min(queue.ready.len());
+            out.extend(queue.ready.drain(..take));
+            if take < room
+                && queue
+                    .open
+                    .as_ref()
+                    .is_some_and(|open| now >= open.created + linger)
             {
                 queue.close_open(tp);
                 out.extend(queue.ready.pop_front());
@@ -301,16 +307,16 @@ impl Accumulator {
         out
     }
 
-    /// When [`drain`](Accumulator::drain) would next hand out a batch to one of the free
-    /// partitions (in the past if one is ready now).
+    /// When [`drain`](Accumulator::drain) would next hand out a batch to one of the partitions
+    /// `has_room` says can take one (in the past if one is ready now).
     pub fn next_drain_time(
         &self,
         linger: Duration,
-        mut is_busy: impl FnMut(&TopicPartition) -> bool,
+        mut has_room: impl FnMut(&TopicPartition) -> bool,
     ) -> Option<Instant> {
         self.queues
             .iter()
-            .filter(|(tp, _)| !is_busy(tp))
+            .filter(|(tp, _)| has_room(tp))
             .filter_map(|(_, queue)| match (queue.ready.front(), &queue.open) {
                 (Some(ready), _) => Some(ready.created),
                 (None, Some(open)) => Some(open.created + linger),
@@ -418,8 +424,13 @@ mod tests {
             .unwrap()
     }
 
-    fn never_busy(_: &TopicPartition) -> bool {
-        false
+    /// One batch per partition per drain.
+    fn one_each(_: &TopicPartition) -> usize {
+        1
+    }
+
+    fn always(_: &TopicPartition) -> bool {
+        true
     }
 
     #[test]
@@ -433,7 +444,7 @@ mod tests {
         assert_eq!((first.index, second.index), (0, 1));
         // Nothing is ready before the linger passes.
         assert!(
-            acc.drain(now, Duration::from_millis(5), never_busy)
+            acc.drain(now, Duration::from_millis(5), one_each)
                 .is_empty()
         );
 
@@ -443,7 +454,7 @@ mod tests {
             indexes.push(append(&mut acc, Target::Partition(0), 100, now).index);
         }
         assert!(indexes.contains(&0), "a second batch started: {indexes:?}");
-        let batches = acc.drain(now, Duration::from_secs(60), never_busy);
+        let batches = acc.drain(now, Duration::from_secs(60), one_each);
         assert_eq!(batches.len(), 1, "one batch per partition per drain");
         let batch = &batches[0];
         assert!(batch.bytes.as_ref().unwrap().len() <= LIMIT);
@@ -458,19 +469,16 @@ mod tests {
         let linger = Duration::from_millis(5);
         append(&mut acc, Target::Partition(0), 10, start);
         append(&mut acc, Target::Partition(1), 10, start);
-        assert_eq!(
-            acc.next_drain_time(linger, never_busy),
-            Some(start + linger)
-        );
+        assert_eq!(acc.next_drain_time(linger, always), Some(start + linger));
 
         let later = start + linger;
-        let busy = |tp: &TopicPartition| tp.partition == 1;
-        let batches = acc.drain(later, linger, busy);
+        let room = |tp: &TopicPartition| usize::from(tp.partition != 1);
+        let batches = acc.drain(later, linger, room);
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0].tp.partition, 0);
         assert_eq!(batches[0].record_count, 1);
-        assert_eq!(acc.next_drain_time(linger, busy), None);
-        let batches = acc.drain(later, linger, never_busy);
+        assert_eq!(acc.next_drain_time(linger, |tp| room(tp) > 0), None);
+        let batches = acc.drain(later, linger, one_each);
         assert_eq!(batches[0].tp.partition, 1);
         assert!(acc.is_empty());
     }
@@ -485,7 +493,7 @@ mod tests {
         acc.close_open_batches();
         let mut ids = vec![];
         loop {
-            let batches = acc.drain(now, Duration::from_secs(60), never_busy);
+            let batches = acc.drain(now, Duration::from_secs(60), one_each);
             if batches.is_empty() {
                 break;
             }
@@ -496,6 +504,46 @@ mod tests {
     }
 
     #[test]
+    fn a_partition_with_room_for_several_gets_its_oldest_in_order() {
+        let mut acc = Accumulator::with_sticky_seed(0);
+        let start = Instant::now();
+        let linger = Duration::from_millis(5);
+        // Four 200-byte records fill a 1 KiB batch: 7 full batches and an open one.
+        for _ in 0..30 {
+            append(&mut acc, Target::Partition(0), 200, start);
+        }
+        append(&mut acc, Target::Partition(1), 10, start);
+        let batches = acc.drain(start, linger, |tp| if tp.partition == 0 { 5 } else { 3 });
+        let ids = |tp: u32| -> Vec<u64> {
+            batches
+                .iter()
+                .filter(|b| b.tp.partition == tp)
+                .map(|b| b.id)
+                .collect()
+        };
+        let first = ids(0);
+        assert_eq!(first.len(), 5, "room for five: {first:?}");
+        assert!(first.windows(2).all(|w| w[0] < w[1]), "{first:?}");
+        assert!(
+            ids(1).is_empty(),
+            "partition 1's only batch has not lingered"
+        );
+
+        // The rest: two full ones, then the open one once it lingered; room left unused.
+        let later = start + linger;
+        let batches = acc.drain(later, linger, |_| 5);
+        let rest: Vec<u64> = batches
+            .iter()
+            .filter(|b| b.tp.partition == 0)
+            .map(|b| b.id)
+            .collect();
+        assert_eq!(rest.len(), 3, "{rest:?}");
+        assert!(first.last() < rest.first(), "{first:?} then {rest:?}");
+        assert!(rest.windows(2).all(|w| w[0] < w[1]), "{rest:?}");
+        assert!(acc.is_empty());
+    }
+
+    #[test]
     fn a_record_larger_than_the_limit_goes_alone() {
         let mut acc = Accumulator::with_sticky_seed(0);
         let now = Instant::now();
@@ -503,9 +551,9 @@ mod tests {
         let big = append(&mut acc, Target::Partition(0), 4 * LIMIT, now);
         assert_eq!(big.index, 0);
         assert!(big.wake_sender);
-        let batches = acc.drain(now, Duration::from_secs(60), never_busy);
+        let batches = acc.drain(now, Duration::from_secs(60), one_each);
         assert_eq!(batches[0].record_count, 1); // the small one, closed by the big one
-        let batches = acc.drain(now, Duration::from_secs(60), never_busy);
+        let batches = acc.drain(now, Duration::from_secs(60), one_each);
         assert_eq!(batches[0].record_count, 1);
         assert!(batches[0].bytes.as_ref().unwrap().len() > 4 * LIMIT);
         assert!(acc.is_empty(), "the big batch was closed at once");
@@ -543,7 +591,7 @@ mod tests {
         let first = append(&mut acc, sticky, 10, now).partition;
         assert_eq!(first, 7 % 4);
         assert_eq!(append(&mut acc, sticky, 10, now).partition, first);
-        let sent = acc.drain(now + Duration::from_secs(1), Duration::ZERO, never_busy);
+        let sent = acc.drain(now + Duration::from_secs(1), Duration::ZERO, one_each);
         assert_eq!(sent.len(), 1);
         assert_eq!(append(&mut acc, sticky, 10, now).partition, (first + 1) % 4);
     }

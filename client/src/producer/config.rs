@@ -12,6 +12,13 @@ use crate::{ClientError, PartitionerKind, Transport};
 /// batch above it, nor above a topic's own limit when the topic's description gives one.
 pub const BROKER_MAX_BATCH_BYTES: usize = 8 << 20;
 
+/// The most batches of one partition a producer keeps in flight: the broker remembers the last
+/// 5 batches of each producer per partition for deduplication (`RECENT_BATCHES` in weir's
+/// storage), so a retry of any unacknowledged batch is recognized only while no more than that
+/// many are outstanding. Kafka's idempotent producer has the same bound
+/// (`max.in.flight.requests.per.connection` <= 5).
+pub const MAX_IN_FLIGHT_PER_PARTITION: usize = 5;
+
 /// When the broker acknowledges a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Acks {
@@ -48,7 +55,8 @@ pub struct ProducerConfig {
     /// batch limit).
     pub batch_bytes: usize,
     /// How long a batch that is not full waits for more records before it is sent. Default
-    /// 5 ms. Zero sends as soon as a partition has no batch in flight.
+    /// 5 ms. Zero sends as soon as a partition has room in flight
+    /// ([`max_in_flight_per_partition`](Self::max_in_flight_per_partition)).
     pub linger: Duration,
     /// Bytes of records buffered (waiting or in flight) before [`send`](super::Producer::send)
     /// waits for deliveries to free room: the producer's memory bound. Default 32 MiB; at least
@@ -72,6 +80,17 @@ pub struct ProducerConfig {
     /// Data port or gRPC `ProduceStream`. Default [`Transport::Auto`]: the data port where
     /// the broker advertises one. Both store the same bytes with the same answers.
     pub transport: Transport,
+    /// How many batches of one partition may be sent and unanswered at once (all on the
+    /// partition's one link, in sequence order, so the broker appends them in order). More
+    /// overlaps encoding, network and the broker's append for one partition's records. Default
+    /// and most [`MAX_IN_FLIGHT_PER_PARTITION`] (5, the broker's deduplication window); at
+    /// least 1.
+    ///
+    /// Honoured only when `idempotent`: without sequence numbers a retried batch could land
+    /// after a later one (a reorder the broker cannot see), so a producer with `idempotent:
+    /// false` keeps one batch in flight per partition whatever this says, as Kafka requires
+    /// `max.in.flight.requests.per.connection=1` for ordering without idempotence.
+    pub max_in_flight_per_partition: usize,
 }
 
 impl Default for ProducerConfig {
@@ -88,6 +107,7 @@ impl Default for ProducerConfig {
             partitioner: None,
             idempotent: true,
             transport: Transport::Auto,
+            max_in_flight_per_partition: MAX_IN_FLIGHT_PER_PARTITION,
         }
     }
 }
@@ -112,7 +132,23 @@ impl ProducerConfig {
         if self.delivery_timeout.is_zero() {
             return invalid("delivery_timeout must be above zero".into());
         }
+        if !(1..=MAX_IN_FLIGHT_PER_PARTITION).contains(&self.max_in_flight_per_partition) {
+            return invalid(format!(
+                "max_in_flight_per_partition is {}; it must be 1 to {MAX_IN_FLIGHT_PER_PARTITION} (the batches per producer the broker remembers to recognize a retry)",
+                self.max_in_flight_per_partition
+            ));
+        }
         Ok(())
+    }
+
+    /// Batches of one partition the sender keeps in flight: one without idempotence (see
+    /// [`max_in_flight_per_partition`](Self::max_in_flight_per_partition)).
+    pub(crate) fn in_flight_per_partition(&self) -> usize {
+        if self.idempotent {
+            self.max_in_flight_per_partition
+        } else {
+            1
+        }
     }
 
     /// The wait before retry number `attempt` (1-based): exponential, capped.
@@ -149,10 +185,43 @@ mod tests {
                 delivery_timeout: Duration::ZERO,
                 ..Default::default()
             },
+            ProducerConfig {
+                max_in_flight_per_partition: 0,
+                ..Default::default()
+            },
+            ProducerConfig {
+                max_in_flight_per_partition: MAX_IN_FLIGHT_PER_PARTITION + 1,
+                ..Default::default()
+            },
         ];
         for config in bad {
             assert!(config.validate().is_err(), "{config:?}");
         }
+    }
+
+    #[test]
+    fn without_idempotence_one_batch_per_partition_is_in_flight() {
+        let config = ProducerConfig::default();
+        assert_eq!(
+            config.in_flight_per_partition(),
+            MAX_IN_FLIGHT_PER_PARTITION
+        );
+        let plain = ProducerConfig {
+            idempotent: false,
+            ..Default::default()
+        };
+        plain.validate().unwrap();
+        assert_eq!(plain.in_flight_per_partition(), 1);
+        let error = ProducerConfig {
+            max_in_flight_per_partition: 6,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(
+            matches!(&error, ClientError::InvalidArgument(m) if m.contains("max_in_flight_per_partition")),
+            "{error}"
+        );
     }
 
     #[test]

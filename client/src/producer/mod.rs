@@ -13,8 +13,12 @@
 //! 2. The record is encoded into its partition's open batch in the accumulator, and `send`
 //!    returns a [`DeliveryFuture`].
 //! 3. The background sender task sends a batch when it is full or has lingered
-//!    ([`ProducerConfig::linger`]), with at most one batch in flight per partition (so a retry
-//!    never lets a later batch overtake an earlier one) and many partitions in flight at once.
+//!    ([`ProducerConfig::linger`]), with up to
+//!    [`ProducerConfig::max_in_flight_per_partition`] batches of a partition in flight (5 by
+//!    default; 1 without idempotence), in sequence order on the partition's one link, and many
+//!    partitions in flight at once. Retries go in their original order before anything newer
+//!    of their partition, so a retry never lets a later batch overtake an earlier one (the
+//!    rules are in the sender's docs).
 //! 4. The broker's answer settles the batch: every record's future resolves to its
 //!    [`RecordMetadata`] (or the error, after retries), and its bytes return to the buffer.
 //!
@@ -28,6 +32,7 @@
 mod accumulator;
 mod config;
 mod delivery;
+mod lanes;
 mod link;
 mod record;
 mod sender;
@@ -45,7 +50,7 @@ use crate::partitioner::Route;
 use accumulator::{Accumulator, Target};
 use sender::SenderTask;
 
-pub use config::{Acks, BROKER_MAX_BATCH_BYTES, ProducerConfig};
+pub use config::{Acks, BROKER_MAX_BATCH_BYTES, MAX_IN_FLIGHT_PER_PARTITION, ProducerConfig};
 pub use delivery::DeliveryFuture;
 pub use record::{ProducerRecord, RecordMetadata};
 
