@@ -635,9 +635,14 @@ fn latency(h: &Histogram<u64>) -> Value {
     })
 }
 
-fn raw_tcp_baseline(w: &Workload) -> anyhow::Result<Option<Value>> {
+/// A baseline that moves the workload's payload bytes in batch-size pieces (`copy`: total,
+/// chunk -> elapsed), without a broker.
+fn raw_baseline(
+    w: &Workload,
+    copy: impl FnOnce(u64, usize) -> anyhow::Result<std::time::Duration>,
+) -> anyhow::Result<Option<Value>> {
     let total = w.records * w.record_bytes as u64;
-    let elapsed = raw_tcp::copy(total, w.batch_bytes.max(1))?;
+    let elapsed = copy(total, w.batch_bytes.max(1))?;
     let measured = Measured {
         elapsed,
         records: w.records,
@@ -645,6 +650,10 @@ fn raw_tcp_baseline(w: &Workload) -> anyhow::Result<Option<Value>> {
         latency_us: None,
     };
     Ok(Some(figures(&measured, None)))
+}
+
+fn raw_tcp_baseline(w: &Workload) -> anyhow::Result<Option<Value>> {
+    raw_baseline(w, raw_tcp::copy)
 }
 
 /// Which of the workload's dimensions a peer baseline brings down to one.
@@ -686,15 +695,7 @@ fn raw_write_baseline(mode: Mode, w: &Workload) -> anyhow::Result<Option<Value>>
     if mode != Mode::Produce {
         return Ok(None);
     }
-    let total = w.records * w.record_bytes as u64;
-    let elapsed = raw_write::write_and_sync(total, w.batch_bytes.max(1))?;
-    let measured = Measured {
-        elapsed,
-        records: w.records,
-        payload_bytes: total,
-        latency_us: None,
-    };
-    Ok(Some(figures(&measured, None)))
+    raw_baseline(w, raw_write::write_and_sync)
 }
 
 async fn nats_baseline(mode: Mode, w: &Workload) -> anyhow::Result<Option<Value>> {
