@@ -149,15 +149,25 @@ fn rot_first_segment(data_dir: &Path, topic: &str) {
         segment_bases(data_dir, topic, 0).len() > 2,
         "several segments, so the first is sealed"
     );
+    rot_first_batch(&segment);
+}
+
+/// Flips a bit in the last byte of a segment's first batch (inside its records, covered by its
+/// CRC), whatever the batch's size: batches are as large as the producer made them.
+fn rot_first_batch(segment: &Path) {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open(&segment)
+        .open(segment)
         .unwrap();
+    let mut head = [0u8; 12];
+    file.read_exact_at(&mut head, 0).unwrap();
+    let batch_length = i32::from_be_bytes(head[8..12].try_into().unwrap());
+    let last = 12 + u64::try_from(batch_length).expect("a stored batch") - 1;
     let mut byte = [0u8; 1];
-    file.read_exact_at(&mut byte, 200).unwrap();
+    file.read_exact_at(&mut byte, last).unwrap();
     byte[0] ^= 0x10;
-    file.write_all_at(&byte, 200).unwrap();
+    file.write_all_at(&byte, last).unwrap();
 }
 
 /// Without a scrub: a follower catching up refuses the leader's rotted batch (it CRC-checks
@@ -308,14 +318,7 @@ async fn a_damaged_leader_alone_in_the_isr_keeps_leading() {
         .join("logs")
         .join("alone-0")
         .join(format!("{damaged_at:020}.log"));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&segment)
-        .unwrap();
-    let mut byte = [0u8; 1];
-    file.read_exact_at(&mut byte, 200).unwrap();
-    file.write_all_at(&[byte[0] ^ 0x10], 200).unwrap();
+    rot_first_batch(&segment);
 
     wait_until("the scrub found it: reads stop before it", WAIT, || async {
         consume_until_error(&client, "alone").await.1 == Some(ErrorCode::CorruptLog)
