@@ -19,6 +19,7 @@
 //!   the cluster.
 //! - [`layout`]: the names in a data directory, and its storage-engine dirs.
 //! - [`producer_ids`]: ids for idempotent producers, unique per data dir.
+//! - [`security`]: who a connection's peer is (TLS, principals) and what it may do (ACLs).
 //! - [`config`]: the broker's configuration (defaults, TOML file, environment, flags).
 //!
 //! The `weir-broker` binary (`src/bin/weir-broker/`) wires them together, and checks a data
@@ -26,7 +27,7 @@
 //!
 //! Layering, bottom up (a module imports only from the ones before it): `weir-storage`;
 //! [`layout`], [`topics`], [`group_strategy`] and [`metrics`]; [`wire`]; [`controller`];
-//! [`replica`]; [`server`]. Nothing
+//! [`replica`]; [`security`]; [`server`]. Nothing
 //! imports upwards: the controller never reaches into the server, and the wire translation never
 //! into the controller or the server (so either can be replaced without the other).
 
@@ -37,6 +38,7 @@ pub mod layout;
 pub mod metrics;
 pub mod producer_ids;
 pub mod replica;
+pub mod security;
 pub mod server;
 pub mod topics;
 pub mod wire;

@@ -1,7 +1,7 @@
 //! Accepted gRPC connections counted on `weir_grpc_connections_active` while they are open:
 //! each accepted `TcpStream` is wrapped in a [`Counted`] that holds the gauge up until the
-//! connection is dropped. The wrapper answers tonic's [`Connected`] as the stream itself does,
-//! so handlers still see the peer's address (the in-flight limits are per peer).
+//! connection is dropped. The wrapper answers tonic's [`Connected`] with the connection's
+//! [`PeerIdentity`], so handlers see the peer's address (the in-flight limits are per peer).
 
 use std::io;
 use std::pin::Pin;
@@ -9,9 +9,10 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 
 use crate::metrics::Open;
+use crate::security::PeerIdentity;
 
 /// A gRPC connection, counted while it lives.
 pub struct Counted {
@@ -29,10 +30,13 @@ impl Counted {
 }
 
 impl Connected for Counted {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = PeerIdentity;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        PeerIdentity {
+            remote_addr: self.stream.peer_addr().ok(),
+            certificate_principal: None,
+        }
     }
 }
 

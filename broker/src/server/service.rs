@@ -10,7 +10,6 @@ use std::sync::Arc;
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::TcpConnectInfo;
 use tonic::{Request, Response, Status, Streaming};
 use weir_proto::v1::weir_server::Weir;
 use weir_proto::v1::{
@@ -27,6 +26,7 @@ use weir_proto::v1::{
 use super::BrokerState;
 use super::listener::Listener;
 use super::{fetch, produce};
+use crate::security::PeerIdentity;
 use crate::wire::errors::{internal, invalid_request, shutting_down, storage_status, to_status};
 
 /// Responses a stream can have queued before the handler waits for the client to read.
@@ -48,8 +48,8 @@ pub struct WeirService {
 fn peer<T>(request: &Request<T>) -> Option<std::net::SocketAddr> {
     request
         .extensions()
-        .get::<TcpConnectInfo>()
-        .and_then(|info| info.remote_addr())
+        .get::<PeerIdentity>()
+        .and_then(|info| info.remote_addr)
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
