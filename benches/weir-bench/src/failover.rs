@@ -227,6 +227,7 @@ async fn produce(
         })
     };
     let value = bytes::Bytes::from(vec![0x5a_u8; w.record_bytes]);
+    let topic: std::sync::Arc<str> = w.topic.as_str().into();
     let started = Instant::now();
     let mut sent = 0u64;
     let stopped = stop.notified();
@@ -234,7 +235,7 @@ async fn produce(
     loop {
         let due = (started.elapsed().as_secs_f64() * w.rate as f64) as u64;
         while sent < due {
-            let record = ProducerRecord::new(w.topic.clone()).value(value.clone());
+            let record = ProducerRecord::new(topic.clone()).value(value.clone());
             let _ = tx.send(producer.send(record).await?);
             sent += 1;
         }

@@ -241,7 +241,7 @@ mod tests {
                 record,
                 10,
                 1024,
-                now,
+                || now,
             )
             .unwrap();
             acc.close_open_batches();

@@ -274,7 +274,7 @@ impl Producer {
                 return Err(ClientError::Closed);
             }
             record.with_input(timestamp, |input| {
-                accumulator.append(&topic.name, target, input, size, limit, Instant::now())
+                accumulator.append(&topic.name, target, input, size, limit, Instant::now)
             })
         }
         .map_err(|e| ClientError::InvalidArgument(format!("the record cannot be encoded: {e}")))?;
@@ -283,13 +283,7 @@ impl Producer {
         if appended.wake_sender {
             shared.wake.notify_one();
         }
-        Ok(DeliveryFuture::new(
-            appended.outcome,
-            topic.name.clone(),
-            appended.partition,
-            appended.index,
-            timestamp,
-        ))
+        Ok(appended.delivery)
     }
 
     /// Appends `records` as **one batch**, atomically (readers see all of them or none, also

@@ -17,7 +17,7 @@ use weir_proto::batch::{Header, RecordInput};
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProducerRecord {
-    pub(crate) topic: String,
+    pub(crate) topic: Arc<str>,
     pub(crate) partition: Option<u32>,
     pub(crate) key: Option<Bytes>,
     pub(crate) value: Option<Bytes>,
@@ -27,7 +27,10 @@ pub struct ProducerRecord {
 
 impl ProducerRecord {
     /// A record for `topic` with no key, no value and no headers, timestamped when sent.
-    pub fn new(topic: impl Into<String>) -> Self {
+    ///
+    /// A producer sending many records to one topic can hold its name as an `Arc<str>` and
+    /// pass clones of it: the record then costs no allocation for its topic.
+    pub fn new(topic: impl Into<Arc<str>>) -> Self {
         ProducerRecord {
             topic: topic.into(),
             partition: None,

@@ -593,7 +593,7 @@ impl SenderTask {
         if let Err(error) = &outcome {
             self.forget_stamp(&batch, error);
         }
-        batch.outcome.send_replace(Some(outcome));
+        batch.outcome.decide(outcome);
         self.shared.buffer.add_permits(batch.reserved);
         self.shared.lock_accumulator().complete(batch.id);
         self.completions.send_modify(|settled| *settled += 1);
@@ -852,7 +852,7 @@ mod tests {
             headers: &[],
         };
         let now = Instant::now();
-        acc.append(&"t".into(), Target::Partition(0), record, 1, 1024, now)
+        acc.append(&"t".into(), Target::Partition(0), record, 1, 1024, || now)
             .unwrap();
         acc.drain(now, Duration::ZERO, |_| 1).pop().unwrap()
     }
