@@ -49,7 +49,7 @@ run() {  # a label, then weir-bench's arguments; the JSON line goes to stdout an
     printf '%s\t%s\n' "$label" "$line" >>"$out"
 }
 
-run "produce 1 KiB acks=leader" produce --records "$records" --compare
+run "produce 1 KiB acks=leader" produce --records "$records" --baselines raw-tcp,nats,raw-cached-write
 run "produce 1 KiB acks=durable" produce --records "$records" --acks durable --baselines raw-write,raw-tcp
 run "consume 1 KiB data port" consume --records "$records" --transport data-port --compare
 run "consume 1 KiB gRPC" consume --records "$records" --transport grpc --baselines raw-tcp
@@ -58,7 +58,7 @@ run "64 producers, single records, acks=durable" produce --records 20000 --produ
 run "1000 partitions, 4 producers" produce --records "$records" --partitions 1000 --producers 4 \
     --baselines one-partition
 run "e2e at 10,000 records/s" e2e --rate 10000 --duration-secs 10
-run "produce 100 B acks=leader" produce --records "$small" --record-bytes 100 --compare
+run "produce 100 B acks=leader" produce --records "$small" --record-bytes 100 --baselines raw-tcp,nats,raw-cached-write
 run "consume 100 B data port" consume --records "$small" --record-bytes 100 --compare
 if [ -z "${SKIP_CLUSTER:-}" ]; then
     run "produce acks=all RF 3 vs RF 1" produce --records "$records" --cluster 3 --replication-factor 3 --acks all

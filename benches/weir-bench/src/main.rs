@@ -78,6 +78,9 @@ enum Baseline {
     /// The same bytes written to a file in batch-size writes, each followed by fdatasync
     /// (produce only): the floor of acks=durable.
     RawWrite,
+    /// The same bytes written to a file in batch-size writes, not synced (produce only): the
+    /// copy into the page cache a broker makes of every byte, the ceiling of acks=leader.
+    RawCachedWrite,
     Nats,
     /// The same workload on a second broker started here with `--metrics-listen off`: what
     /// the metrics cost the data paths.
@@ -351,6 +354,10 @@ async fn main() -> anyhow::Result<()> {
         let (name, result) = match baseline {
             Baseline::RawTcp => ("raw-tcp", raw_tcp_baseline(&workload)),
             Baseline::RawWrite => ("raw-write", raw_write_baseline(args.mode, &workload)),
+            Baseline::RawCachedWrite => (
+                "raw-cached-write",
+                raw_cached_write_baseline(args.mode, &workload),
+            ),
             Baseline::Nats => ("nats", nats_baseline(args.mode, &workload).await),
             Baseline::MetricsOff => (
                 "metrics-off",
@@ -698,6 +705,13 @@ fn raw_write_baseline(mode: Mode, w: &Workload) -> anyhow::Result<Option<Value>>
     raw_baseline(w, raw_write::write_and_sync)
 }
 
+fn raw_cached_write_baseline(mode: Mode, w: &Workload) -> anyhow::Result<Option<Value>> {
+    if mode != Mode::Produce {
+        return Ok(None);
+    }
+    raw_baseline(w, raw_write::write_cached)
+}
+
 async fn nats_baseline(mode: Mode, w: &Workload) -> anyhow::Result<Option<Value>> {
     if mode == Mode::E2e {
         return Ok(None);
@@ -778,6 +792,7 @@ fn skip_reason(baseline: Baseline, mode: Mode) -> &'static str {
         (Baseline::Nats, _) => "nats-server is not installed (apt-get install nats-server)",
         (Baseline::RawTcp, _) => "not run",
         (Baseline::RawWrite, _) => "produce only (the floor of acks=durable)",
+        (Baseline::RawCachedWrite, _) => "produce only (the page-cache ceiling of acks=leader)",
         (Baseline::SingleProducer, _) => "produce with --producers above 1 only",
         (Baseline::OnePartition, _) => "produce with --partitions above 1 only",
         (Baseline::MetricsOff, _) => {

@@ -254,7 +254,8 @@ impl Accumulator {
         let partitions = partitions.max(1);
         let next = |p: u32| (p + 1) % partitions;
         let mut closed = false;
-        let partition = match self.sticky.get(topic).copied().filter(|&p| p < partitions) {
+        let current = self.sticky.get(topic).copied().filter(|&p| p < partitions);
+        let partition = match current {
             None => self.sticky_seed % partitions,
             Some(current) => {
                 let tp = TopicPartition::new(topic.clone(), current);
@@ -272,7 +273,10 @@ impl Accumulator {
                 }
             }
         };
-        self.sticky.insert(topic.clone(), partition);
+        // Written only when it moves: this runs per keyless record, a map write is a hash.
+        if current != Some(partition) {
+            self.sticky.insert(topic.clone(), partition);
+        }
         (partition, closed)
     }
 
