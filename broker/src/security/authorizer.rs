@@ -98,6 +98,10 @@ impl Authorizer {
         Authorizer::default()
     }
 
+    pub fn entries(&self) -> &[AclEntry] {
+        &self.entries
+    }
+
     pub fn enabled(&self) -> bool {
         self.enabled
     }

@@ -9,8 +9,11 @@
 pub mod acl;
 pub mod authn;
 pub mod authorizer;
+pub mod config;
+pub mod guard;
 pub mod principal;
 pub mod tokens;
+pub mod wire;
 
 use std::net::SocketAddr;
 

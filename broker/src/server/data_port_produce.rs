@@ -53,6 +53,7 @@ pub(super) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     state: Arc<BrokerState>,
+    principal: crate::security::principal::Principal,
     first_len: u32,
     first_bytes: [u8; 2],
 ) {
@@ -110,6 +111,7 @@ pub(super) async fn serve(
     });
     super::produce::produce_stream(
         Arc::clone(&state),
+        principal,
         Some(peer),
         ReceiverStream::new(incoming),
         answers,

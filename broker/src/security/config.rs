@@ -1,0 +1,66 @@
+//! The `[security]` section of the broker's configuration: what each listener requires, whether
+//! ACLs are enforced, who bypasses them, and the token this node presents to the controller
+//! and to other brokers.
+//!
+//! Defaults: no authentication on any listener, no authorization, no broker token: a broker
+//! started without a `[security]` section behaves as before it existed.
+
+use serde::Deserialize;
+
+use super::authn::Authentication;
+use super::tokens;
+
+/// `[security]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// What the internal gRPC listener (`listen`) requires.
+    pub authentication: Authentication,
+    /// What the external gRPC listener requires; default: `authentication`.
+    pub external_authentication: Option<Authentication>,
+    /// What the data port requires; default: `authentication`.
+    pub data_authentication: Option<Authentication>,
+    /// Whether ACLs are enforced (deny by default once on).
+    pub authorization: bool,
+    /// Users allowed everything, ACLs or not.
+    pub super_users: Vec<String>,
+    /// The token this node presents to the controller and to the brokers it replicates from
+    /// (its user must be a super user). Also `WEIR_BROKER_TOKEN`.
+    pub broker_token: Option<String>,
+}
+
+impl SecurityConfig {
+    pub fn external(&self) -> Authentication {
+        self.external_authentication.unwrap_or(self.authentication)
+    }
+
+    pub fn data(&self) -> Authentication {
+        self.data_authentication.unwrap_or(self.authentication)
+    }
+
+    /// Whether any listener requires credentials.
+    pub fn authentication_required(&self) -> bool {
+        [self.authentication, self.external(), self.data()]
+            .iter()
+            .any(|a| *a != Authentication::None)
+    }
+
+    /// Checks the combination; the message says what to change.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(token) = &self.broker_token {
+            let user = tokens::user_of(token).map_err(|e| format!("security.broker_token: {e}"))?;
+            if (self.authorization || self.authentication_required())
+                && !self.super_users.iter().any(|s| s == user)
+            {
+                return Err(format!(
+                    "security.broker_token is user {user:?}'s, who is not in security.super_users: brokers must be super users to replicate and reach the controller"
+                ));
+            }
+        }
+        for name in &self.super_users {
+            super::principal::validate_user_name(name)
+                .map_err(|e| format!("security.super_users: {e}"))?;
+        }
+        Ok(())
+    }
+}
