@@ -27,6 +27,13 @@ pub struct SecurityConfig {
     /// The token this node presents to the controller and to the brokers it replicates from
     /// (its user must be a super user). Also `WEIR_BROKER_TOKEN`.
     pub broker_token: Option<String>,
+    /// A user the controller creates on start if it does not exist, printing its token once
+    /// on stderr (as Redpanda's `RP_BOOTSTRAP_USER`). Usually `WEIR_BOOTSTRAP_USER=admin`.
+    pub bootstrap_user: Option<String>,
+    /// A whole token (`weir_<user>_<secret>`) whose user the controller creates with it on
+    /// start if that user does not exist: for automation that must know the first token.
+    /// Usually `WEIR_BOOTSTRAP_TOKEN`.
+    pub bootstrap_token: Option<String>,
 }
 
 impl SecurityConfig {

@@ -228,24 +228,20 @@ async fn bind(
     Ok((listener, local))
 }
 
-/// The environment variable naming a user the controller creates on start when it does not
-/// exist, printing its token once (as Redpanda's `RP_BOOTSTRAP_USER`).
-pub const BOOTSTRAP_USER: &str = "WEIR_BOOTSTRAP_USER";
-/// The environment variable holding a whole token (`weir_<user>_<secret>`) whose user the
-/// controller creates on start with it when that user does not exist: for automation that
-/// must know the first token in advance.
-pub const BOOTSTRAP_TOKEN: &str = "WEIR_BOOTSTRAP_TOKEN";
-
-/// The bootstrap credential (see [`BOOTSTRAP_USER`] and [`BOOTSTRAP_TOKEN`]).
-async fn bootstrap(controller: &Arc<Controller>) -> Result<(), ServerError> {
+/// The bootstrap credential (`security.bootstrap_user`, `security.bootstrap_token`; see
+/// [`crate::security::config`]).
+async fn bootstrap(
+    controller: &Arc<Controller>,
+    security: &crate::security::config::SecurityConfig,
+) -> Result<(), ServerError> {
     let refused = |e: Error| ServerError::Internal(e.message);
-    if let Ok(token) = std::env::var(BOOTSTRAP_TOKEN)
+    if let Some(token) = &security.bootstrap_token
         && !token.is_empty()
-        && controller.bootstrap_token(&token).await.map_err(refused)?
+        && controller.bootstrap_token(token).await.map_err(refused)?
     {
-        info!("bootstrap user created from {BOOTSTRAP_TOKEN}");
+        info!("bootstrap user created from the bootstrap token");
     }
-    if let Ok(name) = std::env::var(BOOTSTRAP_USER)
+    if let Some(name) = &security.bootstrap_user
         && !name.is_empty()
         && let Some(token) = controller.bootstrap_user(&name).await.map_err(refused)?
     {
@@ -388,7 +384,7 @@ impl Broker {
                             ServerError::Internal(format!("opening the controller panicked: {e}"))
                         })?
                         .map_err(ServerError::Controller)?;
-                bootstrap(&controller).await?;
+                bootstrap(&controller, &config.security).await?;
                 Some(controller)
             }
             Role::Broker => None,

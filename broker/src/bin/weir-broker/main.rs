@@ -155,6 +155,14 @@ struct Args {
     /// (`security.broker_token`; its user must be a super user).
     #[arg(long, env = "WEIR_BROKER_TOKEN", hide_env_values = true)]
     broker_token: Option<String>,
+    /// Create this user on start if it does not exist and print its token once on stderr
+    /// (`security.bootstrap_user`; the controller only).
+    #[arg(long, env = "WEIR_BOOTSTRAP_USER")]
+    bootstrap_user: Option<String>,
+    /// Create the user of this token with it on start if that user does not exist
+    /// (`security.bootstrap_token`; the controller only).
+    #[arg(long, env = "WEIR_BOOTSTRAP_TOKEN", hide_env_values = true)]
+    bootstrap_token: Option<String>,
 }
 
 fn parse_flush(s: &str) -> Result<FlushKind, String> {
@@ -215,6 +223,8 @@ impl Args {
         set!(security.authorization = self.authorization);
         set!(security.super_users = self.super_users);
         set!(security.broker_token = self.broker_token.map(Some));
+        set!(security.bootstrap_user = self.bootstrap_user.map(Some));
+        set!(security.bootstrap_token = self.bootstrap_token.map(Some));
         Ok(c)
     }
 }
