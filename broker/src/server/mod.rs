@@ -243,7 +243,7 @@ async fn bootstrap(
     }
     if let Some(name) = &security.bootstrap_user
         && !name.is_empty()
-        && let Some(token) = controller.bootstrap_user(&name).await.map_err(refused)?
+        && let Some(token) = controller.bootstrap_user(name).await.map_err(refused)?
     {
         info!(user = %name, "bootstrap user created; its token is printed once on stderr");
         eprintln!("weir: bootstrap user {name:?} created; its token (shown only now): {token}");
