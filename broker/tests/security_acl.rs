@@ -821,10 +821,14 @@ async fn a_broker_needs_the_broker_token_to_join_a_secured_cluster() {
         .map(|a| if *a == "2" { "3" } else { a })
         .collect();
     let _other = BrokerProcess::start(BROKER.as_ref(), other_dir.path(), &other);
-    wait_until("brokers 2 and 3 registered", Duration::from_secs(20), || async {
-        let brokers = live(client(&controller, ADMIN).await).await;
-        brokers.contains(&2) && brokers.contains(&3)
-    })
+    wait_until(
+        "brokers 2 and 3 registered",
+        Duration::from_secs(20),
+        || async {
+            let brokers = live(client(&controller, ADMIN).await).await;
+            brokers.contains(&2) && brokers.contains(&3)
+        },
+    )
     .await;
     // Broker 1 has been retrying all along; it is still not there.
     tokio::time::sleep(Duration::from_secs(1)).await;

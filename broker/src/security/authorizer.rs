@@ -41,6 +41,8 @@ pub struct Denied {
     pub principal: Principal,
     pub operation: Operation,
     pub resource: String,
+    /// The resource as `weir acl add` names it (`--topic NAME`, `--group NAME`, `--cluster`).
+    pub flag: String,
     pub reason: DenyReason,
 }
 
@@ -54,8 +56,8 @@ impl fmt::Display for Denied {
         match self.reason {
             DenyReason::NoAllow => write!(
                 f,
-                "no ACL allows it; an administrator can grant it with `weir acl add --principal {} --operation {} ...`",
-                self.principal, self.operation
+                "no ACL allows it; an administrator can grant it with `weir acl add --principal {} --operation {} {}`",
+                self.principal, self.operation, self.flag
             ),
             DenyReason::DenyEntry => write!(
                 f,
@@ -155,6 +157,11 @@ impl Authorizer {
             principal: principal.clone(),
             operation,
             resource: resource.to_string(),
+            flag: match resource {
+                Resource::Topic(name) => format!("--topic {name}"),
+                Resource::Group(name) => format!("--group {name}"),
+                Resource::Cluster => "--cluster".to_owned(),
+            },
             reason,
         }
     }
