@@ -449,7 +449,26 @@ async fn tokens_acls_and_every_rpc_on_grpc_and_the_data_port() {
     assert_eq!(removed.len(), 1);
     let denied = produce(&mut grpc, "orders", token).await.unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
+    // An open data-port connection of alice's: fetches until she is revoked, not after.
+    let mut open = data_port(data);
+    open.write_all(
+        &Authenticate {
+            token: alice.token.clone(),
+        }
+        .encode(),
+    )
+    .unwrap();
+    assert_eq!(frame(&mut open).unwrap().0.kind, FrameKind::End);
+    open.write_all(&fetch_frame("orders", None)).unwrap();
+    while frame(&mut open).expect("a frame").0.kind != FrameKind::End {}
     admin.delete_user("alice").await.expect("revoke");
+    open.write_all(&fetch_frame("orders", None)).unwrap();
+    let (header, _) = frame(&mut open).expect("an Error frame");
+    assert_eq!(
+        error_code(&header),
+        Some(ErrorCode::Unauthenticated),
+        "revoked on an open connection"
+    );
     let revoked = produce(&mut grpc, "orders", token).await.unwrap_err();
     assert_eq!(revoked.code(), Code::Unauthenticated, "{revoked:?}");
     assert_eq!(

@@ -37,6 +37,16 @@ pub enum Door {
     DataPort,
 }
 
+/// What a connection or a request presented: checked again for every request of a long-lived
+/// connection (a produce stream, a data-port connection), so a revoked token stops working
+/// there too, not only on new connections.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub door: Door,
+    pub peer: PeerIdentity,
+    pub token: Option<String>,
+}
+
 /// The users and the authorizer of one metadata version.
 #[derive(Debug, Default)]
 pub struct Policy {
@@ -121,6 +131,26 @@ impl Guard {
     ) -> Result<Principal, Error> {
         authn::authenticate(self.mode(door), peer, token, &policy.users)
             .map_err(|e| status::error(ErrorCode::Unauthenticated, e.to_string()))
+    }
+
+    /// [`Guard::authenticate`] of `credentials` under the current `metadata`, then
+    /// [`Guard::authorize`]: the check of one request on a long-lived connection.
+    pub fn check(
+        &self,
+        metadata: &ClusterMetadata,
+        credentials: &Credentials,
+        operation: Operation,
+        resource: Resource<'_>,
+    ) -> Result<Principal, Error> {
+        let policy = self.policy(metadata);
+        let principal = self.authenticate(
+            &policy,
+            credentials.door,
+            &credentials.peer,
+            credentials.token.as_deref(),
+        )?;
+        Guard::authorize(&policy, &principal, operation, resource)?;
+        Ok(principal)
     }
 
     /// Whether `principal` may do `operation` on `resource`.

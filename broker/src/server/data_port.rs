@@ -51,8 +51,7 @@ use super::fetch::{FetchEvent, FetchParams, FetchSession, Marks, Reader, Transpo
 use crate::replica::leader::{self, ReplicaFetchAnswer};
 use crate::security::PeerIdentity;
 use crate::security::acl::{Operation, Resource};
-use crate::security::guard::{Door, Guard};
-use crate::security::principal::Principal;
+use crate::security::guard::{Credentials, Door};
 use crate::wire::errors::{invalid_request, storage_error};
 
 /// How long a client may take to send a request body once its length arrived.
@@ -93,9 +92,14 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<BrokerSt
         remote_addr: Some(peer),
         certificate_principal: None,
     };
-    // Set by an Authenticate request (see `authenticate`); until then, the connection is
-    // whoever its transport says (anonymous, or its certificate's user).
-    let mut authenticated: Option<Principal> = None;
+    // The token of an Authenticate request (see `authenticate`), checked again for every
+    // request (a revoked token stops working on an open connection); until then, the
+    // connection is whoever its transport says (anonymous, or its certificate's user).
+    let mut credentials = Credentials {
+        door: Door::DataPort,
+        peer: identity.clone(),
+        token: None,
+    };
     loop {
         let mut len = [0u8; 4];
         let read = tokio::select! {
@@ -139,8 +143,8 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<BrokerSt
         }
         if first[1] == FLAG_AUTHENTICATE {
             match authenticate(&mut stream, &state, &identity, len, first).await {
-                Ok(principal) => {
-                    authenticated = Some(principal);
+                Ok(token) => {
+                    credentials.token = Some(token);
                     continue;
                 }
                 Err(Some(error)) => return send_error(&mut stream, error).await,
@@ -149,21 +153,17 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<BrokerSt
         }
         // Every request is someone's: the authenticated user, or whom the transport names
         // (UNAUTHENTICATED where the listener requires more).
-        let principal = match &authenticated {
-            Some(p) => p.clone(),
-            None => {
-                let guard = &state.security;
-                let policy = guard.policy(&state.cluster.current());
-                match guard.authenticate(&policy, Door::DataPort, &identity, None) {
-                    Ok(p) => p,
-                    Err(e) => return send_error(&mut stream, e).await,
-                }
-            }
-        };
+        let guard = &state.security;
+        let policy = guard.policy(&state.cluster.current());
+        let token = credentials.token.as_deref();
+        if let Err(e) = guard.authenticate(&policy, Door::DataPort, &identity, token) {
+            return send_error(&mut stream, e).await;
+        }
         if first[1] & FLAG_PRODUCE != 0 {
-            // A produce connection from here on (see `data_port_produce`); every request's
-            // topic is checked for write by the produce path.
-            return super::data_port_produce::serve(stream, peer, state, principal, len, first)
+            // A produce connection from here on (see `data_port_produce`); every request is
+            // checked (the token, write on its topic) by the produce path.
+            let credentials = credentials.clone();
+            return super::data_port_produce::serve(stream, peer, state, credentials, len, first)
                 .await;
         }
         let frame = match read_request(&mut stream, len, first).await {
@@ -173,16 +173,14 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<BrokerSt
         };
         // Read on the topic; a follower's replica fetch is the cluster's (Kafka's
         // ClusterAction). Refused with an Error frame and no data.
-        let policy = state.security.policy(&state.cluster.current());
-        let allowed = match frame.replica {
-            None => Guard::authorize(
-                &policy,
-                &principal,
-                Operation::Read,
-                Resource::Topic(&frame.topic),
-            ),
-            Some(_) => Guard::authorize(&policy, &principal, Operation::Alter, Resource::Cluster),
+        let (operation, resource) = match frame.replica {
+            None => (Operation::Read, Resource::Topic(&frame.topic)),
+            Some(_) => (Operation::Alter, Resource::Cluster),
         };
+        let allowed =
+            state
+                .security
+                .check(&state.cluster.current(), &credentials, operation, resource);
         if let Err(e) = allowed {
             return send_error(&mut stream, e).await;
         }
@@ -206,7 +204,7 @@ async fn authenticate(
     identity: &PeerIdentity,
     body_len: u32,
     first: [u8; 2],
-) -> Result<Principal, Option<Error>> {
+) -> Result<String, Option<Error>> {
     let len = Authenticate::check_len(body_len).map_err(|e| {
         Some(weir_proto::status::error(
             ErrorCode::Unauthenticated,
@@ -222,7 +220,7 @@ async fn authenticate(
     let request = Authenticate::decode(&body).map_err(|e| Some(invalid_request(e.to_string())))?;
     let guard = &state.security;
     let policy = guard.policy(&state.cluster.current());
-    let principal = guard
+    guard
         .authenticate(&policy, Door::DataPort, identity, Some(&request.token))
         .map_err(Some)?;
     let none = Marks {
@@ -234,7 +232,7 @@ async fn authenticate(
     if stream.write_all(&done.encode()).await.is_err() {
         return Err(None);
     }
-    Ok(principal)
+    Ok(request.token)
 }
 
 /// Reads and decodes a fetch request body whose first two bytes (`first`: version and flags)

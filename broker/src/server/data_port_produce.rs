@@ -53,7 +53,7 @@ pub(super) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     state: Arc<BrokerState>,
-    principal: crate::security::principal::Principal,
+    credentials: crate::security::guard::Credentials,
     first_len: u32,
     first_bytes: [u8; 2],
 ) {
@@ -111,7 +111,7 @@ pub(super) async fn serve(
     });
     super::produce::produce_stream(
         Arc::clone(&state),
-        principal,
+        credentials,
         Some(peer),
         ReceiverStream::new(incoming),
         answers,

@@ -15,8 +15,7 @@
 //! (that is what lets group commit share one fdatasync among many batches of one stream).
 
 use crate::security::acl::{Operation, Resource};
-use crate::security::guard::Guard;
-use crate::security::principal::Principal;
+use crate::security::guard::Credentials;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -75,14 +74,14 @@ struct Admitted {
 /// the request limit, and on a replicated partition enough in-sync replicas and a valid lease.
 fn admit(
     state: &BrokerState,
-    principal: &Principal,
+    credentials: &Credentials,
     req: &ProduceRequest,
 ) -> Result<Admitted, Error> {
-    // First: a request its principal may not make is refused before anything else is looked at.
-    let policy = state.security.policy(&state.cluster.current());
-    Guard::authorize(
-        &policy,
-        principal,
+    // First: a request its principal may not make (or whose token was revoked since its
+    // stream or connection opened) is refused before anything else is looked at.
+    state.security.check(
+        &state.cluster.current(),
+        credentials,
         Operation::Write,
         Resource::Topic(&req.topic),
     )?;
@@ -223,14 +222,14 @@ async fn blocking<T: Send + 'static>(
 /// Unary Produce.
 pub async fn produce(
     state: &BrokerState,
-    principal: &Principal,
+    credentials: &Credentials,
     peer: Option<SocketAddr>,
     req: ProduceRequest,
 ) -> Result<ProduceResponse, Error> {
     if state.is_shutting_down() {
         return Err(shutting_down());
     }
-    let admitted = admit(state, principal, &req)?;
+    let admitted = admit(state, credentials, &req)?;
     let in_flight = state.limits.acquire(peer, req.batch.len()).await;
     let log = Arc::clone(&admitted.partition.log);
     let (batch, conditions) = (req.batch.clone(), conditions(&req));
@@ -271,7 +270,7 @@ pub async fn produce(
 /// client that stops reading its answers blocks only its own stream, never other producers.
 pub async fn produce_stream(
     state: Arc<BrokerState>,
-    principal: Principal,
+    credentials: Credentials,
     peer: Option<SocketAddr>,
     mut requests: impl Stream<Item = Result<ProduceRequest, Status>> + Unpin,
     responses: mpsc::Sender<Result<ProduceResponse, Status>>,
@@ -301,7 +300,7 @@ pub async fn produce_stream(
             },
         };
         let id = req.correlation_id;
-        let admitted = match admit(&state, &principal, &req) {
+        let admitted = match admit(&state, &credentials, &req) {
             Ok(admitted) => Arc::new(admitted),
             Err(e) => {
                 let _ = responses.send(Ok(error_response(id, e))).await;

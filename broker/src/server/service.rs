@@ -33,7 +33,7 @@ use super::listener::Listener;
 use super::{fetch, produce};
 use crate::security::PeerIdentity;
 use crate::security::acl::{Operation, Resource};
-use crate::security::guard::{Door, Guard, Policy, bearer};
+use crate::security::guard::{Credentials, Door, Guard, Policy, bearer};
 use crate::security::principal::Principal;
 use crate::wire::errors::{internal, invalid_request, shutting_down, storage_status, to_status};
 
@@ -68,10 +68,10 @@ impl Weir for WeirService {
         &self,
         request: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
-        // Write on the topic: checked per request by `produce::admit`.
-        let (_, principal) = self.caller(&request)?;
+        // The token, and write on the topic: checked by `produce::admit`.
+        let credentials = self.credentials(&request)?;
         let peer = peer(&request);
-        produce::produce(&self.state, &principal, peer, request.into_inner())
+        produce::produce(&self.state, &credentials, peer, request.into_inner())
             .await
             .map(Response::new)
             .map_err(to_status)
@@ -100,14 +100,16 @@ impl Weir for WeirService {
         &self,
         request: Request<Streaming<ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
-        // Write on each request's topic: checked per request by `produce::admit`.
-        let (_, principal) = self.caller(&request)?;
+        // The token again and write on each request's topic: checked per request by
+        // `produce::admit`. A stream without valid credentials is refused at once.
+        self.caller(&request)?;
+        let credentials = self.credentials(&request)?;
         let peer = peer(&request);
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let state = Arc::clone(&self.state);
         tokio::spawn(produce::produce_stream(
             state,
-            principal,
+            credentials,
             peer,
             request.into_inner(),
             tx,
@@ -553,20 +555,35 @@ impl WeirService {
     fn caller<T>(&self, request: &Request<T>) -> Result<(Arc<Policy>, Principal), Status> {
         let guard = &self.state.security;
         let policy = guard.policy(&self.state.cluster.current());
-        let peer = request
-            .extensions()
-            .get::<PeerIdentity>()
-            .cloned()
-            .unwrap_or_default();
-        let door = match self.listener {
-            Listener::Internal => Door::Internal,
-            Listener::External => Door::External,
-        };
-        let token = bearer(request.metadata()).map_err(to_status)?;
+        let credentials = self.credentials(request)?;
         let principal = guard
-            .authenticate(&policy, door, &peer, token)
+            .authenticate(
+                &policy,
+                credentials.door,
+                &credentials.peer,
+                credentials.token.as_deref(),
+            )
             .map_err(to_status)?;
         Ok((policy, principal))
+    }
+
+    /// What `request` presented (its bearer token, its connection), to check again for each
+    /// request of a stream.
+    fn credentials<T>(&self, request: &Request<T>) -> Result<Credentials, Status> {
+        Ok(Credentials {
+            door: match self.listener {
+                Listener::Internal => Door::Internal,
+                Listener::External => Door::External,
+            },
+            peer: request
+                .extensions()
+                .get::<PeerIdentity>()
+                .cloned()
+                .unwrap_or_default(),
+            token: bearer(request.metadata())
+                .map_err(to_status)?
+                .map(str::to_owned),
+        })
     }
 
     /// The one check every handler makes first: `request`'s principal ([`Self::caller`]) may
