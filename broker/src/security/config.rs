@@ -71,3 +71,51 @@ impl SecurityConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BrokerConfig;
+
+    #[test]
+    fn the_section_parses_and_defaults_to_off() {
+        assert!(!BrokerConfig::default().security.authentication_required());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.toml");
+        let token = format!("weir_broker_{}", "ab".repeat(32));
+        std::fs::write(
+            &path,
+            format!(
+                "[security]\nauthentication = \"token\"\ndata_authentication = \"token-or-mtls\"\nauthorization = true\nsuper_users = [\"admin\", \"broker\"]\nbroker_token = \"{token}\"\n"
+            ),
+        )
+        .unwrap();
+        let config = BrokerConfig::from_file(&path).unwrap();
+        let s = &config.security;
+        assert_eq!(s.authentication, Authentication::Token);
+        assert_eq!(
+            s.external(),
+            Authentication::Token,
+            "defaults to authentication"
+        );
+        assert_eq!(s.data(), Authentication::TokenOrMtls);
+        assert!(config.log_dir_config().is_ok());
+    }
+
+    #[test]
+    fn a_broker_token_of_a_user_who_is_not_a_super_user_is_refused() {
+        let config = SecurityConfig {
+            authentication: Authentication::Token,
+            super_users: vec!["admin".into()],
+            broker_token: Some(format!("weir_broker_{}", "ab".repeat(32))),
+            ..SecurityConfig::default()
+        };
+        let err = config.validate().unwrap_err();
+        assert!(err.contains("super_users"), "{err}");
+        let bad = SecurityConfig {
+            broker_token: Some("nope".into()),
+            ..SecurityConfig::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}
