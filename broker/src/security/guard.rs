@@ -166,6 +166,29 @@ impl Guard {
             .map_err(|denied| status::error(ErrorCode::PermissionDenied, denied.to_string()))
     }
 
+    /// A broker's action on the cluster (controller RPCs, replica fetches): `alter` on the
+    /// cluster. Where the listener requires credentials but ACLs are off, only a super user
+    /// may: otherwise any application's token could register a broker or replicate.
+    pub fn authorize_cluster_action(
+        &self,
+        policy: &Policy,
+        door: Door,
+        principal: &Principal,
+    ) -> Result<(), Error> {
+        if !policy.authorizer.enabled()
+            && self.mode(door) != Authentication::None
+            && !policy.authorizer.is_super_user(principal)
+        {
+            return Err(status::error(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "{principal} may not act as a broker: only security.super_users may (set security.broker_token to a super user's token)"
+                ),
+            ));
+        }
+        Guard::authorize(policy, principal, Operation::Alter, Resource::Cluster)
+    }
+
     /// Kafka's KIP-679 rule for an idempotent producer's id: write on the cluster, or an allow
     /// entry for write (or all) on some topic pattern.
     pub fn may_init_producer(policy: &Policy, principal: &Principal) -> Result<(), Error> {
@@ -251,6 +274,37 @@ mod tests {
             .authenticate(&policy, Door::Internal, &peer, Some(&alice.token))
             .unwrap_err();
         assert_eq!(revoked.code, ErrorCode::Unauthenticated as i32);
+    }
+
+    #[test]
+    fn without_acls_only_super_users_act_as_brokers_where_credentials_are_required() {
+        let config = SecurityConfig {
+            authentication: Authentication::Token,
+            super_users: vec!["admin".into()],
+            ..SecurityConfig::default()
+        };
+        let guard = Guard::new(config);
+        let policy = guard.policy(&ClusterMetadata::default());
+        let alice = Principal::User("alice".into());
+        let admin = Principal::User("admin".into());
+        assert!(
+            guard
+                .authorize_cluster_action(&policy, Door::Internal, &alice)
+                .is_err()
+        );
+        assert!(
+            guard
+                .authorize_cluster_action(&policy, Door::Internal, &admin)
+                .is_ok()
+        );
+        assert!(Guard::authorize(&policy, &alice, Operation::Read, Resource::Topic("t")).is_ok());
+        // No credentials required, no ACLs: as before security existed.
+        let open = Guard::new(SecurityConfig::default());
+        let policy = open.policy(&ClusterMetadata::default());
+        assert!(
+            open.authorize_cluster_action(&policy, Door::Internal, &Principal::Anonymous)
+                .is_ok()
+        );
     }
 
     #[test]

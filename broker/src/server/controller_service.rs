@@ -14,8 +14,7 @@ use weir_proto::v1::{
 use super::BrokerState;
 use crate::controller::Controller;
 use crate::security::PeerIdentity;
-use crate::security::acl::{Operation, Resource};
-use crate::security::guard::{Door, Guard, bearer};
+use crate::security::guard::{Door, bearer};
 use crate::wire::errors::to_status;
 
 pub struct ControllerService {
@@ -39,7 +38,8 @@ impl ControllerService {
         let principal = guard
             .authenticate(&policy, Door::Internal, &peer, token)
             .map_err(to_status)?;
-        Guard::authorize(&policy, &principal, Operation::Alter, Resource::Cluster)
+        guard
+            .authorize_cluster_action(&policy, Door::Internal, &principal)
             .map_err(to_status)
     }
 }

@@ -173,14 +173,29 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<BrokerSt
         };
         // Read on the topic; a follower's replica fetch is the cluster's (Kafka's
         // ClusterAction). Refused with an Error frame and no data.
-        let (operation, resource) = match frame.replica {
-            None => (Operation::Read, Resource::Topic(&frame.topic)),
-            Some(_) => (Operation::Alter, Resource::Cluster),
-        };
-        let allowed =
-            state
+        let allowed = match frame.replica {
+            None => state
                 .security
-                .check(&state.cluster.current(), &credentials, operation, resource);
+                .check(
+                    &state.cluster.current(),
+                    &credentials,
+                    Operation::Read,
+                    Resource::Topic(&frame.topic),
+                )
+                .map(drop),
+            Some(_) => {
+                let guard = &state.security;
+                let policy = guard.policy(&state.cluster.current());
+                guard
+                    .authenticate(
+                        &policy,
+                        Door::DataPort,
+                        &identity,
+                        credentials.token.as_deref(),
+                    )
+                    .and_then(|who| guard.authorize_cluster_action(&policy, Door::DataPort, &who))
+            }
+        };
         if let Err(e) = allowed {
             return send_error(&mut stream, e).await;
         }
