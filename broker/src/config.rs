@@ -108,6 +108,8 @@ pub struct BrokerConfig {
     pub scrub_pass_interval_ms: u64,
     /// Settings of topics created without their own.
     pub topic_defaults: TopicDefaults,
+    /// Authentication per listener, authorization, super users, the broker token.
+    pub security: crate::security::config::SecurityConfig,
 }
 
 /// Defaults for new topics (each can be chosen per topic at creation).
@@ -164,6 +166,7 @@ impl Default for BrokerConfig {
             scrub_bytes_per_sec: LogDirConfig::default().scrub_bytes_per_sec,
             scrub_pass_interval_ms: LogDirConfig::default().scrub_pass_interval.as_millis() as u64,
             topic_defaults: TopicDefaults::default(),
+            security: Default::default(),
         }
     }
 }
@@ -240,6 +243,7 @@ impl BrokerConfig {
             )));
         }
         self.metrics_addr()?;
+        self.security.validate().map_err(ConfigError::Invalid)?;
         if self.broker_lease_ms < 1000 {
             return Err(ConfigError::Invalid(
                 "broker_lease_ms must be at least 1000".into(),

@@ -28,9 +28,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tonic::transport::Channel;
 use weir_proto::topic::validate_topic_name;
-use weir_proto::v1::{self, ErrorCode, weir_client::WeirClient};
+use weir_proto::v1::{self, ErrorCode};
 
 use crate::ClientError;
 use crate::connection::{self, ConnectOptions};
@@ -50,7 +49,7 @@ pub(crate) struct Leader {
     pub address: Arc<str>,
     /// Its data port, resolved; `None` if it advertises none.
     pub data_address: Option<Arc<str>>,
-    pub grpc: WeirClient<Channel>,
+    pub grpc: crate::connection::Grpc,
     /// The partition's leader epoch in the picture; `None` for a partition without one (no
     /// replication). Consumers quote it (KIP-320, `FetchRequest.current_leader_epoch`).
     pub leader_epoch: Option<u32>,
@@ -121,7 +120,7 @@ struct Broker {
     alive: bool,
     /// The connection to `address`, made when the picture is installed (lazily connected),
     /// or why its address cannot be dialled.
-    grpc: Result<WeirClient<Channel>, ClientError>,
+    grpc: Result<crate::connection::Grpc, ClientError>,
 }
 
 #[derive(Debug, Default)]
@@ -136,18 +135,18 @@ struct View {
 /// See the module docs. Shared (`Arc`) by a client's admin, producers and consumers.
 #[derive(Debug)]
 pub(crate) struct Cluster {
-    bootstrap: WeirClient<Channel>,
+    bootstrap: crate::connection::Grpc,
     bootstrap_address: String,
     bootstrap_host: String,
     options: ConnectOptions,
     view: RwLock<View>,
-    connections: Mutex<HashMap<String, WeirClient<Channel>>>,
+    connections: Mutex<HashMap<String, crate::connection::Grpc>>,
     refreshing: tokio::sync::Mutex<()>,
 }
 
 impl Cluster {
     pub fn new(
-        bootstrap: WeirClient<Channel>,
+        bootstrap: crate::connection::Grpc,
         bootstrap_address: &str,
         bootstrap_host: String,
         options: ConnectOptions,
@@ -169,7 +168,12 @@ impl Cluster {
     }
 
     /// The connection the client was made with.
-    pub fn bootstrap(&self) -> WeirClient<Channel> {
+    /// The token every connection presents, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.options.token.as_deref()
+    }
+
+    pub fn bootstrap(&self) -> crate::connection::Grpc {
         self.bootstrap.clone()
     }
 
@@ -387,14 +391,14 @@ impl Cluster {
     pub fn connection_to_advertised(
         &self,
         advertised: &str,
-    ) -> Result<WeirClient<Channel>, ClientError> {
+    ) -> Result<crate::connection::Grpc, ClientError> {
         let address = resolve_advertised(advertised, &self.bootstrap_host)
             .unwrap_or_else(|| self.bootstrap_address.clone());
         self.connection(&address)
     }
 
     /// The connection to `address` (made lazily, then reused).
-    pub fn connection(&self, address: &str) -> Result<WeirClient<Channel>, ClientError> {
+    pub fn connection(&self, address: &str) -> Result<crate::connection::Grpc, ClientError> {
         let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = connections.get(address) {
             return Ok(c.clone());

@@ -13,6 +13,9 @@
 
 use std::time::Duration;
 
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use weir_proto::v1::weir_client::WeirClient;
 
@@ -31,8 +34,29 @@ const MAX_FRAME_BYTES: u32 = 1 << 20;
 /// How long an unanswered keep-alive ping may wait before the connection is declared dead.
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// A gRPC stub of the client: every call carries the token, if any.
+pub(crate) type Grpc = WeirClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization: Bearer <token>` to every call (nothing without a token).
+#[derive(Clone, Default)]
+pub(crate) struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
 /// How [`Client::connect_with`](crate::Client::connect_with) connects.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConnectOptions {
     /// How long one connection attempt may take (also each later reconnect). Default 5 s.
     pub connect_timeout: Duration,
@@ -40,6 +64,20 @@ pub struct ConnectOptions {
     /// process) is noticed by long-lived fetch streams. Default 30 s; the connection is
     /// declared dead when a ping is not answered within another 20 s.
     pub keep_alive_interval: Duration,
+    /// The user's token (`weir_<user>_<secret>`, from `weir user create`): sent as
+    /// `authorization: Bearer` on every gRPC call and as the Authenticate request first on
+    /// every data-port connection. Default none (anonymous).
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("keep_alive_interval", &self.keep_alive_interval)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Default for ConnectOptions {
@@ -47,17 +85,38 @@ impl Default for ConnectOptions {
         ConnectOptions {
             connect_timeout: Duration::from_secs(5),
             keep_alive_interval: Duration::from_secs(30),
+            token: None,
+        }
+    }
+}
+
+impl ConnectOptions {
+    /// These options with `token`.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    fn bearer(&self) -> Result<Bearer, ClientError> {
+        match &self.token {
+            None => Ok(Bearer(None)),
+            Some(token) => format!("Bearer {token}")
+                .parse()
+                .map(|v| Bearer(Some(v)))
+                .map_err(|_| {
+                    ClientError::InvalidArgument(
+                        "the token is not printable ASCII: pass the token `weir user create` printed".into(),
+                    )
+                }),
         }
     }
 }
 
 /// A connection to the broker at `addr`, made now: fails with [`ClientError::Connect`] if it
 /// is not up within the connect timeout.
-pub(crate) async fn connect(
-    addr: &str,
-    options: &ConnectOptions,
-) -> Result<WeirClient<Channel>, ClientError> {
+pub(crate) async fn connect(addr: &str, options: &ConnectOptions) -> Result<Grpc, ClientError> {
     let endpoint = endpoint(addr, options)?;
+    let bearer = options.bearer()?;
     // The endpoint's timeout covers the TCP connect; this one also covers name resolution
     // and the HTTP/2 handshake.
     let channel = tokio::time::timeout(options.connect_timeout, endpoint.connect())
@@ -67,15 +126,55 @@ pub(crate) async fn connect(
             reason: format!("no answer within {:?}", options.connect_timeout),
         })?
         .map_err(|e| ClientError::connect(addr, &e))?;
-    Ok(stub(channel))
+    Ok(stub(channel, bearer))
 }
 
 /// A connection to the broker at `addr`, made on first use.
-pub(crate) fn lazy(
+pub(crate) fn lazy(addr: &str, options: &ConnectOptions) -> Result<Grpc, ClientError> {
+    Ok(stub(
+        endpoint(addr, options)?.connect_lazy(),
+        options.bearer()?,
+    ))
+}
+
+/// Sends the data port's Authenticate request with `token` on a new connection and reads its
+/// answer: `End` is success; an `Error` frame (UNAUTHENTICATED) is returned as the refusal.
+pub(crate) async fn authenticate_data_port(
+    stream: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
     addr: &str,
-    options: &ConnectOptions,
-) -> Result<WeirClient<Channel>, ClientError> {
-    Ok(stub(endpoint(addr, options)?.connect_lazy()))
+    token: &str,
+) -> Result<(), ClientError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use weir_proto::data_port::{FrameKind, RESPONSE_HEADER_LEN, ResponseHeader};
+    let broken = |e: &dyn std::fmt::Display| ClientError::Transport {
+        code: tonic::Code::Unavailable,
+        message: format!("data port {addr}: authenticating: {e}"),
+    };
+    let request = weir_proto::data_port::authenticate::Authenticate {
+        token: token.to_owned(),
+    };
+    stream
+        .write_all(&request.encode())
+        .await
+        .map_err(|e| broken(&e))?;
+    let mut head = [0u8; RESPONSE_HEADER_LEN];
+    stream.read_exact(&mut head).await.map_err(|e| broken(&e))?;
+    let header = ResponseHeader::decode(&head).map_err(|e| broken(&e))?;
+    if header.kind == FrameKind::End {
+        return Ok(());
+    }
+    // An error message is short; more is not read.
+    let mut message = vec![0u8; (header.length as usize).min(64 << 10)];
+    stream
+        .read_exact(&mut message)
+        .await
+        .map_err(|e| broken(&e))?;
+    let code = weir_proto::v1::ErrorCode::try_from(i32::from(header.error_code))
+        .unwrap_or(weir_proto::v1::ErrorCode::Internal);
+    Err(ClientError::refused(
+        code,
+        String::from_utf8_lossy(&message),
+    ))
 }
 
 /// The host part of a broker address (no brackets for IPv6).
@@ -104,8 +203,8 @@ fn endpoint(addr: &str, options: &ConnectOptions) -> Result<Endpoint, ClientErro
         .keep_alive_timeout(KEEP_ALIVE_TIMEOUT))
 }
 
-fn stub(channel: Channel) -> WeirClient<Channel> {
-    WeirClient::new(channel)
+fn stub(channel: Channel, bearer: Bearer) -> Grpc {
+    WeirClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }

@@ -36,7 +36,10 @@ pub fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::InvalidName
         | ErrorCode::InvalidRequest
         | ErrorCode::InvalidReplicationFactor => Code::InvalidArgument,
-        ErrorCode::TopicExists => Code::AlreadyExists,
+        ErrorCode::TopicExists | ErrorCode::UserExists => Code::AlreadyExists,
+        ErrorCode::UnknownUser => Code::NotFound,
+        ErrorCode::Unauthenticated => Code::Unauthenticated,
+        ErrorCode::PermissionDenied => Code::PermissionDenied,
         ErrorCode::DiskFull | ErrorCode::Throttled => Code::ResourceExhausted,
         ErrorCode::StorageFailed
         | ErrorCode::ShuttingDown
@@ -190,7 +193,7 @@ mod tests {
         let codes: Vec<ErrorCode> = (1..100)
             .filter_map(|n| ErrorCode::try_from(n).ok())
             .collect();
-        assert_eq!(codes.len(), 33, "a new reason: check its gRPC code");
+        assert_eq!(codes.len(), 37, "a new reason: check its gRPC code");
         for code in codes {
             let status = to_status(&error(code, "m"));
             let details = tonic_types::Status::decode(status.details()).unwrap();

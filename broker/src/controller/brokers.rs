@@ -99,6 +99,21 @@ impl Controller {
             brokers: brokers.into_values().collect(),
             topics,
             deleted_topic_ids: inner.state.deleted_topic_ids.clone(),
+            users: inner
+                .state
+                .users
+                .values()
+                .map(|u| weir_proto::v1::UserCredential {
+                    name: u.name.clone(),
+                    token_hash: u.token_hash.clone(),
+                })
+                .collect(),
+            acls: inner
+                .state
+                .acls
+                .iter()
+                .map(crate::security::wire::entry_to_wire)
+                .collect(),
         }
     }
 

@@ -15,6 +15,11 @@ use weir_proto::status;
 use weir_proto::v1::controller_client::ControllerClient;
 use weir_proto::v1::weir_client::WeirClient;
 use weir_proto::v1::{
+    AclFilter, CreateAclsRequest, CreateAclsResponse, CreateUserRequest, CreateUserResponse,
+    DeleteUserRequest, DeleteUserResponse, DescribeAclsResponse, ListUsersRequest,
+    ListUsersResponse,
+};
+use weir_proto::v1::{
     AlterPartitionReassignmentsRequest, AlterPartitionRequest, AlterPartitionResponse,
     BrokerHeartbeatRequest, BrokerHeartbeatResponse, CommitOffsetsRequest, CommitOffsetsResponse,
     ControlledShutdownRequest, ControlledShutdownResponse, CreateTopicRequest, DeleteTopicRequest,
@@ -41,6 +46,8 @@ pub enum ControllerLink {
 #[derive(Clone)]
 pub struct RemoteController {
     address: String,
+    /// The broker token, sent as `authorization: Bearer` on every call.
+    token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     weir: WeirClient<Channel>,
     control: ControllerClient<Channel>,
 }
@@ -48,7 +55,14 @@ pub struct RemoteController {
 impl RemoteController {
     /// A link to the controller at `address` (`HOST:PORT`). Connects lazily: the controller
     /// may start after this node.
-    pub fn new(address: &str) -> Result<Self, String> {
+    pub fn new(address: &str, token: Option<String>) -> Result<Self, String> {
+        let token = token
+            .map(|t| {
+                format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| "the broker token is not printable ASCII".to_owned())
+            })
+            .transpose()?;
         let uri = if address.contains("://") {
             address.to_owned()
         } else {
@@ -63,9 +77,21 @@ impl RemoteController {
             .connect_lazy();
         Ok(RemoteController {
             address: address.to_owned(),
+            token,
             weir: WeirClient::new(channel.clone()),
             control: ControllerClient::new(channel),
         })
+    }
+
+    /// `message` as a request carrying the broker token.
+    fn request<M>(&self, message: M) -> tonic::Request<M> {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = &self.token {
+            request
+                .metadata_mut()
+                .insert(crate::security::guard::AUTHORIZATION, token.clone());
+        }
+        request
     }
 
     async fn call<T>(
@@ -102,7 +128,7 @@ macro_rules! forward {
         pub async fn $name(&self, req: $req) -> Result<$resp, Error> {
             match self {
                 ControllerLink::Local(c) => c.$name(req).await,
-                ControllerLink::Remote(r) => r.call(CALL_TIMEOUT, r.weir.clone().$name(req)).await,
+                ControllerLink::Remote(r) => r.call(CALL_TIMEOUT, r.weir.clone().$name(r.request(req))).await,
             }
         }
     };
@@ -120,6 +146,12 @@ impl ControllerLink {
     forward!(fetch_offsets(FetchOffsetsRequest) -> FetchOffsetsResponse);
     forward!(list_groups(ListGroupsRequest) -> ListGroupsResponse);
     forward!(describe_group(DescribeGroupRequest) -> GroupDescription);
+    forward!(create_user(CreateUserRequest) -> CreateUserResponse);
+    forward!(delete_user(DeleteUserRequest) -> DeleteUserResponse);
+    forward!(list_users(ListUsersRequest) -> ListUsersResponse);
+    forward!(create_acls(CreateAclsRequest) -> CreateAclsResponse);
+    forward!(describe_acls(AclFilter) -> DescribeAclsResponse);
+    forward!(delete_acls(AclFilter) -> DescribeAclsResponse);
 
     pub async fn register_broker(
         &self,
@@ -128,8 +160,11 @@ impl ControllerLink {
         match self {
             ControllerLink::Local(c) => c.register_broker(req).await,
             ControllerLink::Remote(r) => {
-                r.call(CALL_TIMEOUT, r.control.clone().register_broker(req))
-                    .await
+                r.call(
+                    CALL_TIMEOUT,
+                    r.control.clone().register_broker(r.request(req)),
+                )
+                .await
             }
         }
     }
@@ -141,8 +176,11 @@ impl ControllerLink {
         match self {
             ControllerLink::Local(c) => c.alter_partition(req).await,
             ControllerLink::Remote(r) => {
-                r.call(CALL_TIMEOUT, r.control.clone().alter_partition(req))
-                    .await
+                r.call(
+                    CALL_TIMEOUT,
+                    r.control.clone().alter_partition(r.request(req)),
+                )
+                .await
             }
         }
     }
@@ -154,8 +192,11 @@ impl ControllerLink {
         match self {
             ControllerLink::Local(c) => c.controlled_shutdown(req).await,
             ControllerLink::Remote(r) => {
-                r.call(CALL_TIMEOUT, r.control.clone().controlled_shutdown(req))
-                    .await
+                r.call(
+                    CALL_TIMEOUT,
+                    r.control.clone().controlled_shutdown(r.request(req)),
+                )
+                .await
             }
         }
     }
@@ -168,7 +209,7 @@ impl ControllerLink {
             ControllerLink::Local(c) => c.broker_heartbeat(req).await,
             ControllerLink::Remote(r) => {
                 let timeout = Duration::from_millis(u64::from(req.wait_ms)) + ACK_WAIT;
-                r.call(timeout, r.control.clone().broker_heartbeat(req))
+                r.call(timeout, r.control.clone().broker_heartbeat(r.request(req)))
                     .await
             }
         }
@@ -181,8 +222,11 @@ impl ControllerLink {
         match self {
             ControllerLink::Local(c) => c.resign_leadership(req).await,
             ControllerLink::Remote(r) => {
-                r.call(CALL_TIMEOUT, r.control.clone().resign_leadership(req))
-                    .await
+                r.call(
+                    CALL_TIMEOUT,
+                    r.control.clone().resign_leadership(r.request(req)),
+                )
+                .await
             }
         }
     }

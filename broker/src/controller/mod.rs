@@ -13,6 +13,7 @@
 //! - `topics`: create and delete, placement, and the wait for brokers to acknowledge.
 //! - `groups`: join, heartbeat, leave, assignment (through [`handover`]), list and describe.
 //! - `offsets`: commit, reset and fetch committed offsets.
+//! - `security`: users (token hashes) and ACL entries, and the bootstrap user.
 //! - `reassignment`: moving partitions between brokers (rule 10), and the periodic balancing
 //!   of leaderships: completed moves, leaderless partitions, preferred leaders.
 //!
@@ -64,6 +65,7 @@ pub mod placement;
 mod reassignment;
 #[cfg(test)]
 mod replication_tests;
+mod security;
 pub mod state;
 mod topics;
 

@@ -211,7 +211,7 @@ impl Controller {
     }
 
     /// Waits (up to [`ACK_WAIT`]) until every live broker holds `version` or newer.
-    async fn wait_for_acks(&self, version: u64) {
+    pub(super) async fn wait_for_acks(&self, version: u64) {
         let deadline = tokio::time::Instant::now() + ACK_WAIT;
         loop {
             let notified = self.acked.notified();

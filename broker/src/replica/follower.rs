@@ -110,6 +110,23 @@ async fn rounds(
     let mut stream = TcpStream::connect(address).await?;
     stream.set_nodelay(true)?;
     let config = manager.config();
+    if let Some(token) = &config.token {
+        // The broker token first: a leader whose data port requires one refuses the replica
+        // fetch of a connection without it.
+        let hello = weir_proto::data_port::authenticate::Authenticate {
+            token: token.clone(),
+        };
+        stream.write_all(&hello.encode()).await?;
+        let (header, payload) = read_frame(&mut stream).await?;
+        if header.kind != FrameKind::End {
+            let code =
+                ErrorCode::try_from(i32::from(header.error_code)).unwrap_or(ErrorCode::Internal);
+            return Err(FollowError::Refused {
+                code,
+                message: String::from_utf8_lossy(&payload).into_owned(),
+            });
+        }
+    }
     // The leader answers every fetch within its max wait. A connection silent for longer is
     // dead even if it looks open (a partition that swallowed the request or the answer, a
     // leader host gone without a reset): waiting on it would leave this follower stuck, out of

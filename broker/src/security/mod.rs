@@ -6,6 +6,15 @@
 //! authorize an operation). The transport fills in a [`PeerIdentity`] once per connection; every
 //! gRPC request carries it in its extensions and every data-port connection holds it.
 
+pub mod acl;
+pub mod authn;
+pub mod authorizer;
+pub mod config;
+pub mod guard;
+pub mod principal;
+pub mod tokens;
+pub mod wire;
+
 use std::net::SocketAddr;
 
 /// What the transport knows of a connection's peer, fixed when the connection is accepted.

@@ -383,7 +383,12 @@ pub async fn run_sync(
             Err(error) => {
                 failures += 1;
                 view.controller_reachable.store(false, Ordering::Relaxed);
-                if failures == 1 {
+                let refused = [ErrorCode::Unauthenticated, ErrorCode::PermissionDenied]
+                    .map(|c| c as i32)
+                    .contains(&error.code);
+                if failures == 1 && refused {
+                    warn!(error = %error.message, "the controller refused this node's credentials: set security.broker_token (WEIR_BROKER_TOKEN) to a super user's token; serving the partitions held here meanwhile");
+                } else if failures == 1 {
                     warn!(error = %error.message, "cannot reach the controller; serving the partitions held here meanwhile");
                 }
                 if error.code == ErrorCode::UnknownMember as i32 {

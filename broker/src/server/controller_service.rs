@@ -11,11 +11,37 @@ use weir_proto::v1::{
     ControlledShutdownRequest, ControlledShutdownResponse, RegisterBrokerRequest,
 };
 
+use super::BrokerState;
 use crate::controller::Controller;
+use crate::security::PeerIdentity;
+use crate::security::guard::{Door, bearer};
 use crate::wire::errors::to_status;
 
 pub struct ControllerService {
     pub controller: Arc<Controller>,
+    /// The node's state, for its guard and its copy of the users and ACLs.
+    pub state: Arc<BrokerState>,
+}
+
+impl ControllerService {
+    /// The one check every call makes first: its principal (the broker token's user, under the
+    /// internal listener's mode) may alter the cluster (Kafka's ClusterAction).
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let guard = &self.state.security;
+        let policy = guard.policy(&self.state.cluster.current());
+        let peer = request
+            .extensions()
+            .get::<PeerIdentity>()
+            .cloned()
+            .unwrap_or_default();
+        let token = bearer(request.metadata()).map_err(to_status)?;
+        let principal = guard
+            .authenticate(&policy, Door::Internal, &peer, token)
+            .map_err(to_status)?;
+        guard
+            .authorize_cluster_action(&policy, Door::Internal, &principal)
+            .map_err(to_status)
+    }
 }
 
 #[tonic::async_trait]
@@ -24,6 +50,7 @@ impl ControllerRpc for ControllerService {
         &self,
         request: Request<RegisterBrokerRequest>,
     ) -> Result<Response<BrokerHeartbeatResponse>, Status> {
+        self.authorize(&request)?;
         let answer = self.controller.register_broker(request.into_inner()).await;
         answer.map(Response::new).map_err(to_status)
     }
@@ -32,6 +59,7 @@ impl ControllerRpc for ControllerService {
         &self,
         request: Request<BrokerHeartbeatRequest>,
     ) -> Result<Response<BrokerHeartbeatResponse>, Status> {
+        self.authorize(&request)?;
         let answer = self.controller.broker_heartbeat(request.into_inner()).await;
         answer.map(Response::new).map_err(to_status)
     }
@@ -40,6 +68,7 @@ impl ControllerRpc for ControllerService {
         &self,
         request: Request<AlterPartitionRequest>,
     ) -> Result<Response<AlterPartitionResponse>, Status> {
+        self.authorize(&request)?;
         let answer = self.controller.alter_partition(request.into_inner()).await;
         answer.map(Response::new).map_err(to_status)
     }
@@ -48,6 +77,7 @@ impl ControllerRpc for ControllerService {
         &self,
         request: Request<ControlledShutdownRequest>,
     ) -> Result<Response<ControlledShutdownResponse>, Status> {
+        self.authorize(&request)?;
         let answer = self
             .controller
             .controlled_shutdown(request.into_inner())
@@ -59,6 +89,7 @@ impl ControllerRpc for ControllerService {
         &self,
         request: Request<weir_proto::v1::ResignLeadershipRequest>,
     ) -> Result<Response<weir_proto::v1::ResignLeadershipResponse>, Status> {
+        self.authorize(&request)?;
         let answer = self
             .controller
             .resign_leadership(request.into_inner())

@@ -38,6 +38,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
+use weir_proto::data_port::authenticate::{Authenticate, FLAG_AUTHENTICATE};
 use weir_proto::data_port::produce::FLAG_PRODUCE;
 use weir_proto::data_port::{
     EPOCH_PAYLOAD_LEN, EpochEntry, FetchFrame, FrameKind, RESPONSE_FLAG_SYNC_WANTED, ReplicaFetch,
@@ -48,6 +49,9 @@ use weir_proto::v1::{Error, ErrorCode};
 use super::BrokerState;
 use super::fetch::{FetchEvent, FetchParams, FetchSession, Marks, Reader, Transport, check_start};
 use crate::replica::leader::{self, ReplicaFetchAnswer};
+use crate::security::PeerIdentity;
+use crate::security::acl::{Operation, Resource};
+use crate::security::guard::{Credentials, Door};
 use crate::wire::errors::{invalid_request, storage_error};
 
 /// How long a client may take to send a request body once its length arrived.
@@ -84,6 +88,18 @@ pub async fn serve(listener: TcpListener, state: Arc<BrokerState>) {
 async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<BrokerState>) {
     let _open = crate::metrics::Open::new(&state.metrics.data_port_connections);
     let mut shutdown = state.shutdown_signal();
+    let identity = PeerIdentity {
+        remote_addr: Some(peer),
+        certificate_principal: None,
+    };
+    // The token of an Authenticate request (see `authenticate`), checked again for every
+    // request (a revoked token stops working on an open connection); until then, the
+    // connection is whoever its transport says (anonymous, or its certificate's user).
+    let mut credentials = Credentials {
+        door: Door::DataPort,
+        peer: identity.clone(),
+        token: None,
+    };
     loop {
         let mut len = [0u8; 4];
         let read = tokio::select! {
@@ -125,15 +141,64 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<BrokerSt
             }
             Err(_) => return,
         }
+        if first[1] == FLAG_AUTHENTICATE {
+            match authenticate(&mut stream, &state, &identity, len, first).await {
+                Ok(token) => {
+                    credentials.token = Some(token);
+                    continue;
+                }
+                Err(Some(error)) => return send_error(&mut stream, error).await,
+                Err(None) => return,
+            }
+        }
+        // Every request is someone's: the authenticated user, or whom the transport names
+        // (UNAUTHENTICATED where the listener requires more).
+        let guard = &state.security;
+        let policy = guard.policy(&state.cluster.current());
+        let token = credentials.token.as_deref();
+        if let Err(e) = guard.authenticate(&policy, Door::DataPort, &identity, token) {
+            return send_error(&mut stream, e).await;
+        }
         if first[1] & FLAG_PRODUCE != 0 {
-            // A produce connection from here on (see `data_port_produce`).
-            return super::data_port_produce::serve(stream, peer, state, len, first).await;
+            // A produce connection from here on (see `data_port_produce`); every request is
+            // checked (the token, write on its topic) by the produce path.
+            let credentials = credentials.clone();
+            return super::data_port_produce::serve(stream, peer, state, credentials, len, first)
+                .await;
         }
         let frame = match read_request(&mut stream, len, first).await {
             Ok(frame) => frame,
             Err(Some(error)) => return send_error(&mut stream, error).await,
             Err(None) => return,
         };
+        // Read on the topic; a follower's replica fetch is the cluster's (Kafka's
+        // ClusterAction). Refused with an Error frame and no data.
+        let allowed = match frame.replica {
+            None => state
+                .security
+                .check(
+                    &state.cluster.current(),
+                    &credentials,
+                    Operation::Read,
+                    Resource::Topic(&frame.topic),
+                )
+                .map(drop),
+            Some(_) => {
+                let guard = &state.security;
+                let policy = guard.policy(&state.cluster.current());
+                guard
+                    .authenticate(
+                        &policy,
+                        Door::DataPort,
+                        &identity,
+                        credentials.token.as_deref(),
+                    )
+                    .and_then(|who| guard.authorize_cluster_action(&policy, Door::DataPort, &who))
+            }
+        };
+        if let Err(e) = allowed {
+            return send_error(&mut stream, e).await;
+        }
         match serve_fetch(&mut stream, &state, frame).await {
             Ok(true) => continue,
             Ok(false) => return,
@@ -143,6 +208,46 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<BrokerSt
             }
         }
     }
+}
+
+/// Reads an Authenticate request whose first two bytes were read and checks its token; the
+/// answer to a good one (an `End` frame) is sent here. A length over the request's limit is
+/// refused before any of its body is read. `Err(None)` when the client went away or stalled.
+async fn authenticate(
+    stream: &mut TcpStream,
+    state: &BrokerState,
+    identity: &PeerIdentity,
+    body_len: u32,
+    first: [u8; 2],
+) -> Result<String, Option<Error>> {
+    let len = Authenticate::check_len(body_len).map_err(|e| {
+        Some(weir_proto::status::error(
+            ErrorCode::Unauthenticated,
+            format!("Authenticate request refused: {e}"),
+        ))
+    })?;
+    let mut body = vec![0u8; len];
+    body[..2].copy_from_slice(&first);
+    match tokio::time::timeout(REQUEST_TIMEOUT, stream.read_exact(&mut body[2..])).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) | Err(_) => return Err(None),
+    }
+    let request = Authenticate::decode(&body).map_err(|e| Some(invalid_request(e.to_string())))?;
+    let guard = &state.security;
+    let policy = guard.policy(&state.cluster.current());
+    guard
+        .authenticate(&policy, Door::DataPort, identity, Some(&request.token))
+        .map_err(Some)?;
+    let none = Marks {
+        high_watermark: 0,
+        log_start_offset: 0,
+        next_offset: 0,
+    };
+    let done = frame_header(FrameKind::End, 0, none);
+    if stream.write_all(&done.encode()).await.is_err() {
+        return Err(None);
+    }
+    Ok(request.token)
 }
 
 /// Reads and decodes a fetch request body whose first two bytes (`first`: version and flags)

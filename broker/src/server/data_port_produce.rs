@@ -53,6 +53,7 @@ pub(super) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     state: Arc<BrokerState>,
+    credentials: crate::security::guard::Credentials,
     first_len: u32,
     first_bytes: [u8; 2],
 ) {
@@ -110,6 +111,7 @@ pub(super) async fn serve(
     });
     super::produce::produce_stream(
         Arc::clone(&state),
+        credentials,
         Some(peer),
         ReceiverStream::new(incoming),
         answers,

@@ -100,6 +100,8 @@ pub struct BrokerState {
     pub metrics: Metrics,
     /// What this start's open of the data dir found.
     pub recovery: Recovery,
+    /// Authentication and authorization (see [`crate::security::guard`]).
+    pub security: Arc<crate::security::guard::Guard>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -224,6 +226,29 @@ async fn bind(
     let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
     let local = listener.local_addr().map_err(bind_error)?;
     Ok((listener, local))
+}
+
+/// The bootstrap credential (`security.bootstrap_user`, `security.bootstrap_token`; see
+/// [`crate::security::config`]).
+async fn bootstrap(
+    controller: &Arc<Controller>,
+    security: &crate::security::config::SecurityConfig,
+) -> Result<(), ServerError> {
+    let refused = |e: Error| ServerError::Internal(e.message);
+    if let Some(token) = &security.bootstrap_token
+        && !token.is_empty()
+        && controller.bootstrap_token(token).await.map_err(refused)?
+    {
+        info!("bootstrap user created from the bootstrap token");
+    }
+    if let Some(name) = &security.bootstrap_user
+        && !name.is_empty()
+        && let Some(token) = controller.bootstrap_user(name).await.map_err(refused)?
+    {
+        info!(user = %name, "bootstrap user created; its token is printed once on stderr");
+        eprintln!("weir: bootstrap user {name:?} created; its token (shown only now): {token}");
+    }
+    Ok(())
 }
 
 /// A broker with its data dir open and its port bound, not yet serving.
@@ -359,6 +384,7 @@ impl Broker {
                             ServerError::Internal(format!("opening the controller panicked: {e}"))
                         })?
                         .map_err(ServerError::Controller)?;
+                bootstrap(&controller, &config.security).await?;
                 Some(controller)
             }
             Role::Broker => None,
@@ -366,7 +392,8 @@ impl Broker {
         let link = match (&local_controller, &config.controller) {
             (Some(c), _) => ControllerLink::Local(Arc::clone(c)),
             (None, Some(addr)) => ControllerLink::Remote(Box::new(
-                RemoteController::new(addr).map_err(ConfigError::Invalid)?,
+                RemoteController::new(addr, config.security.broker_token.clone())
+                    .map_err(ConfigError::Invalid)?,
             )),
             (None, None) => {
                 return Err(ConfigError::Invalid("a broker needs --controller".into()).into());
@@ -379,6 +406,7 @@ impl Broker {
             config.node_id,
             ReplicaConfig {
                 lag_time_max: std::time::Duration::from_millis(config.replica_lag_time_max_ms),
+                token: config.security.broker_token.clone(),
                 ..ReplicaConfig::default()
             },
             link.clone(),
@@ -422,6 +450,7 @@ impl Broker {
                 truncated_bytes: report.truncations.iter().map(|t| t.cut_bytes).sum(),
                 truncated_partitions: report.truncations.len() as u64,
             },
+            security: Arc::new(crate::security::guard::Guard::new(config.security.clone())),
             shutdown,
         });
         Ok(Broker {
@@ -469,6 +498,7 @@ impl Broker {
         let controller_service = self.local_controller.as_ref().map(|c| {
             ControllerServer::new(ControllerService {
                 controller: Arc::clone(c),
+                state: Arc::clone(&self.state),
             })
         });
         // Built first: nothing is running yet if one cannot be.

@@ -14,6 +14,8 @@
 //! acks=durable or acks=all only the wait (for the sync, for the replicas) runs concurrently
 //! (that is what lets group commit share one fdatasync among many batches of one stream).
 
+use crate::security::acl::{Operation, Resource};
+use crate::security::guard::Credentials;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -70,7 +72,19 @@ struct Admitted {
 
 /// The checks that need no disk: a known partition led here, a known acks value, a size under
 /// the request limit, and on a replicated partition enough in-sync replicas and a valid lease.
-fn admit(state: &BrokerState, req: &ProduceRequest) -> Result<Admitted, Error> {
+fn admit(
+    state: &BrokerState,
+    credentials: &Credentials,
+    req: &ProduceRequest,
+) -> Result<Admitted, Error> {
+    // First: a request its principal may not make (or whose token was revoked since its
+    // stream or connection opened) is refused before anything else is looked at.
+    state.security.check(
+        &state.cluster.current(),
+        credentials,
+        Operation::Write,
+        Resource::Topic(&req.topic),
+    )?;
     let acks = Acks::try_from(req.acks)
         .map_err(|_| invalid_request(format!("unknown acks value {}", req.acks)))?;
     let led = state.leader_partition(&req.topic, req.partition)?;
@@ -208,13 +222,14 @@ async fn blocking<T: Send + 'static>(
 /// Unary Produce.
 pub async fn produce(
     state: &BrokerState,
+    credentials: &Credentials,
     peer: Option<SocketAddr>,
     req: ProduceRequest,
 ) -> Result<ProduceResponse, Error> {
     if state.is_shutting_down() {
         return Err(shutting_down());
     }
-    let admitted = admit(state, &req)?;
+    let admitted = admit(state, credentials, &req)?;
     let in_flight = state.limits.acquire(peer, req.batch.len()).await;
     let log = Arc::clone(&admitted.partition.log);
     let (batch, conditions) = (req.batch.clone(), conditions(&req));
@@ -255,6 +270,7 @@ pub async fn produce(
 /// client that stops reading its answers blocks only its own stream, never other producers.
 pub async fn produce_stream(
     state: Arc<BrokerState>,
+    credentials: Credentials,
     peer: Option<SocketAddr>,
     mut requests: impl Stream<Item = Result<ProduceRequest, Status>> + Unpin,
     responses: mpsc::Sender<Result<ProduceResponse, Status>>,
@@ -284,7 +300,7 @@ pub async fn produce_stream(
             },
         };
         let id = req.correlation_id;
-        let admitted = match admit(&state, &req) {
+        let admitted = match admit(&state, &credentials, &req) {
             Ok(admitted) => Arc::new(admitted),
             Err(e) => {
                 let _ = responses.send(Ok(error_response(id, e))).await;

@@ -21,7 +21,7 @@ use tonic::server::NamedService;
 use tower_service::Service;
 
 /// The unary methods timed here, with the `rpc` label each gets.
-const TIMED: [(&str, &str); 16] = [
+const TIMED: [(&str, &str); 22] = [
     ("InitProducer", "init_producer"),
     ("ListOffsets", "list_offsets"),
     ("CreateTopic", "create_topic"),
@@ -41,6 +41,12 @@ const TIMED: [(&str, &str); 16] = [
     ("ListGroups", "list_groups"),
     ("DescribeGroup", "describe_group"),
     ("ResetOffsets", "reset_offsets"),
+    ("CreateUser", "create_user"),
+    ("DeleteUser", "delete_user"),
+    ("ListUsers", "list_users"),
+    ("CreateAcls", "create_acls"),
+    ("DescribeAcls", "describe_acls"),
+    ("DeleteAcls", "delete_acls"),
 ];
 
 /// The Weir service with its unary calls timed.

@@ -13,6 +13,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use weir_proto::v1::weir_server::Weir;
 use weir_proto::v1::{
+    AclFilter, CreateAclsRequest, CreateAclsResponse, CreateUserRequest, CreateUserResponse,
+    DeleteUserRequest, DeleteUserResponse, DescribeAclsResponse, ListUsersRequest,
+    ListUsersResponse,
+};
+use weir_proto::v1::{
     AlterPartitionReassignmentsRequest, CommitOffsetsRequest, CommitOffsetsResponse,
     CreateTopicRequest, DeleteTopicRequest, DeleteTopicResponse, DescribeGroupRequest,
     DescribeTopicRequest, FetchOffsetsRequest, FetchOffsetsResponse, FetchRequest, FetchResponse,
@@ -27,6 +32,9 @@ use super::BrokerState;
 use super::listener::Listener;
 use super::{fetch, produce};
 use crate::security::PeerIdentity;
+use crate::security::acl::{Operation, Resource};
+use crate::security::guard::{Credentials, Door, Guard, Policy, bearer};
+use crate::security::principal::Principal;
 use crate::wire::errors::{internal, invalid_request, shutting_down, storage_status, to_status};
 
 /// Responses a stream can have queued before the handler waits for the client to read.
@@ -60,8 +68,10 @@ impl Weir for WeirService {
         &self,
         request: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
+        // The token, and write on the topic: checked by `produce::admit`.
+        let credentials = self.credentials(&request)?;
         let peer = peer(&request);
-        produce::produce(&self.state, peer, request.into_inner())
+        produce::produce(&self.state, &credentials, peer, request.into_inner())
             .await
             .map(Response::new)
             .map_err(to_status)
@@ -69,8 +79,10 @@ impl Weir for WeirService {
 
     async fn init_producer(
         &self,
-        _request: Request<InitProducerRequest>,
+        request: Request<InitProducerRequest>,
     ) -> Result<Response<InitProducerResponse>, Status> {
+        let (policy, principal) = self.caller(&request)?;
+        Guard::may_init_producer(&policy, &principal).map_err(to_status)?;
         let state = Arc::clone(&self.state);
         let producer_id = tokio::task::spawn_blocking(move || state.producer_ids.allocate())
             .await
@@ -88,11 +100,16 @@ impl Weir for WeirService {
         &self,
         request: Request<Streaming<ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        // The token again and write on each request's topic: checked per request by
+        // `produce::admit`. A stream without valid credentials is refused at once.
+        self.caller(&request)?;
+        let credentials = self.credentials(&request)?;
         let peer = peer(&request);
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let state = Arc::clone(&self.state);
         tokio::spawn(produce::produce_stream(
             state,
+            credentials,
             peer,
             request.into_inner(),
             tx,
@@ -106,6 +123,11 @@ impl Weir for WeirService {
         &self,
         request: Request<FetchRequest>,
     ) -> Result<Response<Self::FetchStream>, Status> {
+        self.authorize(
+            &request,
+            Operation::Read,
+            Resource::Topic(&request.get_ref().topic),
+        )?;
         let req = request.into_inner();
         if self.state.is_shutting_down() {
             return Err(to_status(shutting_down()));
@@ -129,6 +151,11 @@ impl Weir for WeirService {
         &self,
         request: Request<ListOffsetsRequest>,
     ) -> Result<Response<ListOffsetsResponse>, Status> {
+        self.authorize(
+            &request,
+            Operation::Describe,
+            Resource::Topic(&request.get_ref().topic),
+        )?;
         let req = request.into_inner();
         let spec = OffsetSpec::try_from(req.spec)
             .map_err(|_| to_status(invalid_request(format!("unknown offset spec {}", req.spec))))?;
@@ -188,6 +215,11 @@ impl Weir for WeirService {
         &self,
         request: Request<CreateTopicRequest>,
     ) -> Result<Response<TopicDescription>, Status> {
+        self.authorize(
+            &request,
+            Operation::Create,
+            Resource::Topic(&request.get_ref().name),
+        )?;
         let req = request.into_inner();
         let created = self
             .state
@@ -202,6 +234,7 @@ impl Weir for WeirService {
         &self,
         request: Request<AlterPartitionReassignmentsRequest>,
     ) -> Result<Response<TopicDescription>, Status> {
+        self.authorize(&request, Operation::Alter, Resource::Cluster)?;
         let changed = self
             .state
             .controller
@@ -215,6 +248,11 @@ impl Weir for WeirService {
         &self,
         request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
+        self.authorize(
+            &request,
+            Operation::Delete,
+            Resource::Topic(&request.get_ref().name),
+        )?;
         reply(
             self.state
                 .controller
@@ -225,8 +263,10 @@ impl Weir for WeirService {
 
     async fn list_topics(
         &self,
-        _request: Request<ListTopicsRequest>,
+        request: Request<ListTopicsRequest>,
     ) -> Result<Response<ListTopicsResponse>, Status> {
+        // Only the topics the caller may describe (Kafka's rule for listings).
+        let (policy, principal) = self.caller(&request)?;
         let topics = self
             .state
             .cluster
@@ -234,6 +274,7 @@ impl Weir for WeirService {
             .topics
             .iter()
             .filter_map(|t| t.description.clone())
+            .filter(|d| may_describe(&policy, &principal, Resource::Topic(&d.name)))
             .map(|mut d| {
                 d.partitions.clear();
                 d
@@ -246,6 +287,11 @@ impl Weir for WeirService {
         &self,
         request: Request<DescribeTopicRequest>,
     ) -> Result<Response<TopicDescription>, Status> {
+        self.authorize(
+            &request,
+            Operation::Describe,
+            Resource::Topic(&request.get_ref().name),
+        )?;
         let name = request.into_inner().name;
         let placed =
             self.state.cluster.topic(&name).ok_or_else(|| {
@@ -259,6 +305,8 @@ impl Weir for WeirService {
         &self,
         request: Request<MetadataRequest>,
     ) -> Result<Response<MetadataResponse>, Status> {
+        // Brokers for everyone authenticated; only the topics the caller may describe.
+        let (policy, principal) = self.caller(&request)?;
         let wanted = request.into_inner().topics;
         let view = &self.state.cluster;
         // One snapshot: brokers and topics of the same metadata version.
@@ -268,6 +316,7 @@ impl Weir for WeirService {
             .iter()
             .filter_map(|t| t.description.clone())
             .filter(|d| wanted.is_empty() || wanted.contains(&d.name))
+            .filter(|d| may_describe(&policy, &principal, Resource::Topic(&d.name)))
             .map(|d| self.listener.present_topic(d, &current.brokers))
             .collect();
         Ok(Response::new(MetadataResponse {
@@ -287,6 +336,11 @@ impl Weir for WeirService {
         &self,
         request: Request<JoinGroupRequest>,
     ) -> Result<Response<GroupAssignment>, Status> {
+        self.authorize(
+            &request,
+            Operation::Read,
+            Resource::Group(&request.get_ref().group),
+        )?;
         reply(self.state.controller.join_group(request.into_inner()).await)
     }
 
@@ -294,6 +348,11 @@ impl Weir for WeirService {
         &self,
         request: Request<GroupHeartbeatRequest>,
     ) -> Result<Response<GroupAssignment>, Status> {
+        self.authorize(
+            &request,
+            Operation::Read,
+            Resource::Group(&request.get_ref().group),
+        )?;
         reply(
             self.state
                 .controller
@@ -306,6 +365,11 @@ impl Weir for WeirService {
         &self,
         request: Request<LeaveGroupRequest>,
     ) -> Result<Response<LeaveGroupResponse>, Status> {
+        self.authorize(
+            &request,
+            Operation::Read,
+            Resource::Group(&request.get_ref().group),
+        )?;
         reply(
             self.state
                 .controller
@@ -318,6 +382,16 @@ impl Weir for WeirService {
         &self,
         request: Request<CommitOffsetsRequest>,
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
+        // Read on the group and on every topic it commits for.
+        let (policy, principal) = self.authorize(
+            &request,
+            Operation::Read,
+            Resource::Group(&request.get_ref().group),
+        )?;
+        for topic in request.get_ref().offsets.iter().map(|o| &o.topic) {
+            Guard::authorize(&policy, &principal, Operation::Read, Resource::Topic(topic))
+                .map_err(to_status)?;
+        }
         reply(
             self.state
                 .controller
@@ -330,6 +404,11 @@ impl Weir for WeirService {
         &self,
         request: Request<FetchOffsetsRequest>,
     ) -> Result<Response<FetchOffsetsResponse>, Status> {
+        self.authorize(
+            &request,
+            Operation::Describe,
+            Resource::Group(&request.get_ref().group),
+        )?;
         reply(
             self.state
                 .controller
@@ -342,18 +421,29 @@ impl Weir for WeirService {
         &self,
         request: Request<ListGroupsRequest>,
     ) -> Result<Response<ListGroupsResponse>, Status> {
-        reply(
-            self.state
-                .controller
-                .list_groups(request.into_inner())
-                .await,
-        )
+        // Only the groups the caller may describe.
+        let (policy, principal) = self.caller(&request)?;
+        let mut answer = self
+            .state
+            .controller
+            .list_groups(request.into_inner())
+            .await
+            .map_err(to_status)?;
+        answer
+            .groups
+            .retain(|g| may_describe(&policy, &principal, Resource::Group(&g.group)));
+        Ok(Response::new(answer))
     }
 
     async fn describe_group(
         &self,
         request: Request<DescribeGroupRequest>,
     ) -> Result<Response<GroupDescription>, Status> {
+        self.authorize(
+            &request,
+            Operation::Describe,
+            Resource::Group(&request.get_ref().group),
+        )?;
         reply(
             self.state
                 .controller
@@ -366,6 +456,16 @@ impl Weir for WeirService {
         &self,
         request: Request<ResetOffsetsRequest>,
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
+        // Read on the group and on every topic it commits for.
+        let (policy, principal) = self.authorize(
+            &request,
+            Operation::Read,
+            Resource::Group(&request.get_ref().group),
+        )?;
+        for topic in request.get_ref().offsets.iter().map(|o| &o.topic) {
+            Guard::authorize(&policy, &principal, Operation::Read, Resource::Topic(topic))
+                .map_err(to_status)?;
+        }
         reply(
             self.state
                 .controller
@@ -373,9 +473,131 @@ impl Weir for WeirService {
                 .await,
         )
     }
+
+    async fn create_user(
+        &self,
+        request: Request<CreateUserRequest>,
+    ) -> Result<Response<CreateUserResponse>, Status> {
+        self.authorize(&request, Operation::Alter, Resource::Cluster)?;
+        reply(
+            self.state
+                .controller
+                .create_user(request.into_inner())
+                .await,
+        )
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<DeleteUserRequest>,
+    ) -> Result<Response<DeleteUserResponse>, Status> {
+        self.authorize(&request, Operation::Alter, Resource::Cluster)?;
+        reply(
+            self.state
+                .controller
+                .delete_user(request.into_inner())
+                .await,
+        )
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<ListUsersRequest>,
+    ) -> Result<Response<ListUsersResponse>, Status> {
+        self.authorize(&request, Operation::Describe, Resource::Cluster)?;
+        reply(self.state.controller.list_users(request.into_inner()).await)
+    }
+
+    async fn create_acls(
+        &self,
+        request: Request<CreateAclsRequest>,
+    ) -> Result<Response<CreateAclsResponse>, Status> {
+        self.authorize(&request, Operation::Alter, Resource::Cluster)?;
+        reply(
+            self.state
+                .controller
+                .create_acls(request.into_inner())
+                .await,
+        )
+    }
+
+    async fn describe_acls(
+        &self,
+        request: Request<AclFilter>,
+    ) -> Result<Response<DescribeAclsResponse>, Status> {
+        self.authorize(&request, Operation::Describe, Resource::Cluster)?;
+        reply(
+            self.state
+                .controller
+                .describe_acls(request.into_inner())
+                .await,
+        )
+    }
+
+    async fn delete_acls(
+        &self,
+        request: Request<AclFilter>,
+    ) -> Result<Response<DescribeAclsResponse>, Status> {
+        self.authorize(&request, Operation::Alter, Resource::Cluster)?;
+        reply(
+            self.state
+                .controller
+                .delete_acls(request.into_inner())
+                .await,
+        )
+    }
 }
 
 impl WeirService {
+    /// Who made `request`: its bearer token or client certificate, under this listener's
+    /// authentication mode, against this node's copy of the users (UNAUTHENTICATED
+    /// otherwise). With the policy it was decided under.
+    fn caller<T>(&self, request: &Request<T>) -> Result<(Arc<Policy>, Principal), Status> {
+        let guard = &self.state.security;
+        let policy = guard.policy(&self.state.cluster.current());
+        let credentials = self.credentials(request)?;
+        let principal = guard
+            .authenticate(
+                &policy,
+                credentials.door,
+                &credentials.peer,
+                credentials.token.as_deref(),
+            )
+            .map_err(to_status)?;
+        Ok((policy, principal))
+    }
+
+    /// What `request` presented (its bearer token, its connection), to check again for each
+    /// request of a stream.
+    fn credentials<T>(&self, request: &Request<T>) -> Result<Credentials, Status> {
+        Ok(Credentials {
+            door: match self.listener {
+                Listener::Internal => Door::Internal,
+                Listener::External => Door::External,
+            },
+            peer: request
+                .extensions()
+                .get::<PeerIdentity>()
+                .cloned()
+                .unwrap_or_default(),
+            token: bearer(request.metadata())
+                .map_err(to_status)?
+                .map(str::to_owned),
+        })
+    }
+
+    /// The one check every handler makes first: `request`'s principal ([`Self::caller`]) may
+    /// do `operation` on `resource` (PERMISSION_DENIED otherwise, before anything is done).
+    fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        operation: Operation,
+        resource: Resource<'_>,
+    ) -> Result<(Arc<Policy>, Principal), Status> {
+        let (policy, principal) = self.caller(request)?;
+        Guard::authorize(&policy, &principal, operation, resource).map_err(to_status)?;
+        Ok((policy, principal))
+    }
     /// `description` (the controller's: leaders, no offsets) with its leaders' addresses as
     /// this listener's clients dial them, and this node's own partitions' offsets and sizes.
     fn describe(&self, description: TopicDescription) -> TopicDescription {
@@ -400,4 +622,9 @@ impl WeirService {
         }
         description
     }
+}
+
+/// Whether a listing shows `resource` to `principal`.
+fn may_describe(policy: &Policy, principal: &Principal, resource: Resource<'_>) -> bool {
+    Guard::authorize(policy, principal, Operation::Describe, resource).is_ok()
 }

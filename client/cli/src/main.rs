@@ -11,7 +11,12 @@
 //! weir tail TOPIC
 //! weir cluster
 //! weir health [--metrics HOST:PORT] [--live]
+//! weir user create NAME | list | delete NAME
+//! weir acl add --principal User:NAME --operation OP (--topic T | --group G | --cluster) [--prefix] [--deny]
+//! weir acl list [filters] | remove [filters | --all]
 //! ```
+//!
+//! A broker that requires authentication gets the token from `--token`, else `WEIR_TOKEN`.
 //!
 //! The broker address comes from `--broker HOST:PORT`, else `WEIR_BROKER`, else
 //! `127.0.0.1:7070` (`weir health` asks the node's metrics listener instead: `--metrics`, else
@@ -25,6 +30,7 @@ mod format;
 mod group;
 mod health;
 mod produce;
+mod security;
 mod time;
 mod topic;
 
@@ -51,6 +57,16 @@ struct Cli {
     )]
     broker: String,
 
+    /// The user's token (from `weir user create`), for brokers that require authentication
+    #[arg(
+        long,
+        global = true,
+        env = "WEIR_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -73,6 +89,12 @@ enum Command {
     Cluster,
     /// Ask a node's metrics listener whether it is ready (GET /readyz): exit 0 if so
     Health(health::HealthArgs),
+    /// Create, list and delete users (each has a token)
+    #[command(subcommand)]
+    User(security::UserCommand),
+    /// Add, list and remove ACL entries
+    #[command(subcommand)]
+    Acl(security::AclCommand),
 }
 
 /// The exit status of a command stopped by Ctrl-C: 128 + SIGINT, as shells report it.
@@ -92,6 +114,8 @@ fn main() -> ExitCode {
         }
     };
     let broker = cli.broker.clone();
+    // Every connection of this process presents it (see `connect`).
+    let _ = TOKEN.set(cli.token.clone());
     let result = runtime.block_on(run(cli));
     // Background work (a stdin reader, fetch tasks) must not hold the exit up.
     runtime.shutdown_background();
@@ -113,6 +137,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tail(args) => consume::tail(&cli.broker, args).await,
         Command::Cluster => cluster::run(&cli.broker).await,
         Command::Health(args) => health::run(args),
+        Command::User(command) => security::user(&cli.broker, command).await,
+        Command::Acl(command) => security::acl(&cli.broker, command).await,
     }
 }
 
@@ -128,9 +154,16 @@ fn init_logging() {
         .init();
 }
 
-/// Connects to the broker (errors are explained by [`explain`]).
+/// The `--token` of this run (set once in `main`).
+static TOKEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// Connects to the broker with the `--token`, if any (errors are explained by [`explain`]).
 async fn connect(broker: &str) -> Result<Client, ClientError> {
-    Client::connect(broker).await
+    let options = weir_client::ConnectOptions {
+        token: TOKEN.get().cloned().flatten(),
+        ..Default::default()
+    };
+    Client::connect_with(broker, options).await
 }
 
 /// Describes `topic`, refusing with a message that says what to do if it does not exist or has
@@ -177,6 +210,14 @@ fn explain(error: &anyhow::Error, broker: &str) -> String {
         .chain()
         .find_map(|cause| cause.downcast_ref::<ClientError>());
     match client_error {
+        Some(e) if e.code() == Some(ErrorCode::Unauthenticated) => format!(
+            "{message}\nThe broker requires a valid token: pass --token TOKEN or set WEIR_TOKEN \
+             (an administrator creates one with `weir user create NAME`)."
+        ),
+        Some(e) if e.code() == Some(ErrorCode::PermissionDenied) => format!(
+            "{message}\nAsk an administrator for the ACL (`weir acl add ...`), or use another \
+             user's token."
+        ),
         Some(ClientError::Connect { .. } | ClientError::InvalidAddress { .. }) => {
             format!("{message} Set --broker or WEIR_BROKER to use another address.")
         }

@@ -8,13 +8,13 @@
 mod cluster;
 mod group;
 mod new_topic;
+mod security;
 mod topic;
 
 use std::collections::BTreeMap;
 
-use tonic::transport::Channel;
 use weir_proto::topic::validate_topic_name;
-use weir_proto::v1::{self, weir_client::WeirClient};
+use weir_proto::v1;
 
 use std::sync::Arc;
 
@@ -28,6 +28,7 @@ pub use group::{
     PartitionLag, ResetTo,
 };
 pub use new_topic::NewTopic;
+pub use security::{Acl, AclFilter, AclOperation, AclResource, NewUser, UserSummary};
 pub use topic::{FlushPolicy, PartitionDescription, Placement, TopicConfig, TopicDescription};
 
 /// Which offset [`Admin::list_offsets`] looks up in each partition.
@@ -62,7 +63,7 @@ impl OffsetSpec {
 /// Topic administration. Cheap to clone; made by [`Client::admin`](crate::Client::admin).
 #[derive(Debug, Clone)]
 pub struct Admin {
-    grpc: WeirClient<Channel>,
+    grpc: crate::connection::Grpc,
     cluster: Arc<Cluster>,
 }
 

@@ -32,10 +32,17 @@ pub(crate) struct DataPortFetch {
 
 impl DataPortFetch {
     /// Connects to `addr` and sends the fetch.
-    pub async fn open(addr: &str, request: &FetchRequest) -> Result<Self, ClientError> {
+    pub async fn open(
+        addr: &str,
+        token: Option<&str>,
+        request: &FetchRequest,
+    ) -> Result<Self, ClientError> {
         let broken = |e: std::io::Error| unavailable(addr, &e);
         let mut stream = TcpStream::connect(addr).await.map_err(broken)?;
         stream.set_nodelay(true).map_err(broken)?;
+        if let Some(token) = token {
+            crate::connection::authenticate_data_port(&mut stream, addr, token).await?;
+        }
         let frame = FetchFrame {
             topic: request.topic.clone(),
             partition: request.partition,

@@ -17,9 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::transport::Channel;
 use weir_proto::data_port::produce::{Answer, decode_answer, encode_request_head};
-use weir_proto::v1::{ProduceRequest, ProduceResponse, weir_client::WeirClient};
+use weir_proto::v1::{ProduceRequest, ProduceResponse};
 
 use crate::ClientError;
 
@@ -47,9 +46,9 @@ pub(super) struct Tagged {
 
 /// Which wire a link runs over.
 pub(super) enum Wire {
-    Grpc(WeirClient<Channel>),
-    /// The broker's data port, resolved.
-    DataPort(Arc<str>),
+    Grpc(crate::connection::Grpc),
+    /// The broker's data port, resolved, and the token to present there first.
+    DataPort(Arc<str>, Option<Arc<str>>),
 }
 
 /// Runs one broker's link until it ends, forwarding what happens as events.
@@ -69,12 +68,14 @@ pub(super) async fn run(
     };
     match wire {
         Wire::Grpc(grpc) => run_grpc(grpc, outgoing, send).await,
-        Wire::DataPort(data_address) => run_data_port(&data_address, outgoing, send).await,
+        Wire::DataPort(data_address, token) => {
+            run_data_port(&data_address, token.as_deref(), outgoing, send).await
+        }
     }
 }
 
 async fn run_grpc(
-    mut grpc: WeirClient<Channel>,
+    mut grpc: crate::connection::Grpc,
     outgoing: mpsc::UnboundedReceiver<ProduceRequest>,
     send: impl Fn(LinkEvent),
 ) {
@@ -114,6 +115,7 @@ async fn run_grpc(
 
 async fn run_data_port(
     addr: &str,
+    token: Option<&str>,
     mut outgoing: mpsc::UnboundedReceiver<ProduceRequest>,
     send: impl Fn(LinkEvent),
 ) {
@@ -121,7 +123,7 @@ async fn run_data_port(
         code: tonic::Code::Unavailable,
         message: format!("data port {addr}: {what}: {e}"),
     };
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+    let mut stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             return send(LinkEvent::Failed {
@@ -140,6 +142,15 @@ async fn run_data_port(
         }
     };
     let _ = stream.set_nodelay(true);
+    if let Some(token) = token
+        && let Err(error) =
+            crate::connection::authenticate_data_port(&mut stream, addr, token).await
+    {
+        return send(LinkEvent::Failed {
+            error,
+            opened: false,
+        });
+    }
     let (mut reader, mut writer) = stream.into_split();
     // Writes run beside the reads: a request is sent as soon as it is queued, answers are read
     // as they come. The writer stops when the link is dropped or the socket fails; the reader

@@ -37,8 +37,13 @@
 //! A connection whose first request sets the produce flag carries produce requests instead
 //! ([`produce`], with the `grpc` feature: its header is a protobuf `ProduceRequest`).
 //!
+//! A connection to a listener that requires a token starts with an [`authenticate`] request
+//! (flags bit 6) carrying it; the broker answers `End` and the connection goes on as the
+//! token's user, or `Error` (UNAUTHENTICATED) and closes it.
+//!
 //! All integers are big-endian, as in the record batch format.
 
+pub mod authenticate;
 #[cfg(feature = "grpc")]
 pub mod produce;
 
@@ -81,6 +86,8 @@ pub enum FrameError {
     ReplicaWithLeaderEpoch(u8),
     #[error("topic name is not UTF-8")]
     TopicNotUtf8,
+    #[error("an Authenticate request's token is not UTF-8")]
+    TokenNotUtf8,
     #[error("request body has {0} bytes after its last field")]
     Trailing(usize),
     #[error("unknown response frame kind {0}")]

@@ -9,6 +9,7 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use weir_broker::security::authn::Authentication;
 
 use anyhow::Context;
 use clap::Parser;
@@ -133,6 +134,35 @@ struct Args {
     /// stopped.
     #[arg(long)]
     verify: bool,
+    /// What every listener requires of clients: none, token, mtls, token-or-mtls [default:
+    /// none] (`security.authentication`; per listener in the file).
+    #[arg(long, env = "WEIR_AUTHENTICATION")]
+    authentication: Option<Authentication>,
+    /// What the data port requires, when it differs (`security.data_authentication`).
+    #[arg(long, env = "WEIR_DATA_AUTHENTICATION")]
+    data_authentication: Option<Authentication>,
+    /// What the external listener requires, when it differs
+    /// (`security.external_authentication`).
+    #[arg(long, env = "WEIR_EXTERNAL_AUTHENTICATION")]
+    external_authentication: Option<Authentication>,
+    /// Enforce ACLs (deny by default) [default: false] (`security.authorization`).
+    #[arg(long, env = "WEIR_AUTHORIZATION")]
+    authorization: Option<bool>,
+    /// Users allowed everything, comma-separated (`security.super_users`).
+    #[arg(long, env = "WEIR_SUPER_USERS", value_delimiter = ',')]
+    super_users: Option<Vec<String>>,
+    /// The token this node presents to the controller and to leaders it replicates from
+    /// (`security.broker_token`; its user must be a super user).
+    #[arg(long, env = "WEIR_BROKER_TOKEN", hide_env_values = true)]
+    broker_token: Option<String>,
+    /// Create this user on start if it does not exist and print its token once on stderr
+    /// (`security.bootstrap_user`; the controller only).
+    #[arg(long, env = "WEIR_BOOTSTRAP_USER")]
+    bootstrap_user: Option<String>,
+    /// Create the user of this token with it on start if that user does not exist
+    /// (`security.bootstrap_token`; the controller only).
+    #[arg(long, env = "WEIR_BOOTSTRAP_TOKEN", hide_env_values = true)]
+    bootstrap_token: Option<String>,
 }
 
 fn parse_flush(s: &str) -> Result<FlushKind, String> {
@@ -187,6 +217,14 @@ impl Args {
         set!(topic_defaults.flush = self.flush);
         set!(topic_defaults.flush_interval_ms = self.flush_interval_ms);
         set!(topic_defaults.max_batch_bytes = self.max_batch_bytes);
+        set!(security.authentication = self.authentication);
+        set!(security.data_authentication = self.data_authentication.map(Some));
+        set!(security.external_authentication = self.external_authentication.map(Some));
+        set!(security.authorization = self.authorization);
+        set!(security.super_users = self.super_users);
+        set!(security.broker_token = self.broker_token.map(Some));
+        set!(security.bootstrap_user = self.bootstrap_user.map(Some));
+        set!(security.bootstrap_token = self.bootstrap_token.map(Some));
         Ok(c)
     }
 }
