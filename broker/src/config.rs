@@ -108,6 +108,9 @@ pub struct BrokerConfig {
     pub scrub_pass_interval_ms: u64,
     /// Settings of topics created without their own.
     pub topic_defaults: TopicDefaults,
+    /// TLS on the listeners and the links to other nodes (`[tls]`; see
+    /// [`crate::security::tls`]).
+    pub tls: crate::security::tls::TlsConfig,
 }
 
 /// Defaults for new topics (each can be chosen per topic at creation).
@@ -164,6 +167,7 @@ impl Default for BrokerConfig {
             scrub_bytes_per_sec: LogDirConfig::default().scrub_bytes_per_sec,
             scrub_pass_interval_ms: LogDirConfig::default().scrub_pass_interval.as_millis() as u64,
             topic_defaults: TopicDefaults::default(),
+            tls: crate::security::tls::TlsConfig::default(),
         }
     }
 }
@@ -240,6 +244,9 @@ impl BrokerConfig {
             )));
         }
         self.metrics_addr()?;
+        self.tls
+            .check()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if self.broker_lease_ms < 1000 {
             return Err(ConfigError::Invalid(
                 "broker_lease_ms must be at least 1000".into(),

@@ -6,6 +6,8 @@
 //! authorize an operation). The transport fills in a [`PeerIdentity`] once per connection; every
 //! gRPC request carries it in its extensions and every data-port connection holds it.
 
+pub mod tls;
+
 use std::net::SocketAddr;
 
 /// What the transport knows of a connection's peer, fixed when the connection is accepted.

@@ -34,7 +34,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
@@ -48,6 +48,8 @@ use weir_proto::v1::{Error, ErrorCode};
 use super::BrokerState;
 use super::fetch::{FetchEvent, FetchParams, FetchSession, Marks, Reader, Transport, check_start};
 use crate::replica::leader::{self, ReplicaFetchAnswer};
+use crate::security::PeerIdentity;
+use crate::security::tls::{MaybeTls, ServerTls};
 use crate::wire::errors::{invalid_request, storage_error};
 
 /// How long a client may take to send a request body once its length arrived.
@@ -55,8 +57,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the kind of a request whose length no request may have is waited for.
 const OVERSIZED_WAIT: Duration = Duration::from_secs(1);
 
-/// Accepts data-port connections until shutdown, then waits for them to end.
-pub async fn serve(listener: TcpListener, state: Arc<BrokerState>) {
+/// A data-port connection, plaintext or TLS.
+pub type DataStream = MaybeTls<TcpStream>;
+
+/// Accepts data-port connections until shutdown, then waits for them to end. With `tls`, each
+/// connection's handshake runs on its own task first (bounded by the handshake timeout).
+pub async fn serve(listener: TcpListener, state: Arc<BrokerState>, tls: Option<Arc<ServerTls>>) {
     let mut shutdown = state.shutdown_signal();
     let mut connections = JoinSet::new();
     loop {
@@ -64,7 +70,29 @@ pub async fn serve(listener: TcpListener, state: Arc<BrokerState>) {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    connections.spawn(connection(stream, peer, Arc::clone(&state)));
+                    let (state, tls) = (Arc::clone(&state), tls.clone());
+                    connections.spawn(async move {
+                        let stream = match tls {
+                            None => MaybeTls::Plain(stream),
+                            Some(tls) => {
+                                // A handshake cut short by shutdown just ends.
+                                let mut shutdown = state.shutdown_signal();
+                                let accepted = tokio::select! {
+                                    accepted = tls.accept(stream) => accepted,
+                                    () = super::stopped(&mut shutdown) => return,
+                                };
+                                match accepted {
+                                    Ok(stream) => stream,
+                                    Err(e) => {
+                                        debug!(%peer, error = %e, "data port: TLS handshake failed");
+                                        return;
+                                    }
+                                }
+                            }
+                        };
+                        let identity = stream.identity();
+                        connection(stream, identity, state).await
+                    });
                 }
                 Err(e) => {
                     // Out of descriptors, say: back off instead of spinning.
@@ -81,7 +109,11 @@ pub async fn serve(listener: TcpListener, state: Arc<BrokerState>) {
 }
 
 /// One client connection: fetches one after another until it closes, errs, or shutdown.
-async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<BrokerState>) {
+/// `identity` is the peer as the transport knows it (address; principal under mutual TLS).
+async fn connection(mut stream: DataStream, identity: PeerIdentity, state: Arc<BrokerState>) {
+    let peer = identity
+        .remote_addr
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
     let _open = crate::metrics::Open::new(&state.metrics.data_port_connections);
     let mut shutdown = state.shutdown_signal();
     loop {
@@ -127,7 +159,7 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<BrokerSt
         }
         if first[1] & FLAG_PRODUCE != 0 {
             // A produce connection from here on (see `data_port_produce`).
-            return super::data_port_produce::serve(stream, peer, state, len, first).await;
+            return super::data_port_produce::serve(stream, identity, state, len, first).await;
         }
         let frame = match read_request(&mut stream, len, first).await {
             Ok(frame) => frame,
@@ -148,7 +180,7 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<BrokerSt
 /// Reads and decodes a fetch request body whose first two bytes (`first`: version and flags)
 /// were read; `Err(None)` when the client went away or stalled.
 async fn read_request(
-    stream: &mut TcpStream,
+    stream: &mut DataStream,
     body_len: u32,
     first: [u8; 2],
 ) -> Result<FetchFrame, Option<Error>> {
@@ -165,7 +197,7 @@ async fn read_request(
 /// Serves one fetch. `Ok(true)`: it ended normally and the connection takes another request;
 /// `Ok(false)`: the connection must close (an error was sent, or the client left).
 async fn serve_fetch(
-    stream: &mut TcpStream,
+    stream: &mut DataStream,
     state: &BrokerState,
     frame: FetchFrame,
 ) -> io::Result<bool> {
@@ -254,17 +286,26 @@ async fn serve_fetch(
             None => return Ok(false),
             Some(FetchEvent::Chunk { chunk, marks }) => {
                 let len = chunk.bytes.len();
-                send_more(
-                    stream,
-                    &frame_header(FrameKind::Data, len as u32, marks).encode(),
-                )
-                .await?;
-                send_file_range(stream, &chunk.file, chunk.position, len).await?;
+                let header = frame_header(FrameKind::Data, len as u32, marks).encode();
+                match stream {
+                    MaybeTls::Plain(tcp) => {
+                        send_more(tcp, &header).await?;
+                        send_file_range(tcp, &chunk.file, chunk.position, len).await?;
+                    }
+                    // Under TLS the bytes are encrypted in user space: the chunk's slice of the
+                    // segment map goes through the TLS stream (as gRPC Fetch sends it).
+                    MaybeTls::Tls { .. } => {
+                        stream.write_all(&header).await?;
+                        stream.write_all(&chunk.bytes).await?;
+                        stream.flush().await?;
+                    }
+                }
             }
             Some(FetchEvent::Idle(marks)) => {
                 stream
                     .write_all(&frame_header(FrameKind::Data, 0, marks).encode())
                     .await?;
+                stream.flush().await?;
             }
             Some(FetchEvent::End(marks)) => {
                 let flags = match &replica_fetch {
@@ -274,6 +315,7 @@ async fn serve_fetch(
                 let mut header = frame_header(FrameKind::End, 0, marks);
                 header.flags = flags;
                 stream.write_all(&header.encode()).await?;
+                stream.flush().await?;
                 return Ok(true);
             }
             Some(FetchEvent::Failed(error)) => {
@@ -296,7 +338,7 @@ fn sync_request(replica: &crate::replica::Replica, fetch: &ReplicaFetch) -> u8 {
 
 /// Sends an `Epoch`, `Diverging` or `OutOfRange` frame.
 async fn send_epoch(
-    stream: &mut TcpStream,
+    stream: &mut DataStream,
     kind: FrameKind,
     entry: EpochEntry,
     partition: &crate::topics::Partition,
@@ -312,7 +354,8 @@ async fn send_epoch(
     };
     let mut frame = header.encode().to_vec();
     frame.extend_from_slice(&entry.encode());
-    stream.write_all(&frame).await
+    stream.write_all(&frame).await?;
+    stream.flush().await
 }
 
 /// The header of a `Data` or `End` frame of `length` payload bytes.
@@ -329,9 +372,17 @@ fn frame_header(kind: FrameKind, length: u32, marks: Marks) -> ResponseHeader {
 }
 
 /// Completes when the client closed its side or sent bytes it should not have (readiness can
-/// be spurious, so it is confirmed with a read).
-async fn hung_up(stream: &TcpStream) {
+/// be spurious, so it is confirmed with a read). Under TLS, a read through the TLS stream
+/// (which returns only for application data, a close or an error).
+async fn hung_up(stream: &mut DataStream) {
     let mut probe = [0u8; 1];
+    let stream = match stream {
+        MaybeTls::Plain(tcp) => tcp,
+        MaybeTls::Tls { .. } => {
+            let _ = stream.read(&mut probe).await;
+            return;
+        }
+    };
     loop {
         if stream.readable().await.is_err() {
             return;
@@ -389,13 +440,17 @@ async fn send_file_range(
 }
 
 /// Sends an `Error` frame (best effort: the connection closes after it either way).
-async fn send_error(stream: &mut TcpStream, error: Error) {
+async fn send_error<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut MaybeTls<S>, error: Error) {
     send_error_marked(stream, error, (0, 0)).await;
 }
 
 /// [`send_error`] with the partition's (high watermark, log start) in the header: an
 /// OFFSET_OUT_OF_RANGE answer says where the log is (other errors send zeros).
-async fn send_error_marked(stream: &mut TcpStream, error: Error, marks: (u64, u64)) {
+async fn send_error_marked<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut MaybeTls<S>,
+    error: Error,
+    marks: (u64, u64),
+) {
     let message = error.message.as_bytes();
     let header = ResponseHeader {
         kind: FrameKind::Error,
