@@ -205,7 +205,7 @@ impl PartitionFetch {
             }
         };
         let mut responses = match data_address {
-            Some(addr) => match DataPortFetch::open(&addr, &request).await {
+            Some(addr) => match DataPortFetch::open(&addr, &request, self.cluster.tls()).await {
                 Ok(fetch) => Responses::DataPort(fetch),
                 Err(error) => return self.failed(error),
             },

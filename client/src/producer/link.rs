@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
@@ -22,6 +21,7 @@ use weir_proto::data_port::produce::{Answer, decode_answer, encode_request_head}
 use weir_proto::v1::{ProduceRequest, ProduceResponse, weir_client::WeirClient};
 
 use crate::ClientError;
+use crate::connection::{ClientTls, dial, tls_failure};
 
 /// How long connecting to a data port may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,8 +48,8 @@ pub(super) struct Tagged {
 /// Which wire a link runs over.
 pub(super) enum Wire {
     Grpc(WeirClient<Channel>),
-    /// The broker's data port, resolved.
-    DataPort(Arc<str>),
+    /// The broker's data port, resolved, and the client's TLS.
+    DataPort(Arc<str>, Option<ClientTls>),
 }
 
 /// Runs one broker's link until it ends, forwarding what happens as events.
@@ -69,7 +69,9 @@ pub(super) async fn run(
     };
     match wire {
         Wire::Grpc(grpc) => run_grpc(grpc, outgoing, send).await,
-        Wire::DataPort(data_address) => run_data_port(&data_address, outgoing, send).await,
+        Wire::DataPort(data_address, tls) => {
+            run_data_port(&data_address, tls.as_ref(), outgoing, send).await
+        }
     }
 }
 
@@ -114,14 +116,17 @@ async fn run_grpc(
 
 async fn run_data_port(
     addr: &str,
+    tls: Option<&ClientTls>,
     mut outgoing: mpsc::UnboundedReceiver<ProduceRequest>,
     send: impl Fn(LinkEvent),
 ) {
-    let broken = |what: &str, e: &dyn std::fmt::Display| ClientError::Transport {
-        code: tonic::Code::Unavailable,
-        message: format!("data port {addr}: {what}: {e}"),
+    let broken = |what: &str, e: &std::io::Error| {
+        tls_failure(addr, e).unwrap_or_else(|| ClientError::Transport {
+            code: tonic::Code::Unavailable,
+            message: format!("data port {addr}: {what}: {e}"),
+        })
     };
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, dial(addr, tls)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             return send(LinkEvent::Failed {
@@ -139,7 +144,6 @@ async fn run_data_port(
             });
         }
     };
-    let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
     // Writes run beside the reads: a request is sent as soon as it is queued, answers are read
     // as they come. The writer stops when the link is dropped or the socket fails; the reader
@@ -148,7 +152,8 @@ async fn run_data_port(
         while let Some(request) = outgoing.recv().await {
             let head = Bytes::from(encode_request_head(&request));
             let mut frame = head.chain(request.batch);
-            if writer.write_all_buf(&mut frame).await.is_err() {
+            // (A flush is a no-op on plaintext; under TLS it sends the encrypted records.)
+            if writer.write_all_buf(&mut frame).await.is_err() || writer.flush().await.is_err() {
                 return;
             }
         }

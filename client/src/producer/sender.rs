@@ -405,7 +405,7 @@ impl SenderTask {
         let address = &leader.address;
         let wire = match (self.shared.config.transport, &leader.data_address) {
             (Transport::Grpc, _) | (Transport::Auto, None) => Wire::Grpc(leader.grpc.clone()),
-            (_, Some(data)) => Wire::DataPort(Arc::clone(data)),
+            (_, Some(data)) => Wire::DataPort(Arc::clone(data), self.cluster.tls().cloned()),
             // `send` refuses the batch before asking for a link.
             (Transport::DataPort, None) => Wire::Grpc(leader.grpc.clone()),
         };
