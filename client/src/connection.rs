@@ -278,8 +278,86 @@ pub(crate) fn tls_failure(
 #[error("the connection closed during the TLS handshake: {0}")]
 struct NoTlsAnswer(String);
 
-/// A `TcpStream`'s connection, from the channel's connector.
-type TokioIo = hyper_util::rt::TokioIo<Stream>;
+/// A channel's connection, from its connector.
+type TokioIo = hyper_util::rt::TokioIo<Primed>;
+
+/// A TLS connection whose first bytes from the broker were read before it was handed to the
+/// channel. Under TLS 1.3 a server refuses a client certificate only after the client's
+/// handshake is done, with an alert that then surfaces as a bare "connection closed" through
+/// HTTP/2; a gRPC server always speaks first (its SETTINGS), so reading that first record in
+/// the connector turns a refusal into a connect error that names it ([`tls_failure`]).
+pub(crate) struct Primed {
+    first: Vec<u8>,
+    read: usize,
+    stream: Stream,
+}
+
+impl Primed {
+    async fn new(mut stream: Stream) -> io::Result<Primed> {
+        use tokio::io::AsyncReadExt;
+        let mut first = vec![0u8; 16 << 10];
+        let n = stream.read(&mut first).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                NoTlsAnswer("the broker closed the connection right after the handshake".into()),
+            ));
+        }
+        first.truncate(n);
+        Ok(Primed {
+            first,
+            read: 0,
+            stream,
+        })
+    }
+}
+
+impl AsyncRead for Primed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.read < this.first.len() {
+            let n = buf.remaining().min(this.first.len() - this.read);
+            buf.put_slice(&this.first[this.read..this.read + n]);
+            this.read += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Primed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
 
 impl AsyncRead for Stream {
     fn poll_read(
@@ -405,9 +483,8 @@ fn connector(
                 .authority()
                 .map(|a| a.as_str().to_owned())
                 .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host in URI"))?;
-            Ok(hyper_util::rt::TokioIo::new(
-                dial(&authority, Some(&tls)).await?,
-            ))
+            let stream = dial(&authority, Some(&tls)).await?;
+            Ok(hyper_util::rt::TokioIo::new(Primed::new(stream).await?))
         }
     })
 }
