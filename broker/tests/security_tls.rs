@@ -18,10 +18,10 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weir_client::{
-    Client, ClientError, ClientTls, ConnectOptions, ConsumerConfig, NewTopic, ProducerConfig,
+    Acks, Client, ClientError, ClientTls, ConnectOptions, ConsumerConfig, NewTopic, ProducerConfig,
     ProducerRecord, TlsFailure, Transport,
 };
-use weir_testkit::{BrokerProcess, temp_data_dir};
+use weir_testkit::{BrokerProcess, temp_data_dir, wait_until};
 
 const BROKER: &str = env!("CARGO_BIN_EXE_weir-broker");
 
@@ -178,9 +178,20 @@ fn tls_failure(result: Result<Client, ClientError>) -> TlsFailure {
 
 /// Produces `n` records over `transport` and returns them.
 async fn produce(client: &Client, topic: &str, transport: Transport, n: u32) -> Vec<String> {
+    produce_acked(client, topic, transport, n, Acks::Leader).await
+}
+
+async fn produce_acked(
+    client: &Client,
+    topic: &str,
+    transport: Transport,
+    n: u32,
+    acks: Acks,
+) -> Vec<String> {
     let producer = client
         .producer(ProducerConfig {
             transport,
+            acks,
             ..ProducerConfig::default()
         })
         .unwrap();
@@ -439,4 +450,82 @@ async fn stalled_and_garbage_handshakes_are_closed_after_the_timeout() {
     }
     // And the broker is still serving.
     client.admin().list_topics().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_replicates_and_reaches_its_controller_over_mutual_tls() {
+    let pki = standard_pki();
+    let (cert, key, ca) = (
+        pki.path_str("server.pem"),
+        pki.path_str("server.key"),
+        pki.path_str("ca.pem"),
+    );
+    // Every node serves TLS, requires client certificates and dials the others with its own.
+    let tls: Vec<&str> = vec![
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-client-ca-file",
+        &ca,
+        "--tls-ca-file",
+        &ca,
+    ];
+    let dirs = [temp_data_dir(), temp_data_dir(), temp_data_dir()];
+    let mut args = vec!["--role", "controller", "--node-id", "100"];
+    args.extend_from_slice(&tls);
+    let controller = BrokerProcess::start(Path::new(BROKER), dirs[0].path(), &args);
+    let controller_addr = controller.host_port();
+    let brokers: Vec<BrokerProcess> = (1..=2)
+        .map(|id: usize| {
+            let node = id.to_string();
+            let mut args = vec![
+                "--role",
+                "broker",
+                "--node-id",
+                &node,
+                "--controller",
+                &controller_addr,
+            ];
+            args.extend_from_slice(&tls);
+            BrokerProcess::start(Path::new(BROKER), dirs[id].path(), &args)
+        })
+        .collect();
+    let client = try_client(
+        &controller_addr,
+        Some(pki.client_tls("ca.pem", Some("client"))),
+    )
+    .await
+    .unwrap();
+    // The brokers registered with the controller over TLS.
+    wait_until(
+        "both brokers are alive",
+        Duration::from_secs(15),
+        || async {
+            client
+                .admin()
+                .describe_cluster()
+                .await
+                .is_ok_and(|c| c.brokers.iter().filter(|b| b.alive).count() == 2)
+        },
+    )
+    .await;
+    client
+        .admin()
+        .create_topic(
+            NewTopic::new("replicated")
+                .partitions(1)
+                .replication_factor(2)
+                .min_insync_replicas(2),
+        )
+        .await
+        .unwrap();
+    // acks=all with two in-sync replicas: each batch reached the follower over the leader's
+    // TLS data port before it was acknowledged.
+    let sent = produce_acked(&client, "replicated", Transport::DataPort, 100, Acks::All).await;
+    assert_eq!(
+        consume(&client, "replicated", Transport::DataPort).await,
+        sent
+    );
+    drop(brokers);
 }

@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 use weir_proto::batch::split_batches;
 use weir_proto::data_port::{
@@ -107,9 +106,8 @@ async fn rounds(
     epoch: LeaderEpoch,
     backoff: &mut Duration,
 ) -> Result<(), FollowError> {
-    let mut stream = TcpStream::connect(address).await?;
-    stream.set_nodelay(true)?;
     let config = manager.config();
+    let mut stream = crate::security::tls::dial(address, config.tls.as_ref()).await?;
     // The leader answers every fetch within its max wait. A connection silent for longer is
     // dead even if it looks open (a partition that swallowed the request or the answer, a
     // leader host gone without a reset): waiting on it would leave this follower stuck, out of
@@ -143,6 +141,7 @@ async fn rounds(
             durable_offset: log.recovery_point(),
         });
         stream.write_all(&frame.encode()).await?;
+        stream.flush().await?;
         let mut epochs: Vec<EpochEntry> = Vec::new();
         loop {
             let (header, payload) = tokio::time::timeout(silence, read_frame(&mut stream))
@@ -193,7 +192,9 @@ async fn rounds(
     }
 }
 
-async fn read_frame(stream: &mut TcpStream) -> Result<(ResponseHeader, Bytes), FollowError> {
+async fn read_frame(
+    stream: &mut Box<dyn crate::security::tls::LinkIo>,
+) -> Result<(ResponseHeader, Bytes), FollowError> {
     let mut head = [0u8; RESPONSE_HEADER_LEN];
     stream.read_exact(&mut head).await?;
     let header = ResponseHeader::decode(&head).map_err(|e| FollowError::Protocol(e.to_string()))?;

@@ -68,6 +68,8 @@ pub struct ReplicaConfig {
     pub fetch_max_bytes: u32,
     /// How long an `acks=all` or `acks=durable` produce waits for the in-sync replicas.
     pub produce_timeout: Duration,
+    /// TLS for the connections to leaders' data ports (`tls.ca_file` set), else plaintext.
+    pub tls: Option<crate::security::tls::ClientTls>,
 }
 
 impl Default for ReplicaConfig {
@@ -77,6 +79,7 @@ impl Default for ReplicaConfig {
             fetch_max_wait: Duration::from_millis(500),
             fetch_max_bytes: 8 << 20,
             produce_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }

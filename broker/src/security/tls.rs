@@ -315,6 +315,56 @@ impl ClientTls {
     }
 }
 
+/// A connection this broker dialled: plaintext or TLS.
+pub trait LinkIo: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> LinkIo for T {}
+
+/// Connects to another node at `addr` (`HOST:PORT`), with TLS when `tls` is given: the one
+/// dialler of the broker's links (a leader's data port, the controller's gRPC).
+pub async fn dial(addr: &str, tls: Option<&ClientTls>) -> io::Result<Box<dyn LinkIo>> {
+    let authority = addr
+        .split_once("://")
+        .map_or(addr, |(_, rest)| rest)
+        .trim_end_matches('/');
+    let stream = tokio::net::TcpStream::connect(authority).await?;
+    stream.set_nodelay(true)?;
+    Ok(match tls {
+        None => Box::new(stream),
+        Some(tls) => Box::new(tls.connect(authority, stream).await?),
+    })
+}
+
+/// A tonic connector over [`dial`] with `tls`, for `Endpoint::connect_with_connector_lazy`.
+pub fn grpc_connector(
+    tls: ClientTls,
+) -> impl tower::Service<
+    tonic::codegen::http::Uri,
+    Response = hyper_util::rt::TokioIo<Box<dyn LinkIo>>,
+    Error = io::Error,
+    Future = impl Future<Output = io::Result<hyper_util::rt::TokioIo<Box<dyn LinkIo>>>> + Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |uri: tonic::codegen::http::Uri| {
+        let tls = tls.clone();
+        async move {
+            let authority = uri
+                .authority()
+                .map(|a| a.as_str().to_owned())
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host in URI"))?;
+            Ok(hyper_util::rt::TokioIo::new(
+                dial(&authority, Some(&tls)).await?,
+            ))
+        }
+    })
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls").finish_non_exhaustive()
+    }
+}
+
 /// The host part of `HOST:PORT` (no brackets for IPv6, no scheme).
 pub fn host_of(addr: &str) -> String {
     let authority = addr

@@ -361,7 +361,7 @@ impl Broker {
             None => None,
         };
         // The links to other nodes (controller, leaders' data ports): TLS with tls.ca_file.
-        let _link_tls = crate::security::tls::load_client_config(&config.tls)?
+        let link_tls = crate::security::tls::load_client_config(&config.tls)?
             .map(|config| ClientTls { config });
         let producer_ids = ProducerIds::open(&config.data_dir, config.node_id)
             .map_err(|e| ServerError::Topics(TopicError::Storage(e)))?;
@@ -417,7 +417,7 @@ impl Broker {
         let link = match (&local_controller, &config.controller) {
             (Some(c), _) => ControllerLink::Local(Arc::clone(c)),
             (None, Some(addr)) => ControllerLink::Remote(Box::new(
-                RemoteController::new(addr).map_err(ConfigError::Invalid)?,
+                RemoteController::new(addr, link_tls.clone()).map_err(ConfigError::Invalid)?,
             )),
             (None, None) => {
                 return Err(ConfigError::Invalid("a broker needs --controller".into()).into());
@@ -430,6 +430,7 @@ impl Broker {
             config.node_id,
             ReplicaConfig {
                 lag_time_max: std::time::Duration::from_millis(config.replica_lag_time_max_ms),
+                tls: link_tls,
                 ..ReplicaConfig::default()
             },
             link.clone(),
