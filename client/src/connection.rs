@@ -268,6 +268,17 @@ pub(crate) fn tls_failure(
                 detail: no_answer.0.clone(),
             });
         }
+        // A plaintext HTTP/2 client that reached a TLS port reads the broker's TLS alert record
+        // (0x15 0x03 0x03 ...) as a frame header announcing a 1.3 MB frame: h2 reports a frame
+        // size error. A weir broker never sends a frame larger than the size it negotiated, so
+        // this error means the port speaks TLS.
+        if e.to_string().contains("frame with invalid size") {
+            return Some(ClientError::Tls {
+                addr: addr.to_owned(),
+                failure: TlsFailure::ServerRequiresTls,
+                detail: e.to_string(),
+            });
+        }
         next = e.source();
     }
     None

@@ -281,6 +281,11 @@ pub enum TlsFailure {
         "the port does not answer TLS (a plaintext listener?): connect without --tls-ca, or to the broker's TLS port"
     )]
     NotTls,
+    /// A plaintext client reached a port that expects TLS.
+    #[error(
+        "the port expects TLS and this client connected in plaintext: pass the CA that issued the broker's certificate (--tls-ca / WEIR_TLS_CA, ConnectOptions::tls)"
+    )]
+    ServerRequiresTls,
     /// Another handshake failure.
     #[error("the TLS handshake failed: check both sides' TLS settings")]
     Handshake,
