@@ -325,6 +325,34 @@ mod tests {
     }
 
     #[test]
+    fn the_tls_table_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.toml");
+        std::fs::write(
+            &path,
+            "[tls]\ncert_file = \"b.pem\"\nkey_file = \"b.key\"\nprincipal_from = \"san-uri\"\nlisteners = [\"grpc\", \"data\"]\n",
+        )
+        .unwrap();
+        let config = BrokerConfig::from_file(&path).unwrap();
+        assert_eq!(
+            config.tls.principal_from,
+            crate::security::tls::PrincipalFrom::SanUri
+        );
+        assert!(
+            !config
+                .tls
+                .applies_to(crate::security::tls::TlsListener::External)
+        );
+        assert!(config.log_dir_config().is_ok());
+        std::fs::write(&path, "[tls]\ncert_file = \"b.pem\"\n").unwrap();
+        let half = BrokerConfig::from_file(&path).unwrap();
+        assert!(
+            half.log_dir_config().is_err(),
+            "a certificate without its key"
+        );
+    }
+
+    #[test]
     fn a_request_limit_below_the_batch_limit_is_refused() {
         let config = BrokerConfig {
             max_request_bytes: 1 << 20,

@@ -696,6 +696,49 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_file_reloads_and_a_broken_one_keeps_the_old_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |serial: u64| {
+            let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+            params.serial_number = Some(rcgen::SerialNumber::from(serial));
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            std::fs::write(dir.path().join("c.pem"), cert.pem()).unwrap();
+            std::fs::write(dir.path().join("k.pem"), key.serialize_pem()).unwrap();
+        };
+        write(1);
+        let config = TlsConfig {
+            cert_file: Some(dir.path().join("c.pem")),
+            key_file: Some(dir.path().join("k.pem")),
+            ..TlsConfig::default()
+        };
+        let tls = ServerTls::new(&config).unwrap();
+        let first = tls.current();
+        assert!(!tls.reload_if_changed(), "nothing changed");
+        // A modification time surely different from the first write's.
+        std::thread::sleep(Duration::from_millis(20));
+        write(2);
+        let later = SystemTime::now() + Duration::from_secs(2);
+        let file = std::fs::File::options()
+            .write(true)
+            .open(dir.path().join("c.pem"))
+            .unwrap();
+        file.set_modified(later).unwrap();
+        assert!(tls.reload_if_changed());
+        assert!(!Arc::ptr_eq(&first, &tls.current()));
+        let second = tls.current();
+        std::fs::write(dir.path().join("c.pem"), "garbage").unwrap();
+        assert!(!tls.reload("test"));
+        assert!(Arc::ptr_eq(&second, &tls.current()), "the old config stays");
+        // A missing key file is refused at start.
+        let missing = TlsConfig {
+            key_file: Some(dir.path().join("none.pem")),
+            ..config
+        };
+        assert!(ServerTls::new(&missing).is_err());
+    }
+
+    #[test]
     fn listeners_default_to_all_once_a_certificate_is_set() {
         let mut config = TlsConfig::default();
         assert!(!config.applies_to(TlsListener::Grpc));
