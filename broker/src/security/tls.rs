@@ -81,6 +81,9 @@ pub enum TlsListener {
     External,
     /// The data port (`data_listen`).
     Data,
+    /// The metrics listener (`metrics_listen`): only when named, since Prometheus scrapers and
+    /// `weir health` speak plain HTTP unless configured otherwise.
+    Metrics,
 }
 
 impl std::str::FromStr for TlsListener {
@@ -90,8 +93,8 @@ impl std::str::FromStr for TlsListener {
             "grpc" => Ok(TlsListener::Grpc),
             "external" => Ok(TlsListener::External),
             "data" => Ok(TlsListener::Data),
-            "metrics" => Err("TLS on the metrics listener is not supported yet".into()),
-            _ => Err(format!("{s:?} is not one of grpc, external, data")),
+            "metrics" => Ok(TlsListener::Metrics),
+            _ => Err(format!("{s:?} is not one of grpc, external, data, metrics")),
         }
     }
 }
@@ -108,7 +111,8 @@ pub struct TlsConfig {
     pub client_ca_file: Option<PathBuf>,
     /// How a verified client certificate names its principal.
     pub principal_from: PrincipalFrom,
-    /// The listeners that use TLS; default (unset) all of them once `cert_file` is set.
+    /// The listeners that use TLS; default (unset) `grpc`, `external` and `data` once
+    /// `cert_file` is set (`metrics` only when listed).
     pub listeners: Option<Vec<TlsListener>>,
     /// A handshake not finished in this time closes the connection, ms.
     pub handshake_timeout_ms: u64,
@@ -142,7 +146,9 @@ impl TlsConfig {
             && self
                 .listeners
                 .as_ref()
-                .is_none_or(|listeners| listeners.contains(&listener))
+                .map_or(listener != TlsListener::Metrics, |listeners| {
+                    listeners.contains(&listener)
+                })
     }
 
     /// Checks the combination of settings (the files are read by [`ServerTls::new`]).
@@ -388,6 +394,9 @@ fn mtimes(config: &TlsConfig) -> Vec<Option<SystemTime>> {
         .collect()
 }
 
+/// How long a connection whose handshake failed is kept to let the peer read the alert.
+const LINGER_AFTER_REFUSAL: Duration = Duration::from_secs(1);
+
 /// A listener's TLS: the current server config, reloaded in place.
 pub struct ServerTls {
     settings: TlsConfig,
@@ -494,14 +503,36 @@ impl ServerTls {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let acceptor = TlsAcceptor::from(self.current());
-        let tls = tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream))
-            .await
-            .map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("TLS handshake not done within {:?}", self.handshake_timeout),
-                )
-            })??;
+        let started = tokio::time::Instant::now();
+        let accepted = tokio::time::timeout(
+            self.handshake_timeout,
+            acceptor.accept(stream).into_fallible(),
+        )
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("TLS handshake not done within {:?}", self.handshake_timeout),
+            )
+        })?;
+        let tls = match accepted {
+            Ok(tls) => tls,
+            Err((error, mut io)) => {
+                // The alert rustls sent (to a plaintext client, say) must reach the peer: closed
+                // with its bytes unread, the socket would answer with a reset that can discard
+                // the alert before the peer reads it. So the write side is closed and what the
+                // peer still sends is read and dropped, briefly, still within the timeout.
+                let left = self.handshake_timeout.saturating_sub(started.elapsed());
+                let _ = tokio::time::timeout(left.min(LINGER_AFTER_REFUSAL), async {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let _ = io.shutdown().await;
+                    let mut sink = [0u8; 4096];
+                    while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {}
+                })
+                .await;
+                return Err(error);
+            }
+        };
         let principal = tls
             .get_ref()
             .1
@@ -512,6 +543,69 @@ impl ServerTls {
             stream: Box::new(tls),
             principal,
         })
+    }
+}
+
+/// A TCP listener whose connections are TLS, for axum (the metrics listener): a task accepts
+/// and runs each handshake on its own task; [`axum::serve::Listener::accept`] hands out the
+/// connections whose handshake succeeded.
+pub struct TlsTcpListener {
+    local: std::net::SocketAddr,
+    ready: tokio::sync::mpsc::Receiver<(MaybeTls<tokio::net::TcpStream>, std::net::SocketAddr)>,
+}
+
+impl TlsTcpListener {
+    /// Serves `listener`, bound at `local`.
+    pub fn new(
+        listener: tokio::net::TcpListener,
+        local: std::net::SocketAddr,
+        tls: Arc<ServerTls>,
+    ) -> Self {
+        let (tx, ready) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, peer)) => {
+                            let (tx, tls) = (tx.clone(), Arc::clone(&tls));
+                            tokio::spawn(async move {
+                                match tls.accept(stream).await {
+                                    Ok(stream) => {
+                                        let _ = tx.send((stream, peer)).await;
+                                    }
+                                    Err(e) => {
+                                        tracing::debug!(%peer, error = %e, "metrics: TLS handshake failed");
+                                    }
+                                }
+                            });
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "metrics: accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    },
+                    // The server is gone (shut down): stop accepting.
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        TlsTcpListener { local, ready }
+    }
+}
+
+impl axum::serve::Listener for TlsTcpListener {
+    type Io = MaybeTls<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(accepted) => accepted,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local)
     }
 }
 
@@ -750,7 +844,13 @@ mod tests {
         assert!(config.check().is_ok());
         config.key_file = None;
         assert!(config.check().is_err());
-        assert!("metrics".parse::<TlsListener>().is_err());
+        assert!(!config.applies_to(TlsListener::Metrics));
+        config.listeners = None;
+        assert!(
+            !config.applies_to(TlsListener::Metrics),
+            "metrics only when named"
+        );
+        assert_eq!("metrics".parse::<TlsListener>(), Ok(TlsListener::Metrics));
     }
 
     #[test]

@@ -532,10 +532,11 @@ impl Broker {
                 controller: Arc::clone(c),
             })
         });
-        let (grpc_tls, external_tls, data_tls) = (
+        let (grpc_tls, external_tls, data_tls, metrics_tls) = (
             self.tls_for(TlsListener::Grpc),
             self.tls_for(TlsListener::External),
             self.tls_for(TlsListener::Data),
+            self.tls_for(TlsListener::Metrics),
         );
         // Built first: nothing is running yet if one cannot be.
         let internal = Broker::grpc_server(
@@ -597,16 +598,24 @@ impl Broker {
         ));
         // Answers until the logs are closed (see `scrape`): stopped last, below.
         let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
-        let metrics = self.metrics_listener.map(|(listener, _)| {
-            tokio::spawn(scrape::serve(
-                listener,
-                Arc::clone(&self.state),
-                self.local_controller.is_some(),
-                async move {
+        let metrics = match self.metrics_listener {
+            None => None,
+            Some((listener, local)) => {
+                let state = Arc::clone(&self.state);
+                let is_controller = self.local_controller.is_some();
+                let stopped = async move {
                     let _ = metrics_stopped.await;
-                },
-            ))
-        });
+                };
+                Some(match metrics_tls {
+                    None => tokio::spawn(scrape::serve(listener, state, is_controller, stopped)),
+                    Some(tls) => {
+                        let listener =
+                            crate::security::tls::TlsTcpListener::new(listener, local, tls);
+                        tokio::spawn(scrape::serve(listener, state, is_controller, stopped))
+                    }
+                })
+            }
+        };
         // Both servers are built; they read their listeners from the first poll below.
         self.state.health.set_serving();
         // Either server ending (shutdown, or an error) ends the other: shutdown begins and it
