@@ -60,6 +60,24 @@ run "1000 partitions, 4 producers" produce --records "$records" --partitions 100
 run "e2e at 10,000 records/s" e2e --rate 10000 --duration-secs 10
 run "produce 100 B acks=leader" produce --records "$small" --record-bytes 100 --baselines raw-tcp,nats,raw-cached-write
 run "consume 100 B data port" consume --records "$small" --record-bytes 100 --compare
+# The same produce and consume over TLS (user-space encryption on the data port), beside the
+# plaintext rows above: certificates for 127.0.0.1 made here with openssl, if it is installed.
+if command -v openssl >/dev/null && [ -z "${SKIP_TLS:-}" ]; then
+    pki=$(mktemp -d)
+    trap 'rm -f "$out"; rm -rf "$pki"' EXIT
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -keyout "$pki/ca.key" -out "$pki/ca.pem" -subj "/CN=weir bench CA" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -keyout "$pki/broker.key" -out "$pki/broker.csr" -subj "/CN=weir bench broker" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$pki/ext"
+    openssl x509 -req -in "$pki/broker.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" \
+        -CAcreateserial -days 2 -extfile "$pki/ext" -out "$pki/broker.pem" 2>/dev/null
+    tls=(--tls-ca "$pki/ca.pem" "--broker-arg=--tls-cert-file=$pki/broker.pem"
+         "--broker-arg=--tls-key-file=$pki/broker.key")
+    run "produce 1 KiB acks=leader TLS" produce --records "$records" "${tls[@]}"
+    run "consume 1 KiB data port TLS" consume --records "$records" --transport data-port "${tls[@]}"
+    run "consume 1 KiB gRPC TLS" consume --records "$records" --transport grpc "${tls[@]}"
+fi
 if [ -z "${SKIP_CLUSTER:-}" ]; then
     run "produce acks=all RF 3 vs RF 1" produce --records "$records" --cluster 3 --replication-factor 3 --acks all
     run "failover" failover --kills "${KILLS:-20}" --broker-lease-ms 2000

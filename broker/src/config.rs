@@ -110,6 +110,9 @@ pub struct BrokerConfig {
     pub topic_defaults: TopicDefaults,
     /// Authentication per listener, authorization, super users, the broker token.
     pub security: crate::security::config::SecurityConfig,
+    /// TLS on the listeners and the links to other nodes (`[tls]`; see
+    /// [`crate::security::tls`]).
+    pub tls: crate::security::tls::TlsConfig,
 }
 
 /// Defaults for new topics (each can be chosen per topic at creation).
@@ -167,6 +170,7 @@ impl Default for BrokerConfig {
             scrub_pass_interval_ms: LogDirConfig::default().scrub_pass_interval.as_millis() as u64,
             topic_defaults: TopicDefaults::default(),
             security: Default::default(),
+            tls: crate::security::tls::TlsConfig::default(),
         }
     }
 }
@@ -244,6 +248,9 @@ impl BrokerConfig {
         }
         self.metrics_addr()?;
         self.security.validate().map_err(ConfigError::Invalid)?;
+        self.tls
+            .check()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if self.broker_lease_ms < 1000 {
             return Err(ConfigError::Invalid(
                 "broker_lease_ms must be at least 1000".into(),
@@ -319,6 +326,34 @@ mod tests {
         std::fs::write(&path, "lisen = \"0.0.0.0:9000\"\n").unwrap();
         let err = BrokerConfig::from_file(&path).unwrap_err().to_string();
         assert!(err.contains("weir.toml") && err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn the_tls_table_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.toml");
+        std::fs::write(
+            &path,
+            "[tls]\ncert_file = \"b.pem\"\nkey_file = \"b.key\"\nprincipal_from = \"san-uri\"\nlisteners = [\"grpc\", \"data\"]\n",
+        )
+        .unwrap();
+        let config = BrokerConfig::from_file(&path).unwrap();
+        assert_eq!(
+            config.tls.principal_from,
+            crate::security::tls::PrincipalFrom::SanUri
+        );
+        assert!(
+            !config
+                .tls
+                .applies_to(crate::security::tls::TlsListener::External)
+        );
+        assert!(config.log_dir_config().is_ok());
+        std::fs::write(&path, "[tls]\ncert_file = \"b.pem\"\n").unwrap();
+        let half = BrokerConfig::from_file(&path).unwrap();
+        assert!(
+            half.log_dir_config().is_err(),
+            "a certificate without its key"
+        );
     }
 
     #[test]

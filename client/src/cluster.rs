@@ -397,6 +397,11 @@ impl Cluster {
         self.connection(&address)
     }
 
+    /// The TLS every connection uses, if any (data ports dial with it too).
+    pub fn tls(&self) -> Option<&crate::connection::ClientTls> {
+        self.options.tls.as_ref()
+    }
+
     /// The connection to `address` (made lazily, then reused).
     pub fn connection(&self, address: &str) -> Result<crate::connection::Grpc, ClientError> {
         let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());

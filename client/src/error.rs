@@ -27,6 +27,18 @@ pub enum ClientError {
         reason: String,
     },
 
+    /// The TLS handshake with the broker failed, or the broker refused this client's
+    /// certificate: retrying does not help until the TLS settings change.
+    #[error("TLS with the broker at {addr} failed: {failure}")]
+    Tls {
+        /// The address dialled.
+        addr: String,
+        /// What went wrong, with what to do about it.
+        failure: TlsFailure,
+        /// The TLS library's own words.
+        detail: String,
+    },
+
     /// No connection to the broker could be made.
     #[error("cannot reach broker at {addr} ({reason}): is weir-broker running there?")]
     Connect {
@@ -186,6 +198,9 @@ impl ClientError {
 
     /// A failure to connect, with the cause chain flattened into the message.
     pub(crate) fn connect(addr: &str, error: &(dyn StdError + 'static)) -> Self {
+        if let Some(tls) = crate::connection::tls_failure(addr, error) {
+            return tls;
+        }
         let chain = error_chain(error);
         // tonic wraps every cause in a bare "transport error"; the cause is what helps.
         let reason = chain.strip_prefix("transport error: ").unwrap_or(&chain);
@@ -202,6 +217,12 @@ impl From<tonic::Status> for ClientError {
             Some(error) => ClientError::from_weir(error),
             None => {
                 let mut message = status.message().to_owned();
+                if let Some(tls) = status
+                    .source()
+                    .and_then(|source| crate::connection::tls_failure("the broker", source))
+                {
+                    return tls;
+                }
                 if let Some(source) = status.source() {
                     let chain = error_chain(source);
                     // tonic wraps every cause in a bare "transport error"; the cause is what helps.
@@ -219,6 +240,55 @@ impl From<tonic::Status> for ClientError {
             }
         }
     }
+}
+
+/// Why a TLS connection failed, each with what to do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsFailure {
+    /// The broker's certificate is not issued by a trusted CA.
+    #[error(
+        "its certificate is not issued by a CA this client trusts (unknown issuer): pass the CA that issued it (--tls-ca / WEIR_TLS_CA, ConnectOptions::tls)"
+    )]
+    UnknownIssuer,
+    /// The broker's certificate has expired.
+    #[error(
+        "its certificate has expired: the broker needs a renewed certificate (replace its tls.cert_file and send it SIGHUP)"
+    )]
+    Expired,
+    /// The broker's certificate is not valid yet.
+    #[error(
+        "its certificate is not valid yet: check the clocks of this machine and the broker, or the certificate's start date"
+    )]
+    NotYetValid,
+    /// The broker's certificate does not name the host dialled.
+    #[error(
+        "its certificate does not name the host dialled: dial a name it carries, or set the TLS server name (ConnectOptions::tls)"
+    )]
+    WrongName,
+    /// The broker requires a client certificate and got none.
+    #[error(
+        "the broker requires a client certificate (mutual TLS): pass one with --tls-cert and --tls-key (WEIR_TLS_CERT, WEIR_TLS_KEY)"
+    )]
+    ClientCertificateRequired,
+    /// The broker refused the client certificate presented.
+    #[error(
+        "the broker refused this client's certificate (not issued by a CA it trusts, or expired): use a certificate from the broker's tls.client_ca_file"
+    )]
+    ClientCertificateRefused,
+    /// The port does not speak TLS.
+    #[error(
+        "the port does not answer TLS (a plaintext listener?): connect without --tls-ca, or to the broker's TLS port"
+    )]
+    NotTls,
+    /// A plaintext client reached a port that expects TLS.
+    #[error(
+        "the port expects TLS and this client connected in plaintext: pass the CA that issued the broker's certificate (--tls-ca / WEIR_TLS_CA, ConnectOptions::tls)"
+    )]
+    ServerRequiresTls,
+    /// Another handshake failure.
+    #[error("the TLS handshake failed: check both sides' TLS settings")]
+    Handshake,
 }
 
 /// `error: cause: cause's cause`, skipping causes already spelled out by their parent.

@@ -73,12 +73,12 @@ pub use admin::{
     PartitionDescription, PartitionLag, Placement, ResetTo, TopicConfig, TopicDescription,
 };
 pub use client::{Client, DEFAULT_BROKER};
-pub use connection::{ConnectOptions, MAX_MESSAGE_BYTES};
+pub use connection::{ClientTls, ConnectOptions, MAX_MESSAGE_BYTES};
 pub use consumer::{
     AutoOffsetReset, Consumer, ConsumerBatch, ConsumerConfig, ConsumerRecord, GroupConfig,
     GroupConsumer, RecordStream, Seek, Transport,
 };
-pub use error::ClientError;
+pub use error::{ClientError, TlsFailure};
 pub use partitioner::PartitionerKind;
 pub use producer::{
     Acks, AppendConditions, BatchMetadata, DeliveryFuture, MAX_IN_FLIGHT_PER_PARTITION, Producer,

@@ -127,7 +127,7 @@ impl Cluster {
     }
 
     pub async fn client(&self) -> anyhow::Result<Client> {
-        Client::connect(&self.bootstrap())
+        crate::connect(&self.bootstrap())
             .await
             .context("connecting to the cluster's controller")
     }

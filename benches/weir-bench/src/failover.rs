@@ -196,16 +196,14 @@ async fn produce(
     acked: Arc<Mutex<Acked>>,
     stop: Arc<tokio::sync::Notify>,
 ) -> anyhow::Result<()> {
-    let producer = weir_client::Client::connect(&grpc)
-        .await?
-        .producer(ProducerConfig {
-            acks: Acks::All,
-            retries: u32::MAX,
-            retry_backoff: RETRY_BACKOFF,
-            retry_backoff_max: RETRY_BACKOFF_MAX,
-            delivery_timeout: Duration::from_secs(600),
-            ..weir_run::producer_config(&w)
-        })?;
+    let producer = crate::connect(&grpc).await?.producer(ProducerConfig {
+        acks: Acks::All,
+        retries: u32::MAX,
+        retry_backoff: RETRY_BACKOFF,
+        retry_backoff_max: RETRY_BACKOFF_MAX,
+        delivery_timeout: Duration::from_secs(600),
+        ..weir_run::producer_config(&w)
+    })?;
     let (tx, mut rx) = mpsc::unbounded_channel::<DeliveryFuture>();
     let waiter = {
         let acked = Arc::clone(&acked);

@@ -190,6 +190,26 @@ struct Args {
     /// Baselines to run, comma-separated (implies --compare for those).
     #[arg(long, value_enum, value_delimiter = ',')]
     baselines: Vec<Baseline>,
+    /// Connect with TLS, trusting this CA (PEM): for a broker serving TLS (`--broker` or
+    /// `--broker-arg=--tls-cert-file=...`).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Mutual TLS: the client certificate (PEM), with --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Mutual TLS: the client key (PEM), with --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+/// How every weir client of the bench connects (set once from the flags).
+pub static CONNECT_OPTIONS: std::sync::OnceLock<weir_client::ConnectOptions> =
+    std::sync::OnceLock::new();
+
+/// A client connected with the bench's [`CONNECT_OPTIONS`].
+pub async fn connect(addr: &str) -> Result<weir_client::Client, weir_client::ClientError> {
+    let options = CONNECT_OPTIONS.get().cloned().unwrap_or_default();
+    weir_client::Client::connect_with(addr, options).await
 }
 
 #[tokio::main]
@@ -203,6 +223,14 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    if let Some(ca) = &args.tls_ca {
+        let identity = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
+        let tls = weir_client::ClientTls::from_files(ca, identity)?;
+        let _ = CONNECT_OPTIONS.set(weir_client::ConnectOptions {
+            tls: Some(tls),
+            ..weir_client::ConnectOptions::default()
+        });
+    }
     let mut baselines = args.baselines.clone();
     if args.compare && baselines.is_empty() {
         baselines = vec![Baseline::RawTcp, Baseline::Nats];

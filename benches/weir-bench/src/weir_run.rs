@@ -15,8 +15,8 @@ use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
 use tokio::sync::mpsc;
 use weir_client::{
-    Acks, Client, ConsumerConfig, DeliveryFuture, ErrorCode, NewTopic, PartitionerKind,
-    ProducerConfig, ProducerRecord, Seek, Transport,
+    Acks, ConsumerConfig, DeliveryFuture, ErrorCode, NewTopic, PartitionerKind, ProducerConfig,
+    ProducerRecord, Seek, Transport,
 };
 
 /// What the user asked the weir run to do.
@@ -66,7 +66,7 @@ fn histogram() -> Histogram<u64> {
 }
 
 pub async fn create_topic(grpc: &str, w: &Workload) -> anyhow::Result<()> {
-    let client = Client::connect(grpc).await?;
+    let client = crate::connect(grpc).await?;
     let mut topic = NewTopic::new(w.topic.clone())
         .partitions(w.partitions)
         .partitioner(PartitionerKind::RoundRobin);
@@ -104,7 +104,7 @@ pub async fn produce(grpc: &str, w: &Workload, progress: &ProgressBar) -> anyhow
     );
     let mut clients = Vec::new();
     for _ in 0..w.producers {
-        clients.push(Client::connect(grpc).await?);
+        clients.push(crate::connect(grpc).await?);
     }
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -162,7 +162,7 @@ pub async fn produce(grpc: &str, w: &Workload, progress: &ProgressBar) -> anyhow
 pub async fn consume(grpc: &str, w: &Workload, progress: &ProgressBar) -> anyhow::Result<Measured> {
     let mut streams = Vec::new();
     for i in 0..w.consumers {
-        let client = Client::connect(grpc).await?;
+        let client = crate::connect(grpc).await?;
         let mut consumer = client.consumer(ConsumerConfig {
             follow: false,
             transport: w.transport,
@@ -227,7 +227,7 @@ pub async fn e2e(grpc: &str, w: &Workload, progress: &ProgressBar) -> anyhow::Re
         "e2e needs records of at least 8 bytes (a send time)"
     );
     let epoch = Arc::new(Instant::now());
-    let client = Client::connect(grpc).await?;
+    let client = crate::connect(grpc).await?;
     let mut consumer = client.consumer(ConsumerConfig {
         follow: true,
         transport: w.transport,
@@ -257,7 +257,7 @@ pub async fn e2e(grpc: &str, w: &Workload, progress: &ProgressBar) -> anyhow::Re
     };
     // Give the follow fetches a moment to be in place before the first send.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let producer = Client::connect(grpc).await?.producer(producer_config(w))?;
+    let producer = crate::connect(grpc).await?.producer(producer_config(w))?;
     let filler = vec![0x5a_u8; w.record_bytes - 8];
     let topic: Arc<str> = w.topic.as_str().into();
     let started = Instant::now();

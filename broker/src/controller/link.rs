@@ -55,7 +55,13 @@ pub struct RemoteController {
 impl RemoteController {
     /// A link to the controller at `address` (`HOST:PORT`). Connects lazily: the controller
     /// may start after this node.
-    pub fn new(address: &str, token: Option<String>) -> Result<Self, String> {
+    /// With `tls`, the link is TLS (trusting `tls.ca_file`, presenting this broker's
+    /// certificate); with `token`, every call carries it.
+    pub fn new(
+        address: &str,
+        token: Option<String>,
+        tls: Option<crate::security::tls::ClientTls>,
+    ) -> Result<Self, String> {
         let token = token
             .map(|t| {
                 format!("Bearer {t}")
@@ -68,13 +74,20 @@ impl RemoteController {
         } else {
             format!("http://{address}")
         };
-        let channel = Endpoint::from_shared(uri)
+        // The scheme only says TLS or not, which `tls` decides.
+        let uri = uri.replacen("https://", "http://", 1);
+        let endpoint = Endpoint::from_shared(uri)
             .map_err(|e| format!("invalid controller address {address:?}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = match tls {
+            None => endpoint.connect_lazy(),
+            Some(tls) => {
+                endpoint.connect_with_connector_lazy(crate::security::tls::grpc_connector(tls))
+            }
+        };
         Ok(RemoteController {
             address: address.to_owned(),
             token,

@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 use weir_proto::batch::split_batches;
 use weir_proto::data_port::{
@@ -107,9 +106,8 @@ async fn rounds(
     epoch: LeaderEpoch,
     backoff: &mut Duration,
 ) -> Result<(), FollowError> {
-    let mut stream = TcpStream::connect(address).await?;
-    stream.set_nodelay(true)?;
     let config = manager.config();
+    let mut stream = crate::security::tls::dial(address, config.tls.as_ref()).await?;
     if let Some(token) = &config.token {
         // The broker token first: a leader whose data port requires one refuses the replica
         // fetch of a connection without it.
@@ -160,6 +158,7 @@ async fn rounds(
             durable_offset: log.recovery_point(),
         });
         stream.write_all(&frame.encode()).await?;
+        stream.flush().await?;
         let mut epochs: Vec<EpochEntry> = Vec::new();
         loop {
             let (header, payload) = tokio::time::timeout(silence, read_frame(&mut stream))
@@ -210,7 +209,9 @@ async fn rounds(
     }
 }
 
-async fn read_frame(stream: &mut TcpStream) -> Result<(ResponseHeader, Bytes), FollowError> {
+async fn read_frame(
+    stream: &mut Box<dyn crate::security::tls::LinkIo>,
+) -> Result<(ResponseHeader, Bytes), FollowError> {
     let mut head = [0u8; RESPONSE_HEADER_LEN];
     stream.read_exact(&mut head).await?;
     let header = ResponseHeader::decode(&head).map_err(|e| FollowError::Protocol(e.to_string()))?;

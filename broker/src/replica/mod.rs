@@ -70,6 +70,8 @@ pub struct ReplicaConfig {
     pub produce_timeout: Duration,
     /// The broker token a follower presents to its leaders' data ports (`security.broker_token`).
     pub token: Option<String>,
+    /// TLS for the connections to leaders' data ports (`tls.ca_file` set), else plaintext.
+    pub tls: Option<crate::security::tls::ClientTls>,
 }
 
 impl Default for ReplicaConfig {
@@ -80,6 +82,7 @@ impl Default for ReplicaConfig {
             fetch_max_bytes: 8 << 20,
             produce_timeout: Duration::from_secs(30),
             token: None,
+            tls: None,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod authorizer;
 pub mod config;
 pub mod guard;
 pub mod principal;
+pub mod tls;
 pub mod tokens;
 pub mod wire;
 

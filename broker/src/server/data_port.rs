@@ -34,7 +34,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
@@ -52,6 +52,7 @@ use crate::replica::leader::{self, ReplicaFetchAnswer};
 use crate::security::PeerIdentity;
 use crate::security::acl::{Operation, Resource};
 use crate::security::guard::{Credentials, Door};
+use crate::security::tls::{MaybeTls, ServerTls};
 use crate::wire::errors::{invalid_request, storage_error};
 
 /// How long a client may take to send a request body once its length arrived.
@@ -59,8 +60,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the kind of a request whose length no request may have is waited for.
 const OVERSIZED_WAIT: Duration = Duration::from_secs(1);
 
-/// Accepts data-port connections until shutdown, then waits for them to end.
-pub async fn serve(listener: TcpListener, state: Arc<BrokerState>) {
+/// A data-port connection, plaintext or TLS.
+pub type DataStream = MaybeTls<TcpStream>;
+
+/// Accepts data-port connections until shutdown, then waits for them to end. With `tls`, each
+/// connection's handshake runs on its own task first (bounded by the handshake timeout).
+pub async fn serve(listener: TcpListener, state: Arc<BrokerState>, tls: Option<Arc<ServerTls>>) {
     let mut shutdown = state.shutdown_signal();
     let mut connections = JoinSet::new();
     loop {
@@ -68,7 +73,29 @@ pub async fn serve(listener: TcpListener, state: Arc<BrokerState>) {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    connections.spawn(connection(stream, peer, Arc::clone(&state)));
+                    let (state, tls) = (Arc::clone(&state), tls.clone());
+                    connections.spawn(async move {
+                        let stream = match tls {
+                            None => MaybeTls::Plain(stream),
+                            Some(tls) => {
+                                // A handshake cut short by shutdown just ends.
+                                let mut shutdown = state.shutdown_signal();
+                                let accepted = tokio::select! {
+                                    accepted = tls.accept(stream) => accepted,
+                                    () = super::stopped(&mut shutdown) => return,
+                                };
+                                match accepted {
+                                    Ok(stream) => stream,
+                                    Err(e) => {
+                                        debug!(%peer, error = %e, "data port: TLS handshake failed");
+                                        return;
+                                    }
+                                }
+                            }
+                        };
+                        let identity = stream.identity();
+                        connection(stream, identity, state).await
+                    });
                 }
                 Err(e) => {
                     // Out of descriptors, say: back off instead of spinning.
@@ -85,13 +112,13 @@ pub async fn serve(listener: TcpListener, state: Arc<BrokerState>) {
 }
 
 /// One client connection: fetches one after another until it closes, errs, or shutdown.
-async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<BrokerState>) {
+/// `identity` is the peer as the transport knows it (address; principal under mutual TLS).
+async fn connection(mut stream: DataStream, identity: PeerIdentity, state: Arc<BrokerState>) {
+    let peer = identity
+        .remote_addr
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
     let _open = crate::metrics::Open::new(&state.metrics.data_port_connections);
     let mut shutdown = state.shutdown_signal();
-    let identity = PeerIdentity {
-        remote_addr: Some(peer),
-        certificate_principal: None,
-    };
     // The token of an Authenticate request (see `authenticate`), checked again for every
     // request (a revoked token stops working on an open connection); until then, the
     // connection is whoever its transport says (anonymous, or its certificate's user).
@@ -163,8 +190,15 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<BrokerSt
             // A produce connection from here on (see `data_port_produce`); every request is
             // checked (the token, write on its topic) by the produce path.
             let credentials = credentials.clone();
-            return super::data_port_produce::serve(stream, peer, state, credentials, len, first)
-                .await;
+            return super::data_port_produce::serve(
+                stream,
+                identity,
+                state,
+                credentials,
+                len,
+                first,
+            )
+            .await;
         }
         let frame = match read_request(&mut stream, len, first).await {
             Ok(frame) => frame,
@@ -214,7 +248,7 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<BrokerSt
 /// answer to a good one (an `End` frame) is sent here. A length over the request's limit is
 /// refused before any of its body is read. `Err(None)` when the client went away or stalled.
 async fn authenticate(
-    stream: &mut TcpStream,
+    stream: &mut DataStream,
     state: &BrokerState,
     identity: &PeerIdentity,
     body_len: u32,
@@ -253,7 +287,7 @@ async fn authenticate(
 /// Reads and decodes a fetch request body whose first two bytes (`first`: version and flags)
 /// were read; `Err(None)` when the client went away or stalled.
 async fn read_request(
-    stream: &mut TcpStream,
+    stream: &mut DataStream,
     body_len: u32,
     first: [u8; 2],
 ) -> Result<FetchFrame, Option<Error>> {
@@ -270,7 +304,7 @@ async fn read_request(
 /// Serves one fetch. `Ok(true)`: it ended normally and the connection takes another request;
 /// `Ok(false)`: the connection must close (an error was sent, or the client left).
 async fn serve_fetch(
-    stream: &mut TcpStream,
+    stream: &mut DataStream,
     state: &BrokerState,
     frame: FetchFrame,
 ) -> io::Result<bool> {
@@ -359,17 +393,26 @@ async fn serve_fetch(
             None => return Ok(false),
             Some(FetchEvent::Chunk { chunk, marks }) => {
                 let len = chunk.bytes.len();
-                send_more(
-                    stream,
-                    &frame_header(FrameKind::Data, len as u32, marks).encode(),
-                )
-                .await?;
-                send_file_range(stream, &chunk.file, chunk.position, len).await?;
+                let header = frame_header(FrameKind::Data, len as u32, marks).encode();
+                match stream {
+                    MaybeTls::Plain(tcp) => {
+                        send_more(tcp, &header).await?;
+                        send_file_range(tcp, &chunk.file, chunk.position, len).await?;
+                    }
+                    // Under TLS the bytes are encrypted in user space: the chunk's slice of the
+                    // segment map goes through the TLS stream (as gRPC Fetch sends it).
+                    MaybeTls::Tls { .. } => {
+                        stream.write_all(&header).await?;
+                        stream.write_all(&chunk.bytes).await?;
+                        stream.flush().await?;
+                    }
+                }
             }
             Some(FetchEvent::Idle(marks)) => {
                 stream
                     .write_all(&frame_header(FrameKind::Data, 0, marks).encode())
                     .await?;
+                stream.flush().await?;
             }
             Some(FetchEvent::End(marks)) => {
                 let flags = match &replica_fetch {
@@ -379,6 +422,7 @@ async fn serve_fetch(
                 let mut header = frame_header(FrameKind::End, 0, marks);
                 header.flags = flags;
                 stream.write_all(&header.encode()).await?;
+                stream.flush().await?;
                 return Ok(true);
             }
             Some(FetchEvent::Failed(error)) => {
@@ -401,7 +445,7 @@ fn sync_request(replica: &crate::replica::Replica, fetch: &ReplicaFetch) -> u8 {
 
 /// Sends an `Epoch`, `Diverging` or `OutOfRange` frame.
 async fn send_epoch(
-    stream: &mut TcpStream,
+    stream: &mut DataStream,
     kind: FrameKind,
     entry: EpochEntry,
     partition: &crate::topics::Partition,
@@ -417,7 +461,8 @@ async fn send_epoch(
     };
     let mut frame = header.encode().to_vec();
     frame.extend_from_slice(&entry.encode());
-    stream.write_all(&frame).await
+    stream.write_all(&frame).await?;
+    stream.flush().await
 }
 
 /// The header of a `Data` or `End` frame of `length` payload bytes.
@@ -434,9 +479,17 @@ fn frame_header(kind: FrameKind, length: u32, marks: Marks) -> ResponseHeader {
 }
 
 /// Completes when the client closed its side or sent bytes it should not have (readiness can
-/// be spurious, so it is confirmed with a read).
-async fn hung_up(stream: &TcpStream) {
+/// be spurious, so it is confirmed with a read). Under TLS, a read through the TLS stream
+/// (which returns only for application data, a close or an error).
+async fn hung_up(stream: &mut DataStream) {
     let mut probe = [0u8; 1];
+    let stream = match stream {
+        MaybeTls::Plain(tcp) => tcp,
+        MaybeTls::Tls { .. } => {
+            let _ = stream.read(&mut probe).await;
+            return;
+        }
+    };
     loop {
         if stream.readable().await.is_err() {
             return;
@@ -494,13 +547,17 @@ async fn send_file_range(
 }
 
 /// Sends an `Error` frame (best effort: the connection closes after it either way).
-async fn send_error(stream: &mut TcpStream, error: Error) {
+async fn send_error<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut MaybeTls<S>, error: Error) {
     send_error_marked(stream, error, (0, 0)).await;
 }
 
 /// [`send_error`] with the partition's (high watermark, log start) in the header: an
 /// OFFSET_OUT_OF_RANGE answer says where the log is (other errors send zeros).
-async fn send_error_marked(stream: &mut TcpStream, error: Error, marks: (u64, u64)) {
+async fn send_error_marked<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut MaybeTls<S>,
+    error: Error,
+    marks: (u64, u64),
+) {
     let message = error.message.as_bytes();
     let header = ResponseHeader {
         kind: FrameKind::Error,

@@ -25,7 +25,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -38,7 +37,27 @@ use weir_proto::status::from_status;
 use weir_proto::v1::{ProduceRequest, ProduceResponse};
 
 use super::BrokerState;
+use crate::security::PeerIdentity;
+use crate::security::tls::MaybeTls;
 use crate::wire::errors::{internal, invalid_request, request_too_large, to_status};
+
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+type Writer = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
+/// The connection's two halves: a plaintext socket splits without a lock, a TLS stream
+/// through tokio's (its reads and writes share one session).
+fn split(stream: super::data_port::DataStream) -> (Reader, Writer) {
+    match stream {
+        MaybeTls::Plain(tcp) => {
+            let (reader, writer) = tcp.into_split();
+            (Box::new(reader), Box::new(writer))
+        }
+        tls @ MaybeTls::Tls { .. } => {
+            let (reader, writer) = tokio::io::split(tls);
+            (Box::new(reader), Box::new(writer))
+        }
+    }
+}
 
 /// How long a client may take to send a request body once its length arrived.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,14 +69,17 @@ const ANSWER_QUEUE: usize = 64;
 /// Serves a produce connection whose first request's length and first two body bytes (version
 /// and flags) the caller has read. Returns once the connection has ended.
 pub(super) async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
+    stream: super::data_port::DataStream,
+    identity: PeerIdentity,
     state: Arc<BrokerState>,
     credentials: crate::security::guard::Credentials,
     first_len: u32,
     first_bytes: [u8; 2],
 ) {
-    let (mut reader, mut writer) = stream.into_split();
+    let peer = identity
+        .remote_addr
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let (mut reader, mut writer) = split(stream);
     let (requests, incoming) = mpsc::channel(READ_AHEAD);
     let (answers, mut outgoing) = mpsc::channel::<Result<ProduceResponse, Status>>(ANSWER_QUEUE);
     let limit = state.max_request_bytes as usize;
@@ -99,7 +121,12 @@ pub(super) async fn serve(
                     (encode_answer(&Answer::Closing(error)), true)
                 }
             };
-            if let Err(e) = writer.write_all(&bytes).await {
+            // (A flush is a no-op on plaintext; under TLS it sends the encrypted record.)
+            let written = async {
+                writer.write_all(&bytes).await?;
+                writer.flush().await
+            };
+            if let Err(e) = written.await {
                 debug!(%peer, error = %e, "data port: a producer left before its answers");
                 return;
             }
@@ -112,7 +139,7 @@ pub(super) async fn serve(
     super::produce::produce_stream(
         Arc::clone(&state),
         credentials,
-        Some(peer),
+        identity.remote_addr,
         ReceiverStream::new(incoming),
         answers,
     )

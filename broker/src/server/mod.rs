@@ -48,8 +48,9 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::transport::server::Connected;
 use tonic::transport::server::TcpIncoming;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use weir_proto::v1::weir_server::WeirServer;
 
 use crate::config::{BrokerConfig, ConfigError, Role};
@@ -59,6 +60,7 @@ use crate::metrics::Metrics;
 use crate::metrics::Recovery;
 use crate::producer_ids::ProducerIds;
 use crate::replica::{ReplicaConfig, ReplicaManager};
+use crate::security::tls::{ClientTls, MaybeTls, ServerTls, TlsError, TlsListener};
 use crate::topics::{Partition, TopicError, Topics};
 use cluster::{BrokerAddresses, ClusterView, SyncRole};
 use controller_service::ControllerService;
@@ -78,6 +80,10 @@ const CONTROLLER_TICK: std::time::Duration = std::time::Duration::from_millis(25
 
 /// Concurrent HTTP/2 streams (calls) one connection may have open.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
+/// TLS handshakes one gRPC listener runs at once (each bounded by the handshake timeout); past
+/// it, accepting waits for one to end.
+const MAX_PENDING_HANDSHAKES: usize = 1024;
 
 /// What every request handler shares.
 pub struct BrokerState {
@@ -212,6 +218,8 @@ pub enum ServerError {
     Controller(weir_storage::StorageError),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 async fn bind(
@@ -265,6 +273,8 @@ pub struct Broker {
     config: BrokerConfig,
     local_controller: Option<Arc<Controller>>,
     sync: tokio::task::JoinHandle<()>,
+    /// The listeners' TLS, when `tls.cert_file` is set.
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl Broker {
@@ -276,6 +286,7 @@ impl Broker {
         listener: TcpListener,
         kind: Listener,
         controller_service: Option<ControllerServer<ControllerService>>,
+        tls: Option<Arc<ServerTls>>,
     ) -> Result<impl Future<Output = Result<(), tonic::transport::Error>> + use<>, ServerError>
     {
         let reflection = reflection::builder(controller_service.is_some());
@@ -297,9 +308,42 @@ impl Broker {
         let service = RequestLimit::new(service, config.max_request_bytes);
         let service = RpcTiming::new(service, &state.metrics);
         let connections = state.metrics.grpc_connections.clone();
-        let incoming = TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .map(move |accepted| accepted.map(|stream| Counted::new(stream, &connections)));
+        let accepted = TcpIncoming::from(listener).with_nodelay(Some(true));
+        type Incoming = std::pin::Pin<
+            Box<dyn futures::Stream<Item = std::io::Result<MaybeTls<Counted>>> + Send>,
+        >;
+        let incoming: Incoming = match tls {
+            None => Box::pin(accepted.map(move |accepted| {
+                accepted.map(|stream| MaybeTls::Plain(Counted::new(stream, &connections)))
+            })),
+            // Each handshake on its own task (bounded by the handshake timeout), so a slow or
+            // stalled one never holds the accept loop; a failed one is dropped.
+            Some(tls) => Box::pin(
+                accepted
+                    .map(move |accepted| {
+                        let (tls, connections) = (Arc::clone(&tls), connections.clone());
+                        tokio::spawn(async move {
+                            let stream = Counted::new(accepted?, &connections);
+                            let peer = stream.connect_info().remote_addr;
+                            match tls.accept(stream).await {
+                                Ok(stream) => Ok(Some(stream)),
+                                Err(e) => {
+                                    debug!(?peer, error = %e, "gRPC: TLS handshake failed");
+                                    Ok(None)
+                                }
+                            }
+                        })
+                    })
+                    .buffer_unordered(MAX_PENDING_HANDSHAKES)
+                    .filter_map(|joined| async move {
+                        match joined {
+                            Ok(Ok(Some(stream))) => Some(Ok(stream)),
+                            Ok(Ok(None)) | Err(_) => None,
+                            Ok(Err(e)) => Some(Err(e)),
+                        }
+                    }),
+            ),
+        };
         let mut shutdown = state.shutdown_signal();
         // Windows and frames sized for bulk batches: tonic's defaults cost ~40% throughput here.
         Ok(tonic::transport::Server::builder()
@@ -337,6 +381,13 @@ impl Broker {
             took_ms = report.elapsed.as_millis() as u64,
             "opened data dir"
         );
+        let tls = match &config.tls.cert_file {
+            Some(_) => Some(ServerTls::new(&config.tls)?),
+            None => None,
+        };
+        // The links to other nodes (controller, leaders' data ports): TLS with tls.ca_file.
+        let link_tls = crate::security::tls::load_client_config(&config.tls)?
+            .map(|config| ClientTls { config });
         let producer_ids = ProducerIds::open(&config.data_dir, config.node_id)
             .map_err(|e| ServerError::Topics(TopicError::Storage(e)))?;
         let (listener, local_addr) = bind(config.listen, "--listen").await?;
@@ -392,7 +443,7 @@ impl Broker {
         let link = match (&local_controller, &config.controller) {
             (Some(c), _) => ControllerLink::Local(Arc::clone(c)),
             (None, Some(addr)) => ControllerLink::Remote(Box::new(
-                RemoteController::new(addr, config.security.broker_token.clone())
+                RemoteController::new(addr, config.security.broker_token.clone(), link_tls.clone())
                     .map_err(ConfigError::Invalid)?,
             )),
             (None, None) => {
@@ -407,6 +458,7 @@ impl Broker {
             ReplicaConfig {
                 lag_time_max: std::time::Duration::from_millis(config.replica_lag_time_max_ms),
                 token: config.security.broker_token.clone(),
+                tls: link_tls,
                 ..ReplicaConfig::default()
             },
             link.clone(),
@@ -464,6 +516,7 @@ impl Broker {
             config,
             local_controller,
             sync,
+            tls,
         })
     }
 
@@ -493,6 +546,14 @@ impl Broker {
         self.metrics_listener.as_ref().map(|(_, addr)| *addr)
     }
 
+    /// The TLS of `listener`, if it uses TLS.
+    fn tls_for(&self, listener: TlsListener) -> Option<Arc<ServerTls>> {
+        self.tls
+            .as_ref()
+            .filter(|_| self.config.tls.applies_to(listener))
+            .cloned()
+    }
+
     /// Serves until `stop` completes, then shuts down gracefully (see the module docs).
     pub async fn run(self, stop: impl Future<Output = ()>) -> Result<(), ServerError> {
         let controller_service = self.local_controller.as_ref().map(|c| {
@@ -501,6 +562,12 @@ impl Broker {
                 state: Arc::clone(&self.state),
             })
         });
+        let (grpc_tls, external_tls, data_tls, metrics_tls) = (
+            self.tls_for(TlsListener::Grpc),
+            self.tls_for(TlsListener::External),
+            self.tls_for(TlsListener::Data),
+            self.tls_for(TlsListener::Metrics),
+        );
         // Built first: nothing is running yet if one cannot be.
         let internal = Broker::grpc_server(
             &self.state,
@@ -508,6 +575,7 @@ impl Broker {
             self.listener,
             Listener::Internal,
             controller_service,
+            grpc_tls,
         )?;
         // Brokers reach the controller on the internal listener only.
         let external = self
@@ -519,6 +587,7 @@ impl Broker {
                     listener,
                     Listener::External,
                     None,
+                    external_tls.clone(),
                 )
             })
             .transpose()?;
@@ -540,22 +609,43 @@ impl Broker {
             Arc::clone(&self.state.replicas),
             self.state.shutdown_signal(),
         ));
+        if data_tls.is_some() {
+            if crate::security::tls::ktls_available() {
+                info!(
+                    "data port over TLS: kTLS is available but not used; encrypting in user space"
+                );
+            } else {
+                info!("data port over TLS: kTLS unavailable, encrypting in user space");
+            }
+        }
+        if let Some(tls) = &self.tls {
+            tls.spawn_reloader(self.state.shutdown_signal());
+        }
         let data_port = tokio::spawn(data_port::serve(
             self.data_listener,
             Arc::clone(&self.state),
+            data_tls,
         ));
         // Answers until the logs are closed (see `scrape`): stopped last, below.
         let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
-        let metrics = self.metrics_listener.map(|(listener, _)| {
-            tokio::spawn(scrape::serve(
-                listener,
-                Arc::clone(&self.state),
-                self.local_controller.is_some(),
-                async move {
+        let metrics = match self.metrics_listener {
+            None => None,
+            Some((listener, local)) => {
+                let state = Arc::clone(&self.state);
+                let is_controller = self.local_controller.is_some();
+                let stopped = async move {
                     let _ = metrics_stopped.await;
-                },
-            ))
-        });
+                };
+                Some(match metrics_tls {
+                    None => tokio::spawn(scrape::serve(listener, state, is_controller, stopped)),
+                    Some(tls) => {
+                        let listener =
+                            crate::security::tls::TlsTcpListener::new(listener, local, tls);
+                        tokio::spawn(scrape::serve(listener, state, is_controller, stopped))
+                    }
+                })
+            }
+        };
         // Both servers are built; they read their listeners from the first poll below.
         self.state.health.set_serving();
         // Either server ending (shutdown, or an error) ends the other: shutdown begins and it

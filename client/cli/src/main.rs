@@ -66,9 +66,58 @@ struct Cli {
         value_name = "TOKEN"
     )]
     token: Option<String>,
+    /// TLS: the CA certificate(s) (PEM) to trust; setting it connects with TLS
+    #[arg(long, global = true, env = "WEIR_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Mutual TLS: this client's certificate chain (PEM), with --tls-key
+    #[arg(
+        long,
+        global = true,
+        env = "WEIR_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<std::path::PathBuf>,
+    /// Mutual TLS: this client's private key (PEM), with --tls-cert
+    #[arg(
+        long,
+        global = true,
+        env = "WEIR_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<std::path::PathBuf>,
 
     #[command(subcommand)]
     command: Command,
+}
+
+/// How every command connects (set once from the global flags, before any command runs).
+static CONNECT_OPTIONS: std::sync::OnceLock<weir_client::ConnectOptions> =
+    std::sync::OnceLock::new();
+
+impl Cli {
+    /// The connection options the global flags ask for.
+    fn connect_options(&self) -> Result<weir_client::ConnectOptions, ClientError> {
+        let tls = match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            (None, None, None) => None,
+            (None, _, _) => {
+                return Err(ClientError::InvalidArgument(
+                    "--tls-cert/--tls-key need --tls-ca (the CA that issued the broker's certificate)".into(),
+                ));
+            }
+            (Some(ca), Some(cert), Some(key)) => Some(weir_client::ClientTls::from_files(
+                ca,
+                Some((cert.as_path(), key.as_path())),
+            )?),
+            (Some(ca), _, _) => Some(weir_client::ClientTls::from_files(ca, None)?),
+        };
+        Ok(weir_client::ConnectOptions {
+            tls,
+            token: self.token.clone(),
+            ..weir_client::ConnectOptions::default()
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -114,8 +163,15 @@ fn main() -> ExitCode {
         }
     };
     let broker = cli.broker.clone();
-    // Every connection of this process presents it (see `connect`).
-    let _ = TOKEN.set(cli.token.clone());
+    match cli.connect_options() {
+        Ok(options) => {
+            let _ = CONNECT_OPTIONS.set(options);
+        }
+        Err(error) => {
+            eprintln!("weir: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
     let result = runtime.block_on(run(cli));
     // Background work (a stdin reader, fetch tasks) must not hold the exit up.
     runtime.shutdown_background();
@@ -154,15 +210,10 @@ fn init_logging() {
         .init();
 }
 
-/// The `--token` of this run (set once in `main`).
-static TOKEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-
-/// Connects to the broker with the `--token`, if any (errors are explained by [`explain`]).
+/// Connects to the broker with this run's `--token` and TLS options (errors are explained by
+/// [`explain`]).
 async fn connect(broker: &str) -> Result<Client, ClientError> {
-    let options = weir_client::ConnectOptions {
-        token: TOKEN.get().cloned().flatten(),
-        ..Default::default()
-    };
+    let options = CONNECT_OPTIONS.get().cloned().unwrap_or_default();
     Client::connect_with(broker, options).await
 }
 

@@ -11,11 +11,11 @@
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use weir_proto::data_port::{FetchFrame, FrameKind, RESPONSE_HEADER_LEN, ResponseHeader};
 use weir_proto::v1::{ErrorCode, FetchRequest, FetchResponse};
 
 use crate::ClientError;
+use crate::connection::{ClientTls, Stream, dial, tls_failure};
 
 /// The largest payload the client accepts in one frame: a fetch is capped at 16 MiB by the
 /// broker, but one batch is sent whole even when larger, so leave room for big batches.
@@ -25,21 +25,22 @@ const EAGER_FRAME_BYTES: usize = 32 << 20;
 
 /// One fetch over its own data-port connection.
 pub(crate) struct DataPortFetch {
-    stream: TcpStream,
+    stream: Stream,
     addr: String,
     done: bool,
 }
 
 impl DataPortFetch {
-    /// Connects to `addr` and sends the fetch.
+    /// Connects to `addr` (with TLS when `tls` is given), presents `token` if given, and sends
+    /// the fetch.
     pub async fn open(
         addr: &str,
         token: Option<&str>,
         request: &FetchRequest,
+        tls: Option<&ClientTls>,
     ) -> Result<Self, ClientError> {
         let broken = |e: std::io::Error| unavailable(addr, &e);
-        let mut stream = TcpStream::connect(addr).await.map_err(broken)?;
-        stream.set_nodelay(true).map_err(broken)?;
+        let mut stream = dial(addr, tls).await.map_err(broken)?;
         if let Some(token) = token {
             crate::connection::authenticate_data_port(&mut stream, addr, token).await?;
         }
@@ -54,6 +55,7 @@ impl DataPortFetch {
             current_leader_epoch: request.current_leader_epoch,
         };
         stream.write_all(&frame.encode()).await.map_err(broken)?;
+        stream.flush().await.map_err(broken)?;
         Ok(DataPortFetch {
             stream,
             addr: addr.to_owned(),
@@ -141,6 +143,9 @@ impl DataPortFetch {
 }
 
 fn unavailable(addr: &str, e: &std::io::Error) -> ClientError {
+    if let Some(tls) = tls_failure(addr, e) {
+        return tls;
+    }
     ClientError::Transport {
         code: tonic::Code::Unavailable,
         message: format!("data port {addr}: {e}"),

@@ -205,10 +205,14 @@ impl PartitionFetch {
             }
         };
         let mut responses = match data_address {
-            Some(addr) => match DataPortFetch::open(&addr, self.cluster.token(), &request).await {
-                Ok(fetch) => Responses::DataPort(fetch),
-                Err(error) => return self.failed(error),
-            },
+            Some(addr) => {
+                match DataPortFetch::open(&addr, self.cluster.token(), &request, self.cluster.tls())
+                    .await
+                {
+                    Ok(fetch) => Responses::DataPort(fetch),
+                    Err(error) => return self.failed(error),
+                }
+            }
             None => match leader.grpc.clone().fetch(request).await {
                 Ok(response) => Responses::Grpc(response.into_inner()),
                 Err(status) => return self.failed(status.into()),

@@ -14,13 +14,13 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use weir_proto::data_port::produce::{Answer, decode_answer, encode_request_head};
 use weir_proto::v1::{ProduceRequest, ProduceResponse};
 
 use crate::ClientError;
+use crate::connection::{ClientTls, dial, tls_failure};
 
 /// How long connecting to a data port may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,8 +47,13 @@ pub(super) struct Tagged {
 /// Which wire a link runs over.
 pub(super) enum Wire {
     Grpc(crate::connection::Grpc),
-    /// The broker's data port, resolved, and the token to present there first.
-    DataPort(Arc<str>, Option<Arc<str>>),
+    /// The broker's data port, resolved, the token to present there first and the client's
+    /// TLS.
+    DataPort {
+        address: Arc<str>,
+        token: Option<Arc<str>>,
+        tls: Option<ClientTls>,
+    },
 }
 
 /// Runs one broker's link until it ends, forwarding what happens as events.
@@ -68,9 +73,11 @@ pub(super) async fn run(
     };
     match wire {
         Wire::Grpc(grpc) => run_grpc(grpc, outgoing, send).await,
-        Wire::DataPort(data_address, token) => {
-            run_data_port(&data_address, token.as_deref(), outgoing, send).await
-        }
+        Wire::DataPort {
+            address,
+            token,
+            tls,
+        } => run_data_port(&address, token.as_deref(), tls.as_ref(), outgoing, send).await,
     }
 }
 
@@ -116,14 +123,17 @@ async fn run_grpc(
 async fn run_data_port(
     addr: &str,
     token: Option<&str>,
+    tls: Option<&ClientTls>,
     mut outgoing: mpsc::UnboundedReceiver<ProduceRequest>,
     send: impl Fn(LinkEvent),
 ) {
-    let broken = |what: &str, e: &dyn std::fmt::Display| ClientError::Transport {
-        code: tonic::Code::Unavailable,
-        message: format!("data port {addr}: {what}: {e}"),
+    let broken = |what: &str, e: &std::io::Error| {
+        tls_failure(addr, e).unwrap_or_else(|| ClientError::Transport {
+            code: tonic::Code::Unavailable,
+            message: format!("data port {addr}: {what}: {e}"),
+        })
     };
-    let mut stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+    let mut stream = match tokio::time::timeout(CONNECT_TIMEOUT, dial(addr, tls)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             return send(LinkEvent::Failed {
@@ -141,7 +151,6 @@ async fn run_data_port(
             });
         }
     };
-    let _ = stream.set_nodelay(true);
     if let Some(token) = token
         && let Err(error) =
             crate::connection::authenticate_data_port(&mut stream, addr, token).await
@@ -159,7 +168,8 @@ async fn run_data_port(
         while let Some(request) = outgoing.recv().await {
             let head = Bytes::from(encode_request_head(&request));
             let mut frame = head.chain(request.batch);
-            if writer.write_all_buf(&mut frame).await.is_err() {
+            // (A flush is a no-op on plaintext; under TLS it sends the encrypted records.)
+            if writer.write_all_buf(&mut frame).await.is_err() || writer.flush().await.is_err() {
                 return;
             }
         }

@@ -405,9 +405,11 @@ impl SenderTask {
         let address = &leader.address;
         let wire = match (self.shared.config.transport, &leader.data_address) {
             (Transport::Grpc, _) | (Transport::Auto, None) => Wire::Grpc(leader.grpc.clone()),
-            (_, Some(data)) => {
-                Wire::DataPort(Arc::clone(data), self.cluster.token().map(Arc::from))
-            }
+            (_, Some(data)) => Wire::DataPort {
+                address: Arc::clone(data),
+                token: self.cluster.token().map(Arc::from),
+                tls: self.cluster.tls().cloned(),
+            },
             // `send` refuses the batch before asking for a link.
             (Transport::DataPort, None) => Wire::Grpc(leader.grpc.clone()),
         };

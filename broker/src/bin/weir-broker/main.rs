@@ -129,6 +129,35 @@ struct Args {
     /// Default largest batch of new topics, bytes [default: 8 MiB].
     #[arg(long, env = "WEIR_MAX_BATCH_BYTES")]
     max_batch_bytes: Option<u32>,
+    /// TLS: the server certificate chain (PEM). Setting it turns TLS on for every listener
+    /// (see --tls-listeners).
+    #[arg(long, env = "WEIR_TLS_CERT_FILE")]
+    tls_cert_file: Option<PathBuf>,
+    /// TLS: the server's private key (PEM).
+    #[arg(long, env = "WEIR_TLS_KEY_FILE")]
+    tls_key_file: Option<PathBuf>,
+    /// Mutual TLS: require client certificates issued by these CAs (PEM).
+    #[arg(long, env = "WEIR_TLS_CLIENT_CA_FILE")]
+    tls_client_ca_file: Option<PathBuf>,
+    /// Which field of a verified client certificate is its principal: cn, san-dns, san-uri
+    /// [default: cn].
+    #[arg(long, env = "WEIR_TLS_PRINCIPAL_FROM")]
+    tls_principal_from: Option<weir_broker::security::tls::PrincipalFrom>,
+    /// The listeners that use TLS, comma-separated: grpc, external, data [default: all].
+    #[arg(long, env = "WEIR_TLS_LISTENERS", value_delimiter = ',')]
+    tls_listeners: Option<Vec<weir_broker::security::tls::TlsListener>>,
+    /// A TLS handshake not done within this closes the connection, ms [default: 10000].
+    #[arg(long, env = "WEIR_TLS_HANDSHAKE_TIMEOUT_MS")]
+    tls_handshake_timeout_ms: Option<u64>,
+    /// How often the certificate files are checked for changes, ms; 0: only on SIGHUP
+    /// [default: 5000].
+    #[arg(long, env = "WEIR_TLS_RELOAD_INTERVAL_MS")]
+    tls_reload_interval_ms: Option<u64>,
+    /// The CAs (PEM) trusted on this node's links to other nodes (controller, leaders' data
+    /// ports); setting it makes those links TLS, with --tls-cert-file/--tls-key-file as the
+    /// client certificate.
+    #[arg(long, env = "WEIR_TLS_CA_FILE")]
+    tls_ca_file: Option<PathBuf>,
     /// Check every batch (CRC included) of the data directory, read-only, report damage by
     /// partition and offset, and exit: 0 when clean, 1 when damaged. Run it with the broker
     /// stopped.
@@ -225,6 +254,14 @@ impl Args {
         set!(security.broker_token = self.broker_token.map(Some));
         set!(security.bootstrap_user = self.bootstrap_user.map(Some));
         set!(security.bootstrap_token = self.bootstrap_token.map(Some));
+        set!(tls.cert_file = self.tls_cert_file.map(Some));
+        set!(tls.key_file = self.tls_key_file.map(Some));
+        set!(tls.client_ca_file = self.tls_client_ca_file.map(Some));
+        set!(tls.principal_from = self.tls_principal_from);
+        set!(tls.listeners = self.tls_listeners.map(Some));
+        set!(tls.handshake_timeout_ms = self.tls_handshake_timeout_ms);
+        set!(tls.reload_interval_ms = self.tls_reload_interval_ms);
+        set!(tls.ca_file = self.tls_ca_file.map(Some));
         Ok(c)
     }
 }

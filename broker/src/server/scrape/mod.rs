@@ -25,7 +25,6 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::encoding::prometheus_text;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 use tracing::warn;
 
 use super::BrokerState;
@@ -50,12 +49,14 @@ struct Scrape {
 }
 
 /// Serves the metrics listener on `listener` until `stop` completes.
-pub async fn serve(
-    listener: TcpListener,
+pub async fn serve<L>(
+    listener: L,
     state: Arc<BrokerState>,
     is_controller: bool,
     stop: impl Future<Output = ()> + Send + 'static,
-) {
+) where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+{
     let commits = lag::CommittedOffsets::default();
     tokio::spawn(lag::refresh(
         state.controller.clone(),
