@@ -47,6 +47,22 @@ pub struct Credentials {
     pub token: Option<String>,
 }
 
+impl Credentials {
+    /// What a gRPC `request` on `door` presented: its bearer token and its connection's
+    /// identity (the listener's connect info).
+    pub fn of_request<T>(request: &tonic::Request<T>, door: Door) -> Result<Credentials, Error> {
+        Ok(Credentials {
+            door,
+            peer: request
+                .extensions()
+                .get::<PeerIdentity>()
+                .cloned()
+                .unwrap_or_default(),
+            token: bearer(request.metadata())?.map(str::to_owned),
+        })
+    }
+}
+
 /// The users and the authorizer of one metadata version.
 #[derive(Debug, Default)]
 pub struct Policy {
@@ -150,6 +166,25 @@ impl Guard {
             credentials.token.as_deref(),
         )?;
         Guard::authorize(&policy, &principal, operation, resource)?;
+        Ok(principal)
+    }
+
+    /// [`Guard::authenticate`] of `credentials` under the current `metadata`, then
+    /// [`Guard::authorize_cluster_action`]: the check of a broker's request (a controller RPC,
+    /// a replica fetch).
+    pub fn check_cluster_action(
+        &self,
+        metadata: &ClusterMetadata,
+        credentials: &Credentials,
+    ) -> Result<Principal, Error> {
+        let policy = self.policy(metadata);
+        let principal = self.authenticate(
+            &policy,
+            credentials.door,
+            &credentials.peer,
+            credentials.token.as_deref(),
+        )?;
+        self.authorize_cluster_action(&policy, credentials.door, &principal)?;
         Ok(principal)
     }
 

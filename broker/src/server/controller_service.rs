@@ -13,8 +13,7 @@ use weir_proto::v1::{
 
 use super::BrokerState;
 use crate::controller::Controller;
-use crate::security::PeerIdentity;
-use crate::security::guard::{Door, bearer};
+use crate::security::guard::{Credentials, Door};
 use crate::wire::errors::to_status;
 
 pub struct ControllerService {
@@ -27,19 +26,11 @@ impl ControllerService {
     /// The one check every call makes first: its principal (the broker token's user, under the
     /// internal listener's mode) may alter the cluster (Kafka's ClusterAction).
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let guard = &self.state.security;
-        let policy = guard.policy(&self.state.cluster.current());
-        let peer = request
-            .extensions()
-            .get::<PeerIdentity>()
-            .cloned()
-            .unwrap_or_default();
-        let token = bearer(request.metadata()).map_err(to_status)?;
-        let principal = guard
-            .authenticate(&policy, Door::Internal, &peer, token)
-            .map_err(to_status)?;
-        guard
-            .authorize_cluster_action(&policy, Door::Internal, &principal)
+        let credentials = Credentials::of_request(request, Door::Internal).map_err(to_status)?;
+        self.state
+            .security
+            .check_cluster_action(&self.state.cluster.current(), &credentials)
+            .map(drop)
             .map_err(to_status)
     }
 }

@@ -217,18 +217,10 @@ async fn connection(mut stream: DataStream, identity: PeerIdentity, state: Arc<B
                     Resource::Topic(&frame.topic),
                 )
                 .map(drop),
-            Some(_) => {
-                let guard = &state.security;
-                let policy = guard.policy(&state.cluster.current());
-                guard
-                    .authenticate(
-                        &policy,
-                        Door::DataPort,
-                        &identity,
-                        credentials.token.as_deref(),
-                    )
-                    .and_then(|who| guard.authorize_cluster_action(&policy, Door::DataPort, &who))
-            }
+            Some(_) => state
+                .security
+                .check_cluster_action(&state.cluster.current(), &credentials)
+                .map(drop),
         };
         if let Err(e) = allowed {
             return send_error(&mut stream, e).await;

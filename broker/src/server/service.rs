@@ -33,7 +33,7 @@ use super::listener::Listener;
 use super::{fetch, produce};
 use crate::security::PeerIdentity;
 use crate::security::acl::{Operation, Resource};
-use crate::security::guard::{Credentials, Door, Guard, Policy, bearer};
+use crate::security::guard::{Credentials, Door, Guard, Policy};
 use crate::security::principal::Principal;
 use crate::wire::errors::{internal, invalid_request, shutting_down, storage_status, to_status};
 
@@ -570,20 +570,11 @@ impl WeirService {
     /// What `request` presented (its bearer token, its connection), to check again for each
     /// request of a stream.
     fn credentials<T>(&self, request: &Request<T>) -> Result<Credentials, Status> {
-        Ok(Credentials {
-            door: match self.listener {
-                Listener::Internal => Door::Internal,
-                Listener::External => Door::External,
-            },
-            peer: request
-                .extensions()
-                .get::<PeerIdentity>()
-                .cloned()
-                .unwrap_or_default(),
-            token: bearer(request.metadata())
-                .map_err(to_status)?
-                .map(str::to_owned),
-        })
+        let door = match self.listener {
+            Listener::Internal => Door::Internal,
+            Listener::External => Door::External,
+        };
+        Credentials::of_request(request, door).map_err(to_status)
     }
 
     /// The one check every handler makes first: `request`'s principal ([`Self::caller`]) may
